@@ -1,0 +1,130 @@
+"""The one training / evaluation loop: clean or adversarial is only the `attack` argument.
+
+    stats = train_one_epoch(model, loader, optimizer, device=dev, attack=pgd, mask=ticket)
+    stats = evaluate(model, loader, device=dev, attack=pgd20)   # stats["top1"] is RA; without attack, SA
+
+Metrics are accumulated on the device (no per-step host sync) and summed exactly across ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import pruning_utils
+from distributed import DistEnv, all_reduce_sum, unwrap
+from errors import NonFiniteLossError
+from runlog import progress
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NAN_CHECK_EVERY = 20  # steps between host-side checks of the non-finite flag (a check is a device sync)
+
+
+def autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(5, logits.shape[1])
+    pred = logits.topk(k, dim=1).indices
+    hit = pred.eq(y[:, None])
+    return hit[:, :1].sum(), hit.any(dim=1).sum()
+
+
+def _summary(acc: torch.Tensor, env: DistEnv | None) -> dict:
+    loss_sum, c1, c5, n = all_reduce_sum(acc.clone(), env).tolist()
+    n = max(n, 1.0)
+    return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "n": int(n)}
+
+
+def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, *,
+                    device: torch.device, attack: Callable | None = None,
+                    mask: dict[str, torch.Tensor] | None = None, scheduler=None, epoch: int = 0,
+                    env: DistEnv | None = None, amp: str | None = None, scaler=None,
+                    channels_last: bool = False, augment: Callable | None = None,
+                    desc: str = "train", show_progress: bool = True) -> dict:
+    """One epoch of (adversarial) training. Returns {"loss", "top1", "top5", "n", "time", "images_per_s"}.
+
+    Adversarial examples are made with the model in train mode, as the original did. With a `mask`, gradients
+    of pruned weights are zeroed after backward and the mask is re-applied after each optimizer step (the one
+    mask mechanism, see pruning_utils). `scheduler` is stepped by the caller once per epoch, not here.
+    """
+    del scheduler  # per-epoch schedulers are the caller's; the argument is kept for a uniform call site
+    model.train()
+    net = unwrap(model)
+    acc = torch.zeros(4, device=device, dtype=torch.float64)
+    bad = torch.zeros((), device=device, dtype=torch.bool)
+    start = time.time()
+    for step, (x, y) in enumerate(progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main))):
+        x, y = _to_device(x, y, device, channels_last)
+        if augment is not None:
+            x = augment(x)
+        if attack is not None:
+            with autocast(device, amp):
+                x = attack(net, x, y)
+        with autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if mask is not None:
+                pruning_utils.mask_grads(net, mask)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if mask is not None:
+                pruning_utils.mask_grads(net, mask)
+            optimizer.step()
+        if mask is not None:
+            pruning_utils.apply_mask(net, mask)
+        with torch.no_grad():
+            bad |= ~torch.isfinite(loss.detach())
+            c1, c5 = _topk_correct(logits.detach(), y)
+            acc += torch.stack([loss.detach().double() * y.numel(), c1.double(), c5.double(),
+                                torch.tensor(float(y.numel()), device=device, dtype=torch.float64)])
+        if (step + 1) % NAN_CHECK_EVERY == 0 and bool(bad):
+            raise NonFiniteLossError(f"training loss became NaN/inf at epoch {epoch}, step <= {step}: "
+                                     "lower --lr or check the data; the last good checkpoint is kept")
+    if bool(bad):
+        raise NonFiniteLossError(f"training loss became NaN/inf in epoch {epoch}: lower --lr or check the data; "
+                                 "the last good checkpoint is kept")
+    out = _summary(acc, env)
+    out["time"] = time.time() - start
+    out["images_per_s"] = out["n"] / max(out["time"], 1e-9)
+    return out
+
+
+def evaluate(model: torch.nn.Module, loader, *, device: torch.device, attack: Callable | None = None,
+             env: DistEnv | None = None, amp: str | None = None, channels_last: bool = False,
+             desc: str = "eval", show_progress: bool = True) -> dict:
+    """Accuracy in eval mode: SA without `attack`, RA with it (examples made against the eval-mode model)."""
+    model.eval()
+    net = unwrap(model)
+    acc = torch.zeros(4, device=device, dtype=torch.float64)
+    for x, y in progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main)):
+        x, y = _to_device(x, y, device, channels_last)
+        if attack is not None:
+            with autocast(device, amp):
+                x = attack(net, x, y)
+        with torch.no_grad(), autocast(device, amp):
+            logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        c1, c5 = _topk_correct(logits, y)
+        acc += torch.stack([loss.double(), c1.double(), c5.double(),
+                            torch.tensor(float(y.numel()), device=device, dtype=torch.float64)])
+    return _summary(acc, env)

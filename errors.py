@@ -1,0 +1,43 @@
+"""User-facing errors and the CLI wrapper that turns them into one-line messages.
+
+Bad input raises a `UserError` subclass; `run_cli` prints `error: <message>` and exits 2.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, without a traceback."""
+
+
+class DataError(UserError):
+    """A dataset folder or file is missing or malformed."""
+
+
+class MaskError(UserError):
+    """A pruning mask or ticket does not match the model or holds no masks."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint file is missing, corrupt, or needs untrusted unpickling."""
+
+
+class ConfigError(UserError):
+    """Flags conflict with each other or with the run's saved config.json."""
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN or infinite loss."""
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
+    try:
+        code = main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code or 0)

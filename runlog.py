@@ -1,0 +1,49 @@
+"""The human log (stdout + log.txt on the main rank) and progress bars that degrade to plain lines."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def setup_log(save_dir: str | None, is_main: bool, name: str = "doublewin") -> logging.Logger:
+    """A logger writing plain lines to stdout and save_dir/log.txt (appending, so resumed runs keep history)."""
+    log = logging.getLogger(name)
+    log.handlers.clear()
+    log.propagate = False
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(fmt)
+    log.addHandler(out)
+    if save_dir and is_main:
+        os.makedirs(save_dir, exist_ok=True)
+        fh = logging.FileHandler(os.path.join(save_dir, "log.txt"))
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    return log
+
+
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    """tqdm on a terminal; in a log file a line at about every 10% instead of a bar."""
+    if total is None:
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+    if not enabled:
+        yield from iterable
+        return
+    if sys.stderr.isatty():
+        yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return
+    step = max(1, (total or 10) // 10)
+    start = time.time()
+    i = 0
+    for i, item in enumerate(iterable, 1):
+        yield item
+        if total and (i % step == 0 or i == total) and total >= 20:
+            print(f"{desc}: {i}/{total} ({time.time() - start:.0f}s)", file=sys.stderr, flush=True)
