@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny fabricated datasets (see fakedata.py), written once per session.
+
+Each `*_root` fixture also switches torchvision's MD5 checks to existence checks for the test using it.
+"""
+from __future__ import annotations
+
+import pytest
+
+import fakedata
+
+
+@pytest.fixture
+def fake_checksums(monkeypatch):
+    fakedata.allow_fake_checksums(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def _fake_files(tmp_path_factory):
+    """Lazily written fabricated datasets, shared by the whole session (tests must not modify them)."""
+    made: dict[str, str] = {}
+
+    def get(kind: str) -> str:
+        if kind not in made:
+            root = str(tmp_path_factory.mktemp(kind))
+            made[kind] = {"cifar10": fakedata.make_cifar10, "cifar100": fakedata.make_cifar100,
+                          "svhn": fakedata.make_svhn, "folder": fakedata.make_image_folder}[kind](root)
+        return made[kind]
+    return get
+
+
+@pytest.fixture
+def cifar10_root(_fake_files, fake_checksums) -> str:
+    """60 train (54 train + 6 val after the split) and 20 test images, all 10 classes."""
+    return _fake_files("cifar10")
+
+
+@pytest.fixture
+def cifar100_root(_fake_files, fake_checksums) -> str:
+    return _fake_files("cifar100")
+
+
+@pytest.fixture
+def svhn_root(_fake_files, fake_checksums) -> str:
+    return _fake_files("svhn")
+
+
+@pytest.fixture
+def image_folder_root(_fake_files) -> str:
+    """ImageFolder layout root/{train,val}/{ant,bee,cat}/*.png, 4 images per class and split (also an
+    ImageNet-layout root)."""
+    return _fake_files("folder")

@@ -1,0 +1,321 @@
+"""attacks.py: ball/pixel-range properties, strength, bit-exactness against advertorch 0.2.3, eps units."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from attacks import PGD, AttackConfig, LinfPGDAttack, build_attack, eps_from_flag, fgsm_rs
+from errors import ConfigError, UserError
+
+EPS, ALPHA = 8 / 255, 2 / 255
+NUM_CLASSES = 4
+
+
+def advertorch_linf_pgd():
+    """advertorch's LinfPGDAttack, importable on PyTorch 2 once `zero_gradients` is restored."""
+    gradcheck = importlib.import_module("torch.autograd.gradcheck")  # the module, not the function
+    if not hasattr(gradcheck, "zero_gradients"):
+        def zero_gradients(x):
+            if isinstance(x, torch.Tensor):
+                if x.grad is not None:
+                    x.grad.detach_()
+                    x.grad.zero_()
+            else:
+                for elem in x:
+                    zero_gradients(elem)
+        gradcheck.zero_gradients = zero_gradients
+    from advertorch.attacks import LinfPGDAttack as Reference
+    return Reference
+
+
+def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] whose class sets a colour bias: learnable, but not by a wide margin."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    palette = torch.rand(NUM_CLASSES, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    x = 0.25 * palette[y] + 0.75 * torch.rand(n, 3, 8, 8, generator=g)
+    return x, y
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, NUM_CLASSES))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny: a second intra-op thread only adds contention on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny conv net trained until it beats chance clearly, so attack strength checks mean something."""
+    torch.manual_seed(0)
+    model = tiny_net()
+    x, y = make_data(256, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(60):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.eval()
+    xt, yt = make_data(64, seed=2)
+    with torch.no_grad():
+        acc = (model(xt).argmax(1) == yt).float().mean().item()
+    assert acc > 0.85, f"fixture model did not learn (acc {acc})"
+    return model, xt, yt
+
+
+def mean_loss(model, x, y) -> float:
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+def assert_in_ball(x_adv, x, eps):
+    assert x_adv.dtype == x.dtype and x_adv.shape == x.shape and not x_adv.requires_grad
+    assert (x_adv - x).abs().max().item() <= eps + 1e-6
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties.
+
+
+@pytest.mark.parametrize("alpha", [ALPHA, 4 * EPS])  # a large step makes both projections bind
+def test_pgd_stays_in_eps_ball_and_pixel_range(trained, alpha):
+    model, x, y = trained
+    x = x.clone()
+    x[:8] = 1.0 - x[:8] * 0.01  # pixels near 1 so the [0, 1] clamp binds
+    x_before = x.clone()
+    torch.manual_seed(3)
+    x_adv = PGD(EPS, alpha, steps=5)(model, x, y)
+    assert torch.equal(x, x_before), "the attack must not modify its input"
+    assert_in_ball(x_adv, x, EPS)
+    delta = (x_adv - x).abs()
+    assert (delta > EPS - 1e-6).float().mean().item() > 0.3, "the perturbation should reach the ball's edge"
+    assert x_adv.max().item() == 1.0
+
+
+def test_pgd_beats_random_noise_of_the_same_size(trained):
+    model, x, y = trained
+    torch.manual_seed(4)
+    noise = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
+    x_adv = PGD(EPS, ALPHA, steps=10)(model, x, y)
+    clean, noisy, adv = mean_loss(model, x, y), mean_loss(model, noise, y), mean_loss(model, x_adv, y)
+    assert adv > 2 * noisy and adv > clean + 0.5, (clean, noisy, adv)
+    with torch.no_grad():
+        acc_adv = (model(x_adv).argmax(1) == y).float().mean().item()
+        acc_noise = (model(noise).argmax(1) == y).float().mean().item()
+    assert acc_adv < acc_noise - 0.2
+
+
+def test_fgsm_rs_is_one_step_in_the_ball_and_raises_the_loss(trained):
+    model, x, y = trained
+    attack = fgsm_rs(EPS)
+    assert attack.steps == 1 and attack.random_start and attack.alpha == pytest.approx(1.25 * EPS)
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        torch.manual_seed(5)
+        x_adv = attack(model, x, y)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    assert_in_ball(x_adv, x, EPS)
+    assert mean_loss(model, x_adv, y) > mean_loss(model, x, y) + 0.2
+    assert fgsm_rs(EPS, alpha=EPS).alpha == EPS
+
+
+def test_pgd_forwards_once_per_step(trained):
+    model, x, y = trained
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        PGD(EPS, ALPHA, steps=7)(model, x, y)
+    finally:
+        hook.remove()
+    assert len(calls) == 7
+
+
+def test_no_parameter_gradients_and_training_flag_kept(trained):
+    model = copy.deepcopy(trained[0])
+    _, x, y = trained
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    for training in (True, False):
+        model.train(training)
+        model[1].train(not training)  # a mixed state must survive too
+        PGD(EPS, ALPHA, steps=3)(model, x, y)
+        LinfPGDAttack(model, eps=EPS, nb_iter=2, eps_iter=ALPHA).perturb(x)
+        assert model.training is training and model[0].training is training
+        assert model[1].training is (not training)
+        assert all(p.grad is None for p in model.parameters())
+    marker = [torch.full_like(p, 7.0) for p in model.parameters()]
+    for p, m in zip(model.parameters(), marker):
+        p.grad = m.clone()
+    PGD(EPS, ALPHA, steps=3)(model, x, y)
+    assert all(torch.equal(p.grad, m) for p, m in zip(model.parameters(), marker))
+
+
+def test_works_under_no_grad_and_inference_mode(trained):
+    model, x, y = trained
+    attack = PGD(EPS, ALPHA, steps=3, random_start=False)
+    expected = attack(model, x, y)
+    with torch.no_grad():
+        assert torch.equal(attack(model, x, y), expected)
+    with torch.inference_mode():
+        x_inf, y_inf = x.clone(), y.clone()
+        assert torch.equal(attack(model, x_inf, y_inf), expected)
+
+
+def test_autocast_computes_in_low_precision_and_keeps_x_dtype(trained):
+    model, x, y = trained
+    dtypes = []
+    hook = model[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x_adv = PGD(EPS, ALPHA, steps=3)(model, x, y)
+    finally:
+        hook.remove()
+    assert dtypes == [torch.bfloat16] * 3
+    assert_in_ball(x_adv, x, EPS)
+    assert mean_loss(model, x_adv, y) > mean_loss(model, x, y) + 0.3
+
+
+def test_channels_last_input_keeps_its_layout(trained):
+    model, x, y = trained
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    x_adv = PGD(EPS, ALPHA, steps=3)(model, x_cl, y)
+    assert x_adv.is_contiguous(memory_format=torch.channels_last)
+    assert_in_ball(x_adv, x, EPS)
+    assert mean_loss(model, x_adv, y) > mean_loss(model, x, y) + 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# Bit-exact against advertorch 0.2.3 (the original's attack library).
+
+
+@pytest.mark.parametrize("rand_init", [False, True])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pgd_matches_advertorch_exactly(trained, rand_init, mode, layout):
+    Reference = advertorch_linf_pgd()
+    ours_model, ref_model = copy.deepcopy(trained[0]), copy.deepcopy(trained[0])
+    ours_model.train(mode == "train")
+    ref_model.train(mode == "train")
+    _, x, y = trained
+    x = x.contiguous(memory_format=layout)
+    tracked = int(ref_model[1].num_batches_tracked)
+    torch.manual_seed(11)
+    expected = Reference(ref_model, eps=EPS, nb_iter=5, eps_iter=ALPHA, rand_init=rand_init).perturb(x, y)
+    torch.manual_seed(11)
+    got = PGD(EPS, ALPHA, steps=5, random_start=rand_init)(ours_model, x, y)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, x)
+    # In train mode both attacks move BatchNorm statistics identically (once per step).
+    assert torch.equal(ours_model[1].running_mean, ref_model[1].running_mean)
+    assert int(ours_model[1].num_batches_tracked) == int(ref_model[1].num_batches_tracked)
+    assert int(ours_model[1].num_batches_tracked) - tracked == (5 if mode == "train" else 0)
+
+
+@pytest.mark.parametrize("rand_init", [False, True])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_linf_pgd_attack_interface_matches_advertorch(trained, rand_init, targeted):
+    Reference = advertorch_linf_pgd()
+    model, x, y = trained
+    target = None if not targeted else (y + 1) % NUM_CLASSES
+    kwargs = dict(eps=EPS, nb_iter=4, eps_iter=ALPHA, rand_init=rand_init, targeted=targeted)
+    torch.manual_seed(12)
+    expected = Reference(copy.deepcopy(model), **kwargs).perturb(x, target)
+    torch.manual_seed(12)
+    ours = LinfPGDAttack(model, **kwargs)
+    got = ours.perturb(x, target)
+    assert torch.equal(got, expected)
+    torch.manual_seed(12)
+    assert torch.equal(ours(x, target), expected)
+    if targeted:
+        with torch.no_grad():
+            hit = (model(got).argmax(1) == target).float().mean() > (model(x).argmax(1) == target).float().mean()
+        assert hit, "a targeted attack should move predictions towards the target"
+
+
+def test_linf_pgd_attack_defaults_are_advertorchs():
+    Reference = advertorch_linf_pgd()
+    ref, ours = Reference(nn.Identity()), LinfPGDAttack(nn.Identity())
+    for name in ("eps", "nb_iter", "eps_iter", "rand_init", "clip_min", "clip_max", "targeted"):
+        assert getattr(ours, name) == getattr(ref, name), name
+    assert ours.loss_fn.reduction == ref.loss_fn.reduction == "sum"
+    with pytest.raises(ValueError, match="target"):
+        LinfPGDAttack(nn.Identity(), targeted=True).perturb(torch.zeros(1, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Units and config.
+
+
+def test_eps_from_flag_fraction():
+    assert eps_from_flag(8 / 255, units="fraction", flag="--train_eps") == 8 / 255
+    assert eps_from_flag(0, units="fraction", flag="--train_eps") == 0.0
+    assert eps_from_flag(1, units="fraction", flag="--train_eps") == 1.0
+    with pytest.raises(UserError, match=r"^--train_eps 8 is above 1: .*fraction.*8/255 = 0\.0314"):
+        eps_from_flag(8, units="fraction", flag="--train_eps")
+    with pytest.raises(UserError, match=r"^--train_gamma -0\.1 "):
+        eps_from_flag(-0.1, units="fraction", flag="--train_gamma")
+
+
+def test_eps_from_flag_255_units():
+    assert eps_from_flag(8, units="255", flag="--test_eps") == 8 / 255
+    assert eps_from_flag(2.0, units="255", flag="--test_gamma") == 2 / 255
+    assert eps_from_flag(0, units="255", flag="--test_eps") == 0.0
+    with pytest.raises(UserError, match=r"^--test_eps 0\.0314 .*1/255 units.*8 means 8/255"):
+        eps_from_flag(0.0314, units="255", flag="--test_eps")
+    with pytest.raises(UserError, match=r"^--test_gamma -2 "):
+        eps_from_flag(-2, units="255", flag="--test_gamma")
+    with pytest.raises(UserError, match=r"^--test_eps 300 "):
+        eps_from_flag(300, units="255", flag="--test_eps")
+    with pytest.raises(UserError, match=r"^--test_eps nan ") as info:
+        eps_from_flag(float("nan"), units="255", flag="--test_eps")
+    assert "\n" not in str(info.value)
+
+
+def test_attack_config_and_build_attack():
+    assert build_attack(None) is None
+    cfg = AttackConfig("pgd", eps=8 / 255, alpha=2 / 255, steps=10)
+    attack = build_attack(cfg)
+    assert isinstance(attack, PGD)
+    assert (attack.eps, attack.alpha, attack.steps, attack.random_start) == (8 / 255, 2 / 255, 10, True)
+    assert attack.loss_fn.reduction == "sum"
+    line = cfg.describe()
+    assert "\n" not in line and "PGD-10" in line and "eps=8/255" in line and "alpha=2/255" in line
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.eps = 0.1
+    fast = build_attack(AttackConfig("fgsm", eps=8 / 255, alpha=None, steps=1))
+    assert (fast.steps, fast.random_start) == (1, True) and fast.alpha == pytest.approx(10 / 255)
+    assert "FGSM" in AttackConfig("fgsm", eps=8 / 255, alpha=None, steps=1).describe()
+    no_start = build_attack(AttackConfig("pgd", eps=0.1, alpha=0.01, steps=3, random_start=False))
+    assert not no_start.random_start
+    for bad in (dict(kind="cw", eps=0.1, alpha=0.1, steps=1), dict(kind="pgd", eps=8, alpha=0.1, steps=1),
+                dict(kind="pgd", eps=0.1, alpha=None, steps=1), dict(kind="pgd", eps=0.1, alpha=0.1, steps=0),
+                dict(kind="fgsm", eps=0.1, alpha=None, steps=3)):
+        with pytest.raises(ConfigError):
+            AttackConfig(**bad)
+
+
+def test_pgd_rejects_bad_arguments(trained):
+    model, x, y = trained
+    for bad in (dict(eps=-0.1, alpha=0.1, steps=1), dict(eps=0.1, alpha=0.1, steps=1.5),
+                dict(eps=0.1, alpha=float("nan"), steps=1), dict(eps=0.1, alpha=0.1, steps=1, clip_min=1.0)):
+        with pytest.raises(ValueError):
+            PGD(**bad)
+    with pytest.raises(ValueError, match="floating-point"):
+        PGD(EPS, ALPHA, 1)(model, (x * 255).to(torch.uint8), y)

@@ -1,0 +1,114 @@
+"""Look at tickets and convert weights: a thin CLI around pruning_utils, ticket_stats and weights.
+
+    python tickets.py inspect 5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
+    python tickets.py compare imp/5-ticket.pth.tar aimp/5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
+    python tickets.py export SAVE_DIR/5-checkpoint.pth.tar 5-ticket.pth.tar      # mask-only ticket file
+    python tickets.py convert resnet50_l2_eps3.ckpt resnet50_l2_eps3.pth          # plain torchvision state dict
+
+inspect/compare/export read our tickets, our checkpoints and the original's checkpoints; convert reads every
+format weights.py knows. Add --trust-pickle only for a file you trust that holds more than tensors.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import checkpoint
+import ticket_stats
+from errors import UserError, run_cli
+from pruning_utils import load_ticket, save_ticket, sparsity
+from weights import read_weights
+
+_RESERVED = ("format", "version", "state_dict")  # save_ticket writes these itself
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Inspect, compare and export lottery tickets; convert weights.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{inspect,compare,export,convert}")
+
+    def common(p: argparse.ArgumentParser, outputs: bool) -> None:
+        p.add_argument("--trust-pickle", action="store_true",
+                       help="allow full unpickling (only for files you trust that hold more than tensors)")
+        if outputs:
+            p.add_argument("--json", metavar="OUT", default=None, help="also write the numbers as JSON")
+            p.add_argument("--png", metavar="OUT", default=None, help="also draw per-layer sparsity bars")
+
+    p = sub.add_parser("inspect", help="global and per-layer sparsity, level and metadata of one ticket")
+    p.add_argument("file", help="ticket, IMP checkpoint (ours or the original's) or any file with weight_mask")
+    common(p, outputs=True)
+    p = sub.add_parser("compare", help="overlap (IoU of kept weights) and per-layer sparsity of two tickets")
+    p.add_argument("a")
+    p.add_argument("b")
+    common(p, outputs=True)
+    p = sub.add_parser("export", help="write the mask of a checkpoint as a mask-only ticket file")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    common(p, outputs=False)
+    p = sub.add_parser("convert", help="write pre-trained weights of any known format as a torchvision state dict")
+    p.add_argument("init")
+    p.add_argument("out")
+    common(p, outputs=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    trusted = args.trust_pickle
+    if args.command == "inspect":
+        mask, meta = load_ticket(args.file, trusted=trusted)
+        summary = ticket_stats.summarize(mask, meta)
+        print(ticket_stats.inspect_text(args.file, summary))
+        _outputs(args, {"file": args.file, **summary}, {_label(args.file): summary["layers"]})
+    elif args.command == "compare":
+        mask_a, _ = load_ticket(args.a, trusted=trusted)
+        mask_b, _ = load_ticket(args.b, trusted=trusted)
+        result = ticket_stats.compare(mask_a, mask_b)
+        print(ticket_stats.compare_text(args.a, args.b, result))
+        label_a, label_b = _label(args.a), _label(args.b)
+        if label_a == label_b:
+            label_a, label_b = f"A: {label_a}", f"B: {label_b}"
+        _outputs(args, {"a": args.a, "b": args.b, **result},
+                 {label_a: _layers(result, "a"), label_b: _layers(result, "b")})
+    elif args.command == "export":
+        _refuse_overwrite(args.checkpoint, args.out)
+        mask, meta = load_ticket(args.checkpoint, trusted=trusted)
+        meta = {k: v for k, v in meta.items() if k not in _RESERVED}
+        meta.update(source=args.checkpoint, sparsity=sparsity(mask))
+        save_ticket(args.out, mask, meta)
+        print(f"wrote {args.out}: mask of {len(mask)} layers at sparsity {100 * meta['sparsity']:.2f}%, "
+              f"from {args.checkpoint}")
+    else:
+        _refuse_overwrite(args.init, args.out)
+        weights = read_weights(args.init, trusted=trusted)
+        # clone: a tensor viewing a larger storage would otherwise save that whole storage
+        checkpoint.atomic_save({k: v.detach().clone() for k, v in weights.state_dict.items()}, args.out)
+        note = "" if "fc.weight" in weights.state_dict else \
+            " (no fc head: torchvision's load_state_dict needs strict=False or a replaced head)"
+        print(f"{weights.describe()} -> wrote {args.out} as a torchvision state dict{note}")
+    return 0
+
+
+def _outputs(args: argparse.Namespace, numbers: dict, bars: dict[str, dict]) -> None:
+    if args.json:
+        checkpoint.atomic_write_json(args.json, numbers)
+        print(f"wrote {args.json}")
+    if args.png:
+        ticket_stats.plot_sparsity(args.png, bars)
+        print(f"wrote {args.png}")
+
+
+def _layers(result: dict, side: str) -> dict[str, dict]:
+    return {name: {"sparsity": row[f"sparsity_{side}"]} for name, row in result["layers"].items()}
+
+
+def _label(path: str) -> str:
+    return os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" + os.path.basename(path)
+
+
+def _refuse_overwrite(source: str, out: str) -> None:
+    if os.path.exists(out) and os.path.exists(source) and os.path.samefile(source, out):
+        raise UserError(f"OUT {out} is the input file itself: choose another output path")
+
+
+if __name__ == "__main__":
+    run_cli(main)
