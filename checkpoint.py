@@ -66,9 +66,16 @@ def _atomic(path: str, write, mode: str) -> None:
         pass
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename: a crash never leaves half a file."""
-    _atomic(path, lambda f: torch.save(obj, f), "wb")
+def atomic_save(obj: Any, path: str, *, legacy_format: bool = False) -> None:
+    """torch.save to a temp file in the same folder, fsync, rename: a crash never leaves half a file.
+
+    `legacy_format` writes torch's pre-1.6 serialisation, which the original code's PyTorch 1.5 can read.
+    """
+    _atomic(path, lambda f: torch.save(obj, f, _use_new_zipfile_serialization=not legacy_format), "wb")
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data), "wb")
 
 
 def atomic_write_text(path: str, text: str) -> None:

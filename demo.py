@@ -1,0 +1,196 @@
+"""The whole double-win pipeline on built-in data, offline on a CPU, through the same bash scripts as on GPUs.
+
+    bash script/demo.sh                 # about 5 minutes on 2 cores; files under demo_out/
+    bash script/demo.sh --quick         # the shortened version the test suite runs
+
+Stages: make data -> pre-train a small ResNet (standard and adversarial; stands in for downloaded ImageNet
+weights) -> A-IMP / IMP tickets -> standard and adversarial transfer of the dense model and every ticket ->
+double-win report. Re-running skips finished stages (every stage resumes from its files).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str
+    seed: int = 0
+    quick: bool = False
+
+    @property
+    def scale(self) -> float:
+        return 0.35 if self.quick else 1.0
+
+    @property
+    def levels(self) -> int:
+        return 3
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        # (pre-training kind): robust pre-training -> A-IMP tickets; standard -> IMP tickets
+        return ("robust",) if self.quick else ("robust", "standard")
+
+
+COMMON = ["--small-input", "--image-size", "32", "--resize-size", "32", "--deterministic"]
+
+
+# ---------------------------------------------------------------------------- helpers
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(cmd: list[str], log_path: str) -> None:
+    """Run one pipeline step; its log goes to a file (the run also keeps its own log.txt), bars to stderr."""
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONHASHSEED="0")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT if not sys.stderr.isatty() else None,
+                               env=env, cwd=ROOT)
+    if code != 0:
+        with open(log_path) as f:
+            tail = "".join(f.readlines()[-15:])
+        raise SystemExit(f"demo step failed (exit {code}): {' '.join(cmd)}\n--- last lines of {log_path}\n{tail}")
+
+
+# ---------------------------------------------------------------------------- stages
+def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
+    """Train resnet_tiny on the pre-training task; adversarially (PGD-3, 8/255) for the robust kind."""
+    if os.path.exists(path):
+        say(f"  {kind}: {path} exists, skipped")
+        return
+    import attacks
+    import checkpoint
+    import dataset
+    import engine
+    import models
+    import reproducibility
+
+    reproducibility.seed_all(cfg.seed, deterministic=True)
+    splits = dataset.build_datasets("imagenet", data, image_size=32, resize_size=32)
+    model = models.resnet_tiny(splits.num_classes, small_input=True)
+    epochs = 3 if cfg.quick else 12
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    attack = attacks.PGD(8 / 255, 2 / 255, 3) if kind == "robust" else None
+    val = torch.utils.data.DataLoader(splits.val, batch_size=128)
+    for epoch in range(epochs):
+        gen = reproducibility.epoch_generator(cfg.seed, epoch)
+        loader = torch.utils.data.DataLoader(splits.train, batch_size=64, shuffle=True, generator=gen)
+        stats = engine.train_one_epoch(model, loader, opt, device=torch.device("cpu"), attack=attack,
+                                       epoch=epoch, desc=f"pre-train {kind} {epoch + 1}/{epochs}")
+        sched.step()
+    sa = engine.evaluate(model, val, device=torch.device("cpu"), show_progress=False)["top1"]
+    say(f"  {kind}: {epochs} epochs, train acc {stats['top1']:.1f}%, val SA {sa:.1f}% -> {path}")
+    checkpoint.atomic_save(model.state_dict(), path)
+
+
+def find_tickets(cfg: DemoConfig, kind: str) -> None:
+    script = "imp_adv.sh" if kind == "robust" else "imp_std.sh"
+    save = os.path.join(cfg.out, "tickets", kind)
+    init = os.path.join(cfg.out, "pretrained", f"{kind}.pth")
+    data = os.path.join(cfg.out, "data", "pretrain")
+    epochs_per_level = 1 if cfg.quick else 2
+    cmd = ["bash", os.path.join(ROOT, "script", "imp_pretrain", script), init, save, data,
+           "-a", "resnet_tiny", *COMMON, "-b", "64", "-j", "0", "--lr", "0.01", "--rate", "0.5",
+           "--prune_epoch", str(epochs_per_level), "--epochs", str(epochs_per_level * cfg.levels), "-p", "0",
+           "--seed", str(cfg.seed + 1)]
+    say(f"  {'A-IMP' if kind == 'robust' else 'IMP'} from the {kind} model: {cfg.levels} levels, rate 0.5 "
+        f"(the paper: 0.2), {epochs_per_level} epoch(s) per level -> {save}")
+    run(cmd, os.path.join(save, "demo-stdout.txt"))
+
+
+def tickets_of(cfg: DemoConfig, kind: str) -> list[str]:
+    import checkpoint
+    save = os.path.join(cfg.out, "tickets", kind)
+    return [checkpoint.imp_ticket(save, k) for k in range(1, cfg.levels + 2)
+            if os.path.exists(checkpoint.imp_ticket(save, k))]
+
+
+def transfer(cfg: DemoConfig, kind: str, ticket: str | None, regime: str) -> str:
+    tag = "dense" if ticket is None else "level" + os.path.basename(ticket).split("-")[0]
+    save = os.path.join(cfg.out, "transfer", kind, tag, regime)
+    init = os.path.join(cfg.out, "pretrained", f"{kind}.pth")
+    data = os.path.join(cfg.out, "data", "downstream")
+    epochs = 2 if cfg.quick else 6
+    if regime == "std":
+        head = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", init, save, ticket or ""]
+        extra = ["--lr", "0.01", "--batch_size", "32"]
+    else:
+        head = ["bash", os.path.join(ROOT, "script", "train_downstream", "adv_cifar.sh"), "folder", init, save,
+                ticket or ""]
+        extra = ["--lr", "0.02", "--batch_size", "32", "--eval_from", "0", "--train_step", "3",
+                 "--train_gamma", "4"]
+    milestones = f"{epochs // 2},{3 * epochs // 4}"
+    cmd = [*head, "--data", data, "--arch", "resnet_tiny", *COMMON, "--epochs", str(epochs),
+           "--decreasing_lr", milestones, "--test_step", "10", "--print_freq", "0", "-j", "0",
+           "--seed", str(cfg.seed + 1), *extra]
+    run(cmd, os.path.join(save, "demo-stdout.txt"))
+    return save
+
+
+def summary_line(save: str) -> str:
+    import json
+    with open(os.path.join(save, "results.json")) as f:
+        r = json.load(f)
+    b = r["best_sa"]
+    return f"sparsity {100 * r.get('sparsity', 0):5.1f}%  test SA {b['test_sa']:5.1f}  RA {b['test_ra']:5.1f}"
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.path.join(ROOT, "demo_out"), help="where everything goes")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, pre-training, IMP and transfer")
+    p.add_argument("--quick", action="store_true", help="fewer images, epochs and runs (the test suite's demo)")
+    a = p.parse_args(argv)
+    cfg = DemoConfig(out=os.path.abspath(a.out), seed=a.seed, quick=a.quick)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    sys.path.insert(0, ROOT)
+    start = time.time()
+
+    import demo_data
+    say(f"[1/5] built-in data -> {cfg.out}/data (textures at 32 px; ImageFolder layout)")
+    pre, down = demo_data.make_demo_data(os.path.join(cfg.out, "data"), scale=cfg.scale, seed=cfg.seed)
+
+    say("[2/5] pre-training the small ResNet (stands in for downloaded ImageNet weights, unreachable offline)")
+    for kind in cfg.kinds:
+        pretrain(cfg, pre, kind, os.path.join(cfg.out, "pretrained", f"{kind}.pth"))
+
+    say("[3/5] finding tickets")
+    for kind in cfg.kinds:
+        find_tickets(cfg, kind)
+
+    say("[4/5] transferring the dense model and every ticket (standard and adversarial fine-tuning)")
+    for kind in cfg.kinds:
+        for ticket in [None, *tickets_of(cfg, kind)]:
+            for regime in ("std", "adv"):
+                save = transfer(cfg, kind, ticket, regime)
+                name = "dense" if ticket is None else os.path.basename(ticket)
+                say(f"  {kind:8s} {name:20s} {regime}: {summary_line(save)}")
+
+    say("[5/5] the double-win report")
+    report_dir = os.path.join(cfg.out, "report")
+    code = subprocess.call(["bash", os.path.join(ROOT, "script", "report.sh"), os.path.join(cfg.out, "transfer"),
+                            "--out", report_dir], env=dict(os.environ, PYTHON=sys.executable), cwd=ROOT)
+    if code != 0:
+        raise SystemExit("the report failed (see above)")
+    say(f"\nDone in {time.time() - start:.0f} s. Files: {cfg.out}/")
+    say(f"  report: {report_dir}/report.md, report.csv, *.png;  tickets: {cfg.out}/tickets/;  "
+        f"runs: {cfg.out}/transfer/<kind>/<ticket>/<std|adv>/results.json")
+    say("Paper scale on GPUs: script/imp_pretrain/imp_{adv,std}.sh on ImageNet, then "
+        "script/train_downstream/{std,adv_cifar,adv_svhn}.sh per ticket, then script/report.sh (see README).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Accuracy-vs-sparsity figures of the double-win report, drawn as the lottery-ticket literature does: remaining
+weights (%) on a log axis reversed so sparsity grows to the right, the dense model as a band (mean +- the match
+margin, so a point inside or above the band matches), double-win tickets as gold stars.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from report_runs import LABELS, REGIMES, Options, match_columns
+
+if TYPE_CHECKING:
+    from report import Group
+
+COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:cyan")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+STYLES = ("-", "--", "-.", ":")
+
+
+def _sources(group: Group) -> list[str]:
+    return sorted({r.source for r in group.rows if not r.dense})
+
+
+def _line(ax, group: Group, col: tuple[str, str], source: str, color: str, k: int, label: str) -> list[float]:
+    """One ticket source in one column: the dense point at 100% first, then its tickets; stars where double-win.
+    `k` numbers the source (marker and line style). Returns the x positions drawn."""
+    rows = [r for r in group.rows if (r.dense or r.source == source) and col in r.cells]
+    if all(r.dense for r in rows):
+        return []
+    xs = [100 * (1 - r.sparsity) for r in rows]
+    ys = [r.cells[col].mean for r in rows]
+    errs = [r.cells[col].std or 0.0 for r in rows]
+    ax.errorbar(xs, ys, yerr=errs if any(errs) else None, color=color, marker=MARKERS[k % len(MARKERS)],
+                ls=STYLES[k % len(STYLES)], ms=4, lw=1.2, capsize=2, label=label)
+    stars = [(x, y) for x, y, r in zip(xs, ys, rows) if r.double_win]
+    if stars:
+        ax.scatter(*zip(*stars), marker="*", s=170, color="gold", edgecolors="black", linewidths=0.6, zorder=5)
+    return xs
+
+
+def _band(ax, group: Group, col: tuple[str, str], color: str, label: str) -> None:
+    dense = next((r for r in group.rows if r.dense), None)
+    cell = dense.cells.get(col) if dense else None
+    margin = group.margins.get(col, (None, ""))[0]
+    if cell is None or margin is None:
+        return
+    ax.axhspan(cell.mean - margin, cell.mean + margin, color=color, alpha=0.15, lw=0)
+    ax.axhline(cell.mean, color=color, ls=":", lw=1, label=label)
+
+
+def _axis(ax, xs: list[float], title: str, ylabel: str, stars: bool) -> None:
+    from matplotlib.ticker import NullLocator
+    ticks = sorted({round(x, 1) for x in xs} | {100.0}, reverse=True)
+    shown = ticks[:: max(1, len(ticks) // 10)]  # at most ~10 labels
+    ax.set_xscale("log")
+    ax.set_xticks(shown)
+    ax.set_xticklabels([f"{t:g}" for t in shown], fontsize=7)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(ticks[0] * 1.15, ticks[-1] / 1.15)  # reversed: sparser to the right
+    if stars:
+        ax.scatter([], [], marker="*", s=120, color="gold", edgecolors="black", label="double-win")
+    ax.set(title=title, xlabel="remaining weights (%)", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+
+
+def _figure(rows: int, cols: int, size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _save(fig, path: str) -> None:
+    """Through a temporary file and a rename, like every other output."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
+    fig.tight_layout()
+    fig.savefig(tmp, format="png", dpi=110)
+    os.replace(tmp, path)
+
+
+def plot_group(group: Group, opts: Options, path: str) -> None:
+    """One init/dataset/fraction: SA and RA panels, a line per (transfer regime x ticket source)."""
+    fig, axes = _figure(1, 2, (11, 4.2))
+    for ax, (_, metric) in zip(axes[0], match_columns(opts)[:2]):
+        xs, stars = [100.0], any(r.double_win for r in group.rows)
+        for i, mode in enumerate(REGIMES):
+            col = (mode, metric)
+            _band(ax, group, col, COLORS[i], f"dense, {mode} transfer")
+            for j, source in enumerate(_sources(group)):
+                xs += _line(ax, group, col, source, COLORS[i], j, f"{source}, {mode} transfer")
+        _axis(ax, xs, f"{LABELS[metric]} (test)", f"{LABELS[metric]} (%)", stars)
+    fig.suptitle(f"{group.title}; best-{opts.checkpoint.upper()} checkpoint", fontsize=9)
+    _save(fig, path)
+
+
+def plot_overview(groups: list[Group], opts: Options, path: str) -> None:
+    """Several pre-trained inits on one dataset/fraction: rows SA/RA, columns standard/adversarial transfer,
+    a line per (init x ticket source), each init's dense band in its colour."""
+    fig, axes = _figure(2, 2, (11, 8))
+    for i, (_, metric) in enumerate(match_columns(opts)[:2]):
+        for j, mode in enumerate(REGIMES):
+            ax, col, xs = axes[i][j], (mode, metric), [100.0]
+            for k, g in enumerate(groups):
+                color = COLORS[k % len(COLORS)]
+                _band(ax, g, col, color, f"dense, {g.key[0]}")
+                for m, source in enumerate(_sources(g)):
+                    xs += _line(ax, g, col, source, color, m, f"{g.key[0]}, {source}")
+            stars = any(r.double_win for g in groups for r in g.rows)
+            _axis(ax, xs, f"{LABELS[metric]} after {mode} transfer", f"{LABELS[metric]} (%)", stars)
+    g0 = groups[0]
+    fig.suptitle(f"{g0.key[1]}, data_number {g0.key[2]:g}; best-{opts.checkpoint.upper()} checkpoint", fontsize=9)
+    _save(fig, path)

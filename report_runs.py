@@ -1,0 +1,169 @@
+"""Reading downstream runs: finds run folders under a root and turns each results.json into a Run or a Problem.
+
+Only JSON is read (nothing is unpickled); a bad file never raises, it becomes a listed Problem.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import checkpoint
+from errors import UserError
+
+REGIMES = ("std", "adv")                                          # standard / adversarial transfer
+METRICS = {"sa": "test_sa", "ra": "test_ra", "aa": "test_aa_ra"}  # our name -> key inside best_sa / best_ra
+LABELS = {"sa": "SA", "ra": "RA", "aa": "AA-RA"}
+WATCH = ("init", "arch", "subset", "epochs", "test_attack.eps_255", "test_attack.steps")  # must agree within a group
+IMP_FILE = re.compile(r"^\d+-(checkpoint|model_best|ticket)\.pth\.tar$|^\d+-sparsity\.json$")
+
+
+@dataclass(frozen=True)
+class Options:
+    checkpoint: str = "sa"   # test numbers of the best-val-SA ("sa") or best-val-RA ("ra") checkpoint
+    ra: str = "pgd"          # RA that decides matching: PGD ("pgd", test_ra) or AutoAttack ("aa", test_aa_ra)
+    tolerance: float = 0.5   # accuracy points a ticket may lose when the dense cell has a single seed
+    group_by: tuple[str, ...] = ()  # extra results.json keys (dotted for nested) that split groups
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Run:
+    path: str
+    group: tuple           # (init label, dataset, data_number, *group_by values)
+    mode: str
+    sparsity: float
+    source: str
+    seed: object
+    values: dict           # metric -> accuracy in percent, or None
+    settings: dict         # WATCH key -> JSON text of its value
+
+
+def match_columns(opts: Options) -> list[tuple[str, str]]:
+    ra = "ra" if opts.ra == "pgd" else "aa"
+    return [(m, k) for m in REGIMES for k in ("sa", ra)]
+
+
+def column_name(col: tuple[str, str]) -> str:
+    return f"{col[0]}-{LABELS[col[1]]}"
+
+
+# ---------------------------------------------------------------------------- reading runs
+def _dotted(data: dict, key: str):
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _number(v, lo=-math.inf, hi=math.inf) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+    return float(v) if ok else None
+
+
+def _text(v) -> str:
+    return "?" if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+
+def init_label(data: dict) -> str:
+    """results.json's init_label, else the init file's name without extension (.pth.tar counts as one)."""
+    if isinstance(data.get("init_label"), str) and data["init_label"]:
+        return data["init_label"]
+    name = os.path.basename(str(data.get("init") or "unknown-init").rstrip("/"))
+    return name[: -len(".pth.tar")] if name.endswith(".pth.tar") else os.path.splitext(name)[0] or name
+
+
+def read_sparsity(data: dict) -> tuple[float | None, str | None]:
+    """(fraction pruned rounded to 4 decimals, None) or (None, why not); a run without a ticket is dense."""
+    for key, scale in (("sparsity", 1.0), ("ticket_sparsity", 1.0), ("sparsity_percent", 0.01),
+                       ("ticket_sparsity_percent", 0.01)):
+        v = _number(data.get(key))
+        if v is not None:
+            s = v * scale
+            return (round(s, 4), None) if 0 <= s < 1 else (None, f"{key} {v:g} is outside 0..1 (fraction pruned)")
+    if data.get("ticket") is None:
+        return 0.0, None
+    return None, "no sparsity, ticket_sparsity or (ticket_)sparsity_percent for its ticket"
+
+
+def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Problem]]:
+    """One run folder -> (Run or None, problems). Never raises on bad content: bad runs become problems."""
+    rel = os.path.relpath(folder, root)
+    path = os.path.join(folder, checkpoint.RESULTS)
+    if not os.path.exists(path):
+        busy = os.path.exists(os.path.join(folder, checkpoint.CHECKPOINT))
+        why = "unfinished (has checkpoint.pth.tar) or crashed" if busy else "never trained or crashed early"
+        return None, [Problem(rel, f"no results.json next to config.json: {why}")]
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, [Problem(rel, f"results.json unreadable ({str(e).splitlines()[0][:120]})")]
+    if not isinstance(data, dict):
+        return None, [Problem(rel, "results.json is not a JSON object")]
+    if data.get("complete") is False:
+        return None, [Problem(rel, "results.json says complete: false (the run stopped before its final test)")]
+    mode = data.get("mode")
+    if mode is None and "train_attack" in data:
+        mode = "adv" if data["train_attack"] else "std"
+    sparsity, why = read_sparsity(data)
+    best = data.get(f"best_{opts.checkpoint}")
+    data_number = _number(1.0 if data.get("data_number") is None else data["data_number"], 0, 1)
+    bad = [k for k, ok in (("dataset", isinstance(data.get("dataset"), str)), ("mode", mode in REGIMES),
+                           ("data_number", bool(data_number)), (f"best_{opts.checkpoint}", isinstance(best, dict)))
+           if not ok]
+    reasons = ([f"missing or bad keys: {', '.join(bad)}"] if bad else []) + ([why] if why else [])
+    if reasons:
+        return None, [Problem(rel, "; ".join(reasons))]
+    values = {m: _number(best.get(k), 0, 100) for m, k in METRICS.items()}
+    needed = [m for m in ("sa", "ra" if opts.ra == "pgd" else "aa") if values[m] is None]
+    if len(needed) == 2:
+        return None, [Problem(rel, f"best_{opts.checkpoint} has no {METRICS['sa']} nor {METRICS[needed[1]]}")]
+    problems = [Problem(rel, f"partial: best_{opts.checkpoint}.{METRICS[needed[0]]} missing or not a percentage "
+                             "(its other numbers are used)")] if needed else []
+    extra = tuple(_text(_dotted(data, k)) for k in opts.group_by)
+    meta = data.get("ticket_meta") if isinstance(data.get("ticket_meta"), dict) else {}
+    source = "dense" if sparsity == 0 else str(meta.get("source") or meta.get("method") or "ticket")
+    settings = {k: json.dumps(_dotted(data, k), sort_keys=True) for k in WATCH}
+    seed = data.get("seed") if isinstance(data.get("seed"), (int, str)) else None  # None: cannot spot duplicates
+    run = Run(rel, (init_label(data), data["dataset"], data_number, *extra), mode, sparsity, source, seed, values,
+              settings)
+    return run, problems
+
+
+def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
+    """Every run folder under root (one holding results.json, or config.json without IMP files), sorted by path."""
+    if not os.path.isdir(root):
+        raise UserError(f"ROOT {root} is not a folder: pass the folder that holds the downstream runs")
+    runs, problems, seen, folders = [], [], {}, 0
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        if checkpoint.RESULTS not in files and (checkpoint.CONFIG not in files
+                                                or any(IMP_FILE.match(f) for f in files)):
+            continue
+        folders += 1
+        run, probs = read_run(folder, root, opts)
+        problems += probs
+        if run is None:
+            continue
+        twin = (run.group, run.mode, run.sparsity, run.source, run.seed)
+        if run.seed is not None and twin in seen:
+            problems.append(Problem(run.path, f"same settings and seed {run.seed} as {seen[twin]}; counted once"))
+            continue
+        seen[twin] = run.path
+        runs.append(run)
+    if folders == 0:
+        raise UserError(f"no runs under {root}: expected folders holding results.json; pass the root of the "
+                        "downstream SAVE_DIRs")
+    for i, key in enumerate(opts.group_by):
+        if runs and all(r.group[3 + i] == "?" for r in runs):
+            raise UserError(f"--group-by {key}: no results.json under {root} has this key; check its spelling")
+    return runs, problems
+
+

@@ -1,0 +1,161 @@
+"""Renders a double-win Report as text: a fixed-width terminal table, Markdown, CSV and a JSON summary.
+
+Everything is sorted, so the same runs always give byte-identical output.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from typing import TYPE_CHECKING
+
+from report_runs import METRICS, REGIMES, Options, column_name, match_columns
+
+if TYPE_CHECKING:
+    from report import Cell, Group, Report, Row
+
+ALL_COLUMNS = [(m, k) for m in REGIMES for k in METRICS]  # every column the CSV carries, present or not
+
+
+def rule_lines(report: Report) -> list[str]:
+    """What the numbers mean: stated with every table."""
+    o = report.opts
+    ck = o.checkpoint.upper()
+    ra = "PGD (test_ra)" if o.ra == "pgd" else "AutoAttack (test_aa_ra)"
+    return [f"{report.runs_read} runs read under {report.root}; {len(report.problems)} problem(s) listed below",
+            f"checkpoint: best-{ck} (test numbers of the epoch with the best validation {ck}; --checkpoint {o.checkpoint})",
+            f"robust accuracy deciding the match: {ra} (--ra {o.ra})",
+            "match: ticket mean >= dense mean - margin; margin = sample std (ddof=1) of the dense seeds when the "
+            f"dense cell has >= 2 seeds, else --tolerance {o.tolerance:g} accuracy points",
+            "double-win: matches the dense model on SA and RA after both standard and adversarial transfer"]
+
+
+def shown_columns(group: Group, opts: Options) -> list[tuple[str, str]]:
+    """The four matching columns, plus the other robust accuracy where any run of the group has it."""
+    cols = set(match_columns(opts))
+    cols |= {c for row in group.rows for c in row.cells if c[1] != "sa"}
+    return [c for c in ALL_COLUMNS if c in cols]
+
+
+def percent(sparsity: float) -> str:
+    return f"{100 * sparsity:.2f}%"
+
+
+def cell_text(cell: Cell | None, match: bool | None) -> str:
+    if cell is None:
+        return "missing"
+    text = f"{cell.mean:.2f}" + (f"+-{cell.std:.2f}" if cell.std is not None else "") + f" n={cell.n}"
+    return text + {True: " yes", False: " -", None: ""}[match]
+
+
+def headline(group: Group) -> str:
+    best = group.highest()
+    text = f"{percent(best.sparsity)} ({best.source})" if best else "none"
+    sources = sorted({r.source for r in group.rows if not r.dense})
+    if len(sources) > 1:
+        per = [f"{s} {percent(group.highest(s).sparsity) if group.highest(s) else 'none'}" for s in sources]
+        text += "; by source: " + ", ".join(per)
+    return text
+
+
+def margin_line(group: Group) -> str:
+    parts = [f"{column_name(c)} " + (f"{m:.2f} ({why})" if m is not None else f"- ({why})")
+             for c, (m, why) in group.margins.items()]
+    return "margins: " + ", ".join(parts)
+
+
+def table(group: Group, opts: Options) -> tuple[list[str], list[list[str]]]:
+    cols = shown_columns(group, opts)
+    header = ["sparsity", "remaining", "source", *map(column_name, cols), "double-win", "status"]
+    rows = [[percent(r.sparsity), percent(1 - r.sparsity), r.source,
+             *(cell_text(r.cells.get(c), r.match.get(c)) for c in cols),
+             "yes" if r.double_win else "-", r.status] for r in group.rows]
+    return header, rows
+
+
+def _fixed(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(map(len, col)) for col in zip(header, *rows)]
+    return ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in (header, *rows)]
+
+
+def render_text(report: Report) -> str:
+    out = ["== double-win report", *rule_lines(report)]
+    for g in report.groups:
+        out += ["", f"== {g.title} ({g.runs} runs)", margin_line(g), *_fixed(*table(g, report.opts)),
+                f"highest double-win sparsity: {headline(g)}", *(f"note: {n}" for n in g.notes)]
+    out += ["", f"runs with problems ({len(report.problems)}):" if report.problems else "runs with problems: none"]
+    out += [f"  {p.path}: {p.reason}" for p in report.problems]
+    return "\n".join(out) + "\n"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def render_markdown(report: Report, figures: dict[tuple, str]) -> str:
+    """`figures`: group key (or ("overview", dataset, data_number, ...)) -> PNG file name next to report.md."""
+    out = ["# Double-win report", "", *(f"- {line}" for line in rule_lines(report)), "",
+           "## Highest double-win sparsity", "",
+           _md_row(["init", "dataset", "data_number", *report.opts.group_by, "highest double-win sparsity"]),
+           _md_row(["---"] * (4 + len(report.opts.group_by)))]
+    out += [_md_row([g.key[0], g.key[1], f"{g.key[2]:g}", *g.key[3:], headline(g)]) for g in report.groups]
+    out += [f"\n![{k[1]} data_number {k[2]:g}]({name})" for k, name in sorted(figures.items()) if k[0] == "overview"]
+    for g in report.groups:
+        header, rows = table(g, report.opts)
+        out += ["", f"## {g.title}", "", f"{g.runs} runs; {margin_line(g)}", "", _md_row(header),
+                _md_row(["---"] * len(header)), *map(_md_row, rows), "",
+                f"Highest double-win sparsity: **{headline(g)}**", *(f"\n> note: {n}" for n in g.notes)]
+        if g.key in figures:
+            out += ["", f"![{g.title}]({figures[g.key]})"]
+    out += ["", "## Runs with problems", ""]
+    out += [f"- `{p.path}`: {p.reason}" for p in report.problems] or ["none"]
+    return "\n".join(out) + "\n"
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def render_csv(report: Report) -> str:
+    """One line per group x (sparsity, source): every cell's mean/std/n/match (1/0, empty when not judged)."""
+    metric_cols = [f"{m}_{k}_{f}" for m, k in ALL_COLUMNS for f in ("mean", "std", "n", "match")]
+    header = ["init", "dataset", "data_number", *report.opts.group_by, "source", "sparsity", "remaining",
+              *metric_cols, "double_win", "status", "checkpoint", "ra", "tolerance"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for g in report.groups:
+        for r in g.rows:
+            cells = []
+            for c in ALL_COLUMNS:
+                cell, match = r.cells.get(c), r.match.get(c)
+                cells += [_num(cell.mean), _num(cell.std), cell.n] if cell else ["", "", 0]
+                cells.append("" if match is None else int(match))
+            w.writerow([g.key[0], g.key[1], f"{g.key[2]:g}", *g.key[3:], r.source, f"{r.sparsity:.4f}",
+                        f"{1 - r.sparsity:.4f}", *cells, int(r.double_win), r.status, report.opts.checkpoint,
+                        report.opts.ra, report.opts.tolerance])
+    return buf.getvalue()
+
+
+def _row_json(r: Row) -> dict:
+    cells = {column_name(c): {"mean": cell.mean, "std": cell.std, "n": cell.n, "values": list(cell.values),
+                              "match": r.match.get(c)} for c, cell in sorted(r.cells.items())}
+    return {"sparsity": r.sparsity, "source": r.source, "double_win": r.double_win, "status": r.status,
+            "cells": cells}
+
+
+def summary(report: Report) -> dict:
+    groups = []
+    for g in report.groups:
+        sources = sorted({r.source for r in g.rows if not r.dense})
+        best = {s: (g.highest(s).sparsity if g.highest(s) else None) for s in sources}
+        top = g.highest()
+        groups.append({
+            "init": g.key[0], "dataset": g.key[1], "data_number": g.key[2], "group_by": dict(zip(g.group_by, g.key[3:])),
+            "runs": g.runs, "highest_double_win": {"sparsity": top.sparsity, "source": top.source} if top else None,
+            "highest_double_win_by_source": best, "notes": list(g.notes),
+            "margins": {column_name(c): {"value": m, "rule": why} for c, (m, why) in g.margins.items()},
+            "rows": [_row_json(r) for r in g.rows]})
+    o = report.opts
+    return {"root": report.root, "checkpoint": o.checkpoint, "ra": o.ra, "tolerance": o.tolerance,
+            "group_by": list(o.group_by), "runs_read": report.runs_read,
+            "problems": [{"path": p.path, "reason": p.reason} for p in report.problems], "groups": groups}

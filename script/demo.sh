@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole pipeline on built-in data, offline, on a CPU (creates .venv on first use). Flags: see demo.py --help.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/script/env.sh"
+cd "$ROOT"
+exec "$DOUBLEWIN_PY" -u demo.py "$@"
