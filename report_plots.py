@@ -4,9 +4,10 @@ margin, so a point inside or above the band matches), double-win tickets as gold
 """
 from __future__ import annotations
 
-import os
+import io
 from typing import TYPE_CHECKING
 
+from checkpoint import atomic_write_bytes
 from report_runs import LABELS, REGIMES, Options, match_columns
 
 if TYPE_CHECKING:
@@ -74,11 +75,11 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
 
 
 def _save(fig, path: str) -> None:
-    """Through a temporary file and a rename, like every other output."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
+    """Atomically, like every other output."""
+    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_group(group: Group, opts: Options, path: str) -> None:
