@@ -64,7 +64,9 @@ def run(cmd: list[str], log_path: str) -> None:
 
 # ---------------------------------------------------------------------------- stages
 def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
-    """Train resnet_tiny on the pre-training task; adversarially (PGD-3, 8/255) for the robust kind."""
+    """Train resnet_tiny on the pre-training task; adversarially (PGD-3, 8/255) for the robust kind.
+
+    Saved as a plain torchvision-format state dict, like a downloaded checkpoint."""
     if os.path.exists(path):
         say(f"  {kind}: {path} exists, skipped")
         return
@@ -78,10 +80,11 @@ def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
     reproducibility.seed_all(cfg.seed, deterministic=True)
     splits = dataset.build_datasets("imagenet", data, image_size=32, resize_size=32)
     model = models.resnet_tiny(splits.num_classes, small_input=True)
-    epochs = 3 if cfg.quick else 12
+    epochs = 3 if cfg.quick else 9
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    attack = attacks.PGD(8 / 255, 2 / 255, 3) if kind == "robust" else None
+    # the A-IMP recipe's attack: PGD-3, eps 8/255, step 16/(3*255)
+    attack = attacks.PGD(8 / 255, 16 / 765, 3) if kind == "robust" else None
     val = torch.utils.data.DataLoader(splits.val, batch_size=128)
     for epoch in range(epochs):
         gen = reproducibility.epoch_generator(cfg.seed, epoch)

@@ -55,8 +55,9 @@ def _texture(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 def _image(kind: str, rng: np.random.Generator) -> np.ndarray:
     p = _texture(kind, rng)[..., None]
-    fg, bg = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-    img = p * fg + (1 - p) * bg + rng.normal(0, 0.06, (SIZE, SIZE, 3))
+    # random colours with a contrast well above the demo's 8/255 attack budget
+    base, d = rng.uniform(0.3, 0.7, 3), rng.uniform(0.2, 0.3) * rng.choice([-1.0, 1.0])
+    img = p * (base + d) + (1 - p) * (base - d) + rng.normal(0, 0.04, (SIZE, SIZE, 3))
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
