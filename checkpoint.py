@@ -16,6 +16,7 @@ from errors import CheckpointError, ConfigError
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LOG = "log.txt"
+EVALUATION = "evaluate.json"  # IMP -e/--evaluate: the loaded model's SA (and RA)
 # downstream transfer
 CHECKPOINT = "checkpoint.pth.tar"
 SA_BEST = "model_SA_best.pth.tar"

@@ -1,0 +1,245 @@
+"""The IMP / A-IMP levels loop: level k trains mask k (sparsity 1 - (1 - rate)^k) from the rewound init for
+`prune_epoch` epochs, then prunes `rate` of its survivors into mask k + 1; re-running resumes where it stopped."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+import checkpoint as files
+import dataset
+import distributed
+import engine
+import models
+import pruning_utils
+import reproducibility
+import runlog
+import weights
+from attacks import build_attack
+from distributed import DistEnv
+from errors import CheckpointError, ConfigError
+from imp_config import IMPConfig, config_dict
+from imp_state import checkpoint_dict, find_resume, level_of, restore, truncate_metrics
+from pruning_utils import Mask
+
+
+# ---------------------------------------------------------------------------- masks
+def mask_digest(mask: Mask) -> str:
+    """A short fingerprint of a mask (names and bits), equal exactly when the masks are equal."""
+    h = hashlib.sha256()
+    for name in sorted(mask):
+        h.update(name.encode())
+        h.update(mask[name].detach().to("cpu", torch.bool).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def prune(net: torch.nn.Module, mask: Mask, rate: float, cfg: IMPConfig, level: int) -> Mask:
+    """Remove `rate` of the weights `mask` keeps, judged on the weights `net` holds now."""
+    if cfg.prune_method == "random":  # a generator of its own: the mask is a pure function of (seed, level)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + level)
+        return pruning_utils.random_prune(net, mask, rate, generator=g)
+    return pruning_utils.magnitude_prune(net, mask, rate)
+
+
+def _agree(mask: Mask, env: DistEnv, log, what: str) -> str:
+    """Every rank fingerprints the mask it holds; all must be equal (a real check that broadcasting worked)."""
+    digest = mask_digest(mask)
+    table = torch.zeros(env.world_size, 8, dtype=torch.int64, device=env.device)
+    table[env.rank] = torch.tensor(list(bytes.fromhex(digest)), dtype=torch.int64)
+    rows = [bytes(r).hex() for r in distributed.all_reduce_sum(table, env).tolist()]
+    if len(set(rows)) != 1:
+        raise RuntimeError(f"ranks hold different masks for {what}: digests by rank {rows}")
+    log.info(f"{what}: mask digest {digest} on rank(s) {', '.join(map(str, range(env.world_size)))}")
+    return digest
+
+
+def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, cfg: IMPConfig, env: DistEnv,
+                log, rate: float | None = None) -> Mask:
+    """Mask `level` pruned (on rank 0, then broadcast) from the weights `net` holds and the previous mask;
+    the survivors are rewound to `init_state` and rank 0 writes the level's ticket and sparsity files."""
+    rate = cfg.rate if rate is None else rate
+    new = distributed.broadcast_mask(prune(net, mask, rate, cfg, level) if env.is_main else mask, env)
+    digest = _agree(new, env, log, f"level {level}")
+    pruning_utils.rewind(net, init_state, new)
+    if env.is_main:
+        write_level_files(cfg, level, new, digest)
+    log.info(f"level {level}: sparsity {100 * pruning_utils.sparsity(new):.2f}% of the conv weights "
+             f"({cfg.source}), survivors rewound to the init")
+    return new
+
+
+def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str) -> None:
+    """`<level>-ticket.pth.tar` (masks + level, sparsity, source init, config) and `<level>-sparsity.json`."""
+    s, layers = pruning_utils.sparsity(mask), pruning_utils.layer_sparsity(mask)
+    meta = {"level": level, "sparsity": s, "source": cfg.source, "init": cfg.init, "arch": cfg.arch,
+            "mask_digest": digest, "config": config_dict(cfg)}
+    pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
+    files.atomic_write_json(files.imp_sparsity(cfg.save_dir, level), {
+        "level": level, "sparsity": s, "source": cfg.source, "mask_digest": digest, "layers": layers,
+        "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values())})
+
+
+# ---------------------------------------------------------------------------- data and model
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    # independent of the loader's generator, so augmentation/attack noise and data order are not correlated
+    return int.from_bytes(hashlib.sha256(f"imp/{seed}/{epoch}/{rank}".encode()).digest()[:7], "big")
+
+
+def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits, log):
+    per_rank = cfg.batch_size // env.world_size
+    if per_rank < 1:
+        raise ConfigError(f"-b {cfg.batch_size} is the global batch: it must be at least the {env.world_size} processes")
+    if cfg.batch_size % env.world_size:
+        log.warning(f"-b {cfg.batch_size} is not divisible by {env.world_size} processes: {per_rank} per process")
+    common = dict(batch_size=per_rank, num_workers=cfg.workers, pin_memory=env.device.type == "cuda")
+    val = DataLoader(splits.val, sampler=distributed.ShardSampler(len(splits.val), env),
+                     persistent_workers=cfg.workers > 0, **common)
+
+    def train(epoch: int) -> DataLoader:
+        # A fresh loader per epoch (no persistent workers): order and worker seeds are a pure function of
+        # (seed, epoch, rank), so a resumed run sees exactly the batches an uninterrupted one does.
+        g = reproducibility.epoch_generator(cfg.seed, epoch, env.rank)
+        if env.distributed:
+            sampler = DistributedSampler(splits.train, env.world_size, env.rank, shuffle=True, seed=cfg.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(splits.train, generator=g)
+        return DataLoader(splits.train, sampler=sampler, generator=g, **common)
+    return train, val
+
+
+def _build_model(cfg: IMPConfig, num_classes: int, env: DistEnv, log) -> tuple[torch.nn.Module, dict]:
+    mean, std, loaded = models.IMAGENET_MEAN, models.IMAGENET_STD, None
+    if cfg.init:
+        loaded = weights.read_weights(cfg.init, trusted=cfg.trust_pickle)
+        if loaded.mean is not None:
+            mean, std = loaded.mean, loaded.std
+            log.info(f"normalisation from the init file: mean {mean} std {std}")
+    net = models.build(cfg.arch, num_classes, small_input=cfg.small_input, mean=mean, std=std)
+    if loaded is not None:
+        log.info(weights.load_into(net, loaded, head="strict"))
+        if loaded.mask is not None:
+            log.warning(f"{cfg.init} carries a pruning mask: its masked weights are the init; "
+                        "to continue that run instead, pass it to --resume")
+    elif not cfg.resume:
+        log.warning(f"no --init: IMP starts from the random initialisation of {cfg.arch} (seed {cfg.seed})")
+    init_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return net.to(env.device), init_state
+
+
+def _sgd(model: torch.nn.Module, cfg: IMPConfig, state: dict | None = None, path: str = "") -> torch.optim.SGD:
+    opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if state is not None:
+        try:
+            opt.load_state_dict(state)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this model ({e})") from None
+    return opt
+
+
+# ---------------------------------------------------------------------------- the run
+def worker(env: DistEnv, cfg: IMPConfig) -> None:
+    """One process of an IMP run (module level, so torch.multiprocessing.spawn can pickle it)."""
+    log = runlog.setup_log(cfg.save_dir, env.is_main)
+    try:
+        _run(env, cfg, log)
+    finally:
+        distributed.cleanup(env)
+
+
+def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
+    if cfg.amp and env.device.type != "cuda":
+        raise ConfigError(f"--amp {cfg.amp} needs a GPU and none is visible: drop --amp on this machine")
+    log.info(f"process layout: {env.describe()}" + ("" if torch.cuda.is_available() else " (no GPU visible)"))
+    reproducibility.seed_all(cfg.seed, deterministic=cfg.deterministic)
+    splits = dataset.build_datasets("imagenet", cfg.data, seed=cfg.seed, image_size=cfg.image_size,
+                                    resize_size=cfg.resize_size)
+    log.info(f"data {cfg.data}: {len(splits.train)} train / {len(splits.val)} val images, "
+             f"{splits.num_classes} classes")
+    net, init_state = _build_model(cfg, splits.num_classes, env, log)
+    cl = cfg.channels_last if cfg.channels_last is not None else env.device.type == "cuda"
+    if cl:
+        net.to(memory_format=torch.channels_last)
+    if cfg.omp_sparsity is not None:
+        level = cfg.omp_level or 1
+        begin_level(net, init_state, pruning_utils.full_mask(net), level, cfg, env, log, rate=cfg.omp_sparsity)
+        log.info(f"one-shot ticket: {files.imp_ticket(cfg.save_dir, level)}")
+        return
+    train_loader, val_loader = _loaders(cfg, env, splits, log)
+    attack = build_attack(cfg.attack)
+    if cfg.attack is not None:
+        log.info(f"training attack: {cfg.attack.describe()}")
+    path, obj = find_resume(cfg, env, own=not cfg.evaluate)
+    if cfg.evaluate:
+        mask = None if obj is None else restore(net, obj, path, init_state)[0]
+        return _evaluate_only(env, cfg, log, net, val_loader, mask, path or cfg.init, cl)
+    opt_state, best, level, done = None, None, 1, 0
+    if obj is None:
+        mask = begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env, log)
+    else:
+        level, done = level_of(obj, path, cfg)
+        mask, init_state = restore(net, obj, path, init_state)
+        log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
+        if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
+            write_level_files(cfg, level, mask, mask_digest(mask))
+        if done == level * cfg.prune_epoch:
+            mask = begin_level(net, init_state, mask, level + 1, cfg, env, log)
+            level += 1
+        else:
+            opt_state, best = obj.get("optimizer"), obj.get("best_acc1")
+            best = None if best is None else float(best)
+    if env.is_main:
+        truncate_metrics(cfg.save_dir, done)
+    model = distributed.wrap_model(net, env)
+    optimizer = _sgd(model, cfg, opt_state, path or "")
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    if scaler is not None and opt_state is not None and "scaler" in obj:
+        scaler.load_state_dict(obj["scaler"])
+    while level <= cfg.levels:
+        for epoch in range(done, level * cfg.prune_epoch):
+            # every epoch's randomness (augmentation, attack starts) is a pure function of (seed, epoch, rank)
+            reproducibility.seed_all(_epoch_seed(cfg.seed, epoch, env.rank), deterministic=cfg.deterministic)
+            start = time.time()
+            tr = engine.train_one_epoch(model, train_loader(epoch), optimizer, device=env.device, attack=attack,
+                                        mask=mask, epoch=epoch, env=env, amp=cfg.amp, scaler=scaler,
+                                        channels_last=cl, desc=f"level {level} epoch {epoch + 1}",
+                                        show_progress=cfg.show_progress)
+            va = engine.evaluate(model, val_loader, device=env.device, env=env, amp=cfg.amp, channels_last=cl,
+                                 desc="val", show_progress=cfg.show_progress)
+            done = epoch + 1
+            is_best = best is None or va["top1"] > best  # the first epoch of a level is always its best so far
+            best = va["top1"] if is_best else best
+            row = {"level": level, "epoch": done, "lr": optimizer.param_groups[0]["lr"],
+                   "sparsity": pruning_utils.sparsity(mask), "train_loss": tr["loss"], "train_top1": tr["top1"],
+                   "train_top5": tr["top5"], "val_loss": va["loss"], "val_top1": va["top1"],
+                   "val_top5": va["top5"], "best_val_top1": best, "time": time.time() - start}
+            if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
+                files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
+                state = checkpoint_dict(net, mask, optimizer, scaler, done, level, best, init_state, cfg)
+                if is_best:
+                    files.atomic_save(state, files.imp_best(cfg.save_dir, level))
+                files.atomic_save(state, files.imp_checkpoint(cfg.save_dir, level))
+            log.info(f"level {level} epoch {done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
+                     f"val top1 {va['top1']:.2f} top5 {va['top5']:.2f} (best {best:.2f}) | {row['time']:.0f}s")
+        mask = begin_level(net, init_state, mask, level + 1, cfg, env, log)
+        level, best, optimizer = level + 1, None, _sgd(model, cfg)
+    log.info(f"IMP done: {cfg.levels} levels trained; tickets 1..{cfg.levels + 1} in {cfg.save_dir}")
+
+
+def _evaluate_only(env: DistEnv, cfg: IMPConfig, log, net, val_loader, mask: Mask | None, source: str | None,
+                   cl: bool) -> None:
+    clean = engine.evaluate(net, val_loader, device=env.device, env=env, amp=cfg.amp, channels_last=cl,
+                            desc="eval", show_progress=cfg.show_progress)
+    out = {"source": source, "sparsity": 0.0 if mask is None else pruning_utils.sparsity(mask),
+           "sa_top1": clean["top1"], "sa_top5": clean["top5"], "loss": clean["loss"], "n": clean["n"]}
+    if cfg.attack is not None:
+        robust = engine.evaluate(net, val_loader, device=env.device, attack=build_attack(cfg.attack), env=env,
+                                 amp=cfg.amp, channels_last=cl, desc="eval (attack)", show_progress=cfg.show_progress)
+        out.update(ra_top1=robust["top1"], attack=cfg.attack.describe())
+    if env.is_main:
+        files.atomic_write_json(os.path.join(cfg.save_dir, files.EVALUATION), out)
+    log.info(f"evaluated {source or 'the random init'}: SA top1 {out['sa_top1']:.2f} top5 {out['sa_top5']:.2f}"
+             + (f", RA {out['ra_top1']:.2f} ({out['attack']})" if "ra_top1" in out else ""))

@@ -1,0 +1,24 @@
+"""IMP: iterative magnitude pruning with standard (clean) training on ImageNet; no attack flags.
+
+    bash script/imp_pretrain/imp_std.sh INIT_WEIGHTS SAVE_DIR DATA_DIR [--epochs 60 -b 256 ...]
+    python main_imp_std.py DATA --init r50.pth --save_dir runs/imp --omp-level 5   # one-shot baseline
+    torchrun --nproc_per_node 8 main_imp_std.py DATA --init r50.pth --save_dir runs/imp
+"""
+from __future__ import annotations
+
+import argparse
+
+import errors
+import imp_cli
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    return imp_cli.get_args_parser(adversarial=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return imp_cli.main(argv, adversarial=False)
+
+
+if __name__ == "__main__":
+    errors.run_cli(main)

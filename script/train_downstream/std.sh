@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Standard transfer of a ticket with the original's hyperparameters. Flags after the four positionals
+# override the values below (argparse keeps the last value), e.g.
+#   bash script/train_downstream/std.sh cifar100 W SAVE TICKET --data /datasets --data_number 0.1
+# TICKET "" or none: the dense model, the reference for every ticket. Re-running the same command resumes the
+# run in SAVE_DIR. Set PYTHON to choose the interpreter.
+set -euo pipefail
+if [ "$#" -lt 4 ] || [ -z "$1" ] || [ -z "$2" ] || [ -z "$3" ]; then
+  echo "usage: bash script/train_downstream/std.sh DATASET INIT_WEIGHTS SAVE_DIR TICKET [extra flags override the values below]  (TICKET \"\" or none: dense)" >&2
+  exit 2
+fi
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+args=(
+  --mode std                        # clean fine-tuning
+  --data ../data
+  --dataset "$1"                    # cifar10, cifar100, svhn or folder
+  --data_number 1
+  --arch resnet50
+  --init "$2"
+  --seed 1
+  --batch_size 64
+  --lr 0.001
+  --weight_decay 5e-4
+  --epochs 150
+  --decreasing_lr 50,100            # lr x0.1 at these epochs
+  --scheduler multistep
+  --warmup 0
+  --eval_from 0                     # validation every epoch
+  --test_eps 8                      # RA too (PGD-20, 8/255, step 2/255), which the original never measured:
+  --test_step 20                    # the double-win criterion needs RA of standard transfer
+  --test_gamma 2
+  --save_dir "$3"
+  --tickets_file "$4"
+)
+exec "${PYTHON:-python}" -u "$ROOT/main_train_downstream.py" "${args[@]}" "${@:5}"

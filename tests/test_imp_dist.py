@@ -1,0 +1,110 @@
+"""IMP as separate processes: two gloo ranks under torchrun agree on every mask, and a run killed with SIGKILL
+then re-run with the same command ends bit-identical to an uninterrupted one."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoint
+import imp_levels
+import pruning_utils
+from test_imp import TINY, same_masks, ticket, tiny_model, write_init
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tiny(_fake_files, tmp_path):
+    return _fake_files("folder"), write_init(str(tmp_path / "init.pth"))
+
+
+# One intra-op thread per process: these tiny runs would otherwise spend most of their time in thread sync.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def command(entry: str, data: str, init: str, save_dir: str, *extra: str) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, entry), data, "--init", init, "--save_dir", save_dir, *TINY, *extra]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_hold_the_same_masks(tiny, tmp_path):
+    data, init = tiny
+    save_dir = str(tmp_path / "run")
+    cmd = command("main_imp_std.py", data, init, save_dir, "--epochs", "2", "--prune_epoch", "1", "--lr", "0.05")
+    cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    log = open(os.path.join(save_dir, checkpoint.LOG)).read()
+    assert "rank 0/2 on cpu (gloo)" in log and "torchrun: 2 processes" in log
+    # Each rank fingerprints the mask it holds; imp_levels raises unless all agree; rank 0 logs the shared digest.
+    logged = dict(re.findall(r"level (\d+): mask digest ([0-9a-f]{16}) on rank\(s\) 0, 1\n", log))
+    assert sorted(logged) == ["1", "2", "3"]
+    for level, digest in logged.items():
+        assert digest == imp_levels.mask_digest(ticket(save_dir, int(level)))
+    # Level 1 prunes the init, so it is the one-process mask too; later levels follow the 2-rank training.
+    net = tiny_model()
+    net.load_state_dict(torch.load(init, weights_only=True))
+    assert same_masks(ticket(save_dir, 1), pruning_utils.magnitude_prune(net, pruning_utils.full_mask(net), 0.2))
+    rows = checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS))
+    assert [r["level"] for r in rows] == [1, 2]
+    assert sorted(f for f in os.listdir(save_dir) if f.endswith("checkpoint.pth.tar")) == \
+        ["1-checkpoint.pth.tar", "2-checkpoint.pth.tar"]
+
+
+@pytest.mark.slow
+def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path):
+    data, init = tiny
+    flags = ("--epochs", "4", "--prune_epoch", "2", "--lr", "0.05", "--train_step", "1", "--deterministic")
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    reference = subprocess.Popen(command("main_imp_adv.py", data, init, whole, *flags), cwd=ROOT, env=ENV,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(command("main_imp_adv.py", data, init, killed, *flags), cwd=ROOT, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = checkpoint.imp_checkpoint(killed, 1)
+    deadline = time.time() + 240
+    while not os.path.exists(first) and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    rows = checkpoint.read_jsonl(os.path.join(killed, checkpoint.METRICS))
+    assert 1 <= len(rows) < 4, "the run was not interrupted mid-way"
+    again = subprocess.run(command("main_imp_adv.py", data, init, killed, *flags), cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+    assert "resuming from" in open(os.path.join(killed, checkpoint.LOG)).read()
+
+    def untimed(save_dir):
+        return [{k: v for k, v in r.items() if k != "time"}
+                for r in checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS))]
+    assert untimed(killed) == untimed(whole) and len(untimed(whole)) == 4
+    for level in (1, 2, 3):
+        assert same_masks(ticket(killed, level), ticket(whole, level))
+    assert pruning_utils.load_ticket(checkpoint.imp_ticket(killed, 3))[1]["source"] == "aimp"
+    for level in (1, 2):
+        for path in (checkpoint.imp_checkpoint, checkpoint.imp_best):
+            a, b = checkpoint.load_file(path(killed, level)), checkpoint.load_file(path(whole, level))
+            assert a["epoch"] == b["epoch"] and a["best_acc1"] == b["best_acc1"]
+            assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+
+
+@pytest.mark.slow
+def test_unchanged_script_runs_on_a_machine_without_gpu(tiny, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data, init = tiny
+    save_dir = str(tmp_path / "run")
+    done = subprocess.run(["bash", os.path.join(ROOT, "script", "imp_pretrain", "imp_std.sh"), init, save_dir, data,
+                           *TINY, "--epochs", "1", "--prune_epoch", "1"], cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=300, env={**ENV, "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = open(os.path.join(save_dir, checkpoint.LOG)).read()
+    assert "--multiprocessing-distributed asked for one process per GPU, but no GPU is visible: one CPU process" in log
+    assert os.path.exists(checkpoint.imp_best(save_dir, 1)) and os.path.exists(checkpoint.imp_ticket(save_dir, 2))

@@ -1,0 +1,55 @@
+"""Transfer as two gloo ranks under torchrun: validation and test accuracies are exact over the whole split
+(9 images over 2 ranks: a padding sampler would count one twice), and rank 0 alone writes the run's files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dataset
+import fakedata
+import models
+import pruning_utils
+from checkpoint import LOG, RESULTS, SA_BEST, load_file
+from engine import evaluate
+from test_transfer import argv, check_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
+    data = fakedata.make_image_folder(str(tmp_path / "data"), n_per_class=3, splits=("train", "val", "test"))
+    torch.manual_seed(0)
+    init_model = models.resnet_tiny(1000)
+    init = str(tmp_path / "init.pth")
+    torch.save(init_model.state_dict(), init)
+    mask = pruning_utils.magnitude_prune(init_model, pruning_utils.full_mask(init_model), 0.5)
+    ticket = str(tmp_path / "ticket.pth.tar")
+    pruning_utils.save_ticket(ticket, mask, {})
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(ROOT, "main_train_downstream.py"),
+           *argv(out, data, "folder", init, mode="adv", ticket=ticket, extra=("--batch_size", "4"))]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "rank 0/2 on cpu (gloo)" in open(out / LOG).read()
+    res = check_run(out, mask, 2)
+    assert res["world_size"] == 2 and (res["n_val"], res["n_test"], res["best_sa"]["test_images"]) == (9, 9, 9)
+
+    splits = dataset.build_datasets("folder", data, image_size=16, resize_size=16)
+    model = models.build("resnet_tiny", 3, small_input=True, mean=splits.mean, std=splits.std)
+    best = load_file(str(out / SA_BEST))
+    model.load_state_dict(pruning_utils.unmask_state_dict(best["state_dict"])[0])
+    cpu = torch.device("cpu")
+    for split, key in ((splits.val, "val_sa"), (splits.test, "test_sa")):
+        whole = evaluate(model, torch.utils.data.DataLoader(split, batch_size=5), device=cpu, show_progress=False)
+        assert whole["n"] == 9 and whole["top1"] == pytest.approx(res["best_sa"][key], abs=1e-9), key
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert rows[best["epoch"]]["val_sa"] == res["best_sa"]["val_sa"]
+    assert json.load(open(out / RESULTS))["complete"] is True

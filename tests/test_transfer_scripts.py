@@ -1,0 +1,97 @@
+"""The downstream bash scripts: each argument line parses with main_train_downstream's parser, carries the
+original's hyperparameters, lets extra flags override them, and treats an empty TICKET as the dense model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import main_train_downstream as cli
+from errors import ConfigError, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "script", "train_downstream")
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    """An executable standing in for python: it records its argv as JSON."""
+    path = tmp_path / "python"
+    out = tmp_path / "argv.json"
+    path.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(out)!r}, 'w'))\n")
+    path.chmod(0o755)
+    return path, out
+
+
+def run_script(recorder, name: str, *args: str):
+    """(parsed args, converted config) of the command line the script runs."""
+    exe, out = recorder
+    subprocess.run(["bash", os.path.join(SCRIPTS, name), *args], check=True, env={**os.environ, "PYTHON": str(exe)})
+    argv = json.load(open(out))
+    assert argv[:2] == ["-u", os.path.join(ROOT, "main_train_downstream.py")]
+    parsed = cli.get_args_parser().parse_args(argv[2:])
+    return parsed, cli.config_from_args(parsed)[0]
+
+
+def test_adv_cifar_line(recorder):
+    a, cfg = run_script(recorder, "adv_cifar.sh", "cifar100", "init.pth", "runs/x", "runs/imp/9-ticket.pth.tar")
+    assert (a.mode, a.dataset, a.data, a.data_number, a.arch, a.init, a.seed) == \
+        ("adv", "cifar100", "../data", 1.0, "resnet50", "init.pth", 1)
+    assert (a.batch_size, a.lr, a.momentum, a.weight_decay, a.epochs, a.warmup) == (128, 0.1, 0.9, 5e-4, 100, 0)
+    assert (cfg.milestones, cfg.scheduler, cfg.eval_from, cfg.save_dir, cfg.ticket) == \
+        ((50, 75), "multistep", 45, "runs/x", "runs/imp/9-ticket.pth.tar")
+    assert (cfg.train_attack.kind, cfg.train_attack.steps, cfg.train_attack.eps, cfg.train_attack.alpha) == \
+        ("pgd", 10, 8 / 255, 2 / 255)
+    assert (cfg.test_attack.steps, cfg.test_attack.eps, cfg.test_attack.alpha) == (20, 8 / 255, 2 / 255)
+
+
+def test_adv_svhn_line_uses_cosine(recorder):
+    a, cfg = run_script(recorder, "adv_svhn.sh", "init.pth", "runs/s", "t.pth.tar")
+    assert (a.dataset, a.lr, a.epochs, a.batch_size, a.init, a.save_dir, a.tickets_file) == \
+        ("svhn", 0.01, 80, 128, "init.pth", "runs/s", "t.pth.tar")
+    assert (cfg.scheduler, cfg.eval_from, cfg.mode, cfg.train_attack.steps) == ("cosine", 0, "adv", 10)
+
+
+def test_std_line_measures_ra_too(recorder):
+    a, cfg = run_script(recorder, "std.sh", "svhn", "init.pth", "runs/s", "t.pth.tar")
+    assert (a.mode, a.dataset, a.batch_size, a.lr, a.weight_decay, a.epochs) == \
+        ("std", "svhn", 64, 0.001, 5e-4, 150)
+    assert (cfg.milestones, cfg.eval_from, cfg.train_attack) == ((50, 100), 0, None)
+    assert (cfg.test_attack.steps, cfg.test_attack.eps, cfg.test_attack.alpha) == (20, 8 / 255, 2 / 255)
+
+
+@pytest.mark.parametrize("ticket", ["", "none"])
+def test_empty_ticket_is_dense_and_extra_flags_override(recorder, ticket):
+    a, cfg = run_script(recorder, "adv_cifar.sh", "cifar10", "init.pth", "runs/d", ticket,
+                        "--epochs", "3", "--eval_from", "0", "--data", "/datasets", "--lr", "0.02")
+    assert cfg.ticket is None
+    assert (a.epochs, a.eval_from, a.data, a.lr, a.dataset) == (3, 0, "/datasets", 0.02, "cifar10")
+
+
+@pytest.mark.parametrize("name,args", [("adv_cifar.sh", ("cifar10", "w", "s")), ("adv_svhn.sh", ("w", "s")),
+                                       ("std.sh", ("cifar10", "", "s", ""))])
+def test_missing_positionals_print_usage(recorder, name, args):
+    r = subprocess.run(["bash", os.path.join(SCRIPTS, name), *args], capture_output=True, text=True,
+                       env={**os.environ, "PYTHON": str(recorder[0])})
+    assert r.returncode == 2 and r.stderr.startswith("usage: bash script/train_downstream/" + name)
+    assert not os.path.exists(recorder[1])
+
+
+def test_flags_are_checked_once_at_the_edge():
+    base = ["--init", "w.pth", "--save_dir", "s"]
+    parse = cli.get_args_parser().parse_args
+    with pytest.raises(UserError, match="--train_eps"):  # a fraction where 1/255 units are expected
+        cli.config_from_args(parse(base + ["--train_eps", "0.031"]))
+    with pytest.raises(ConfigError, match="--eval_from"):
+        cli.config_from_args(parse(base + ["--epochs", "40", "--eval_from", "45"]))
+    with pytest.raises(ConfigError, match="--train_step 0"):
+        cli.config_from_args(parse(base + ["--train_step", "0"]))
+    with pytest.raises(ConfigError, match="--decreasing_lr"):
+        cli.config_from_args(parse(base + ["--decreasing_lr", "50;75"]))
+    with pytest.raises(ConfigError, match="--autoattack-attacks"):
+        cli.config_from_args(parse(base + ["--autoattack-attacks", "apgd-ce"]))  # needs version custom
+    fgsm = cli.config_from_args(parse(base + ["--attack", "fgsm"]))[0].train_attack
+    assert (fgsm.kind, fgsm.steps, fgsm.eps, fgsm.alpha) == ("fgsm", 1, 8 / 255, None)

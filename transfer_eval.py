@@ -1,0 +1,167 @@
+"""The end of a transfer run: test SA and PGD RA (and, on request, AutoAttack RA) of the best-SA and best-RA
+checkpoints, results.json, and the training-curve plot."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import torch
+import torchvision
+from torch import nn
+
+import pruning_utils
+from checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_json, load_file
+from distributed import DistEnv, ShardSampler, all_reduce_sum
+from engine import evaluate
+from reproducibility import epoch_generator, seed_all
+from transfer_state import restore
+
+
+def plain(value) -> bool:
+    """JSON-safe metadata (ticket meta is copied to results.json only when plain)."""
+    if isinstance(value, (list, tuple)):
+        return all(plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def attack_dict(cfg) -> dict | None:
+    """An AttackConfig with eps and step size both as fractions of the pixel range and in 1/255 units."""
+    if cfg is None:
+        return None
+    alpha = 1.25 * cfg.eps if cfg.alpha is None else cfg.alpha
+    return {"kind": cfg.kind, "steps": cfg.steps, "random_start": cfg.random_start, "eps": cfg.eps,
+            "eps_255": cfg.eps * 255, "alpha": alpha, "alpha_255": alpha * 255, "describe": cfg.describe()}
+
+
+def autoattack_settings(cfg) -> dict | None:
+    if not cfg.autoattack:
+        return None
+    return {"n": cfg.autoattack, "version": cfg.autoattack_version, "attacks": list(cfg.autoattack_attacks),
+            "norm": "Linf", "eps": cfg.test_attack.eps, "eps_255": cfg.test_attack.eps * 255}
+
+
+def is_complete(cfg) -> bool:
+    """results.json exists, says complete, and was made with the AutoAttack settings asked for now."""
+    try:
+        with open(os.path.join(cfg.save_dir, RESULTS)) as f:
+            res = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(res, dict) and res.get("complete") is True and res.get("autoattack") == autoattack_settings(cfg)
+
+
+# ---------------------------------------------------------------------------- final test
+def pruned_nonzero(model: nn.Module, mask: pruning_utils.Mask | None) -> int:
+    """Pruned weights that are not exactly zero (always 0 unless the one mask mechanism is broken)."""
+    params = dict(model.named_parameters())
+    return sum(int(params[k].detach()[~m.to(params[k].device).bool()].count_nonzero()) for k, m in (mask or {}).items())
+
+
+# ---------------------------------------------------------------------------- AutoAttack
+def autoattack_ra(model: nn.Module, dataset, cfg, env: DistEnv) -> tuple[float, int, list[str]]:
+    """(robust accuracy in %, images, attacks run) under AutoAttack (pyautoattack, the authors' package) on
+    the first `cfg.autoattack` test images, sharded over ranks; robust means surviving every attack run.
+
+    Targeted attacks aim at min(9, classes - 1) other classes; with fewer than 4 classes apgd-t cannot run
+    (its loss compares the top 4 logits) and is left out.
+    """
+    from pyautoattack import AutoAttack
+
+    model.eval()
+    aa = AutoAttack(model, norm="Linf", eps=cfg.test_attack.eps, version=cfg.autoattack_version,
+                    attacks=list(cfg.autoattack_attacks) or None, device=env.device, seed=cfg.seed)
+    classes = model.fc.out_features
+    aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, classes - 1)
+    aa.fab.n_target_classes = min(aa.fab.n_target_classes, classes - 1)
+    if classes < 4:
+        aa.attacks_to_run = [a for a in aa.attacks_to_run if a != "apgd-t"]
+    idx = ShardSampler(min(cfg.autoattack, len(dataset)), env).indices
+    counts = torch.tensor([0.0, float(len(idx))], dtype=torch.float64, device=env.device)
+    if idx:
+        x = torch.stack([dataset[i][0] for i in idx])
+        y = torch.tensor([int(dataset[i][1]) for i in idx])
+        _, y_adv = aa.run_standard_evaluation(x, y, batch_size=max(1, cfg.batch_size // env.world_size))
+        counts[0] = float((y_adv.cpu() == y).sum())
+    robust, total = all_reduce_sum(counts, env).tolist()
+    return 100.0 * robust / max(total, 1.0), int(total), list(aa.attacks_to_run)
+
+
+def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state: dict, test_loader,
+           test_attack, log) -> dict:
+    """Test the best-SA and best-RA checkpoints (SA, PGD RA, AutoAttack RA) and write results.json (rank 0)."""
+    start = time.time()
+    # fixed RNG for the attacks' random starts: a run resumed during its final test reports the same numbers
+    seed_all(epoch_generator(cfg.seed, cfg.epochs, env.rank).initial_seed(), deterministic=cfg.deterministic)
+    opts = dict(device=env.device, env=env, amp=cfg.amp, channels_last=cfg.channels_last,
+                show_progress=cfg.show_progress)
+    tested: dict[int, dict] = {}
+    best: dict[str, dict] = {}
+    for tag, name in (("best_sa", SA_BEST), ("best_ra", RA_BEST)):
+        path = os.path.join(cfg.save_dir, name)
+        ck = load_file(path)
+        if ck["epoch"] not in tested:
+            restore(model, ck["state_dict"], mask, path)
+            bad = pruned_nonzero(model, mask)
+            if bad:
+                raise RuntimeError(f"{path}: {bad} pruned weights are not zero")
+            sa = evaluate(model, test_loader, desc="test SA", **opts)
+            row = {"epoch": ck["epoch"], "val_sa": ck["val_sa"], "val_ra": ck["val_ra"], "test_sa": sa["top1"],
+                   "test_ra": evaluate(model, test_loader, attack=test_attack, desc="test RA", **opts)["top1"],
+                   "test_images": sa["n"]}
+            if cfg.autoattack:
+                aa_ra, aa_images, aa_attacks = autoattack_ra(model, splits.test, cfg, env)
+                row.update(test_aa_ra=aa_ra, aa_images=aa_images, aa_attacks=aa_attacks)
+            tested[ck["epoch"]] = row
+        best[tag] = dict(tested[ck["epoch"]])
+        aa = f" AutoAttack RA {best[tag]['test_aa_ra']:.2f} ({best[tag]['aa_images']} images)" \
+            if cfg.autoattack else ""
+        log.info(f"{tag} (epoch {ck['epoch']}): test SA {best[tag]['test_sa']:.2f} "
+                 f"PGD-{cfg.test_attack.steps} RA {best[tag]['test_ra']:.2f}{aa}")
+    s = info["ticket_sparsity"]
+    results = {
+        "complete": True, "dataset": cfg.dataset, "data_number": cfg.data_number, "subset": cfg.subset,
+        "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
+        "num_classes": splits.num_classes, "mode": cfg.mode, "train_attack": attack_dict(cfg.train_attack),
+        "test_attack": attack_dict(cfg.test_attack), "autoattack": autoattack_settings(cfg),
+        "ticket": info["ticket"], "sparsity": s, "sparsity_percent": 100 * s,
+        "ticket_meta": info["ticket_meta"], "init": info["init"], "init_format": info["init_format"],
+        "arch": cfg.arch, "small_input": cfg.small_input, "image_size": cfg.image_size, "seed": cfg.seed,
+        "epochs": cfg.epochs, "eval_from": cfg.eval_from, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "scheduler": cfg.scheduler, "world_size": env.world_size, **best,
+        "wall_time_s": state["wall_time_s"] + time.time() - start,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__},
+    }
+    if env.is_main:
+        atomic_write_json(os.path.join(cfg.save_dir, RESULTS), results)
+        log.info(f"wrote {os.path.join(cfg.save_dir, RESULTS)}")
+    return results
+
+
+# ---------------------------------------------------------------------------- curves
+def plot_curves(rows: list[dict], path: str, mode: str = "adv", title: str = "") -> None:
+    """Train accuracy, val SA and val RA per epoch; only measured values are drawn (no placeholders)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    train = "train acc (adversarial examples)" if mode == "adv" else "train acc"
+    for key, label in (("train_acc", train), ("val_sa", "val SA"), ("val_ra", "val RA")):
+        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    if rows:
+        ax.legend()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)  # a reader never sees half a PNG

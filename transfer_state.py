@@ -1,0 +1,103 @@
+"""What a transfer run keeps in SAVE_DIR between epochs: the per-epoch checkpoint, the best-SA / best-RA
+files and metrics rows (rank 0 writes them), resuming from them, and clearing them for --restart."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+import pruning_utils
+from checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
+    atomic_write_text, load_file, read_jsonl, strip_prefix
+from errors import CheckpointError
+from reproducibility import get_rng_state
+
+FRESH = {"epoch": 0, "best_sa": None, "best_ra": None, "best_sa_epoch": None, "best_ra_epoch": None,
+         "wall_time_s": 0.0}  # "epoch": epochs completed; best_*: best val SA / RA so far and their epochs
+
+
+def pct(v: float | None) -> str:
+    """An accuracy for the log; '-' before the first validated epoch."""
+    return "-" if v is None else f"{v:.2f}"
+
+
+def model_state_dict(model: nn.Module, mask) -> dict:
+    """torch-prune naming for a ticket (the original's tools read it), the plain state dict for the dense model."""
+    return pruning_utils.masked_state_dict(model, mask) if mask is not None else model.state_dict()
+
+
+def restore(model: nn.Module, state_dict: dict, mask: pruning_utils.Mask | None, path: str) -> None:
+    """Load one of our state dicts (torch-prune naming or plain) after checking that its mask is this run's."""
+    sd, saved = pruning_utils.unmask_state_dict(strip_prefix(state_dict))
+    same = (mask is None) == (saved is None) and (
+        mask is None or (set(mask) == set(saved)
+                         and all(torch.equal(mask[k].cpu().bool(), saved[k].cpu()) for k in mask)))
+    if not same:
+        raise CheckpointError(f"{path} was trained with another mask than this run's --tickets_file: use another "
+                              "--save_dir, or pass --restart to start over there")
+    model.load_state_dict(sd)
+
+
+def save_epoch(cfg, model, mask, optimizer, scheduler, scaler, state: dict, row: dict, improved: list[str]) -> None:
+    """Metrics row, improved best files, then the checkpoint: a crash in between replays the epoch on resume.
+
+    Best files hold the weights and the 0-based epoch that earned them; the checkpoint adds everything needed
+    to continue (its "epoch" counts completed epochs, as the original's).
+    """
+    d = cfg.save_dir
+    sd = model_state_dict(model, mask)
+    append_jsonl(os.path.join(d, METRICS), row)
+    for k in improved:
+        atomic_save({"state_dict": sd, "epoch": row["epoch"], "val_sa": row["val_sa"], "val_ra": row["val_ra"],
+                     "arch": cfg.arch, "config": asdict(cfg)}, os.path.join(d, SA_BEST if k == "sa" else RA_BEST))
+    if cfg.save_all:
+        atomic_save({"state_dict": sd, "epoch": row["epoch"], "arch": cfg.arch},
+                    os.path.join(d, f"epoch{row['epoch']}.pth.tar"))
+    atomic_save({"state_dict": sd, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None, **state,
+                 "rng": get_rng_state(), "arch": cfg.arch, "config": asdict(cfg)}, os.path.join(d, CHECKPOINT))
+
+
+def resume(cfg, is_main: bool, model, mask, optimizer, scheduler, scaler, log) -> dict:
+    """Progress so far: FRESH, or restored from checkpoint.pth.tar (weights, optimizer, schedule, bests).
+
+    RNG states need no restoring: every epoch re-seeds from (seed, epoch, rank), so a resumed epoch replays
+    exactly on every rank (the checkpoint's `rng` records rank 0's state for inspection only).
+    """
+    path = os.path.join(cfg.save_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        if cfg.require_checkpoint:
+            raise CheckpointError(f"--resume: {path} not found; drop --resume to start this run")
+        return dict(FRESH)
+    ck = load_file(path)
+    missing = [k for k in ("state_dict", "optimizer", "scheduler", *FRESH) if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this code (no {', '.join(missing)}): use another "
+                              "--save_dir, or pass --restart to start over there")
+    restore(model, ck["state_dict"], mask, path)
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    if scaler is not None and ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    state = {k: ck[k] for k in FRESH}
+    if is_main:  # drop rows of an epoch that crashed between its metrics row and its checkpoint
+        rows = [r for r in read_jsonl(os.path.join(cfg.save_dir, METRICS)) if r["epoch"] < state["epoch"]]
+        atomic_write_text(os.path.join(cfg.save_dir, METRICS),
+                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    log.info(f"resuming from {path}: {state['epoch']} of {cfg.epochs} epochs done, best val SA "
+             f"{pct(state['best_sa'])} (epoch {state['best_sa_epoch']}), RA {pct(state['best_ra'])} "
+             f"(epoch {state['best_ra_epoch']})")
+    return state
+
+
+def clear_run(save_dir: str) -> list[str]:
+    """--restart: remove the files an earlier run left in save_dir (the caller rewrites config.json)."""
+    names = {CHECKPOINT, SA_BEST, RA_BEST, METRICS, CURVES, INDICES, RESULTS}
+    gone = [n for n in sorted(os.listdir(save_dir))
+            if n in names or (n.startswith("epoch") and n.endswith(".pth.tar"))]
+    for n in gone:
+        os.remove(os.path.join(save_dir, n))
+    return gone
