@@ -7,6 +7,7 @@ mode while evaluating, so the caller sets the mode. Pass an unwrapped model (DDP
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -19,28 +20,29 @@ from errors import ConfigError, UserError
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # ---------------------------------------------------------------------------------------------
-# Units: flags give eps either as a fraction of the pixel range or in 1/255 units.
+# Units: eps and step-size flags are fractions of the [0, 1] pixel range, as in the original (8/255).
 
 
-def eps_from_flag(value: float, *, units: Literal["fraction", "255"], flag: str) -> float:
-    """Convert a command-line eps/step size to a fraction of the [0, 1] pixel range."""
+def parse_fraction(text: str) -> float:
+    """argparse type for eps and step sizes: a number (0.0314) or a fraction written a/b (8/255, 16/765)."""
+    try:
+        if "/" in text:
+            num, den = text.split("/")
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+
+
+def eps_from_flag(value: float, *, flag: str) -> float:
+    """Check a command-line eps/step size, given like the original as a fraction of the [0, 1] pixel range."""
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise UserError(f"{flag} {value:g} must be a finite number >= 0")
-    if units == "fraction":
-        if value > 1:
-            raise UserError(f"{flag} {value:g} is above 1: this flag takes a fraction of the pixel "
-                            f"range, e.g. 8/255 = {8 / 255:.4f}")
-        return value
-    if units == "255":
-        if 0 < value < 1:
-            raise UserError(f"{flag} {value:g} looks like a fraction: this flag takes 1/255 units, "
-                            f"e.g. 8 means 8/255")
-        if value > 255:
-            raise UserError(f"{flag} {value:g} is above 255: this flag takes 1/255 units, "
-                            f"e.g. 8 means 8/255")
-        return value / 255
-    raise ValueError(f"units must be 'fraction' or '255', got {units!r}")
+    if value > 1:
+        raise UserError(f"{flag} {value:g} is above 1: this flag takes a fraction of the pixel "
+                        f"range, e.g. 8/255 = {8 / 255:.4f} (write it as 8/255)")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------

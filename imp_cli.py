@@ -19,17 +19,6 @@ import runlog
 from errors import ConfigError, UserError
 
 
-def fraction(text: str) -> float:
-    """argparse type: a number (0.0314) or a fraction written as a/b (8/255)."""
-    try:
-        if "/" in text:
-            num, den = text.split("/")
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
-
-
 def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     what = "A-IMP (adversarial training)" if adversarial else "IMP (standard training)"
     p = argparse.ArgumentParser(
@@ -58,10 +47,10 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="PATH", help="pre-trained weights (loaded strictly)")
     p.add_argument("--save_dir", default=None, metavar="DIR", help="where the run's files go (required)")
     if adversarial:
-        p.add_argument("--train_eps", default=8 / 255, type=fraction,
+        p.add_argument("--train_eps", default=8 / 255, type=attacks.parse_fraction,
                        help="attack eps as a fraction of the pixel range (8/255 or 0.0314)")
         p.add_argument("--train_step", default=3, type=int, help="PGD steps (pgd only)")
-        p.add_argument("--train_gamma", default=16 / 765, type=fraction,
+        p.add_argument("--train_gamma", default=16 / 765, type=attacks.parse_fraction,
                        help="PGD step size as a fraction of the pixel range (16/765 = 16/(3*255); pgd only)")
         p.add_argument("--train_randinit", action="store_false",
                        help="turn the attack's random start OFF (the original's flag: random start is on "
@@ -114,11 +103,11 @@ def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.
     omp = 1 - (1 - args.rate) ** args.omp_level if args.omp_level is not None else args.omp_sparsity
     attack = None
     if adversarial:
-        eps = attacks.eps_from_flag(args.train_eps, units="fraction", flag="--train_eps")
+        eps = attacks.eps_from_flag(args.train_eps, flag="--train_eps")
         if args.attack == "fgsm":
             attack = attacks.AttackConfig("fgsm", eps, None, 1, args.train_randinit)
         else:
-            gamma = attacks.eps_from_flag(args.train_gamma, units="fraction", flag="--train_gamma")
+            gamma = attacks.eps_from_flag(args.train_gamma, flag="--train_gamma")
             attack = attacks.AttackConfig("pgd", eps, gamma, args.train_step, args.train_randinit)
     return imp_config.IMPConfig(
         data=args.data, save_dir=args.save_dir, init=args.init, arch=args.arch, epochs=args.epochs,

@@ -18,7 +18,7 @@ import torch
 import errors
 import transfer
 import transfer_state
-from attacks import AttackConfig, eps_from_flag
+from attacks import AttackConfig, eps_from_flag, parse_fraction
 from checkpoint import CHECKPOINT, RESULTS, check_config
 from distributed import Launch, launch
 from errors import ConfigError
@@ -62,13 +62,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="multistep (--decreasing_lr) or cosine annealing over --epochs")
     g.add_argument("--eval_from", type=int, default=0,
                    help="first (0-based) epoch with validation SA/RA (the original's CIFAR adv code: 45)")
-    g = p.add_argument_group("attacks (eps and step sizes in 1/255 units: 8 means 8/255)")
-    g.add_argument("--train_eps", type=float, default=8.0)
+    g = p.add_argument_group("attacks (eps and step sizes as fractions of the pixel range, as the original: "
+                             "8/255 or 0.0314; values above 1 are refused)")
+    g.add_argument("--train_eps", type=parse_fraction, default=8 / 255)
     g.add_argument("--train_step", type=int, default=None, help="default 10 (pgd) / 1 (fgsm)")
-    g.add_argument("--train_gamma", type=float, default=None, help="default 2 (pgd) / 1.25 * eps (fgsm)")
-    g.add_argument("--test_eps", type=float, default=8.0)
+    g.add_argument("--train_gamma", type=parse_fraction, default=None, help="default 2/255 (pgd) / 1.25 * eps (fgsm)")
+    g.add_argument("--test_eps", type=parse_fraction, default=8 / 255)
     g.add_argument("--test_step", type=int, default=20)
-    g.add_argument("--test_gamma", type=float, default=2.0)
+    g.add_argument("--test_gamma", type=parse_fraction, default=2 / 255)
     g.add_argument("--autoattack", type=int, default=0, metavar="N",
                    help="also evaluate AutoAttack RA on the first N test images (0: off)")
     g.add_argument("--autoattack-version", default="standard", choices=AA_VERSIONS)
@@ -111,8 +112,8 @@ def _milestones(text: str) -> tuple[int, ...]:
 def _train_attack(args) -> AttackConfig | None:
     if args.mode == "std":
         return None
-    eps = eps_from_flag(args.train_eps, units="255", flag="--train_eps")
-    alpha = None if args.train_gamma is None else eps_from_flag(args.train_gamma, units="255", flag="--train_gamma")
+    eps = eps_from_flag(args.train_eps, flag="--train_eps")
+    alpha = None if args.train_gamma is None else eps_from_flag(args.train_gamma, flag="--train_gamma")
     if args.attack == "fgsm":
         if args.train_step not in (None, 1):
             raise ConfigError(f"--attack fgsm takes one step; drop --train_step {args.train_step}")
@@ -122,7 +123,7 @@ def _train_attack(args) -> AttackConfig | None:
 
 
 def config_from_args(args) -> tuple[transfer.TransferConfig, Launch]:
-    """The parsed flags, checked and converted once (eps flags from 1/255 units to fractions)."""
+    """The parsed flags, checked and converted once."""
     small = [f for f in ("epochs", "batch_size", "train_step", "test_step")
              if getattr(args, f) is not None and getattr(args, f) < 1]
     if small:
@@ -142,8 +143,8 @@ def config_from_args(args) -> tuple[transfer.TransferConfig, Launch]:
     if unknown or bool(attacks) != (args.autoattack_version == "custom"):
         raise ConfigError(f"--autoattack-attacks {args.autoattack_attacks!r}: give a comma list of "
                           f"{', '.join(AA_ATTACKS)} together with --autoattack-version custom, and only then")
-    test = AttackConfig("pgd", eps_from_flag(args.test_eps, units="255", flag="--test_eps"),
-                        eps_from_flag(args.test_gamma, units="255", flag="--test_gamma"), args.test_step)
+    test = AttackConfig("pgd", eps_from_flag(args.test_eps, flag="--test_eps"),
+                        eps_from_flag(args.test_gamma, flag="--test_gamma"), args.test_step)
     cfg = transfer.TransferConfig(
         save_dir=args.save_dir, dataset=args.dataset, data=args.data, data_number=args.data_number,
         subset=args.subset, image_size=args.image_size, resize_size=args.resize_size, download=args.download,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attacks import PGD, AttackConfig, LinfPGDAttack, build_attack, eps_from_flag, fgsm_rs
+from attacks import PGD, AttackConfig, LinfPGDAttack, build_attack, eps_from_flag, fgsm_rs, parse_fraction
 from errors import ConfigError, UserError
 
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -263,29 +263,27 @@ def test_linf_pgd_attack_defaults_are_advertorchs():
 # Units and config.
 
 
-def test_eps_from_flag_fraction():
-    assert eps_from_flag(8 / 255, units="fraction", flag="--train_eps") == 8 / 255
-    assert eps_from_flag(0, units="fraction", flag="--train_eps") == 0.0
-    assert eps_from_flag(1, units="fraction", flag="--train_eps") == 1.0
-    with pytest.raises(UserError, match=r"^--train_eps 8 is above 1: .*fraction.*8/255 = 0\.0314"):
-        eps_from_flag(8, units="fraction", flag="--train_eps")
-    with pytest.raises(UserError, match=r"^--train_gamma -0\.1 "):
-        eps_from_flag(-0.1, units="fraction", flag="--train_gamma")
-
-
-def test_eps_from_flag_255_units():
-    assert eps_from_flag(8, units="255", flag="--test_eps") == 8 / 255
-    assert eps_from_flag(2.0, units="255", flag="--test_gamma") == 2 / 255
-    assert eps_from_flag(0, units="255", flag="--test_eps") == 0.0
-    with pytest.raises(UserError, match=r"^--test_eps 0\.0314 .*1/255 units.*8 means 8/255"):
-        eps_from_flag(0.0314, units="255", flag="--test_eps")
-    with pytest.raises(UserError, match=r"^--test_gamma -2 "):
-        eps_from_flag(-2, units="255", flag="--test_gamma")
-    with pytest.raises(UserError, match=r"^--test_eps 300 "):
-        eps_from_flag(300, units="255", flag="--test_eps")
-    with pytest.raises(UserError, match=r"^--test_eps nan ") as info:
-        eps_from_flag(float("nan"), units="255", flag="--test_eps")
+def test_eps_from_flag_takes_fractions_and_refuses_255_units():
+    assert eps_from_flag(8 / 255, flag="--train_eps") == 8 / 255
+    assert eps_from_flag(0, flag="--train_eps") == 0.0
+    assert eps_from_flag(1, flag="--train_eps") == 1.0
+    with pytest.raises(UserError, match=r"^--train_eps 8 is above 1: .*fraction.*8/255 = 0\.0314") as info:
+        eps_from_flag(8, flag="--train_eps")
     assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"^--train_gamma -0\.1 "):
+        eps_from_flag(-0.1, flag="--train_gamma")
+    with pytest.raises(UserError, match=r"^--test_eps nan "):
+        eps_from_flag(float("nan"), flag="--test_eps")
+
+
+def test_parse_fraction_reads_the_scripts_notation():
+    import argparse
+    assert parse_fraction("8/255") == 8 / 255
+    assert parse_fraction("16/765") == 16 / 765
+    assert parse_fraction("0.0314") == 0.0314
+    for bad in ("8/0", "a/b", "1/2/3", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="8/255"):
+            parse_fraction(bad)
 
 
 def test_attack_config_and_build_attack():

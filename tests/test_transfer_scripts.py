@@ -83,8 +83,9 @@ def test_missing_positionals_print_usage(recorder, name, args):
 def test_flags_are_checked_once_at_the_edge():
     base = ["--init", "w.pth", "--save_dir", "s"]
     parse = cli.get_args_parser().parse_args
-    with pytest.raises(UserError, match="--train_eps"):  # a fraction where 1/255 units are expected
-        cli.config_from_args(parse(base + ["--train_eps", "0.031"]))
+    with pytest.raises(UserError, match="--train_eps 8 is above 1"):  # 1/255 units where a fraction is expected
+        cli.config_from_args(parse(base + ["--train_eps", "8"]))
+    assert cli.config_from_args(parse(base + ["--mode", "adv", "--train_eps", "4/255"]))[0].train_attack.eps == 4 / 255
     with pytest.raises(ConfigError, match="--eval_from"):
         cli.config_from_args(parse(base + ["--epochs", "40", "--eval_from", "45"]))
     with pytest.raises(ConfigError, match="--train_step 0"):

@@ -26,12 +26,12 @@ args=(
   --scheduler multistep
   --warmup 0
   --eval_from 45                    # validation SA/RA from epoch 45 on, as the original (saves time)
-  --train_eps 8                     # L-inf PGD-10 training, in 1/255 units
+  --train_eps 8/255                 # L-inf PGD-10 training, fractions of the pixel range, as the original
   --train_step 10
-  --train_gamma 2
-  --test_eps 8                      # PGD-20 for validation and test RA
+  --train_gamma 2/255
+  --test_eps 8/255                  # PGD-20 for validation and test RA
   --test_step 20
-  --test_gamma 2
+  --test_gamma 2/255
   --save_dir "$3"
   --tickets_file "$4"
 )

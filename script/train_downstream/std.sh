@@ -26,9 +26,9 @@ args=(
   --scheduler multistep
   --warmup 0
   --eval_from 0                     # validation every epoch
-  --test_eps 8                      # RA too (PGD-20, 8/255, step 2/255), which the original never measured:
+  --test_eps 8/255                  # RA too (PGD-20, 8/255, step 2/255), which the original never measured:
   --test_step 20                    # the double-win criterion needs RA of standard transfer
-  --test_gamma 2
+  --test_gamma 2/255
   --save_dir "$3"
   --tickets_file "$4"
 )
