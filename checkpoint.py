@@ -1,6 +1,7 @@
 """Every file name a run writes, atomic writes, and torch-file loading with clear errors."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -43,19 +44,66 @@ def imp_sparsity(save_dir: str, level: int) -> str:
 
 
 # ---------------------------------------------------------------------------- atomic writes
+def writable_dir(path: str, *, flag: str = "--save_dir") -> None:
+    """Create `path` if needed and prove a file can be written there, before any work is done."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CheckpointError(f"{flag} {path} cannot be written ({e.strerror or type(e).__name__}): "
+                              "choose a folder you can write to") from None
+
+
+def remove_temp_files(save_dir: str) -> list[str]:
+    """Delete what writes cut short by a kill left behind (`.<name>.<random>.tmp`, up to a checkpoint's size
+    each); call it before a run starts writing. Returns the names removed."""
+    if not os.path.isdir(save_dir):
+        return []
+    names = sorted(n for n in os.listdir(save_dir) if n.startswith(".") and n.endswith(".tmp"))
+    for name in names:
+        os.remove(os.path.join(save_dir, name))
+    return names
+
+
+@functools.cache
+def _umask() -> int:
+    umask = os.umask(0o022)  # reading the umask means setting it; done once, and set straight back
+    os.umask(umask)
+    return umask
+
+
+def _file_mode(path: str) -> int:
+    """The mode of the file being replaced, else what a plain open() gives a new file (mkstemp makes 0600)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _write_failed(path: str, e: OSError) -> CheckpointError:
+    return CheckpointError(f"could not write {path} ({e.strerror or type(e).__name__}); the previous version, if "
+                           "any, is intact: free space or fix the folder, then re-run the same command to resume")
+
+
 def _atomic(path: str, write, mode: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, folder gone or read-only: the user's to fix, not a bug
+            raise _write_failed(path, e) from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(folder, os.O_RDONLY)
@@ -88,11 +136,20 @@ def atomic_write_json(path: str, obj: Any) -> None:
 
 
 def append_jsonl(path: str, row: dict) -> None:
-    """Append one JSON line and fsync it (a torn last line is skipped by `read_jsonl`)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True, default=_json_default) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON line and fsync it. A torn last line (a crash mid-write) is skipped by `read_jsonl`, and
+    the next row starts on a line of its own rather than being glued to the torn one."""
+    line = json.dumps(row, sort_keys=True, default=_json_default) + "\n"
+    try:
+        with open(path, "a+b") as f:
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _write_failed(path, e) from None
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -119,23 +176,38 @@ def _json_default(o: Any) -> Any:
 # ---------------------------------------------------------------------------- loading
 def load_file(path: str, *, trusted: bool = False, map_location: Any = "cpu") -> Any:
     """torch.load with weights_only=True unless `trusted`; every failure is one CheckpointError line."""
+    return _load(path, trusted, map_location, own=False)
+
+
+def load_own(path: str, *, map_location: Any = "cpu") -> Any:
+    """A file a run finds in its own SAVE_DIR to continue from: never unpickled, whatever --trust-pickle says
+    (this code writes plain tensors and values only); an unreadable one is answered with --restart."""
+    return _load(path, False, map_location, own=True)
+
+
+def _load(path: str, trusted: bool, map_location: Any, *, own: bool) -> Any:
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"{path!r} not found: check the path (a file written by torch.save is expected)")
+    remedy = "pass --restart to start this run over" if own else "re-create or re-download it"
     try:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as e:
         if not trusted and "weights_only" in str(e):
+            if own:
+                raise CheckpointError(f"{path} holds Python objects beyond tensors and plain values, so this code "
+                                      f"did not write it and it was not unpickled: {remedy}") from None
             raise CheckpointError(
                 f"{path} holds Python objects beyond tensors and plain values, so it was not unpickled; "
                 "if you trust this file, pass --trust-pickle to load it fully") from None
-        raise CheckpointError(f"{path} is corrupt or not a torch file ({_first_line(e)}); re-create or re-download it") from None
+        raise CheckpointError(f"{path} is corrupt or not a torch file ({_first_line(e)}); {remedy}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}); re-create or re-download it") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}); {remedy}") from None
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of an exception's message (torch's loader errors run on for several)."""
     text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+    return text[0].split(". ")[0][:200] if text else type(e).__name__
 
 
 def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
@@ -157,9 +229,10 @@ def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterab
         with open(path) as f:
             try:
                 old = json.load(f)
-            except json.JSONDecodeError:
-                old = None
-        if old is not None:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{path} is not valid JSON ({e}), so the run's settings are unknown: repair it, "
+                                  "or pass --restart to start over there") from None
+        if isinstance(old, dict):
             skip = set(volatile)
             keys = sorted(k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k))
             if keys:

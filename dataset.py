@@ -179,8 +179,11 @@ def _svhn(root: str, download: bool) -> RawSplits:
 
 def _image_folder(name: str, path: str, layout: str) -> tvd.ImageFolder:
     if not os.path.isdir(path):
-        raise DataError(f"{name} data not found: {path} is not a folder; expected {layout}. "
-                        "Folder datasets are never downloaded: pass --data DIR")
+        root = os.path.dirname(path)
+        hint = f"{root} looks like one split: pass its parent folder" \
+            if os.path.isdir(root) and os.path.basename(os.path.normpath(root)) in ("train", "val", "test") \
+            else "Folder datasets are never downloaded: pass the folder that holds train/ (--data, or DIR for IMP)"
+        raise DataError(f"{name} data not found: {path} is not a folder; expected {layout}. {hint}")
     try:
         return tvd.ImageFolder(path)
     except FileNotFoundError as e:  # no class folders, or a class folder without images

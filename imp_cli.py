@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from typing import NoReturn
 
 import torch
 
@@ -19,9 +20,17 @@ import runlog
 from errors import ConfigError, UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad flag as one `error:` line and exit status 2, as errors.run_cli does for other bad input
+    (argparse's usage block would bury the one line that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     what = "A-IMP (adversarial training)" if adversarial else "IMP (standard training)"
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description=f"{what} on an ImageNet-layout folder: level 1 prunes the pre-trained conv weights by "
                     "magnitude; each level trains --prune_epoch epochs, prunes --rate of the survivors, rewinds "
                     "them to the pre-trained weights. Defaults are the paper's. Re-run the same command to resume.",
@@ -135,13 +144,15 @@ def main(argv: list[str] | None, *, adversarial: bool) -> int:
     args = get_args_parser(adversarial).parse_args(argv)
     cfg = config_from_args(args, adversarial)
     opts = launch_from_args(args)
+    if _first_process(opts):
+        checkpoint.writable_dir(cfg.save_dir)
     if _first_process(opts) and not cfg.evaluate:
-        os.makedirs(cfg.save_dir, exist_ok=True)
-        checkpoint.check_config(cfg.save_dir, {**imp_config.config_dict(cfg), "launch": dataclasses.asdict(opts)},
-                                restart=args.restart, volatile=imp_config.VOLATILE)
-        if args.restart:
+        checkpoint.remove_temp_files(cfg.save_dir)
+        if args.restart:  # before config.json changes: a kill in between must not pair old files with it
             removed = imp_state.clear_outputs(cfg.save_dir)
             print(f"--restart: removed {len(removed)} files of the earlier run in {cfg.save_dir}", flush=True)
+        checkpoint.check_config(cfg.save_dir, {**imp_config.config_dict(cfg), "launch": dataclasses.asdict(opts)},
+                                restart=args.restart, volatile=imp_config.VOLATILE)
     layout = distributed.launch(imp_levels.worker, cfg, opts)
     if _first_process(opts):
         runlog.setup_log(cfg.save_dir, True).info(f"process layout: {layout}")

@@ -50,7 +50,9 @@ def _own_latest(save_dir: str) -> int | None:
 
 
 def _read_checkpoint(path: str, cfg: IMPConfig) -> dict:
-    obj = files.load_file(path, trusted=cfg.trust_pickle)
+    """A checkpoint to continue from: this run's own ones (found by listing SAVE_DIR) are never unpickled,
+    only an explicit --resume file may be, with --trust-pickle."""
+    obj = files.load_file(path, trusted=cfg.trust_pickle) if path == cfg.resume else files.load_own(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict) or "epoch" not in obj:
         raise CheckpointError(f"{path} is not an IMP checkpoint (no 'state_dict' and 'epoch'): pass a "
                               "<level>-checkpoint.pth.tar file to --resume")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import asdict
+from typing import NoReturn
 
 import torch
 
@@ -19,21 +20,29 @@ import errors
 import transfer
 import transfer_state
 from attacks import AttackConfig, eps_from_flag, parse_fraction
-from checkpoint import CHECKPOINT, RESULTS, check_config
+from checkpoint import CHECKPOINT, RESULTS, check_config, remove_temp_files, writable_dir
 from distributed import Launch, launch
 from errors import ConfigError
 
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 # settings that may change between runs of one experiment (where it runs, how it reports, what is tested extra)
-VOLATILE = ("data", "download", "workers", "show_progress", "print_freq", "save_all", "require_checkpoint",
-            "autoattack", "autoattack_version", "autoattack_attacks", "gpu", "dist_url", "dist_backend",
-            "world_size", "rank", "multiprocessing_distributed")
+VOLATILE = ("data", "save_dir", "download", "workers", "show_progress", "print_freq", "save_all",
+            "require_checkpoint", "autoattack", "autoattack_version", "autoattack_attacks", "gpu", "dist_url",
+            "dist_backend", "world_size", "rank", "multiprocessing_distributed")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad flag as one `error:` line and exit status 2, as errors.run_cli does for other bad input
+    (argparse's usage block would bury the one line that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Downstream transfer of a ticket: standard or adversarial "
-                                            "fine-tuning, then test SA/RA", add_help=True)
+    p = OneLineParser(description="Downstream transfer of a ticket: standard or adversarial fine-tuning, then "
+                                  "test SA/RA", add_help=True)
     g = p.add_argument_group("general (the original's flags)")
     g.add_argument("--data", default="../data", help="dataset root")
     g.add_argument("--dataset", default="cifar100", choices=transfer.DATASETS)
@@ -167,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg, opts = config_from_args(args)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank runs main(); the first one checks
-        os.makedirs(cfg.save_dir, exist_ok=True)
+        writable_dir(cfg.save_dir)
+        remove_temp_files(cfg.save_dir)
         if args.restart:
             transfer_state.clear_run(cfg.save_dir)
         # a folder without progress (e.g. a first attempt that stopped at a bad flag) takes the new settings

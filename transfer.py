@@ -162,6 +162,10 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     if cfg.batch_size % env.world_size:
         log.warning(f"WARNING: --batch_size {cfg.batch_size} is the global batch; {env.world_size} processes "
                     f"take {max(1, cfg.batch_size // env.world_size)} each")
+    late = [m for m in cfg.milestones if m >= cfg.epochs] if cfg.scheduler == "multistep" else []
+    if late and env.is_main:  # normal for a short trial run with a smaller --epochs, so not an error
+        log.warning(f"WARNING: --decreasing_lr milestone(s) {','.join(map(str, late))} at or after --epochs "
+                    f"{cfg.epochs} never lower the lr in this run")
     seed_all(cfg.seed, deterministic=cfg.deterministic)
     splits = None
     if env.is_main or not cfg.download:

@@ -2,6 +2,7 @@
 checkpoints, results.json, and the training-curve plot."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -12,7 +13,7 @@ import torchvision
 from torch import nn
 
 import pruning_utils
-from checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_json, load_file
+from checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own
 from distributed import DistEnv, ShardSampler, all_reduce_sum
 from engine import evaluate
 from reproducibility import epoch_generator, seed_all
@@ -102,7 +103,7 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
     best: dict[str, dict] = {}
     for tag, name in (("best_sa", SA_BEST), ("best_ra", RA_BEST)):
         path = os.path.join(cfg.save_dir, name)
-        ck = load_file(path)
+        ck = load_own(path)
         if ck["epoch"] not in tested:
             restore(model, ck["state_dict"], mask, path)
             bad = pruned_nonzero(model, mask)
@@ -162,6 +163,6 @@ def plot_curves(rows: list[dict], path: str, mode: str = "adv", title: str = "")
     ax.set_title(title, fontsize=10)
     if rows:
         ax.legend()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)  # a reader never sees half a PNG
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())  # a reader never sees half a PNG

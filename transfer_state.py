@@ -11,7 +11,7 @@ from torch import nn
 
 import pruning_utils
 from checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
-    atomic_write_text, load_file, read_jsonl, strip_prefix
+    atomic_write_text, load_own, read_jsonl, strip_prefix
 from errors import CheckpointError
 from reproducibility import get_rng_state
 
@@ -71,8 +71,10 @@ def resume(cfg, is_main: bool, model, mask, optimizer, scheduler, scaler, log) -
     if not os.path.exists(path):
         if cfg.require_checkpoint:
             raise CheckpointError(f"--resume: {path} not found; drop --resume to start this run")
+        if is_main:  # rows of an attempt that died in its first epoch
+            _truncate_metrics(cfg.save_dir, 0)
         return dict(FRESH)
-    ck = load_file(path)
+    ck = load_own(path)
     missing = [k for k in ("state_dict", "optimizer", "scheduler", *FRESH) if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of this code (no {', '.join(missing)}): use another "
@@ -84,13 +86,19 @@ def resume(cfg, is_main: bool, model, mask, optimizer, scheduler, scaler, log) -
         scaler.load_state_dict(ck["scaler"])
     state = {k: ck[k] for k in FRESH}
     if is_main:  # drop rows of an epoch that crashed between its metrics row and its checkpoint
-        rows = [r for r in read_jsonl(os.path.join(cfg.save_dir, METRICS)) if r["epoch"] < state["epoch"]]
-        atomic_write_text(os.path.join(cfg.save_dir, METRICS),
-                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        _truncate_metrics(cfg.save_dir, state["epoch"])
     log.info(f"resuming from {path}: {state['epoch']} of {cfg.epochs} epochs done, best val SA "
              f"{pct(state['best_sa'])} (epoch {state['best_sa_epoch']}), RA {pct(state['best_ra'])} "
              f"(epoch {state['best_ra_epoch']})")
     return state
+
+
+def _truncate_metrics(save_dir: str, done: int) -> None:
+    """Keep the metrics rows of the `done` completed epochs only (a torn last line goes too)."""
+    path = os.path.join(save_dir, METRICS)
+    if os.path.exists(path):
+        rows = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("epoch", done) < done]
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def clear_run(save_dir: str) -> list[str]:

@@ -93,6 +93,10 @@ def read_weights(path: str, *, trusted: bool = False) -> LoadedWeights:
         raise CheckpointError(
             f"{path}: unrecognised weights (no ResNet 'conv1.weight' after conversion; first keys: {first}); "
             "expected torchvision, robustness-library, MoCo, DDP or IMP checkpoints of a ResNet")
+    broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} tensors hold NaN or inf values (first: {broken[0]}): the "
+                              "file is broken; re-create or re-download it")
     dropped = [k for k in state if k not in kept]
     return LoadedWeights(sd, fmt, dropped, mean, std, mask, path)
 

@@ -3,10 +3,14 @@
 # below (argparse keeps the last value), e.g.  bash script/imp_pretrain/imp_adv.sh W SAVE DATA --epochs 60 -b 256
 # Re-running the same command resumes the run in SAVE_DIR. Set PYTHON to choose the interpreter.
 set -euo pipefail
-if [ "$#" -lt 3 ] || [ -z "$1" ] || [ -z "$2" ] || [ -z "$3" ]; then
+usage() {
   echo "usage: bash script/imp_pretrain/imp_adv.sh INIT_WEIGHTS SAVE_DIR DATA_DIR [extra flags override the values below]" >&2
+  echo "error: $1" >&2
   exit 2
-fi
+}
+[ "$#" -ge 3 ] || usage "expected 3 positional arguments, got $#"
+names=(INIT_WEIGHTS SAVE_DIR DATA_DIR)
+for i in 1 2 3; do [ -n "${!i}" ] || usage "${names[i-1]} (argument $i) is empty"; done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 args=(
   -a resnet50

@@ -5,10 +5,14 @@
 # TICKET "" or none: the dense model, the reference for every ticket. Re-running the same command resumes the
 # run in SAVE_DIR. Set PYTHON to choose the interpreter.
 set -euo pipefail
-if [ "$#" -lt 4 ] || [ -z "$1" ] || [ -z "$2" ] || [ -z "$3" ]; then
+usage() {
   echo "usage: bash script/train_downstream/adv_cifar.sh DATASET INIT_WEIGHTS SAVE_DIR TICKET [extra flags override the values below]  (TICKET \"\" or none: dense)" >&2
+  echo "error: $1" >&2
   exit 2
-fi
+}
+[ "$#" -ge 4 ] || usage "expected 4 positional arguments, got $#"
+names=(DATASET INIT_WEIGHTS SAVE_DIR)  # TICKET may be empty: the dense model
+for i in 1 2 3; do [ -n "${!i}" ] || usage "${names[i-1]} (argument $i) is empty"; done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 args=(
   --mode adv                        # PGD adversarial fine-tuning
