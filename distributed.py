@@ -3,12 +3,15 @@ exact metric reduction across ranks, and samplers that never count an evaluation
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from errors import UserError
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,13 @@ def launch(worker: Callable[[DistEnv, Any], None], payload: Any, opts: Launch) -
             return "--multiprocessing-distributed asked for one process per GPU, but no GPU is visible: one CPU process"
         nodes = max(opts.world_size, 1)
         world = ngpus * nodes
-        torch.multiprocessing.spawn(_spawned, nprocs=ngpus,
-                                    args=(worker, payload, ngpus, world, max(opts.rank, 0), opts))
+        try:
+            torch.multiprocessing.spawn(_spawned, nprocs=ngpus,
+                                        args=(worker, payload, ngpus, world, max(opts.rank, 0), opts))
+        except torch.multiprocessing.ProcessExitedException as e:
+            if e.exit_code == 2:  # a user error, already reported as one line by the rank that met it
+                raise SystemExit(2) from None
+            raise
         return f"--multiprocessing-distributed: {ngpus} GPU processes on this node, {world} in all"
     if opts.world_size > 1:
         local = opts.gpu if opts.gpu is not None else 0
@@ -95,6 +103,9 @@ def _spawned(i: int, worker, payload, ngpus: int, world: int, node_rank: int, op
     env = _init(node_rank * ngpus + i, world, i, opts.dist_url, opts.dist_backend, i)
     try:
         worker(env, payload)
+    except UserError as e:  # one line and exit 2, as errors.run_cli does in a single process
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     finally:
         cleanup(env)
 

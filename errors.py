@@ -4,6 +4,7 @@ Bad input raises a `UserError` subclass; `run_cli` prints `error: <message>` and
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, NoReturn
 
@@ -41,3 +42,11 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad flag as one `error:` line and exit status 2, as run_cli does for other bad input
+    (argparse's usage block would bury the one line that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import NoReturn
 
 import torch
 
@@ -17,15 +16,7 @@ import imp_levels
 import imp_state
 import models
 import runlog
-from errors import ConfigError, UserError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Reports a bad flag as one `error:` line and exit status 2, as errors.run_cli does for other bad input
-    (argparse's usage block would bury the one line that matters)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
+from errors import ConfigError, OneLineParser, UserError
 
 
 def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import checkpoint
 import report_plots
 import report_tables
-from errors import UserError, run_cli
+from errors import OneLineParser, UserError, run_cli
 from report_runs import WATCH, Options, Problem, Run, column_name, match_columns, scan
 
 SLACK = 1e-9  # float slack: a ticket exactly on the threshold matches
@@ -179,7 +179,7 @@ def write_report(report: Report, out: str, *, plots: bool = True) -> list[str]:
 
 # ---------------------------------------------------------------------------- command line
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Double-win table and plots from downstream runs' results.json.")
+    p = OneLineParser(description="Double-win table and plots from downstream runs' results.json.")
     p.add_argument("root", metavar="ROOT", help="folder tree holding the downstream run folders")
     p.add_argument("--out", default=None, help="folder for report.md/.csv/.json and PNGs (default: ROOT/report)")
     p.add_argument("--checkpoint", choices=("sa", "ra"), default="sa",

@@ -2,8 +2,10 @@
 weights, aligned text tables and an optional per-layer sparsity bar chart (used by tickets.py)."""
 from __future__ import annotations
 
+import io
 from typing import Any, Sequence
 
+from checkpoint import atomic_write_bytes
 from errors import MaskError
 from pruning_utils import TICKET_FORMAT, Mask, layer_sparsity, sparsity
 
@@ -106,13 +108,15 @@ def compare_text(path_a: str, path_b: str, c: dict) -> str:
 # ---------------------------------------------------------------------------- picture
 def plot_sparsity(path: str, tickets: dict[str, dict[str, dict]]) -> None:
     """Per-layer sparsity bars, side by side for up to a few tickets ({label: layer_sparsity(mask)}), to PNG."""
-    import matplotlib  # here, not at import: the library stays importable without a display or matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # imported here, not at module import; an Agg canvas needs no display and touches no global backend state
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = list(next(iter(tickets.values())))
     width = 0.8 / len(tickets)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 4.0))
+    fig = Figure(figsize=(max(6.0, 0.28 * len(names) + 2), 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for i, (label, layers) in enumerate(tickets.items()):
         xs = [j + (i - (len(tickets) - 1) / 2) * width for j in range(len(names))]
         ax.bar(xs, [100 * layers[n]["sparsity"] if n in layers else 0.0 for n in names], width, label=label)
@@ -123,5 +127,6 @@ def plot_sparsity(path: str, tickets: dict[str, dict[str, dict]]) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, buf.getvalue())

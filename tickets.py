@@ -15,7 +15,7 @@ import os
 
 import checkpoint
 import ticket_stats
-from errors import UserError, run_cli
+from errors import OneLineParser, UserError, run_cli
 from pruning_utils import load_ticket, save_ticket, sparsity
 from weights import read_weights
 
@@ -23,7 +23,7 @@ _RESERVED = ("format", "version", "state_dict")  # save_ticket writes these itse
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Inspect, compare and export lottery tickets; convert weights.")
+    parser = OneLineParser(description="Inspect, compare and export lottery tickets; convert weights.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{inspect,compare,export,convert}")
 
     def common(p: argparse.ArgumentParser, outputs: bool) -> None:

@@ -166,6 +166,10 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     if late and env.is_main:  # normal for a short trial run with a smaller --epochs, so not an error
         log.warning(f"WARNING: --decreasing_lr milestone(s) {','.join(map(str, late))} at or after --epochs "
                     f"{cfg.epochs} never lower the lr in this run")
+    eval_from = cfg.eval_from if cfg.eval_from < cfg.epochs else 0
+    if eval_from != cfg.eval_from and env.is_main:  # a short trial of a script that validates late
+        log.warning(f"WARNING: --eval_from {cfg.eval_from} is not below --epochs {cfg.epochs}: validating every "
+                    "epoch so that the best-SA/RA checkpoints exist")
     seed_all(cfg.seed, deterministic=cfg.deterministic)
     splits = None
     if env.is_main or not cfg.download:
@@ -191,7 +195,7 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     net = wrap_model(model, env)
     train_attack, test_attack = build_attack(cfg.train_attack), build_attack(cfg.test_attack)
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
-             f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {cfg.eval_from}")
+             f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
     val_loader = make_loader(splits.val, cfg, env)
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
         (f"ticket at {100 * info['ticket_sparsity']:.1f}% sparsity" if mask is not None else "dense")
@@ -209,7 +213,7 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
         scheduler.step()
         row = {"epoch": epoch, "lr": lr, "train_loss": stats["loss"], "train_acc": stats["top1"],
                "val_sa": None, "val_ra": None}
-        if epoch >= cfg.eval_from:
+        if epoch >= eval_from:
             row["val_sa"] = evaluate(net, val_loader, desc="val SA", **run_opts)["top1"]
             row["val_ra"] = evaluate(net, val_loader, attack=test_attack, desc="val RA", **run_opts)["top1"]
         improved = [k for k in ("sa", "ra") if row[f"val_{k}"] is not None
