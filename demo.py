@@ -133,7 +133,7 @@ def transfer(cfg: DemoConfig, kind: str, ticket: str | None, regime: str) -> str
                 ticket or ""]
         extra = ["--lr", "0.02", "--batch_size", "32", "--eval_from", "0", "--train_step", "3",
                  "--train_gamma", "4/255"]
-    milestones = f"{epochs // 2},{3 * epochs // 4}"
+    milestones = ",".join(str(m) for m in sorted({epochs // 2, 3 * epochs // 4}))
     cmd = [*head, "--data", data, "--arch", "resnet_tiny", *COMMON, "--epochs", str(epochs),
            "--decreasing_lr", milestones, "--test_step", "10", "--print_freq", "0", "-j", "0",
            "--seed", str(cfg.seed + 1), *extra]
