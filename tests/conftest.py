@@ -5,6 +5,7 @@ Each `*_root` fixture also switches torchvision's MD5 checks to existence checks
 from __future__ import annotations
 
 import pytest
+import torch
 
 import fakedata
 
@@ -49,3 +50,13 @@ def image_folder_root(_fake_files) -> str:
     """ImageFolder layout root/{train,val}/{ant,bee,cat}/*.png, 4 images per class and split (also an
     ImageNet-layout root)."""
     return _fake_files("folder")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Test tensors are tiny: a second intra-op thread only adds contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)  # entry points' --deterministic switches it on process-wide

@@ -15,14 +15,6 @@ from errors import NonFiniteLossError
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _data(n=40, classes=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes

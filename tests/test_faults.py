@@ -289,15 +289,6 @@ def shared(_fake_files, tmp_path_factory) -> dict[str, str]:
     return p
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)  # --deterministic switches it on process-wide
-
-
 def expand(command: tuple[str, ...], paths: dict[str, str]) -> list[str]:
     """The argv after the entry point: "…" replaced by the entry's BASE flags, {placeholders} filled."""
     args = [a for part in command[1:] for a in (BASE[command[0]] if part == "…" else (part,))]

@@ -70,15 +70,6 @@ def same_masks(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k].bool(), b[k].bool()) for k in a)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny runs would otherwise spend most of their time in thread sync."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(_fake_files, tmp_path_factory):
     root = tmp_path_factory.mktemp("imp")

@@ -27,16 +27,6 @@ from errors import CheckpointError, ConfigError, run_cli
 FILES = (CONFIG, METRICS, LOG, CHECKPOINT, SA_BEST, RA_BEST, RESULTS, CURVES, INDICES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)  # --deterministic switches it on process-wide
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 'pre-trained' resnet_tiny init (1000-class head, as ImageNet weights) and a 60% magnitude ticket of it."""
