@@ -20,6 +20,8 @@ from errors import NonFiniteLossError
 from runlog import progress
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NAN_HINT = ("the last good checkpoint is kept; lower --lr (with --restart or a new --save_dir: a changed "
+            "config is refused) or check the data")
 NAN_CHECK_EVERY = 20  # steps between host-side checks of the non-finite flag (a check is a device sync)
 
 
@@ -44,6 +46,22 @@ def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     return hit[:, :1].sum(), hit.any(dim=1).sum()
 
 
+def _accumulate(acc: torch.Tensor, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """acc += (loss sum, top-1 hits, top-5 hits, n) on the device; no tensor is made from a host value (that would
+    be a blocking host-to-device copy, i.e. a sync, every step)."""
+    c1, c5 = _topk_correct(logits, y)
+    acc[:3] += torch.stack([loss_sum.double(), c1.double(), c5.double()])
+    acc[3] += y.numel()
+
+
+def _mask_on_device(net: torch.nn.Module, mask: dict[str, torch.Tensor] | None):
+    """The mask as bool tensors on its weights' devices, once per epoch rather than a copy every step."""
+    if mask is None:
+        return None
+    params = dict(net.named_parameters())
+    return {k: v.to(params[k].device if k in params else v.device, torch.bool) for k, v in mask.items()}
+
+
 def _summary(acc: torch.Tensor, env: DistEnv | None) -> dict:
     loss_sum, c1, c5, n = all_reduce_sum(acc.clone(), env).tolist()
     n = max(n, 1.0)
@@ -65,6 +83,7 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     del scheduler  # per-epoch schedulers are the caller's; the argument is kept for a uniform call site
     model.train()
     net = unwrap(model)
+    mask = _mask_on_device(net, mask)
     acc = torch.zeros(4, device=device, dtype=torch.float64)
     bad = torch.zeros((), device=device, dtype=torch.bool)
     start = time.time()
@@ -94,15 +113,11 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
             pruning_utils.apply_mask(net, mask)
         with torch.no_grad():
             bad |= ~torch.isfinite(loss.detach())
-            c1, c5 = _topk_correct(logits.detach(), y)
-            acc += torch.stack([loss.detach().double() * y.numel(), c1.double(), c5.double(),
-                                torch.tensor(float(y.numel()), device=device, dtype=torch.float64)])
+            _accumulate(acc, loss.detach().double() * y.numel(), logits.detach(), y)
         if (step + 1) % NAN_CHECK_EVERY == 0 and bool(bad):
-            raise NonFiniteLossError(f"training loss became NaN/inf at epoch {epoch}, step <= {step}: "
-                                     "lower --lr or check the data; the last good checkpoint is kept")
+            raise NonFiniteLossError(f"training loss became NaN/inf at epoch {epoch}, step <= {step}: {NAN_HINT}")
     if bool(bad):
-        raise NonFiniteLossError(f"training loss became NaN/inf in epoch {epoch}: lower --lr or check the data; "
-                                 "the last good checkpoint is kept")
+        raise NonFiniteLossError(f"training loss became NaN/inf in epoch {epoch}: {NAN_HINT}")
     out = _summary(acc, env)
     out["time"] = time.time() - start
     out["images_per_s"] = out["n"] / max(out["time"], 1e-9)
@@ -124,7 +139,5 @@ def evaluate(model: torch.nn.Module, loader, *, device: torch.device, attack: Ca
         with torch.no_grad(), autocast(device, amp):
             logits = net(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        c1, c5 = _topk_correct(logits, y)
-        acc += torch.stack([loss.double(), c1.double(), c5.double(),
-                            torch.tensor(float(y.numel()), device=device, dtype=torch.float64)])
+        _accumulate(acc, loss, logits, y)
     return _summary(acc, env)

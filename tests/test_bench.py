@@ -1,0 +1,192 @@
+"""bench.py plumbing at tiny size (no timing assertions): the baseline really is the original's way (advertorch's
+PGD, torch-prune hooks), the harness interleaves and counts FLOPs right, and a --quick run writes its rows."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import bench
+import bench_accuracy
+import bench_baseline as base
+import bench_cases as cases
+import bench_measure as measure
+import errors
+import models
+import pruning_utils
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def advertorch_linf_pgd():
+    """advertorch 0.2.3's LinfPGDAttack, importable on PyTorch 2 once `zero_gradients` is restored."""
+    gradcheck = importlib.import_module("torch.autograd.gradcheck")
+    if not hasattr(gradcheck, "zero_gradients"):
+        def zero_gradients(x):
+            if isinstance(x, torch.Tensor) and x.grad is not None:
+                x.grad.detach_()
+                x.grad.zero_()
+        gradcheck.zero_gradients = zero_gradients
+    from advertorch.attacks import LinfPGDAttack
+    return LinfPGDAttack
+
+
+def tiny_ticket(seed: int = 0):
+    torch.manual_seed(seed)
+    model = models.build("resnet_tiny", 10)
+    mask = pruning_utils.magnitude_prune(model, pruning_utils.full_mask(model), 0.8)
+    pruning_utils.apply_mask(model, mask)
+    return model, mask
+
+
+def batch(n: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+# ---------------------------------------------------------------------------- the baseline is the original's way
+def test_baseline_model_is_our_ticket_behind_prune_hooks():
+    model, mask = tiny_ticket()
+    net = base.build_model("resnet_tiny", 10, mask, model.state_dict())
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len(mask) and all(hasattr(m, "weight_orig") and m.weight_mask.dtype == torch.float32
+                                           for m in convs)
+    x, _ = batch()
+    model.eval(), net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_baseline_pgd_is_advertorchs_bit_for_bit(mode):
+    model, mask = tiny_ticket()
+    ours, ref = (base.build_model("resnet_tiny", 10, mask, model.state_dict()) for _ in range(2))
+    ours.train(mode == "train"), ref.train(mode == "train")
+    x, y = batch()
+    kw = dict(eps=8 / 255, alpha=2 / 255, steps=3)
+    torch.manual_seed(5)
+    expected = advertorch_linf_pgd()(ref, loss_fn=F.cross_entropy, eps=kw["eps"], nb_iter=kw["steps"],
+                                     eps_iter=kw["alpha"]).perturb(x, y)
+    torch.manual_seed(5)
+    assert torch.equal(base.advertorch_pgd(ours, x, y, **kw), expected)
+
+
+def test_baseline_train_attack_skips_weight_grads_but_eval_attack_does_not():
+    model, mask = tiny_ticket()
+    net = base.build_model("resnet_tiny", 10, mask, model.state_dict())
+    x, y = batch()
+    kw = dict(eps=8 / 255, alpha=2 / 255, steps=2)
+    with base.ctx_noparamgrad(net):
+        base.advertorch_pgd(net, x, y, **kw)
+    assert all(p.grad is None and p.requires_grad for p in net.parameters())
+    base.eval_step(net, x, y, kw)  # the original's validate_adv: weight gradients computed and accumulated
+    assert all(p.grad is not None for p in net.parameters())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = net[1].conv1.weight.detach().clone()
+    base.train_step(net, opt, x, y, kw)
+    assert torch.equal(net[1].conv1.weight == 0, before == 0)  # the hook keeps pruned weights at 0
+
+
+# ---------------------------------------------------------------------------- the harness
+def test_interleave_rotates_the_order_and_counts_calls():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = measure.interleave(fns, torch.device("cpu"), rounds=3, warmup=1)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_count_flops_of_a_matmul_and_of_an_input_gradient_attack():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert measure.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    lin = nn.Linear(16, 4, bias=False)
+    x = torch.randn(8, 16, requires_grad=True)
+    # input gradient only: forward + grad_input (no grad_weight): 2 matmuls
+    assert measure.count_flops(lambda: torch.autograd.grad(lin(x + 0).sum(), x)) == 2 * (2 * 8 * 16 * 4)
+    fn, flops = measure.matmul(torch.device("cpu"), torch.float32)
+    assert flops == 2 * measure.MATMUL_N["cpu"] ** 3 and measure.count_flops(fn) == flops
+
+
+def test_memory_probe_reports_a_peak():
+    cfg = cases.BenchConfig(arch="resnet_tiny", num_classes=10, batch=4, eval_batch=4, eval_steps=2)
+    assert measure.probe("train", "ours", cfg, steps=1) > 10  # MiB: at least the interpreter and torch
+
+
+def test_every_variant_steps_and_ours_keeps_the_ticket():
+    cfg = cases.BenchConfig(arch="resnet_tiny", num_classes=10, batch=4, eval_batch=4, eval_steps=2)
+    for section, variants in cases.SECTIONS.items():
+        for variant in variants:
+            cases.build_step(section, variant, cfg)()
+    ops = cases.build_mask_ops(cfg)
+    ops()
+
+
+# ---------------------------------------------------------------------------- the command line
+@pytest.mark.slow
+def test_quick_run_writes_rows_and_a_summary(tmp_path, capsys):
+    jsonl, md = tmp_path / "b.jsonl", tmp_path / "B.md"
+    assert bench.main(["--quick", "--no-memory", "--rounds", "1", "--jsonl", str(jsonl), "--md", str(md)]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    got = {(r["section"], r["variant"]) for r in rows}
+    expected = {(s, v) for s, vs in cases.SECTIONS.items() for v in vs}
+    assert expected | {("pipeline", "baseline"), ("pipeline", "ours-device"), ("pipeline", "ours-host")} == got
+    for r in rows:
+        assert r["device"] and r["torch"] == torch.__version__ and r["images_per_s"] > 0
+        if r["variant"] == "baseline":
+            assert r["ratio_vs_baseline"] == 1.0
+        if r["section"] != "pipeline":
+            assert r["flops"] > 0 and r["ceiling_flop_per_s"] > 0
+    assert sum(r.get("chosen", False) for r in rows) == 1
+    train = {r["variant"]: r for r in rows if r["section"] == "train"}
+    assert train["ours"]["flops"] == train["baseline"]["flops"] == train["ours-dense"]["flops"]
+    evals = {r["variant"]: r for r in rows if r["section"] == "eval"}
+    assert evals["ours"]["flops"] < evals["baseline"]["flops"]  # no weight gradients in our attack
+    line = md.read_text().strip()
+    assert line.startswith("| ") and line.count(" | ") == 10
+    assert "ticket over dense" in capsys.readouterr().out
+
+
+def test_bad_flags_are_user_errors():
+    with pytest.raises(errors.UserError, match="--amp fp16"):
+        bench.config_from_args(bench.get_args_parser().parse_args(["--device", "cpu", "--amp", "fp16"]))
+    with pytest.raises(errors.UserError, match="--sections"):
+        bench.main(["--quick", "--sections", "train,warp"])
+    cfg = bench.config_from_args(bench.get_args_parser().parse_args(["--device", "cpu", "--quick", "--batch", "3"]))
+    assert cfg.arch == "resnet_tiny" and cfg.batch == 3 and cfg.amp is None
+
+
+def test_max_batch_extrapolates_the_line_through_two_peaks(monkeypatch):
+    cfg = cases.BenchConfig(batch=64)
+    seen = []
+
+    def fake_peak(section, variant, c, steps=2):
+        seen.append(c.batch)
+        return 1000.0 + 3.0 * c.batch  # MiB: fixed part + per image
+    monkeypatch.setattr(measure, "peak_memory", fake_peak)
+    assert measure.max_batch("train", "ours", cfg, budget_mib=1000.0 + 3.0 * 500) == 500
+    assert seen == [64, 32]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_user_error():
+    with pytest.raises(errors.UserError, match="no GPU"):
+        bench.config_from_args(bench.get_args_parser().parse_args(["--device", "cuda"]))
+
+
+def test_accuracy_check_runs_every_arm(capsys):
+    cfg = bench_accuracy.AccuracyConfig(epochs=1, seeds=(0,), train_images=64, test_images=32, test_steps=2)
+    results = bench_accuracy.run(cfg)
+    assert set(results) == {"ours", "ours+pil", "baseline"}
+    assert all(len(v) == 1 and all(0 <= a <= 100 for a in v[0]) for v in results.values())
+    assert "mean +- sd over 1 seeds" in capsys.readouterr().out
