@@ -140,12 +140,14 @@ def run(cfg: AccuracyConfig, out=None) -> dict[str, list[tuple[float, float]]]:
 def main(argv: list[str] | None = None) -> int:
     p = errors.OneLineParser(description="Accuracy of the fast paths against the original's way")
     p.add_argument("--epochs", type=int, default=AccuracyConfig.epochs)
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     p.add_argument("--train-images", type=int, default=AccuracyConfig.train_images)
     args = p.parse_args(argv)
     if args.epochs < 1 or args.seeds < 1 or args.train_images < 64:
         raise errors.UserError("--epochs and --seeds must be >= 1 and --train-images >= 64")
-    run(AccuracyConfig(epochs=args.epochs, seeds=tuple(range(args.seeds)), train_images=args.train_images))
+    seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
+    run(AccuracyConfig(epochs=args.epochs, seeds=seeds, train_images=args.train_images))
     return 0
 
 
