@@ -186,12 +186,15 @@ def summary_row(rows: list[dict], meta: dict) -> str:
         return f"{o['images_per_s']:.1f} / {b['images_per_s']:.1f} ({o['ratio_vs_baseline']:.2f}x)"
     o, b = get("train", "ours"), get("train", "baseline")
     pipe = next((r for r in rows if r.get("chosen")), None)
-    cells = [meta["date"], meta["device"], f"torch {meta['torch']}, torchvision {meta['torchvision']}", meta["config"], pair("train"), pair("fgsm"),
-             pair("eval"), pair("pipeline", pipe["variant"]) + f" {pipe['variant']}" if pipe else "-",
-             f"{100 * o['ticket_overhead']:+.1f}% (mask ops {100 * o['mask_ops_fraction']:.1f}%)" if o else "-",
-             f"{_fmt(o and o.get('peak_mib'), '.0f')} / {_fmt(b and b.get('peak_mib'), '.0f')}",
-             f"{_fmt(o and 100 * o['ceiling_fraction'], '.0f')}% / {_fmt(b and 100 * b['ceiling_fraction'], '.0f')}%"
-             if o and o.get("ceiling_fraction") and b.get("ceiling_fraction") else "-"]
+    pipeline = f"{pair('pipeline', pipe['variant'])} {pipe['variant']}" if pipe else "-"
+    overhead = f"{100 * o['ticket_overhead']:+.1f}% (mask ops {100 * o['mask_ops_fraction']:.1f}%)" if o else "-"
+    memory = f"{_fmt(o and o.get('peak_mib'), '.0f')} / {_fmt(b and b.get('peak_mib'), '.0f')}"
+    ceiling = "-"
+    if o and o.get("ceiling_fraction") and b.get("ceiling_fraction"):
+        ceiling = f"{100 * o['ceiling_fraction']:.0f}% / {100 * b['ceiling_fraction']:.0f}%"
+    versions = f"torch {meta['torch']}, torchvision {meta['torchvision']}"
+    cells = [meta["date"], meta["device"], versions, meta["config"], pair("train"), pair("fgsm"), pair("eval"),
+             pipeline, overhead, memory, ceiling]
     return "| " + " | ".join(cells) + " |"
 
 

@@ -52,7 +52,8 @@ def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(0, 10, n)
     yy, xx = np.mgrid[0:32, 0:32] / 32.0
     stripes = np.sin(2 * np.pi * 4 * (np.cos(angle)[:, None, None] * xx + np.sin(angle)[:, None, None] * yy))
-    img = palette[labels][:, None, None, :] + 0.12 * stripes[labels][..., None] + 0.2 * rng.standard_normal((n, 32, 32, 3))
+    noise = 0.2 * rng.standard_normal((n, 32, 32, 3))
+    img = palette[labels][:, None, None, :] + 0.12 * stripes[labels][..., None] + noise
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), labels
 
 
@@ -128,7 +129,8 @@ def run(cfg: AccuracyConfig, out=None) -> dict[str, list[tuple[float, float]]]:
             start = time.time()
             sa, ra = test(cfg, fn(cfg, seed, *train), *test_set)
             results[name].append((sa, ra))
-            print(f"seed {seed} {name:9}: SA {sa:5.1f}  RA {ra:5.1f}  ({time.time() - start:.0f}s)", file=out, flush=True)
+            print(f"seed {seed} {name:9}: SA {sa:5.1f}  RA {ra:5.1f}  ({time.time() - start:.0f}s)", file=out,
+                  flush=True)
     for name, got in results.items():
         sa, ra = [g[0] for g in got], [g[1] for g in got]
         spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)

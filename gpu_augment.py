@@ -77,15 +77,18 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, out_size: int, ful
     return (weights / weights.sum(dim=2, keepdim=True)).float()
 
 
-def resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *, quantize: bool = True) -> torch.Tensor:
     """out[n, c] = rows[n] @ images[n, c] @ cols[n]^T / 255 for uint8 (N, C, H, W) images; the result is
-    float (N, C, S_h, S_w) in [0, 1] in channels_last memory (two batched matmuls, no per-image work)."""
+    float (N, C, S_h, S_w) in [0, 1] in channels_last memory (two batched matmuls, no per-image work).
+    `quantize` rounds to whole 1/255 steps, as PIL's uint8 output through ToTensor is."""
     n, c, height, width = images.shape
     s_h, s_w = rows.shape[1], cols.shape[1]
     x = images.permute(0, 3, 2, 1).reshape(n, width, height * c).float()          # (N, W, H*C)
     x = torch.bmm(cols.expand(n, -1, -1), x)                                      # (N, S_w, H*C)
     x = x.view(n, s_w, height, c).transpose(1, 2).reshape(n, height, s_w * c)      # (N, H, S_w*C)
-    x = torch.bmm(rows.expand(n, -1, -1), x).div_(255).clamp_(0, 1)                # (N, S_h, S_w*C)
+    x = torch.bmm(rows.expand(n, -1, -1), x)                                      # (N, S_h, S_w*C)
+    # the weights are convex, so only rounding error can leave [0, 255]: rounding removes it, else clamp
+    x = (x.round_() if quantize else x.clamp_(0, 255)).div_(255)
     return x.view(n, s_h, s_w, c).permute(0, 3, 1, 2)
 
 
@@ -95,15 +98,16 @@ def _size2(size: int | Sequence[int]) -> tuple[int, int]:
 
 class DeviceAugment:
     """RandomResizedCrop(size, scale, ratio) + RandomHorizontalFlip(p) + ToTensor on a uint8 (N, C, H, W)
-    batch, on whatever device the batch is; returns float [0, 1] (channels_last memory unless told not to)."""
+    batch, on whatever device the batch is; returns float [0, 1] in whole 1/255 steps like PIL's uint8 output
+    (`quantize=False`: unrounded), in channels_last memory unless told not to."""
 
     def __init__(self, size: int | Sequence[int] = 224, *, scale: Sequence[float] = SCALE,
                  ratio: Sequence[float] = RATIO, flip_p: float = 0.5, generator: torch.Generator | None = None,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, quantize: bool = True) -> None:
         if not 0 < scale[0] <= scale[1] or not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"scale and ratio must be increasing positive pairs, got {scale}, {ratio}")
         self.size, self.scale, self.ratio = _size2(size), tuple(scale), tuple(ratio)
-        self.flip_p, self.generator, self.channels_last = flip_p, generator, channels_last
+        self.flip_p, self.generator, self.channels_last, self.quantize = flip_p, generator, channels_last, quantize
 
     def __repr__(self) -> str:
         return f"DeviceAugment(size={self.size}, scale={self.scale}, ratio={self.ratio}, flip_p={self.flip_p})"
@@ -125,7 +129,7 @@ class DeviceAugment:
         rows = resize_weights(top, h, self.size[0], images.shape[2])
         cols = resize_weights(left, w, self.size[1], images.shape[3])
         cols = torch.where(flip[:, None, None], cols.flip(1), cols)  # a flip after resizing reverses columns
-        out = resample(images, rows, cols)
+        out = resample(images, rows, cols, quantize=self.quantize)
         return out if self.channels_last else out.contiguous()
 
 
@@ -133,10 +137,11 @@ class DeviceEvalResize:
     """Resize(resize_size) (shorter side, torchvision's rounding) + CenterCrop(size) + ToTensor on a uint8
     (N, C, H, W) batch; the same two fixed matrices for every image of a size, computed once."""
 
-    def __init__(self, size: int = 224, resize_size: int = 256, *, channels_last: bool = True) -> None:
+    def __init__(self, size: int = 224, resize_size: int = 256, *, channels_last: bool = True,
+                 quantize: bool = True) -> None:
         if resize_size < size:
             raise ValueError(f"resize_size {resize_size} must be at least the crop size {size}")
-        self.size, self.resize_size, self.channels_last = size, resize_size, channels_last
+        self.size, self.resize_size, self.channels_last, self.quantize = size, resize_size, channels_last, quantize
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __repr__(self) -> str:
@@ -158,7 +163,7 @@ class DeviceEvalResize:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         _check_uint8(images)
         rows, cols = self._matrices(images.shape[2], images.shape[3], images.device)
-        out = resample(images, rows, cols)
+        out = resample(images, rows, cols, quantize=self.quantize)
         return out if self.channels_last else out.contiguous()
 
 

@@ -20,14 +20,6 @@ import models
 import pruning_utils
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def advertorch_linf_pgd():
     """advertorch 0.2.3's LinfPGDAttack, importable on PyTorch 2 once `zero_gradients` is restored."""
     gradcheck = importlib.import_module("torch.autograd.gradcheck")

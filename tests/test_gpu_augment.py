@@ -29,7 +29,8 @@ def pil(images: torch.Tensor, k: int) -> Image.Image:
 
 
 def random_images(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, height, width), dtype=torch.uint8, generator=g)
 
 
 # ---------------------------------------------------------------------------- crop parameters
@@ -74,11 +75,15 @@ def test_identity_crop_equals_plain_resize():
     n = len(images)
     full = torch.full((n,), 32)
     zero = torch.zeros(n, dtype=torch.long)
-    out = ga.DeviceAugment(224).apply(images, zero, zero, full, full, torch.zeros(n, dtype=torch.bool))
+    no_flip = torch.zeros(n, dtype=torch.bool)
+    out = ga.DeviceAugment(224).apply(images, zero, zero, full, full, no_flip)
+    exact = ga.DeviceAugment(224, quantize=False).apply(images, zero, zero, full, full, no_flip)
     assert out.shape == (n, 3, 224, 224) and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
     ref = TF.resize(images.float() / 255, [224, 224], antialias=True)
-    assert (out - ref).abs().max() < 1e-5
+    assert (exact - ref).abs().max() < 1e-5
+    assert torch.equal(out, torch.round(out * 255).div(255))  # whole 1/255 steps, as ToTensor of a uint8 image
+    assert (out - exact).abs().max() <= 0.5 / 255 + 1e-6
     for k in range(n):
         ref = TF.to_tensor(pil(images, k).resize((224, 224), Image.BILINEAR))
         assert (out[k] - ref).abs().max() <= PIL_TOL
