@@ -218,10 +218,14 @@ def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
 
 
 # ---------------------------------------------------------------------------- run config
-def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterable[str] = ()) -> None:
+def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterable[str] = (),
+                 implied: dict | None = None) -> None:
     """Refuse to mix configurations in one SAVE_DIR; `restart` (the --restart flag) overwrites config.json.
 
     Keys in `volatile` (e.g. print frequency, worker count) may differ between runs of the same experiment.
+    `implied` gives, for settings added after a run may have started, the value such a run had without
+    recording it (e.g. {"fused_sgd": False}): an older run then continues when given the flags that reproduce
+    its behaviour, and is refused otherwise, with that value named in the message.
     """
     path = os.path.join(save_dir, CONFIG)
     config = json.loads(json.dumps(config, default=_json_default))
@@ -234,6 +238,7 @@ def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterab
                                   "or pass --restart to start over there") from None
         if isinstance(old, dict):
             skip = set(volatile)
+            old = {**(implied or {}), **old}
             keys = sorted(k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k))
             if keys:
                 shown = ", ".join(f"{k} ({old.get(k)!r} -> {config.get(k)!r})" for k in keys[:6])

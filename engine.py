@@ -55,11 +55,19 @@ def _accumulate(acc: torch.Tensor, loss_sum: torch.Tensor, logits: torch.Tensor,
 
 
 def _mask_on_device(net: torch.nn.Module, mask: dict[str, torch.Tensor] | None):
-    """The mask as bool tensors on its weights' devices, once per epoch rather than a copy every step."""
+    """The mask as bool tensors on its weights' devices and with their strides, once per epoch rather than a copy
+    every step (the mask passes then run over contiguous memory in step with the weights)."""
     if mask is None:
         return None
     params = dict(net.named_parameters())
-    return {k: v.to(params[k].device if k in params else v.device, torch.bool) for k, v in mask.items()}
+    out = {}
+    for k, v in mask.items():
+        p = params.get(k)
+        if p is None or p.shape != v.shape:  # pruning_utils names the bad key
+            out[k] = v.to(torch.bool)
+        else:  # bool, on the weight's device, in the weight's memory format (channels_last: same strides)
+            out[k] = torch.empty_like(p, dtype=torch.bool).copy_(v)
+    return out
 
 
 def _summary(acc: torch.Tensor, env: DistEnv | None) -> dict:

@@ -208,14 +208,19 @@ class DeviceBatches:
             n = math.ceil(n / self.world_size) if self.shuffle else len(range(self.rank, n, self.world_size))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def batch(self, indices: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of the images at `indices` (positions in `images`) through the transform, as iteration
+        makes them (e.g. AutoAttack's images of the test split, the same pixels as the PGD test's)."""
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+        x = self.images.index_select(0, idx)
+        x = self.transform(x) if self.transform is not None else x.float().div_(255)
+        return x, self.labels.index_select(0, idx)
+
     def __iter__(self):
         order = self._indices().to(self.images.device)
         stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
         for k in range(0, stop, self.batch_size):
-            idx = order[k:k + self.batch_size]
-            x = self.images.index_select(0, idx)
-            x = self.transform(x) if self.transform is not None else x.float().div_(255)
-            yield x, self.labels.index_select(0, idx)
+            yield self.batch(order[k:k + self.batch_size])
 
 
 def uint8_tensors(split) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,6 +73,8 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     g.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (GPU only)")
     g.add_argument("--channels-last", default=None, action=argparse.BooleanOptionalAction,
                    help="channels_last memory format (default: on with a GPU)")
+    g.add_argument("--fused-sgd", default=True, action=argparse.BooleanOptionalAction,
+                   help="fused SGD kernel: faster, the same update up to the last bit (default: on)")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     g.add_argument("--restart", action="store_true",
                    help="delete this run's level files and metrics in SAVE_DIR and start over")
@@ -114,7 +116,7 @@ def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.
         prune_epoch=args.prune_epoch, batch_size=args.batch_size, workers=args.workers, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, rate=args.rate, prune_method=args.prune_method,
         seed=args.seed, attack=attack, image_size=args.image_size, resize_size=args.resize_size,
-        small_input=args.small_input, amp=args.amp, channels_last=args.channels_last,
+        small_input=args.small_input, amp=args.amp, channels_last=args.channels_last, fused_sgd=args.fused_sgd,
         deterministic=args.deterministic, trust_pickle=args.trust_pickle, resume=args.resume or None,
         evaluate=args.evaluate, omp_sparsity=omp, omp_level=args.omp_level, show_progress=args.print_freq > 0)
 
@@ -143,7 +145,8 @@ def main(argv: list[str] | None, *, adversarial: bool) -> int:
             removed = imp_state.clear_outputs(cfg.save_dir)
             print(f"--restart: removed {len(removed)} files of the earlier run in {cfg.save_dir}", flush=True)
         checkpoint.check_config(cfg.save_dir, {**imp_config.config_dict(cfg), "launch": dataclasses.asdict(opts)},
-                                restart=args.restart, volatile=imp_config.VOLATILE)
+                                restart=args.restart, volatile=imp_config.VOLATILE,
+                                implied=imp_config.IMPLIED)
     layout = distributed.launch(imp_levels.worker, cfg, opts)
     if _first_process(opts):
         runlog.setup_log(cfg.save_dir, True).info(f"process layout: {layout}")

@@ -12,6 +12,9 @@ PRUNE_METHODS = ("magnitude", "random")
 # config.json keys that may change between runs of one experiment: where things live, how fast they run, and
 # --epochs (a larger value continues a finished run with more levels)
 VOLATILE = ("data", "save_dir", "epochs", "workers", "show_progress", "resume", "evaluate", "trust_pickle", "launch")
+# settings added after the first release, with the behaviour of runs started before them (which did not record
+# them): such a run continues with --no-fused-sgd
+IMPLIED = {"fused_sgd": False}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class IMPConfig:
     small_input: bool = False
     amp: str | None = None               # "bf16" | "fp16", CUDA only
     channels_last: bool | None = None    # None: on CUDA only
+    fused_sgd: bool = True               # torch's fused SGD kernel (last-bit differences from the loop)
     deterministic: bool = False
     trust_pickle: bool = False
     resume: str | None = None            # a checkpoint to continue from (ours or the original's)

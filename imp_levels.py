@@ -13,6 +13,7 @@ import checkpoint as files
 import dataset
 import distributed
 import engine
+import gpu_augment
 import models
 import pruning_utils
 import reproducibility
@@ -94,9 +95,11 @@ def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits, log):
         raise ConfigError(f"-b {cfg.batch_size} is the global batch: it must be at least the {env.world_size} processes")
     if cfg.batch_size % env.world_size:
         log.warning(f"-b {cfg.batch_size} is not divisible by {env.world_size} processes: {per_rank} per process")
-    common = dict(batch_size=per_rank, num_workers=cfg.workers, pin_memory=env.device.type == "cuda")
+    # -j workers per rank, pinned memory and a deeper prefetch on CUDA; the validation loader is iterated
+    # again every epoch, so its workers stay alive between epochs
+    common = dict(batch_size=per_rank, **gpu_augment.loader_settings(env.device, cfg.workers))
     val = DataLoader(splits.val, sampler=distributed.ShardSampler(len(splits.val), env),
-                     persistent_workers=cfg.workers > 0, **common)
+                     **{**common, **gpu_augment.loader_settings(env.device, cfg.workers, reused=True)})
 
     def train(epoch: int) -> DataLoader:
         # A fresh loader per epoch (no persistent workers): order and worker seeds are a pure function of
@@ -131,7 +134,9 @@ def _build_model(cfg: IMPConfig, num_classes: int, env: DistEnv, log) -> tuple[t
 
 
 def _sgd(model: torch.nn.Module, cfg: IMPConfig, state: dict | None = None, path: str = "") -> torch.optim.SGD:
-    opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # fused: one kernel per parameter; the same update up to the last bit (FMA); --no-fused-sgd for the loop
+    opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          fused=cfg.fused_sgd or None)
     if state is not None:
         try:
             opt.load_state_dict(state)

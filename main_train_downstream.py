@@ -25,10 +25,16 @@ from errors import ConfigError, OneLineParser
 
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-# settings that may change between runs of one experiment (where it runs, how it reports, what is tested extra)
+# settings that may change between runs of one experiment (where it runs, how it reports, what is tested extra);
+# pipeline and fused_sgd are not among them: they change the numbers (other random crops, last-bit updates)
 VOLATILE = ("data", "save_dir", "download", "workers", "show_progress", "print_freq", "save_all",
             "require_checkpoint", "autoattack", "autoattack_version", "autoattack_attacks", "gpu", "dist_url",
             "dist_backend", "world_size", "rank", "multiprocessing_distributed")
+
+
+# settings added after the first release, with the behaviour of runs started before them (which did not record
+# them): such a run continues with `--pipeline pil --no-fused-sgd`
+IMPLIED = {"pipeline": "pil", "fused_sgd": False}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -84,12 +90,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--small-input", action="store_true", help="3x3 stem without max-pool (32 px inputs)")
     g.add_argument("--download", action="store_true", help="download CIFAR/SVHN when missing")
     g.add_argument("-j", "--workers", type=int, default=4, help="data loading workers per process")
+    g.add_argument("--pipeline", default="auto", choices=transfer.PIPELINES,
+                   help="where CIFAR/SVHN batches are augmented: device (uint8 images kept on the GPU, or CPU, and "
+                        "cropped there), pil (DataLoader workers, torchvision's PIL transforms); auto: device for "
+                        "cifar10/cifar100/svhn, pil for folder")
     g = p.add_argument_group("runtime")
     g.add_argument("--restart", action="store_true", help="start over in a SAVE_DIR holding another run")
     g.add_argument("--trust-pickle", action="store_true", help="fully unpickle init/ticket files you trust")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume on GPU)")
     g.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (GPU only)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--fused-sgd", action=argparse.BooleanOptionalAction, default=True,
+                   help="one fused SGD kernel per step (the same update up to the last bit)")
     g.add_argument("--dist-url", default="env://")
     g.add_argument("--dist-backend", default="nccl")
     g.add_argument("--world-size", type=int, default=-1)
@@ -154,8 +166,9 @@ def config_from_args(args) -> tuple[transfer.TransferConfig, Launch]:
         warmup=args.warmup, milestones=_milestones(args.decreasing_lr), scheduler=args.scheduler,
         eval_from=args.eval_from, autoattack=args.autoattack, autoattack_version=args.autoattack_version,
         autoattack_attacks=attacks, save_all=args.save_all, require_checkpoint=args.resume,
-        deterministic=args.deterministic, amp=args.amp, channels_last=args.channels_last,
-        show_progress=args.print_freq > 0)
+        deterministic=args.deterministic, amp=args.amp, channels_last=args.channels_last, pipeline=args.pipeline,
+        fused_sgd=args.fused_sgd, show_progress=args.print_freq > 0)
+    transfer.resolve_pipeline(cfg)  # --pipeline device with folder data stops here, before SAVE_DIR is touched
     opts = Launch(gpu=args.gpu, dist_url=args.dist_url, dist_backend=args.dist_backend,
                   world_size=args.world_size, rank=args.rank,
                   multiprocessing_distributed=args.multiprocessing_distributed)
@@ -173,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         # a folder without progress (e.g. a first attempt that stopped at a bad flag) takes the new settings
         started = any(os.path.exists(os.path.join(cfg.save_dir, n)) for n in (CHECKPOINT, RESULTS))
         check_config(cfg.save_dir, {**asdict(cfg), **asdict(opts), "print_freq": args.print_freq},
-                     restart=args.restart or not started, volatile=VOLATILE)
+                     restart=args.restart or not started, volatile=VOLATILE, implied=IMPLIED)
     launch(transfer.run, cfg, opts)
     return 0
 

@@ -1,6 +1,7 @@
 """Ticket transfer, one run: load the pre-trained init, replace the head, apply the ticket's mask, fine-tune
 (clean or adversarial), validate SA and RA each epoch; transfer_state keeps the checkpoints and best-SA /
-best-RA files, transfer_eval tests those and writes results.json.
+best-RA files, transfer_eval tests those and writes results.json. CIFAR/SVHN batches are augmented on the
+device (gpu_augment, `--pipeline device`) or by DataLoader workers through PIL (`pil`, the folder datasets').
 
     transfer.run(DistEnv(), TransferConfig(save_dir="runs/c10", dataset="cifar10", init="r50.pth", ...))
 """
@@ -25,12 +26,15 @@ from checkpoint import CURVES, INDICES, METRICS, read_jsonl
 from dataset import Splits, build_datasets, write_indices
 from distributed import DistEnv, ShardSampler, barrier, cleanup, wrap_model
 from engine import evaluate, train_one_epoch
-from errors import MaskError
+from errors import ConfigError, MaskError
+from gpu_augment import DeviceAugment, DeviceBatches, DeviceEvalResize, loader_settings, uint8_tensors
 from reproducibility import epoch_generator, seed_all
 from transfer_state import pct
 
 DATASETS = ("cifar10", "cifar100", "svhn", "folder")
 SCHEDULERS = ("multistep", "cosine")
+PIPELINES = ("auto", "device", "pil")
+DEVICE_DATASETS = ("cifar10", "cifar100", "svhn")  # held as one uint8 array: the device pipeline serves them
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class TransferConfig:
     deterministic: bool = False
     amp: str | None = None
     channels_last: bool = True
+    pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
+    fused_sgd: bool = True               # one fused SGD kernel (the same update up to the last bit: FMA)
     show_progress: bool = True
 
 
@@ -116,8 +122,60 @@ def make_loader(ds: Dataset, cfg: TransferConfig, env: DistEnv, *, epoch: int | 
         sampler.set_epoch(epoch)
     else:
         sampler = torch.utils.data.RandomSampler(ds, generator=gen)
-    return DataLoader(ds, batch_size=max(1, cfg.batch_size // env.world_size), sampler=sampler,
-                      num_workers=cfg.workers, pin_memory=env.device.type == "cuda", generator=gen)
+    # -j workers, pinned memory and a deeper prefetch on CUDA; the validation loader is iterated every epoch,
+    # so its workers stay alive between epochs
+    return DataLoader(ds, batch_size=max(1, cfg.batch_size // env.world_size), sampler=sampler, generator=gen,
+                      **loader_settings(env.device, cfg.workers, reused=epoch is None))
+
+
+def resolve_pipeline(cfg: TransferConfig) -> str:
+    """The input pipeline a run uses, "device" or "pil": `auto` is device for CIFAR-10/100 and SVHN (faster than
+    the PIL workers on GPU and CPU alike) and pil for folder data, which has no uint8 array; device with folder
+    data is a ConfigError naming --pipeline."""
+    if cfg.pipeline not in PIPELINES:
+        raise ConfigError(f"--pipeline {cfg.pipeline!r}: choose one of {', '.join(PIPELINES)}")
+    if cfg.pipeline == "auto":
+        return "device" if cfg.dataset in DEVICE_DATASETS else "pil"
+    if cfg.pipeline == "device" and cfg.dataset not in DEVICE_DATASETS:
+        raise ConfigError(f"--pipeline device serves {', '.join(DEVICE_DATASETS)} (uint8 arrays); --dataset "
+                          f"{cfg.dataset} is read from image files: pass --pipeline pil or auto")
+    return cfg.pipeline
+
+
+def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of the device pipeline's crop and flip generator for one epoch on one rank: drawn from
+    `epoch_generator(seed, epoch, rank)` (a pure function of the three) rather than its own seed, so the crops
+    are not the same random stream as the epoch's global seed (PGD's random starts) or its order."""
+    return int(torch.randint(2**62, (1,), generator=epoch_generator(seed, epoch, rank)))
+
+
+class DeviceData:
+    """The device pipeline of one run: the uint8 train/val/test images moved to `env.device` once, training
+    batches in an order and with crops that are a pure function of (seed, epoch, rank), and evaluation
+    batches sharded like ShardSampler (every image exactly once over the ranks)."""
+
+    def __init__(self, splits: Splits, cfg: TransferConfig, env: DistEnv) -> None:
+        batch = max(1, cfg.batch_size // env.world_size)
+        self.cfg, self.env = cfg, env
+        self.generator = torch.Generator(device=env.device)
+        augment = DeviceAugment(cfg.image_size, generator=self.generator, channels_last=cfg.channels_last)
+        self.train = DeviceBatches(*self._tensors(splits.train), batch, transform=augment, shuffle=True,
+                                   seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+        resize = DeviceEvalResize(cfg.image_size, cfg.resize_size, channels_last=cfg.channels_last)
+        self.val = DeviceBatches(*self._tensors(splits.val), batch, transform=resize, rank=env.rank,
+                                 world_size=env.world_size)
+        self.test = DeviceBatches(*self._tensors(splits.test), batch, transform=resize, rank=env.rank,
+                                  world_size=env.world_size)
+
+    def _tensors(self, split) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = uint8_tensors(split)
+        return images.to(self.env.device), labels.to(self.env.device)
+
+    def train_epoch(self, epoch: int) -> DeviceBatches:
+        """The training batches of `epoch`: its order, and its crop/flip generator re-seeded for it."""
+        self.train.set_epoch(epoch)
+        self.generator.manual_seed(augment_seed(self.cfg.seed, epoch, self.env.rank))
+        return self.train
 
 
 class Warmup:
@@ -170,6 +228,7 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     if eval_from != cfg.eval_from and env.is_main:  # a short trial of a script that validates late
         log.warning(f"WARNING: --eval_from {cfg.eval_from} is not below --epochs {cfg.epochs}: validating every "
                     "epoch so that the best-SA/RA checkpoints exist")
+    pipeline = resolve_pipeline(cfg)
     seed_all(cfg.seed, deterministic=cfg.deterministic)
     splits = None
     if env.is_main or not cfg.download:
@@ -184,11 +243,16 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
                     "that chose the best checkpoints")
     if env.is_main:
         write_indices(os.path.join(cfg.save_dir, INDICES), splits.train_indices)
+    data = DeviceData(splits, cfg, env) if pipeline == "device" else None
+    log.info(f"input pipeline: {pipeline} (--pipeline {cfg.pipeline}): " + (
+        f"uint8 images on {env.device}, cropped, flipped and resized there" if data is not None else
+        f"torchvision's PIL transforms in {cfg.workers} DataLoader worker(s) per process"))
     model, mask, info = build_model(cfg, splits, log)
     model.to(env.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     if mask is not None:
         mask = {k: v.to(env.device) for k, v in mask.items()}
-    optimizer = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=cfg.fused_sgd or None)
     scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     state = transfer_state.resume(cfg, env.is_main, model, mask, optimizer, scheduler, scaler, log)
@@ -196,7 +260,7 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     train_attack, test_attack = build_attack(cfg.train_attack), build_attack(cfg.test_attack)
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
-    val_loader = make_loader(splits.val, cfg, env)
+    val_loader = data.val if data is not None else make_loader(splits.val, cfg, env)
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
         (f"ticket at {100 * info['ticket_sparsity']:.1f}% sparsity" if mask is not None else "dense")
     run_opts = dict(device=env.device, env=env, amp=cfg.amp, channels_last=cfg.channels_last,
@@ -204,7 +268,7 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.time()
         seed_all(epoch_generator(cfg.seed, epoch, env.rank).initial_seed(), deterministic=cfg.deterministic)
-        loader = make_loader(splits.train, cfg, env, epoch=epoch)
+        loader = data.train_epoch(epoch) if data is not None else make_loader(splits.train, cfg, env, epoch=epoch)
         if epoch < cfg.warmup:
             loader = Warmup(loader, optimizer, cfg.lr, cfg.warmup, epoch)
         lr = optimizer.param_groups[0]["lr"]
@@ -230,8 +294,9 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
             transfer_eval.plot_curves(read_jsonl(os.path.join(cfg.save_dir, METRICS)),
                                       os.path.join(cfg.save_dir, CURVES), cfg.mode, title)
         barrier(env)
-    transfer_eval.finish(env, cfg, model, mask, splits, info, state, make_loader(splits.test, cfg, env),
-                         test_attack, log)
+    test_loader = data.test if data is not None else make_loader(splits.test, cfg, env)
+    transfer_eval.finish(env, cfg, model, mask, splits, info, state, test_loader, test_attack, log,
+                         pipeline=pipeline, fetch=data.test.batch if data is not None else None)
 
 
 def _datasets(cfg: TransferConfig, download: bool) -> Splits:

@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import time
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 import torchvision
@@ -63,9 +65,20 @@ def pruned_nonzero(model: nn.Module, mask: pruning_utils.Mask | None) -> int:
 
 
 # ---------------------------------------------------------------------------- AutoAttack
-def autoattack_ra(model: nn.Module, dataset, cfg, env: DistEnv) -> tuple[float, int, list[str]]:
+Fetch = Callable[[Sequence[int]], tuple[torch.Tensor, torch.Tensor]]  # indices -> (x, y) as the test saw them
+
+
+def dataset_items(dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of `dataset[i]` for the indices, through the dataset's own (PIL) transform."""
+    return torch.stack([dataset[i][0] for i in indices]), torch.tensor([int(dataset[i][1]) for i in indices])
+
+
+def autoattack_ra(model: nn.Module, dataset, cfg, env: DistEnv, *,
+                  fetch: Fetch | None = None) -> tuple[float, int, list[str]]:
     """(robust accuracy in %, images, attacks run) under AutoAttack (pyautoattack, the authors' package) on
     the first `cfg.autoattack` test images, sharded over ranks; robust means surviving every attack run.
+    `fetch(indices) -> (x, y)` gives the images exactly as the PGD test saw them (the device pipeline's
+    batches); by default `dataset[i]` through its transform. They are gathered batch by batch on the host.
 
     Targeted attacks aim at min(9, classes - 1) other classes; with fewer than 4 classes apgd-t cannot run
     (its loss compares the top 4 logits) and is left out.
@@ -83,17 +96,20 @@ def autoattack_ra(model: nn.Module, dataset, cfg, env: DistEnv) -> tuple[float, 
     idx = ShardSampler(min(cfg.autoattack, len(dataset)), env).indices
     counts = torch.tensor([0.0, float(len(idx))], dtype=torch.float64, device=env.device)
     if idx:
-        x = torch.stack([dataset[i][0] for i in idx])
-        y = torch.tensor([int(dataset[i][1]) for i in idx])
-        _, y_adv = aa.run_standard_evaluation(x, y, batch_size=max(1, cfg.batch_size // env.world_size))
+        batch = max(1, cfg.batch_size // env.world_size)
+        fetch = fetch or partial(dataset_items, dataset)
+        parts = [fetch(idx[k:k + batch]) for k in range(0, len(idx), batch)]
+        x, y = torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
+        _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch)
         counts[0] = float((y_adv.cpu() == y).sum())
     robust, total = all_reduce_sum(counts, env).tolist()
     return 100.0 * robust / max(total, 1.0), int(total), list(aa.attacks_to_run)
 
 
 def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state: dict, test_loader,
-           test_attack, log) -> dict:
-    """Test the best-SA and best-RA checkpoints (SA, PGD RA, AutoAttack RA) and write results.json (rank 0)."""
+           test_attack, log, *, pipeline: str, fetch: Fetch | None = None) -> dict:
+    """Test the best-SA and best-RA checkpoints (SA, PGD RA, AutoAttack RA) and write results.json (rank 0).
+    `pipeline` ("device" or "pil") is recorded; `fetch` gives AutoAttack the test loader's images."""
     start = time.time()
     # fixed RNG for the attacks' random starts: a run resumed during its final test reports the same numbers
     seed_all(epoch_generator(cfg.seed, cfg.epochs, env.rank).initial_seed(), deterministic=cfg.deterministic)
@@ -114,7 +130,7 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
                    "test_ra": evaluate(model, test_loader, attack=test_attack, desc="test RA", **opts)["top1"],
                    "test_images": sa["n"]}
             if cfg.autoattack:
-                aa_ra, aa_images, aa_attacks = autoattack_ra(model, splits.test, cfg, env)
+                aa_ra, aa_images, aa_attacks = autoattack_ra(model, splits.test, cfg, env, fetch=fetch)
                 row.update(test_aa_ra=aa_ra, aa_images=aa_images, aa_attacks=aa_attacks)
             tested[ck["epoch"]] = row
         best[tag] = dict(tested[ck["epoch"]])
@@ -130,8 +146,8 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
         "test_attack": attack_dict(cfg.test_attack), "autoattack": autoattack_settings(cfg),
         "ticket": info["ticket"], "sparsity": s, "sparsity_percent": 100 * s,
         "ticket_meta": info["ticket_meta"], "init": info["init"], "init_format": info["init_format"],
-        "arch": cfg.arch, "small_input": cfg.small_input, "image_size": cfg.image_size, "seed": cfg.seed,
-        "epochs": cfg.epochs, "eval_from": cfg.eval_from, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "arch": cfg.arch, "small_input": cfg.small_input, "image_size": cfg.image_size, "pipeline": pipeline,
+        "seed": cfg.seed, "epochs": cfg.epochs, "eval_from": cfg.eval_from, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "scheduler": cfg.scheduler, "world_size": env.world_size, **best,
         "wall_time_s": state["wall_time_s"] + time.time() - start,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,

@@ -1,0 +1,244 @@
+"""Where transfer's batches are augmented (--pipeline): auto is the device path for CIFAR/SVHN and PIL for
+folder data; the device path resumes exactly, is a function of the seed, shards evaluation exactly, gives
+AutoAttack the PGD test's pixels, and results.json records the choice; fused SGD survives resume. Fabricated
+CIFAR-10 with resnet_tiny at 16 px, as in test_transfer."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import pyautoattack
+import torch
+from torch import nn
+
+import dataset
+import gpu_augment
+import main_train_downstream as cli
+import models
+import pruning_utils
+import transfer
+from checkpoint import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST, load_file
+from distributed import DistEnv
+from engine import evaluate
+from errors import ConfigError, run_cli
+from test_transfer import argv, check_run, tiny  # noqa: F401 (tiny: the module-scoped init/ticket fixture)
+
+CPU = torch.device("cpu")
+
+
+def untimed(save_dir) -> tuple[dict, list[dict]]:
+    """results.json and the metrics rows without their timings (everything else must reproduce)."""
+    res = json.load(open(os.path.join(save_dir, RESULTS)))
+    rows = [json.loads(line) for line in open(os.path.join(save_dir, METRICS))]
+    return ({k: v for k, v in res.items() if k != "wall_time_s"},
+            [{k: v for k, v in r.items() if k != "time"} for r in rows])
+
+
+def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1) -> transfer.DeviceData:
+    cfg = transfer.TransferConfig(save_dir="unused", dataset="cifar10", data=root, seed=seed, batch_size=16,
+                                  image_size=16, resize_size=16, channels_last=False)
+    splits = dataset.build_datasets("cifar10", root, image_size=16, resize_size=16)
+    return transfer.DeviceData(splits, cfg, DistEnv(rank=rank, world_size=world_size))
+
+
+# ---------------------------------------------------------------------------- choosing the pipeline
+@pytest.mark.parametrize("name,asked,used", [
+    ("cifar10", "auto", "device"), ("cifar100", "auto", "device"), ("svhn", "auto", "device"),
+    ("folder", "auto", "pil"), ("cifar10", "pil", "pil"), ("svhn", "device", "device"), ("folder", "pil", "pil")])
+def test_auto_is_device_for_uint8_arrays_and_pil_for_folders(name, asked, used):
+    cfg = transfer.TransferConfig(save_dir="s", dataset=name, pipeline=asked)
+    assert transfer.resolve_pipeline(cfg) == used
+
+
+def test_flags_default_to_auto_and_fused_and_both_change_the_config():
+    parse = cli.get_args_parser().parse_args
+    base = ["--init", "w.pth", "--save_dir", "s", "--dataset", "svhn"]
+    cfg = cli.config_from_args(parse(base))[0]
+    assert (cfg.pipeline, cfg.fused_sgd) == ("auto", True)
+    cfg = cli.config_from_args(parse(base + ["--pipeline", "pil", "--no-fused-sgd"]))[0]
+    assert (cfg.pipeline, cfg.fused_sgd) == ("pil", False)
+    assert not {"pipeline", "fused_sgd"} & set(cli.VOLATILE)  # both change the numbers of a run
+
+
+def test_device_pipeline_with_folder_data_is_one_line_naming_the_flag(tmp_path, image_folder_root, tiny, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        run_cli(cli.main, argv(out, image_folder_root, "folder", tiny.init, extra=("--pipeline", "device")))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert all(s in err for s in ("--pipeline device", "--dataset folder", "--pipeline pil"))
+    assert not os.path.exists(out)  # refused while the flags are converted, before SAVE_DIR is made
+
+
+# ---------------------------------------------------------------------------- whole runs
+def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_seed(tmp_path, cifar10_root, tiny,
+                                                                                    monkeypatch):
+    """Adversarial, warm-up, ticket, 3 epochs: an uninterrupted run, a run crashed in epoch 1 and re-run, and
+    a second uninterrupted run give the same rows, results and weights (crops and order replay exactly)."""
+    common = dict(mode="adv", ticket=tiny.ticket, epochs=3, extra=("--deterministic", "--warmup", "2"))
+    whole, crashed, twin = tmp_path / "whole", tmp_path / "crashed", tmp_path / "twin"
+    seen = []
+    real = transfer.train_one_epoch
+
+    def recording(net, loader, *args, epoch, **kwargs):
+        seen.append((epoch, type(loader).__name__, type(getattr(loader, "loader", loader)).__name__, len(loader)))
+        return real(net, loader, *args, epoch=epoch, **kwargs)
+
+    with monkeypatch.context() as m:  # (not monkeypatch.undo(): that would undo the fake checksums too)
+        m.setattr(transfer, "train_one_epoch", recording)
+        cli.main(argv(whole, cifar10_root, "cifar10", tiny.init, **common))
+    # the warm-up wraps the device batches in its two epochs; 54 images in batches of 16
+    assert seen == [(0, "Warmup", "DeviceBatches", 4), (1, "Warmup", "DeviceBatches", 4),
+                    (2, "DeviceBatches", "DeviceBatches", 4)]
+
+    def crash_in_second_epoch(*args, epoch, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, epoch=epoch, **kwargs)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(transfer, "train_one_epoch", crash_in_second_epoch)
+        cli.main(argv(crashed, cifar10_root, "cifar10", tiny.init, **common))
+    assert load_file(str(crashed / CHECKPOINT))["epoch"] == 1 and not os.path.exists(crashed / RESULTS)
+    cli.main(argv(crashed, cifar10_root, "cifar10", tiny.init, **common))
+    cli.main(argv(twin, cifar10_root, "cifar10", tiny.init, **common))
+
+    res = check_run(whole, tiny.mask, 3)
+    assert res["pipeline"] == "device" and len({r["train_loss"] for r in untimed(whole)[1]}) == 3
+    assert untimed(whole) == untimed(crashed) == untimed(twin)
+    states = [load_file(str(d / CHECKPOINT)) for d in (whole, crashed, twin)]
+    assert all(torch.equal(states[0]["state_dict"][k], s["state_dict"][k]) for s in states[1:]
+               for k in states[0]["state_dict"])
+    for s in states:  # fused SGD's state saved and, on resume, loaded back into a fused optimizer
+        assert s["optimizer"]["param_groups"][0]["fused"] is True and s["optimizer"]["state"]
+    assert "resuming from" in open(crashed / LOG).read()
+    assert open(whole / LOG).read().count("input pipeline: device (--pipeline auto)") == 1
+
+    # the pipeline and the fused optimizer are part of the run's settings: switching either is refused
+    for flags, key in ((("--pipeline", "pil"), "pipeline"), (("--no-fused-sgd",), "fused_sgd")):
+        with pytest.raises(ConfigError, match=key):
+            cli.main(argv(whole, cifar10_root, "cifar10", tiny.init, **common) + list(flags))
+
+
+def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar10_root, tiny, monkeypatch):
+    """Test SA re-computed from the SA-best checkpoint on DeviceEvalResize batches equals results.json's, and
+    AutoAttack is handed exactly those images (the attack itself is stubbed: every image survives)."""
+    handed = []
+
+    def stub(self, x, y, /, *, batch_size=250, state_path=None):
+        handed.append((x.clone(), y.clone(), batch_size))
+        return x, y
+    monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation", stub)
+    out = tmp_path / "run"
+    cli.main(argv(out, cifar10_root, "cifar10", tiny.init, epochs=1, extra=(
+        "--autoattack", "5", "--autoattack-version", "custom", "--autoattack-attacks", "apgd-ce",
+        "--batch_size", "4")))
+    res = check_run(out, None, 1)
+    assert res["pipeline"] == "device" and res["best_sa"]["test_aa_ra"] == 100.0
+    assert res["best_sa"]["aa_images"] == 5 and res["best_sa"]["test_images"] == 20
+
+    splits = dataset.build_datasets("cifar10", cifar10_root, image_size=16, resize_size=16)
+    images, labels = gpu_augment.uint8_tensors(splits.test)
+    resize = gpu_augment.DeviceEvalResize(16, 16, channels_last=False)
+    assert len(handed) == 1  # best SA and best RA are the same epoch: tested once
+    x, y, bs = handed[0]
+    assert torch.equal(x, resize(images[:5])) and torch.equal(y, labels[:5]) and bs == 4
+    # the PIL transform's pixels differ (within 1/255): AutoAttack does not see those
+    pil = torch.stack([splits.test[i][0] for i in range(5)])
+    assert (x - pil).abs().max() <= 1 / 255 + 1e-6 and not torch.equal(x, pil)
+
+    model = models.build("resnet_tiny", 10, small_input=True, mean=splits.mean, std=splits.std)
+    model.load_state_dict(pruning_utils.unmask_state_dict(load_file(str(out / SA_BEST))["state_dict"])[0])
+    batches = gpu_augment.DeviceBatches(images, labels, 7, transform=resize)
+    assert evaluate(model, batches, device=CPU, show_progress=False)["top1"] == res["best_sa"]["test_sa"]
+
+
+def test_pil_pipeline_on_cifar_is_recorded_and_unfused_sgd_runs(tmp_path, cifar10_root, tiny):
+    out = tmp_path / "run"
+    cli.main(argv(out, cifar10_root, "cifar10", tiny.init, epochs=1, extra=("--pipeline", "pil", "--no-fused-sgd")))
+    res = check_run(out, None, 1)
+    assert res["pipeline"] == "pil" and json.load(open(out / CONFIG))["pipeline"] == "pil"
+    assert "input pipeline: pil (--pipeline pil)" in open(out / LOG).read()
+    assert not load_file(str(out / CHECKPOINT))["optimizer"]["param_groups"][0]["fused"]
+
+
+# ---------------------------------------------------------------------------- the batches themselves
+def test_training_batches_are_a_function_of_seed_epoch_and_rank(cifar10_root):
+    def epoch_batches(data: transfer.DeviceData, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(data.train_epoch(epoch))
+
+    a, b = device_data(cifar10_root), device_data(cifar10_root)
+    first = epoch_batches(a, 0)
+    assert [len(y) for _, y in first] == [16, 16, 16, 6] and first[0][0].shape == (16, 3, 16, 16)
+    second = epoch_batches(a, 1)
+    # a fresh pipeline (a resumed run) jumping straight to epoch 1 sees the same batches, pixel for pixel
+    for (xa, ya), (xb, yb) in zip(second, epoch_batches(b, 1)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(first[0][0], second[0][0])  # another epoch: other order and crops
+    other = epoch_batches(device_data(cifar10_root, seed=2), 0)
+    assert not torch.equal(torch.cat([y for _, y in first]), torch.cat([y for _, y in other]))
+    assert not torch.equal(first[0][0], other[0][0])
+    # the same images in another order get other crops too: not the order's random stream replayed
+    assert transfer.augment_seed(1, 0) != transfer.epoch_generator(1, 0).initial_seed()
+    assert transfer.augment_seed(1, 0, 0) != transfer.augment_seed(1, 0, 1)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_eval_shards_cover_every_image_exactly_once(cifar10_root, world_size):
+    """Ranks built with rank/world_size directly (no processes): rank r evaluates images r, r+W, ..., the
+    whole split once in all (6 val and 20 test images: with 3 ranks the shards are unequal, never padded)."""
+    whole = device_data(cifar10_root)
+    ranks = [device_data(cifar10_root, rank=r, world_size=world_size) for r in range(world_size)]
+    for split in ("val", "test"):
+        xs, ys = map(torch.cat, zip(*getattr(whole, split)))
+        n = len(ys)
+        shards = [list(getattr(data, split)) for data in ranks]
+        counts = [sum(len(y) for _, y in shard) for shard in shards]
+        assert sum(counts) == n and counts == [len(range(r, n, world_size)) for r in range(world_size)]
+        for r, shard in enumerate(shards):
+            x, y = map(torch.cat, zip(*shard))
+            assert torch.equal(x, xs[r::world_size]) and torch.equal(y, ys[r::world_size])
+    # training shards: equal lengths (padded like DistributedSampler), together the whole split each epoch
+    train = [data.train_epoch(0)._indices() for data in ranks]
+    assert len({len(t) for t in train}) == 1 and sum(map(len, train)) == 54 + (-54) % world_size
+    assert torch.equal(torch.cat(train).unique(), torch.arange(54))
+
+
+def test_warmup_steps_the_lr_over_device_batches():
+    images, labels = torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10)
+    batches = gpu_augment.DeviceBatches(images, labels, 4, transform=gpu_augment.DeviceAugment(4), shuffle=True)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    seen = []
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        for x, _ in transfer.Warmup(batches, opt, 0.1, 2, epoch):
+            assert x.shape[1:] == (3, 4, 4)
+            seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.1 * s / 6 for s in range(1, 7)])
+
+
+def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(tmp_path, cifar10_root, tiny,
+                                                                               capsys):
+    """config.json of an older run has no pipeline / fused_sgd: it ran the PIL loader and loop SGD. The new
+    defaults would change its numbers mid-run, so they are refused with the implied old values named;
+    `--pipeline pil --no-fused-sgd` continues it (and records the keys)."""
+    out = tmp_path / "old"
+    args = argv(out, cifar10_root, "cifar10", tiny.init, epochs=1)
+    assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
+    os.remove(os.path.join(out, RESULTS))  # stopped during its final test: a checkpoint, no results yet
+    path = os.path.join(out, CONFIG)
+    old = json.load(open(path))
+    del old["pipeline"], old["fused_sgd"]
+    json.dump(old, open(path, "w"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(cli.main, args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "pipeline ('pil' -> 'auto')" in err and "fused_sgd (False -> True)" in err and "--restart" in err
+    assert not os.path.exists(os.path.join(out, RESULTS)) and "pipeline" not in json.load(open(path))
+    assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
+    assert json.load(open(os.path.join(out, RESULTS)))["pipeline"] == "pil"
+    assert json.load(open(path))["pipeline"] == "pil"
