@@ -238,11 +238,15 @@ def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterab
                                   "or pass --restart to start over there") from None
         if isinstance(old, dict):
             skip = set(volatile)
+            unrecorded = sorted(k for k in (implied or {}) if k not in old)
             old = {**(implied or {}), **old}
             keys = sorted(k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k))
             if keys:
                 shown = ", ".join(f"{k} ({old.get(k)!r} -> {config.get(k)!r})" for k in keys[:6])
+                older = [k for k in keys if k in unrecorded]
+                hint = f" ({', '.join(older)}: not recorded by that older run, which ran as shown; give the " \
+                       "flags that select those values to continue it)" if older else ""
                 raise ConfigError(
-                    f"{save_dir} holds a run with other settings: {shown}; use another --save_dir, "
+                    f"{save_dir} holds a run with other settings: {shown}{hint}; use another --save_dir, "
                     "or pass --restart to start over there")
     atomic_write_json(path, config)

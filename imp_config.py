@@ -14,7 +14,7 @@ PRUNE_METHODS = ("magnitude", "random")
 VOLATILE = ("data", "save_dir", "epochs", "workers", "show_progress", "resume", "evaluate", "trust_pickle", "launch")
 # settings added after the first release, with the behaviour of runs started before them (which did not record
 # them): such a run continues with --no-fused-sgd
-IMPLIED = {"fused_sgd": False}
+IMPLIED = {"fused_sgd": False, "compile": False}
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class IMPConfig:
     amp: str | None = None               # "bf16" | "fp16", CUDA only
     channels_last: bool | None = None    # None: on CUDA only
     fused_sgd: bool = True               # torch's fused SGD kernel (last-bit differences from the loop)
+    compile: bool = False                # nn.Module.compile() in place (parameter names kept)
     deterministic: bool = False
     trust_pickle: bool = False
     resume: str | None = None            # a checkpoint to continue from (ours or the original's)

@@ -198,6 +198,8 @@ def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
             best = None if best is None else float(best)
     if env.is_main:
         truncate_metrics(cfg.save_dir, done)
+    if cfg.compile:  # in place: names, state_dict and masks stay those of the plain model
+        net.compile()
     model = distributed.wrap_model(net, env)
     optimizer = _sgd(model, cfg, opt_state, path or "")
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None

@@ -76,6 +76,7 @@ class TransferConfig:
     channels_last: bool = True
     pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
     fused_sgd: bool = True               # one fused SGD kernel (the same update up to the last bit: FMA)
+    compile: bool = False                # nn.Module.compile() in place (parameter names kept)
     show_progress: bool = True
 
 
@@ -256,6 +257,8 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     state = transfer_state.resume(cfg, env.is_main, model, mask, optimizer, scheduler, scaler, log)
+    if cfg.compile:  # in place: names, state_dict and masks stay those of the plain model
+        model.compile()
     net = wrap_model(model, env)
     train_attack, test_attack = build_attack(cfg.train_attack), build_attack(cfg.test_attack)
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "

@@ -344,3 +344,40 @@ def test_script_without_its_three_positionals_prints_usage(name, args, tmp_path)
     done, argv = run_script(name, tmp_path, *args)
     assert done.returncode == 2 and argv is None
     assert done.stderr.startswith(f"usage: bash script/imp_pretrain/{name} INIT_WEIGHTS SAVE_DIR DATA_DIR")
+
+
+# ---------------------------------------------------------------------------- speed switches
+def test_compile_flag_compiles_in_place_and_checkpoints_keep_the_plain_names(tiny, tmp_path, monkeypatch):
+    """--compile reaches nn.Module.compile (dynamo with its eager backend here: the real tracing of our model,
+    attack and masks without inductor's minutes of C++ builds); files keep the names of the plain model."""
+    calls = []
+    plain_compile = nn.Module.compile
+
+    def eager_compile(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return plain_compile(self, backend="eager")
+    monkeypatch.setattr(nn.Module, "compile", eager_compile)
+    data, init = tiny
+    save_dir = str(tmp_path / "c")
+    assert main_imp_adv.main(imp_argv(data, init, save_dir, "--epochs", "1", "--prune_epoch", "1", "--compile",
+                                      "--train_step", "1")) == 0
+    assert calls == ["ResNet"]
+    names = set(pruning_utils.unmask_state_dict(checkpoint.load_file(checkpoint.imp_checkpoint(save_dir, 1))
+                                                ["state_dict"])[0])
+    assert names == set(tiny_model().state_dict())
+    assert json.load(open(os.path.join(save_dir, "config.json")))["compile"] is True
+
+
+def test_a_run_from_before_fused_sgd_continues_only_with_no_fused_sgd(tiny, tmp_path):
+    data, init = tiny
+    save_dir = str(tmp_path / "old")
+    args = imp_argv(data, init, save_dir, "--epochs", "1", "--prune_epoch", "1", "--lr", "0.05")
+    assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
+    path = os.path.join(save_dir, "config.json")
+    old = json.load(open(path))
+    del old["fused_sgd"], old["compile"]
+    json.dump(old, open(path, "w"))
+    with pytest.raises(ConfigError, match=r"fused_sgd \(False -> True\) \(fused_sgd: not recorded by that older run"):
+        main_imp_std.main(args)
+    assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
+    assert json.load(open(path))["fused_sgd"] is False
