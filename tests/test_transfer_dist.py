@@ -1,4 +1,5 @@
-"""Transfer as two gloo ranks under torchrun: validation and test accuracies are exact over the whole split
+"""Transfer as two gloo ranks under torchrun (PIL loader on folder data; device pipeline on CIFAR-10): validation
+and test accuracies are exact over the whole split
 (9 images over 2 ranks: a padding sampler would count one twice), and rank 0 alone writes the run's files."""
 from __future__ import annotations
 
@@ -53,3 +54,48 @@ def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert rows[best["epoch"]]["val_sa"] == res["best_sa"]["val_sa"]
     assert json.load(open(out / RESULTS))["complete"] is True
+
+
+WRAPPER = """import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from _pytest.monkeypatch import MonkeyPatch
+import errors, fakedata, main_train_downstream
+fakedata.allow_fake_checksums(MonkeyPatch())  # the fabricated CIFAR files have no official MD5 sums
+errors.run_cli(main_train_downstream.main)
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_on_the_device_pipeline_report_exact_whole_split_accuracies(tmp_path, fake_checksums):
+    """CIFAR-10 through the device pipeline (the default for it) on two ranks: 7 val and 21 test images, so a
+    padded evaluation shard would count one twice; the numbers equal a one-process evaluation of the best
+    checkpoint over the same device batches."""
+    data = fakedata.make_cifar10(str(tmp_path / "data"), n_train=70, n_test=21)
+    torch.manual_seed(0)
+    init = str(tmp_path / "init.pth")
+    torch.save(models.resnet_tiny(1000).state_dict(), init)
+    wrapper = tmp_path / "train.py"
+    wrapper.write_text(WRAPPER.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(wrapper),
+           *argv(out, data, "cifar10", init, mode="adv", extra=("--batch_size", "4"))]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    log = open(out / LOG).read()
+    assert "rank 0/2 on cpu (gloo)" in log and "input pipeline: device" in log
+    res = check_run(out, None, 2)
+    assert res["pipeline"] == "device" and res["world_size"] == 2
+    assert (res["n_val"], res["n_test"], res["best_sa"]["test_images"]) == (7, 21, 21)
+
+    import gpu_augment
+    splits = dataset.build_datasets("cifar10", data, image_size=16, resize_size=16)
+    model = models.build("resnet_tiny", 10, small_input=True, mean=splits.mean, std=splits.std)
+    best = load_file(str(out / SA_BEST))
+    model.load_state_dict(pruning_utils.unmask_state_dict(best["state_dict"])[0])
+    cpu = torch.device("cpu")
+    resize = gpu_augment.DeviceEvalResize(16, 16, channels_last=False)
+    for split, key in ((splits.val, "val_sa"), (splits.test, "test_sa")):
+        whole = evaluate(model, gpu_augment.DeviceBatches(*gpu_augment.uint8_tensors(split), 5, transform=resize),
+                         device=cpu, show_progress=False)
+        assert whole["top1"] == pytest.approx(res["best_sa"][key], abs=1e-9), key
