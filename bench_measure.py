@@ -48,6 +48,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired(reference: list[float], other: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) over rounds of reference_time / other_time, each pair taken from the same interleaved
+    round: a speed ratio that a load change on the machine between rounds does not move, unlike the ratio of
+    the two medians (which may come from different rounds)."""
+    if len(reference) != len(other) or not reference:
+        raise ValueError(f"paired ratios need equally many rounds, got {len(reference)} and {len(other)}")
+    ratios = [r / o for r, o in zip(reference, other)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call, as torch.utils.flop_counter counts them (matmuls and convolutions, forward and the
     backward parts actually computed)."""

@@ -99,6 +99,22 @@ def test_interleave_rotates_the_order_and_counts_calls():
     assert all(t >= 0 for v in times.values() for t in v)
 
 
+def test_paired_ratio_takes_each_round_alone_so_a_load_change_between_rounds_does_not_move_it():
+    # ours is 1.25x faster in every round; the machine slows down 3x after round 2
+    base = [1.0, 1.0, 3.0, 3.0, 3.0]
+    ours = [0.8, 0.8, 2.4, 2.4, 2.4]
+    med, lo, hi = measure.paired(base, ours)
+    assert med == lo == hi == pytest.approx(1.25)
+    # busy and quiet rounds (2x), and in round 4 the load lifted between the two calls: the medians come from
+    # different rounds and give 2x; the paired ratio stays at the true 1.1x
+    base, ours = [1.1, 2.2, 1.1, 2.2, 2.2], [1.0, 2.0, 1.0, 1.0, 2.0]
+    assert measure.median(base) / measure.median(ours) == pytest.approx(2.2)
+    med, lo, hi = measure.paired(base, ours)
+    assert (med, lo, hi) == (pytest.approx(1.1), pytest.approx(1.1), pytest.approx(2.2))
+    with pytest.raises(ValueError, match="equally many rounds"):
+        measure.paired([1.0], [1.0, 2.0])
+
+
 def test_count_flops_of_a_matmul_and_of_an_input_gradient_attack():
     a, b = torch.randn(8, 16), torch.randn(16, 4)
     assert measure.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
@@ -136,7 +152,9 @@ def test_quick_run_writes_rows_and_a_summary(tmp_path, capsys):
     for r in rows:
         assert r["device"] and r["torch"] == torch.__version__ and r["images_per_s"] > 0
         if r["variant"] == "baseline":
-            assert r["ratio_vs_baseline"] == 1.0
+            assert r["ratio_vs_baseline"] == 1.0 and r["paired_ratio"] == 1.0 and r["paired_range"] == [1.0, 1.0]
+        lo, hi = r["paired_range"]
+        assert lo <= r["paired_ratio"] <= hi
         if r["section"] != "pipeline":
             assert r["flops"] > 0 and r["ceiling_flop_per_s"] > 0
     assert sum(r.get("chosen", False) for r in rows) == 1
@@ -145,8 +163,9 @@ def test_quick_run_writes_rows_and_a_summary(tmp_path, capsys):
     evals = {r["variant"]: r for r in rows if r["section"] == "eval"}
     assert evals["ours"]["flops"] < evals["baseline"]["flops"]  # no weight gradients in our attack
     line = md.read_text().strip()
-    assert line.startswith("| ") and line.count(" | ") == 10
+    assert line.startswith("| ") and line.count(" | ") == 10 and "paired" in line
     assert "ticket over dense" in capsys.readouterr().out
+    assert "ticket_overhead_paired" in train["ours"]
 
 
 def test_bad_flags_are_user_errors():
