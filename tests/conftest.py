@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import fakedata
 
@@ -60,3 +61,17 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(False)  # entry points' --deterministic switches it on process-wide
+
+
+@pytest.fixture
+def eager_compile(monkeypatch) -> list[str]:
+    """nn.Module.compile with dynamo's eager backend (the real tracing, without inductor's minutes of C++
+    builds); returns the list of the class names of the modules compiled."""
+    calls: list[str] = []
+    plain_compile = nn.Module.compile
+
+    def compile_eager(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return plain_compile(self, backend="eager")
+    monkeypatch.setattr(nn.Module, "compile", compile_eager)
+    return calls

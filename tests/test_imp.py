@@ -347,21 +347,14 @@ def test_script_without_its_three_positionals_prints_usage(name, args, tmp_path)
 
 
 # ---------------------------------------------------------------------------- speed switches
-def test_compile_flag_compiles_in_place_and_checkpoints_keep_the_plain_names(tiny, tmp_path, monkeypatch):
+def test_compile_flag_compiles_in_place_and_checkpoints_keep_the_plain_names(tiny, tmp_path, eager_compile):
     """--compile reaches nn.Module.compile (dynamo with its eager backend here: the real tracing of our model,
     attack and masks without inductor's minutes of C++ builds); files keep the names of the plain model."""
-    calls = []
-    plain_compile = nn.Module.compile
-
-    def eager_compile(self, *args, **kwargs):
-        calls.append(type(self).__name__)
-        return plain_compile(self, backend="eager")
-    monkeypatch.setattr(nn.Module, "compile", eager_compile)
     data, init = tiny
     save_dir = str(tmp_path / "c")
     assert main_imp_adv.main(imp_argv(data, init, save_dir, "--epochs", "1", "--prune_epoch", "1", "--compile",
                                       "--train_step", "1")) == 0
-    assert calls == ["ResNet"]
+    assert eager_compile == ["ResNet"]
     names = set(pruning_utils.unmask_state_dict(checkpoint.load_file(checkpoint.imp_checkpoint(save_dir, 1))
                                                 ["state_dict"])[0])
     assert names == set(tiny_model().state_dict())

@@ -245,20 +245,14 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
     assert json.load(open(path))["pipeline"] == "pil"
 
 
-def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path, cifar10_root, tiny, monkeypatch):
+def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path, cifar10_root, tiny,
+                                                                      eager_compile):
     """--compile reaches nn.Module.compile (dynamo's eager backend here, so no inductor build): an adversarial
     ticket run completes, pruned weights stay zero, and the checkpoints hold the plain model's names."""
-    calls = []
-    plain_compile = nn.Module.compile
-
-    def eager_compile(self, *args, **kwargs):
-        calls.append(type(self).__name__)
-        return plain_compile(self, backend="eager")
-    monkeypatch.setattr(nn.Module, "compile", eager_compile)
     out = tmp_path / "c"
     assert cli.main(argv(out, cifar10_root, "cifar10", tiny.init, mode="adv", ticket=tiny.ticket, epochs=1,
                          extra=("--compile",))) == 0
-    assert calls == ["ResNet"]
+    assert eager_compile == ["ResNet"]
     check_run(out, pruning_utils.load_ticket(tiny.ticket)[0], 1)
     state = load_file(os.path.join(out, SA_BEST))["state_dict"]
     assert not [k for k in state if "_orig_mod" in k]
