@@ -1,6 +1,6 @@
 """Transfer as two gloo ranks under torchrun (PIL loader on folder data; device pipeline on CIFAR-10): validation
-and test accuracies are exact over the whole split
-(9 images over 2 ranks: a padding sampler would count one twice), and rank 0 alone writes the run's files."""
+and test accuracies are exact over the whole split (odd image counts over 2 ranks: a padding sampler would count
+one twice), and rank 0 alone writes the run's files."""
 from __future__ import annotations
 
 import json
