@@ -76,7 +76,8 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     g.add_argument("--fused-sgd", default=True, action=argparse.BooleanOptionalAction,
                    help="fused SGD kernel: faster, the same update up to the last bit (default: on)")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
     g.add_argument("--restart", action="store_true",
                    help="delete this run's level files and metrics in SAVE_DIR and start over")
     g.add_argument("--trust-pickle", action="store_true",
@@ -117,9 +118,9 @@ def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.
         prune_epoch=args.prune_epoch, batch_size=args.batch_size, workers=args.workers, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, rate=args.rate, prune_method=args.prune_method,
         seed=args.seed, attack=attack, image_size=args.image_size, resize_size=args.resize_size,
-        small_input=args.small_input, amp=args.amp, channels_last=args.channels_last, fused_sgd=args.fused_sgd, compile=args.compile,
-        deterministic=args.deterministic, trust_pickle=args.trust_pickle, resume=args.resume or None,
-        evaluate=args.evaluate, omp_sparsity=omp, omp_level=args.omp_level, show_progress=args.print_freq > 0)
+        small_input=args.small_input, amp=args.amp, channels_last=args.channels_last, fused_sgd=args.fused_sgd,
+        compile=args.compile, deterministic=args.deterministic, trust_pickle=args.trust_pickle,
+        resume=args.resume or None, evaluate=args.evaluate, omp_sparsity=omp, omp_level=args.omp_level, show_progress=args.print_freq > 0)
 
 
 def launch_from_args(args: argparse.Namespace) -> distributed.Launch:

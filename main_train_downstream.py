@@ -98,7 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--restart", action="store_true", help="start over in a SAVE_DIR holding another run")
     g.add_argument("--trust-pickle", action="store_true", help="fully unpickle init/ticket files you trust")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume on GPU)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
     g.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (GPU only)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--fused-sgd", action=argparse.BooleanOptionalAction, default=True,
