@@ -17,9 +17,10 @@ from torchvision import transforms as T
 
 from checkpoint import atomic_write_json
 from errors import DataError, UserError
-from models import IMAGENET_MEAN, IMAGENET_STD
 
 SUBSETS = ("first", "balanced")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training statistics; folder data reuses them
+IMAGENET_STD = (0.229, 0.224, 0.225)
 VAL_SIZE = 5000  # images held out of the official training file for validation (CIFAR and SVHN)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 import errors
-import imp_cli
+from lottery import cli as imp_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,8 @@ from dataclasses import asdict
 import torch
 
 import errors
-import transfer
-import transfer_state
+from transfer import run as transfer_run
+from transfer import state as transfer_state
 from attacks import AttackConfig, eps_from_flag, parse_fraction
 from checkpoint import CHECKPOINT, RESULTS, check_config, remove_temp_files, writable_dir
 from distributed import Launch, launch
@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                   "test SA/RA", add_help=True)
     g = p.add_argument_group("general (the original's flags)")
     g.add_argument("--data", default="../data", help="dataset root")
-    g.add_argument("--dataset", default="cifar100", choices=transfer.DATASETS)
+    g.add_argument("--dataset", default="cifar100", choices=transfer_run.DATASETS)
     g.add_argument("--data_number", type=float, default=1.0, help="fraction of the training split used, (0, 1]")
     g.add_argument("--arch", default="resnet50", help="model architecture")
     g.add_argument("--init", required=True, help="pre-trained weights; '' or none: random init (warned)")
@@ -64,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=int, default=0, help="epochs of linear per-step lr warm-up")
     g.add_argument("--print_freq", type=int, default=50, help="0 silences the per-step progress lines")
     g.add_argument("--decreasing_lr", default="50,75", help="epochs where multistep multiplies the lr by 0.1")
-    g.add_argument("--scheduler", default="multistep", choices=transfer.SCHEDULERS,
+    g.add_argument("--scheduler", default="multistep", choices=transfer_run.SCHEDULERS,
                    help="multistep (--decreasing_lr) or cosine annealing over --epochs")
     g.add_argument("--eval_from", type=int, default=0,
                    help="first (0-based) epoch with validation SA/RA (the original's CIFAR adv code: 45)")
@@ -90,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--small-input", action="store_true", help="3x3 stem without max-pool (32 px inputs)")
     g.add_argument("--download", action="store_true", help="download CIFAR/SVHN when missing")
     g.add_argument("-j", "--workers", type=int, default=4, help="data loading workers per process")
-    g.add_argument("--pipeline", default="auto", choices=transfer.PIPELINES,
+    g.add_argument("--pipeline", default="auto", choices=transfer_run.PIPELINES,
                    help="where CIFAR/SVHN batches are augmented: device (uint8 images kept on the GPU, or CPU, and "
                         "cropped there), pil (DataLoader workers, torchvision's PIL transforms); auto: device for "
                         "cifar10/cifar100/svhn, pil for folder")
@@ -136,7 +136,7 @@ def _train_attack(args) -> AttackConfig | None:
     return AttackConfig("pgd", eps, 2 / 255 if alpha is None else alpha, steps)
 
 
-def config_from_args(args) -> tuple[transfer.TransferConfig, Launch]:
+def config_from_args(args) -> tuple[transfer_run.TransferConfig, Launch]:
     """The parsed flags, checked and converted once."""
     small = [f for f in ("epochs", "batch_size", "train_step", "test_step")
              if getattr(args, f) is not None and getattr(args, f) < 1]
@@ -158,7 +158,7 @@ def config_from_args(args) -> tuple[transfer.TransferConfig, Launch]:
                           f"{', '.join(AA_ATTACKS)} together with --autoattack-version custom, and only then")
     test = AttackConfig("pgd", eps_from_flag(args.test_eps, flag="--test_eps"),
                         eps_from_flag(args.test_gamma, flag="--test_gamma"), args.test_step)
-    cfg = transfer.TransferConfig(
+    cfg = transfer_run.TransferConfig(
         save_dir=args.save_dir, dataset=args.dataset, data=args.data, data_number=args.data_number,
         subset=args.subset, image_size=args.image_size, resize_size=args.resize_size, download=args.download,
         workers=args.workers, arch=args.arch, small_input=args.small_input, init=_optional_path(args.init),
@@ -170,7 +170,7 @@ def config_from_args(args) -> tuple[transfer.TransferConfig, Launch]:
         autoattack_attacks=attacks, save_all=args.save_all, require_checkpoint=args.resume,
         deterministic=args.deterministic, amp=args.amp, channels_last=args.channels_last, pipeline=args.pipeline,
         fused_sgd=args.fused_sgd, compile=args.compile, show_progress=args.print_freq > 0)
-    transfer.resolve_pipeline(cfg)  # --pipeline device with folder data stops here, before SAVE_DIR is touched
+    transfer_run.resolve_pipeline(cfg)  # --pipeline device with folder data stops here, before SAVE_DIR is touched
     opts = Launch(gpu=args.gpu, dist_url=args.dist_url, dist_backend=args.dist_backend,
                   world_size=args.world_size, rank=args.rank,
                   multiprocessing_distributed=args.multiprocessing_distributed)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         started = any(os.path.exists(os.path.join(cfg.save_dir, n)) for n in (CHECKPOINT, RESULTS))
         check_config(cfg.save_dir, {**asdict(cfg), **asdict(opts), "print_freq": args.print_freq},
                      restart=args.restart or not started, volatile=VOLATILE, implied=IMPLIED)
-    launch(transfer.run, cfg, opts)
+    launch(transfer_run.run, cfg, opts)
     return 0
 
 

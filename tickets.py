@@ -14,7 +14,7 @@ import argparse
 import os
 
 import checkpoint
-import ticket_stats
+from reporting import ticket_stats
 from errors import OneLineParser, UserError, run_cli
 from pruning_utils import load_ticket, save_ticket, sparsity
 from weights import read_weights

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from errors import UserError
-from models.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize, set_normalization
+from models.normalize import IDENTITY_MEAN, IDENTITY_STD, Normalize, set_normalization
 from models.resnet import (ResNet, replace_head, resnet18, resnet34, resnet50, resnet101, resnet152,
                            resnet_tiny)
 
@@ -24,13 +24,13 @@ ARCHS: dict[str, Callable[..., ResNet]] = {
 }
 
 
-def build(arch: str, num_classes: int, *, small_input: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-          std: Sequence[float] = IMAGENET_STD) -> nn.Module:
+def build(arch: str, num_classes: int, *, small_input: bool = False, mean: Sequence[float] = IDENTITY_MEAN,
+          std: Sequence[float] = IDENTITY_STD) -> nn.Module:
     """The named arch; `small_input` is applied as given for every arch, resnet_tiny included."""
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r} (--arch): choose one of {', '.join(ARCHS)}")
     return ARCHS[arch](num_classes, small_input=small_input, mean=mean, std=std)
 
 
-__all__ = ["ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "ResNet", "build", "replace_head",
+__all__ = ["ARCHS", "IDENTITY_MEAN", "IDENTITY_STD", "Normalize", "ResNet", "build", "replace_head",
            "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_tiny", "set_normalization"]

@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IDENTITY_MEAN = (0.0, 0.0, 0.0)  # no normalisation until the data set's stats are set (dataset.DATASETS)
+IDENTITY_STD = (1.0, 1.0, 1.0)
 
 
 def _stats(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +33,7 @@ class Normalize(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(self, mean: Sequence[float] = IDENTITY_MEAN, std: Sequence[float] = IDENTITY_STD) -> None:
         super().__init__()
         mean_t, std_t = _stats(mean, std)
         self.register_buffer("mean", mean_t, persistent=False)

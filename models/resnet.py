@@ -9,7 +9,7 @@ from typing import Sequence
 
 from torch import nn, Tensor
 
-from models.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from models.normalize import IDENTITY_MEAN, IDENTITY_STD, Normalize
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -72,8 +72,8 @@ class ResNet(nn.Module):
     """normalize -> stem -> layer1..4 (widths w, 2w, 4w, 8w) -> global average pool -> fc."""
 
     def __init__(self, block: Block, layers: Sequence[int], num_classes: int = 1000, *, width: int = 64,
-                 small_input: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, zero_init_residual: bool = False) -> None:
+                 small_input: bool = False, mean: Sequence[float] = IDENTITY_MEAN,
+                 std: Sequence[float] = IDENTITY_STD, zero_init_residual: bool = False) -> None:
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"ResNet needs 4 stage depths, got {list(layers)}")
@@ -136,33 +136,33 @@ def _resnet(block: Block, layers: Sequence[int], num_classes: int, width: int, s
                   zero_init_residual=zero_init_residual)
 
 
-def resnet18(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-             std: Sequence[float] = IMAGENET_STD, zero_init_residual: bool = False) -> ResNet:
+def resnet18(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IDENTITY_MEAN,
+             std: Sequence[float] = IDENTITY_STD, zero_init_residual: bool = False) -> ResNet:
     return _resnet(BasicBlock, (2, 2, 2, 2), num_classes, 64, small_input, mean, std, zero_init_residual)
 
 
-def resnet34(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-             std: Sequence[float] = IMAGENET_STD, zero_init_residual: bool = False) -> ResNet:
+def resnet34(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IDENTITY_MEAN,
+             std: Sequence[float] = IDENTITY_STD, zero_init_residual: bool = False) -> ResNet:
     return _resnet(BasicBlock, (3, 4, 6, 3), num_classes, 64, small_input, mean, std, zero_init_residual)
 
 
-def resnet50(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-             std: Sequence[float] = IMAGENET_STD, zero_init_residual: bool = False) -> ResNet:
+def resnet50(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IDENTITY_MEAN,
+             std: Sequence[float] = IDENTITY_STD, zero_init_residual: bool = False) -> ResNet:
     return _resnet(Bottleneck, (3, 4, 6, 3), num_classes, 64, small_input, mean, std, zero_init_residual)
 
 
-def resnet101(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD, zero_init_residual: bool = False) -> ResNet:
+def resnet101(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IDENTITY_MEAN,
+              std: Sequence[float] = IDENTITY_STD, zero_init_residual: bool = False) -> ResNet:
     return _resnet(Bottleneck, (3, 4, 23, 3), num_classes, 64, small_input, mean, std, zero_init_residual)
 
 
-def resnet152(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD, zero_init_residual: bool = False) -> ResNet:
+def resnet152(num_classes: int = 1000, *, small_input: bool = False, mean: Sequence[float] = IDENTITY_MEAN,
+              std: Sequence[float] = IDENTITY_STD, zero_init_residual: bool = False) -> ResNet:
     return _resnet(Bottleneck, (3, 8, 36, 3), num_classes, 64, small_input, mean, std, zero_init_residual)
 
 
-def resnet_tiny(num_classes: int = 10, *, small_input: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD, zero_init_residual: bool = False) -> ResNet:
+def resnet_tiny(num_classes: int = 10, *, small_input: bool = True, mean: Sequence[float] = IDENTITY_MEAN,
+                std: Sequence[float] = IDENTITY_STD, zero_init_residual: bool = False) -> ResNet:
     """BasicBlock, one block per stage, width 16 (~0.3M parameters): tests and the demo."""
     return _resnet(BasicBlock, (1, 1, 1, 1), num_classes, 16, small_input, mean, std, zero_init_residual)
 

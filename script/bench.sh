@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speed of our fast paths against the original's way (creates .venv on first use). Flags: see bench.py --help.
+# Speed of our fast paths against the original's way (creates .venv on first use). Flags: see python -m benchmarks.bench --help.
 #   bash script/bench.sh            # CPU: ResNet-50 32 px b64 PGD-3 (~3-5 min); GPU: 224 px, bf16 + channels_last
 #   bash script/bench.sh --quick    # smoke configuration
 # Appends a dated summary row to BENCHMARKS.md and JSON lines to runs/bench/bench.jsonl.
@@ -7,4 +7,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/script/env.sh"
 cd "$ROOT"
-exec "$DOUBLEWIN_PY" -u bench.py "$@"
+exec "$DOUBLEWIN_PY" -u -m benchmarks.bench "$@"

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import bench
-import bench_accuracy
-import bench_baseline as base
-import bench_cases as cases
-import bench_measure as measure
+from benchmarks import bench
+from benchmarks import accuracy as bench_accuracy
+import benchmarks.baseline as base
+import benchmarks.cases as cases
+import benchmarks.measure as measure
 import errors
+import dataset
 import models
 import pruning_utils
 
@@ -35,7 +36,7 @@ def advertorch_linf_pgd():
 
 def tiny_ticket(seed: int = 0):
     torch.manual_seed(seed)
-    model = models.build("resnet_tiny", 10)
+    model = models.build("resnet_tiny", 10, mean=dataset.IMAGENET_MEAN, std=dataset.IMAGENET_STD)
     mask = pruning_utils.magnitude_prune(model, pruning_utils.full_mask(model), 0.8)
     pruning_utils.apply_mask(model, mask)
     return model, mask

@@ -1,4 +1,4 @@
-"""The shortened demo (`demo.py --quick`): same code path as the Quick start, through the real bash scripts."""
+"""The shortened demo (`python -m demo.run --quick`): same code path as the Quick start, through the real bash scripts."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _demo(out: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--quick", "--out", out],
+    return subprocess.run([sys.executable, "-m", "demo.run", "--quick", "--out", out],
                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 

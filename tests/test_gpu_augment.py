@@ -13,7 +13,7 @@ from scipy.stats import ks_2samp
 from torch.utils.data import DataLoader
 
 import dataset
-import gpu_augment as ga
+import transfer.pipeline as ga
 
 PIL_TOL = 1.0001 / 255  # PIL rounds to uint8 after each of its two passes; we round never
 

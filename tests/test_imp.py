@@ -15,9 +15,9 @@ from torch.nn.utils import prune as torch_prune
 
 import attacks
 import checkpoint
-import imp_cli
-import imp_config
-import imp_levels
+from lottery import cli as imp_cli
+from lottery import config as imp_config
+from lottery import levels as imp_levels
 import main_imp_adv
 import main_imp_std
 import models

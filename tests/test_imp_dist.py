@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import checkpoint
-import imp_levels
+from lottery import levels as imp_levels
 import pruning_utils
 from test_imp import TINY, same_masks, ticket, tiny_model, write_init
 

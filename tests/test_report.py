@@ -13,7 +13,9 @@ import pytest
 
 import report
 from errors import UserError, run_cli
-from report_runs import Options, init_label, read_sparsity
+from reporting import analysis, output
+from reporting import tables as report_tables
+from reporting.runs import Options, init_label, read_sparsity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = math.sqrt(0.5)  # sample std (ddof=1) of two values one point apart
@@ -68,7 +70,7 @@ def rows_by_sparsity(rep):
 
 
 def test_known_double_win(paper_tree):
-    rep = report.collect(str(paper_tree), Options())
+    rep = analysis.collect(str(paper_tree), Options())
     (group,) = rep.groups
     assert group.key == ("adv_r50", "cifar10", 1.0) and group.runs == 12 and rep.runs_read == 12
     assert [r.sparsity for r in group.rows] == [0.0, 0.2, 0.488, 0.672, 0.832]
@@ -81,7 +83,7 @@ def test_known_double_win(paper_tree):
     assert dense[("std", "sa")].mean == pytest.approx(90.0) and dense[("std", "sa")].n == 2
     assert dense[("adv", "ra")].std == pytest.approx(S)
     assert all(m == pytest.approx(S) and "std of 2 dense seeds" in why for m, why in group.margins.values())
-    text = report.report_tables.render_text(rep)
+    text = report_tables.render_text(rep)
     assert "highest double-win sparsity: 67.20% (imp)" in text
     assert "best-SA" in text and "--tolerance 0.5" in text and "12 runs read" in text
 
@@ -93,7 +95,7 @@ def test_std_rule_overrides_tolerance(tmp_path):
     write_cell(tmp_path, "inside", 0.5, 89.30, 49.30, 84.30, 54.30)   # 0.70 below
     write_cell(tmp_path, "outside", 0.6, 89.27, 49.27, 84.27, 54.27)  # 0.73 below
     for tol in (0.0, 5.0):
-        rows = rows_by_sparsity(report.collect(str(tmp_path), Options(tolerance=tol)))
+        rows = rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=tol)))
         assert rows[0.5].double_win and not rows[0.6].double_win
         assert rows[0.6].status == "fails std-SA, std-RA, adv-SA, adv-RA"
 
@@ -102,28 +104,28 @@ def test_tolerance_rule_single_seed(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_cell(tmp_path, "below", 0.5, 89.6, 49.6, 84.6, 54.6)   # 0.4 below
     write_cell(tmp_path, "above", 0.9, 91.0, 51.0, 86.0, 56.0)   # better counts
-    loose = rows_by_sparsity(report.collect(str(tmp_path), Options(tolerance=0.5)))
-    tight = rows_by_sparsity(report.collect(str(tmp_path), Options(tolerance=0.3)))
+    loose = rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.5)))
+    tight = rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.3)))
     assert loose[0.5].double_win and not tight[0.5].double_win
     assert loose[0.9].double_win and tight[0.9].double_win
-    assert rows_by_sparsity(report.collect(str(tmp_path), Options(tolerance=0.4)))[0.5].double_win
-    (group,) = report.collect(str(tmp_path), Options(tolerance=0.3)).groups
+    assert rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.4)))[0.5].double_win
+    (group,) = analysis.collect(str(tmp_path), Options(tolerance=0.3)).groups
     assert group.margins[("std", "sa")] == (0.3, "tolerance, 1 dense seed")
 
 
 def test_threshold_is_inclusive_despite_float_rounding(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 50.1, 55.7, 50.1, 55.7)
     write_cell(tmp_path, "ticket", 0.5, 49.8, 55.3, 49.8, 55.3)  # 50.1 - 0.3 == 49.800000000000004 in floats
-    rows = rows_by_sparsity(report.collect(str(tmp_path), Options(tolerance=0.3)))
+    rows = rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.3)))
     assert rows[0.5].match == {("std", "sa"): True, ("std", "ra"): False, ("adv", "sa"): True, ("adv", "ra"): False}
-    assert rows_by_sparsity(report.collect(str(tmp_path), Options(tolerance=0.4)))[0.5].double_win
+    assert rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.4)))[0.5].double_win
 
 
 def test_incomplete_rows_are_not_double_win(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_run(tmp_path, "std_only", mode="std", sparsity=0.5, sa=95.0, ra=55.0)
     write_cell(tmp_path, "other/t", 0.5, 95.0, 55.0, 95.0, 55.0, init="/w/other.pth")
-    rep = report.collect(str(tmp_path), Options())
+    rep = analysis.collect(str(tmp_path), Options())
     (row,) = [r for r in rep.groups[0].rows if not r.dense]
     assert not row.double_win and row.status == "missing adv-SA, adv-RA"
     assert row.match == {("std", "sa"): True, ("std", "ra"): True, ("adv", "sa"): None, ("adv", "ra"): None}
@@ -131,7 +133,7 @@ def test_incomplete_rows_are_not_double_win(tmp_path):
     assert other.key[0] == "other" and other.highest() is None
     assert other.rows[0].status == "no dense run for std-SA, std-RA, adv-SA, adv-RA"
     assert any("no dense run" in n for n in other.notes)
-    assert "missing" in report.report_tables.render_text(rep)
+    assert "missing" in report_tables.render_text(rep)
 
 
 def test_checkpoint_choice(tmp_path):
@@ -139,24 +141,24 @@ def test_checkpoint_choice(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0,
                best_ra={"epoch": 5, "test_sa": 88.0, "test_ra": 53.0})
     write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0, best_ra=low)
-    by_sa = rows_by_sparsity(report.collect(str(tmp_path), Options(checkpoint="sa")))
-    rep = report.collect(str(tmp_path), Options(checkpoint="ra"))
+    by_sa = rows_by_sparsity(analysis.collect(str(tmp_path), Options(checkpoint="sa")))
+    rep = analysis.collect(str(tmp_path), Options(checkpoint="ra"))
     by_ra = rows_by_sparsity(rep)
     assert by_sa[0.5].double_win and by_sa[0.0].cells[("std", "sa")].mean == 90.0
     assert by_ra[0.0].cells[("std", "sa")].mean == 88.0 and by_ra[0.0].cells[("adv", "ra")].mean == 53.0
     assert by_ra[0.5].status == "fails std-SA, adv-SA"  # 80 < 88 - 0.5; RA 60 > 53 matches
-    assert "checkpoint: best-RA" in report.report_tables.render_text(rep)
+    assert "checkpoint: best-RA" in report_tables.render_text(rep)
 
 
 def test_autoattack_column(tmp_path):
     """--ra aa matches on test_aa_ra; with --ra pgd the AA numbers are shown but do not decide."""
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0, aa=48.0)
     write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0, aa=45.0)
-    pgd = report.collect(str(tmp_path), Options(ra="pgd"))
-    aa = report.collect(str(tmp_path), Options(ra="aa"))
+    pgd = analysis.collect(str(tmp_path), Options(ra="pgd"))
+    aa = analysis.collect(str(tmp_path), Options(ra="aa"))
     assert rows_by_sparsity(pgd)[0.5].double_win
     assert rows_by_sparsity(aa)[0.5].status == "fails std-AA-RA, adv-AA-RA"
-    header, _ = report.report_tables.table(pgd.groups[0], pgd.opts)
+    header, _ = report_tables.table(pgd.groups[0], pgd.opts)
     assert header[3:9] == ["std-SA", "std-RA", "std-AA-RA", "adv-SA", "adv-RA", "adv-AA-RA"]
 
 
@@ -178,7 +180,7 @@ def test_problem_runs_listed(paper_tree, tmp_path):
     (root / "imp" / "config.json").write_text("{}")
     (root / "imp" / "0-checkpoint.pth.tar").write_bytes(b"")
 
-    rep = report.collect(str(root), Options())
+    rep = analysis.collect(str(root), Options())
     reasons = {p.path: p.reason for p in rep.problems}
     assert set(reasons) == {"crashed", "corrupt", "unfinished", "nomode", "partial"}
     assert "no results.json" in reasons["crashed"] and "unfinished" in reasons["crashed"]
@@ -191,7 +193,7 @@ def test_problem_runs_listed(paper_tree, tmp_path):
     assert row.cells[("std", "sa")].n == 2 and row.cells[("std", "ra")].n == 1
     assert rows_by_sparsity(rep)[0.672].double_win
     out = tmp_path / "out"
-    report.write_report(rep, str(out), plots=False)
+    output.write_report(rep, str(out), plots=False)
     md = (out / "report.md").read_text()
     for path, reason in reasons.items():
         assert f"- `{path}`: {reason}" in md
@@ -200,15 +202,15 @@ def test_problem_runs_listed(paper_tree, tmp_path):
 def test_outputs_written_and_deterministic(paper_tree, tmp_path):
     write_cell(paper_tree, "std_init/dense", 0.0, 91.0, 10.0, 80.0, 45.0, init="/inits/std_r50.pth.tar")
     write_cell(paper_tree, "std_init/t20", 0.2, 91.0, 10.0, 80.0, 40.0, init="/inits/std_r50.pth.tar")
-    rep = report.collect(str(paper_tree), Options())
+    rep = analysis.collect(str(paper_tree), Options())
     assert [g.key[0] for g in rep.groups] == ["adv_r50", "std_r50"]
-    first = report.write_report(rep, str(tmp_path / "a"))
-    report.write_report(report.collect(str(paper_tree), Options()), str(tmp_path / "b"), plots=False)
+    first = output.write_report(rep, str(tmp_path / "a"))
+    output.write_report(analysis.collect(str(paper_tree), Options()), str(tmp_path / "b"), plots=False)
     names = sorted(os.path.basename(p) for p in first)
     assert names == ["adv_r50_cifar10_1.png", "overview_cifar10_1.png", "report.csv", "report.json",
                      "report.md", "std_r50_cifar10_1.png"]
-    again = report.collect(str(paper_tree), Options())
-    assert report.report_tables.render_text(again) == report.report_tables.render_text(rep)
+    again = analysis.collect(str(paper_tree), Options())
+    assert report_tables.render_text(again) == report_tables.render_text(rep)
     for name in ("report.csv", "report.json"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     for name in names:
@@ -236,22 +238,22 @@ def test_sources_and_group_by(tmp_path):
     write_cell(tmp_path, "omp", 0.5, 80.0, 50.0, 85.0, 55.0, source="omp")
     write_cell(tmp_path, "aimp", 0.3, 90.0, 50.0, 85.0, 55.0, ticket_meta={"level": 2, "method": "aimp"})
     write_cell(tmp_path, "bal/dense", 0.0, 90.0, 50.0, 85.0, 55.0, subset="balanced")
-    rep = report.collect(str(tmp_path), Options())
+    rep = analysis.collect(str(tmp_path), Options())
     (group,) = rep.groups
     assert [(r.sparsity, r.source) for r in group.rows] == [(0.0, "dense"), (0.3, "aimp"), (0.5, "imp"),
                                                             (0.5, "omp")]
-    assert report.report_tables.headline(group) == "50.00% (imp); by source: aimp 30.00%, imp 50.00%, omp none"
+    assert report_tables.headline(group) == "50.00% (imp); by source: aimp 30.00%, imp 50.00%, omp none"
     assert any("runs differ in subset" in n and "--group-by subset" in n for n in group.notes)
-    split = report.collect(str(tmp_path), Options(group_by=("subset",)))
+    split = analysis.collect(str(tmp_path), Options(group_by=("subset",)))
     assert [g.key[3] for g in split.groups] == ["balanced", "first"] and not split.groups[1].notes
     with pytest.raises(UserError, match="--group-by subsett"):
-        report.collect(str(tmp_path), Options(group_by=("subsett",)))
+        analysis.collect(str(tmp_path), Options(group_by=("subsett",)))
 
 
 def test_duplicate_seed_counted_once(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_cell(tmp_path, "dense_again", 0.0, 80.0, 40.0, 75.0, 45.0)
-    rep = report.collect(str(tmp_path), Options())
+    rep = analysis.collect(str(tmp_path), Options())
     assert rows_by_sparsity(rep)[0.0].cells[("std", "sa")].values == (90.0,)
     assert {p.path for p in rep.problems} == {"dense_again/std_s1", "dense_again/adv_s1"}
 

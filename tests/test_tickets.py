@@ -12,7 +12,7 @@ import torchvision
 
 import models
 import pruning_utils
-import ticket_stats
+from reporting import ticket_stats
 import tickets
 from errors import run_cli
 from fakeweights import half_mask, original_imp, robustness, source, state_of

@@ -17,8 +17,8 @@ import dataset
 import main_train_downstream as cli
 import models
 import pruning_utils
-import transfer
-import transfer_eval
+from transfer import run as transfer_run
+from transfer import results as transfer_results
 from checkpoint import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
 from distributed import DistEnv
 from engine import evaluate
@@ -157,7 +157,7 @@ def test_autoattack_adapts_targeted_attacks_to_few_classes_and_is_exact(classes)
     cfg = SimpleNamespace(autoattack=5, autoattack_version="custom", autoattack_attacks=("apgd-ce", "apgd-t"),
                           test_attack=SimpleNamespace(eps=8 / 255), seed=1, batch_size=4)
     run = ["apgd-ce", "apgd-t"] if classes == 4 else ["apgd-ce"]
-    assert transfer_eval.autoattack_ra(Constant(), data, cfg, DistEnv()) == (40.0, 5, run)
+    assert transfer_results.autoattack_ra(Constant(), data, cfg, DistEnv()) == (40.0, 5, run)
 
 
 def test_original_style_ticket_transfers(tmp_path, image_folder_root, tiny):
@@ -206,13 +206,13 @@ def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, 
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     cli.main(argv(whole, image_folder_root, "folder", tiny.init, **common))
 
-    real = transfer.train_one_epoch
+    real = transfer_run.train_one_epoch
 
     def crash_in_second_epoch(*args, epoch, **kwargs):
         if epoch == 1:
             raise KeyboardInterrupt("simulated crash")
         return real(*args, epoch=epoch, **kwargs)
-    monkeypatch.setattr(transfer, "train_one_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(transfer_run, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv(crashed, image_folder_root, "folder", tiny.init, **common))
     monkeypatch.undo()
@@ -246,7 +246,7 @@ def test_warmup_is_linear_per_step_as_the_original():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     seen = []
     for epoch in range(2):
-        for _ in transfer.Warmup([0, 1, 2, 3], opt, 0.1, 2, epoch):
+        for _ in transfer_run.Warmup([0, 1, 2, 3], opt, 0.1, 2, epoch):
             seen.append(opt.param_groups[0]["lr"])
     # the original's warmup_lr: lr * (epoch * steps + step) / (warmup * steps), step counted from 1
     assert seen == pytest.approx([0.1 * s / 8 for s in range(1, 9)])

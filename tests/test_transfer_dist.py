@@ -88,14 +88,14 @@ def test_two_gloo_ranks_on_the_device_pipeline_report_exact_whole_split_accuraci
     assert res["pipeline"] == "device" and res["world_size"] == 2
     assert (res["n_val"], res["n_test"], res["best_sa"]["test_images"]) == (7, 21, 21)
 
-    import gpu_augment
+    from transfer import pipeline
     splits = dataset.build_datasets("cifar10", data, image_size=16, resize_size=16)
     model = models.build("resnet_tiny", 10, small_input=True, mean=splits.mean, std=splits.std)
     best = load_file(str(out / SA_BEST))
     model.load_state_dict(pruning_utils.unmask_state_dict(best["state_dict"])[0])
     cpu = torch.device("cpu")
-    resize = gpu_augment.DeviceEvalResize(16, 16, channels_last=False)
+    resize = pipeline.DeviceEvalResize(16, 16, channels_last=False)
     for split, key in ((splits.val, "val_sa"), (splits.test, "test_sa")):
-        whole = evaluate(model, gpu_augment.DeviceBatches(*gpu_augment.uint8_tensors(split), 5, transform=resize),
+        whole = evaluate(model, pipeline.DeviceBatches(*pipeline.uint8_tensors(split), 5, transform=resize),
                          device=cpu, show_progress=False)
         assert whole["top1"] == pytest.approx(res["best_sa"][key], abs=1e-9), key

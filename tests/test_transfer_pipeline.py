@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import dataset
-import gpu_augment
+from transfer import pipeline
 import main_train_downstream as cli
 import models
 import pruning_utils
-import transfer
+from transfer import run as transfer_run
 from checkpoint import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST, load_file
 from distributed import DistEnv
 from engine import evaluate
@@ -35,11 +35,11 @@ def untimed(save_dir) -> tuple[dict, list[dict]]:
             [{k: v for k, v in r.items() if k != "time"} for r in rows])
 
 
-def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1) -> transfer.DeviceData:
-    cfg = transfer.TransferConfig(save_dir="unused", dataset="cifar10", data=root, seed=seed, batch_size=16,
+def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1) -> transfer_run.DeviceData:
+    cfg = transfer_run.TransferConfig(save_dir="unused", dataset="cifar10", data=root, seed=seed, batch_size=16,
                                   image_size=16, resize_size=16, channels_last=False)
     splits = dataset.build_datasets("cifar10", root, image_size=16, resize_size=16)
-    return transfer.DeviceData(splits, cfg, DistEnv(rank=rank, world_size=world_size))
+    return transfer_run.DeviceData(splits, cfg, DistEnv(rank=rank, world_size=world_size))
 
 
 # ---------------------------------------------------------------------------- choosing the pipeline
@@ -47,8 +47,8 @@ def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1)
     ("cifar10", "auto", "device"), ("cifar100", "auto", "device"), ("svhn", "auto", "device"),
     ("folder", "auto", "pil"), ("cifar10", "pil", "pil"), ("svhn", "device", "device"), ("folder", "pil", "pil")])
 def test_auto_is_device_for_uint8_arrays_and_pil_for_folders(name, asked, used):
-    cfg = transfer.TransferConfig(save_dir="s", dataset=name, pipeline=asked)
-    assert transfer.resolve_pipeline(cfg) == used
+    cfg = transfer_run.TransferConfig(save_dir="s", dataset=name, pipeline=asked)
+    assert transfer_run.resolve_pipeline(cfg) == used
 
 
 def test_flags_default_to_auto_and_fused_and_both_change_the_config():
@@ -80,14 +80,14 @@ def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_se
     common = dict(mode="adv", ticket=tiny.ticket, epochs=3, extra=("--deterministic", "--warmup", "2"))
     whole, crashed, twin = tmp_path / "whole", tmp_path / "crashed", tmp_path / "twin"
     seen = []
-    real = transfer.train_one_epoch
+    real = transfer_run.train_one_epoch
 
     def recording(net, loader, *args, epoch, **kwargs):
         seen.append((epoch, type(loader).__name__, type(getattr(loader, "loader", loader)).__name__, len(loader)))
         return real(net, loader, *args, epoch=epoch, **kwargs)
 
     with monkeypatch.context() as m:  # (not monkeypatch.undo(): that would undo the fake checksums too)
-        m.setattr(transfer, "train_one_epoch", recording)
+        m.setattr(transfer_run, "train_one_epoch", recording)
         cli.main(argv(whole, cifar10_root, "cifar10", tiny.init, **common))
     # the warm-up wraps the device batches in its two epochs; 54 images in batches of 16
     assert seen == [(0, "Warmup", "DeviceBatches", 4), (1, "Warmup", "DeviceBatches", 4),
@@ -98,7 +98,7 @@ def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_se
             raise KeyboardInterrupt("simulated crash")
         return real(*args, epoch=epoch, **kwargs)
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(transfer, "train_one_epoch", crash_in_second_epoch)
+        m.setattr(transfer_run, "train_one_epoch", crash_in_second_epoch)
         cli.main(argv(crashed, cifar10_root, "cifar10", tiny.init, **common))
     assert load_file(str(crashed / CHECKPOINT))["epoch"] == 1 and not os.path.exists(crashed / RESULTS)
     cli.main(argv(crashed, cifar10_root, "cifar10", tiny.init, **common))
@@ -139,8 +139,8 @@ def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar1
     assert res["best_sa"]["aa_images"] == 5 and res["best_sa"]["test_images"] == 20
 
     splits = dataset.build_datasets("cifar10", cifar10_root, image_size=16, resize_size=16)
-    images, labels = gpu_augment.uint8_tensors(splits.test)
-    resize = gpu_augment.DeviceEvalResize(16, 16, channels_last=False)
+    images, labels = pipeline.uint8_tensors(splits.test)
+    resize = pipeline.DeviceEvalResize(16, 16, channels_last=False)
     assert len(handed) == 1  # best SA and best RA are the same epoch: tested once
     x, y, bs = handed[0]
     assert torch.equal(x, resize(images[:5])) and torch.equal(y, labels[:5]) and bs == 4
@@ -150,7 +150,7 @@ def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar1
 
     model = models.build("resnet_tiny", 10, small_input=True, mean=splits.mean, std=splits.std)
     model.load_state_dict(pruning_utils.unmask_state_dict(load_file(str(out / SA_BEST))["state_dict"])[0])
-    batches = gpu_augment.DeviceBatches(images, labels, 7, transform=resize)
+    batches = pipeline.DeviceBatches(images, labels, 7, transform=resize)
     assert evaluate(model, batches, device=CPU, show_progress=False)["top1"] == res["best_sa"]["test_sa"]
 
 
@@ -165,7 +165,7 @@ def test_pil_pipeline_on_cifar_is_recorded_and_unfused_sgd_runs(tmp_path, cifar1
 
 # ---------------------------------------------------------------------------- the batches themselves
 def test_training_batches_are_a_function_of_seed_epoch_and_rank(cifar10_root):
-    def epoch_batches(data: transfer.DeviceData, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch_batches(data: transfer_run.DeviceData, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(data.train_epoch(epoch))
 
     a, b = device_data(cifar10_root), device_data(cifar10_root)
@@ -180,8 +180,8 @@ def test_training_batches_are_a_function_of_seed_epoch_and_rank(cifar10_root):
     assert not torch.equal(torch.cat([y for _, y in first]), torch.cat([y for _, y in other]))
     assert not torch.equal(first[0][0], other[0][0])
     # the same images in another order get other crops too: not the order's random stream replayed
-    assert transfer.augment_seed(1, 0) != transfer.epoch_generator(1, 0).initial_seed()
-    assert transfer.augment_seed(1, 0, 0) != transfer.augment_seed(1, 0, 1)
+    assert transfer_run.augment_seed(1, 0) != transfer_run.epoch_generator(1, 0).initial_seed()
+    assert transfer_run.augment_seed(1, 0, 0) != transfer_run.augment_seed(1, 0, 1)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -207,12 +207,12 @@ def test_eval_shards_cover_every_image_exactly_once(cifar10_root, world_size):
 
 def test_warmup_steps_the_lr_over_device_batches():
     images, labels = torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10)
-    batches = gpu_augment.DeviceBatches(images, labels, 4, transform=gpu_augment.DeviceAugment(4), shuffle=True)
+    batches = pipeline.DeviceBatches(images, labels, 4, transform=pipeline.DeviceAugment(4), shuffle=True)
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     seen = []
     for epoch in range(2):
         batches.set_epoch(epoch)
-        for x, _ in transfer.Warmup(batches, opt, 0.1, 2, epoch):
+        for x, _ in transfer_run.Warmup(batches, opt, 0.1, 2, epoch):
             assert x.shape[1:] == (3, 4, 4)
             seen.append(opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.1 * s / 6 for s in range(1, 7)])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
 
     reproducibility.seed_all(cfg.seed, deterministic=True)
     splits = dataset.build_datasets("imagenet", data, image_size=32, resize_size=32)
-    model = models.resnet_tiny(splits.num_classes, small_input=True)
+    model = models.resnet_tiny(splits.num_classes, small_input=True, mean=splits.mean, std=splits.std)
     epochs = 3 if cfg.quick else 9
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
     start = time.time()
 
-    import demo_data
+    from demo import data as demo_data
     say(f"[1/5] built-in data -> {cfg.out}/data (textures at 32 px; ImageFolder layout)")
     pre, down = demo_data.make_demo_data(os.path.join(cfg.out, "data"), scale=cfg.scale, seed=cfg.seed)
 

@@ -13,7 +13,7 @@ import checkpoint as files
 import dataset
 import distributed
 import engine
-import gpu_augment
+from transfer import pipeline
 import models
 import pruning_utils
 import reproducibility
@@ -22,8 +22,8 @@ import weights
 from attacks import build_attack
 from distributed import DistEnv
 from errors import CheckpointError, ConfigError
-from imp_config import IMPConfig, config_dict
-from imp_state import checkpoint_dict, find_resume, level_of, restore, truncate_metrics
+from lottery.config import IMPConfig, config_dict
+from lottery.state import checkpoint_dict, find_resume, level_of, restore, truncate_metrics
 from pruning_utils import Mask
 
 
@@ -97,9 +97,9 @@ def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits, log):
         log.warning(f"-b {cfg.batch_size} is not divisible by {env.world_size} processes: {per_rank} per process")
     # -j workers per rank, pinned memory and a deeper prefetch on CUDA; the validation loader is iterated
     # again every epoch, so its workers stay alive between epochs
-    common = dict(batch_size=per_rank, **gpu_augment.loader_settings(env.device, cfg.workers))
+    common = dict(batch_size=per_rank, **pipeline.loader_settings(env.device, cfg.workers))
     val = DataLoader(splits.val, sampler=distributed.ShardSampler(len(splits.val), env),
-                     **{**common, **gpu_augment.loader_settings(env.device, cfg.workers, reused=True)})
+                     **{**common, **pipeline.loader_settings(env.device, cfg.workers, reused=True)})
 
     def train(epoch: int) -> DataLoader:
         # A fresh loader per epoch (no persistent workers): order and worker seeds are a pure function of
@@ -115,7 +115,7 @@ def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits, log):
 
 
 def _build_model(cfg: IMPConfig, num_classes: int, env: DistEnv, log) -> tuple[torch.nn.Module, dict]:
-    mean, std, loaded = models.IMAGENET_MEAN, models.IMAGENET_STD, None
+    mean, std, loaded = dataset.IMAGENET_MEAN, dataset.IMAGENET_STD, None
     if cfg.init:
         loaded = weights.read_weights(cfg.init, trusted=cfg.trust_pickle)
         if loaded.mean is not None:

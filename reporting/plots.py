@@ -8,10 +8,10 @@ import io
 from typing import TYPE_CHECKING
 
 from checkpoint import atomic_write_bytes
-from report_runs import LABELS, REGIMES, Options, match_columns
+from reporting.runs import LABELS, REGIMES, Options, match_columns
 
 if TYPE_CHECKING:
-    from report import Group
+    from reporting.analysis import Group
 
 COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:cyan")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")

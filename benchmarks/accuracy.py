@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import bench_baseline as base
+import benchmarks.baseline as base
 import engine
 import errors
-import gpu_augment
+from transfer import pipeline
 import models
 import pruning_utils
 from attacks import PGD
@@ -75,8 +75,8 @@ def train_ours(cfg: AccuracyConfig, seed: int, data, targets, *, device_pipeline
     model.to(memory_format=torch.channels_last)
     if device_pipeline:
         images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
-        batches = gpu_augment.DeviceBatches(images, torch.from_numpy(targets), cfg.batch, shuffle=True, seed=seed,
-                                            drop_last=True, transform=gpu_augment.DeviceAugment(32))
+        batches = pipeline.DeviceBatches(images, torch.from_numpy(targets), cfg.batch, shuffle=True, seed=seed,
+                                            drop_last=True, transform=pipeline.DeviceAugment(32))
     else:
         batches = base.pil_loader(data, targets.tolist(), cfg.batch, 32, num_workers=0,
                                   generator=torch.Generator().manual_seed(seed))
@@ -111,7 +111,7 @@ def train_baseline(cfg: AccuracyConfig, seed: int, data, targets) -> torch.nn.Mo
 
 def test(cfg: AccuracyConfig, model: torch.nn.Module, data, targets) -> tuple[float, float]:
     images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
-    batches = gpu_augment.DeviceBatches(images, torch.from_numpy(targets), 250)
+    batches = pipeline.DeviceBatches(images, torch.from_numpy(targets), 250)
     cpu = torch.device("cpu")
     sa = engine.evaluate(model, batches, device=cpu, show_progress=False)["top1"]
     ra = engine.evaluate(model, batches, device=cpu, attack=PGD(cfg.eps, 2 / 255, cfg.test_steps),

@@ -20,12 +20,12 @@ import sys
 import torch
 import torchvision
 
-import bench_cases as cases
-import bench_measure as measure
+import benchmarks.cases as cases
+import benchmarks.measure as measure
 import errors
-from bench_cases import SECTIONS, BenchConfig
+from benchmarks.cases import SECTIONS, BenchConfig
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MATMUL_DTYPES = {None: torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (fresh processes)")
     p.add_argument("--sections", default="train,fgsm,eval,pipeline")
     p.add_argument("--jsonl", default=os.path.join("runs", "bench", "bench.jsonl"))
-    p.add_argument("--md", default=os.path.join(HERE, "BENCHMARKS.md"), help="'' to skip the summary row")
+    p.add_argument("--md", default=os.path.join(ROOT, "BENCHMARKS.md"), help="'' to skip the summary row")
     return p
 
 

@@ -8,10 +8,10 @@ import csv
 import io
 from typing import TYPE_CHECKING
 
-from report_runs import METRICS, REGIMES, Options, column_name, match_columns
+from reporting.runs import METRICS, REGIMES, Options, column_name, match_columns
 
 if TYPE_CHECKING:
-    from report import Cell, Group, Report, Row
+    from reporting.analysis import Cell, Group, Report, Row
 
 ALL_COLUMNS = [(m, k) for m in REGIMES for k in METRICS]  # every column the CSV carries, present or not
 

@@ -23,6 +23,8 @@ from torch.nn import functional as F
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader, Dataset
 
+import dataset
+
 
 class NormalizeByChannelMeanStd(nn.Module):
     """advertorch's normalisation layer, put in front of the network as the original's downstream code does."""
@@ -37,7 +39,7 @@ class NormalizeByChannelMeanStd(nn.Module):
 
 
 def build_model(arch: str, num_classes: int, mask: dict[str, torch.Tensor] | None,
-                state_dict: dict | None = None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), *,
+                state_dict: dict | None = None, mean=dataset.IMAGENET_MEAN, std=dataset.IMAGENET_STD, *,
                 small_input: bool = False) -> nn.Module:
     """torchvision's `arch` (optionally loaded with `state_dict`, torchvision keys), masks attached with
     `prune.custom_from_mask` (float masks, a forward pre-hook per conv), behind a normalisation layer.

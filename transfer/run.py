@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 import models
 import pruning_utils
 import runlog
-import transfer_eval
-import transfer_state
+from transfer import results as transfer_results
+from transfer import state as transfer_state
 import weights
 from attacks import AttackConfig, build_attack
 from checkpoint import CURVES, INDICES, METRICS, read_jsonl
@@ -27,9 +27,9 @@ from dataset import Splits, build_datasets, write_indices
 from distributed import DistEnv, ShardSampler, barrier, cleanup, wrap_model
 from engine import evaluate, train_one_epoch
 from errors import ConfigError, MaskError
-from gpu_augment import DeviceAugment, DeviceBatches, DeviceEvalResize, loader_settings, uint8_tensors
+from transfer.pipeline import DeviceAugment, DeviceBatches, DeviceEvalResize, loader_settings, uint8_tensors
 from reproducibility import epoch_generator, seed_all
-from transfer_state import pct
+from transfer.state import pct
 
 DATASETS = ("cifar10", "cifar100", "svhn", "folder")
 SCHEDULERS = ("multistep", "cosine")
@@ -104,7 +104,7 @@ def build_model(cfg: TransferConfig, splits: Splits, log) -> tuple[nn.Module, pr
         except MaskError as e:
             raise MaskError(f"ticket {cfg.ticket} does not fit --arch {cfg.arch}: {e}") from None
         pruning_utils.apply_mask(model, mask)
-        info["ticket_meta"] = {k: v for k, v in meta.items() if transfer_eval.plain(v)}
+        info["ticket_meta"] = {k: v for k, v in meta.items() if transfer_results.plain(v)}
     info["ticket_sparsity"] = pruning_utils.sparsity(mask) if mask is not None else 0.0
     log.info(f"ticket: {cfg.ticket or 'none (dense model)'}, sparsity {100 * info['ticket_sparsity']:.2f}% "
              "of the conv weights")
@@ -214,7 +214,7 @@ def run(env: DistEnv, cfg: TransferConfig) -> None:
 
 
 def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
-    if transfer_eval.is_complete(cfg):
+    if transfer_results.is_complete(cfg):
         log.info(f"{cfg.save_dir} already holds complete results; nothing to do (--restart runs it again)")
         return
     log.info(f"transfer ({cfg.mode}) on {cfg.dataset}: {env.describe()}")
@@ -294,11 +294,11 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
                  f"RA {pct(state['best_ra'])} | {row['time']:.0f}s")
         if env.is_main:
             transfer_state.save_epoch(cfg, model, mask, optimizer, scheduler, scaler, state, row, improved)
-            transfer_eval.plot_curves(read_jsonl(os.path.join(cfg.save_dir, METRICS)),
+            transfer_results.plot_curves(read_jsonl(os.path.join(cfg.save_dir, METRICS)),
                                       os.path.join(cfg.save_dir, CURVES), cfg.mode, title)
         barrier(env)
     test_loader = data.test if data is not None else make_loader(splits.test, cfg, env)
-    transfer_eval.finish(env, cfg, model, mask, splits, info, state, test_loader, test_attack, log,
+    transfer_results.finish(env, cfg, model, mask, splits, info, state, test_loader, test_attack, log,
                          pipeline=pipeline, fetch=data.test.batch if data is not None else None)
 
 

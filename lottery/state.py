@@ -13,7 +13,7 @@ import distributed
 import pruning_utils
 from distributed import DistEnv
 from errors import CheckpointError, ConfigError
-from imp_config import IMPConfig, config_dict
+from lottery.config import IMPConfig, config_dict
 from pruning_utils import Mask
 
 

@@ -19,7 +19,7 @@ from checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_wri
 from distributed import DistEnv, ShardSampler, all_reduce_sum
 from engine import evaluate
 from reproducibility import epoch_generator, seed_all
-from transfer_state import restore
+from transfer.state import restore
 
 
 def plain(value) -> bool:

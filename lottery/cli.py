@@ -11,9 +11,9 @@ import torch
 import attacks
 import checkpoint
 import distributed
-import imp_config
-import imp_levels
-import imp_state
+from lottery import config as imp_config
+from lottery import levels as imp_levels
+from lottery import state as imp_state
 import models
 import runlog
 from errors import ConfigError, OneLineParser, UserError

@@ -91,7 +91,7 @@ def probe(section: str, variant: str, cfg, steps: int = 2) -> float:
     """Peak memory in MiB while one variant runs `steps` steps in this process (model, optimizer state, masks
     and activations): the process's peak resident set on CPU (VmHWM, reset after the set-up),
     `torch.cuda.max_memory_allocated` on CUDA."""
-    import bench_cases
+    from benchmarks import cases as bench_cases
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

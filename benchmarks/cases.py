@@ -11,9 +11,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-import bench_baseline as base
+import benchmarks.baseline as base
 import engine
-import gpu_augment
+from transfer import pipeline
+import dataset
 import models
 import pruning_utils
 from attacks import PGD, fgsm_rs
@@ -75,7 +76,7 @@ def _batch(cfg: BenchConfig, n: int, device: torch.device) -> tuple[torch.Tensor
 def _ticket(cfg: BenchConfig) -> tuple[torch.nn.Module, dict]:
     """Our model (seeded init) and its magnitude ticket at `cfg.sparsity`, the mask already applied."""
     torch.manual_seed(cfg.seed)
-    model = models.build(cfg.arch, cfg.num_classes)
+    model = models.build(cfg.arch, cfg.num_classes, mean=dataset.IMAGENET_MEAN, std=dataset.IMAGENET_STD)
     mask = pruning_utils.magnitude_prune(model, pruning_utils.full_mask(model), cfg.sparsity)
     pruning_utils.apply_mask(model, mask)
     return model, mask
@@ -111,7 +112,7 @@ def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], Non
     amp, cl = (None, False) if plain else (cfg.amp, cfg.channels_last)
     if variant == "ours-dense":
         torch.manual_seed(cfg.seed)
-        model, mask = models.build(cfg.arch, cfg.num_classes), None
+        model, mask = models.build(cfg.arch, cfg.num_classes, mean=dataset.IMAGENET_MEAN, std=dataset.IMAGENET_STD), None
     model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
     mask = None if mask is None else {k: v.to(device) for k, v in mask.items()}  # as the entry points hold it
     if cfg.compile and not plain:
@@ -154,14 +155,14 @@ def build_pipeline(variant: str, cfg: BenchConfig, data: np.ndarray, targets: np
     """A closure producing `pipeline_batches` training batches on the device; returns the number of images.
 
     "baseline": the original's loader (PIL per image, 2 workers); "ours-host": the same PIL transforms with
-    `gpu_augment.loader_settings` (a worker per core, deeper prefetch on CUDA); "ours-device": the
-    uint8 images held on the device and augmented there per batch (gpu_augment.DeviceAugment).
+    `pipeline.loader_settings` (a worker per core, deeper prefetch on CUDA); "ours-device": the
+    uint8 images held on the device and augmented there per batch (pipeline.DeviceAugment).
     """
     device = torch.device(cfg.device)
     if variant == "ours-device":
         images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device)
-        batches = gpu_augment.DeviceBatches(images, torch.from_numpy(targets).to(device), cfg.pipeline_batch,
-                                            transform=gpu_augment.DeviceAugment(cfg.pipeline_size),
+        batches = pipeline.DeviceBatches(images, torch.from_numpy(targets).to(device), cfg.pipeline_batch,
+                                            transform=pipeline.DeviceAugment(cfg.pipeline_size),
                                             shuffle=True, seed=cfg.seed, drop_last=True)
         state = {"epoch": 0}
 
@@ -180,7 +181,7 @@ def build_pipeline(variant: str, cfg: BenchConfig, data: np.ndarray, targets: np
     if variant == "baseline":
         loader = base.pil_loader(data, targets, cfg.pipeline_batch, cfg.pipeline_size)
     else:
-        settings = gpu_augment.loader_settings(device)  # a fresh loader per epoch, as the entry points make them
+        settings = pipeline.loader_settings(device)  # a fresh loader per epoch, as the entry points make them
         loader = base.pil_loader(data, targets, cfg.pipeline_batch, cfg.pipeline_size, **settings)
 
     def loader_block() -> int:

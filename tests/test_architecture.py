@@ -1,0 +1,124 @@
+"""The architecture's rules, read from the source: which module may import which, no import cycles, and that
+only checkpoint.py unpickles. Every module of the project is scanned: the top level and every package."""
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# entry points: the bash scripts and users call them; nothing imports them
+ENTRY_POINTS = {"main_imp_adv", "main_imp_std", "main_train_downstream", "report", "tickets", "sweep"}
+# the double-win report: it reads results.json files, never a model or a checkpoint
+REPORT = {"report", "reporting.runs", "reporting.analysis", "reporting.tables", "reporting.plots",
+          "reporting.output"}
+
+
+def project_modules() -> dict[str, str]:
+    """Dotted module name -> file, for the top-level modules and every package (a folder with __init__.py)."""
+    found = {n[:-3]: os.path.join(ROOT, n) for n in os.listdir(ROOT) if n.endswith(".py")}
+    for top in sorted(os.listdir(ROOT)):
+        if not os.path.isfile(os.path.join(ROOT, top, "__init__.py")):
+            continue
+        for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = [d for d in dirs if os.path.isfile(os.path.join(folder, d, "__init__.py"))]
+            rel = os.path.relpath(folder, ROOT).replace(os.sep, ".")
+            for n in files:
+                if n.endswith(".py"):
+                    found[rel if n == "__init__.py" else f"{rel}.{n[:-3]}"] = os.path.join(folder, n)
+    return found
+
+
+MODULES = project_modules()
+
+
+def imports_of(name: str) -> set[str]:
+    """The project modules `name` imports, at module level or inside functions."""
+    tree = ast.parse(open(MODULES[name]).read(), MODULES[name])
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            parts = t.split(".")
+            out |= {".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in MODULES}
+    # a module's own packages (models.resnet -> models) are not imports of it: Python runs them first anyway
+    own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+    return out - {name} - own
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def reach(name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        for m in GRAPH[todo.pop()] - seen:
+            seen.add(m)
+            todo.append(m)
+    return seen
+
+
+def _family(prefix: str, reached: set[str]) -> set[str]:
+    return {m for m in reached if m == prefix or m.startswith(prefix + ".")}
+
+
+def test_the_scan_sees_every_package():
+    for expected in ("engine", "models.resnet", "lottery.levels", "transfer.run", "reporting.tables",
+                     "benchmarks.bench", "demo.run"):
+        assert expected in MODULES, expected
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("dataset", ("models", "engine", "pruning_utils", "attacks")),            # data knows no model
+    ("transfer.pipeline", ("models", "engine", "pruning_utils", "attacks")),
+    ("models", ("engine", "dataset", "pruning_utils", "attacks")),           # models know no engine, data, pruning
+    ("attacks", ("dataset", "pruning_utils", "transfer.pipeline")),          # attacks know no data or pruning
+    ("pruning_utils", ("engine", "dataset", "attacks")),                     # pruning knows no engine
+])
+def test_layer_rules(module, forbidden):
+    targets = [m for m in MODULES if m == module or m.startswith(module + ".")]
+    for m in targets:
+        bad = sorted(set().union(*(_family(f, reach(m)) for f in forbidden)))
+        assert not bad, f"{m} imports {bad} (directly or through other modules)"
+
+
+def test_nothing_imports_an_entry_point():
+    bad = {m: sorted(GRAPH[m] & ENTRY_POINTS) for m in MODULES if GRAPH[m] & ENTRY_POINTS}
+    assert not bad, bad
+
+
+def test_the_report_reads_files_not_models():
+    model_side = ("models", "engine", "pruning_utils", "weights", "attacks", "dataset", "lottery", "transfer")
+    for m in sorted(REPORT & set(MODULES)):
+        bad = sorted(set().union(*(_family(f, reach(m)) for f in model_side)))
+        assert not bad, f"{m} reaches {bad}"
+    loaders = re.compile(r"load_file|load_own|torch\.load|import pickle|pickle\.|read_weights|load_ticket")
+    for m in sorted(REPORT & set(MODULES)):
+        assert not loaders.search(open(MODULES[m]).read()), m
+
+
+def test_no_import_cycles():
+    cycles = sorted(m for m in MODULES if m in reach(m))
+    assert not cycles, f"modules in an import cycle: {cycles}"
+
+
+def test_only_checkpoint_py_calls_torch_load_or_unpickles():
+    unsafe = re.compile(r"torch\.load\(|pickle\.loads?\(|weights_only=False")
+    found = [f"{name}: {m.group(0)}" for name in sorted(MODULES) if name != "checkpoint"
+             for m in unsafe.finditer(open(MODULES[name]).read())]
+    assert found == []
+
+
+def test_the_rules_catch_a_violation(tmp_path, monkeypatch):
+    """The scanner itself: a module that imports models from dataset's side is seen."""
+    fake = tmp_path / "fake_data.py"
+    fake.write_text("import os\nfrom models import resnet\n")
+    monkeypatch.setitem(MODULES, "fake_data", str(fake))
+    assert imports_of("fake_data") == {"models", "models.resnet"}
