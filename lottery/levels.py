@@ -15,6 +15,7 @@ import distributed
 import engine
 from transfer import pipeline
 import models
+import optimizer as optimizer_lib
 import pruning_utils
 import reproducibility
 import runlog
@@ -134,15 +135,8 @@ def _build_model(cfg: IMPConfig, num_classes: int, env: DistEnv, log) -> tuple[t
 
 
 def _sgd(model: torch.nn.Module, cfg: IMPConfig, state: dict | None = None, path: str = "") -> torch.optim.SGD:
-    # fused: one kernel per parameter; the same update up to the last bit (FMA); --no-fused-sgd for the loop
-    opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          fused=cfg.fused_sgd or None)
-    if state is not None:
-        try:
-            opt.load_state_dict(state)
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: its optimizer state does not fit this model ({e})") from None
-    return opt
+    settings = optimizer_lib.SGDSettings(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.fused_sgd)
+    return optimizer_lib.make_sgd(model, settings, state, path)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -202,9 +196,7 @@ def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
         net.compile()
     model = distributed.wrap_model(net, env)
     optimizer = _sgd(model, cfg, opt_state, path or "")
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    if scaler is not None and opt_state is not None and "scaler" in obj:
-        scaler.load_state_dict(obj["scaler"])
+    scaler = optimizer_lib.make_scaler(cfg.amp, obj.get("scaler") if opt_state is not None else None)
     while level <= cfg.levels:
         for epoch in range(done, level * cfg.prune_epoch):
             # every epoch's randomness (augmentation, attack starts) is a pure function of (seed, epoch, rank)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import models
+import optimizer as optimizer_lib
 import pruning_utils
 import runlog
 from transfer import results as transfer_results
@@ -252,10 +253,10 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     model.to(env.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     if mask is not None:
         mask = {k: v.to(env.device) for k, v in mask.items()}
-    optimizer = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                fused=cfg.fused_sgd or None)
+    optimizer = optimizer_lib.make_sgd(model, optimizer_lib.SGDSettings(cfg.lr, cfg.momentum, cfg.weight_decay,
+                                                                        cfg.fused_sgd))
     scheduler = make_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    scaler = optimizer_lib.make_scaler(cfg.amp)
     state = transfer_state.resume(cfg, env.is_main, model, mask, optimizer, scheduler, scaler, log)
     if cfg.compile:  # in place: names, state_dict and masks stay those of the plain model
         model.compile()

@@ -9,6 +9,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+import optimizer as optimizer_lib
 import pruning_utils
 from checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
     atomic_write_text, load_own, read_jsonl, strip_prefix
@@ -80,7 +81,7 @@ def resume(cfg, is_main: bool, model, mask, optimizer, scheduler, scaler, log) -
         raise CheckpointError(f"{path} is not a checkpoint of this code (no {', '.join(missing)}): use another "
                               "--save_dir, or pass --restart to start over there")
     restore(model, ck["state_dict"], mask, path)
-    optimizer.load_state_dict(ck["optimizer"])
+    optimizer_lib.load_state(optimizer, ck["optimizer"], path)
     scheduler.load_state_dict(ck["scheduler"])
     if scaler is not None and ck.get("scaler"):
         scaler.load_state_dict(ck["scaler"])
