@@ -76,29 +76,32 @@ def _summary(acc: torch.Tensor, env: DistEnv | None) -> dict:
     return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "n": int(n)}
 
 
+def _running(acc: torch.Tensor) -> str:
+    """This rank's loss and top-1 so far, for the progress bar (a host sync: called about once a second)."""
+    loss_sum, c1, _, n = acc.tolist()
+    return f"loss {loss_sum / n:.4f} top1 {100 * c1 / n:.2f}%" if n else ""
+
+
 def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, attack: Callable | None = None,
-                    mask: dict[str, torch.Tensor] | None = None, scheduler=None, epoch: int = 0,
+                    mask: dict[str, torch.Tensor] | None = None, epoch: int = 0,
                     env: DistEnv | None = None, amp: str | None = None, scaler=None,
-                    channels_last: bool = False, augment: Callable | None = None,
-                    desc: str = "train", show_progress: bool = True) -> dict:
+                    channels_last: bool = False, desc: str = "train", show_progress: bool = True) -> dict:
     """One epoch of (adversarial) training. Returns {"loss", "top1", "top5", "n", "time", "images_per_s"}.
 
     Adversarial examples are made with the model in train mode, as the original did. With a `mask`, gradients
     of pruned weights are zeroed after backward and the mask is re-applied after each optimizer step (the one
-    mask mechanism, see pruning_utils). `scheduler` is stepped by the caller once per epoch, not here.
+    mask mechanism, see pruning_utils). Learning-rate schedules are the caller's, stepped between epochs.
     """
-    del scheduler  # per-epoch schedulers are the caller's; the argument is kept for a uniform call site
     model.train()
     net = unwrap(model)
     mask = _mask_on_device(net, mask)
     acc = torch.zeros(4, device=device, dtype=torch.float64)
     bad = torch.zeros((), device=device, dtype=torch.bool)
     start = time.time()
-    for step, (x, y) in enumerate(progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main))):
+    shown = progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main), stats=lambda: _running(acc))
+    for step, (x, y) in enumerate(shown):
         x, y = _to_device(x, y, device, channels_last)
-        if augment is not None:
-            x = augment(x)
         if attack is not None:
             with autocast(device, amp):
                 x = attack(net, x, y)
@@ -139,7 +142,8 @@ def evaluate(model: torch.nn.Module, loader, *, device: torch.device, attack: Ca
     model.eval()
     net = unwrap(model)
     acc = torch.zeros(4, device=device, dtype=torch.float64)
-    for x, y in progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main)):
+    shown = progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main), stats=lambda: _running(acc))
+    for x, y in shown:
         x, y = _to_device(x, y, device, channels_last)
         if attack is not None:
             with autocast(device, amp):

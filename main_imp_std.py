@@ -3,6 +3,9 @@
     bash script/imp_pretrain/imp_std.sh INIT_WEIGHTS SAVE_DIR DATA_DIR [--epochs 60 -b 256 ...]
     python main_imp_std.py DATA --init r50.pth --save_dir runs/imp --omp-level 5   # one-shot baseline
     torchrun --nproc_per_node 8 main_imp_std.py DATA --init r50.pth --save_dir runs/imp
+
+The flags are in lottery/cli.py, the levels and epochs in lottery/levels.py (`_run`), the loop over batches in
+engine.py (`train_one_epoch`, `evaluate`); re-running the same command resumes at the first unfinished epoch.
 """
 from __future__ import annotations
 

@@ -1,24 +1,37 @@
 """Seeding and RNG state capture/restore, so a resumed run replays exactly what an uninterrupted one does."""
 from __future__ import annotations
 
-import ast
+import contextlib
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
 
 
-def seed_all(seed: int, *, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch (all devices); `deterministic` also asks for deterministic kernels."""
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def kernel_mode(*, deterministic: bool) -> Iterator[None]:
+    """For the duration of a run: deterministic kernels (`--deterministic`: torch's deterministic algorithms,
+    warning where an op has none, and cuDNN without autotuning) or cuDNN's autotuner; the process's previous
+    settings come back afterwards."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    else:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
 
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
@@ -37,16 +50,3 @@ def get_rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    keys = state["numpy"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
-    random.setstate(_tuplify(ast.literal_eval(state["python"])))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _tuplify(x):
-    return tuple(_tuplify(i) for i in x) if isinstance(x, (list, tuple)) else x

@@ -5,11 +5,12 @@ import logging
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
 T = TypeVar("T")
+STATS_EVERY_S = 1.0  # the bar's statistics cost a host sync: about once a second
 
 
 def setup_log(save_dir: str | None, is_main: bool, name: str = "doublewin") -> logging.Logger:
@@ -30,20 +31,29 @@ def setup_log(save_dir: str | None, is_main: bool, name: str = "doublewin") -> l
     return log
 
 
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """tqdm on a terminal; in a log file a line at about every 10% instead of a bar."""
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enabled: bool = True,
+             stats: Callable[[], str] | None = None) -> Iterator[T]:
+    """tqdm on a terminal; in a log file a line at about every 10% instead of a bar. `stats` (e.g. the running
+    loss and accuracy) is shown beside the bar about once a second and on every log line; it is called only
+    then, after the consumer has handled the item just yielded."""
     if total is None:
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     if not enabled:
         yield from iterable
         return
     if sys.stderr.isatty():
-        yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        bar = tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        shown = time.monotonic()
+        for item in bar:
+            yield item
+            if stats is not None and time.monotonic() - shown >= STATS_EVERY_S:
+                bar.set_postfix_str(stats(), refresh=False)
+                shown = time.monotonic()
         return
     step = max(1, (total or 10) // 10)
     start = time.time()
-    i = 0
     for i, item in enumerate(iterable, 1):
         yield item
         if total and (i % step == 0 or i == total) and total >= 20:
-            print(f"{desc}: {i}/{total} ({time.time() - start:.0f}s)", file=sys.stderr, flush=True)
+            extra = f" {stats()}" if stats is not None else ""
+            print(f"{desc}: {i}/{total} ({time.time() - start:.0f}s){extra}", file=sys.stderr, flush=True)

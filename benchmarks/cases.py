@@ -17,6 +17,7 @@ from transfer import pipeline
 import dataset
 import models
 import pruning_utils
+import runner
 from attacks import PGD, fgsm_rs
 
 EPS = 8 / 255
@@ -124,8 +125,12 @@ def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], Non
                                        show_progress=False)
     opt = _optimizer(model, fused=True)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    return lambda: engine.train_one_epoch(model, batches, opt, device=device, attack=attack, mask=mask, amp=amp,
-                                          scaler=scaler, channels_last=cl, show_progress=False)
+
+    def step() -> dict:
+        return engine.train_one_epoch(model, batches, opt, device=device, attack=attack, mask=mask, amp=amp,
+                                      scaler=scaler, channels_last=cl, show_progress=False)
+    step.model, step.mask = model, mask  # what the step trains, for the tests' checks
+    return step
 
 
 def build_mask_ops(cfg: BenchConfig) -> Callable[[], None]:
@@ -155,7 +160,7 @@ def build_pipeline(variant: str, cfg: BenchConfig, data: np.ndarray, targets: np
     """A closure producing `pipeline_batches` training batches on the device; returns the number of images.
 
     "baseline": the original's loader (PIL per image, 2 workers); "ours-host": the same PIL transforms with
-    `pipeline.loader_settings` (a worker per core, deeper prefetch on CUDA); "ours-device": the
+    `runner.loader_settings` (a worker per core, deeper prefetch on CUDA); "ours-device": the
     uint8 images held on the device and augmented there per batch (pipeline.DeviceAugment).
     """
     device = torch.device(cfg.device)
@@ -181,7 +186,7 @@ def build_pipeline(variant: str, cfg: BenchConfig, data: np.ndarray, targets: np
     if variant == "baseline":
         loader = base.pil_loader(data, targets, cfg.pipeline_batch, cfg.pipeline_size)
     else:
-        settings = pipeline.loader_settings(device)  # a fresh loader per epoch, as the entry points make them
+        settings = runner.loader_settings(device)  # a fresh loader per epoch, as the entry points make them
         loader = base.pil_loader(data, targets, cfg.pipeline_batch, cfg.pipeline_size, **settings)
 
     def loader_block() -> int:

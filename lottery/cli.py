@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-
-import torch
 
 import attacks
 import checkpoint
-import distributed
 from lottery import config as imp_config
 from lottery import levels as imp_levels
 from lottery import state as imp_state
 import models
 import runlog
+import runner
 from errors import ConfigError, OneLineParser, UserError
 
 
@@ -28,7 +25,6 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data", metavar="DIR", help="dataset folder: DIR/train/<class>/*, DIR/val/<class>/*")
     p.add_argument("-a", "--arch", default="resnet50", choices=list(models.ARCHS), help="model architecture")
-    p.add_argument("-j", "--workers", default=4, type=int, help="data loading workers per process")
     p.add_argument("--epochs", default=570, type=int, help="epochs in all (levels * --prune_epoch)")
     p.add_argument("-b", "--batch-size", default=2048, type=int, help="global batch, split over all processes")
     p.add_argument("--lr", "--learning-rate", default=0.0005, type=float, dest="lr", help="SGD lr (constant)")
@@ -67,38 +63,15 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     one.add_argument("--omp-level", type=int, default=None, metavar="K",
                      help="one-shot (OMP) to the sparsity of level K, 1-(1-rate)^K, written as K-ticket.pth.tar")
     g = p.add_argument_group("data, speed and safety")
-    g.add_argument("--image-size", default=224, type=int, help="train crop / eval center crop")
-    g.add_argument("--resize-size", default=256, type=int, help="eval resize before the center crop")
-    g.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem without max-pool (32 px images)")
-    g.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (GPU only)")
-    g.add_argument("--channels-last", default=None, action=argparse.BooleanOptionalAction,
-                   help="channels_last memory format (default: on with a GPU)")
-    g.add_argument("--fused-sgd", default=True, action=argparse.BooleanOptionalAction,
-                   help="fused SGD kernel: faster, the same update up to the last bit (default: on)")
-    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
-    g.add_argument("--restart", action="store_true",
-                   help="delete this run's level files and metrics in SAVE_DIR and start over")
-    g.add_argument("--trust-pickle", action="store_true",
-                   help="allow full unpickling of --init/--resume files you trust")
-    g = p.add_argument_group("distributed (the original's flags; torchrun works too)")
-    g.add_argument("--world-size", default=-1, type=int, help="number of nodes (processes without "
-                   "--multiprocessing-distributed)")
-    g.add_argument("--rank", default=-1, type=int, help="node rank (process rank without --multiprocessing-distributed)")
-    g.add_argument("--dist-url", default="env://", help="url of the process group rendezvous")
-    g.add_argument("--dist-backend", default="nccl", help="nccl (gloo is used when no GPU is visible)")
-    g.add_argument("--gpu", default=None, type=int, help="GPU id for a one-process run")
-    g.add_argument("--multiprocessing-distributed", action="store_true",
-                   help="one process per GPU on this node (one CPU process when no GPU is visible)")
+    runner.add_speed_flags(g, channels_last=None)
+    runner.add_safety_flags(g, restart="delete this run's level files and metrics in SAVE_DIR and start over")
+    runner.add_launch_flags(p.add_argument_group("distributed (the original's flags; torchrun works too)"))
     return p
 
 
 def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.IMPConfig:
     if not args.save_dir:
         raise UserError("--save_dir is required: the folder for checkpoints, tickets and logs")
-    if args.amp and not torch.cuda.is_available():
-        raise ConfigError(f"--amp {args.amp} needs a GPU and none is visible: drop --amp on this machine")
     one_shot = args.omp_sparsity is not None or args.omp_level is not None
     if one_shot and (args.evaluate or args.resume):
         raise ConfigError("--omp-sparsity/--omp-level prune once without training: drop -e/--resume")
@@ -114,42 +87,25 @@ def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.
             gamma = attacks.eps_from_flag(args.train_gamma, flag="--train_gamma")
             attack = attacks.AttackConfig("pgd", eps, gamma, args.train_step, args.train_randinit)
     return imp_config.IMPConfig(
-        data=args.data, save_dir=args.save_dir, init=args.init, arch=args.arch, epochs=args.epochs,
-        prune_epoch=args.prune_epoch, batch_size=args.batch_size, workers=args.workers, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, rate=args.rate, prune_method=args.prune_method,
-        seed=args.seed, attack=attack, image_size=args.image_size, resize_size=args.resize_size,
-        small_input=args.small_input, amp=args.amp, channels_last=args.channels_last, fused_sgd=args.fused_sgd,
-        compile=args.compile, deterministic=args.deterministic, trust_pickle=args.trust_pickle,
-        resume=args.resume or None, evaluate=args.evaluate, omp_sparsity=omp, omp_level=args.omp_level, show_progress=args.print_freq > 0)
-
-
-def launch_from_args(args: argparse.Namespace) -> distributed.Launch:
-    return distributed.Launch(gpu=args.gpu, dist_url=args.dist_url, dist_backend=args.dist_backend,
-                              world_size=args.world_size, rank=args.rank,
-                              multiprocessing_distributed=args.multiprocessing_distributed)
-
-
-def _first_process(opts: distributed.Launch) -> bool:
-    """Whether this process speaks for the run before ranks exist (torchrun's RANK, else the --rank flag)."""
-    fallback = max(opts.rank, 0) if opts.world_size > 1 else 0
-    return int(os.environ.get("RANK", fallback)) == 0
+        **runner.common_settings(args), data=args.data, init=args.init, arch=args.arch, epochs=args.epochs,
+        prune_epoch=args.prune_epoch, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, rate=args.rate, prune_method=args.prune_method, attack=attack,
+        resume=args.resume or None, evaluate=args.evaluate, omp_sparsity=omp, omp_level=args.omp_level,
+        show_progress=args.print_freq > 0)
 
 
 def main(argv: list[str] | None, *, adversarial: bool) -> int:
     args = get_args_parser(adversarial).parse_args(argv)
     cfg = config_from_args(args, adversarial)
-    opts = launch_from_args(args)
-    if _first_process(opts):
+    opts = runner.launch_from_args(args)
+    first = runner.first_process(opts)
+    if first:
         checkpoint.writable_dir(cfg.save_dir)
-    if _first_process(opts) and not cfg.evaluate:
-        checkpoint.remove_temp_files(cfg.save_dir)
-        if args.restart:  # before config.json changes: a kill in between must not pair old files with it
-            removed = imp_state.clear_outputs(cfg.save_dir)
-            print(f"--restart: removed {len(removed)} files of the earlier run in {cfg.save_dir}", flush=True)
-        checkpoint.check_config(cfg.save_dir, {**imp_config.config_dict(cfg), "launch": dataclasses.asdict(opts)},
-                                restart=args.restart, volatile=imp_config.VOLATILE,
-                                implied=imp_config.IMPLIED)
-    layout = distributed.launch(imp_levels.worker, cfg, opts)
-    if _first_process(opts):
+    if first and not cfg.evaluate:
+        runner.prepare_save_dir(cfg.save_dir, {**imp_config.config_dict(cfg), "launch": dataclasses.asdict(opts)},
+                                restart=args.restart, clear=imp_state.clear_outputs, started=True,
+                                volatile=imp_config.VOLATILE, implied=imp_config.IMPLIED)
+    layout = runner.start(imp_levels.worker, cfg, opts)
+    if first:
         runlog.setup_log(cfg.save_dir, True).info(f"process layout: {layout}")
     return 0

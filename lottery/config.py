@@ -9,12 +9,11 @@ from attacks import AttackConfig
 from errors import ConfigError
 
 PRUNE_METHODS = ("magnitude", "random")
-# config.json keys that may change between runs of one experiment: where things live, how fast they run, and
-# --epochs (a larger value continues a finished run with more levels)
-VOLATILE = ("data", "save_dir", "epochs", "workers", "show_progress", "resume", "evaluate", "trust_pickle", "launch")
-# settings added after the first release, with the behaviour of runs started before them (which did not record
-# them): such a run continues with --no-fused-sgd
-IMPLIED = {"fused_sgd": False, "compile": False}
+# config.json keys that may change between runs of one experiment, beside runner.VOLATILE: the process layout,
+# what the command does this time, and --epochs (a larger value continues a finished run with more levels)
+VOLATILE = ("epochs", "resume", "evaluate", "launch")
+# settings added after the first release beside runner.IMPLIED's, with the behaviour of runs started before them
+IMPLIED: dict = {}
 
 
 @dataclass(frozen=True)

@@ -7,24 +7,23 @@ import os
 import time
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 
 import checkpoint as files
 import dataset
 import distributed
 import engine
-from transfer import pipeline
 import models
 import optimizer as optimizer_lib
 import pruning_utils
 import reproducibility
-import runlog
+import runner
 import weights
 from attacks import build_attack
 from distributed import DistEnv
-from errors import CheckpointError, ConfigError
+from errors import ConfigError
 from lottery.config import IMPConfig, config_dict
-from lottery.state import checkpoint_dict, find_resume, level_of, restore, truncate_metrics
+from lottery.state import checkpoint_dict, find_resume, level_of, restore
 from pruning_utils import Mask
 
 
@@ -85,33 +84,12 @@ def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str) -> No
 
 
 # ---------------------------------------------------------------------------- data and model
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    # independent of the loader's generator, so augmentation/attack noise and data order are not correlated
-    return int.from_bytes(hashlib.sha256(f"imp/{seed}/{epoch}/{rank}".encode()).digest()[:7], "big")
-
-
 def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits, log):
-    per_rank = cfg.batch_size // env.world_size
-    if per_rank < 1:
-        raise ConfigError(f"-b {cfg.batch_size} is the global batch: it must be at least the {env.world_size} processes")
-    if cfg.batch_size % env.world_size:
-        log.warning(f"-b {cfg.batch_size} is not divisible by {env.world_size} processes: {per_rank} per process")
-    # -j workers per rank, pinned memory and a deeper prefetch on CUDA; the validation loader is iterated
-    # again every epoch, so its workers stay alive between epochs
-    common = dict(batch_size=per_rank, **pipeline.loader_settings(env.device, cfg.workers))
-    val = DataLoader(splits.val, sampler=distributed.ShardSampler(len(splits.val), env),
-                     **{**common, **pipeline.loader_settings(env.device, cfg.workers, reused=True)})
+    batch = runner.per_rank_batch(cfg.batch_size, env, log, flag="-b")
+    val = runner.eval_loader(splits.val, batch, env=env, workers=cfg.workers)
 
     def train(epoch: int) -> DataLoader:
-        # A fresh loader per epoch (no persistent workers): order and worker seeds are a pure function of
-        # (seed, epoch, rank), so a resumed run sees exactly the batches an uninterrupted one does.
-        g = reproducibility.epoch_generator(cfg.seed, epoch, env.rank)
-        if env.distributed:
-            sampler = DistributedSampler(splits.train, env.world_size, env.rank, shuffle=True, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(splits.train, generator=g)
-        return DataLoader(splits.train, sampler=sampler, generator=g, **common)
+        return runner.train_loader(splits.train, batch, seed=cfg.seed, epoch=epoch, env=env, workers=cfg.workers)
     return train, val
 
 
@@ -142,18 +120,14 @@ def _sgd(model: torch.nn.Module, cfg: IMPConfig, state: dict | None = None, path
 # ---------------------------------------------------------------------------- the run
 def worker(env: DistEnv, cfg: IMPConfig) -> None:
     """One process of an IMP run (module level, so torch.multiprocessing.spawn can pickle it)."""
-    log = runlog.setup_log(cfg.save_dir, env.is_main)
-    try:
-        _run(env, cfg, log)
-    finally:
-        distributed.cleanup(env)
+    runner.in_worker(_run, env, cfg)
 
 
 def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
     if cfg.amp and env.device.type != "cuda":
         raise ConfigError(f"--amp {cfg.amp} needs a GPU and none is visible: drop --amp on this machine")
     log.info(f"process layout: {env.describe()}" + ("" if torch.cuda.is_available() else " (no GPU visible)"))
-    reproducibility.seed_all(cfg.seed, deterministic=cfg.deterministic)
+    reproducibility.seed_all(cfg.seed)
     splits = dataset.build_datasets("imagenet", cfg.data, seed=cfg.seed, image_size=cfg.image_size,
                                     resize_size=cfg.resize_size)
     log.info(f"data {cfg.data}: {len(splits.train)} train / {len(splits.val)} val images, "
@@ -175,32 +149,16 @@ def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
     if cfg.evaluate:
         mask = None if obj is None else restore(net, obj, path, init_state)[0]
         return _evaluate_only(env, cfg, log, net, val_loader, mask, path or cfg.init, cl)
-    opt_state, best, level, done = None, None, 1, 0
-    if obj is None:
-        mask = begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env, log)
-    else:
-        level, done = level_of(obj, path, cfg)
-        mask, init_state = restore(net, obj, path, init_state)
-        log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
-        if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
-            write_level_files(cfg, level, mask, mask_digest(mask))
-        if done == level * cfg.prune_epoch:
-            mask = begin_level(net, init_state, mask, level + 1, cfg, env, log)
-            level += 1
-        else:
-            opt_state, best = obj.get("optimizer"), obj.get("best_acc1")
-            best = None if best is None else float(best)
+    mask, init_state, level, done, opt_state, best = _starting_point(net, init_state, cfg, env, log, path, obj)
     if env.is_main:
-        truncate_metrics(cfg.save_dir, done)
-    if cfg.compile:  # in place: names, state_dict and masks stay those of the plain model
-        net.compile()
-    model = distributed.wrap_model(net, env)
+        runner.truncate_metrics(cfg.save_dir, done, first=1)
+    model = runner.wrap(net, env, compile=cfg.compile)
     optimizer = _sgd(model, cfg, opt_state, path or "")
     scaler = optimizer_lib.make_scaler(cfg.amp, obj.get("scaler") if opt_state is not None else None)
     while level <= cfg.levels:
         for epoch in range(done, level * cfg.prune_epoch):
             # every epoch's randomness (augmentation, attack starts) is a pure function of (seed, epoch, rank)
-            reproducibility.seed_all(_epoch_seed(cfg.seed, epoch, env.rank), deterministic=cfg.deterministic)
+            runner.seed_epoch(cfg.seed, epoch, env.rank)
             start = time.time()
             tr = engine.train_one_epoch(model, train_loader(epoch), optimizer, device=env.device, attack=attack,
                                         mask=mask, epoch=epoch, env=env, amp=cfg.amp, scaler=scaler,
@@ -226,6 +184,23 @@ def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
         mask = begin_level(net, init_state, mask, level + 1, cfg, env, log)
         level, best, optimizer = level + 1, None, _sgd(model, cfg)
     log.info(f"IMP done: {cfg.levels} levels trained; tickets 1..{cfg.levels + 1} in {cfg.save_dir}")
+
+
+def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, log, path: str | None, obj: dict | None):
+    """Where the run starts: level 1 pruned from the init, or the checkpoint's level and epoch (a finished level
+    moves on to the next one, pruned from its trained weights). Returns (mask, init_state, level, epochs done,
+    optimizer state or None, best val top-1 of the level or None)."""
+    if obj is None:
+        return begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env, log), init_state, 1, 0, None, None
+    level, done = level_of(obj, path, cfg)
+    mask, init_state = restore(net, obj, path, init_state)
+    log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
+    if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
+        write_level_files(cfg, level, mask, mask_digest(mask))
+    if done == level * cfg.prune_epoch:
+        return begin_level(net, init_state, mask, level + 1, cfg, env, log), init_state, level + 1, done, None, None
+    best = obj.get("best_acc1")
+    return mask, init_state, level, done, obj.get("optimizer"), None if best is None else float(best)
 
 
 def _evaluate_only(env: DistEnv, cfg: IMPConfig, log, net, val_loader, mask: Mask | None, source: str | None,

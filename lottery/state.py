@@ -2,7 +2,6 @@
 restoring weights, mask and rewind point from it, and clearing an earlier run's level files (--restart)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -114,11 +113,3 @@ def checkpoint_dict(net, mask, optimizer, scaler, epoch, level, best, init_state
     if scaler is not None:
         out["scaler"] = scaler.state_dict()
     return out
-
-
-def truncate_metrics(save_dir: str, done: int) -> None:
-    """Drop rows of epochs after the checkpoint we resume from (written just before a crash)."""
-    path = os.path.join(save_dir, files.METRICS)
-    if os.path.exists(path):
-        rows = [r for r in files.read_jsonl(path) if r.get("epoch", 0) <= done]
-        files.atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

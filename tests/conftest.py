@@ -4,11 +4,15 @@ Each `*_root` fixture also switches torchvision's MD5 checks to existence checks
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
 import fakedata
+import models
+import pruning_utils
 
 
 @pytest.fixture
@@ -60,7 +64,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)  # entry points' --deterministic switches it on process-wide
 
 
 @pytest.fixture
@@ -75,3 +78,17 @@ def eager_compile(monkeypatch) -> list[str]:
         return plain_compile(self, backend="eager")
     monkeypatch.setattr(nn.Module, "compile", compile_eager)
     return calls
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 'pre-trained' resnet_tiny init (1000-class head, as ImageNet weights) and a 60% magnitude ticket of it."""
+    d = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = models.resnet_tiny(1000)
+    init = str(d / "init.pth")
+    torch.save(model.state_dict(), init)
+    mask = pruning_utils.magnitude_prune(model, pruning_utils.full_mask(model), 0.6)
+    ticket = str(d / "4-ticket.pth.tar")
+    pruning_utils.save_ticket(ticket, mask, {"level": 4, "source": "imp"})
+    return SimpleNamespace(init=init, ticket=ticket, mask=mask)

@@ -71,7 +71,7 @@ def _family(prefix: str, reached: set[str]) -> set[str]:
 
 def test_the_scan_sees_every_package():
     for expected in ("engine", "models.resnet", "lottery.levels", "transfer.run", "reporting.tables",
-                     "benchmarks.bench", "demo.run"):
+                     "benchmarks.bench", "demo.run", "runner", "optimizer"):
         assert expected in MODULES, expected
 
 

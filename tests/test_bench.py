@@ -134,9 +134,21 @@ def test_memory_probe_reports_a_peak():
 
 def test_every_variant_steps_and_ours_keeps_the_ticket():
     cfg = cases.BenchConfig(arch="resnet_tiny", num_classes=10, batch=4, eval_batch=4, eval_steps=2)
+    trained = 0
     for section, variants in cases.SECTIONS.items():
         for variant in variants:
-            cases.build_step(section, variant, cfg)()
+            step = cases.build_step(section, variant, cfg)
+            model, mask = getattr(step, "model", None), getattr(step, "mask", None)
+            before = None if model is None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+            step()
+            if mask is None:
+                continue
+            after = model.state_dict()
+            for name, m in mask.items():  # a training step of ours: pruned weights exactly 0, kept ones moved
+                assert after[name][~m].count_nonzero() == 0, (section, variant, name)
+            assert any(not torch.equal(before[k], after[k]) for k in mask), (section, variant)
+            trained += 1
+    assert trained >= 2  # the train and fgsm sections' ticket variants were checked
     ops = cases.build_mask_ops(cfg)
     ops()
 

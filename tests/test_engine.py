@@ -121,3 +121,17 @@ def test_channels_last_gives_the_same_numbers():
     ra = engine.evaluate(a, DataLoader(ds, batch_size=20), device=CPU, show_progress=False)
     rb = engine.evaluate(b, DataLoader(ds, batch_size=20), device=CPU, channels_last=True, show_progress=False)
     assert ra["top1"] == rb["top1"] and ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
+
+
+def test_progress_lines_show_the_running_loss_and_accuracy_while_the_epoch_runs(capsys):
+    """In a log (no terminal) the ~10% lines carry the loss and top-1 of the batches seen so far; the last line's
+    numbers are the epoch's."""
+    model, ds = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every batch sees the same model, as evaluate does
+    stats = engine.train_one_epoch(model, DataLoader(ds, batch_size=2), opt, device=CPU, desc="ep")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ep: ")]
+    assert len(lines) == 10 and lines[0].startswith("ep: 2/20 ")
+    assert all(" loss " in line and " top1 " in line for line in lines)
+    last = lines[-1].split()
+    assert float(last[last.index("loss") + 1]) == pytest.approx(stats["loss"], abs=1e-4)
+    assert last[last.index("top1") + 1] == f"{stats['top1']:.2f}%"

@@ -36,8 +36,9 @@ import main_train_downstream  # noqa: E402
 import models  # noqa: E402
 import pruning_utils  # noqa: E402
 import report  # noqa: E402
+import runner  # noqa: E402
+from transfer import config as transfer_config  # noqa: E402
 from transfer import run as transfer_run  # noqa: E402
-from transfer import state as transfer_state  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "FAULTS.md")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny runs: a second intra-op thread only adds contention
@@ -350,7 +351,7 @@ BEFORE = {"transfer-done": "a finished transfer run", "imp-done": "a finished IM
           "imp-trapped": "an IMP run whose checkpoint is a pickle trap"}
 
 
-VOLATILE = set(imp_config.VOLATILE) | set(main_train_downstream.VOLATILE)
+VOLATILE = set(runner.VOLATILE) | set(imp_config.VOLATILE) | set(transfer_config.VOLATILE)
 
 
 def snapshot(folder: str) -> dict[str, bytes | dict]:
@@ -566,7 +567,7 @@ def test_torn_metrics_line_is_skipped_and_dropped_on_resume(tmp_path):
     assert checkpoint.read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
     with open(path, "a") as f:
         f.write('{"epoch": 2, "val_')
-    transfer_state._truncate_metrics(str(tmp_path), 2)
+    runner.truncate_metrics(str(tmp_path), 2, first=0)
     assert open(path).read() == '{"epoch": 0}\n{"epoch": 1}\n'
 
 

@@ -20,32 +20,12 @@ from lottery import config as imp_config
 from lottery import levels as imp_levels
 import main_imp_adv
 import main_imp_std
-import models
 import pruning_utils
 from distributed import DistEnv
 from errors import CheckpointError, ConfigError, UserError
+from recipes import imp_argv, same_masks, ticket, tiny_model, write_init
 
 RATE = 0.2
-TINY = ["-a", "resnet_tiny", "--small-input", "--image-size", "32", "--resize-size", "32", "-b", "4", "-j", "0",
-        "-p", "0"]
-
-
-def imp_argv(data: str, init: str, save_dir: str, *extra: str) -> list[str]:
-    return [data, "--init", init, "--save_dir", save_dir, *TINY, *extra]
-
-
-def tiny_model() -> nn.Module:
-    return models.build("resnet_tiny", 3, small_input=True)
-
-
-def write_init(path: str, seed: int = 0, num_classes: int = 3) -> str:
-    torch.manual_seed(seed)
-    torch.save(models.build("resnet_tiny", num_classes, small_input=True).state_dict(), path)
-    return path
-
-
-def ticket(save_dir: str, level: int) -> dict:
-    return pruning_utils.load_ticket(checkpoint.imp_ticket(save_dir, level))[0]
 
 
 def trained_weights(save_dir: str, level: int) -> dict:
@@ -64,10 +44,6 @@ def torch_global_l1(state: dict, mask: dict | None, amount: float) -> dict:
     torch_prune.global_unstructured([(m, "weight") for m in convs.values()],
                                     pruning_method=torch_prune.L1Unstructured, amount=amount)
     return {name + ".weight": m.weight_mask.bool() for name, m in convs.items()}
-
-
-def same_masks(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k].bool(), b[k].bool()) for k in a)
 
 
 @pytest.fixture(scope="module")

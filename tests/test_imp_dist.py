@@ -15,7 +15,7 @@ import torch
 import checkpoint
 from lottery import levels as imp_levels
 import pruning_utils
-from test_imp import TINY, same_masks, ticket, tiny_model, write_init
+from recipes import TINY, same_masks, ticket, tiny_model, write_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

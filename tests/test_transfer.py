@@ -14,80 +14,26 @@ from torch import nn
 from torch.nn.utils import prune
 
 import dataset
-import main_train_downstream as cli
+from transfer import cli
 import models
 import pruning_utils
 from transfer import run as transfer_run
 from transfer import results as transfer_results
-from checkpoint import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
+from checkpoint import CHECKPOINT, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
 from distributed import DistEnv
 from engine import evaluate
 from errors import CheckpointError, ConfigError, run_cli
+from recipes import argv, check_run
 
-FILES = (CONFIG, METRICS, LOG, CHECKPOINT, SA_BEST, RA_BEST, RESULTS, CURVES, INDICES)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 'pre-trained' resnet_tiny init (1000-class head, as ImageNet weights) and a 60% magnitude ticket of it."""
-    d = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    model = models.resnet_tiny(1000)
-    init = str(d / "init.pth")
-    torch.save(model.state_dict(), init)
-    mask = pruning_utils.magnitude_prune(model, pruning_utils.full_mask(model), 0.6)
-    ticket = str(d / "4-ticket.pth.tar")
-    pruning_utils.save_ticket(ticket, mask, {"level": 4, "source": "imp"})
-    return SimpleNamespace(init=init, ticket=ticket, mask=mask)
-
-
-def argv(save_dir, data: str, name: str, init: str, *, mode: str = "std", ticket: str = "", epochs: int = 2,
-         extra: tuple = ()) -> list[str]:
-    return ["--mode", mode, "--data", data, "--dataset", name, "--arch", "resnet_tiny", "--small-input",
-            "--init", init, "--tickets_file", ticket, "--save_dir", str(save_dir), "--epochs", str(epochs),
-            "--batch_size", "16", "--lr", "0.05", "--image-size", "16", "--resize-size", "16", "-j", "0",
-            "--train_step", "2", "--test_step", "2", "--print_freq", "0", "--no-channels-last", *extra]
-
-
-def check_run(save_dir, mask, epochs: int) -> dict:
-    """Every file exists and parses, every saved state dict keeps pruned weights at exactly 0; returns results."""
-    for name in FILES:
-        assert os.path.getsize(os.path.join(save_dir, name)) > 0, name
-    with open(os.path.join(save_dir, CURVES), "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    rows = [json.loads(line) for line in open(os.path.join(save_dir, METRICS))]
-    assert [r["epoch"] for r in rows] == list(range(epochs))
-    json.load(open(os.path.join(save_dir, CONFIG)))
-    for name in (CHECKPOINT, SA_BEST, RA_BEST):
-        sd = load_file(os.path.join(save_dir, name))["state_dict"]  # weights_only loading works
-        plain, saved_mask = pruning_utils.unmask_state_dict(sd)
-        if mask is None:
-            assert saved_mask is None
-            continue
-        assert saved_mask.keys() == mask.keys()
-        for k, m in mask.items():
-            assert torch.equal(saved_mask[k], m)
-            assert plain[k][~m].count_nonzero() == 0 and sd[k + "_orig"][~m].count_nonzero() == 0, (name, k)
-    res = json.load(open(os.path.join(save_dir, RESULTS)))
-    assert res["complete"] is True
-    expected = 0.0 if mask is None else pruning_utils.sparsity(mask)
-    assert res["sparsity"] == expected and res["sparsity_percent"] == pytest.approx(100 * expected)
-    for tag, key in (("best_sa", "val_sa"), ("best_ra", "val_ra")):  # the best checkpoint is the best val epoch
-        measured = [r for r in rows if r[key] is not None]
-        top = max(measured, key=lambda r: r[key])  # max keeps the first of equals, as strict improvement does
-        assert (res[tag]["epoch"], res[tag][key]) == (top["epoch"], top[key])
-    return res
-
-
-def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root, tiny):
+def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root, pretrained):
     out = tmp_path / "run"
     # the PIL pipeline, which the test numbers are re-computed with below (the device pipeline's own check is in
     # test_transfer_pipeline.py: its pixels are within 1/255 of these, so equal accuracies would be luck)
-    assert cli.main(argv(out, cifar10_root, "cifar10", tiny.init, ticket=tiny.ticket,
+    assert cli.main(argv(out, cifar10_root, "cifar10", pretrained.init, ticket=pretrained.ticket,
                          extra=("--pipeline", "pil"))) == 0
-    res = check_run(out, tiny.mask, 2)
+    res = check_run(out, pretrained.mask, 2)
     assert (res["mode"], res["train_attack"], res["ticket"], res["ticket_meta"]["level"]) == \
-        ("std", None, tiny.ticket, 4)
+        ("std", None, pretrained.ticket, 4)
     assert res["test_attack"]["eps_255"] == pytest.approx(8) and res["test_attack"]["steps"] == 2
     assert (res["n_train"], res["n_val"], res["n_test"]) == (54, 6, 20)
     # test SA re-computed from the SA-best checkpoint on the official test split
@@ -99,9 +45,9 @@ def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root,
     assert evaluate(model, loader, device=torch.device("cpu"), show_progress=False)["top1"] == res["best_sa"]["test_sa"]
 
 
-def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, tiny):
+def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, pretrained):
     out = tmp_path / "run"
-    cli.main(argv(out, svhn_root, "svhn", tiny.init, mode="adv", ticket="none",
+    cli.main(argv(out, svhn_root, "svhn", pretrained.init, mode="adv", ticket="none",
                   extra=("--scheduler", "cosine", "--eval_from", "1", "--data_number", "0.5", "--subset", "balanced",
                          "--seed", "3")))
     res = check_run(out, None, 2)
@@ -117,11 +63,11 @@ def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, tiny):
     assert res["best_sa"]["epoch"] == res["best_ra"]["epoch"] == 1
 
 
-def test_adv_folder_ticket_with_autoattack(tmp_path, image_folder_root, tiny):
+def test_adv_folder_ticket_with_autoattack(tmp_path, image_folder_root, pretrained):
     out = tmp_path / "run"
-    cli.main(argv(out, image_folder_root, "folder", tiny.init, mode="adv", ticket=tiny.ticket, extra=(
+    cli.main(argv(out, image_folder_root, "folder", pretrained.init, mode="adv", ticket=pretrained.ticket, extra=(
         "--autoattack", "5", "--autoattack-version", "custom", "--autoattack-attacks", "apgd-ce")))
-    res = check_run(out, tiny.mask, 2)
+    res = check_run(out, pretrained.mask, 2)
     assert res["autoattack"]["n"] == 5 and res["autoattack"]["attacks"] == ["apgd-ce"]
     splits = dataset.build_datasets("folder", image_folder_root, image_size=16, resize_size=16)
     x = torch.stack([splits.test[i][0] for i in range(5)])
@@ -160,7 +106,7 @@ def test_autoattack_adapts_targeted_attacks_to_few_classes_and_is_exact(classes)
     assert transfer_results.autoattack_ra(Constant(), data, cfg, DistEnv()) == (40.0, 5, run)
 
 
-def test_original_style_ticket_transfers(tmp_path, image_folder_root, tiny):
+def test_original_style_ticket_transfers(tmp_path, image_folder_root, pretrained):
     """A checkpoint written the original's way: torch prune's weight_orig/weight_mask in {'state_dict': ...}."""
     model = models.resnet_tiny(1000)
     convs = [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -171,12 +117,12 @@ def test_original_style_ticket_transfers(tmp_path, image_folder_root, tiny):
     path = str(tmp_path / "2-checkpoint.pth.tar")
     torch.save({"epoch": 60, "state_dict": sd, "best_acc1": torch.tensor(51.2), "state_prune": 2}, path)
     out = tmp_path / "run"
-    cli.main(argv(out, image_folder_root, "folder", tiny.init, ticket=path, epochs=1, extra=("--lr", "0")))
+    cli.main(argv(out, image_folder_root, "folder", pretrained.init, ticket=path, epochs=1, extra=("--lr", "0")))
     mask = {k[: -len("_mask")]: sd[k].bool() for k in sd if k.endswith("weight_mask")}
     res = check_run(out, mask, 1)
     assert res["sparsity"] == pytest.approx(expected, abs=1e-12) and res["ticket_meta"]["state_prune"] == 2
     # with lr 0 the weights are still the init's (not the ticket file's) under the ticket's mask; a fresh head
-    init = torch.load(tiny.init, weights_only=True)
+    init = torch.load(pretrained.init, weights_only=True)
     plain, _ = pruning_utils.unmask_state_dict(load_file(str(out / CHECKPOINT))["state_dict"])
     for k, v in init.items():
         if k in mask:
@@ -186,14 +132,14 @@ def test_original_style_ticket_transfers(tmp_path, image_folder_root, tiny):
     assert plain["fc.weight"].shape == (3, init["fc.weight"].shape[1])
 
 
-def test_ticket_of_another_arch_fails_naming_the_first_mismatched_key(tmp_path, image_folder_root, tiny, capsys):
+def test_ticket_of_another_arch_fails_naming_the_first_mismatched_key(tmp_path, image_folder_root, pretrained, capsys):
     other = models.resnet18(10)
     path = str(tmp_path / "r18-ticket.pth.tar")
     pruning_utils.save_ticket(path, pruning_utils.full_mask(other), {})
     names = set(pruning_utils.prunable_names(models.resnet_tiny(3)))
     first = next(k for k in pruning_utils.prunable_names(other) if k not in names)
     with pytest.raises(SystemExit) as e:
-        run_cli(cli.main, argv(tmp_path / "run", image_folder_root, "folder", tiny.init, ticket=path))
+        run_cli(cli.main, argv(tmp_path / "run", image_folder_root, "folder", pretrained.init, ticket=path))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
@@ -201,10 +147,10 @@ def test_ticket_of_another_arch_fails_naming_the_first_mismatched_key(tmp_path, 
     assert not os.path.exists(tmp_path / "run" / CHECKPOINT)
 
 
-def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, tiny, monkeypatch, caplog):
-    common = dict(ticket=tiny.ticket, extra=("--deterministic",))
+def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, pretrained, monkeypatch, caplog):
+    common = dict(ticket=pretrained.ticket, extra=("--deterministic",))
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
-    cli.main(argv(whole, image_folder_root, "folder", tiny.init, **common))
+    cli.main(argv(whole, image_folder_root, "folder", pretrained.init, **common))
 
     real = transfer_run.train_one_epoch
 
@@ -214,12 +160,12 @@ def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, 
         return real(*args, epoch=epoch, **kwargs)
     monkeypatch.setattr(transfer_run, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        cli.main(argv(crashed, image_folder_root, "folder", tiny.init, **common))
+        cli.main(argv(crashed, image_folder_root, "folder", pretrained.init, **common))
     monkeypatch.undo()
     assert load_file(str(crashed / CHECKPOINT))["epoch"] == 1 and not os.path.exists(crashed / RESULTS)
     with open(crashed / METRICS, "a") as f:  # as if it had died between epoch 1's metrics row and its checkpoint
         f.write(json.dumps({"epoch": 1, "val_sa": -1.0}) + "\n")
-    cli.main(argv(crashed, image_folder_root, "folder", tiny.init, **common))
+    cli.main(argv(crashed, image_folder_root, "folder", pretrained.init, **common))
 
     a, b = (json.load(open(d / RESULTS)) for d in (whole, crashed))
     assert (a["best_sa"], a["best_ra"]) == (b["best_sa"], b["best_ra"])
@@ -231,15 +177,15 @@ def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, 
 
     # a finished run is left alone; other settings in the same SAVE_DIR are refused
     stamp = os.stat(crashed / RESULTS).st_mtime_ns
-    cli.main(argv(crashed, image_folder_root, "folder", tiny.init, **common))
+    cli.main(argv(crashed, image_folder_root, "folder", pretrained.init, **common))
     assert os.stat(crashed / RESULTS).st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="lr"):
-        cli.main(argv(crashed, image_folder_root, "folder", tiny.init, **common) + ["--lr", "0.2"])
+        cli.main(argv(crashed, image_folder_root, "folder", pretrained.init, **common) + ["--lr", "0.2"])
 
 
-def test_resume_flag_needs_a_checkpoint(tmp_path, image_folder_root, tiny):
+def test_resume_flag_needs_a_checkpoint(tmp_path, image_folder_root, pretrained):
     with pytest.raises(CheckpointError, match="--resume"):
-        cli.main(argv(tmp_path / "run", image_folder_root, "folder", tiny.init, extra=("--resume",)))
+        cli.main(argv(tmp_path / "run", image_folder_root, "folder", pretrained.init, extra=("--resume",)))
 
 
 def test_warmup_is_linear_per_step_as_the_original():

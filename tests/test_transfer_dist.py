@@ -17,7 +17,7 @@ import models
 import pruning_utils
 from checkpoint import LOG, RESULTS, SA_BEST, load_file
 from engine import evaluate
-from test_transfer import argv, check_run
+from recipes import argv, check_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,8 @@ from torch import nn
 
 import dataset
 from transfer import pipeline
-import main_train_downstream as cli
+import runner
+from transfer import cli
 import models
 import pruning_utils
 from transfer import run as transfer_run
@@ -22,7 +23,7 @@ from checkpoint import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST, load_
 from distributed import DistEnv
 from engine import evaluate
 from errors import ConfigError, run_cli
-from test_transfer import argv, check_run, tiny  # noqa: F401 (tiny: the module-scoped init/ticket fixture)
+from recipes import argv, check_run
 
 CPU = torch.device("cpu")
 
@@ -39,7 +40,7 @@ def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1)
     cfg = transfer_run.TransferConfig(save_dir="unused", dataset="cifar10", data=root, seed=seed, batch_size=16,
                                   image_size=16, resize_size=16, channels_last=False)
     splits = dataset.build_datasets("cifar10", root, image_size=16, resize_size=16)
-    return transfer_run.DeviceData(splits, cfg, DistEnv(rank=rank, world_size=world_size))
+    return transfer_run.DeviceData(splits, cfg, DistEnv(rank=rank, world_size=world_size), 16 // world_size)
 
 
 # ---------------------------------------------------------------------------- choosing the pipeline
@@ -58,13 +59,14 @@ def test_flags_default_to_auto_and_fused_and_both_change_the_config():
     assert (cfg.pipeline, cfg.fused_sgd) == ("auto", True)
     cfg = cli.config_from_args(parse(base + ["--pipeline", "pil", "--no-fused-sgd"]))[0]
     assert (cfg.pipeline, cfg.fused_sgd) == ("pil", False)
-    assert not {"pipeline", "fused_sgd"} & set(cli.VOLATILE)  # both change the numbers of a run
+    volatile = set(cli.transfer_config.VOLATILE) | set(runner.VOLATILE)
+    assert not {"pipeline", "fused_sgd"} & volatile  # both change the numbers of a run
 
 
-def test_device_pipeline_with_folder_data_is_one_line_naming_the_flag(tmp_path, image_folder_root, tiny, capsys):
+def test_device_pipeline_with_folder_data_is_one_line_naming_the_flag(tmp_path, image_folder_root, pretrained, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
-        run_cli(cli.main, argv(out, image_folder_root, "folder", tiny.init, extra=("--pipeline", "device")))
+        run_cli(cli.main, argv(out, image_folder_root, "folder", pretrained.init, extra=("--pipeline", "device")))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
@@ -73,11 +75,11 @@ def test_device_pipeline_with_folder_data_is_one_line_naming_the_flag(tmp_path, 
 
 
 # ---------------------------------------------------------------------------- whole runs
-def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_seed(tmp_path, cifar10_root, tiny,
+def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_seed(tmp_path, cifar10_root, pretrained,
                                                                                     monkeypatch):
     """Adversarial, warm-up, ticket, 3 epochs: an uninterrupted run, a run crashed in epoch 1 and re-run, and
     a second uninterrupted run give the same rows, results and weights (crops and order replay exactly)."""
-    common = dict(mode="adv", ticket=tiny.ticket, epochs=3, extra=("--deterministic", "--warmup", "2"))
+    common = dict(mode="adv", ticket=pretrained.ticket, epochs=3, extra=("--deterministic", "--warmup", "2"))
     whole, crashed, twin = tmp_path / "whole", tmp_path / "crashed", tmp_path / "twin"
     seen = []
     real = transfer_run.train_one_epoch
@@ -88,7 +90,7 @@ def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_se
 
     with monkeypatch.context() as m:  # (not monkeypatch.undo(): that would undo the fake checksums too)
         m.setattr(transfer_run, "train_one_epoch", recording)
-        cli.main(argv(whole, cifar10_root, "cifar10", tiny.init, **common))
+        cli.main(argv(whole, cifar10_root, "cifar10", pretrained.init, **common))
     # the warm-up wraps the device batches in its two epochs; 54 images in batches of 16
     assert seen == [(0, "Warmup", "DeviceBatches", 4), (1, "Warmup", "DeviceBatches", 4),
                     (2, "DeviceBatches", "DeviceBatches", 4)]
@@ -99,12 +101,12 @@ def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_se
         return real(*args, epoch=epoch, **kwargs)
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
         m.setattr(transfer_run, "train_one_epoch", crash_in_second_epoch)
-        cli.main(argv(crashed, cifar10_root, "cifar10", tiny.init, **common))
+        cli.main(argv(crashed, cifar10_root, "cifar10", pretrained.init, **common))
     assert load_file(str(crashed / CHECKPOINT))["epoch"] == 1 and not os.path.exists(crashed / RESULTS)
-    cli.main(argv(crashed, cifar10_root, "cifar10", tiny.init, **common))
-    cli.main(argv(twin, cifar10_root, "cifar10", tiny.init, **common))
+    cli.main(argv(crashed, cifar10_root, "cifar10", pretrained.init, **common))
+    cli.main(argv(twin, cifar10_root, "cifar10", pretrained.init, **common))
 
-    res = check_run(whole, tiny.mask, 3)
+    res = check_run(whole, pretrained.mask, 3)
     assert res["pipeline"] == "device" and len({r["train_loss"] for r in untimed(whole)[1]}) == 3
     assert untimed(whole) == untimed(crashed) == untimed(twin)
     states = [load_file(str(d / CHECKPOINT)) for d in (whole, crashed, twin)]
@@ -118,10 +120,10 @@ def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_se
     # the pipeline and the fused optimizer are part of the run's settings: switching either is refused
     for flags, key in ((("--pipeline", "pil"), "pipeline"), (("--no-fused-sgd",), "fused_sgd")):
         with pytest.raises(ConfigError, match=key):
-            cli.main(argv(whole, cifar10_root, "cifar10", tiny.init, **common) + list(flags))
+            cli.main(argv(whole, cifar10_root, "cifar10", pretrained.init, **common) + list(flags))
 
 
-def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar10_root, tiny, monkeypatch):
+def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar10_root, pretrained, monkeypatch):
     """Test SA re-computed from the SA-best checkpoint on DeviceEvalResize batches equals results.json's, and
     AutoAttack is handed exactly those images (the attack itself is stubbed: every image survives)."""
     handed = []
@@ -131,7 +133,7 @@ def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar1
         return x, y
     monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation", stub)
     out = tmp_path / "run"
-    cli.main(argv(out, cifar10_root, "cifar10", tiny.init, epochs=1, extra=(
+    cli.main(argv(out, cifar10_root, "cifar10", pretrained.init, epochs=1, extra=(
         "--autoattack", "5", "--autoattack-version", "custom", "--autoattack-attacks", "apgd-ce",
         "--batch_size", "4")))
     res = check_run(out, None, 1)
@@ -154,9 +156,9 @@ def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar1
     assert evaluate(model, batches, device=CPU, show_progress=False)["top1"] == res["best_sa"]["test_sa"]
 
 
-def test_pil_pipeline_on_cifar_is_recorded_and_unfused_sgd_runs(tmp_path, cifar10_root, tiny):
+def test_pil_pipeline_on_cifar_is_recorded_and_unfused_sgd_runs(tmp_path, cifar10_root, pretrained):
     out = tmp_path / "run"
-    cli.main(argv(out, cifar10_root, "cifar10", tiny.init, epochs=1, extra=("--pipeline", "pil", "--no-fused-sgd")))
+    cli.main(argv(out, cifar10_root, "cifar10", pretrained.init, epochs=1, extra=("--pipeline", "pil", "--no-fused-sgd")))
     res = check_run(out, None, 1)
     assert res["pipeline"] == "pil" and json.load(open(out / CONFIG))["pipeline"] == "pil"
     assert "input pipeline: pil (--pipeline pil)" in open(out / LOG).read()
@@ -218,13 +220,13 @@ def test_warmup_steps_the_lr_over_device_batches():
     assert seen == pytest.approx([0.1 * s / 6 for s in range(1, 7)])
 
 
-def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(tmp_path, cifar10_root, tiny,
+def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(tmp_path, cifar10_root, pretrained,
                                                                                capsys):
     """config.json of an older run has no pipeline / fused_sgd: it ran the PIL loader and loop SGD. The new
     defaults would change its numbers mid-run, so they are refused with the implied old values named;
     `--pipeline pil --no-fused-sgd` continues it (and records the keys)."""
     out = tmp_path / "old"
-    args = argv(out, cifar10_root, "cifar10", tiny.init, epochs=1)
+    args = argv(out, cifar10_root, "cifar10", pretrained.init, epochs=1)
     assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
     os.remove(os.path.join(out, RESULTS))  # stopped during its final test: a checkpoint, no results yet
     path = os.path.join(out, CONFIG)
@@ -245,15 +247,15 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
     assert json.load(open(path))["pipeline"] == "pil"
 
 
-def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path, cifar10_root, tiny,
+def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path, cifar10_root, pretrained,
                                                                       eager_compile):
     """--compile reaches nn.Module.compile (dynamo's eager backend here, so no inductor build): an adversarial
     ticket run completes, pruned weights stay zero, and the checkpoints hold the plain model's names."""
     out = tmp_path / "c"
-    assert cli.main(argv(out, cifar10_root, "cifar10", tiny.init, mode="adv", ticket=tiny.ticket, epochs=1,
+    assert cli.main(argv(out, cifar10_root, "cifar10", pretrained.init, mode="adv", ticket=pretrained.ticket, epochs=1,
                          extra=("--compile",))) == 0
     assert eager_compile == ["ResNet"]
-    check_run(out, pruning_utils.load_ticket(tiny.ticket)[0], 1)
+    check_run(out, pruning_utils.load_ticket(pretrained.ticket)[0], 1)
     state = load_file(os.path.join(out, SA_BEST))["state_dict"]
     assert not [k for k in state if "_orig_mod" in k]
     assert json.load(open(os.path.join(out, CONFIG)))["compile"] is True

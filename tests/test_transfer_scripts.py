@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import main_train_downstream as cli
+from transfer import cli
 from errors import ConfigError, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,6 @@ PIL pipeline. Also the DataLoader settings for data that stays on the host.
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable, Sequence
 
 import torch
@@ -237,14 +236,3 @@ def uint8_tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
     labels = getattr(base, "targets", None)
     labels = labels if labels is not None else base.labels
     return images.contiguous(), torch.as_tensor(labels, dtype=torch.long)[indices]
-
-
-def loader_settings(device: torch.device, workers: int | None = None, *, reused: bool = False) -> dict:
-    """DataLoader keyword arguments that keep a device fed from a host-side (PIL) pipeline: every core a worker
-    by default, pinned memory and a deeper prefetch on CUDA, and, for a loader object iterated again every
-    epoch (`reused`, e.g. validation), workers kept alive between epochs."""
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    out: dict = {"num_workers": workers, "pin_memory": device.type == "cuda"}
-    if workers > 0:
-        out.update(persistent_workers=reused, prefetch_factor=4 if device.type == "cuda" else 2)
-    return out

@@ -112,7 +112,7 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
     `pipeline` ("device" or "pil") is recorded; `fetch` gives AutoAttack the test loader's images."""
     start = time.time()
     # fixed RNG for the attacks' random starts: a run resumed during its final test reports the same numbers
-    seed_all(epoch_generator(cfg.seed, cfg.epochs, env.rank).initial_seed(), deterministic=cfg.deterministic)
+    seed_all(epoch_generator(cfg.seed, cfg.epochs, env.rank).initial_seed())
     opts = dict(device=env.device, env=env, amp=cfg.amp, channels_last=cfg.channels_last,
                 show_progress=cfg.show_progress)
     tested: dict[int, dict] = {}

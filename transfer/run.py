@@ -1,84 +1,35 @@
 """Ticket transfer, one run: load the pre-trained init, replace the head, apply the ticket's mask, fine-tune
-(clean or adversarial), validate SA and RA each epoch; transfer_state keeps the checkpoints and best-SA /
-best-RA files, transfer_eval tests those and writes results.json. CIFAR/SVHN batches are augmented on the
-device (gpu_augment, `--pipeline device`) or by DataLoader workers through PIL (`pil`, the folder datasets').
+(clean or adversarial), validate SA and RA each epoch; transfer/state.py keeps the checkpoints and best-SA /
+best-RA files, transfer/results.py tests those and writes results.json. CIFAR/SVHN batches are augmented on the
+device (transfer/pipeline.py, `--pipeline device`) or by DataLoader workers through PIL (`pil`, the folder data).
 
-    transfer.run(DistEnv(), TransferConfig(save_dir="runs/c10", dataset="cifar10", init="r50.pth", ...))
+    transfer.run.run(DistEnv(), TransferConfig(save_dir="runs/c10", dataset="cifar10", init="r50.pth", ...))
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import models
 import optimizer as optimizer_lib
 import pruning_utils
-import runlog
-from transfer import results as transfer_results
-from transfer import state as transfer_state
+import runner
 import weights
-from attacks import AttackConfig, build_attack
+from attacks import build_attack
 from checkpoint import CURVES, INDICES, METRICS, read_jsonl
 from dataset import Splits, build_datasets, write_indices
-from distributed import DistEnv, ShardSampler, barrier, cleanup, wrap_model
+from distributed import DistEnv, barrier
 from engine import evaluate, train_one_epoch
 from errors import ConfigError, MaskError
-from transfer.pipeline import DeviceAugment, DeviceBatches, DeviceEvalResize, loader_settings, uint8_tensors
 from reproducibility import epoch_generator, seed_all
+from transfer import results as transfer_results
+from transfer import state as transfer_state
+from transfer.config import DEVICE_DATASETS, PIPELINES, TransferConfig
+from transfer.pipeline import DeviceAugment, DeviceBatches, DeviceEvalResize, uint8_tensors
 from transfer.state import pct
-
-DATASETS = ("cifar10", "cifar100", "svhn", "folder")
-SCHEDULERS = ("multistep", "cosine")
-PIPELINES = ("auto", "device", "pil")
-DEVICE_DATASETS = ("cifar10", "cifar100", "svhn")  # held as one uint8 array: the device pipeline serves them
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    save_dir: str
-    dataset: str
-    data: str = "../data"
-    data_number: float = 1.0             # fraction of the training split kept (data-limited transfer)
-    subset: str = "first"                # first: the original's first N; balanced: seeded class-balanced draw
-    image_size: int = 224
-    resize_size: int = 256
-    download: bool = False
-    workers: int = 4
-    arch: str = "resnet50"
-    small_input: bool = False
-    init: str | None = None              # None: random initialisation (warned about)
-    ticket: str | None = None            # None: the dense model
-    trust_pickle: bool = False
-    mode: str = "adv"                    # "std": clean training; "adv": training on train_attack examples
-    train_attack: AttackConfig | None = None
-    test_attack: AttackConfig = field(default_factory=lambda: AttackConfig("pgd", 8 / 255, 2 / 255, 20))
-    seed: int = 1
-    batch_size: int = 128                # global batch, split over the ranks
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = 100
-    warmup: int = 0                      # epochs of per-step linear lr warm-up (the original's warmup_lr)
-    milestones: tuple[int, ...] = (50, 75)
-    scheduler: str = "multistep"         # multistep (x0.1 at milestones) or cosine over all epochs
-    eval_from: int = 0                   # first (0-based) epoch validated; the original's CIFAR adv code used 45
-    autoattack: int = 0                  # test images evaluated with AutoAttack; 0 = off
-    autoattack_version: str = "standard"
-    autoattack_attacks: tuple[str, ...] = ()   # only with version "custom"
-    save_all: bool = False
-    require_checkpoint: bool = False     # --resume: fail unless there is a checkpoint to continue
-    deterministic: bool = False
-    amp: str | None = None
-    channels_last: bool = True
-    pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
-    fused_sgd: bool = True               # one fused SGD kernel (the same update up to the last bit: FMA)
-    compile: bool = False                # nn.Module.compile() in place (parameter names kept)
-    show_progress: bool = True
 
 
 # ---------------------------------------------------------------------------- model, init and ticket
@@ -113,23 +64,6 @@ def build_model(cfg: TransferConfig, splits: Splits, log) -> tuple[nn.Module, pr
 
 
 # ---------------------------------------------------------------------------- data
-def make_loader(ds: Dataset, cfg: TransferConfig, env: DistEnv, *, epoch: int | None = None) -> DataLoader:
-    """Train loader for `epoch` (order a pure function of seed and epoch) or, with epoch None, an evaluation
-    loader whose shards cover every sample exactly once over all ranks."""
-    gen = None if epoch is None else epoch_generator(cfg.seed, epoch, env.rank)
-    if epoch is None:
-        sampler = ShardSampler(len(ds), env)
-    elif env.distributed:
-        sampler = DistributedSampler(ds, env.world_size, env.rank, shuffle=True, seed=cfg.seed)
-        sampler.set_epoch(epoch)
-    else:
-        sampler = torch.utils.data.RandomSampler(ds, generator=gen)
-    # -j workers, pinned memory and a deeper prefetch on CUDA; the validation loader is iterated every epoch,
-    # so its workers stay alive between epochs
-    return DataLoader(ds, batch_size=max(1, cfg.batch_size // env.world_size), sampler=sampler, generator=gen,
-                      **loader_settings(env.device, cfg.workers, reused=epoch is None))
-
-
 def resolve_pipeline(cfg: TransferConfig) -> str:
     """The input pipeline a run uses, "device" or "pil": `auto` is device for CIFAR-10/100 and SVHN (faster than
     the PIL workers on GPU and CPU alike) and pil for folder data, which has no uint8 array; device with folder
@@ -156,8 +90,7 @@ class DeviceData:
     batches in an order and with crops that are a pure function of (seed, epoch, rank), and evaluation
     batches sharded like ShardSampler (every image exactly once over the ranks)."""
 
-    def __init__(self, splits: Splits, cfg: TransferConfig, env: DistEnv) -> None:
-        batch = max(1, cfg.batch_size // env.world_size)
+    def __init__(self, splits: Splits, cfg: TransferConfig, env: DistEnv, batch: int) -> None:
         self.cfg, self.env = cfg, env
         self.generator = torch.Generator(device=env.device)
         augment = DeviceAugment(cfg.image_size, generator=self.generator, channels_last=cfg.channels_last)
@@ -207,11 +140,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TransferConfig):
 def run(env: DistEnv, cfg: TransferConfig) -> None:
     """The worker every rank runs (module level, so spawn can pickle it); only rank 0 writes files.
     Re-running continues where a crash stopped."""
-    log = runlog.setup_log(cfg.save_dir, env.is_main)
-    try:
-        _run(env, cfg, log)
-    finally:
-        cleanup(env)
+    runner.in_worker(_run, env, cfg)
 
 
 def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
@@ -219,33 +148,12 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
         log.info(f"{cfg.save_dir} already holds complete results; nothing to do (--restart runs it again)")
         return
     log.info(f"transfer ({cfg.mode}) on {cfg.dataset}: {env.describe()}")
-    if cfg.batch_size % env.world_size:
-        log.warning(f"WARNING: --batch_size {cfg.batch_size} is the global batch; {env.world_size} processes "
-                    f"take {max(1, cfg.batch_size // env.world_size)} each")
-    late = [m for m in cfg.milestones if m >= cfg.epochs] if cfg.scheduler == "multistep" else []
-    if late and env.is_main:  # normal for a short trial run with a smaller --epochs, so not an error
-        log.warning(f"WARNING: --decreasing_lr milestone(s) {','.join(map(str, late))} at or after --epochs "
-                    f"{cfg.epochs} never lower the lr in this run")
-    eval_from = cfg.eval_from if cfg.eval_from < cfg.epochs else 0
-    if eval_from != cfg.eval_from and env.is_main:  # a short trial of a script that validates late
-        log.warning(f"WARNING: --eval_from {cfg.eval_from} is not below --epochs {cfg.epochs}: validating every "
-                    "epoch so that the best-SA/RA checkpoints exist")
+    batch = runner.per_rank_batch(cfg.batch_size, env, log, flag="--batch_size")
+    eval_from = _first_validated_epoch(cfg, env, log)
     pipeline = resolve_pipeline(cfg)
-    seed_all(cfg.seed, deterministic=cfg.deterministic)
-    splits = None
-    if env.is_main or not cfg.download:
-        splits = _datasets(cfg, cfg.download)
-    if cfg.download:
-        barrier(env)  # rank 0 downloads alone; the others then read its files
-        splits = splits or _datasets(cfg, False)
-    log.info(f"data: {len(splits.train)} train ({cfg.data_number:g} of the split, {cfg.subset}), "
-             f"{len(splits.val)} val, {len(splits.test)} test images, {splits.num_classes} classes")
-    if splits.test.dataset is splits.val.dataset and list(splits.test.indices) == list(splits.val.indices):
-        log.warning("WARNING: no separate test split: the test numbers are measured on the validation images "
-                    "that chose the best checkpoints")
-    if env.is_main:
-        write_indices(os.path.join(cfg.save_dir, INDICES), splits.train_indices)
-    data = DeviceData(splits, cfg, env) if pipeline == "device" else None
+    seed_all(cfg.seed)
+    splits = _load_splits(cfg, env, log)
+    data = DeviceData(splits, cfg, env, batch) if pipeline == "device" else None
     log.info(f"input pipeline: {pipeline} (--pipeline {cfg.pipeline}): " + (
         f"uint8 images on {env.device}, cropped, flipped and resized there" if data is not None else
         f"torchvision's PIL transforms in {cfg.workers} DataLoader worker(s) per process"))
@@ -258,49 +166,75 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     scheduler = make_scheduler(optimizer, cfg)
     scaler = optimizer_lib.make_scaler(cfg.amp)
     state = transfer_state.resume(cfg, env.is_main, model, mask, optimizer, scheduler, scaler, log)
-    if cfg.compile:  # in place: names, state_dict and masks stay those of the plain model
-        model.compile()
-    net = wrap_model(model, env)
+    net = runner.wrap(model, env, compile=cfg.compile)
     train_attack, test_attack = build_attack(cfg.train_attack), build_attack(cfg.test_attack)
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
-    val_loader = data.val if data is not None else make_loader(splits.val, cfg, env)
+    val_loader = data.val if data is not None else runner.eval_loader(splits.val, batch, env=env, workers=cfg.workers)
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
         (f"ticket at {100 * info['ticket_sparsity']:.1f}% sparsity" if mask is not None else "dense")
     run_opts = dict(device=env.device, env=env, amp=cfg.amp, channels_last=cfg.channels_last,
                     show_progress=cfg.show_progress)
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.time()
-        seed_all(epoch_generator(cfg.seed, epoch, env.rank).initial_seed(), deterministic=cfg.deterministic)
-        loader = data.train_epoch(epoch) if data is not None else make_loader(splits.train, cfg, env, epoch=epoch)
+        seed_all(epoch_generator(cfg.seed, epoch, env.rank).initial_seed())
+        loader = data.train_epoch(epoch) if data is not None else \
+            runner.train_loader(splits.train, batch, seed=cfg.seed, epoch=epoch, env=env, workers=cfg.workers)
         if epoch < cfg.warmup:
             loader = Warmup(loader, optimizer, cfg.lr, cfg.warmup, epoch)
         lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(net, loader, optimizer, attack=train_attack, mask=mask, epoch=epoch,
-                                scaler=scaler, **run_opts)
+                                scaler=scaler, desc=f"train {epoch + 1}/{cfg.epochs}", **run_opts)
         scheduler.step()
         row = {"epoch": epoch, "lr": lr, "train_loss": stats["loss"], "train_acc": stats["top1"],
                "val_sa": None, "val_ra": None}
         if epoch >= eval_from:
             row["val_sa"] = evaluate(net, val_loader, desc="val SA", **run_opts)["top1"]
             row["val_ra"] = evaluate(net, val_loader, attack=test_attack, desc="val RA", **run_opts)["top1"]
-        improved = [k for k in ("sa", "ra") if row[f"val_{k}"] is not None
-                    and (state[f"best_{k}"] is None or row[f"val_{k}"] > state[f"best_{k}"])]
-        for k in improved:
-            state[f"best_{k}"], state[f"best_{k}_epoch"] = row[f"val_{k}"], epoch
-        state["epoch"], row["time"] = epoch + 1, time.time() - start
-        state["wall_time_s"] += row["time"]
+        improved = transfer_state.record_epoch(state, row, time.time() - start)
         log.info(f"epoch {epoch}: lr {lr:.4g} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f} "
                  f"| val SA {pct(row['val_sa'])} RA {pct(row['val_ra'])} | best SA {pct(state['best_sa'])} "
                  f"RA {pct(state['best_ra'])} | {row['time']:.0f}s")
         if env.is_main:
             transfer_state.save_epoch(cfg, model, mask, optimizer, scheduler, scaler, state, row, improved)
             transfer_results.plot_curves(read_jsonl(os.path.join(cfg.save_dir, METRICS)),
-                                      os.path.join(cfg.save_dir, CURVES), cfg.mode, title)
+                                         os.path.join(cfg.save_dir, CURVES), cfg.mode, title)
         barrier(env)
-    test_loader = data.test if data is not None else make_loader(splits.test, cfg, env)
+    test_loader = data.test if data is not None else runner.eval_loader(splits.test, batch, env=env, workers=cfg.workers)
     transfer_results.finish(env, cfg, model, mask, splits, info, state, test_loader, test_attack, log,
-                         pipeline=pipeline, fetch=data.test.batch if data is not None else None)
+                            pipeline=pipeline, fetch=data.test.batch if data is not None else None)
+
+
+def _first_validated_epoch(cfg: TransferConfig, env: DistEnv, log) -> int:
+    """--eval_from, or 0 when it is not below --epochs (a short trial of a script that validates late: the
+    best-SA/RA checkpoints must exist); warns about milestones a short run never reaches."""
+    late = [m for m in cfg.milestones if m >= cfg.epochs] if cfg.scheduler == "multistep" else []
+    if late and env.is_main:  # normal for a short trial run with a smaller --epochs, so not an error
+        log.warning(f"WARNING: --decreasing_lr milestone(s) {','.join(map(str, late))} at or after --epochs "
+                    f"{cfg.epochs} never lower the lr in this run")
+    if cfg.eval_from < cfg.epochs:
+        return cfg.eval_from
+    if env.is_main:
+        log.warning(f"WARNING: --eval_from {cfg.eval_from} is not below --epochs {cfg.epochs}: validating every "
+                    "epoch so that the best-SA/RA checkpoints exist")
+    return 0
+
+
+def _load_splits(cfg: TransferConfig, env: DistEnv, log) -> Splits:
+    """The run's splits (rank 0 downloads alone with --download; the others then read its files), logged; rank
+    0 writes the training indices of the data fraction."""
+    splits = _datasets(cfg, cfg.download) if env.is_main or not cfg.download else None
+    if cfg.download:
+        barrier(env)
+        splits = splits or _datasets(cfg, False)
+    log.info(f"data: {len(splits.train)} train ({cfg.data_number:g} of the split, {cfg.subset}), "
+             f"{len(splits.val)} val, {len(splits.test)} test images, {splits.num_classes} classes")
+    if splits.test.dataset is splits.val.dataset and list(splits.test.indices) == list(splits.val.indices):
+        log.warning("WARNING: no separate test split: the test numbers are measured on the validation images "
+                    "that chose the best checkpoints")
+    if env.is_main:
+        write_indices(os.path.join(cfg.save_dir, INDICES), splits.train_indices)
+    return splits
 
 
 def _datasets(cfg: TransferConfig, download: bool) -> Splits:

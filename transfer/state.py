@@ -2,7 +2,6 @@
 files and metrics rows (rank 0 writes them), resuming from them, and clearing them for --restart."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 
@@ -11,8 +10,9 @@ from torch import nn
 
 import optimizer as optimizer_lib
 import pruning_utils
+import runner
 from checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
-    atomic_write_text, load_own, read_jsonl, strip_prefix
+    load_own, strip_prefix
 from errors import CheckpointError
 from reproducibility import get_rng_state
 
@@ -40,6 +40,17 @@ def restore(model: nn.Module, state_dict: dict, mask: pruning_utils.Mask | None,
         raise CheckpointError(f"{path} was trained with another mask than this run's --tickets_file: use another "
                               "--save_dir, or pass --restart to start over there")
     model.load_state_dict(sd)
+
+
+def record_epoch(state: dict, row: dict, seconds: float) -> list[str]:
+    """Fold one finished epoch's validation row into the run's progress; returns which bests it improved."""
+    improved = [k for k in ("sa", "ra") if row[f"val_{k}"] is not None
+                and (state[f"best_{k}"] is None or row[f"val_{k}"] > state[f"best_{k}"])]
+    for k in improved:
+        state[f"best_{k}"], state[f"best_{k}_epoch"] = row[f"val_{k}"], row["epoch"]
+    state["epoch"], row["time"] = row["epoch"] + 1, seconds
+    state["wall_time_s"] += seconds
+    return improved
 
 
 def save_epoch(cfg, model, mask, optimizer, scheduler, scaler, state: dict, row: dict, improved: list[str]) -> None:
@@ -73,7 +84,7 @@ def resume(cfg, is_main: bool, model, mask, optimizer, scheduler, scaler, log) -
         if cfg.require_checkpoint:
             raise CheckpointError(f"--resume: {path} not found; drop --resume to start this run")
         if is_main:  # rows of an attempt that died in its first epoch
-            _truncate_metrics(cfg.save_dir, 0)
+            runner.truncate_metrics(cfg.save_dir, 0, first=0)
         return dict(FRESH)
     ck = load_own(path)
     missing = [k for k in ("state_dict", "optimizer", "scheduler", *FRESH) if not isinstance(ck, dict) or k not in ck]
@@ -87,19 +98,11 @@ def resume(cfg, is_main: bool, model, mask, optimizer, scheduler, scaler, log) -
         scaler.load_state_dict(ck["scaler"])
     state = {k: ck[k] for k in FRESH}
     if is_main:  # drop rows of an epoch that crashed between its metrics row and its checkpoint
-        _truncate_metrics(cfg.save_dir, state["epoch"])
+        runner.truncate_metrics(cfg.save_dir, state["epoch"], first=0)
     log.info(f"resuming from {path}: {state['epoch']} of {cfg.epochs} epochs done, best val SA "
              f"{pct(state['best_sa'])} (epoch {state['best_sa_epoch']}), RA {pct(state['best_ra'])} "
              f"(epoch {state['best_ra_epoch']})")
     return state
-
-
-def _truncate_metrics(save_dir: str, done: int) -> None:
-    """Keep the metrics rows of the `done` completed epochs only (a torn last line goes too)."""
-    path = os.path.join(save_dir, METRICS)
-    if os.path.exists(path):
-        rows = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("epoch", done) < done]
-        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def clear_run(save_dir: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""gpu_augment.py: crop/flip distributions against torchvision's, pixels against PIL and torchvision's resize,
+"""transfer/pipeline.py: crop/flip distributions against torchvision's, pixels against PIL and torchvision's resize,
 device batches (order, shards, labels) and reading CIFAR/SVHN arrays."""
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy.stats import ks_2samp
-from torch.utils.data import DataLoader
 
 import dataset
 import transfer.pipeline as ga
@@ -167,12 +166,3 @@ def test_uint8_tensors_equal_the_split_images(name, request):
     for k in (0, len(splits.train) - 1):
         x, y = splits.train[k]
         assert torch.equal(images[k].float() / 255, x) and int(labels[k]) == y
-
-
-def test_loader_settings_build_a_loader():
-    data = torch.utils.data.TensorDataset(torch.zeros(4, 1))
-    for workers, reused in ((0, False), (1, True)):
-        settings = ga.loader_settings(torch.device("cpu"), workers, reused=reused)
-        assert settings["pin_memory"] is False and settings["num_workers"] == workers
-        assert len(list(DataLoader(data, batch_size=2, **settings))) == 2
-    assert ga.loader_settings(torch.device("cuda"), 2)["pin_memory"] is True

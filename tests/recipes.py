@@ -1,0 +1,83 @@
+"""Tiny command lines, models and checks that several run tests share (fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import checkpoint
+import models
+import pruning_utils
+from checkpoint import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
+
+
+# ---------------------------------------------------------------------------- ticket finding
+TINY = ["-a", "resnet_tiny", "--small-input", "--image-size", "32", "--resize-size", "32", "-b", "4", "-j", "0",
+        "-p", "0"]
+
+
+def imp_argv(data: str, init: str, save_dir: str, *extra: str) -> list[str]:
+    return [data, "--init", init, "--save_dir", save_dir, *TINY, *extra]
+
+
+def tiny_model() -> nn.Module:
+    return models.build("resnet_tiny", 3, small_input=True)
+
+
+def write_init(path: str, seed: int = 0, num_classes: int = 3) -> str:
+    torch.manual_seed(seed)
+    torch.save(models.build("resnet_tiny", num_classes, small_input=True).state_dict(), path)
+    return path
+
+
+def ticket(save_dir: str, level: int) -> dict:
+    return pruning_utils.load_ticket(checkpoint.imp_ticket(save_dir, level))[0]
+
+
+def same_masks(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].bool(), b[k].bool()) for k in a)
+
+
+# ---------------------------------------------------------------------------- transfer
+FILES = (CONFIG, METRICS, LOG, CHECKPOINT, SA_BEST, RA_BEST, RESULTS, CURVES, INDICES)
+
+
+def argv(save_dir, data: str, name: str, init: str, *, mode: str = "std", ticket: str = "", epochs: int = 2,
+         extra: tuple = ()) -> list[str]:
+    return ["--mode", mode, "--data", data, "--dataset", name, "--arch", "resnet_tiny", "--small-input",
+            "--init", init, "--tickets_file", ticket, "--save_dir", str(save_dir), "--epochs", str(epochs),
+            "--batch_size", "16", "--lr", "0.05", "--image-size", "16", "--resize-size", "16", "-j", "0",
+            "--train_step", "2", "--test_step", "2", "--print_freq", "0", "--no-channels-last", *extra]
+
+
+def check_run(save_dir, mask, epochs: int) -> dict:
+    """Every file exists and parses, every saved state dict keeps pruned weights at exactly 0; returns results."""
+    for name in FILES:
+        assert os.path.getsize(os.path.join(save_dir, name)) > 0, name
+    with open(os.path.join(save_dir, CURVES), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(line) for line in open(os.path.join(save_dir, METRICS))]
+    assert [r["epoch"] for r in rows] == list(range(epochs))
+    json.load(open(os.path.join(save_dir, CONFIG)))
+    for name in (CHECKPOINT, SA_BEST, RA_BEST):
+        sd = load_file(os.path.join(save_dir, name))["state_dict"]  # weights_only loading works
+        plain, saved_mask = pruning_utils.unmask_state_dict(sd)
+        if mask is None:
+            assert saved_mask is None
+            continue
+        assert saved_mask.keys() == mask.keys()
+        for k, m in mask.items():
+            assert torch.equal(saved_mask[k], m)
+            assert plain[k][~m].count_nonzero() == 0 and sd[k + "_orig"][~m].count_nonzero() == 0, (name, k)
+    res = json.load(open(os.path.join(save_dir, RESULTS)))
+    assert res["complete"] is True
+    expected = 0.0 if mask is None else pruning_utils.sparsity(mask)
+    assert res["sparsity"] == expected and res["sparsity_percent"] == pytest.approx(100 * expected)
+    for tag, key in (("best_sa", "val_sa"), ("best_ra", "val_ra")):  # the best checkpoint is the best val epoch
+        measured = [r for r in rows if r[key] is not None]
+        top = max(measured, key=lambda r: r[key])  # max keeps the first of equals, as strict improvement does
+        assert (res[tag]["epoch"], res[tag][key]) == (top["epoch"], top[key])
+    return res

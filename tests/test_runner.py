@@ -1,0 +1,128 @@
+"""runner.py, the run skeleton both stages share: the rank-0 rule, SAVE_DIR set-up, loaders, per-epoch seeds,
+the kernel mode of a run and the metrics trimming on resume."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import checkpoint
+import runner
+from distributed import DistEnv, Launch
+from errors import ConfigError
+from lottery import cli as imp_cli
+from transfer import cli as transfer_cli
+
+
+@pytest.mark.parametrize("env, opts, first", [
+    ({}, Launch(), True),
+    ({"RANK": "0"}, Launch(), True),
+    ({"RANK": "3"}, Launch(), False),                          # torchrun's rank wins
+    ({}, Launch(world_size=2, rank=1), False),                  # the original's multi-node flags: node 1
+    ({}, Launch(world_size=2, rank=0), True),
+    ({}, Launch(world_size=1, rank=1), True),                   # one node: --rank means nothing
+])
+def test_first_process_rule(monkeypatch, env, opts, first):
+    monkeypatch.delenv("RANK", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert runner.first_process(opts) is first
+
+
+@pytest.mark.parametrize("entry, argv", [
+    (transfer_cli.main, ["--init", "", "--dataset", "folder", "--data", "d"]),
+    (lambda argv: imp_cli.main(argv, adversarial=False), ["d"]),
+])
+def test_both_stages_leave_save_dir_to_node_0(monkeypatch, tmp_path, entry, argv):
+    """Under the original's multi-node flags, node 1 does none of rank 0's set-up (config.json, --restart)."""
+    monkeypatch.delenv("RANK", raising=False)
+    launched = []
+    monkeypatch.setattr(runner, "start", lambda worker, cfg, opts: launched.append(opts) or "stub")
+    save = tmp_path / "run"
+    assert entry([*argv, "--save_dir", str(save), "--world-size", "2", "--rank", "1",
+                  "--dist-url", "tcp://127.0.0.1:1"]) == 0
+    assert launched and not save.exists()
+    assert entry([*argv, "--save_dir", str(save), "--world-size", "2", "--rank", "0",
+                  "--dist-url", "tcp://127.0.0.1:1"]) == 0
+    assert (save / checkpoint.CONFIG).exists()
+
+
+def test_loader_settings_build_a_loader():
+    data = TensorDataset(torch.zeros(4, 1))
+    for workers, reused in ((0, False), (1, True)):
+        settings = runner.loader_settings(torch.device("cpu"), workers, reused=reused)
+        assert settings["pin_memory"] is False and settings["num_workers"] == workers
+        assert len(list(DataLoader(data, batch_size=2, **settings))) == 2
+    assert runner.loader_settings(torch.device("cuda"), 2)["pin_memory"] is True
+
+
+def test_train_order_is_a_pure_function_of_seed_epoch_and_rank():
+    ds = TensorDataset(torch.arange(40))
+
+    def order(seed: int, epoch: int) -> list[int]:
+        loader = runner.train_loader(ds, 8, seed=seed, epoch=epoch, env=DistEnv(), workers=0)
+        return torch.cat([b[0] for b in loader]).tolist()
+    assert order(1, 3) == order(1, 3) and sorted(order(1, 3)) == list(range(40))
+    assert order(1, 3) != order(1, 4) and order(1, 3) != order(2, 3)
+    shards = [runner.eval_loader(ds, 7, env=DistEnv(rank=r, world_size=3), workers=0) for r in range(3)]
+    seen = sorted(i for s in shards for b in s for i in b[0].tolist())
+    assert seen == list(range(40))  # every image once over the ranks
+
+
+def test_epoch_seeds_are_pure_and_independent_of_the_loader_order():
+    assert runner.epoch_seed(1, 2, 0) == runner.epoch_seed(1, 2, 0)
+    seeds = {runner.epoch_seed(s, e, r) for s in (1, 2) for e in range(5) for r in range(3)}
+    assert len(seeds) == 30
+    from reproducibility import epoch_generator
+    assert runner.epoch_seed(1, 2, 0) != epoch_generator(1, 2, 0).initial_seed()
+
+
+def test_per_rank_batch_names_the_flag():
+    log = __import__("logging").getLogger("test")
+    assert runner.per_rank_batch(10, DistEnv(rank=0, world_size=3), log, flag="-b") == 3
+    with pytest.raises(ConfigError, match="--batch_size 2 is the global batch"):
+        runner.per_rank_batch(2, DistEnv(rank=0, world_size=4), log, flag="--batch_size")
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_truncate_metrics_keeps_the_completed_epochs_and_drops_a_torn_line(tmp_path, first):
+    path = tmp_path / checkpoint.METRICS
+    path.write_text("".join(json.dumps({"epoch": e + first}) + "\n" for e in range(4)) + '{"epoch": 9, "va')
+    runner.truncate_metrics(str(tmp_path), 2, first=first)
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [first, first + 1]
+    runner.truncate_metrics(str(tmp_path), 0, first=first)
+    assert path.read_text() == ""
+
+
+def test_a_deterministic_run_leaves_the_process_as_it_found_it(tmp_path):
+    seen = []
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+
+    class Cfg:
+        save_dir, deterministic = str(tmp_path), True
+
+    def body(env, cfg, log):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+    runner.in_worker(body, DistEnv(), Cfg)
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before == (False, False)
+    Cfg.deterministic = False
+    runner.in_worker(body, DistEnv(), Cfg)  # without the flag: cuDNN's autotuner, for the run only
+    assert seen == [(True, False), (False, True)]
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+
+
+def test_prepare_save_dir_restart_clears_before_config_changes(tmp_path):
+    save = str(tmp_path)
+    runner.prepare_save_dir(save, {"lr": 0.1}, restart=False, clear=lambda d: [], started=True, volatile=(),
+                            implied={})
+    with pytest.raises(ConfigError, match="lr"):
+        runner.prepare_save_dir(save, {"lr": 0.2}, restart=False, clear=lambda d: [], started=True, volatile=(),
+                                implied={})
+    calls = []
+    runner.prepare_save_dir(save, {"lr": 0.2}, restart=True, clear=lambda d: calls.append(
+        json.load(open(os.path.join(d, checkpoint.CONFIG)))["lr"]) or [], started=True, volatile=(), implied={})
+    assert calls == [0.1]  # the old files went while config.json still named the old run
+    assert json.load(open(os.path.join(save, checkpoint.CONFIG)))["lr"] == 0.2
