@@ -219,13 +219,14 @@ def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
 
 # ---------------------------------------------------------------------------- run config
 def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterable[str] = (),
-                 implied: dict | None = None) -> None:
+                 implied: dict | None = None, fixed: Iterable[str] = ()) -> None:
     """Refuse to mix configurations in one SAVE_DIR; `restart` (the --restart flag) overwrites config.json.
 
     Keys in `volatile` (e.g. print frequency, worker count) may differ between runs of the same experiment.
     `implied` gives, for settings added after a run may have started, the value such a run had without
     recording it (e.g. {"fused_sgd": False}): an older run then continues when given the flags that reproduce
-    its behaviour, and is refused otherwise, with that value named in the message.
+    its behaviour, and is refused otherwise, with that value named in the message. Keys in `fixed` are recorded
+    behaviour no flag selects (e.g. how each epoch is seeded): an older run that differs there cannot continue.
     """
     path = os.path.join(save_dir, CONFIG)
     config = json.loads(json.dumps(config, default=_json_default))
@@ -243,9 +244,12 @@ def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterab
             keys = sorted(k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k))
             if keys:
                 shown = ", ".join(f"{k} ({old.get(k)!r} -> {config.get(k)!r})" for k in keys[:6])
-                older = [k for k in keys if k in unrecorded]
+                older = [k for k in keys if k in unrecorded and k not in set(fixed)]
+                frozen = [k for k in keys if k in set(fixed)]
                 hint = f" ({', '.join(older)}: not recorded by that older run, which ran as shown; give the " \
                        "flags that select those values to continue it)" if older else ""
+                hint += f" ({', '.join(frozen)}: no flag selects the earlier behaviour, so that run cannot " \
+                        "continue exactly)" if frozen else ""
                 raise ConfigError(
                     f"{save_dir} holds a run with other settings: {shown}{hint}; use another --save_dir, "
                     "or pass --restart to start over there")

@@ -24,6 +24,8 @@ from errors import ConfigError
 IMPLIED = {"fused_sgd": False, "compile": False}
 # config.json keys that may differ between runs of one experiment: where things are, how the run reports
 VOLATILE = ("data", "save_dir", "workers", "show_progress", "trust_pickle")
+# how each epoch's global RNG is seeded (epoch_seed), recorded in config.json; no flag selects another way
+EPOCH_SEEDS = "independent"
 
 
 # ---------------------------------------------------------------------------- flags
@@ -91,14 +93,15 @@ def prepare_save_dir(save_dir: str, config: dict, *, restart: bool, clear: Calla
                      started: bool, volatile: Iterable[str], implied: dict) -> None:
     """On the first process, before any worker writes: SAVE_DIR writable, temp files of a killed write gone,
     --restart's removal of the earlier run's files (before config.json changes, so that a kill in between never
-    pairs old files with new settings), then config.json checked against the run's settings. A folder without
-    progress (`started` false: e.g. an attempt that stopped at a bad flag) takes the new settings."""
+    pairs old files with new settings), then config.json checked against the run's settings (with `epoch_seeds`,
+    the seeding policy). A folder without progress (`started` false: e.g. an attempt that stopped at a bad flag)
+    takes the new settings."""
     checkpoint.remove_temp_files(save_dir)
     if restart:
         removed = clear(save_dir)
         print(f"--restart: removed {len(removed)} files of the earlier run in {save_dir}", flush=True)
-    checkpoint.check_config(save_dir, config, restart=restart or not started, volatile=(*VOLATILE, *volatile),
-                            implied={**IMPLIED, **implied})
+    checkpoint.check_config(save_dir, {**config, "epoch_seeds": EPOCH_SEEDS}, restart=restart or not started,
+                            volatile=(*VOLATILE, *volatile), implied={**IMPLIED, **implied}, fixed=("epoch_seeds",))
 
 
 def start(worker: Callable[[DistEnv, Any], None], cfg: Any, opts: Launch) -> str:

@@ -12,8 +12,9 @@ PRUNE_METHODS = ("magnitude", "random")
 # config.json keys that may change between runs of one experiment, beside runner.VOLATILE: the process layout,
 # what the command does this time, and --epochs (a larger value continues a finished run with more levels)
 VOLATILE = ("epochs", "resume", "evaluate", "launch")
-# settings added after the first release beside runner.IMPLIED's, with the behaviour of runs started before them
-IMPLIED: dict = {}
+# settings added after the first release beside runner.IMPLIED's, with the behaviour of runs started before them:
+# ticket finding always seeded its epochs as runner.epoch_seed does
+IMPLIED = {"epoch_seeds": "independent"}
 
 
 @dataclass(frozen=True)

@@ -224,24 +224,35 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
                                                                                capsys):
     """config.json of an older run has no pipeline / fused_sgd: it ran the PIL loader and loop SGD. The new
     defaults would change its numbers mid-run, so they are refused with the implied old values named;
-    `--pipeline pil --no-fused-sgd` continues it (and records the keys)."""
+    `--pipeline pil --no-fused-sgd` continues it (and records the keys). A run from before the one seeding
+    policy (no `epoch_seeds`) seeded its epochs from the loader's seed: no flag brings that back, so it is
+    refused with that named too."""
     out = tmp_path / "old"
     args = argv(out, cifar10_root, "cifar10", pretrained.init, epochs=1)
     assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
     os.remove(os.path.join(out, RESULTS))  # stopped during its final test: a checkpoint, no results yet
     path = os.path.join(out, CONFIG)
-    old = json.load(open(path))
-    del old["pipeline"], old["fused_sgd"]
-    json.dump(old, open(path, "w"))
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_cli(cli.main, args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "pipeline ('pil' -> 'auto')" in err and "fused_sgd (False -> True)" in err and "--restart" in err
-    assert "not recorded by that older run" in err
-    assert not os.path.exists(os.path.join(out, RESULTS)) and "pipeline" not in json.load(open(path))
+    recorded = json.load(open(path))
+    assert recorded["epoch_seeds"] == "independent"
+
+    def refused(drop: tuple[str, ...]) -> str:
+        json.dump({k: v for k, v in recorded.items() if k not in drop}, open(path, "w"))
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_cli(cli.main, args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--restart" in err
+        assert not os.path.exists(os.path.join(out, RESULTS)) and "pipeline" not in json.load(open(path))
+        return err
+    err = refused(("pipeline", "fused_sgd"))
+    assert "pipeline ('pil' -> 'auto')" in err and "fused_sgd (False -> True)" in err
+    assert "not recorded by that older run" in err and "epoch_seeds" not in err
+    err = refused(("pipeline", "fused_sgd", "epoch_seeds"))
+    assert "epoch_seeds ('loader' -> 'independent')" in err and "cannot continue exactly" in err
+    with pytest.raises(ConfigError, match="epoch_seeds"):
+        cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"])
+    refused(("pipeline", "fused_sgd"))
     assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
     assert json.load(open(os.path.join(out, RESULTS)))["pipeline"] == "pil"
     assert json.load(open(path))["pipeline"] == "pil"

@@ -63,5 +63,6 @@ AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VOLATILE = ("download", "print_freq", "save_all", "require_checkpoint", "autoattack", "autoattack_version",
             "autoattack_attacks", "gpu", "dist_url", "dist_backend", "world_size", "rank", "multiprocessing_distributed")
 # settings added after the first release beside runner.IMPLIED's, with the behaviour of runs started before them:
-# such a run continues with `--pipeline pil --no-fused-sgd`
-IMPLIED = {"pipeline": "pil"}
+# such a run continues with `--pipeline pil --no-fused-sgd`, except that transfer runs started before 2026-11-29
+# seeded each epoch's global RNG with the seed of the loader's order generator (`loader`), which no flag selects
+IMPLIED = {"pipeline": "pil", "epoch_seeds": "loader"}

@@ -15,10 +15,10 @@ import torchvision
 from torch import nn
 
 import pruning_utils
+import runner
 from checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own
 from distributed import DistEnv, ShardSampler, all_reduce_sum
 from engine import evaluate
-from reproducibility import epoch_generator, seed_all
 from transfer.state import restore
 
 
@@ -112,7 +112,7 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
     `pipeline` ("device" or "pil") is recorded; `fetch` gives AutoAttack the test loader's images."""
     start = time.time()
     # fixed RNG for the attacks' random starts: a run resumed during its final test reports the same numbers
-    seed_all(epoch_generator(cfg.seed, cfg.epochs, env.rank).initial_seed())
+    runner.seed_epoch(cfg.seed, cfg.epochs, env.rank)
     opts = dict(device=env.device, env=env, amp=cfg.amp, channels_last=cfg.channels_last,
                 show_progress=cfg.show_progress)
     tested: dict[int, dict] = {}

@@ -177,7 +177,7 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
                     show_progress=cfg.show_progress)
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.time()
-        seed_all(epoch_generator(cfg.seed, epoch, env.rank).initial_seed())
+        runner.seed_epoch(cfg.seed, epoch, env.rank)
         loader = data.train_epoch(epoch) if data is not None else \
             runner.train_loader(splits.train, batch, seed=cfg.seed, epoch=epoch, env=env, workers=cfg.workers)
         if epoch < cfg.warmup:
