@@ -20,6 +20,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_user_error_on_a_spawned_rank_is_one_line_and_exit_2(capfd):
     opts = distributed.Launch(dist_url=f"tcp://127.0.0.1:{_free_port()}", dist_backend="gloo")
     with pytest.raises(torch.multiprocessing.ProcessExitedException) as info:

@@ -258,6 +258,7 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
     assert json.load(open(path))["pipeline"] == "pil"
 
 
+@pytest.mark.slow
 def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path, cifar10_root, pretrained,
                                                                       eager_compile):
     """--compile reaches nn.Module.compile (dynamo's eager backend here, so no inductor build): an adversarial
