@@ -18,7 +18,7 @@ import torch
 import errors
 from transfer import run as transfer_run
 from transfer import state as transfer_state
-from attacks import AttackConfig, eps_from_flag, parse_fraction
+from attacks import LOSSES, AttackConfig, eps_from_flag, parse_fraction
 from checkpoint import CHECKPOINT, RESULTS, check_config, remove_temp_files, writable_dir
 from distributed import Launch, launch
 from errors import ConfigError, OneLineParser
@@ -33,8 +33,8 @@ VOLATILE = ("data", "save_dir", "download", "workers", "show_progress", "print_f
 
 
 # settings added after the first release, with the behaviour of runs started before them (which did not record
-# them): such a run continues with `--pipeline pil --no-fused-sgd`
-IMPLIED = {"pipeline": "pil", "fused_sgd": False, "compile": False}
+# them): such a run continues with `--pipeline pil --no-fused-sgd --attack-loss sum`
+IMPLIED = {"pipeline": "pil", "fused_sgd": False, "compile": False, "attack_loss": "sum"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_eps", type=parse_fraction, default=8 / 255)
     g.add_argument("--test_step", type=int, default=20)
     g.add_argument("--test_gamma", type=parse_fraction, default=2 / 255)
+    g.add_argument("--attack-loss", default="mean", choices=list(LOSSES),
+                   help="both attacks' cross-entropy: mean over the batch (the original's) or sum "
+                        "(advertorch's default; runs started before this flag used it)")
     g.add_argument("--autoattack", type=int, default=0, metavar="N",
                    help="also evaluate AutoAttack RA on the first N test images (0: off)")
     g.add_argument("--autoattack-version", default="standard", choices=AA_VERSIONS)
@@ -163,7 +166,8 @@ def config_from_args(args) -> tuple[transfer_run.TransferConfig, Launch]:
         subset=args.subset, image_size=args.image_size, resize_size=args.resize_size, download=args.download,
         workers=args.workers, arch=args.arch, small_input=args.small_input, init=_optional_path(args.init),
         ticket=_optional_path(args.tickets_file), trust_pickle=args.trust_pickle, mode=args.mode,
-        train_attack=_train_attack(args), test_attack=test, seed=args.seed, batch_size=args.batch_size,
+        train_attack=_train_attack(args), test_attack=test, attack_loss=args.attack_loss, seed=args.seed,
+        batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs,
         warmup=args.warmup, milestones=_milestones(args.decreasing_lr), scheduler=args.scheduler,
         eval_from=args.eval_from, autoattack=args.autoattack, autoattack_version=args.autoattack_version,

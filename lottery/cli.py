@@ -58,6 +58,9 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
         p.add_argument("--attack", default="pgd", choices=["pgd", "fgsm"],
                        help="pgd: --train_step steps of --train_gamma; fgsm: 'fast' adversarial training, one "
                             "step of 1.25 * eps (--train_step/--train_gamma do not apply)")
+        p.add_argument("--attack-loss", default="mean", choices=list(attacks.LOSSES),
+                       help="the attack's cross-entropy: mean over the batch (the original's) or sum "
+                            "(advertorch's default; A-IMP runs started before this flag used it)")
     g = p.add_argument_group("pruning")
     g.add_argument("--prune-method", default="magnitude", choices=list(imp_config.PRUNE_METHODS),
                    help="global magnitude pruning, or random pruning (the paper's baseline)")
@@ -117,7 +120,8 @@ def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.
         data=args.data, save_dir=args.save_dir, init=args.init, arch=args.arch, epochs=args.epochs,
         prune_epoch=args.prune_epoch, batch_size=args.batch_size, workers=args.workers, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, rate=args.rate, prune_method=args.prune_method,
-        seed=args.seed, attack=attack, image_size=args.image_size, resize_size=args.resize_size,
+        seed=args.seed, attack=attack, attack_loss=args.attack_loss if adversarial else "mean",
+        image_size=args.image_size, resize_size=args.resize_size,
         small_input=args.small_input, amp=args.amp, channels_last=args.channels_last, fused_sgd=args.fused_sgd,
         compile=args.compile, deterministic=args.deterministic, trust_pickle=args.trust_pickle,
         resume=args.resume or None, evaluate=args.evaluate, omp_sparsity=omp, omp_level=args.omp_level, show_progress=args.print_freq > 0)
@@ -148,7 +152,7 @@ def main(argv: list[str] | None, *, adversarial: bool) -> int:
             print(f"--restart: removed {len(removed)} files of the earlier run in {cfg.save_dir}", flush=True)
         checkpoint.check_config(cfg.save_dir, {**imp_config.config_dict(cfg), "launch": dataclasses.asdict(opts)},
                                 restart=args.restart, volatile=imp_config.VOLATILE,
-                                implied=imp_config.IMPLIED)
+                                implied=imp_config.implied(cfg))
     layout = distributed.launch(imp_levels.worker, cfg, opts)
     if _first_process(opts):
         runlog.setup_log(cfg.save_dir, True).info(f"process layout: {layout}")

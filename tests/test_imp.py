@@ -368,9 +368,31 @@ def test_a_run_from_before_fused_sgd_continues_only_with_no_fused_sgd(tiny, tmp_
     assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
     path = os.path.join(save_dir, "config.json")
     old = json.load(open(path))
-    del old["fused_sgd"], old["compile"]
+    del old["fused_sgd"], old["compile"], old["attack_loss"]  # standard IMP never attacks: its loss is no matter
     json.dump(old, open(path, "w"))
     with pytest.raises(ConfigError, match=r"fused_sgd \(False -> True\) \(fused_sgd: not recorded by that older run"):
         main_imp_std.main(args)
     assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
     assert json.load(open(path))["fused_sgd"] is False
+
+
+def test_an_a_imp_run_from_before_attack_loss_continues_only_with_the_summed_loss(tiny, tmp_path, monkeypatch):
+    """A-IMP attacked with advertorch's summed loss before --attack-loss existed (the original: the mean)."""
+    data, init = tiny
+    save_dir = str(tmp_path / "old")
+    args = imp_argv(data, init, save_dir, "--epochs", "2", "--prune_epoch", "1", "--train_step", "1")
+    calls, summed = [], attacks.LOSSES["sum"]
+    monkeypatch.setitem(attacks.LOSSES, "sum", lambda out, y: calls.append(len(y)) or summed(out, y))
+    assert main_imp_adv.main(args + ["--attack-loss", "sum", "--epochs", "1"]) == 0
+    assert calls, "--attack-loss sum must reach the training attack"
+    path = os.path.join(save_dir, "config.json")
+    old = json.load(open(path))
+    assert old["attack_loss"] == "sum"
+    del old["attack_loss"]
+    json.dump(old, open(path, "w"))
+    with pytest.raises(ConfigError, match=r"attack_loss \('sum' -> 'mean'\) \(attack_loss: not recorded by that"):
+        main_imp_adv.main(args)
+    assert imp_config.IMPConfig(data, save_dir).attack_loss == "mean"
+    assert main_imp_adv.main(args + ["--attack-loss", "sum"]) == 0  # continues with level 2
+    assert json.load(open(path))["attack_loss"] == "sum"
+    assert len(list(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))) == 2

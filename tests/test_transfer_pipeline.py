@@ -12,6 +12,7 @@ import pyautoattack
 import torch
 from torch import nn
 
+import attacks
 import dataset
 from transfer import pipeline
 import main_train_downstream as cli
@@ -219,17 +220,22 @@ def test_warmup_steps_the_lr_over_device_batches():
 
 
 def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(tmp_path, cifar10_root, tiny,
-                                                                               capsys):
-    """config.json of an older run has no pipeline / fused_sgd: it ran the PIL loader and loop SGD. The new
-    defaults would change its numbers mid-run, so they are refused with the implied old values named;
-    `--pipeline pil --no-fused-sgd` continues it (and records the keys)."""
+                                                                               capsys, monkeypatch):
+    """config.json of an older run has no pipeline / fused_sgd / attack_loss: it ran the PIL loader, loop SGD and
+    summed-loss attacks. The new defaults would change its numbers mid-run, so they are refused with the implied
+    old values named; `--pipeline pil --no-fused-sgd --attack-loss sum` continues it (and records the keys)."""
     out = tmp_path / "old"
     args = argv(out, cifar10_root, "cifar10", tiny.init, epochs=1)
-    assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
+    old_flags = ["--pipeline", "pil", "--no-fused-sgd", "--attack-loss", "sum"]
+    calls = []
+    summed = attacks.LOSSES["sum"]
+    monkeypatch.setitem(attacks.LOSSES, "sum", lambda out, y: calls.append(len(y)) or summed(out, y))
+    assert cli.main(args + old_flags) == 0
+    assert calls, "--attack-loss sum must reach the PGD val/test attack"
     os.remove(os.path.join(out, RESULTS))  # stopped during its final test: a checkpoint, no results yet
     path = os.path.join(out, CONFIG)
     old = json.load(open(path))
-    del old["pipeline"], old["fused_sgd"]
+    del old["pipeline"], old["fused_sgd"], old["attack_loss"]
     json.dump(old, open(path, "w"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
@@ -238,11 +244,12 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "pipeline ('pil' -> 'auto')" in err and "fused_sgd (False -> True)" in err and "--restart" in err
-    assert "not recorded by that older run" in err
+    assert "attack_loss ('sum' -> 'mean')" in err and "not recorded by that older run" in err
     assert not os.path.exists(os.path.join(out, RESULTS)) and "pipeline" not in json.load(open(path))
-    assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
-    assert json.load(open(os.path.join(out, RESULTS)))["pipeline"] == "pil"
-    assert json.load(open(path))["pipeline"] == "pil"
+    assert cli.main(args + old_flags) == 0
+    results = json.load(open(os.path.join(out, RESULTS)))
+    assert (results["pipeline"], results["attack_loss"]) == ("pil", "sum")
+    assert (json.load(open(path))["pipeline"], json.load(open(path))["attack_loss"]) == ("pil", "sum")
 
 
 def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path, cifar10_root, tiny,

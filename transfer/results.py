@@ -143,7 +143,7 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
         "complete": True, "dataset": cfg.dataset, "data_number": cfg.data_number, "subset": cfg.subset,
         "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
         "num_classes": splits.num_classes, "mode": cfg.mode, "train_attack": attack_dict(cfg.train_attack),
-        "test_attack": attack_dict(cfg.test_attack), "autoattack": autoattack_settings(cfg),
+        "test_attack": attack_dict(cfg.test_attack), "attack_loss": cfg.attack_loss, "autoattack": autoattack_settings(cfg),
         "ticket": info["ticket"], "sparsity": s, "sparsity_percent": 100 * s,
         "ticket_meta": info["ticket_meta"], "init": info["init"], "init_format": info["init_format"],
         "arch": cfg.arch, "small_input": cfg.small_input, "image_size": cfg.image_size, "pipeline": pipeline,

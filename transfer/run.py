@@ -57,6 +57,7 @@ class TransferConfig:
     mode: str = "adv"                    # "std": clean training; "adv": training on train_attack examples
     train_attack: AttackConfig | None = None
     test_attack: AttackConfig = field(default_factory=lambda: AttackConfig("pgd", 8 / 255, 2 / 255, 20))
+    attack_loss: str = "mean"            # both attacks' loss (attacks.LOSSES): the original's mean cross-entropy
     seed: int = 1
     batch_size: int = 128                # global batch, split over the ranks
     lr: float = 0.1
@@ -261,7 +262,8 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     if cfg.compile:  # in place: names, state_dict and masks stay those of the plain model
         model.compile()
     net = wrap_model(model, env)
-    train_attack, test_attack = build_attack(cfg.train_attack), build_attack(cfg.test_attack)
+    train_attack = build_attack(cfg.train_attack, cfg.attack_loss)
+    test_attack = build_attack(cfg.test_attack, cfg.attack_loss)
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
     val_loader = data.val if data is not None else make_loader(splits.val, cfg, env)
