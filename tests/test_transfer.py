@@ -70,6 +70,8 @@ def check_run(save_dir, mask, epochs: int) -> dict:
             assert plain[k][~m].count_nonzero() == 0 and sd[k + "_orig"][~m].count_nonzero() == 0, (name, k)
     res = json.load(open(os.path.join(save_dir, RESULTS)))
     assert res["complete"] is True
+    assert res["last"]["epoch"] == epochs - 1 and res["last"]["test_images"] == res["n_test"]
+    assert 0 <= res["last"]["test_ra"] <= 100 and 0 <= res["last"]["test_sa"] <= 100
     expected = 0.0 if mask is None else pruning_utils.sparsity(mask)
     assert res["sparsity"] == expected and res["sparsity_percent"] == pytest.approx(100 * expected)
     for tag, key in (("best_sa", "val_sa"), ("best_ra", "val_ra")):  # the best checkpoint is the best val epoch
@@ -97,6 +99,10 @@ def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root,
     model.load_state_dict(plain)
     loader = torch.utils.data.DataLoader(splits.test, batch_size=7)
     assert evaluate(model, loader, device=torch.device("cpu"), show_progress=False)["top1"] == res["best_sa"]["test_sa"]
+    # the last epoch's test SA (what the original's standard transfer printed), from the last checkpoint's weights
+    plain, _ = pruning_utils.unmask_state_dict(load_file(str(out / CHECKPOINT))["state_dict"])
+    model.load_state_dict(plain)
+    assert evaluate(model, loader, device=torch.device("cpu"), show_progress=False)["top1"] == res["last"]["test_sa"]
 
 
 def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, tiny):
