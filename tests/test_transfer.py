@@ -228,7 +228,7 @@ def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, 
     cli.main(argv(crashed, image_folder_root, "folder", tiny.init, **common))
 
     a, b = (json.load(open(d / RESULTS)) for d in (whole, crashed))
-    assert (a["best_sa"], a["best_ra"]) == (b["best_sa"], b["best_ra"])
+    assert (a["best_sa"], a["best_ra"], a["last"]) == (b["best_sa"], b["best_ra"], b["last"])
     rows = [[{k: v for k, v in json.loads(line).items() if k != "time"} for line in open(d / METRICS)]
             for d in (whole, crashed)]
     assert rows[0] == rows[1]
