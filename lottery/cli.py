@@ -40,7 +40,8 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
                    help="continue from this checkpoint (ours or the original's <level>-checkpoint.pth.tar); "
                         "without it, re-running the same command resumes from SAVE_DIR")
     p.add_argument("-e", "--evaluate", action="store_true",
-                   help="evaluate the init (or --resume) on DIR/val, write SAVE_DIR/evaluate.json and stop")
+                   help="evaluate the unpruned init (or --resume's checkpoint, mask included) on DIR/val, write "
+                        "SAVE_DIR/evaluate.json and stop; the original evaluated the init after level 1's prune")
     p.add_argument("--seed", default=1, type=int, help="seed of data order, augmentation and attack starts")
     p.add_argument("--prune_epoch", default=30, type=int, help="epochs per level")
     p.add_argument("--rate", default=0.2, type=float, help="fraction of the surviving conv weights pruned per level")

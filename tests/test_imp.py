@@ -200,6 +200,7 @@ def test_evaluate_reports_the_checkpoints_val_accuracy(tiny, run, tmp_path):
 
 
 def test_evaluate_with_the_attack_reports_ra_of_the_dense_init(tiny, tmp_path):
+    """-e measures the unpruned init (sparsity 0), not the original's init after its first 20% prune."""
     data, init = tiny
     assert main_imp_adv.main(imp_argv(data, init, str(tmp_path), "-e", "--train_eps", "16/255")) == 0
     out = json.load(open(tmp_path / checkpoint.EVALUATION))
