@@ -46,7 +46,8 @@ def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1)
 # ---------------------------------------------------------------------------- choosing the pipeline
 @pytest.mark.parametrize("name,asked,used", [
     ("cifar10", "auto", "device"), ("cifar100", "auto", "device"), ("svhn", "auto", "device"),
-    ("folder", "auto", "pil"), ("cifar10", "pil", "pil"), ("svhn", "device", "device"), ("folder", "pil", "pil")])
+    ("folder", "auto", "pil"), ("cifar10", "pil", "pil"), ("svhn", "device", "device"), ("folder", "pil", "pil"),
+    ("cifar10_2", "auto", "pil"), ("visda", "auto", "pil")])  # the original's variants: their own PIL transforms
 def test_auto_is_device_for_uint8_arrays_and_pil_for_folders(name, asked, used):
     cfg = transfer_run.TransferConfig(save_dir="s", dataset=name, pipeline=asked)
     assert transfer_run.resolve_pipeline(cfg) == used

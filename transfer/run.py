@@ -32,7 +32,7 @@ from transfer.pipeline import DeviceAugment, DeviceBatches, DeviceEvalResize, lo
 from reproducibility import epoch_generator, seed_all
 from transfer.state import pct
 
-DATASETS = ("cifar10", "cifar100", "svhn", "folder")
+DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")  # the last two: original variants
 SCHEDULERS = ("multistep", "cosine")
 PIPELINES = ("auto", "device", "pil")
 DEVICE_DATASETS = ("cifar10", "cifar100", "svhn")  # held as one uint8 array: the device pipeline serves them
