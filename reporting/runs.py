@@ -23,7 +23,8 @@ CHECKPOINTS = {  # name -> (short, long) description
     "ra": ("SA, RA of best-RA ckpt", "SA and RA of the best-val-RA checkpoint"),
     "each": ("SA of best-SA, RA of best-RA ckpt",
              "SA of the best-val-SA checkpoint, RA of the best-val-RA checkpoint")}
-WATCH = ("init", "arch", "subset", "epochs", "test_attack.eps_255", "test_attack.steps")  # must agree within a group
+WATCH = ("init", "arch", "subset", "epochs", "test_attack.eps_255", "test_attack.steps",  # must agree within a group
+         "attack_loss")
 IMP_FILE = re.compile(r"^\d+-(checkpoint|model_best|ticket)\.pth\.tar$|^\d+-sparsity\.json$")
 
 

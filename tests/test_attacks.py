@@ -267,6 +267,17 @@ def test_default_attack_is_advertorch_with_the_originals_mean_loss(batch):
     assert torch.equal(build_attack(AttackConfig("pgd", EPS, ALPHA, 10), "sum")(ours, x, y), summed)
 
 
+def test_a_power_of_two_loss_scale_keeps_the_mean_attack_bit_for_bit():
+    """The route for attacks under fp16 autocast (where the mean's small gradients can underflow): an injected
+    loss_fn that scales the mean by 2^k. Scaling by a power of two is exact, so in fp32 the batch is unchanged."""
+    net, x, y = resnet_case(72, DIVERGING_SEED[72])
+    batches = []
+    for loss_fn in (None, lambda out, target: F.cross_entropy(out, target) * 2.0 ** 10):
+        torch.manual_seed(5)
+        batches.append(PGD(EPS, ALPHA, steps=10, loss_fn=loss_fn)(copy.deepcopy(net), x, y))
+    assert torch.equal(*batches)
+
+
 def test_mean_and_sum_agree_at_a_power_of_two_batch():
     """Why a test at batch 64 cannot tell the losses apart: dividing by 64 is exact, so every sign agrees."""
     net, x, y = resnet_case(64, 0)

@@ -260,6 +260,14 @@ def test_outputs_written_and_deterministic(paper_tree, tmp_path):
     assert "(adv_r50_cifar10_1.png)" in md and "(overview_cifar10_1.png)" in md
 
 
+def test_runs_attacked_with_another_loss_are_flagged(tmp_path):
+    """Runs from before --attack-loss (no key: the summed loss) beside runs with the original's mean: a note."""
+    write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0, attack_loss="mean")
+    write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0)
+    (group,) = analysis.collect(str(tmp_path), Options()).groups
+    assert any(n.startswith('runs differ in attack_loss ("mean", null)') for n in group.notes), group.notes
+
+
 def test_sources_and_group_by(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_cell(tmp_path, "imp", 0.5, 90.0, 50.0, 85.0, 55.0, source="imp")
