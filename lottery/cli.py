@@ -30,7 +30,9 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     p.add_argument("-a", "--arch", default="resnet50", choices=list(models.ARCHS), help="model architecture")
     p.add_argument("-j", "--workers", default=4, type=int, help="data loading workers per process")
     p.add_argument("--epochs", default=570, type=int, help="epochs in all (levels * --prune_epoch)")
-    p.add_argument("-b", "--batch-size", default=2048, type=int, help="global batch, split over all processes")
+    p.add_argument("-b", "--batch-size", default=2048, type=int,
+                   help="global batch, split over all processes (the original split it over one node's GPUs, so "
+                        "its global batch was b x nodes: on N nodes pass N x its -b)")
     p.add_argument("--lr", "--learning-rate", default=0.0005, type=float, dest="lr", help="SGD lr (constant)")
     p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
