@@ -34,7 +34,7 @@ VOLATILE = ("data", "save_dir", "download", "workers", "show_progress", "print_f
 
 # settings added after the first release, with the behaviour of runs started before them (which did not record
 # them): such a run continues with `--pipeline pil --no-fused-sgd --attack-loss sum`
-IMPLIED = {"pipeline": "pil", "fused_sgd": False, "compile": False, "attack_loss": "sum"}
+IMPLIED = {"pipeline": "pil", "fused_sgd": False, "compile": False, "attack_loss": "sum", "tf32": True}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -101,6 +101,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--restart", action="store_true", help="start over in a SAVE_DIR holding another run")
     g.add_argument("--trust-pickle", action="store_true", help="fully unpickle init/ticket files you trust")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume on GPU)")
+    g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="TF32 tensor cores for fp32 convolutions on Ampere+ GPUs (cuDNN's default); --no-tf32 "
+                        "computes them in full fp32, as the original's PyTorch 1.5 did")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
     g.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (GPU only)")
@@ -172,7 +175,8 @@ def config_from_args(args) -> tuple[transfer_run.TransferConfig, Launch]:
         warmup=args.warmup, milestones=_milestones(args.decreasing_lr), scheduler=args.scheduler,
         eval_from=args.eval_from, autoattack=args.autoattack, autoattack_version=args.autoattack_version,
         autoattack_attacks=attacks, save_all=args.save_all, require_checkpoint=args.resume,
-        deterministic=args.deterministic, amp=args.amp, channels_last=args.channels_last, pipeline=args.pipeline,
+        deterministic=args.deterministic, tf32=args.tf32, amp=args.amp, channels_last=args.channels_last,
+        pipeline=args.pipeline,
         fused_sgd=args.fused_sgd, compile=args.compile, show_progress=args.print_freq > 0)
     transfer_run.resolve_pipeline(cfg)  # --pipeline device with folder data stops here, before SAVE_DIR is touched
     opts = Launch(gpu=args.gpu, dist_url=args.dist_url, dist_backend=args.dist_backend,

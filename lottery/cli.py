@@ -82,6 +82,9 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     g.add_argument("--fused-sgd", default=True, action=argparse.BooleanOptionalAction,
                    help="fused SGD kernel: faster, the same update up to the last bit (default: on)")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    g.add_argument("--tf32", default=True, action=argparse.BooleanOptionalAction,
+                   help="TF32 tensor cores for fp32 convolutions on Ampere+ GPUs (cuDNN's default); --no-tf32 "
+                        "computes them in full fp32, as the original's PyTorch 1.5 did")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
     g.add_argument("--restart", action="store_true",
@@ -126,7 +129,7 @@ def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.
         seed=args.seed, attack=attack, attack_loss=args.attack_loss if adversarial else "mean",
         image_size=args.image_size, resize_size=args.resize_size,
         small_input=args.small_input, amp=args.amp, channels_last=args.channels_last, fused_sgd=args.fused_sgd,
-        compile=args.compile, deterministic=args.deterministic, trust_pickle=args.trust_pickle,
+        compile=args.compile, deterministic=args.deterministic, tf32=args.tf32, trust_pickle=args.trust_pickle,
         resume=args.resume or None, evaluate=args.evaluate, omp_sparsity=omp, omp_level=args.omp_level, show_progress=args.print_freq > 0)
 
 

@@ -14,7 +14,7 @@ PRUNE_METHODS = ("magnitude", "random")
 VOLATILE = ("data", "save_dir", "epochs", "workers", "show_progress", "resume", "evaluate", "trust_pickle", "launch")
 # settings added after the first release, with the behaviour of runs started before them (which did not record
 # them): such a run continues with --no-fused-sgd
-IMPLIED = {"fused_sgd": False, "compile": False}
+IMPLIED = {"fused_sgd": False, "compile": False, "tf32": True}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class IMPConfig:
     fused_sgd: bool = True               # torch's fused SGD kernel (last-bit differences from the loop)
     compile: bool = False                # nn.Module.compile() in place (parameter names kept)
     deterministic: bool = False
+    tf32: bool = True                    # cuDNN TF32 in fp32 convolutions (the default; PyTorch 1.5 had none)
     trust_pickle: bool = False
     resume: str | None = None            # a checkpoint to continue from (ours or the original's)
     evaluate: bool = False               # evaluate the loaded model, write evaluate.json, stop

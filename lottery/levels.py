@@ -154,6 +154,7 @@ def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
         raise ConfigError(f"--amp {cfg.amp} needs a GPU and none is visible: drop --amp on this machine")
     log.info(f"process layout: {env.describe()}" + ("" if torch.cuda.is_available() else " (no GPU visible)"))
     reproducibility.seed_all(cfg.seed, deterministic=cfg.deterministic)
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
     splits = dataset.build_datasets("imagenet", cfg.data, seed=cfg.seed, image_size=cfg.image_size,
                                     resize_size=cfg.resize_size)
     log.info(f"data {cfg.data}: {len(splits.train)} train / {len(splits.val)} val images, "

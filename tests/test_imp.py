@@ -401,12 +401,23 @@ def test_a_run_from_before_fused_sgd_continues_only_with_no_fused_sgd(tiny, tmp_
     assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
     path = os.path.join(save_dir, "config.json")
     old = json.load(open(path))
-    del old["fused_sgd"], old["compile"], old["attack_loss"]  # standard IMP never attacks: its loss is no matter
+    del old["fused_sgd"], old["compile"], old["tf32"], old["attack_loss"]  # standard IMP never attacks
     json.dump(old, open(path, "w"))
     with pytest.raises(ConfigError, match=r"fused_sgd \(False -> True\) \(fused_sgd: not recorded by that older run"):
         main_imp_std.main(args)
     assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
     assert json.load(open(path))["fused_sgd"] is False
+
+
+def test_no_tf32_turns_cudnn_tf32_off_and_is_recorded(tiny, tmp_path, monkeypatch):
+    """TF32 in fp32 convolutions is cuDNN's default (ours); --no-tf32 computes them in full fp32, as PyTorch 1.5."""
+    data, init = tiny
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    save_dir = str(tmp_path / "fp32")
+    assert main_imp_std.main(imp_argv(data, init, save_dir, "--epochs", "1", "--prune_epoch", "1", "--no-tf32")) == 0
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert json.load(open(os.path.join(save_dir, "config.json")))["tf32"] is False
+    assert imp_config.IMPConfig(data, save_dir).tf32 is True
 
 
 def test_an_a_imp_run_from_before_attack_loss_continues_only_with_the_summed_loss(tiny, tmp_path, monkeypatch):

@@ -236,7 +236,7 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
     os.remove(os.path.join(out, RESULTS))  # stopped during its final test: a checkpoint, no results yet
     path = os.path.join(out, CONFIG)
     old = json.load(open(path))
-    del old["pipeline"], old["fused_sgd"], old["attack_loss"]
+    del old["pipeline"], old["fused_sgd"], old["attack_loss"], old["tf32"]  # tf32: on before, on now
     json.dump(old, open(path, "w"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
@@ -247,7 +247,9 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
     assert "pipeline ('pil' -> 'auto')" in err and "fused_sgd (False -> True)" in err and "--restart" in err
     assert "attack_loss ('sum' -> 'mean')" in err and "not recorded by that older run" in err
     assert not os.path.exists(os.path.join(out, RESULTS)) and "pipeline" not in json.load(open(path))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert cli.main(args + old_flags) == 0
+    assert torch.backends.cudnn.allow_tf32 is True  # the run sets its --tf32 (default on)
     results = json.load(open(os.path.join(out, RESULTS)))
     assert (results["pipeline"], results["attack_loss"]) == ("pil", "sum")
     assert (json.load(open(path))["pipeline"], json.load(open(path))["attack_loss"]) == ("pil", "sum")

@@ -62,7 +62,8 @@ def test_std_line_measures_ra_too(recorder):
         ("std", "svhn", 64, 0.001, 5e-4, 150)
     assert (cfg.milestones, cfg.eval_from, cfg.train_attack) == ((50, 100), 0, None)
     assert (cfg.test_attack.steps, cfg.test_attack.eps, cfg.test_attack.alpha) == (20, 8 / 255, 2 / 255)
-    assert (cfg.data_number, cfg.attack_loss) == (1.0, "mean")  # the original's: the whole split
+    assert (cfg.data_number, cfg.attack_loss, cfg.tf32) == (1.0, "mean", True)  # data: the original's whole split
+    assert run_script(recorder, "std.sh", "svhn", "init.pth", "runs/s", "", "--no-tf32")[1].tf32 is False
 
 
 def test_std_line_takes_a_data_fraction_which_extends_the_original(recorder):

@@ -74,6 +74,7 @@ class TransferConfig:
     save_all: bool = False
     require_checkpoint: bool = False     # --resume: fail unless there is a checkpoint to continue
     deterministic: bool = False
+    tf32: bool = True                    # cuDNN TF32 in fp32 convolutions (the default; PyTorch 1.5 had none)
     amp: str | None = None
     channels_last: bool = True
     pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
@@ -233,6 +234,7 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
                     "epoch so that the best-SA/RA checkpoints exist")
     pipeline = resolve_pipeline(cfg)
     seed_all(cfg.seed, deterministic=cfg.deterministic)
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
     splits = None
     if env.is_main or not cfg.download:
         splits = _datasets(cfg, cfg.download)
