@@ -34,7 +34,8 @@ VOLATILE = ("data", "save_dir", "download", "workers", "show_progress", "print_f
 
 # settings added after the first release, with the behaviour of runs started before them (which did not record
 # them): such a run continues with `--pipeline pil --no-fused-sgd --attack-loss sum`
-IMPLIED = {"pipeline": "pil", "fused_sgd": False, "compile": False, "attack_loss": "sum", "tf32": True}
+IMPLIED = {"pipeline": "pil", "fused_sgd": False, "compile": False, "attack_loss": "sum", "tf32": True,
+           "sync_bn": False}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -115,6 +116,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--world-size", type=int, default=-1)
     g.add_argument("--rank", type=int, default=-1)
     g.add_argument("--multiprocessing-distributed", action="store_true", help="one process per GPU")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with several GPUs, BatchNorm statistics over the global batch (SyncBatchNorm), so training "
+                        "and the train-mode attack see all --batch_size images as on the original's one GPU; "
+                        "without it each GPU normalises its own batch_size / GPUs images")
     return p
 
 
@@ -177,7 +182,7 @@ def config_from_args(args) -> tuple[transfer_run.TransferConfig, Launch]:
         autoattack_attacks=attacks, save_all=args.save_all, require_checkpoint=args.resume,
         deterministic=args.deterministic, tf32=args.tf32, amp=args.amp, channels_last=args.channels_last,
         pipeline=args.pipeline,
-        fused_sgd=args.fused_sgd, compile=args.compile, show_progress=args.print_freq > 0)
+        fused_sgd=args.fused_sgd, compile=args.compile, sync_bn=args.sync_bn, show_progress=args.print_freq > 0)
     transfer_run.resolve_pipeline(cfg)  # --pipeline device with folder data stops here, before SAVE_DIR is touched
     opts = Launch(gpu=args.gpu, dist_url=args.dist_url, dist_backend=args.dist_backend,
                   world_size=args.world_size, rank=args.rank,

@@ -267,3 +267,27 @@ def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path,
     state = load_file(os.path.join(out, SA_BEST))["state_dict"]
     assert not [k for k in state if "_orig_mod" in k]
     assert json.load(open(os.path.join(out, CONFIG)))["compile"] is True
+
+
+def test_sync_bn_converts_batchnorm_and_changes_nothing_on_one_process(tmp_path, cifar10_root, tiny, monkeypatch):
+    """--sync-bn (multi-GPU: BatchNorm over the global batch, as the single-GPU original) swaps every BatchNorm
+    for SyncBatchNorm; on one process that is plain BatchNorm, so the numbers are bit-identical to a run without."""
+    converted = []
+    convert = nn.SyncBatchNorm.convert_sync_batchnorm
+
+    def spy(module, process_group=None):
+        out = convert(module, process_group)  # recursive: calls the spy for every child too
+        if hasattr(module, "fc"):  # the model itself
+            converted.append(sum(isinstance(m, nn.SyncBatchNorm) for m in out.modules()))
+        return out
+    monkeypatch.setattr(nn.SyncBatchNorm, "convert_sync_batchnorm", spy)
+    results = []
+    for flags in ((), ("--sync-bn",)):
+        out = tmp_path / ("sync" if flags else "plain")
+        assert cli.main(argv(out, cifar10_root, "cifar10", tiny.init, mode="adv", epochs=1, extra=flags)) == 0
+        results.append(json.load(open(os.path.join(out, RESULTS))))
+        assert json.load(open(os.path.join(out, CONFIG)))["sync_bn"] is bool(flags)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in models.build("resnet_tiny", 10, small_input=True).modules())
+    assert converted == [bns] and bns > 0
+    assert [(r["best_sa"], r["best_ra"], r["last"]) for r in results[:1]] == \
+        [(r["best_sa"], r["best_ra"], r["last"]) for r in results[1:]]

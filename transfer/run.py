@@ -75,6 +75,7 @@ class TransferConfig:
     require_checkpoint: bool = False     # --resume: fail unless there is a checkpoint to continue
     deterministic: bool = False
     tf32: bool = True                    # cuDNN TF32 in fp32 convolutions (the default; PyTorch 1.5 had none)
+    sync_bn: bool = False                # SyncBatchNorm over the ranks (multi-GPU; the original is single-GPU)
     amp: str | None = None
     channels_last: bool = True
     pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
@@ -261,6 +262,10 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     scheduler = make_scheduler(optimizer, cfg)
     scaler = optimizer_lib.make_scaler(cfg.amp)
     state = transfer_state.resume(cfg, env.is_main, model, mask, optimizer, scheduler, scaler, log)
+    if cfg.sync_bn:  # BatchNorm and the train-mode attack see the global batch, as in the single-GPU original
+        if env.distributed and env.device.type != "cuda":
+            raise ConfigError("--sync-bn needs one GPU per process (SyncBatchNorm syncs CUDA tensors): drop it here")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters: the optimizer keeps them
     if cfg.compile:  # in place: names, state_dict and masks stay those of the plain model
         model.compile()
     net = wrap_model(model, env)
