@@ -33,7 +33,7 @@ VOLATILE = ("data", "save_dir", "download", "workers", "show_progress", "print_f
 
 
 # settings added after the first release, with the behaviour of runs started before them (which did not record
-# them): such a run continues with `--pipeline pil --no-fused-sgd --attack-loss sum`
+# them): such a run continues with `--pipeline pil --no-fused-sgd --attack-loss sum` (TF32 on, no SyncBatchNorm)
 IMPLIED = {"pipeline": "pil", "fused_sgd": False, "compile": False, "attack_loss": "sum", "tf32": True,
            "sync_bn": False}
 
@@ -175,14 +175,13 @@ def config_from_args(args) -> tuple[transfer_run.TransferConfig, Launch]:
         workers=args.workers, arch=args.arch, small_input=args.small_input, init=_optional_path(args.init),
         ticket=_optional_path(args.tickets_file), trust_pickle=args.trust_pickle, mode=args.mode,
         train_attack=_train_attack(args), test_attack=test, attack_loss=args.attack_loss, seed=args.seed,
-        batch_size=args.batch_size,
-        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs,
         warmup=args.warmup, milestones=_milestones(args.decreasing_lr), scheduler=args.scheduler,
         eval_from=args.eval_from, autoattack=args.autoattack, autoattack_version=args.autoattack_version,
         autoattack_attacks=attacks, save_all=args.save_all, require_checkpoint=args.resume,
         deterministic=args.deterministic, tf32=args.tf32, amp=args.amp, channels_last=args.channels_last,
-        pipeline=args.pipeline,
-        fused_sgd=args.fused_sgd, compile=args.compile, sync_bn=args.sync_bn, show_progress=args.print_freq > 0)
+        pipeline=args.pipeline, fused_sgd=args.fused_sgd, compile=args.compile, sync_bn=args.sync_bn,
+        show_progress=args.print_freq > 0)
     transfer_run.resolve_pipeline(cfg)  # --pipeline device with folder data stops here, before SAVE_DIR is touched
     opts = Launch(gpu=args.gpu, dist_url=args.dist_url, dist_backend=args.dist_backend,
                   world_size=args.world_size, rank=args.rank,

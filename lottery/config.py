@@ -13,7 +13,7 @@ PRUNE_METHODS = ("magnitude", "random")
 # --epochs (a larger value continues a finished run with more levels)
 VOLATILE = ("data", "save_dir", "epochs", "workers", "show_progress", "resume", "evaluate", "trust_pickle", "launch")
 # settings added after the first release, with the behaviour of runs started before them (which did not record
-# them): such a run continues with --no-fused-sgd
+# them): such a run continues with --no-fused-sgd (and, for A-IMP, --attack-loss sum: see `implied`)
 IMPLIED = {"fused_sgd": False, "compile": False, "tf32": True}
 
 
