@@ -1,10 +1,6 @@
-"""L-inf PGD and FGSM with random start in [0, 1] pixel space, plus the conversion of eps flags.
-
-`PGD` is bit-identical to advertorch 0.2.3's LinfPGDAttack (the original's attack); `LinfPGDAttack`
-keeps advertorch's interface for ported code. Attacks never change `model.training`: the original
-attacks in train mode while training (BatchNorm statistics move on every attack forward) and in eval
-mode while evaluating, so the caller sets the mode. Pass an unwrapped model (DDP's `.module`).
-"""
+"""L-inf PGD and FGSM with random start in [0, 1] pixel space, bit-identical to advertorch 0.2.3 given the same
+loss (default: the original's mean cross-entropy); advertorch's `LinfPGDAttack` interface; eps-flag units.
+Attacks never change `model.training` (the caller sets it; pass an unwrapped model, DDP's `.module`)."""
 from __future__ import annotations
 
 import argparse
@@ -14,10 +10,21 @@ from typing import Callable, Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from errors import ConfigError, UserError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+# The attack losses a run can choose (--attack-loss). "mean" is what the original passes to advertorch in A-IMP
+# and transfer; "sum" (advertorch's default, and ours before it was recorded) has the same gradient sign in exact
+# arithmetic, but not in floating point: at batch sizes that are not powers of two the batches drift apart.
+LOSSES: dict[str, LossFn] = {"mean": F.cross_entropy, "sum": _summed_cross_entropy}
 
 # ---------------------------------------------------------------------------------------------
 # Units: eps and step-size flags are fractions of the [0, 1] pixel range, as in the original (8/255).
@@ -55,8 +62,9 @@ class PGD:
     Random start: delta ~ U(-eps, eps) drawn as `uniform_(-1, 1) * eps` on a tensor shaped like x
     (advertorch's exact RNG call sequence, so the same seed gives the same start), then clamped so
     x + delta lies in [clip_min, clip_max]. Each step: delta += alpha * sign(grad), projected onto the
-    eps-ball and the pixel range. The default loss is summed cross-entropy, as advertorch's, so the
-    sign steps are identical to it (a mean could underflow small gradients to a zero sign).
+    eps-ball and the pixel range. The default loss is the original's mean cross-entropy. `loss_fn` may be
+    any loss (advertorch's sum, or a scaled one for a caller that attacks under fp16 autocast, where the
+    mean's small input gradients can underflow to a zero sign); only the gradient's sign is used.
     """
 
     def __init__(self, eps: float, alpha: float, steps: int, random_start: bool = True,
@@ -69,7 +77,7 @@ class PGD:
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
         self.random_start = random_start
         self.clip_min, self.clip_max = float(clip_min), float(clip_max)
-        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss(reduction="sum")
+        self.loss_fn = loss_fn if loss_fn is not None else LOSSES["mean"]
 
     def __repr__(self) -> str:
         return (f"PGD(eps={self.eps:.6g}, alpha={self.alpha:.6g}, steps={self.steps}, "
@@ -150,12 +158,14 @@ class AttackConfig:
                 f"alpha={alpha * 255:.4g}/255 ({alpha:.5f}) {start}")
 
 
-def build_attack(cfg: AttackConfig | None) -> PGD | None:
-    """The attack a config describes; None for clean training/evaluation."""
+def build_attack(cfg: AttackConfig | None, loss: str = "mean") -> PGD | None:
+    """The attack a config describes, on the named loss of `LOSSES`; None for clean training/evaluation."""
+    if loss not in LOSSES:
+        raise ConfigError(f"--attack-loss {loss!r}: choose one of {', '.join(LOSSES)}")
     if cfg is None:
         return None
     alpha = 1.25 * cfg.eps if cfg.alpha is None else cfg.alpha
-    return PGD(cfg.eps, alpha, cfg.steps, random_start=cfg.random_start)
+    return PGD(cfg.eps, alpha, cfg.steps, random_start=cfg.random_start, loss_fn=LOSSES[loss])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +175,8 @@ def build_attack(cfg: AttackConfig | None) -> PGD | None:
 class LinfPGDAttack:
     """advertorch 0.2.3's `LinfPGDAttack` interface (scalar eps only) on top of `PGD`.
 
-    Unlike advertorch it leaves parameters' `.grad` untouched. Attributes are read at each
+    Its defaults are advertorch's, the summed loss included: pass `loss_fn=F.cross_entropy` as the original
+    did to get its attack. Unlike advertorch it leaves parameters' `.grad` untouched. Attributes are read at each
     `perturb`, so editing them after construction works as in advertorch.
     """
 
@@ -173,7 +184,7 @@ class LinfPGDAttack:
                  eps: float = 0.3, nb_iter: int = 40, eps_iter: float = 0.01, rand_init: bool = True,
                  clip_min: float = 0.0, clip_max: float = 1.0, targeted: bool = False):
         self.predict = model
-        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss(reduction="sum")
+        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss(reduction="sum")  # advertorch's
         self.eps, self.nb_iter, self.eps_iter = eps, nb_iter, eps_iter
         self.rand_init, self.clip_min, self.clip_max, self.targeted = rand_init, clip_min, clip_max, targeted
 

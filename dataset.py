@@ -1,5 +1,6 @@
-"""One table of datasets (ImageNet folder, CIFAR-10/100, SVHN, any ImageFolder) with the PROTOCOL splits,
-data-limited training subsets, and the [0, 1] transforms (normalisation lives inside the model).
+"""One table of datasets (ImageNet folder, CIFAR-10/100, SVHN, any ImageFolder, and the original's cifar10_2 and
+visda variants) with the PROTOCOL splits, data-limited training subsets, and each dataset's [0, 1] transforms
+(normalisation lives inside the model).
 
     splits = build_datasets("cifar10", "../data", data_number=0.1, image_size=224, resize_size=256)
 """
@@ -31,6 +32,21 @@ def make_train_transform(image_size: int = 224) -> Callable:
 
 def make_eval_transform(image_size: int = 224, resize_size: int = 256) -> Callable:
     return T.Compose([T.Resize(resize_size), T.CenterCrop(image_size), T.ToTensor()])
+
+
+def resize_only_eval(image_size: int = 224, resize_size: int = 256) -> Callable:
+    """The original's cifar10_2: Resize(image_size), no crop (`resize_size` does not apply)."""
+    return T.Compose([T.Resize(image_size), T.ToTensor()])
+
+
+def visda_train(image_size: int = 224) -> Callable:
+    """The original's visda: RandomResizedCrop with scale (0.75, 1.33) of the image area, then a flip."""
+    return T.Compose([T.RandomResizedCrop(image_size, scale=(0.75, 1.33)), T.RandomHorizontalFlip(), T.ToTensor()])
+
+
+def visda_eval(image_size: int = 224, resize_size: int = 256) -> Callable:
+    """The original's visda: the whole image squeezed to image_size x image_size (`resize_size` does not apply)."""
+    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
 
 
 class SplitView(Dataset):
@@ -221,6 +237,16 @@ def _folder(root: str, download: bool) -> RawSplits:
     return RawSplits(train, range(len(train)), val, range(len(val)), test, len(train.classes))
 
 
+def _visda(root: str, download: bool) -> RawSplits:
+    """VisDA-2017 classification as the original uses it: root/train (synthetic) for training, root/validation
+    (real) for validation and, as in the original, also as the test set (the official test labels are withheld)."""
+    layout = f"{root}/train/<class>/<image> and {root}/validation/<class>/<image> (VisDA-2017 classification)"
+    train = _image_folder("visda", os.path.join(root, "train"), layout)
+    val = _image_folder("visda", os.path.join(root, "validation"), layout)
+    _same_classes("visda", train, val)
+    return RawSplits(train, range(len(train)), val, range(len(val)), val, len(train.classes))
+
+
 # ---------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -228,16 +254,27 @@ class DatasetSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_classes: int | None  # None: whatever the folder holds
+    train_transform: Callable[[int], Callable] = make_train_transform          # (image_size) -> transform
+    eval_transform: Callable[[int, int], Callable] = make_eval_transform       # (image_size, resize_size)
+
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "imagenet": DatasetSpec(_imagenet, IMAGENET_MEAN, IMAGENET_STD, 1000),
-    "cifar10": DatasetSpec(_cifar("cifar10", tvd.CIFAR10), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10),
+    "cifar10": DatasetSpec(_cifar("cifar10", tvd.CIFAR10), CIFAR10_MEAN, CIFAR10_STD, 10),
+    "cifar10_2": DatasetSpec(_cifar("cifar10_2", tvd.CIFAR10), CIFAR10_MEAN, CIFAR10_STD, 10,
+                             eval_transform=resize_only_eval),
     "cifar100": DatasetSpec(_cifar("cifar100", tvd.CIFAR100), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
                             100),
     "svhn": DatasetSpec(_svhn, (0.4377, 0.4438, 0.4728), (0.1201, 0.1231, 0.1052), 10),
     "folder": DatasetSpec(_folder, IMAGENET_MEAN, IMAGENET_STD, None),
+    "visda": DatasetSpec(_visda, IMAGENET_MEAN, IMAGENET_STD, 12, train_transform=visda_train,
+                         eval_transform=visda_eval),
 }
+# The original's cifar10_3 (32 px, RandomCrop(32, 4), a fresh random 3x3 stem replacing the pre-trained one, no
+# max-pool) is not here: it changes the model, not only the data (see README, "Not supported").
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -260,7 +297,8 @@ class Splits:
 def build_datasets(name: str, root: str, *, data_number: float = 1.0, subset: str = "first", seed: int = 1,
                    image_size: int = 224, resize_size: int = 256, download: bool = False,
                    train_transform: Callable | None = None, eval_transform: Callable | None = None) -> Splits:
-    """Load dataset `name` from `root` into train/val/test splits; val and test use the eval transform."""
+    """Load dataset `name` from `root` into train/val/test splits with its transforms (unless given); val and
+    test use the eval transform."""
     spec = get_spec(name)
     if not 0 < data_number <= 1:
         raise UserError(f"--data_number must be in (0, 1] (a fraction of the training split), got {data_number}")
@@ -268,8 +306,8 @@ def build_datasets(name: str, root: str, *, data_number: float = 1.0, subset: st
         raise UserError(f"--subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
     raw = spec.builder(root, download)
     chosen = choose_train(targets_of(raw.train), raw.train_pool, data_number, subset, seed)
-    train_tf = train_transform or make_train_transform(image_size)
-    eval_tf = eval_transform or make_eval_transform(image_size, resize_size)
+    train_tf = train_transform or spec.train_transform(image_size)
+    eval_tf = eval_transform or spec.eval_transform(image_size, resize_size)
     test = None if raw.test is None else SplitView(raw.test, range(len(raw.test)), eval_tf)
     return Splits(SplitView(raw.train, chosen, train_tf), SplitView(raw.val, raw.val_indices, eval_tf), test,
                   raw.num_classes, tuple(spec.mean), tuple(spec.std), chosen)

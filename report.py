@@ -2,7 +2,7 @@
 in --out. The data model is reporting/analysis.py (reading: reporting/runs.py), the renderers
 reporting/tables.py and reporting/plots.py, the files reporting/output.py.
 
-    python report.py ROOT [--out DIR] [--checkpoint sa|ra] [--ra pgd|aa] [--tolerance 0.5] [--group-by KEY,...]
+    python report.py ROOT [--out DIR] [--checkpoint sa|ra|each] [--ra pgd|aa] [--tolerance 0.5] [--group-by KEY,...]
 """
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from errors import OneLineParser, UserError, run_cli
 from reporting import tables as report_tables
 from reporting.analysis import collect
 from reporting.output import write_report
-from reporting.runs import Options
+from reporting.runs import CHECKPOINTS, Options
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = OneLineParser(description="Double-win table and plots from downstream runs' results.json.")
     p.add_argument("root", metavar="ROOT", help="folder tree holding the downstream run folders")
     p.add_argument("--out", default=None, help="folder for report.md/.csv/.json and PNGs (default: ROOT/report)")
-    p.add_argument("--checkpoint", choices=("sa", "ra"), default="sa",
-                   help="take test numbers from the best-validation-SA or best-validation-RA checkpoint")
+    p.add_argument("--checkpoint", choices=list(CHECKPOINTS), default="sa",
+                   help="test numbers of the best-validation-SA checkpoint, of the best-validation-RA one, or "
+                        "each: SA of the best-SA checkpoint and RA of the best-RA one (the original printed all four)")
     p.add_argument("--ra", choices=("pgd", "aa"), default="pgd",
                    help="robust accuracy that decides matching: PGD (test_ra) or AutoAttack (test_aa_ra)")
     p.add_argument("--tolerance", type=float, default=0.5,

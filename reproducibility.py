@@ -17,21 +17,21 @@ def seed_all(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def kernel_mode(*, deterministic: bool) -> Iterator[None]:
+def kernel_mode(*, deterministic: bool, tf32: bool = True) -> Iterator[None]:
     """For the duration of a run: deterministic kernels (`--deterministic`: torch's deterministic algorithms,
-    warning where an op has none, and cuDNN without autotuning) or cuDNN's autotuner; the process's previous
-    settings come back afterwards."""
+    warning where an op has none, and cuDNN without autotuning) or cuDNN's autotuner, and cuDNN's TF32 for fp32
+    convolutions on or off (`--tf32`); the process's previous settings come back afterwards."""
+    cudnn = torch.backends.cudnn
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+              cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cudnn.deterministic = deterministic
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = not deterministic, deterministic, tf32
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = before[2:]
 
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:

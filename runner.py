@@ -20,8 +20,8 @@ from distributed import DistEnv, Launch
 from errors import ConfigError
 
 # settings added after the first release, with the behaviour of the runs started before them, which did not
-# record them (checkpoint.check_config): such a run continues with `--no-fused-sgd`
-IMPLIED = {"fused_sgd": False, "compile": False}
+# record them (checkpoint.check_config): such a run continues with `--no-fused-sgd` (TF32: cuDNN's default, on)
+IMPLIED = {"fused_sgd": False, "compile": False, "tf32": True}
 # config.json keys that may differ between runs of one experiment: where things are, how the run reports
 VOLATILE = ("data", "save_dir", "workers", "show_progress", "trust_pickle")
 # how each epoch's global RNG is seeded (epoch_seed), recorded in config.json; no flag selects another way
@@ -40,6 +40,9 @@ def add_speed_flags(g: argparse._ActionsContainer, *, channels_last: bool | None
     g.add_argument("--fused-sgd", default=True, action=argparse.BooleanOptionalAction,
                    help="one fused SGD kernel per step: the loop's update up to the last bit")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    g.add_argument("--tf32", default=True, action=argparse.BooleanOptionalAction,
+                   help="TF32 tensor cores for fp32 convolutions on Ampere+ GPUs (cuDNN's default); --no-tf32 "
+                        "computes them in full fp32, as the original's PyTorch 1.5 did")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
     g.add_argument("-j", "--workers", default=4, type=int, help="data loading workers per process")
@@ -73,7 +76,7 @@ def common_settings(args: argparse.Namespace) -> dict:
     return dict(save_dir=args.save_dir, seed=args.seed, workers=args.workers, image_size=args.image_size,
                 resize_size=args.resize_size, small_input=args.small_input, amp=args.amp,
                 channels_last=args.channels_last, fused_sgd=args.fused_sgd, compile=args.compile,
-                deterministic=args.deterministic, trust_pickle=args.trust_pickle)
+                deterministic=args.deterministic, tf32=args.tf32, trust_pickle=args.trust_pickle)
 
 
 def launch_from_args(args: argparse.Namespace) -> Launch:
@@ -111,10 +114,10 @@ def start(worker: Callable[[DistEnv, Any], None], cfg: Any, opts: Launch) -> str
 
 def in_worker(body: Callable[[DistEnv, Any, Any], None], env: DistEnv, cfg: Any) -> None:
     """One process of a run: the log (stdout, and SAVE_DIR/log.txt on rank 0), the run's kernel settings
-    (--deterministic) for its duration, and the process group closed however the body ends."""
+    (--deterministic, --tf32) for its duration, and the process group closed however the body ends."""
     log = runlog.setup_log(cfg.save_dir, env.is_main)
     try:
-        with reproducibility.kernel_mode(deterministic=cfg.deterministic):
+        with reproducibility.kernel_mode(deterministic=cfg.deterministic, tf32=cfg.tf32):
             body(env, cfg, log)
     finally:
         distributed.cleanup(env)
@@ -175,9 +178,16 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     reproducibility.seed_all(epoch_seed(seed, epoch, rank))
 
 
-def wrap(model: torch.nn.Module, env: DistEnv, *, compile: bool) -> torch.nn.Module:
-    """The network the loop trains: compiled in place (names, state_dict and masks stay the plain model's),
-    then wrapped in DDP when there are several ranks. Files keep being written from `model`."""
+def wrap(model: torch.nn.Module, env: DistEnv, *, compile: bool, sync_bn: bool = False) -> torch.nn.Module:
+    """The network the loop trains: with `sync_bn` its BatchNorm layers become SyncBatchNorm in place (statistics
+    over the global batch; same parameters and state_dict keys), compiled in place (names, state_dict and masks
+    stay the plain model's), then wrapped in DDP when there are several ranks. Files keep being written from
+    `model`."""
+    if sync_bn:
+        if env.distributed and env.device.type != "cuda":
+            raise ConfigError("--sync-bn needs one GPU per process (SyncBatchNorm syncs CUDA tensors): drop it here")
+        converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        assert converted is model  # a ResNet's BatchNorms are children: replaced in place, the optimizer keeps them
     if compile:
         model.compile()
     return distributed.wrap_model(model, env)

@@ -29,6 +29,7 @@ FORMATS = {  # format id -> what the report calls it
     "checkpoint": "checkpoint dict",
     "module": "pickled nn.Module",
 }
+NORMALIZE_KEYS = ("normalize.mean", "normalize.std")  # the original main_adv.py's advertorch normalisation buffers
 _CONTAINER_KEYS = ("state_dict", "model")  # where checkpoints keep their weights (robustness uses "model")
 _COUNTER = ".num_batches_tracked"
 
@@ -79,7 +80,7 @@ def read_weights(path: str, *, trusted: bool = False) -> LoadedWeights:
         mean = std = None
     else:
         kept = _take(keys, "", ("normalize.",))
-        mean, std = _stats(state, keys, "normalize.mean", "normalize.std")  # the original's advertorch layer
+        mean, std = _stats(state, keys, *NORMALIZE_KEYS)
         fmt = "module" if isinstance(obj, nn.Module) else _plain_format(container, ddp, kept)
 
     sd, mask = {new: state[old] for old, new in kept.items()}, None
@@ -99,6 +100,15 @@ def read_weights(path: str, *, trusted: bool = False) -> LoadedWeights:
                               "file is broken; re-create or re-download it")
     dropped = [k for k in state if k not in kept]
     return LoadedWeights(sd, fmt, dropped, mean, std, mask, path)
+
+
+def split_normalization(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple | None, tuple | None]:
+    """(`state` without the original's `normalize.mean/std` buffers, their mean, their std); None, None without."""
+    rest = {k: v for k, v in state.items() if k not in NORMALIZE_KEYS}
+    if not all(k in state for k in NORMALIZE_KEYS):
+        return rest, None, None
+    mean, std = (tuple(float(v) for v in state[k].flatten().tolist()) for k in NORMALIZE_KEYS)
+    return rest, mean, std
 
 
 def _find_state_dict(obj: Any, path: str) -> tuple[dict | None, dict[str, torch.Tensor]]:

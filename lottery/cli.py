@@ -26,7 +26,9 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DIR", help="dataset folder: DIR/train/<class>/*, DIR/val/<class>/*")
     p.add_argument("-a", "--arch", default="resnet50", choices=list(models.ARCHS), help="model architecture")
     p.add_argument("--epochs", default=570, type=int, help="epochs in all (levels * --prune_epoch)")
-    p.add_argument("-b", "--batch-size", default=2048, type=int, help="global batch, split over all processes")
+    p.add_argument("-b", "--batch-size", default=2048, type=int,
+                   help="global batch, split over all processes (the original split it over one node's GPUs, so "
+                        "its global batch was b x nodes: on N nodes pass N x its -b)")
     p.add_argument("--lr", "--learning-rate", default=0.0005, type=float, dest="lr", help="SGD lr (constant)")
     p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
@@ -36,7 +38,8 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
                    help="continue from this checkpoint (ours or the original's <level>-checkpoint.pth.tar); "
                         "without it, re-running the same command resumes from SAVE_DIR")
     p.add_argument("-e", "--evaluate", action="store_true",
-                   help="evaluate the init (or --resume) on DIR/val, write SAVE_DIR/evaluate.json and stop")
+                   help="evaluate the unpruned init (or --resume's checkpoint, mask included) on DIR/val, write "
+                        "SAVE_DIR/evaluate.json and stop; the original evaluated the init after level 1's prune")
     p.add_argument("--seed", default=1, type=int, help="seed of data order, augmentation and attack starts")
     p.add_argument("--prune_epoch", default=30, type=int, help="epochs per level")
     p.add_argument("--rate", default=0.2, type=float, help="fraction of the surviving conv weights pruned per level")
@@ -54,6 +57,9 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
         p.add_argument("--attack", default="pgd", choices=["pgd", "fgsm"],
                        help="pgd: --train_step steps of --train_gamma; fgsm: 'fast' adversarial training, one "
                             "step of 1.25 * eps (--train_step/--train_gamma do not apply)")
+        p.add_argument("--attack-loss", default="mean", choices=list(attacks.LOSSES),
+                       help="the attack's cross-entropy: mean over the batch (the original's) or sum "
+                            "(advertorch's default; A-IMP runs started before this flag used it)")
     g = p.add_argument_group("pruning")
     g.add_argument("--prune-method", default="magnitude", choices=list(imp_config.PRUNE_METHODS),
                    help="global magnitude pruning, or random pruning (the paper's baseline)")
@@ -90,6 +96,7 @@ def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.
         **runner.common_settings(args), data=args.data, init=args.init, arch=args.arch, epochs=args.epochs,
         prune_epoch=args.prune_epoch, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, rate=args.rate, prune_method=args.prune_method, attack=attack,
+        attack_loss=args.attack_loss if adversarial else "mean",
         resume=args.resume or None, evaluate=args.evaluate, omp_sparsity=omp, omp_level=args.omp_level,
         show_progress=args.print_freq > 0)
 
@@ -104,7 +111,7 @@ def main(argv: list[str] | None, *, adversarial: bool) -> int:
     if first and not cfg.evaluate:
         runner.prepare_save_dir(cfg.save_dir, {**imp_config.config_dict(cfg), "launch": dataclasses.asdict(opts)},
                                 restart=args.restart, clear=imp_state.clear_outputs, started=True,
-                                volatile=imp_config.VOLATILE, implied=imp_config.IMPLIED)
+                                volatile=imp_config.VOLATILE, implied=imp_config.implied(cfg))
     layout = runner.start(imp_levels.worker, cfg, opts)
     if first:
         runlog.setup_log(cfg.save_dir, True).info(f"process layout: {layout}")

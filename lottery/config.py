@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from attacks import AttackConfig
+from attacks import LOSSES, AttackConfig
 from errors import ConfigError
 
 PRUNE_METHODS = ("magnitude", "random")
@@ -34,6 +34,7 @@ class IMPConfig:
     prune_method: str = "magnitude"      # "random": the paper's random-pruning baseline
     seed: int = 1
     attack: AttackConfig | None = None   # None: standard IMP (clean training)
+    attack_loss: str = "mean"            # the attack's loss (attacks.LOSSES): the original's mean cross-entropy
     image_size: int = 224
     resize_size: int = 256
     small_input: bool = False
@@ -42,6 +43,7 @@ class IMPConfig:
     fused_sgd: bool = True               # torch's fused SGD kernel (last-bit differences from the loop)
     compile: bool = False                # nn.Module.compile() in place (parameter names kept)
     deterministic: bool = False
+    tf32: bool = True                    # cuDNN TF32 in fp32 convolutions (the default; PyTorch 1.5 had none)
     trust_pickle: bool = False
     resume: str | None = None            # a checkpoint to continue from (ours or the original's)
     evaluate: bool = False               # evaluate the loaded model, write evaluate.json, stop
@@ -61,6 +63,8 @@ class IMPConfig:
             (self.lr >= 0 and self.weight_decay >= 0 and self.momentum >= 0, "--lr, --wd and --momentum must be >= 0"),
             (self.image_size >= 1 and self.resize_size >= 1, "--image-size and --resize-size must be >= 1"),
             (self.amp in (None, "bf16", "fp16"), f"--amp must be bf16 or fp16, got {self.amp!r}"),
+            (self.attack_loss in LOSSES,
+             f"--attack-loss must be one of {', '.join(LOSSES)}, got {self.attack_loss!r}"),
             (self.omp_sparsity is None or 0 < self.omp_sparsity < 1,
              f"--omp-sparsity must be a fraction in (0, 1), got {self.omp_sparsity}"),
         ]
@@ -77,6 +81,12 @@ class IMPConfig:
         """How the tickets are made (the ticket meta's `source`, which report.py groups by)."""
         name = "omp" if self.omp_sparsity is not None else "aimp" if self.attack is not None else "imp"
         return name if self.prune_method == "magnitude" else f"{name}-random"
+
+
+def implied(cfg: IMPConfig) -> dict:
+    """IMPLIED for this run: A-IMP runs started before `attack_loss` was recorded attacked with the summed loss
+    (they continue with --attack-loss sum); standard IMP never attacks, so its older runs continue as they are."""
+    return {**IMPLIED, "attack_loss": "sum" if cfg.attack is not None else cfg.attack_loss}
 
 
 def config_dict(cfg: IMPConfig) -> dict:

@@ -142,7 +142,7 @@ def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
         log.info(f"one-shot ticket: {files.imp_ticket(cfg.save_dir, level)}")
         return
     train_loader, val_loader = _loaders(cfg, env, splits, log)
-    attack = build_attack(cfg.attack)
+    attack = build_attack(cfg.attack, cfg.attack_loss)
     if cfg.attack is not None:
         log.info(f"training attack: {cfg.attack.describe()}")
     path, obj = find_resume(cfg, env, own=not cfg.evaluate)
@@ -210,7 +210,8 @@ def _evaluate_only(env: DistEnv, cfg: IMPConfig, log, net, val_loader, mask: Mas
     out = {"source": source, "sparsity": 0.0 if mask is None else pruning_utils.sparsity(mask),
            "sa_top1": clean["top1"], "sa_top5": clean["top5"], "loss": clean["loss"], "n": clean["n"]}
     if cfg.attack is not None:
-        robust = engine.evaluate(net, val_loader, device=env.device, attack=build_attack(cfg.attack), env=env,
+        robust = engine.evaluate(net, val_loader, device=env.device,
+                                 attack=build_attack(cfg.attack, cfg.attack_loss), env=env,
                                  amp=cfg.amp, channels_last=cl, desc="eval (attack)", show_progress=cfg.show_progress)
         out.update(ra_top1=robust["top1"], attack=cfg.attack.describe())
     if env.is_main:

@@ -9,7 +9,9 @@ import torch
 
 import checkpoint as files
 import distributed
+import models
 import pruning_utils
+import weights
 from distributed import DistEnv
 from errors import CheckpointError, ConfigError
 from lottery.config import IMPConfig, config_dict
@@ -81,16 +83,21 @@ def find_resume(cfg: IMPConfig, env: DistEnv, *, own: bool = True) -> tuple[str 
 
 
 def restore(net: torch.nn.Module, obj: dict, path: str, init_state: dict) -> tuple[Mask, dict]:
-    """Load a checkpoint's (masked) weights into `net`; returns its mask and its init (the run's rewind point)."""
-    state, mask = pruning_utils.unmask_state_dict(files.strip_prefix(obj["state_dict"]))
+    """Load a checkpoint's (masked) weights into `net`; returns its mask and its init (the run's rewind point).
+    The original A-IMP's files also hold its normalisation layer's `normalize.mean/std` (in `state_dict` and
+    `init`): `net` takes those stats, as the model the checkpoint holds."""
+    state, mean, std = weights.split_normalization(files.strip_prefix(obj["state_dict"]))
+    state, mask = pruning_utils.unmask_state_dict(state)
     _fit(net, state, path)
     net.load_state_dict(state)
+    if mean is not None:
+        models.set_normalization(net, mean, std)
     mask = pruning_utils.full_mask(net) if mask is None else mask
     pruning_utils.validate_mask(mask, net)
     device = next(net.parameters()).device
     mask = {k: v.to(device) for k, v in mask.items()}
     if isinstance(obj.get("init"), dict):
-        init_state = files.strip_prefix(obj["init"])
+        init_state = weights.split_normalization(files.strip_prefix(obj["init"]))[0]
         _fit(net, init_state, f"{path} (its 'init')")
     return mask, init_state
 

@@ -8,7 +8,7 @@ import io
 from typing import TYPE_CHECKING
 
 from checkpoint import atomic_write_bytes
-from reporting.runs import LABELS, REGIMES, Options, match_columns
+from reporting.runs import LABELS, REGIMES, Options, match_columns, pairing
 
 if TYPE_CHECKING:
     from reporting.analysis import Group
@@ -93,7 +93,7 @@ def plot_group(group: Group, opts: Options, path: str) -> None:
             for j, source in enumerate(_sources(group)):
                 xs += _line(ax, group, col, source, COLORS[i], j, f"{source}, {mode} transfer")
         _axis(ax, xs, f"{LABELS[metric]} (test)", f"{LABELS[metric]} (%)", stars)
-    fig.suptitle(f"{group.title}; best-{opts.checkpoint.upper()} checkpoint", fontsize=9)
+    fig.suptitle(f"{group.title}; {pairing(opts, short=True)}", fontsize=9)
     _save(fig, path)
 
 
@@ -112,5 +112,5 @@ def plot_overview(groups: list[Group], opts: Options, path: str) -> None:
             stars = any(r.double_win for g in groups for r in g.rows)
             _axis(ax, xs, f"{LABELS[metric]} after {mode} transfer", f"{LABELS[metric]} (%)", stars)
     g0 = groups[0]
-    fig.suptitle(f"{g0.key[1]}, data_number {g0.key[2]:g}; best-{opts.checkpoint.upper()} checkpoint", fontsize=9)
+    fig.suptitle(f"{g0.key[1]}, data_number {g0.key[2]:g}; {pairing(opts, short=True)}", fontsize=9)
     _save(fig, path)

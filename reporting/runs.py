@@ -16,13 +16,21 @@ from errors import UserError
 REGIMES = ("std", "adv")                                          # standard / adversarial transfer
 METRICS = {"sa": "test_sa", "ra": "test_ra", "aa": "test_aa_ra"}  # our name -> key inside best_sa / best_ra
 LABELS = {"sa": "SA", "ra": "RA", "aa": "AA-RA"}
-WATCH = ("init", "arch", "subset", "epochs", "test_attack.eps_255", "test_attack.steps")  # must agree within a group
+# --checkpoint: which checkpoint's test numbers a cell takes. The original printed all four numbers (SA and RA of
+# the best-SA and of the best-RA checkpoint); "each" pairs SA of the best-SA one with RA of the best-RA one.
+CHECKPOINTS = {  # name -> (short, long) description
+    "sa": ("SA, RA of best-SA ckpt", "SA and RA of the best-val-SA checkpoint"),
+    "ra": ("SA, RA of best-RA ckpt", "SA and RA of the best-val-RA checkpoint"),
+    "each": ("SA of best-SA, RA of best-RA ckpt",
+             "SA of the best-val-SA checkpoint, RA of the best-val-RA checkpoint")}
+WATCH = ("init", "arch", "subset", "epochs", "test_attack.eps_255", "test_attack.steps",  # must agree within a group
+         "attack_loss")
 IMP_FILE = re.compile(r"^\d+-(checkpoint|model_best|ticket)\.pth\.tar$|^\d+-sparsity\.json$")
 
 
 @dataclass(frozen=True)
 class Options:
-    checkpoint: str = "sa"   # test numbers of the best-val-SA ("sa") or best-val-RA ("ra") checkpoint
+    checkpoint: str = "sa"   # a key of CHECKPOINTS: test numbers of the best-val-SA / best-val-RA checkpoint, or each
     ra: str = "pgd"          # RA that decides matching: PGD ("pgd", test_ra) or AutoAttack ("aa", test_aa_ra)
     tolerance: float = 0.5   # accuracy points a ticket may lose when the dense cell has a single seed
     group_by: tuple[str, ...] = ()  # extra results.json keys (dotted for nested) that split groups
@@ -49,6 +57,19 @@ class Run:
 def match_columns(opts: Options) -> list[tuple[str, str]]:
     ra = "ra" if opts.ra == "pgd" else "aa"
     return [(m, k) for m in REGIMES for k in ("sa", ra)]
+
+
+def pairing(opts: Options, *, short: bool = False) -> str:
+    """Which checkpoint each number comes from, in words (stated in every table's header)."""
+    text = CHECKPOINTS[opts.checkpoint][0 if short else 1]
+    return text if short else f"{text} (--checkpoint {opts.checkpoint})"
+
+
+def best_keys(opts: Options) -> dict[str, str]:
+    """metric -> the results.json block it is read from: best_sa or best_ra."""
+    if opts.checkpoint == "each":
+        return {"sa": "best_sa", "ra": "best_ra", "aa": "best_ra"}
+    return {m: f"best_{opts.checkpoint}" for m in METRICS}
 
 
 def column_name(col: tuple[str, str]) -> str:
@@ -113,19 +134,19 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
     if mode is None and "train_attack" in data:
         mode = "adv" if data["train_attack"] else "std"
     sparsity, why = read_sparsity(data)
-    best = data.get(f"best_{opts.checkpoint}")
+    blocks = best_keys(opts)
     data_number = _number(1.0 if data.get("data_number") is None else data["data_number"], 0, 1)
     bad = [k for k, ok in (("dataset", isinstance(data.get("dataset"), str)), ("mode", mode in REGIMES),
-                           ("data_number", bool(data_number)), (f"best_{opts.checkpoint}", isinstance(best, dict)))
-           if not ok]
+                           ("data_number", bool(data_number)),
+                           *((b, isinstance(data.get(b), dict)) for b in sorted(set(blocks.values())))) if not ok]
     reasons = ([f"missing or bad keys: {', '.join(bad)}"] if bad else []) + ([why] if why else [])
     if reasons:
         return None, [Problem(rel, "; ".join(reasons))]
-    values = {m: _number(best.get(k), 0, 100) for m, k in METRICS.items()}
-    needed = [m for m in ("sa", "ra" if opts.ra == "pgd" else "aa") if values[m] is None]
+    values = {m: _number(data[blocks[m]].get(k), 0, 100) for m, k in METRICS.items()}
+    needed = [f"{blocks[m]}.{METRICS[m]}" for m in ("sa", "ra" if opts.ra == "pgd" else "aa") if values[m] is None]
     if len(needed) == 2:
-        return None, [Problem(rel, f"best_{opts.checkpoint} has no {METRICS['sa']} nor {METRICS[needed[1]]}")]
-    problems = [Problem(rel, f"partial: best_{opts.checkpoint}.{METRICS[needed[0]]} missing or not a percentage "
+        return None, [Problem(rel, f"no {needed[0]} nor {needed[1]}")]
+    problems = [Problem(rel, f"partial: {needed[0]} missing or not a percentage "
                              "(its other numbers are used)")] if needed else []
     extra = tuple(_text(_dotted(data, k)) for k in opts.group_by)
     meta = data.get("ticket_meta") if isinstance(data.get("ticket_meta"), dict) else {}

@@ -8,7 +8,7 @@ import csv
 import io
 from typing import TYPE_CHECKING
 
-from reporting.runs import METRICS, REGIMES, Options, column_name, match_columns
+from reporting.runs import METRICS, REGIMES, Options, column_name, match_columns, pairing
 
 if TYPE_CHECKING:
     from reporting.analysis import Cell, Group, Report, Row
@@ -19,10 +19,9 @@ ALL_COLUMNS = [(m, k) for m in REGIMES for k in METRICS]  # every column the CSV
 def rule_lines(report: Report) -> list[str]:
     """What the numbers mean: stated with every table."""
     o = report.opts
-    ck = o.checkpoint.upper()
     ra = "PGD (test_ra)" if o.ra == "pgd" else "AutoAttack (test_aa_ra)"
     return [f"{report.runs_read} runs read under {report.root}; {len(report.problems)} problem(s) listed below",
-            f"checkpoint: best-{ck} (test numbers of the epoch with the best validation {ck}; --checkpoint {o.checkpoint})",
+            f"test numbers: {pairing(o)}",
             f"robust accuracy deciding the match: {ra} (--ra {o.ra})",
             "match: ticket mean >= dense mean - margin; margin = sample std (ddof=1) of the dense seeds when the "
             f"dense cell has >= 2 seeds, else --tolerance {o.tolerance:g} accuracy points",
@@ -80,7 +79,8 @@ def _fixed(header: list[str], rows: list[list[str]]) -> list[str]:
 def render_text(report: Report) -> str:
     out = ["== double-win report", *rule_lines(report)]
     for g in report.groups:
-        out += ["", f"== {g.title} ({g.runs} runs)", margin_line(g), *_fixed(*table(g, report.opts)),
+        out += ["", f"== {g.title} ({g.runs} runs; {pairing(report.opts, short=True)})", margin_line(g),
+                *_fixed(*table(g, report.opts)),
                 f"highest double-win sparsity: {headline(g)}", *(f"note: {n}" for n in g.notes)]
     out += ["", f"runs with problems ({len(report.problems)}):" if report.problems else "runs with problems: none"]
     out += [f"  {p.path}: {p.reason}" for p in report.problems]
@@ -101,7 +101,8 @@ def render_markdown(report: Report, figures: dict[tuple, str]) -> str:
     out += [f"\n![{k[1]} data_number {k[2]:g}]({name})" for k, name in sorted(figures.items()) if k[0] == "overview"]
     for g in report.groups:
         header, rows = table(g, report.opts)
-        out += ["", f"## {g.title}", "", f"{g.runs} runs; {margin_line(g)}", "", _md_row(header),
+        out += ["", f"## {g.title}", "", f"{g.runs} runs; test numbers: {pairing(report.opts)}; {margin_line(g)}",
+                "", _md_row(header),
                 _md_row(["---"] * len(header)), *map(_md_row, rows), "",
                 f"Highest double-win sparsity: **{headline(g)}**", *(f"\n> note: {n}" for n in g.notes)]
         if g.key in figures:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The double-win report of a tree of downstream runs: tables (report.md/.csv/.json) and accuracy-vs-sparsity plots.
-#   bash script/report.sh ROOT [--out DIR] [--checkpoint sa|ra] [--ra pgd|aa] [--tolerance 0.5] [--group-by KEY,...]
+#   bash script/report.sh ROOT [--out DIR] [--checkpoint sa|ra|each] [--ra pgd|aa] [--tolerance 0.5] [--group-by KEY,...]
 set -euo pipefail
 ROOT_OF_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ $# -lt 1 ] || [ -z "$1" ]; then
-  echo "usage: bash script/report.sh ROOT [--out DIR] [--checkpoint sa|ra] [--ra pgd|aa] [--tolerance 0.5] [--group-by KEY,...]" >&2
+  echo "usage: bash script/report.sh ROOT [--out DIR] [--checkpoint sa|ra|each] [--ra pgd|aa] [--tolerance 0.5] [--group-by KEY,...]" >&2
   echo "error: ROOT (argument 1) is $([ $# -lt 1 ] && echo missing || echo empty)" >&2
   exit 2
 fi

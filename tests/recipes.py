@@ -74,6 +74,8 @@ def check_run(save_dir, mask, epochs: int) -> dict:
             assert plain[k][~m].count_nonzero() == 0 and sd[k + "_orig"][~m].count_nonzero() == 0, (name, k)
     res = json.load(open(os.path.join(save_dir, RESULTS)))
     assert res["complete"] is True
+    assert res["last"]["epoch"] == epochs - 1 and res["last"]["test_images"] == res["n_test"]
+    assert 0 <= res["last"]["test_ra"] <= 100 and 0 <= res["last"]["test_sa"] <= 100
     expected = 0.0 if mask is None else pruning_utils.sparsity(mask)
     assert res["sparsity"] == expected and res["sparsity_percent"] == pytest.approx(100 * expected)
     for tag, key in (("best_sa", "val_sa"), ("best_ra", "val_ra")):  # the best checkpoint is the best val epoch

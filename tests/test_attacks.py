@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attacks import PGD, AttackConfig, LinfPGDAttack, build_attack, eps_from_flag, fgsm_rs, parse_fraction
+import models
+from attacks import LOSSES, PGD, AttackConfig, LinfPGDAttack, build_attack, eps_from_flag, fgsm_rs, parse_fraction
 from errors import ConfigError, UserError
 
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -196,10 +197,12 @@ def test_channels_last_input_keeps_its_layout(trained):
 # Bit-exact against advertorch 0.2.3 (the original's attack library).
 
 
+@pytest.mark.parametrize("loss", ["mean", "sum"])
 @pytest.mark.parametrize("rand_init", [False, True])
 @pytest.mark.parametrize("mode", ["eval", "train"])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_pgd_matches_advertorch_exactly(trained, rand_init, mode, layout):
+def test_pgd_matches_advertorch_exactly(trained, loss, rand_init, mode, layout):
+    """Given the same loss: the original's mean (passed explicitly to advertorch) or advertorch's default sum."""
     Reference = advertorch_linf_pgd()
     ours_model, ref_model = copy.deepcopy(trained[0]), copy.deepcopy(trained[0])
     ours_model.train(mode == "train")
@@ -207,16 +210,80 @@ def test_pgd_matches_advertorch_exactly(trained, rand_init, mode, layout):
     _, x, y = trained
     x = x.contiguous(memory_format=layout)
     tracked = int(ref_model[1].num_batches_tracked)
+    ref_loss = {"mean": dict(loss_fn=F.cross_entropy), "sum": {}}[loss]
     torch.manual_seed(11)
-    expected = Reference(ref_model, eps=EPS, nb_iter=5, eps_iter=ALPHA, rand_init=rand_init).perturb(x, y)
+    expected = Reference(ref_model, eps=EPS, nb_iter=5, eps_iter=ALPHA, rand_init=rand_init, **ref_loss).perturb(x, y)
     torch.manual_seed(11)
-    got = PGD(EPS, ALPHA, steps=5, random_start=rand_init)(ours_model, x, y)
+    got = PGD(EPS, ALPHA, steps=5, random_start=rand_init, loss_fn=LOSSES[loss])(ours_model, x, y)
     assert torch.equal(got, expected)
     assert not torch.equal(got, x)
     # In train mode both attacks move BatchNorm statistics identically (once per step).
     assert torch.equal(ours_model[1].running_mean, ref_model[1].running_mean)
     assert int(ours_model[1].num_batches_tracked) == int(ref_model[1].num_batches_tracked)
     assert int(ours_model[1].num_batches_tracked) - tracked == (5 if mode == "train" else 0)
+
+
+# Seeds where, on this build and CPU, advertorch's mean and summed losses give different batches (their gradient
+# signs differ in a last bit once, and train-mode BatchNorm spreads it); tried first, others follow if a
+# platform rounds differently.
+DIVERGING_SEED = {72: 5, 100: 27}
+
+
+def resnet_case(batch: int, seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A random-init resnet_tiny and a random 8-px batch, as the original attacks: train mode, random start."""
+    torch.manual_seed(seed)
+    net = models.build("resnet_tiny", 10, small_input=True).train()
+    g = torch.Generator().manual_seed(seed + 1)
+    return net, torch.rand(batch, 3, 8, 8, generator=g), torch.randint(0, 10, (batch,), generator=g)
+
+
+def advertorch_batch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, **loss) -> tuple[torch.Tensor, nn.Module]:
+    """advertorch's PGD-10 (8/255, 2/255, random start) on a copy of `net`, and that copy (its moved BN stats)."""
+    net = copy.deepcopy(net)
+    torch.manual_seed(5)
+    return advertorch_linf_pgd()(net, eps=EPS, nb_iter=10, eps_iter=ALPHA, **loss).perturb(x, y), net
+
+
+@pytest.mark.parametrize("batch", [72, 100])
+def test_default_attack_is_advertorch_with_the_originals_mean_loss(batch):
+    """The original passes F.cross_entropy (mean) to advertorch; at batch sizes that are not powers of two that
+    is a different attack from advertorch's default sum, so this test tells the two apart (asserted too)."""
+    for seed in (DIVERGING_SEED[batch], *range(40)):
+        net, x, y = resnet_case(batch, seed)
+        expected, ref_net = advertorch_batch(net, x, y, loss_fn=F.cross_entropy)
+        summed, _ = advertorch_batch(net, x, y)
+        if not torch.equal(expected, summed):
+            break
+    else:
+        pytest.fail(f"no seed where advertorch's mean and sum losses differ at batch {batch}")
+    assert (expected != summed).float().mean() > 0.01, "one flipped sign should spread over the batch"
+    for attack in (PGD(EPS, ALPHA, steps=10), build_attack(AttackConfig("pgd", EPS, ALPHA, 10))):
+        ours = copy.deepcopy(net)
+        torch.manual_seed(5)
+        assert torch.equal(attack(ours, x, y), expected)
+        assert torch.equal(ours.bn1.running_var, ref_net.bn1.running_var)
+    ours = copy.deepcopy(net)
+    torch.manual_seed(5)
+    assert torch.equal(build_attack(AttackConfig("pgd", EPS, ALPHA, 10), "sum")(ours, x, y), summed)
+
+
+def test_a_power_of_two_loss_scale_keeps_the_mean_attack_bit_for_bit():
+    """The route for attacks under fp16 autocast (where the mean's small gradients can underflow): an injected
+    loss_fn that scales the mean by 2^k. Scaling by a power of two is exact, so in fp32 the batch is unchanged."""
+    net, x, y = resnet_case(72, DIVERGING_SEED[72])
+    batches = []
+    for loss_fn in (None, lambda out, target: F.cross_entropy(out, target) * 2.0 ** 10):
+        torch.manual_seed(5)
+        batches.append(PGD(EPS, ALPHA, steps=10, loss_fn=loss_fn)(copy.deepcopy(net), x, y))
+    assert torch.equal(*batches)
+
+
+def test_mean_and_sum_agree_at_a_power_of_two_batch():
+    """Why a test at batch 64 cannot tell the losses apart: dividing by 64 is exact, so every sign agrees."""
+    net, x, y = resnet_case(64, 0)
+    mean, _ = advertorch_batch(net, x, y, loss_fn=F.cross_entropy)
+    summed, _ = advertorch_batch(net, x, y)
+    assert torch.equal(mean, summed)
 
 
 @pytest.mark.parametrize("rand_init", [False, True])
@@ -283,7 +350,10 @@ def test_attack_config_and_build_attack():
     attack = build_attack(cfg)
     assert isinstance(attack, PGD)
     assert (attack.eps, attack.alpha, attack.steps, attack.random_start) == (8 / 255, 2 / 255, 10, True)
-    assert attack.loss_fn.reduction == "sum"
+    assert attack.loss_fn is LOSSES["mean"] is F.cross_entropy  # the original's, not advertorch's default
+    assert build_attack(cfg, "sum").loss_fn is LOSSES["sum"]
+    with pytest.raises(ConfigError, match="^--attack-loss 'max': choose one of mean, sum$"):
+        build_attack(cfg, "max")
     line = cfg.describe()
     assert "\n" not in line and "PGD-10" in line and "eps=8/255" in line and "alpha=2/255" in line
     with pytest.raises(dataclasses.FrozenInstanceError):

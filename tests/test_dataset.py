@@ -166,6 +166,40 @@ def test_custom_transforms_and_dataloader_batches(cifar10_root):
     assert x.shape == (8, 3, 16, 16) and y.tolist() == s.train.targets[:8]
 
 
+# ---------------------------------------------------------------------------- the original's variants
+def test_cifar10_2_is_cifar10_evaluated_without_the_crop(cifar10_root):
+    """The original's cifar10_2: CIFAR-10's files, splits, stats and training transform; eval Resize(224), no crop."""
+    plain = dataset.build_datasets("cifar10", cifar10_root, image_size=16, resize_size=24)
+    variant = dataset.build_datasets("cifar10_2", cifar10_root, image_size=16, resize_size=24)
+    assert (variant.train_indices, variant.val.indices, variant.mean, variant.num_classes) == \
+        (plain.train_indices, plain.val.indices, plain.mean, 10)
+    assert [type(t).__name__ for t in variant.train.transform.transforms] == \
+        ["RandomResizedCrop", "RandomHorizontalFlip", "ToTensor"]
+    image, _ = variant.test.dataset[0]
+    expected = torchvision.transforms.functional.to_tensor(image.resize((16, 16), resample=2))  # bilinear
+    for view in (variant.val, variant.test):
+        assert [type(t).__name__ for t in view.transform.transforms] == ["Resize", "ToTensor"]
+    x, _ = variant.test[0]
+    assert x.shape == (3, 16, 16) and torch.allclose(x, expected, atol=1 / 255 + 1e-6)
+    assert not torch.equal(x, plain.test[0][0])  # cifar10 crops 16 of 24 px: another view of the image
+
+
+def test_visda_trains_on_train_and_tests_on_validation(tmp_path):
+    """The original's visda: ImageFolder train/ and validation/, validation also the test set; RandomResizedCrop
+    with scale (0.75, 1.33); eval squeezes the whole image to image_size x image_size (no crop)."""
+    root = fakedata.make_image_folder(tmp_path, n_per_class=2, splits=("train", "validation"), size=32)
+    s = dataset.build_datasets("visda", root, image_size=16, resize_size=24)
+    assert (len(s.train), len(s.val), s.num_classes, s.mean) == (6, 6, 3, dataset.IMAGENET_MEAN)
+    assert s.val.dataset.root == s.test.dataset.root == os.path.join(root, "validation")
+    crop = s.train.transform.transforms[0]
+    assert type(crop).__name__ == "RandomResizedCrop" and crop.scale == (0.75, 1.33) and crop.size == (16, 16)
+    resize = s.test.transform.transforms[0]
+    assert type(resize).__name__ == "Resize" and resize.size == (16, 16) and len(s.test.transform.transforms) == 2
+    assert s.train[0][0].shape == s.test[0][0].shape == (3, 16, 16)
+    with pytest.raises(DataError, match="validation"):
+        dataset.build_datasets("visda", fakedata.make_image_folder(tmp_path / "v", splits=("train", "val")))
+
+
 # ---------------------------------------------------------------------------- folders
 def test_imagenet_layout(image_folder_root):
     s = dataset.build_datasets("imagenet", image_folder_root, image_size=32, resize_size=32)
@@ -234,12 +268,14 @@ def test_malformed_pickle_is_a_data_error(tmp_path, fake_checksums):
 
 
 def test_unknown_dataset_lists_the_known_names():
-    with pytest.raises(UserError, match="unknown dataset 'mnist'.*cifar10, cifar100, folder, imagenet, svhn"):
+    with pytest.raises(UserError, match="unknown dataset 'mnist'.*cifar10, cifar100, cifar10_2, folder, imagenet, "
+                                        "svhn, visda"):
         dataset.build_datasets("mnist", ".")
 
 
 def test_table_holds_the_protocol_stats():
-    assert set(dataset.DATASETS) == {"imagenet", "cifar10", "cifar100", "svhn", "folder"}
+    assert set(dataset.DATASETS) == {"imagenet", "cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda"}
+    assert "cifar10_3" not in dataset.DATASETS  # it changes the model's stem: not supported (README)
     spec = dataset.DATASETS["cifar100"]
     assert (spec.mean, spec.std, spec.num_classes) == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 100)
     assert dataset.DATASETS["svhn"].std == (0.1201, 0.1231, 0.1052) and dataset.DATASETS["folder"].num_classes is None

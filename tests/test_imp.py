@@ -18,7 +18,9 @@ import checkpoint
 from lottery import cli as imp_cli
 from lottery import config as imp_config
 from lottery import levels as imp_levels
+from lottery import state as imp_state
 import main_imp_adv
+from dataset import IMAGENET_MEAN, IMAGENET_STD
 import main_imp_std
 import pruning_utils
 from distributed import DistEnv
@@ -174,6 +176,7 @@ def test_evaluate_reports_the_checkpoints_val_accuracy(tiny, run, tmp_path):
 
 
 def test_evaluate_with_the_attack_reports_ra_of_the_dense_init(tiny, tmp_path):
+    """-e measures the unpruned init (sparsity 0), not the original's init after its first 20% prune."""
     data, init = tiny
     assert main_imp_adv.main(imp_argv(data, init, str(tmp_path), "-e", "--train_eps", "16/255")) == 0
     out = json.load(open(tmp_path / checkpoint.EVALUATION))
@@ -181,19 +184,49 @@ def test_evaluate_with_the_attack_reports_ra_of_the_dense_init(tiny, tmp_path):
     assert 0 <= out["ra_top1"] <= out["sa_top1"]
 
 
-def test_resume_from_an_original_format_checkpoint_continues_at_the_next_level(tiny, run, tmp_path):
+def original_checkpoint(ours: dict, script: str) -> dict:
+    """A level checkpoint as the original writes it: main_std.py's keys, or main_adv.py's, whose model starts with
+    advertorch's normalisation layer, so `normalize.mean/std` sit in `state_dict` and `init` (ImageNet stats)."""
+    state, init = dict(ours["state_dict"]), dict(ours["init"])
+    if script == "main_adv":
+        stats = {"normalize.mean": torch.tensor(IMAGENET_MEAN), "normalize.std": torch.tensor(IMAGENET_STD)}
+        state, init = {**stats, **state}, {**stats, **init}
+    return {"epoch": 1, "arch": "resnet50", "state_dict": state, "optimizer": ours["optimizer"],
+            "best_acc1": torch.tensor(ours["best_acc1"]), "state_prune": 1, "init": init}
+
+
+@pytest.mark.parametrize("script", ["main_std", "main_adv"])
+def test_resume_from_an_original_format_checkpoint_continues_at_the_next_level(tiny, run, tmp_path, script):
     data, init = tiny
-    ours = checkpoint.load_file(checkpoint.imp_checkpoint(run, 1))
-    original = {"epoch": 1, "arch": "resnet50", "state_dict": ours["state_dict"], "optimizer": ours["optimizer"],
-                "best_acc1": torch.tensor(ours["best_acc1"]), "state_prune": 1, "init": ours["init"]}
+    original = original_checkpoint(checkpoint.load_file(checkpoint.imp_checkpoint(run, 1)), script)
+    assert any(k.endswith(".weight_orig") for k in original["state_dict"])  # torch-prune naming
     torch.save(original, tmp_path / "orig.pth.tar")
     save_dir = str(tmp_path / "run")
-    assert main_imp_std.main(imp_argv(data, init, save_dir, "--epochs", "2", "--prune_epoch", "1", "--lr", "0.05",
-                                      "--resume", str(tmp_path / "orig.pth.tar"))) == 0
+    main = main_imp_adv.main if script == "main_adv" else main_imp_std.main
+    extra = ("--train_step", "1") if script == "main_adv" else ()
+    assert main(imp_argv(data, init, save_dir, "--epochs", "2", "--prune_epoch", "1", "--lr", "0.05",
+                         "--resume", str(tmp_path / "orig.pth.tar"), *extra)) == 0
     assert not os.path.exists(checkpoint.imp_checkpoint(save_dir, 1))
     assert same_masks(ticket(save_dir, 1), ticket(run, 1)) and same_masks(ticket(save_dir, 2), ticket(run, 2))
     assert [r["level"] for r in checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS))] == [2]
     assert same_masks(ticket(save_dir, 3), torch_global_l1(trained_weights(save_dir, 2), ticket(run, 2), RATE))
+
+
+def test_restore_takes_the_original_a_imp_normalisation_and_keeps_it_out_of_the_init(tiny, run):
+    """main_adv.py's `normalize.mean/std` set the model's normalisation layer (they are the model's stats); the
+    rewind point holds torchvision keys only, so rewinding loads strictly."""
+    ours = checkpoint.load_file(checkpoint.imp_checkpoint(run, 1))
+    original = original_checkpoint(ours, "main_adv")
+    original["state_dict"]["normalize.mean"] = torch.tensor([0.5, 0.4, 0.3])
+    net = tiny_model()
+    mask, init_state = imp_state.restore(net, original, "orig.pth.tar", {})
+    assert net.normalize.mean.flatten().tolist() == pytest.approx([0.5, 0.4, 0.3])
+    assert net.normalize.std.flatten().tolist() == pytest.approx(IMAGENET_STD)
+    assert set(init_state) == set(net.state_dict()) and same_masks(mask, ticket(run, 1))
+    pruning_utils.rewind(net, init_state, mask)
+    original["state_dict"]["normalize.extra"] = torch.zeros(1)  # anything else still does not fit
+    with pytest.raises(CheckpointError, match="unexpected normalize.extra"):
+        imp_state.restore(tiny_model(), original, "orig.pth.tar", {})
 
 
 # ---------------------------------------------------------------------------- one-shot and random
@@ -344,9 +377,46 @@ def test_a_run_from_before_fused_sgd_continues_only_with_no_fused_sgd(tiny, tmp_
     assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
     path = os.path.join(save_dir, "config.json")
     old = json.load(open(path))
-    del old["fused_sgd"], old["compile"], old["epoch_seeds"]  # ticket finding always seeded its epochs this way
+    # standard IMP never attacks, and ticket finding always seeded its epochs this way: no flag for those
+    del old["fused_sgd"], old["compile"], old["tf32"], old["attack_loss"], old["epoch_seeds"]
     json.dump(old, open(path, "w"))
     with pytest.raises(ConfigError, match=r"fused_sgd \(False -> True\) \(fused_sgd: not recorded by that older run"):
         main_imp_std.main(args)
     assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
     assert json.load(open(path))["fused_sgd"] is False and json.load(open(path))["epoch_seeds"] == "independent"
+
+
+def test_no_tf32_turns_cudnn_tf32_off_and_is_recorded(tiny, tmp_path, monkeypatch):
+    """TF32 in fp32 convolutions is cuDNN's default (ours); --no-tf32 computes them in full fp32, as PyTorch 1.5."""
+    data, init = tiny
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    seen, train = [], imp_levels.engine.train_one_epoch
+    monkeypatch.setattr(imp_levels.engine, "train_one_epoch",
+                        lambda *a, **k: seen.append(torch.backends.cudnn.allow_tf32) or train(*a, **k))
+    save_dir = str(tmp_path / "fp32")
+    assert main_imp_std.main(imp_argv(data, init, save_dir, "--epochs", "1", "--prune_epoch", "1", "--no-tf32")) == 0
+    assert seen == [False] and torch.backends.cudnn.allow_tf32 is True  # for the run only
+    assert json.load(open(os.path.join(save_dir, "config.json")))["tf32"] is False
+    assert imp_config.IMPConfig(data, save_dir).tf32 is True
+
+
+def test_an_a_imp_run_from_before_attack_loss_continues_only_with_the_summed_loss(tiny, tmp_path, monkeypatch):
+    """A-IMP attacked with advertorch's summed loss before --attack-loss existed (the original: the mean)."""
+    data, init = tiny
+    save_dir = str(tmp_path / "old")
+    args = imp_argv(data, init, save_dir, "--epochs", "2", "--prune_epoch", "1", "--train_step", "1")
+    calls, summed = [], attacks.LOSSES["sum"]
+    monkeypatch.setitem(attacks.LOSSES, "sum", lambda out, y: calls.append(len(y)) or summed(out, y))
+    assert main_imp_adv.main(args + ["--attack-loss", "sum", "--epochs", "1"]) == 0
+    assert calls, "--attack-loss sum must reach the training attack"
+    path = os.path.join(save_dir, "config.json")
+    old = json.load(open(path))
+    assert old["attack_loss"] == "sum"
+    del old["attack_loss"]
+    json.dump(old, open(path, "w"))
+    with pytest.raises(ConfigError, match=r"attack_loss \('sum' -> 'mean'\) \(attack_loss: not recorded by that"):
+        main_imp_adv.main(args)
+    assert imp_config.IMPConfig(data, save_dir).attack_loss == "mean"
+    assert main_imp_adv.main(args + ["--attack-loss", "sum"]) == 0  # continues with level 2
+    assert json.load(open(path))["attack_loss"] == "sum"
+    assert len(list(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))) == 2

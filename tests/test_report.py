@@ -147,7 +147,35 @@ def test_checkpoint_choice(tmp_path):
     assert by_sa[0.5].double_win and by_sa[0.0].cells[("std", "sa")].mean == 90.0
     assert by_ra[0.0].cells[("std", "sa")].mean == 88.0 and by_ra[0.0].cells[("adv", "ra")].mean == 53.0
     assert by_ra[0.5].status == "fails std-SA, adv-SA"  # 80 < 88 - 0.5; RA 60 > 53 matches
-    assert "checkpoint: best-RA" in report_tables.render_text(rep)
+    text = report_tables.render_text(rep)
+    assert "test numbers: SA and RA of the best-val-RA checkpoint (--checkpoint ra)" in text
+    assert "== init adv_r50, cifar10, data_number 1 (4 runs; SA, RA of best-RA ckpt)" in text
+
+
+def test_each_checkpoint_pairs_sa_of_best_sa_with_ra_of_best_ra(tmp_path):
+    """--checkpoint each: two of the four numbers the original printed, each from its own best checkpoint; every
+    table's header says which pairing it shows."""
+    write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0,
+               best_ra={"epoch": 5, "test_sa": 88.0, "test_ra": 53.0, "test_aa_ra": 51.0})
+    write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0, best_ra={"epoch": 3, "test_sa": 80.0, "test_ra": 52.6})
+    rep = analysis.collect(str(tmp_path), Options(checkpoint="each"))
+    rows = rows_by_sparsity(rep)
+    assert {c: cell.mean for c, cell in rows[0.0].cells.items()} == {
+        ("std", "sa"): 90.0, ("std", "ra"): 53.0, ("std", "aa"): 51.0,
+        ("adv", "sa"): 85.0, ("adv", "ra"): 53.0, ("adv", "aa"): 51.0}
+    assert rows[0.5].double_win  # SA 90/85 from best-SA; RA 52.6 from best-RA, within 0.5 of 53
+    text = report_tables.render_text(rep)
+    assert "test numbers: SA of the best-val-SA checkpoint, RA of the best-val-RA checkpoint (--checkpoint each)" \
+        in text
+    assert "== init adv_r50, cifar10, data_number 1 (4 runs; SA of best-SA, RA of best-RA ckpt)" in text
+    md = report_tables.render_markdown(rep, {})
+    assert md.count("test numbers: SA of the best-val-SA checkpoint, RA of the best-val-RA checkpoint") == 2
+    assert report_tables.summary(rep)["checkpoint"] == "each"
+    assert {r["checkpoint"] for r in csv.DictReader(report_tables.render_csv(rep).splitlines())} == {"each"}
+    write_run(tmp_path, "old", mode="std", sparsity=0.2, sa=90.0, ra=50.0, best_ra="gone")
+    (problem,) = analysis.collect(str(tmp_path), Options(checkpoint="each")).problems
+    assert (problem.path, problem.reason) == ("old", "missing or bad keys: best_ra")
+    assert not analysis.collect(str(tmp_path), Options(checkpoint="sa")).problems  # best-SA alone needs no best_ra
 
 
 def test_autoattack_column(tmp_path):
@@ -232,6 +260,14 @@ def test_outputs_written_and_deterministic(paper_tree, tmp_path):
     assert "(adv_r50_cifar10_1.png)" in md and "(overview_cifar10_1.png)" in md
 
 
+def test_runs_attacked_with_another_loss_are_flagged(tmp_path):
+    """Runs from before --attack-loss (no key: the summed loss) beside runs with the original's mean: a note."""
+    write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0, attack_loss="mean")
+    write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0)
+    (group,) = analysis.collect(str(tmp_path), Options()).groups
+    assert any(n.startswith('runs differ in attack_loss ("mean", null)') for n in group.notes), group.notes
+
+
 def test_sources_and_group_by(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_cell(tmp_path, "imp", 0.5, 90.0, 50.0, 85.0, 55.0, source="imp")
@@ -293,4 +329,4 @@ def test_bash_script(paper_tree):
     done = subprocess.run(["bash", script, str(paper_tree), "--checkpoint", "ra", "--no-plots"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    assert "checkpoint: best-RA" in done.stdout and "wrote " in done.stdout
+    assert "SA and RA of the best-val-RA checkpoint" in done.stdout and "wrote " in done.stdout

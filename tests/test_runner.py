@@ -102,15 +102,16 @@ def test_a_deterministic_run_leaves_the_process_as_it_found_it(tmp_path):
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
 
     class Cfg:
-        save_dir, deterministic = str(tmp_path), True
+        save_dir, deterministic, tf32 = str(tmp_path), True, False
 
     def body(env, cfg, log):
-        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                     torch.backends.cudnn.allow_tf32))
     runner.in_worker(body, DistEnv(), Cfg)
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before == (False, False)
-    Cfg.deterministic = False
+    Cfg.deterministic, Cfg.tf32 = False, True
     runner.in_worker(body, DistEnv(), Cfg)  # without the flag: cuDNN's autotuner, for the run only
-    assert seen == [(True, False), (False, True)]
+    assert seen == [(True, False, False), (False, True, True)]
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
 
 

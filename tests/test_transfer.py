@@ -43,6 +43,10 @@ def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root,
     model.load_state_dict(plain)
     loader = torch.utils.data.DataLoader(splits.test, batch_size=7)
     assert evaluate(model, loader, device=torch.device("cpu"), show_progress=False)["top1"] == res["best_sa"]["test_sa"]
+    # the last epoch's test SA (what the original's standard transfer printed), from the last checkpoint's weights
+    plain, _ = pruning_utils.unmask_state_dict(load_file(str(out / CHECKPOINT))["state_dict"])
+    model.load_state_dict(plain)
+    assert evaluate(model, loader, device=torch.device("cpu"), show_progress=False)["top1"] == res["last"]["test_sa"]
 
 
 def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, pretrained):
@@ -168,7 +172,7 @@ def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, 
     cli.main(argv(crashed, image_folder_root, "folder", pretrained.init, **common))
 
     a, b = (json.load(open(d / RESULTS)) for d in (whole, crashed))
-    assert (a["best_sa"], a["best_ra"]) == (b["best_sa"], b["best_ra"])
+    assert (a["best_sa"], a["best_ra"], a["last"]) == (b["best_sa"], b["best_ra"], b["last"])
     rows = [[{k: v for k, v in json.loads(line).items() if k != "time"} for line in open(d / METRICS)]
             for d in (whole, crashed)]
     assert rows[0] == rows[1]

@@ -12,6 +12,7 @@ import pyautoattack
 import torch
 from torch import nn
 
+import attacks
 import dataset
 from transfer import pipeline
 import runner
@@ -46,7 +47,8 @@ def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1)
 # ---------------------------------------------------------------------------- choosing the pipeline
 @pytest.mark.parametrize("name,asked,used", [
     ("cifar10", "auto", "device"), ("cifar100", "auto", "device"), ("svhn", "auto", "device"),
-    ("folder", "auto", "pil"), ("cifar10", "pil", "pil"), ("svhn", "device", "device"), ("folder", "pil", "pil")])
+    ("folder", "auto", "pil"), ("cifar10", "pil", "pil"), ("svhn", "device", "device"), ("folder", "pil", "pil"),
+    ("cifar10_2", "auto", "pil"), ("visda", "auto", "pil")])  # the original's variants: their own PIL transforms
 def test_auto_is_device_for_uint8_arrays_and_pil_for_folders(name, asked, used):
     cfg = transfer_run.TransferConfig(save_dir="s", dataset=name, pipeline=asked)
     assert transfer_run.resolve_pipeline(cfg) == used
@@ -221,15 +223,19 @@ def test_warmup_steps_the_lr_over_device_batches():
 
 
 def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(tmp_path, cifar10_root, pretrained,
-                                                                               capsys):
-    """config.json of an older run has no pipeline / fused_sgd: it ran the PIL loader and loop SGD. The new
-    defaults would change its numbers mid-run, so they are refused with the implied old values named;
-    `--pipeline pil --no-fused-sgd` continues it (and records the keys). A run from before the one seeding
-    policy (no `epoch_seeds`) seeded its epochs from the loader's seed: no flag brings that back, so it is
-    refused with that named too."""
+                                                                               capsys, monkeypatch):
+    """config.json of an older run has no pipeline / fused_sgd / attack_loss: it ran the PIL loader, loop SGD and
+    summed-loss attacks. The new defaults would change its numbers mid-run, so they are refused with the implied
+    old values named; `--pipeline pil --no-fused-sgd --attack-loss sum` continues it (and records the keys). A
+    run from before the one seeding policy (no `epoch_seeds`) seeded its epochs from the loader's seed: no flag
+    brings that back, so it is refused with that named too."""
     out = tmp_path / "old"
     args = argv(out, cifar10_root, "cifar10", pretrained.init, epochs=1)
-    assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
+    old_flags = ["--pipeline", "pil", "--no-fused-sgd", "--attack-loss", "sum"]
+    calls, summed = [], attacks.LOSSES["sum"]
+    monkeypatch.setitem(attacks.LOSSES, "sum", lambda out, y: calls.append(len(y)) or summed(out, y))
+    assert cli.main(args + old_flags) == 0
+    assert calls, "--attack-loss sum must reach the PGD val/test attack"
     os.remove(os.path.join(out, RESULTS))  # stopped during its final test: a checkpoint, no results yet
     path = os.path.join(out, CONFIG)
     recorded = json.load(open(path))
@@ -245,17 +251,20 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
         assert len(err.splitlines()) == 1 and "--restart" in err
         assert not os.path.exists(os.path.join(out, RESULTS)) and "pipeline" not in json.load(open(path))
         return err
-    err = refused(("pipeline", "fused_sgd"))
+    older = ("pipeline", "fused_sgd", "attack_loss", "tf32")  # tf32: on before, on now
+    err = refused(older)
     assert "pipeline ('pil' -> 'auto')" in err and "fused_sgd (False -> True)" in err
-    assert "not recorded by that older run" in err and "epoch_seeds" not in err
-    err = refused(("pipeline", "fused_sgd", "epoch_seeds"))
+    assert "attack_loss ('sum' -> 'mean')" in err and "not recorded by that older run" in err
+    assert "epoch_seeds" not in err and "tf32" not in err
+    err = refused((*older, "epoch_seeds"))
     assert "epoch_seeds ('loader' -> 'independent')" in err and "cannot continue exactly" in err
     with pytest.raises(ConfigError, match="epoch_seeds"):
-        cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"])
-    refused(("pipeline", "fused_sgd"))
-    assert cli.main(args + ["--pipeline", "pil", "--no-fused-sgd"]) == 0
-    assert json.load(open(os.path.join(out, RESULTS)))["pipeline"] == "pil"
-    assert json.load(open(path))["pipeline"] == "pil"
+        cli.main(args + old_flags)
+    refused(older)
+    assert cli.main(args + old_flags) == 0
+    results = json.load(open(os.path.join(out, RESULTS)))
+    assert (results["pipeline"], results["attack_loss"]) == ("pil", "sum")
+    assert (json.load(open(path))["pipeline"], json.load(open(path))["attack_loss"]) == ("pil", "sum")
 
 
 @pytest.mark.slow
@@ -271,3 +280,28 @@ def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path,
     state = load_file(os.path.join(out, SA_BEST))["state_dict"]
     assert not [k for k in state if "_orig_mod" in k]
     assert json.load(open(os.path.join(out, CONFIG)))["compile"] is True
+
+
+def test_sync_bn_converts_batchnorm_and_changes_nothing_on_one_process(tmp_path, cifar10_root, pretrained,
+                                                                      monkeypatch):
+    """--sync-bn (multi-GPU: BatchNorm over the global batch, as the single-GPU original) swaps every BatchNorm
+    for SyncBatchNorm; on one process that is plain BatchNorm, so the numbers are bit-identical to a run without."""
+    converted = []
+    convert = nn.SyncBatchNorm.convert_sync_batchnorm
+
+    def spy(module, process_group=None):
+        out = convert(module, process_group)  # recursive: calls the spy for every child too
+        if hasattr(module, "fc"):  # the model itself
+            converted.append(sum(isinstance(m, nn.SyncBatchNorm) for m in out.modules()))
+        return out
+    monkeypatch.setattr(nn.SyncBatchNorm, "convert_sync_batchnorm", spy)
+    results = []
+    for flags in ((), ("--sync-bn",)):
+        out = tmp_path / ("sync" if flags else "plain")
+        assert cli.main(argv(out, cifar10_root, "cifar10", pretrained.init, mode="adv", epochs=1, extra=flags)) == 0
+        results.append(json.load(open(os.path.join(out, RESULTS))))
+        assert json.load(open(os.path.join(out, CONFIG)))["sync_bn"] is bool(flags)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in models.build("resnet_tiny", 10, small_input=True).modules())
+    assert converted == [bns] and bns > 0
+    assert [(r["best_sa"], r["best_ra"], r["last"]) for r in results[:1]] == \
+        [(r["best_sa"], r["best_ra"], r["last"]) for r in results[1:]]

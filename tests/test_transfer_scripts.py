@@ -46,6 +46,7 @@ def test_adv_cifar_line(recorder):
     assert (cfg.train_attack.kind, cfg.train_attack.steps, cfg.train_attack.eps, cfg.train_attack.alpha) == \
         ("pgd", 10, 8 / 255, 2 / 255)
     assert (cfg.test_attack.steps, cfg.test_attack.eps, cfg.test_attack.alpha) == (20, 8 / 255, 2 / 255)
+    assert cfg.attack_loss == "mean"  # F.cross_entropy, as the original passes it to advertorch
 
 
 def test_adv_svhn_line_uses_cosine(recorder):
@@ -61,6 +62,15 @@ def test_std_line_measures_ra_too(recorder):
         ("std", "svhn", 64, 0.001, 5e-4, 150)
     assert (cfg.milestones, cfg.eval_from, cfg.train_attack) == ((50, 100), 0, None)
     assert (cfg.test_attack.steps, cfg.test_attack.eps, cfg.test_attack.alpha) == (20, 8 / 255, 2 / 255)
+    assert (cfg.data_number, cfg.attack_loss, cfg.tf32) == (1.0, "mean", True)  # data: the original's whole split
+    assert run_script(recorder, "std.sh", "svhn", "init.pth", "runs/s", "", "--no-tf32")[1].tf32 is False
+
+
+def test_std_line_takes_a_data_fraction_which_extends_the_original(recorder):
+    """The original's standard transfer has no --data_number; ours keeps it for the data-limited double-win."""
+    _, cfg = run_script(recorder, "std.sh", "cifar10", "init.pth", "runs/s", "", "--data_number", "0.01")
+    assert (cfg.mode, cfg.data_number) == ("std", 0.01)
+    assert "extends the original" in open(os.path.join(SCRIPTS, "std.sh")).read()
 
 
 @pytest.mark.parametrize("ticket", ["", "none"])

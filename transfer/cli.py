@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import checkpoint
 import runner
-from attacks import AttackConfig, eps_from_flag, parse_fraction
+from attacks import LOSSES, AttackConfig, eps_from_flag, parse_fraction
 from distributed import Launch
 from errors import ConfigError, OneLineParser
 from transfer import config as transfer_config
@@ -56,6 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_eps", type=parse_fraction, default=8 / 255)
     g.add_argument("--test_step", type=int, default=20)
     g.add_argument("--test_gamma", type=parse_fraction, default=2 / 255)
+    g.add_argument("--attack-loss", default="mean", choices=list(LOSSES),
+                   help="both attacks' cross-entropy: mean over the batch (the original's) or sum "
+                        "(advertorch's default; runs started before this flag used it)")
     g.add_argument("--autoattack", type=int, default=0, metavar="N",
                    help="also evaluate AutoAttack RA on the first N test images (0: off)")
     g.add_argument("--autoattack-version", default="standard", choices=transfer_config.AA_VERSIONS)
@@ -73,8 +76,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data, speed and safety")
     runner.add_speed_flags(g, channels_last=True)
     runner.add_safety_flags(g, restart="start over in a SAVE_DIR holding another run")
-    runner.add_launch_flags(p.add_argument_group("distributed (ours: the original transfer is single-GPU; "
-                                                 "torchrun works too)"))
+    g = p.add_argument_group("distributed (ours: the original transfer is single-GPU; torchrun works too)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with several GPUs, BatchNorm statistics over the global batch (SyncBatchNorm), so training "
+                        "and the train-mode attack see all --batch_size images as on the original's one GPU; "
+                        "without it each GPU normalises its own batch_size / GPUs images")
+    runner.add_launch_flags(g)
     return p
 
 
@@ -126,8 +133,8 @@ def config_from_args(args) -> tuple[TransferConfig, Launch]:
         **runner.common_settings(args), dataset=args.dataset, data=args.data, data_number=args.data_number,
         subset=args.subset, download=args.download, arch=args.arch, init=_optional_path(args.init),
         ticket=_optional_path(args.tickets_file), mode=args.mode, train_attack=_train_attack(args),
-        test_attack=test, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, epochs=args.epochs, warmup=args.warmup,
+        test_attack=test, attack_loss=args.attack_loss, sync_bn=args.sync_bn, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs, warmup=args.warmup,
         milestones=_milestones(args.decreasing_lr), scheduler=args.scheduler, eval_from=args.eval_from,
         autoattack=args.autoattack, autoattack_version=args.autoattack_version, autoattack_attacks=attacks,
         save_all=args.save_all, require_checkpoint=args.resume, pipeline=args.pipeline,

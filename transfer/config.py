@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from attacks import AttackConfig
 
-DATASETS = ("cifar10", "cifar100", "svhn", "folder")
+DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")  # the last two: original variants
 SCHEDULERS = ("multistep", "cosine")
 PIPELINES = ("auto", "device", "pil")
 DEVICE_DATASETS = ("cifar10", "cifar100", "svhn")  # held as one uint8 array: the device pipeline serves them
@@ -31,6 +31,7 @@ class TransferConfig:
     mode: str = "adv"                    # "std": clean training; "adv": training on train_attack examples
     train_attack: AttackConfig | None = None
     test_attack: AttackConfig = field(default_factory=lambda: AttackConfig("pgd", 8 / 255, 2 / 255, 20))
+    attack_loss: str = "mean"            # both attacks' loss (attacks.LOSSES): the original's mean cross-entropy
     seed: int = 1
     batch_size: int = 128                # global batch, split over the ranks
     lr: float = 0.1
@@ -47,6 +48,8 @@ class TransferConfig:
     save_all: bool = False
     require_checkpoint: bool = False     # --resume: fail unless there is a checkpoint to continue
     deterministic: bool = False
+    tf32: bool = True                    # cuDNN TF32 in fp32 convolutions (the default; PyTorch 1.5 had none)
+    sync_bn: bool = False                # SyncBatchNorm over the ranks (multi-GPU; the original is single-GPU)
     amp: str | None = None
     channels_last: bool = True
     pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
@@ -63,6 +66,7 @@ AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VOLATILE = ("download", "print_freq", "save_all", "require_checkpoint", "autoattack", "autoattack_version",
             "autoattack_attacks", "gpu", "dist_url", "dist_backend", "world_size", "rank", "multiprocessing_distributed")
 # settings added after the first release beside runner.IMPLIED's, with the behaviour of runs started before them:
-# such a run continues with `--pipeline pil --no-fused-sgd`, except that transfer runs started before 2026-11-29
-# seeded each epoch's global RNG with the seed of the loader's order generator (`loader`), which no flag selects
-IMPLIED = {"pipeline": "pil", "epoch_seeds": "loader"}
+# such a run continues with `--pipeline pil --no-fused-sgd --attack-loss sum` (no SyncBatchNorm), except that
+# transfer runs started before 2026-11-29 seeded each epoch's global RNG with the seed of the loader's order
+# generator (`loader`), which no flag selects
+IMPLIED = {"pipeline": "pil", "attack_loss": "sum", "sync_bn": False, "epoch_seeds": "loader"}

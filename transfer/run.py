@@ -74,7 +74,7 @@ def resolve_pipeline(cfg: TransferConfig) -> str:
         return "device" if cfg.dataset in DEVICE_DATASETS else "pil"
     if cfg.pipeline == "device" and cfg.dataset not in DEVICE_DATASETS:
         raise ConfigError(f"--pipeline device serves {', '.join(DEVICE_DATASETS)} (uint8 arrays); --dataset "
-                          f"{cfg.dataset} is read from image files: pass --pipeline pil or auto")
+                          f"{cfg.dataset} goes through torchvision's PIL transforms: pass --pipeline pil or auto")
     return cfg.pipeline
 
 
@@ -166,8 +166,9 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     scheduler = make_scheduler(optimizer, cfg)
     scaler = optimizer_lib.make_scaler(cfg.amp)
     state = transfer_state.resume(cfg, env.is_main, model, mask, optimizer, scheduler, scaler, log)
-    net = runner.wrap(model, env, compile=cfg.compile)
-    train_attack, test_attack = build_attack(cfg.train_attack), build_attack(cfg.test_attack)
+    net = runner.wrap(model, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
+    train_attack = build_attack(cfg.train_attack, cfg.attack_loss)
+    test_attack = build_attack(cfg.test_attack, cfg.attack_loss)
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
     val_loader = data.val if data is not None else runner.eval_loader(splits.val, batch, env=env, workers=cfg.workers)

@@ -4,6 +4,8 @@
 #   bash script/train_downstream/std.sh cifar100 W SAVE TICKET --data /datasets --data_number 0.1
 # TICKET "" or none: the dense model, the reference for every ticket. Re-running the same command resumes the
 # run in SAVE_DIR. Set PYTHON to choose the interpreter.
+# --data_number extends the original: its standard transfer has no such flag and always trains on the whole
+# training split; the data-limited double-win criterion needs standard transfer at 1% and 10% too.
 set -euo pipefail
 usage() {
   echo "usage: bash script/train_downstream/std.sh DATASET INIT_WEIGHTS SAVE_DIR TICKET [extra flags override the values below]  (TICKET \"\" or none: dense)" >&2
@@ -18,7 +20,7 @@ args=(
   --mode std                        # clean fine-tuning
   --data ../data
   --dataset "$1"                    # cifar10, cifar100, svhn or folder
-  --data_number 1
+  --data_number 1                   # fraction of the training split (ours: the original's std transfer uses it all)
   --arch resnet50
   --init "$2"
   --seed 1
