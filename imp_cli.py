@@ -141,6 +141,7 @@ def main(argv: list[str] | None, *, adversarial: bool) -> int:
     opts = launch_from_args(args)
     if _first_process(opts):
         checkpoint.writable_dir(cfg.save_dir)
+        checkpoint.hold_save_dir(cfg.save_dir)  # for the whole run: a second process on this SAVE_DIR refuses
     if _first_process(opts) and not cfg.evaluate:
         checkpoint.remove_temp_files(cfg.save_dir)
         if args.restart:  # before config.json changes: a kill in between must not pair old files with it

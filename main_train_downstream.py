@@ -19,7 +19,7 @@ import errors
 import transfer
 import transfer_state
 from attacks import AttackConfig, eps_from_flag, parse_fraction
-from checkpoint import CHECKPOINT, RESULTS, check_config, remove_temp_files, writable_dir
+from checkpoint import CHECKPOINT, RESULTS, check_config, hold_save_dir, remove_temp_files, writable_dir
 from distributed import Launch, launch
 from errors import ConfigError, OneLineParser
 
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, opts = config_from_args(args)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank runs main(); the first one checks
         writable_dir(cfg.save_dir)
+        hold_save_dir(cfg.save_dir)  # for the whole run: a second process on this SAVE_DIR refuses
         remove_temp_files(cfg.save_dir)
         if args.restart:
             transfer_state.clear_run(cfg.save_dir)
