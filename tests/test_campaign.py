@@ -1,0 +1,191 @@
+"""The campaign tool's fast parts: the spec's checks (one line naming the key or file), runs and their commands,
+plan/status counts at each stage from files alone, the SAVE_DIR lock, and the one line for a corrupt image."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+import campaignkit as kit
+import checkpoint
+import dataset
+import errors
+from campaign import cost, spec, state, status
+
+ROOT = kit.ROOT
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return kit.make_inputs(str(tmp_path_factory.mktemp("campaign")))
+
+
+def load(tmp_path, inputs, **kw):
+    return spec.load(kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), **kw))
+
+
+def test_file_names_and_datasets_agree_with_the_modules_that_own_them():
+    assert (state.RESULTS, state.CHECKPOINT, state.METRICS, state.LOCK) == \
+        (checkpoint.RESULTS, checkpoint.CHECKPOINT, checkpoint.METRICS, checkpoint.LOCK)
+    assert set(spec.DATASETS) == set(dataset.DATASETS) - {"imagenet"}
+
+
+def test_runs_are_the_drivers_commands_with_the_documented_layout(tmp_path, inputs):
+    c = load(tmp_path, inputs)
+    assert len(c.runs) == 3 * 2 * 2  # (dense + 2 tickets) x 2 modes x 2 seeds
+    run = next(r for r in c.runs if r.id == "tiny/folder-1/aimp-2/adv/s2")
+    assert run.save_dir == str(tmp_path / "runs" / "tiny" / "folder-1" / "aimp-2" / "adv" / "s2")
+    assert run.command[:6] == ("bash", os.path.join(ROOT, "script", "train_downstream", "adv_cifar.sh"), "folder",
+                               inputs["init"], run.save_dir, os.path.join(inputs["tickets"], "2-ticket.pth.tar"))
+    assert run.command[6:12] == ("--data", inputs["data"], "--data_number", "1", "--seed", "2")
+    assert run.command[12:] == tuple(kit.TINY)
+    dense = next(r for r in c.runs if r.id == "tiny/folder-1/dense/std/s1")
+    assert dense.command[1].endswith("std.sh") and dense.command[5] == ""
+    printed = kit.sweep("run", str(tmp_path / "c.toml"), "--print", check=True).stdout.splitlines()
+    assert [shlex.split(line) for line in printed] == [list(r.command) for r in c.runs]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.replace("seeds =", "seed ="), "unknown key init[0].'seed'"),
+    (lambda s: s.replace('datasets = ["folder"]', 'datasets = ["cifar11"]'), "unknown dataset 'cifar11'"),
+    (lambda s: s.replace("init.pth", "missing.pth"), "weights: file"),
+    (lambda s: s.replace("levels = [1, 2]", "levels = [1, 7]"), "7-ticket.pth.tar does not exist and no"),
+    (lambda s: s.replace('modes = ["std", "adv"]', 'modes = ["fast"]'), "unknown mode 'fast'"),
+    (lambda s: s.replace("[[init]]", "rot = 1\n[[init]]"), "unknown key 'rot'"),
+    (lambda s: s + "\n[init.tickets.imp]\nkind = \"adv\"\ndata = \"/x\"\ngpu = 2\n", "unknown key init[0].tickets[0].imp.'gpu'"),
+])
+def test_a_bad_spec_gets_one_line_naming_the_key_or_file(tmp_path, inputs, edit, message):
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"))
+    with open(path) as f:
+        text = edit(f.read())
+    with open(path, "w") as f:
+        f.write(text)
+    done = kit.sweep("plan", path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {path}: ") and message in done.stderr, \
+        done.stderr
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_a_ticket_an_imp_stage_will_make_is_waited_for(tmp_path, inputs):
+    imp = f'\n[init.tickets.imp]\nkind = "std"\ndata = "{inputs["data"]}"\noverrides = ["--epochs", "2"]\n'
+    c = load(tmp_path, inputs, tickets=f'[[init.tickets]]\nname = "imp"\ndir = "{tmp_path}/t"\nlevels = [1, 2]\n{imp}')
+    rows = state.states(c)
+    assert [r.run.id for r in rows if r.run.kind == "imp"] == ["imp:tiny/imp"]
+    assert state.counts(rows) == {**dict.fromkeys(state.STATES, 0), "pending": 1 + 4, "waiting": 8}
+    assert {r.detail for r in rows if r.state == "waiting"} == {f"for {tmp_path}/t/{k}-ticket.pth.tar" for k in (1, 2)}
+    imp = next(r.run for r in rows if r.run.kind == "imp")
+    assert imp.command[1].endswith("imp_std.sh") and imp.command[2:5] == (inputs["init"], f"{tmp_path}/t", inputs["data"])
+
+
+def _hold(save_dir: str) -> subprocess.Popen:
+    """Another process holding SAVE_DIR's lock, as a running entry point does."""
+    code = f"import sys, time; sys.path.insert(0, {ROOT!r}); import checkpoint; " \
+           f"checkpoint.hold_save_dir({save_dir!r}); print('held', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=kit.ENV)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_plan_counts_are_exact_at_each_stage(tmp_path, inputs):
+    c = load(tmp_path, inputs)
+    ids = [r.id for r in c.runs]
+    spec_path = str(tmp_path / "c.toml")
+
+    def counts() -> dict:
+        done = kit.sweep("plan", spec_path, "--json", str(tmp_path / "plan.json"), check=True)
+        assert "left: ~" in done.stdout
+        with open(tmp_path / "plan.json") as f:
+            return {k: v for k, v in json.load(f)["counts"].items() if v}
+    assert counts() == {"pending": 12}
+    dirs = [os.path.join(c.root, i) for i in ids]
+    for d in dirs[:4]:
+        os.makedirs(d)
+    with open(os.path.join(dirs[0], "results.json"), "w") as f:
+        json.dump({"complete": True}, f)
+    with open(os.path.join(dirs[1], "results.json"), "w") as f:
+        json.dump({"complete": False}, f)  # an unfinished final test is not done
+    open(os.path.join(dirs[1], "checkpoint.pth.tar"), "w").close()
+    with open(os.path.join(dirs[2], "launch.json"), "w") as f:
+        json.dump({"exit": 2, "error": "error: --lr x: invalid float value"}, f)
+    holder = _hold(dirs[3])
+    try:
+        assert counts() == {"done": 1, "partial": 1, "failed": 1, "running": 1, "pending": 8}
+        text = kit.sweep("plan", spec_path, check=True).stdout
+        line = next(ln for ln in text.splitlines() if ln.startswith(ids[2] + " "))
+        assert line.split() == [ids[2], "failed", "error:", "--lr", "x:", "invalid", "float", "value"]
+        assert next(ln for ln in text.splitlines() if ln.startswith(ids[3] + " ")).split()[1:4] == \
+            ["running", "pid", str(holder.pid)]
+        shown = kit.sweep("status", spec_path, check=True).stdout
+        assert "[###....." in shown and "1/12 done (8%)" in shown
+    finally:
+        holder.kill()
+        holder.wait()
+    assert counts() == {"done": 1, "partial": 1, "failed": 1, "pending": 9}  # a dead holder's lock is free
+
+
+def test_a_second_process_on_a_locked_save_dir_refuses_and_changes_nothing(tmp_path, inputs):
+    save = str(tmp_path / "run")
+    os.makedirs(save)
+    with open(os.path.join(save, "config.json"), "w") as f:
+        f.write("{}")
+    holder = _hold(save)
+    try:
+        before = {n: open(os.path.join(save, n), "rb").read() for n in os.listdir(save)}
+        cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
+               "--data", inputs["data"], *kit.TINY]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=120)
+        after = {n: open(os.path.join(save, n), "rb").read() for n in os.listdir(save)}
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {save} is in use by pid {holder.pid} on ")
+    assert after == before
+
+
+def test_the_estimate_follows_the_readme_table():
+    run = spec.Run("x", "transfer", "/nowhere", ("bash", os.path.join(ROOT, "script", "train_downstream",
+                                                                        "adv_cifar.sh"), "cifar10", "w", "s", ""),
+                   dataset="cifar10", mode="adv")
+    hours = cost.gpu_hours(cost.run_flop(run))
+    assert 1.0 < hours < 1.5  # README: ~1.2 h in bf16 for 100 epochs of PGD-10 on CIFAR
+    assert cost.run_flop(run, epochs_done=100) == 0
+    assert status.bar(3, 12).endswith("3/12 done (25%)")
+
+
+def test_a_corrupt_image_stops_the_run_with_one_line_and_check_data_lists_it(tmp_path, inputs):
+    import shutil
+    data = str(tmp_path / "data")
+    shutil.copytree(inputs["data"], data)
+    bad = os.path.join(data, "train", "bee", "00005.png")
+    with open(bad, "rb") as f:
+        head = f.read()[:60]
+    with open(bad, "wb") as f:
+        f.write(head)
+    save = str(tmp_path / "run")
+    cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
+           "--data", data, *kit.TINY, "-j", "2"]  # in DataLoader workers: the error crosses a process
+    done = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: image {bad} cannot be decoded")
+    assert f"sweep.py check-data {data}" in done.stderr
+    check = kit.sweep("check-data", data, inputs["data"])
+    assert check.returncode == 1
+    lines = check.stdout.splitlines()
+    assert lines[0].startswith(f"{bad}: ") and f"{data}: 24 images checked: 1 unreadable images" in check.stdout
+    assert f"{inputs['data']}: 24 images checked: OK" in check.stdout
+    os.remove(os.path.join(data, "val", "cat", "00011.png"))
+    os.rename(os.path.join(data, "val", "cat"), os.path.join(data, "val", "cow"))
+    assert "class folders differ from train/ (e.g. 'cat')" in kit.sweep("check-data", data).stdout
+
+
+def test_a_worker_error_reaches_run_cli_as_one_line():
+    wrapped = errors.DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                               "call last):\n  File \"x.py\", line 1\nerrors.DataError: image a.png cannot be decoded")
+    assert errors.one_line(wrapped) == "image a.png cannot be decoded"
