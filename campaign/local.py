@@ -23,7 +23,7 @@ def threads_per_run(jobs: int) -> int:
     return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
 
 
-def run_local(campaign: Campaign, *, gpus: list[str] | None = None, jobs: int = 1, poll: float = 1.0,
+def run_local(campaign: Campaign, *, gpus: list[str] | None = None, jobs: int = 1, poll: float = 0.5,
               say: Callable[[str], None] = print) -> dict[str, int]:
     """Run what is left until nothing more can start; returns {run id: exit status} of the runs it started.
 

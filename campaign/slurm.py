@@ -2,6 +2,8 @@
 with its GPUs; a time limit or preemption requeues the run (it resumes), a user error (exit 2) does not."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -117,7 +119,7 @@ def _executor(campaign: Campaign, opts: SlurmOptions, gpus: int, name: str):
 
 def _refused(e: Exception, opts: SlurmOptions) -> UserError:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    said = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else type(e).__name__)
+    said = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else type(e).__name__)
     hint = {"partition": "--partition", "account": "--account", "qos": "--qos", "time": "--time",
             "gres": "--gpus-per-run", "gpu": "--gpus-per-run", "cpu": "--cpus-per-run"}
     flag = next((f for k, f in hint.items() if k in said.lower()), "the SLURM options")
@@ -132,15 +134,8 @@ def submit(campaign: Campaign, runs: list[Run], opts: SlurmOptions, say: Callabl
     name = os.path.splitext(os.path.basename(campaign.path))[0]
     new: dict[str, str] = {}
     try:
-        for run in [r for r in runs if r.kind == "imp"]:
-            job = _executor(campaign, opts, run.gpus, f"{name}-imp").submit(Task(run, opts.cpus_per_run))
-            new[run.id] = str(job.job_id)
-        transfer = [r for r in runs if r.kind == "transfer"]
-        if transfer:
-            ex = _executor(campaign, opts, opts.gpus_per_run, name)
-            with ex.batch():
-                array = [ex.submit(Task(r, opts.cpus_per_run)) for r in transfer]
-            new.update({r.id: str(j.job_id) for r, j in zip(transfer, array)})
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's refusal; we say it in one line
+            _submit(campaign, runs, opts, name, new)
     except Exception as e:  # sbatch said no: one line naming what to fix
         if type(e).__name__ not in ("FailedJobError", "FailedSubmissionError", "CalledProcessError"):
             raise
@@ -151,6 +146,18 @@ def submit(campaign: Campaign, runs: list[Run], opts: SlurmOptions, say: Callabl
             write_json(jobs_file(campaign), {**jobs, **new})
     say(f"submitted {len(new)} runs: jobs {', '.join(sorted({j.split('_')[0] for j in new.values()}))}")
     return new
+
+
+def _submit(campaign: Campaign, runs: list[Run], opts: SlurmOptions, name: str, new: dict[str, str]) -> None:
+    for run in [r for r in runs if r.kind == "imp"]:
+        job = _executor(campaign, opts, run.gpus, f"{name}-imp").submit(Task(run, opts.cpus_per_run))
+        new[run.id] = str(job.job_id)
+    transfer = [r for r in runs if r.kind == "transfer"]
+    if transfer:
+        ex = _executor(campaign, opts, opts.gpus_per_run, name)
+        with ex.batch():
+            array = [ex.submit(Task(r, opts.cpus_per_run)) for r in transfer]
+        new.update({r.id: str(j.job_id) for r, j in zip(transfer, array)})
 
 
 def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, poll: float = 30.0,

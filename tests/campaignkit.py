@@ -22,7 +22,7 @@ VOLATILE = ("wall_time_s",)  # keys of results.json that differ between two iden
 
 
 def make_inputs(d: str) -> dict[str, str]:
-    """init.pth, tickets/{1,2}-ticket.pth.tar and data/ (ImageFolder train/val) under d."""
+    """init.pth, init3.pth, tickets/{1,2}-ticket.pth.tar and data/ (ImageFolder train/val) under d."""
     torch.manual_seed(0)
     model = models.resnet_tiny(1000)
     init = os.path.join(d, "init.pth")
@@ -33,7 +33,9 @@ def make_inputs(d: str) -> dict[str, str]:
         pruning_utils.save_ticket(os.path.join(d, "tickets", f"{level}-ticket.pth.tar"), mask,
                                   {"level": level, "source": "aimp"})
     data = fakedata.make_image_folder(os.path.join(d, "data"), n_per_class=4, size=16)
-    return {"init": init, "tickets": os.path.join(d, "tickets"), "data": data}
+    init3 = os.path.join(d, "init3.pth")  # a 3-class head: IMP on the folder data itself (as if it were ImageNet)
+    torch.save(models.resnet_tiny(3).state_dict(), init3)
+    return {"init": init, "init3": init3, "tickets": os.path.join(d, "tickets"), "data": data}
 
 
 def toml_list(items) -> str:
