@@ -15,9 +15,12 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def threads_per_run(jobs: int) -> int:
+def threads_per_run(jobs: int) -> int | None:
     """OMP_NUM_THREADS of each of `jobs` CPU runs: an equal share of the cores (capped by OMP_NUM_THREADS if
-    set): several torch processes with default threads on 2 cores ran 10-20x slower."""
+    set): several torch processes with default threads on 2 cores ran 10-20x slower. One run: None, torch's
+    default, as the same command typed by hand."""
+    if jobs == 1:
+        return None
     share = max(1, cpu_count() // jobs)
     cap = os.environ.get("OMP_NUM_THREADS", "")
     return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
@@ -47,7 +50,7 @@ def run_local(campaign: Campaign, *, gpus: list[str] | None = None, jobs: int = 
                 if state.lock_holder(run.save_dir):
                     continue  # started by someone else meanwhile
                 slot, free = free[:need], free[need:]
-                env = child_env(threads * need, ",".join(slot) if gpus else None)
+                env = child_env(threads and threads * need, ",".join(slot) if gpus else None)
                 active[run.id] = (Execution(run, env), slot)
                 say(f"start  {run.id}" + (f"  (GPU {','.join(slot)})" if gpus else ""))
             for rid, (ex, slot) in list(active.items()):
