@@ -8,6 +8,7 @@ import os
 import socket
 import pickle
 import tempfile
+import time
 import zipfile
 from typing import Any, Iterable
 
@@ -82,9 +83,13 @@ def hold_save_dir(save_dir: str) -> None:
         return
     path = os.path.join(save_dir, LOCK)
     f = open(path, "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    for attempt in range(5):  # a few tries: `sweep.py status` probes the lock for an instant
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(0.1 * (attempt < 4))
+    else:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()

@@ -34,6 +34,7 @@ def run_local(campaign: Campaign, *, gpus: list[str] | None = None, jobs: int = 
     retried here (re-running the command retries it); Ctrl-C stops the children (they resume when re-run).
     """
     free = list(gpus) if gpus else [str(i) for i in range(jobs)]
+    slots = len(free)
     threads = max(1, cpu_count() // len(free)) if gpus else threads_per_run(jobs)
     active: dict[str, tuple[Execution, list[str]]] = {}
     exits: dict[str, int] = {}
@@ -44,8 +45,8 @@ def run_local(campaign: Campaign, *, gpus: list[str] | None = None, jobs: int = 
             todo = [r for r in state.launchable(rows) if r.id not in exits and r.id not in active]
             todo.sort(key=lambda r: r.kind != "imp")  # IMP stages first: their tickets feed the rest
             for run in todo:
-                need = min(run.gpus, len(free) if gpus else 1) if run.kind == "imp" else 1
-                if len(free) < max(need, 1):
+                need = min(run.gpus, slots) if run.kind == "imp" and gpus else 1  # an IMP stage: its GPUs at once
+                if len(free) < need:
                     continue
                 if state.lock_holder(run.save_dir):
                     continue  # started by someone else meanwhile

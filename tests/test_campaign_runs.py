@@ -126,7 +126,7 @@ def test_slurm_job_array_survives_a_requeue_and_matches_the_local_run(slurm, loc
     assert "submitted 12 runs" in out
     assert _counts(path) == {"done": 12}
     with open(os.path.join(victim, "stdout.txt")) as f:
-        assert f.read().count("== ") >= 2  # started twice: requeued, then resumed
+        assert sum(line.startswith("== ") for line in f) >= 2  # started twice: requeued, then resumed
     assert kit.results(str(tmp_path / "runs")) == kit.results(local_two[1])
     report = kit.sweep("report", path, check=True)
     assert "highest double-win sparsity" in report.stdout.lower()
@@ -139,3 +139,22 @@ def test_sbatch_refusal_is_one_line_naming_the_option(slurm, inputs, tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: sbatch refused the jobs (") and "--partition" in done.stderr
     assert _counts(path) == {"pending": 3}
+
+
+@pytest.mark.slow
+def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm, inputs, tmp_path):
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",),
+                          levels=(1,), extra='std_overrides = ["--lr", "x"]')
+    done = kit.sweep("run", path, "--slurm", "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "5",
+                     "--follow", "--poll", "1", timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert _counts(path) == {"failed": 2}
+    for rid in ("tiny/folder-1/dense/std/s1", "tiny/folder-1/aimp-1/std/s1"):
+        folder = os.path.join(tmp_path, "runs", rid)
+        with open(os.path.join(folder, "launch.json")) as f:
+            record = json.load(f)
+        assert record["exit"] == 2 and record["error"].startswith("error: argument --lr: invalid float value")
+        with open(os.path.join(folder, "stdout.txt")) as f:
+            assert sum(line.startswith("== ") for line in f) == 1  # launched once: not retried
+    plan = kit.sweep("plan", path, check=True).stdout
+    assert "failed    error: argument --lr: invalid float value: 'x'" in plan
