@@ -52,7 +52,10 @@ class Task:
             return 0  # someone else trains there (a second submission): nothing to do here
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         self.execution = Execution(self.run, child_env(threads))
-        code = self.execution.wait()
+        # poll rather than wait(): submitit's USR1 handler runs `checkpoint` in this thread, and its own wait()
+        # on the child would deadlock inside a blocking one
+        while (code := self.execution.poll()) is None:
+            time.sleep(0.5)
         if code != 0:
             raise RunFailed(f"{self.run.id}: exit {code}: {self.execution.record.get('error')}")
         return code

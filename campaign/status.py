@@ -67,5 +67,6 @@ def status_text(campaign: Campaign, rows: list[RunState]) -> str:
     done = sum(r.state == "done" for r in rows)
     lines += ["", bar(done, len(rows)), counts_line(rows)]
     if done == len(rows):
-        lines.append(f"complete: the report is `sweep.py report {os.path.relpath(campaign.path)}`")
+        rel = os.path.relpath(campaign.path)
+        lines.append(f"complete: the report is `python sweep.py report {campaign.path if rel.startswith('..') else rel}`")
     return "\n".join(lines)

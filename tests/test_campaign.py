@@ -189,3 +189,45 @@ def test_a_worker_error_reaches_run_cli_as_one_line():
     wrapped = errors.DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
                                "call last):\n  File \"x.py\", line 1\nerrors.DataError: image a.png cannot be decoded")
     assert errors.one_line(wrapped) == "image a.png cannot be decoded"
+
+
+def test_slurm_task_checkpoint_stops_the_run_and_requeues_a_fresh_task(tmp_path):
+    """What submitit calls on USR1 (time limit, preemption): the driver stops (recorded as interrupted, so the run
+    is partial, not failed) and the resubmitted task runs the same command again (it resumes from SAVE_DIR)."""
+    import threading
+
+    pytest.importorskip("submitit")
+    from campaign import slurm
+    save = str(tmp_path / "run")
+    run = spec.Run("r", "transfer", save, ("bash", "-c", "echo started; sleep 30"))
+    task = slurm.Task(run, threads=1)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("error", _call(task)))
+    thread.start()
+    deadline = time.time() + 20
+    while task.execution is None or "started" not in open(os.path.join(save, "stdout.txt")).read():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    again = task.checkpoint()
+    thread.join(20)
+    assert isinstance(again.function, slurm.Task) and again.function is not task and again.function.run == run
+    assert "exit -15" in str(outcome["error"])  # the job's own call ends; submitit requeues `again`
+    with open(os.path.join(save, "launch.json")) as f:
+        record = json.load(f)
+    assert record["exit"] is None and record["interrupted"] == 15
+    assert state.state_of(run).state == "pending"  # no checkpoint.pth.tar in this stand-in: pending, not failed
+
+
+def _call(task):
+    try:
+        task()
+    except Exception as e:  # RunFailed
+        return e
+
+
+def test_the_campaign_reads_files_and_imports_no_torch_entry_point_or_model():
+    code = ("import sys, sweep, campaign.slurm, campaign.local, campaign.datacheck; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'engine', 'transfer', "
+            "'imp_cli', 'dataset', 'report') or m.startswith('main_')); print(bad)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=kit.ENV)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
