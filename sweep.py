@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1:
             raise UserError(f"--jobs {args.jobs}: at least 1")
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-        exits = local.run_local(campaign, gpus=gpus, jobs=args.jobs)
+        exits = local.run_local(campaign, gpus=gpus, jobs=args.jobs, queued=slurm.queued(campaign))
         rows = state.states(campaign)
         print(status.counts_line(rows))
         return 1 if any(exits.values()) else 0

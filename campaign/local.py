@@ -27,11 +27,12 @@ def threads_per_run(jobs: int) -> int | None:
 
 
 def run_local(campaign: Campaign, *, gpus: list[str] | None = None, jobs: int = 1, poll: float = 0.5,
-              say: Callable[[str], None] = print) -> dict[str, int]:
+              queued: set[str] = frozenset(), say: Callable[[str], None] = print) -> dict[str, int]:
     """Run what is left until nothing more can start; returns {run id: exit status} of the runs it started.
 
-    Slots are GPUs (`gpus`, ids as CUDA_VISIBLE_DEVICES takes them) or `jobs` CPU slots. A failed run is not
-    retried here (re-running the command retries it); Ctrl-C stops the children (they resume when re-run).
+    Slots are GPUs (`gpus`, ids as CUDA_VISIBLE_DEVICES takes them) or `jobs` CPU slots; runs in `queued`
+    (submitted to SLURM, still there) are left to their jobs. A failed run is not retried here (re-running the
+    command retries it); Ctrl-C stops the children (they resume when re-run).
     """
     free = list(gpus) if gpus else [str(i) for i in range(jobs)]
     slots = len(free)
@@ -41,7 +42,7 @@ def run_local(campaign: Campaign, *, gpus: list[str] | None = None, jobs: int = 
     total = len(campaign.runs)
     try:
         while True:
-            rows = state.states(campaign)
+            rows = state.states(campaign, queued)
             todo = [r for r in state.launchable(rows) if r.id not in exits and r.id not in active]
             todo.sort(key=lambda r: r.kind != "imp")  # IMP stages first: their tickets feed the rest
             for run in todo:
@@ -64,7 +65,7 @@ def run_local(campaign: Campaign, *, gpus: list[str] | None = None, jobs: int = 
                 done = sum(s.state == "done" for s in state.states(campaign))
                 say(f"{'done  ' if code == 0 else 'FAILED'} {rid}" + (f" (exit {code}): {ex.record.get('error')}"
                                                                        if code else "") + f"  [{done}/{total}]")
-            if not active and not [r for r in state.launchable(state.states(campaign))
+            if not active and not [r for r in state.launchable(state.states(campaign, queued))
                                    if r.id not in exits]:
                 return exits
             time.sleep(poll)

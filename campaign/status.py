@@ -68,5 +68,6 @@ def status_text(campaign: Campaign, rows: list[RunState]) -> str:
     lines += ["", bar(done, len(rows)), counts_line(rows)]
     if done == len(rows):
         rel = os.path.relpath(campaign.path)
-        lines.append(f"complete: the report is `python sweep.py report {campaign.path if rel.startswith('..') else rel}`")
+        shown = campaign.path if rel.startswith("..") else rel
+        lines.append(f"complete: the report is `python sweep.py report {shown}`")
     return "\n".join(lines)

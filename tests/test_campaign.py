@@ -57,7 +57,8 @@ def test_runs_are_the_drivers_commands_with_the_documented_layout(tmp_path, inpu
     (lambda s: s.replace("levels = [1, 2]", "levels = [1, 7]"), "7-ticket.pth.tar does not exist and no"),
     (lambda s: s.replace('modes = ["std", "adv"]', 'modes = ["fast"]'), "unknown mode 'fast'"),
     (lambda s: s.replace("[[init]]", "rot = 1\n[[init]]"), "unknown key 'rot'"),
-    (lambda s: s + "\n[init.tickets.imp]\nkind = \"adv\"\ndata = \"/x\"\ngpu = 2\n", "unknown key init[0].tickets[0].imp.'gpu'"),
+    (lambda s: s + "\n[init.tickets.imp]\nkind = \"adv\"\ndata = \"/x\"\ngpu = 2\n",
+     "unknown key init[0].tickets[0].imp.'gpu'"),
 ])
 def test_a_bad_spec_gets_one_line_naming_the_key_or_file(tmp_path, inputs, edit, message):
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"))
@@ -80,7 +81,8 @@ def test_a_ticket_an_imp_stage_will_make_is_waited_for(tmp_path, inputs):
     assert state.counts(rows) == {**dict.fromkeys(state.STATES, 0), "pending": 1 + 4, "waiting": 8}
     assert {r.detail for r in rows if r.state == "waiting"} == {f"for {tmp_path}/t/{k}-ticket.pth.tar" for k in (1, 2)}
     imp = next(r.run for r in rows if r.run.kind == "imp")
-    assert imp.command[1].endswith("imp_std.sh") and imp.command[2:5] == (inputs["init"], f"{tmp_path}/t", inputs["data"])
+    assert imp.command[1].endswith("imp_std.sh")
+    assert imp.command[2:5] == (inputs["init"], f"{tmp_path}/t", inputs["data"])
 
 
 def _hold(save_dir: str) -> subprocess.Popen:

@@ -42,10 +42,11 @@ def test_local_queue_two_workers_give_the_files_of_one(local_two, inputs, tmp_pa
     assert done.stdout.count("start  ") == 12 and "FAILED" not in done.stdout
     two = kit.results(root)
     assert len(two) == 12
-    one_spec = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(2,), levels=(2,))
+    one_spec = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(2,), levels=(2,),
+                              modes=("adv",))
     kit.sweep("run", one_spec, "--local", "--jobs", "1", check=True)
     one = kit.results(str(tmp_path / "runs"))
-    assert len(one) == 4 and all(one[k] == two[k] for k in one)  # dense + level 2, std + adv, seed 2
+    assert len(one) == 2 and all(one[k] == two[k] for k in one)  # dense and level 2, adv, seed 2
     again = kit.sweep("run", path, "--local", "--jobs", "2", check=True)  # nothing left: nothing launched
     assert "start" not in again.stdout and kit.results(root) == two
     report = kit.sweep("report", path, check=True)
@@ -56,8 +57,10 @@ def test_local_queue_two_workers_give_the_files_of_one(local_two, inputs, tmp_pa
 @pytest.mark.slow
 def test_an_imp_stage_feeds_transfer_runs_while_it_goes_on(inputs, tmp_path):
     tickets = str(tmp_path / "imp")
+    flags = ["-a", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "-b", "8", "-j", "0",
+             "--epochs", "4", "--prune_epoch", "1", "-p", "0", "--deterministic"]  # 4 levels: tickets 1-5
     imp = (f'[[init.tickets]]\nname = "imp"\ndir = "{tickets}"\nlevels = [1]\n[init.tickets.imp]\nkind = "std"\n'
-           f'data = "{inputs["data"]}"\noverrides = {kit.toml_list(["-a", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "-b", "8", "-j", "0", "--epochs", "4", "--prune_epoch", "1", "-p", "0", "--deterministic"])}\n')
+           f'data = "{inputs["data"]}"\noverrides = {kit.toml_list(flags)}\n')
     path = kit.write_spec(str(tmp_path / "c.toml"), {**inputs, "init": inputs["init3"]}, str(tmp_path / "runs"),
                           seeds=(1,), modes=("std",), tickets=imp)
     assert _counts(path) == {"pending": 2, "waiting": 1}
@@ -144,17 +147,16 @@ def test_sbatch_refusal_is_one_line_naming_the_option(slurm, inputs, tmp_path):
 @pytest.mark.slow
 def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm, inputs, tmp_path):
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",),
-                          levels=(1,), extra='std_overrides = ["--lr", "x"]')
+                          tickets="", extra='std_overrides = ["--lr", "x"]')
     done = kit.sweep("run", path, "--slurm", "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "5",
                      "--follow", "--poll", "1", timeout=300)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    assert _counts(path) == {"failed": 2}
-    for rid in ("tiny/folder-1/dense/std/s1", "tiny/folder-1/aimp-1/std/s1"):
-        folder = os.path.join(tmp_path, "runs", rid)
-        with open(os.path.join(folder, "launch.json")) as f:
-            record = json.load(f)
-        assert record["exit"] == 2 and record["error"].startswith("error: argument --lr: invalid float value")
-        with open(os.path.join(folder, "stdout.txt")) as f:
-            assert sum(line.startswith("== ") for line in f) == 1  # launched once: not retried
+    assert _counts(path) == {"failed": 1}
+    folder = os.path.join(tmp_path, "runs", "tiny", "folder-1", "dense", "std", "s1")
+    with open(os.path.join(folder, "launch.json")) as f:
+        record = json.load(f)
+    assert record["exit"] == 2 and record["error"].startswith("error: argument --lr: invalid float value")
+    with open(os.path.join(folder, "stdout.txt")) as f:
+        assert sum(line.startswith("== ") for line in f) == 1  # launched once: not retried
     plan = kit.sweep("plan", path, check=True).stdout
     assert "failed    error: argument --lr: invalid float value: 'x'" in plan
