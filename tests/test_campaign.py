@@ -233,3 +233,14 @@ def test_the_campaign_reads_files_and_imports_no_torch_entry_point_or_model():
             "'imp_cli', 'dataset', 'report') or m.startswith('main_')); print(bad)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=kit.ENV)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths are relative to where sweep.py runs
+    open("robust_linf_eps4.ckpt", "w").close()
+    c = spec.load(os.path.join(ROOT, "campaign", "example.toml"))
+    assert len(c.runs) == 1 + 3 * 3 * 13 * 2 * 3  # an A-IMP stage; 3 datasets x 3 fractions x (dense + 12) x 2 x 3
+    assert c.root == str(tmp_path / "sweep")
+    rows = state.states(c)
+    assert state.counts(rows)["waiting"] == 3 * 3 * 12 * 2 * 3
+    assert 300 < status.summary(c, rows)["left_gpu_hours_bf16"] < 600
