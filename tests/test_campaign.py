@@ -244,3 +244,32 @@ def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
     rows = state.states(c)
     assert state.counts(rows)["waiting"] == 3 * 3 * 12 * 2 * 3
     assert 300 < status.summary(c, rows)["left_gpu_hours_bf16"] < 600
+
+
+@pytest.mark.slow
+def test_a_corrupt_test_image_keeps_the_last_checkpoint_and_a_fixed_file_resumes_to_the_same_results(tmp_path,
+                                                                                                     inputs):
+    import fakedata
+    data = fakedata.make_image_folder(str(tmp_path / "data"), n_per_class=4, size=16, splits=("train", "val", "test"))
+    bad = os.path.join(data, "test", "cat", "00010.png")
+    with open(bad, "rb") as f:
+        good = f.read()
+
+    def transfer(save: str) -> subprocess.CompletedProcess:
+        cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
+               "--data", data, *kit.TINY, "--epochs", "2"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=300)
+    reference = str(tmp_path / "reference")
+    assert transfer(reference).returncode == 0
+    with open(bad, "wb") as f:
+        f.write(good[:50])  # truncated: read only by the final test, after both epochs
+    save = str(tmp_path / "run")
+    done = transfer(save)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and f"image {bad} cannot be decoded" in done.stderr
+    assert len(checkpoint.read_jsonl(os.path.join(save, "metrics.jsonl"))) == 2
+    assert checkpoint.load_own(os.path.join(save, "checkpoint.pth.tar"))["epoch"] == 2  # the last one, intact
+    assert not os.path.exists(os.path.join(save, "results.json"))
+    with open(bad, "wb") as f:
+        f.write(good)
+    assert transfer(save).returncode == 0  # resumes: only the final test is left
+    assert kit.results(save) == kit.results(reference)
