@@ -1,22 +1,26 @@
 """Every file name a run writes, atomic writes, and torch-file loading with clear errors."""
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
+import socket
 import pickle
 import tempfile
+import time
 import zipfile
 from typing import Any, Iterable
 
 import torch
 
-from errors import CheckpointError, ConfigError
+from errors import CheckpointError, ConfigError, UserError
 
 # ---------------------------------------------------------------------------- file names
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LOG = "log.txt"
+LOCK = ".lock"  # held (flock) by the process that trains into SAVE_DIR
 EVALUATION = "evaluate.json"  # IMP -e/--evaluate: the loaded model's SA (and RA)
 # downstream transfer
 CHECKPOINT = "checkpoint.pth.tar"
@@ -65,6 +69,37 @@ def remove_temp_files(save_dir: str) -> list[str]:
     for name in names:
         os.remove(os.path.join(save_dir, name))
     return names
+
+
+_HELD: dict[str, object] = {}  # realpath -> open lock file, kept open for the life of the process
+
+
+def hold_save_dir(save_dir: str) -> None:
+    """Take SAVE_DIR/.lock (flock) for the rest of this process's life, or refuse with one line naming the
+    holder: two processes never train into one folder. The OS drops the lock when the process dies, so a run
+    re-started after a crash or a requeue takes it normally. Idempotent within one process."""
+    key = os.path.realpath(save_dir)
+    if key in _HELD:
+        return
+    path = os.path.join(save_dir, LOCK)
+    f = open(path, "a+")
+    for attempt in range(5):  # a few tries: `sweep.py status` probes the lock for an instant
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(0.1 * (attempt < 4))
+    else:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{save_dir} is in use by {holder}: a run is already training there (wait for it, or "
+                        "stop it first; a killed run releases it)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _HELD[key] = f
 
 
 @functools.cache

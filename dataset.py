@@ -63,13 +63,26 @@ class SplitView(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        image, target = self.dataset[self.indices[i]]
+        try:
+            image, target = self.dataset[self.indices[i]]
+        except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for a truncated or broken image file
+            if not hasattr(self.dataset, "samples"):
+                raise
+            raise unreadable_image(self.dataset.samples[self.indices[i]][0], self.dataset.root, e) from None
         return self.transform(image), int(target)
 
     @property
     def targets(self) -> list[int]:
         all_targets = targets_of(self.dataset)
         return [all_targets[i] for i in self.indices]
+
+
+def unreadable_image(path: str, split_root: str, e: BaseException) -> DataError:
+    """One line naming the file and what to do (ImageFolder decodes images lazily, deep inside a run)."""
+    why = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+    data = os.path.dirname(os.path.normpath(split_root))
+    return DataError(f"image {path} cannot be decoded ({why}): fix or remove it and re-run the same command (the run "
+                     f"resumes from its last checkpoint); `python sweep.py check-data {data}` lists every bad file")
 
 
 def targets_of(dataset: Dataset) -> list[int]:

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from errors import UserError
+from errors import UserError, one_line
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _spawned(i: int, worker, payload, ngpus: int, world: int, node_rank: int, op
     try:
         worker(env, payload)
     except UserError as e:  # one line and exit 2, as errors.run_cli does in a single process
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:
         cleanup(env)

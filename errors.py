@@ -37,11 +37,21 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     try:
         code = main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a UserError; one raised in a DataLoader worker arrives as torch's multi-line "Caught
+    DataError in DataLoader worker process 0. Original Traceback ...": its last line holds the message."""
+    text = str(e)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if last.startswith(type(e).__module__ + ".") and ": " in last else last
+    return text
 
 
 class OneLineParser(argparse.ArgumentParser):

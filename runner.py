@@ -92,6 +92,14 @@ def first_process(opts: Launch) -> bool:
     return int(os.environ.get("RANK", fallback)) == 0
 
 
+def claim_save_dir(save_dir: str) -> None:
+    """On the first process: SAVE_DIR exists and is writable, and this process holds its lock for the whole run
+    (the OS releases it when the process ends, however it ends); a second process on it refuses with one line.
+    Processes that --multiprocessing-distributed spawns run under the parent's lock."""
+    checkpoint.writable_dir(save_dir)
+    checkpoint.hold_save_dir(save_dir)
+
+
 def prepare_save_dir(save_dir: str, config: dict, *, restart: bool, clear: Callable[[str], list[str]],
                      started: bool, volatile: Iterable[str], implied: dict) -> None:
     """On the first process, before any worker writes: SAVE_DIR writable, temp files of a killed write gone,

@@ -10,6 +10,7 @@ double-win report. Re-running skips finished stages (every stage resumes from it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -120,26 +121,48 @@ def tickets_of(cfg: DemoConfig, kind: str) -> list[str]:
             if os.path.exists(checkpoint.imp_ticket(save, k))]
 
 
-def transfer(cfg: DemoConfig, kind: str, ticket: str | None, regime: str) -> str:
-    tag = "dense" if ticket is None else "level" + os.path.basename(ticket).split("-")[0]
-    save = os.path.join(cfg.out, "transfer", kind, tag, regime)
-    init = os.path.join(cfg.out, "pretrained", f"{kind}.pth")
-    data = os.path.join(cfg.out, "data", "downstream")
+def transfer_overrides(cfg: DemoConfig) -> tuple[list[str], list[str], list[str]]:
+    """The small-scale flags of every transfer run, then of std and of adv runs (after the drivers' defaults)."""
     epochs = 2 if cfg.quick else 6
-    if regime == "std":
-        head = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", init, save, ticket or ""]
-        extra = ["--lr", "0.01", "--batch_size", "32"]
-    else:
-        head = ["bash", os.path.join(ROOT, "script", "train_downstream", "adv_cifar.sh"), "folder", init, save,
-                ticket or ""]
-        extra = ["--lr", "0.02", "--batch_size", "32", "--eval_from", "0", "--train_step", "3",
-                 "--train_gamma", "4/255"]
     milestones = ",".join(str(m) for m in sorted({epochs // 2, 3 * epochs // 4}))
-    cmd = [*head, "--data", data, "--arch", "resnet_tiny", *COMMON, "--epochs", str(epochs),
-           "--decreasing_lr", milestones, "--test_step", "10", "--print_freq", "0", "-j", "0",
-           "--seed", str(cfg.seed + 1), *extra]
-    run(cmd, os.path.join(save, "demo-stdout.txt"))
-    return save
+    common = ["--arch", "resnet_tiny", *COMMON, "--epochs", str(epochs), "--decreasing_lr", milestones,
+              "--test_step", "10", "--print_freq", "0", "-j", "0"]
+    std = ["--lr", "0.01", "--batch_size", "32"]
+    adv = ["--lr", "0.02", "--batch_size", "32", "--eval_from", "0", "--train_step", "3", "--train_gamma", "4/255"]
+    return common, std, adv
+
+
+def write_campaign(cfg: DemoConfig) -> str:
+    """The transfer stage as a campaign spec (see README, "The campaign"): dense + every ticket, std and adv."""
+    def flags(items: list[str]) -> str:
+        return "[" + ", ".join(json.dumps(x) for x in items) + "]"
+    common, std, adv = transfer_overrides(cfg)
+    text = [f"root = {json.dumps(os.path.join(cfg.out, 'transfer'))}",
+            f"data = {json.dumps(os.path.join(cfg.out, 'data', 'downstream'))}",
+            f"overrides = {flags(common)}", f"std_overrides = {flags(std)}", f"adv_overrides = {flags(adv)}"]
+    for kind in cfg.kinds:
+        levels = [int(os.path.basename(t).split("-")[0]) for t in tickets_of(cfg, kind)]
+        text += ["", "[[init]]", f"name = {json.dumps(kind)}",
+                 f"weights = {json.dumps(os.path.join(cfg.out, 'pretrained', f'{kind}.pth'))}",
+                 'datasets = ["folder"]', 'modes = ["std", "adv"]', f"seeds = [{cfg.seed + 1}]",
+                 "", "[[init.tickets]]", f"name = {json.dumps('aimp' if kind == 'robust' else 'imp')}",
+                 f"dir = {json.dumps(os.path.join(cfg.out, 'tickets', kind))}", f"levels = {levels}"]
+    path = os.path.join(cfg.out, "campaign.toml")
+    with open(path, "w") as f:
+        f.write("\n".join(text) + "\n")
+    return path
+
+
+def transfer_all(cfg: DemoConfig) -> str:
+    """Every transfer run through the campaign tool's local queue, one run at a time (as typed by hand)."""
+    spec = write_campaign(cfg)
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONHASHSEED="0")
+    code = subprocess.call([sys.executable, os.path.join(ROOT, "sweep.py"), "run", spec, "--local", "--jobs", "1"],
+                           env=env, cwd=ROOT)
+    if code != 0:
+        raise SystemExit(f"demo step failed: python sweep.py run {spec} --local (the FAILED lines above name the "
+                         "runs; each run's output is in its SAVE_DIR/stdout.txt)")
+    return spec
 
 
 def summary_line(save: str) -> str:
@@ -174,11 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     for kind in cfg.kinds:
         find_tickets(cfg, kind)
 
-    say("[4/5] transferring the dense model and every ticket (standard and adversarial fine-tuning)")
+    say("[4/5] transferring the dense model and every ticket (standard and adversarial fine-tuning), "
+        "through the campaign tool's local queue")
+    spec = transfer_all(cfg)
+    seed = cfg.seed + 1
     for kind in cfg.kinds:
         for ticket in [None, *tickets_of(cfg, kind)]:
+            tag = "dense" if ticket is None else f"{'aimp' if kind == 'robust' else 'imp'}-" + \
+                os.path.basename(ticket).split("-")[0]
             for regime in ("std", "adv"):
-                save = transfer(cfg, kind, ticket, regime)
+                save = os.path.join(cfg.out, "transfer", kind, "folder-1", tag, regime, f"s{seed}")
                 name = "dense" if ticket is None else os.path.basename(ticket)
                 say(f"  {kind:8s} {name:20s} {regime}: {summary_line(save)}")
 
@@ -190,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the report failed (see above)")
     say(f"\nDone in {time.time() - start:.0f} s. Files: {cfg.out}/")
     say(f"  report: {report_dir}/report.md, report.csv, *.png;  tickets: {cfg.out}/tickets/;  "
-        f"runs: {cfg.out}/transfer/<kind>/<ticket>/<std|adv>/results.json")
-    say("Paper scale on GPUs: script/imp_pretrain/imp_{adv,std}.sh on ImageNet, then "
-        "script/train_downstream/{std,adv_cifar,adv_svhn}.sh per ticket, then script/report.sh (see README).")
+        f"runs: {cfg.out}/transfer/<kind>/folder-1/<ticket>/<std|adv>/s{seed}/results.json")
+    say(f"The transfer stage was the campaign {spec} (python sweep.py plan|status {spec}).")
+    say("Paper scale on a SLURM cluster, the same tool (IMP on ImageNet, then every ticket x dataset x fraction x "
+        "mode x seed; see README, \"The campaign\"):")
+    say("  python sweep.py run campaign/example.toml --slurm --partition gpu --time 24:00:00 --follow")
     return 0
 
 

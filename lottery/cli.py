@@ -107,7 +107,7 @@ def main(argv: list[str] | None, *, adversarial: bool) -> int:
     opts = runner.launch_from_args(args)
     first = runner.first_process(opts)
     if first:
-        checkpoint.writable_dir(cfg.save_dir)
+        runner.claim_save_dir(cfg.save_dir)
     if first and not cfg.evaluate:
         runner.prepare_save_dir(cfg.save_dir, {**imp_config.config_dict(cfg), "launch": dataclasses.asdict(opts)},
                                 restart=args.restart, clear=imp_state.clear_outputs, started=True,

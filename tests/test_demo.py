@@ -42,17 +42,19 @@ def test_quick_demo_runs_end_to_end_and_replays_a_run_exactly(tmp_path):
 
     tickets = sorted(f for f in os.listdir(os.path.join(out, "tickets", "robust")) if f.endswith("-ticket.pth.tar"))
     assert len(tickets) >= 3  # A-IMP for at least 3 levels
-    runs = os.path.join(out, "transfer", "robust")
-    assert sorted(os.listdir(runs)) == ["dense"] + [f"level{t.split('-')[0]}" for t in tickets]
+    runs = os.path.join(out, "transfer", "robust", "folder-1")  # the campaign's layout (the transfer stage is one)
+    assert sorted(os.listdir(runs)) == sorted(["dense"] + [f"aimp-{t.split('-')[0]}" for t in tickets])
+    assert "--slurm" in first.stdout  # the SLURM command of the same campaign at paper scale
 
     # Determinism: remove one finished run, re-run the demo: finished stages are skipped, the removed run is
     # redone with the same seed, and the same numbers and the same table come out.
-    victim = os.path.join(runs, "level2", "adv")
+    victim = os.path.join(runs, "aimp-2", "adv", "s1")
     with open(os.path.join(victim, "results.json")) as f:
         before = json.load(f)
     shutil.rmtree(victim)
     second = _demo(out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.stdout.count("start  ") == 1  # the campaign launched only what was not done
     with open(os.path.join(victim, "results.json")) as f:
         after = json.load(f)
     for key in ("best_sa", "best_ra", "sparsity"):

@@ -360,7 +360,7 @@ def snapshot(folder: str) -> dict[str, bytes | dict]:
     if not os.path.isdir(folder):
         return {}
     out: dict[str, bytes | dict] = {}
-    for name in sorted(set(os.listdir(folder)) - {checkpoint.LOG}):
+    for name in sorted(set(os.listdir(folder)) - {checkpoint.LOG, checkpoint.LOCK}):
         out[name] = open(os.path.join(folder, name), "rb").read()
         if name == checkpoint.CONFIG:
             try:

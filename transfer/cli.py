@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg, opts = config_from_args(args)
     if runner.first_process(opts):
-        checkpoint.writable_dir(cfg.save_dir)
+        runner.claim_save_dir(cfg.save_dir)
         started = any(os.path.exists(os.path.join(cfg.save_dir, n)) for n in (checkpoint.CHECKPOINT, checkpoint.RESULTS))
         runner.prepare_save_dir(cfg.save_dir, {**asdict(cfg), **asdict(opts), "print_freq": args.print_freq},
                                 restart=args.restart, clear=transfer_state.clear_run, started=started,

@@ -1,0 +1,101 @@
+"""One run, as a subprocess running its bash driver: output to SAVE_DIR/stdout.txt, and SAVE_DIR/launch.json
+recording the command, where it ran, its exit status and last error line (what `plan` shows for a failure)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from campaign.spec import REPO, Run
+from campaign.state import LAUNCH, OUTPUT
+
+BUSY = "is in use by"  # the entry points' refusal when another process trains into the same SAVE_DIR
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Atomic (temp file + rename), as checkpoint.atomic_write_json, without importing torch."""
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def last_error(path: str) -> str:
+    """The last `error:` line of a run's output, else its last line (a traceback's exception line)."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f.readlines()[-200:] if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or [""])[-1][:300]
+
+
+def child_env(threads: int | None = None, gpus: str | None = None) -> dict[str, str]:
+    env = dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable), PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+    return env
+
+
+class Execution:
+    """A started run; `wait()` records its end in launch.json."""
+
+    def __init__(self, run: Run, env: dict[str, str]) -> None:
+        self.run = run
+        os.makedirs(run.save_dir, exist_ok=True)
+        self.record = {"id": run.id, "command": list(run.command), "host": socket.gethostname(),
+                       "start": time.time(), "exit": None, "error": None,
+                       "slurm_job": os.environ.get("SLURM_JOB_ID")}
+        write_json(os.path.join(run.save_dir, LAUNCH), self.record)
+        self.out = open(os.path.join(run.save_dir, OUTPUT), "a")
+        self.out.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on {self.record['host']}: "
+                       f"{' '.join(run.command)}\n")
+        self.out.flush()
+        self.proc = subprocess.Popen(run.command, stdout=self.out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                     start_new_session=True)
+
+    def poll(self) -> int | None:
+        code = self.proc.poll()
+        return None if code is None else self._finish(code)
+
+    def wait(self) -> int:
+        return self._finish(self.proc.wait())
+
+    def terminate(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds (the run resumes from its last checkpoint)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def _finish(self, code: int) -> int:
+        if not self.out.closed:
+            self.out.close()
+            error = last_error(os.path.join(self.run.save_dir, OUTPUT)) if code else None
+            if error and BUSY in error:
+                return code  # another process trains there: its record, not ours
+            if code < 0:  # stopped by a signal (requeue, Ctrl-C): interrupted, resumes when launched again
+                self.record.update(interrupted=-code, end=time.time())
+            else:
+                self.record.update(exit=code, error=error, end=time.time())
+            write_json(os.path.join(self.run.save_dir, LAUNCH), self.record)
+        return code
+
+
+def execute(run: Run, env: dict[str, str] | None = None) -> int:
+    return Execution(run, env or child_env()).wait()

@@ -1,0 +1,219 @@
+"""The campaign spec (TOML): parsed, checked (one line per mistake, naming the key or file) and expanded into
+runs, each exactly the bash driver command a user would type."""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASETS = ("cifar10", "cifar100", "svhn", "folder")  # dataset.DATASETS less imagenet (a test keeps them equal)
+MODES = ("std", "adv")
+IMP_KINDS = ("std", "adv")
+TOP_KEYS = {"root", "data", "overrides", "std_overrides", "adv_overrides", "init"}
+INIT_KEYS = {"name", "weights", "datasets", "modes", "fractions", "seeds", "dense", "tickets", "overrides",
+             "std_overrides", "adv_overrides"}
+TICKET_KEYS = {"name", "dir", "levels", "imp"}
+IMP_KEYS = {"kind", "data", "gpus", "overrides"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: its id (SAVE_DIR relative to ROOT, or imp:<init>/<tickets>), folder and command."""
+    id: str
+    kind: str                     # "transfer" or "imp"
+    save_dir: str
+    command: tuple[str, ...]
+    needs: str | None = None      # the ticket file a transfer run waits for (made by an IMP stage)
+    makes: tuple[str, ...] = ()   # the ticket files an IMP run makes
+    gpus: int = 1
+    dataset: str = ""
+    mode: str = ""
+
+
+@dataclass(frozen=True)
+class Campaign:
+    path: str
+    root: str
+    runs: tuple[Run, ...] = field(default_factory=tuple)
+
+    def transfer_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.kind == "transfer"]
+
+
+class SpecError(UserError):
+    """A mistake in the campaign spec."""
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def fraction_tag(f: float) -> str:
+    return f"{f:g}"
+
+
+def driver(mode: str, dataset: str) -> tuple[str, bool]:
+    """(bash driver of a transfer mode, whether it takes DATASET as its first positional)."""
+    if mode == "std":
+        return os.path.join(REPO, "script", "train_downstream", "std.sh"), True
+    if dataset == "svhn":
+        return os.path.join(REPO, "script", "train_downstream", "adv_svhn.sh"), False
+    return os.path.join(REPO, "script", "train_downstream", "adv_cifar.sh"), True
+
+
+class _Reader:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, msg: str) -> SpecError:
+        return SpecError(f"{self.path}: {msg}")
+
+    def keys(self, table: dict, known: set[str], where: str) -> None:
+        for k in table:
+            if k not in known:
+                raise self.fail(f"unknown key {where}{k!r} (known here: {', '.join(sorted(known))})")
+
+    def get(self, table: dict, key: str, kind, where: str, default=None, required=False):
+        """table[key] checked to be of `kind` (a type or tuple; a list of them when `default` is a list)."""
+        if key not in table:
+            if required:
+                raise self.fail(f"missing key {where}{key!r}")
+            return default
+        v = table[key]
+        many = isinstance(default, list) or key in ("datasets",)
+        items = v if many and isinstance(v, list) else [v] if not many else None
+        if not items or not all(isinstance(x, kind) and (kind is bool or not isinstance(x, bool)) for x in items):
+            what = getattr(kind, "__name__", "number")
+            raise self.fail(f"{where}{key} = {v!r}: expected {'a non-empty list of ' + what if many else what}")
+        return v
+
+    def flags(self, table: dict, key: str, where: str) -> list[str]:
+        v = table.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, (str, int, float)) for x in v):
+            raise self.fail(f"{where}{key} = {v!r}: expected a list of flags, e.g. [\"--epochs\", \"3\"]")
+        return [str(x) for x in v]
+
+
+def _levels(r: _Reader, t: dict, where: str) -> list[int]:
+    v = t.get("levels")
+    if isinstance(v, str) and "-" in v:  # "1-12"
+        try:
+            lo, hi = (int(x) for x in v.split("-"))
+            return list(range(lo, hi + 1))
+        except ValueError:
+            pass
+    if isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+        return sorted(set(v))
+    raise r.fail(f"{where}levels = {v!r}: expected a list of levels >= 1, e.g. [1, 2, 3], or \"1-12\"")
+
+
+def load(path: str) -> Campaign:
+    """Read and check a spec file; every mistake is one SpecError line naming the key or file."""
+    try:
+        with open(path, "rb") as f:
+            spec = tomllib.load(f)
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+    r = _Reader(path)
+    r.keys(spec, TOP_KEYS, "")
+    root = _abs(r.get(spec, "root", str, "", required=True))
+    data = spec.get("data", "../data")
+    if not isinstance(data, (str, dict)):
+        raise r.fail(f"data = {data!r}: expected a folder, or a table of folders per dataset")
+    inits = spec.get("init")
+    if not isinstance(inits, list) or not inits:
+        raise r.fail("missing [[init]] tables: name at least one pre-trained model to transfer")
+    runs: list[Run] = []
+    names: set[str] = set()
+    for i, init in enumerate(inits):
+        runs += _expand_init(r, spec, init, f"init[{i}].", data, root, names)
+    ids = [run.id for run in runs]
+    dup = next((x for x in ids if ids.count(x) > 1), None)
+    if dup:
+        raise r.fail(f"two runs share the SAVE_DIR {dup}: give each [[init]] and [[init.tickets]] its own name")
+    return Campaign(path=_abs(path), root=root, runs=tuple(runs))
+
+
+def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, names: set[str]) -> list[Run]:
+    if not isinstance(init, dict):
+        raise r.fail(f"{where[:-1]} must be a table")
+    r.keys(init, INIT_KEYS, where)
+    name = r.get(init, "name", str, where, required=True)
+    if not name or "/" in name or name in names:
+        raise r.fail(f"{where}name = {name!r}: give each [[init]] a distinct folder name")
+    names.add(name)
+    weights = _abs(r.get(init, "weights", str, where, required=True))
+    if not os.path.isfile(weights):
+        raise r.fail(f"{where}weights: file {weights} not found")
+    datasets = r.get(init, "datasets", str, where, required=True)
+    for d in datasets:
+        if d not in DATASETS:
+            raise r.fail(f"{where}datasets: unknown dataset {d!r} (known: {', '.join(DATASETS)})")
+    modes = r.get(init, "modes", str, where, default=list(MODES))
+    for m in modes:
+        if m not in MODES:
+            raise r.fail(f"{where}modes: unknown mode {m!r} (known: {', '.join(MODES)})")
+    fractions = r.get(init, "fractions", (int, float), where, default=[1])
+    if not all(0 < f <= 1 for f in fractions):
+        raise r.fail(f"{where}fractions = {fractions!r}: each must be in (0, 1]")
+    seeds = r.get(init, "seeds", int, where, default=[1])
+    dense = r.get(init, "dense", bool, where, default=True)
+    runs: list[Run] = []
+    tickets: list[tuple[str, str | None]] = [("dense", None)] if dense else []
+    for j, t in enumerate(init.get("tickets", [])):
+        tw = f"{where}tickets[{j}]."
+        if not isinstance(t, dict):
+            raise r.fail(f"{tw[:-1]} must be a table")
+        r.keys(t, TICKET_KEYS, tw)
+        tname = r.get(t, "name", str, tw, required=True)
+        folder = _abs(r.get(t, "dir", str, tw, required=True))
+        files = [os.path.join(folder, f"{k}-ticket.pth.tar") for k in _levels(r, t, tw)]
+        if "imp" in t:
+            runs.append(_imp_run(r, t["imp"], f"{tw}imp.", f"imp:{name}/{tname}", weights, folder, files))
+        else:
+            missing = next((f for f in files if not os.path.isfile(f)), None)
+            if missing:
+                raise r.fail(f"{tw}levels: ticket {missing} does not exist and no [init.tickets.imp] stage makes "
+                             "it: add one, or drop that level")
+        tickets += [(f"{tname}-{os.path.basename(f).split('-')[0]}", f) for f in files]
+    if not tickets:
+        raise r.fail(f"{where}: no tickets and dense = false: nothing to run")
+    for d in datasets:
+        root_d = data.get(d) if isinstance(data, dict) else data
+        if not isinstance(root_d, str):
+            raise r.fail(f"data: no folder for dataset {d!r} (data.{d} = \"...\")")
+        for frac in fractions:
+            for tag, ticket in tickets:
+                for mode in modes:
+                    script, takes_dataset = driver(mode, d)
+                    extra = [*r.flags(spec, "overrides", ""), *r.flags(spec, f"{mode}_overrides", ""),
+                             *r.flags(init, "overrides", where), *r.flags(init, f"{mode}_overrides", where)]
+                    for seed in seeds:
+                        rid = f"{name}/{d}-{fraction_tag(frac)}/{tag}/{mode}/s{seed}"
+                        save = os.path.join(root, rid)
+                        cmd = ["bash", script, *([d] if takes_dataset else []), weights, save, ticket or "",
+                               "--data", _abs(root_d), "--data_number", fraction_tag(frac), "--seed", str(seed),
+                               *extra]
+                        runs.append(Run(rid, "transfer", save, tuple(cmd), needs=ticket, dataset=d, mode=mode))
+    return runs
+
+
+def _imp_run(r: _Reader, imp, where: str, rid: str, weights: str, folder: str, files: list[str]) -> Run:
+    if not isinstance(imp, dict):
+        raise r.fail(f"{where[:-1]} must be a table")
+    r.keys(imp, IMP_KEYS, where)
+    kind = r.get(imp, "kind", str, where, required=True)
+    if kind not in IMP_KINDS:
+        raise r.fail(f"{where}kind = {kind!r}: std (IMP) or adv (A-IMP)")
+    data = _abs(r.get(imp, "data", str, where, required=True))
+    gpus = r.get(imp, "gpus", int, where, default=1)
+    if gpus < 1:
+        raise r.fail(f"{where}gpus = {gpus}: at least 1")
+    script = os.path.join(REPO, "script", "imp_pretrain", f"imp_{kind}.sh")
+    cmd = ("bash", script, weights, folder, data, *r.flags(imp, "overrides", where))
+    return Run(rid, "imp", folder, cmd, makes=tuple(files), gpus=gpus, mode=kind)

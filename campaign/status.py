@@ -1,0 +1,73 @@
+"""What `plan` and `status` print: one line per run with its state, counts per state, a progress bar and the
+estimated GPU-hours of what is left."""
+from __future__ import annotations
+
+import os
+
+from campaign import cost, state
+from campaign.spec import Campaign
+from campaign.state import RunState
+
+
+def left_flop(rows: list[RunState]) -> float:
+    return sum(cost.run_flop(r.run, r.epochs_done) for r in rows if r.state != "done")
+
+
+def summary(campaign: Campaign, rows: list[RunState]) -> dict:
+    """Counts per state and the estimate, as plain values (`plan --json`)."""
+    flop = left_flop(rows)
+    return {"spec": campaign.path, "root": campaign.root, "runs": len(rows), "counts": state.counts(rows),
+            "left_gpu_hours_bf16": round(cost.gpu_hours(flop, amp=True), 2),
+            "left_gpu_hours_fp32": round(cost.gpu_hours(flop, amp=False), 2),
+            "states": [{"id": r.run.id, "state": r.state, "detail": r.detail, "save_dir": r.run.save_dir}
+                       for r in rows]}
+
+
+def bar(done: int, total: int, width: int = 40) -> str:
+    filled = round(width * done / total) if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({100 * done / max(total, 1):.0f}%)"
+
+
+def counts_line(rows: list[RunState]) -> str:
+    c = state.counts(rows)
+    return "  ".join(f"{k} {v}" for k, v in c.items())
+
+
+def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = False) -> str:
+    s = summary(campaign, rows)
+    width = max((len(r.run.id) for r in rows), default=10)
+    lines = [f"{'run':{width}s}  {'state':8s}  detail"]
+    for r in rows:
+        if only_left and r.state == "done":
+            continue
+        detail = r.detail or (f"{r.epochs_done} epochs done" if r.epochs_done else "")
+        lines.append(f"{r.run.id:{width}s}  {r.state:8s}  {detail}".rstrip())
+    lines += ["", f"{len(rows)} runs: {counts_line(rows)}",
+              f"left: ~{s['left_gpu_hours_bf16']:.1f} GPU-hours in bf16, ~{s['left_gpu_hours_fp32']:.1f} in fp32 "
+              "(estimated from FLOP counts, not measured; see README)"]
+    return "\n".join(lines)
+
+
+def status_text(campaign: Campaign, rows: list[RunState]) -> str:
+    """A table per init x dataset-fraction (runs done of all, states) and the campaign's progress bar."""
+    groups: dict[str, list[RunState]] = {}
+    for r in rows:
+        key = "IMP stages" if r.run.kind == "imp" else "/".join(r.run.id.split("/")[:2])
+        groups.setdefault(key, []).append(r)
+    width = max((len(k) for k in groups), default=10)
+    lines = [f"{'group':{width}s}  {'done':>9s}  states"]
+    for key, rs in groups.items():
+        done = sum(r.state == "done" for r in rs)
+        c = {k: v for k, v in state.counts(rs).items() if v and k != "done"}
+        lines.append(f"{key:{width}s}  {done:>4d}/{len(rs):<4d}  " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    failed = [r for r in rows if r.state == "failed"]
+    lines += [f"  failed {r.run.id}: {r.detail}" for r in failed[:10]]
+    if len(failed) > 10:
+        lines.append(f"  ... and {len(failed) - 10} more failed (sweep.py plan SPEC lists them)")
+    done = sum(r.state == "done" for r in rows)
+    lines += ["", bar(done, len(rows)), counts_line(rows)]
+    if done == len(rows):
+        rel = os.path.relpath(campaign.path)
+        shown = campaign.path if rel.startswith("..") else rel
+        lines.append(f"complete: the report is `python sweep.py report {shown}`")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# A real single-node SLURM cluster on this machine, for CI and for trying the campaign's --slurm path: as root,
+# installs Debian's slurmctld, slurmd, slurmdbd, munge and MariaDB when missing, and starts them without
+# systemd (facts in ../shared/SLURM.md). Stop it with script/slurm_down.sh (by pid file). Idempotent.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "error: script/slurm_up.sh must run as root (it installs and starts daemons)" >&2; exit 2; }
+RUN=/run/doublewin-slurm; SPOOL=/var/spool/doublewin-slurm; LOG=/var/log/doublewin-slurm
+DB=/var/lib/doublewin-mysql; DBRUN=/run/doublewin-mysql; CONF=/etc/slurm
+MARK="# written by doublewin script/slurm_up.sh"
+start=$(date +%s)
+
+need=()
+for b in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge slurmdbd:slurmdbd mariadbd:mariadb-server; do
+  command -v "${b%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${b%%:*}" ] || need+=("${b##*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "== installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q slurmctld slurmd slurm-client munge slurmdbd mariadb-server >/dev/null
+fi
+if [ -f "$CONF/slurm.conf" ] && ! grep -qF "$MARK" "$CONF/slurm.conf"; then
+  echo "error: $CONF/slurm.conf exists and was not written by this script: not touching a real cluster's config" >&2
+  exit 2
+fi
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+wait_for() {  # seconds, description, test command...
+  local n=$1 what=$2; shift 2
+  for _ in $(seq $((n * 4))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
+  echo "error: $what did not come up in ${n}s (logs in $LOG)" >&2; exit 1
+}
+mkdir -p "$RUN" "$SPOOL/ctld" "$SPOOL/d" "$LOG" "$CONF" "$DBRUN"
+
+# munge: Debian made the key; the run folder is ours to make
+mkdir -p /run/munge && chown munge:munge /run/munge
+[ -f /etc/munge/munge.key ] || mungekey -c -k /etc/munge/munge.key
+chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
+alive /run/munge/munged.pid || runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+
+# MariaDB of our own (port 3307, own datadir) for slurmdbd: job states for sacct, which submitit reads
+chown mysql:mysql "$DBRUN"; mkdir -p "$DB"; chown mysql:mysql "$DB" "$LOG"
+SOCK="$DBRUN/mysqld.sock"
+if ! alive "$DBRUN/mysqld.pid"; then
+  [ -d "$DB/mysql" ] || mysql_install_db --no-defaults --user=mysql --datadir="$DB" >"$LOG/mysql-install.log" 2>&1
+  setsid runuser -u mysql -- /usr/sbin/mariadbd --no-defaults --datadir="$DB" --port=3307 --bind-address=127.0.0.1 \
+    --socket="$SOCK" --pid-file="$DBRUN/mysqld.pid" --log-error="$LOG/mysqld.log" </dev/null >/dev/null 2>&1 &
+  wait_for 60 "MariaDB" mysql --no-defaults -S "$SOCK" -u root -e "select 1"
+fi
+mysql --no-defaults -S "$SOCK" -u root -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'doublewin-ci';
+  GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+
+cpus=$(nproc); mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
+cat > "$CONF/slurm.conf" <<CONFEOF
+$MARK
+ClusterName=ci
+SlurmctldHost=localhost
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=cred_expire=10
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=6819
+JobCompType=jobcomp/none
+MailProg=/bin/true
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+ReturnToService=2
+MinJobAge=600
+SlurmctldPort=6817
+SlurmdPort=6818
+StateSaveLocation=$SPOOL/ctld
+SlurmdSpoolDir=$SPOOL/d
+SlurmctldPidFile=$RUN/slurmctld.pid
+SlurmdPidFile=$RUN/slurmd.pid
+SlurmctldLogFile=$LOG/slurmctld.log
+SlurmdLogFile=$LOG/slurmd.log
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONFEOF
+cat > "$CONF/slurmdbd.conf" <<CONFEOF
+$MARK
+AuthType=auth/munge
+DbdHost=localhost
+DbdPort=6819
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=3307
+StorageUser=slurm
+StoragePass=doublewin-ci
+StorageLoc=slurm_acct_db
+PidFile=$RUN/slurmdbd.pid
+LogFile=$LOG/slurmdbd.log
+CONFEOF
+chmod 600 "$CONF/slurmdbd.conf"
+
+alive "$RUN/slurmdbd.pid" || /usr/sbin/slurmdbd
+wait_for 30 "slurmdbd" bash -c "echo > /dev/tcp/127.0.0.1/6819"
+alive "$RUN/slurmctld.pid" || /usr/sbin/slurmctld
+alive "$RUN/slurmd.pid" || /usr/sbin/slurmd -N localhost
+wait_for 60 "the node" bash -c "sinfo -h -o %T | grep -qx idle"
+echo "SLURM up in $(( $(date +%s) - start )) s: partition debug, $cpus CPUs (script/slurm_down.sh stops it)" >&2

@@ -1,0 +1,130 @@
+"""The paper's campaign from one TOML spec (see README, "The campaign"): every ticket x dataset x fraction x
+transfer mode x seed, run as the bash drivers a user would type, on this machine or on SLURM.
+
+    python sweep.py plan campaign/example.toml                  # every run and its state, GPU-hours left
+    python sweep.py run SPEC --local --gpus 0,1,2,3             # a queue on this machine (--jobs N on CPU)
+    python sweep.py run SPEC --slurm --partition gpu --time 24:00:00 --follow
+    python sweep.py run SPEC --print                            # the plain commands, one per line
+    python sweep.py status SPEC                                 # progress;  report SPEC: the double-win report
+    python sweep.py check-data DIR                              # every image decodes, same classes in each split
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import errors
+from campaign import datacheck, local, slurm, spec, state, status
+from errors import OneLineParser, UserError
+
+
+def _time_min(text: str) -> int:
+    """SLURM's time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) -> whole minutes."""
+    try:
+        days, _, rest = text.rpartition("-")
+        p = [int(x) for x in rest.split(":")]
+        if days:
+            h, m, sec = (p + [0, 0])[:3]
+            seconds = int(days) * 86400 + h * 3600 + m * 60 + sec
+        else:
+            seconds = {1: lambda: p[0] * 60, 2: lambda: p[0] * 60 + p[1],
+                       3: lambda: p[0] * 3600 + p[1] * 60 + p[2]}[len(p)]()
+    except (ValueError, KeyError):
+        raise UserError(f"--time {text!r}: expected minutes, HH:MM:SS or D-HH:MM:SS") from None
+    if seconds < 60:
+        raise UserError(f"--time {text!r}: at least one minute")
+    return -(-seconds // 60)
+
+
+def _extra(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--sbatch {item!r}: expected KEY=VALUE (an sbatch option without its dashes)")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def get_args_parser() -> OneLineParser:
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    q = sub.add_parser("plan", help="every run with its state, counts, GPU-hours left")
+    q.add_argument("spec", metavar="SPEC")
+    q.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
+    q = sub.add_parser("status", help="progress per group and a bar")
+    q.add_argument("spec", metavar="SPEC")
+    q = sub.add_parser("report", help="the double-win report over the campaign's root")
+    q.add_argument("spec", metavar="SPEC")
+    q.add_argument("report_args", nargs="*", metavar="REPORT_FLAG", help="passed to report.py (after --)")
+    q = sub.add_parser("check-data", help="check folder datasets before a long run")
+    q.add_argument("dirs", nargs="+", metavar="DIR", help="folder with train/ and val/ and/or test/")
+    q = sub.add_parser("run", help="launch what is not done and not running")
+    q.add_argument("spec", metavar="SPEC")
+    how = q.add_mutually_exclusive_group(required=True)
+    how.add_argument("--local", action="store_true", help="a queue on this machine")
+    how.add_argument("--slurm", action="store_true", help="job arrays on SLURM through submitit")
+    how.add_argument("--print", action="store_true", help="print the commands, one per line, and stop")
+    g = q.add_argument_group("--local")
+    g.add_argument("--gpus", default=None, metavar="0,1,...", help="one run per GPU (IMP stages take their gpus)")
+    g.add_argument("--jobs", type=int, default=1, metavar="N", help="CPU runs at once, each with its share of cores")
+    g = q.add_argument_group("--slurm")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--time", default="24:00:00", help="time limit per job; a run that hits it is requeued")
+    g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of each transfer run (0: CPU)")
+    g.add_argument("--cpus-per-run", type=int, default=None, help="CPUs of each run (OMP_NUM_THREADS too)")
+    g.add_argument("--array-parallelism", type=int, default=256, metavar="K", help="array jobs running at once")
+    g.add_argument("--account", default=None)
+    g.add_argument("--qos", default=None)
+    g.add_argument("--max-requeue", type=int, default=10, help="requeues after a time limit, per run")
+    g.add_argument("--signal-delay", type=int, default=120, metavar="S",
+                   help="seconds before the time limit that the requeue starts")
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")
+    g.add_argument("--follow", action="store_true",
+                   help="stay: submit runs as tickets appear, resubmit killed jobs, end when all are done or failed")
+    g.add_argument("--poll", type=float, default=30.0, help="seconds between checks with --follow")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.command == "check-data":
+        return datacheck.main_check(args.dirs)
+    campaign = spec.load(args.spec)
+    if args.command == "plan":
+        rows = state.states(campaign, slurm.queued(campaign))
+        print(status.plan_text(campaign, rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(status.summary(campaign, rows), f, indent=2)
+        return 0
+    if args.command == "status":
+        print(status.status_text(campaign, state.states(campaign, slurm.queued(campaign))))
+        return 0
+    if args.command == "report":
+        cmd = [sys.executable, os.path.join(spec.REPO, "report.py"), campaign.root, *args.report_args]
+        return subprocess.call(cmd)
+    if args.print:
+        for run in campaign.runs:
+            print(shlex.join(run.command))
+        return 0
+    if args.local:
+        if args.jobs < 1:
+            raise UserError(f"--jobs {args.jobs}: at least 1")
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+        exits = local.run_local(campaign, gpus=gpus, jobs=args.jobs, queued=slurm.queued(campaign))
+        rows = state.states(campaign)
+        print(status.counts_line(rows))
+        return 1 if any(exits.values()) else 0
+    opts = slurm.SlurmOptions(partition=args.partition, time_min=_time_min(args.time), gpus_per_run=args.gpus_per_run,
+                              cpus_per_run=args.cpus_per_run, array_parallelism=args.array_parallelism,
+                              account=args.account, qos=args.qos, max_requeue=args.max_requeue,
+                              signal_delay_s=args.signal_delay, extra=_extra(args.sbatch))
+    return 1 if slurm.run_slurm(campaign, opts, follow=args.follow, poll=args.poll) else 0
+
+
+if __name__ == "__main__":
+    errors.run_cli(main)

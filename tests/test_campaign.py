@@ -1,0 +1,275 @@
+"""The campaign tool's fast parts: the spec's checks (one line naming the key or file), runs and their commands,
+plan/status counts at each stage from files alone, the SAVE_DIR lock, and the one line for a corrupt image."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+import campaignkit as kit
+import checkpoint
+import dataset
+import errors
+from campaign import cost, spec, state, status
+
+ROOT = kit.ROOT
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return kit.make_inputs(str(tmp_path_factory.mktemp("campaign")))
+
+
+def load(tmp_path, inputs, **kw):
+    return spec.load(kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), **kw))
+
+
+def test_file_names_and_datasets_agree_with_the_modules_that_own_them():
+    assert (state.RESULTS, state.CHECKPOINT, state.METRICS, state.LOCK) == \
+        (checkpoint.RESULTS, checkpoint.CHECKPOINT, checkpoint.METRICS, checkpoint.LOCK)
+    assert set(spec.DATASETS) == set(dataset.DATASETS) - {"imagenet"}
+
+
+def test_runs_are_the_drivers_commands_with_the_documented_layout(tmp_path, inputs):
+    c = load(tmp_path, inputs)
+    assert len(c.runs) == 3 * 2 * 2  # (dense + 2 tickets) x 2 modes x 2 seeds
+    run = next(r for r in c.runs if r.id == "tiny/folder-1/aimp-2/adv/s2")
+    assert run.save_dir == str(tmp_path / "runs" / "tiny" / "folder-1" / "aimp-2" / "adv" / "s2")
+    assert run.command[:6] == ("bash", os.path.join(ROOT, "script", "train_downstream", "adv_cifar.sh"), "folder",
+                               inputs["init"], run.save_dir, os.path.join(inputs["tickets"], "2-ticket.pth.tar"))
+    assert run.command[6:12] == ("--data", inputs["data"], "--data_number", "1", "--seed", "2")
+    assert run.command[12:] == tuple(kit.TINY)
+    dense = next(r for r in c.runs if r.id == "tiny/folder-1/dense/std/s1")
+    assert dense.command[1].endswith("std.sh") and dense.command[5] == ""
+    printed = kit.sweep("run", str(tmp_path / "c.toml"), "--print", check=True).stdout.splitlines()
+    assert [shlex.split(line) for line in printed] == [list(r.command) for r in c.runs]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.replace("seeds =", "seed ="), "unknown key init[0].'seed'"),
+    (lambda s: s.replace('datasets = ["folder"]', 'datasets = ["cifar11"]'), "unknown dataset 'cifar11'"),
+    (lambda s: s.replace("init.pth", "missing.pth"), "weights: file"),
+    (lambda s: s.replace("levels = [1, 2]", "levels = [1, 7]"), "7-ticket.pth.tar does not exist and no"),
+    (lambda s: s.replace('modes = ["std", "adv"]', 'modes = ["fast"]'), "unknown mode 'fast'"),
+    (lambda s: s.replace("[[init]]", "rot = 1\n[[init]]"), "unknown key 'rot'"),
+    (lambda s: s + "\n[init.tickets.imp]\nkind = \"adv\"\ndata = \"/x\"\ngpu = 2\n",
+     "unknown key init[0].tickets[0].imp.'gpu'"),
+])
+def test_a_bad_spec_gets_one_line_naming_the_key_or_file(tmp_path, inputs, edit, message):
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"))
+    with open(path) as f:
+        text = edit(f.read())
+    with open(path, "w") as f:
+        f.write(text)
+    done = kit.sweep("plan", path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {path}: ") and message in done.stderr, \
+        done.stderr
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_a_ticket_an_imp_stage_will_make_is_waited_for(tmp_path, inputs):
+    imp = f'\n[init.tickets.imp]\nkind = "std"\ndata = "{inputs["data"]}"\noverrides = ["--epochs", "2"]\n'
+    c = load(tmp_path, inputs, tickets=f'[[init.tickets]]\nname = "imp"\ndir = "{tmp_path}/t"\nlevels = [1, 2]\n{imp}')
+    rows = state.states(c)
+    assert [r.run.id for r in rows if r.run.kind == "imp"] == ["imp:tiny/imp"]
+    assert state.counts(rows) == {**dict.fromkeys(state.STATES, 0), "pending": 1 + 4, "waiting": 8}
+    assert {r.detail for r in rows if r.state == "waiting"} == {f"for {tmp_path}/t/{k}-ticket.pth.tar" for k in (1, 2)}
+    imp = next(r.run for r in rows if r.run.kind == "imp")
+    assert imp.command[1].endswith("imp_std.sh")
+    assert imp.command[2:5] == (inputs["init"], f"{tmp_path}/t", inputs["data"])
+
+
+def _hold(save_dir: str) -> subprocess.Popen:
+    """Another process holding SAVE_DIR's lock, as a running entry point does."""
+    code = f"import sys, time; sys.path.insert(0, {ROOT!r}); import checkpoint; " \
+           f"checkpoint.hold_save_dir({save_dir!r}); print('held', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=kit.ENV)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_plan_counts_are_exact_at_each_stage(tmp_path, inputs):
+    c = load(tmp_path, inputs)
+    ids = [r.id for r in c.runs]
+    spec_path = str(tmp_path / "c.toml")
+
+    def counts() -> dict:
+        done = kit.sweep("plan", spec_path, "--json", str(tmp_path / "plan.json"), check=True)
+        assert "left: ~" in done.stdout
+        with open(tmp_path / "plan.json") as f:
+            return {k: v for k, v in json.load(f)["counts"].items() if v}
+    assert counts() == {"pending": 12}
+    dirs = [os.path.join(c.root, i) for i in ids]
+    for d in dirs[:4]:
+        os.makedirs(d)
+    with open(os.path.join(dirs[0], "results.json"), "w") as f:
+        json.dump({"complete": True}, f)
+    with open(os.path.join(dirs[1], "results.json"), "w") as f:
+        json.dump({"complete": False}, f)  # an unfinished final test is not done
+    open(os.path.join(dirs[1], "checkpoint.pth.tar"), "w").close()
+    with open(os.path.join(dirs[2], "launch.json"), "w") as f:
+        json.dump({"exit": 2, "error": "error: --lr x: invalid float value"}, f)
+    holder = _hold(dirs[3])
+    try:
+        assert counts() == {"done": 1, "partial": 1, "failed": 1, "running": 1, "pending": 8}
+        text = kit.sweep("plan", spec_path, check=True).stdout
+        line = next(ln for ln in text.splitlines() if ln.startswith(ids[2] + " "))
+        assert line.split() == [ids[2], "failed", "error:", "--lr", "x:", "invalid", "float", "value"]
+        assert next(ln for ln in text.splitlines() if ln.startswith(ids[3] + " ")).split()[1:4] == \
+            ["running", "pid", str(holder.pid)]
+        shown = kit.sweep("status", spec_path, check=True).stdout
+        assert "[###....." in shown and "1/12 done (8%)" in shown
+    finally:
+        holder.kill()
+        holder.wait()
+    assert counts() == {"done": 1, "partial": 1, "failed": 1, "pending": 9}  # a dead holder's lock is free
+
+
+def test_a_second_process_on_a_locked_save_dir_refuses_and_changes_nothing(tmp_path, inputs):
+    save = str(tmp_path / "run")
+    os.makedirs(save)
+    with open(os.path.join(save, "config.json"), "w") as f:
+        f.write("{}")
+    holder = _hold(save)
+    try:
+        before = {n: open(os.path.join(save, n), "rb").read() for n in os.listdir(save)}
+        cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
+               "--data", inputs["data"], *kit.TINY]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=120)
+        after = {n: open(os.path.join(save, n), "rb").read() for n in os.listdir(save)}
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {save} is in use by pid {holder.pid} on ")
+    assert after == before
+
+
+def test_the_estimate_follows_the_readme_table():
+    run = spec.Run("x", "transfer", "/nowhere", ("bash", os.path.join(ROOT, "script", "train_downstream",
+                                                                        "adv_cifar.sh"), "cifar10", "w", "s", ""),
+                   dataset="cifar10", mode="adv")
+    hours = cost.gpu_hours(cost.run_flop(run))
+    assert 1.0 < hours < 1.5  # README: ~1.2 h in bf16 for 100 epochs of PGD-10 on CIFAR
+    assert cost.run_flop(run, epochs_done=100) == 0
+    assert status.bar(3, 12).endswith("3/12 done (25%)")
+
+
+def test_a_corrupt_image_stops_the_run_with_one_line_and_check_data_lists_it(tmp_path, inputs):
+    import shutil
+    data = str(tmp_path / "data")
+    shutil.copytree(inputs["data"], data)
+    bad = os.path.join(data, "train", "bee", "00005.png")
+    with open(bad, "rb") as f:
+        head = f.read()[:60]
+    with open(bad, "wb") as f:
+        f.write(head)
+    save = str(tmp_path / "run")
+    cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
+           "--data", data, *kit.TINY, "-j", "2"]  # in DataLoader workers: the error crosses a process
+    done = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: image {bad} cannot be decoded")
+    assert f"sweep.py check-data {data}" in done.stderr
+    check = kit.sweep("check-data", data, inputs["data"])
+    assert check.returncode == 1
+    lines = check.stdout.splitlines()
+    assert lines[0].startswith(f"{bad}: ") and f"{data}: 24 images checked: 1 unreadable images" in check.stdout
+    assert f"{inputs['data']}: 24 images checked: OK" in check.stdout
+    os.remove(os.path.join(data, "val", "cat", "00011.png"))
+    os.rename(os.path.join(data, "val", "cat"), os.path.join(data, "val", "cow"))
+    assert "class folders differ from train/ (e.g. 'cat')" in kit.sweep("check-data", data).stdout
+
+
+def test_a_worker_error_reaches_run_cli_as_one_line():
+    wrapped = errors.DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                               "call last):\n  File \"x.py\", line 1\nerrors.DataError: image a.png cannot be decoded")
+    assert errors.one_line(wrapped) == "image a.png cannot be decoded"
+
+
+def test_slurm_task_checkpoint_stops_the_run_and_requeues_a_fresh_task(tmp_path):
+    """What submitit calls on USR1 (time limit, preemption): the driver stops (recorded as interrupted, so the run
+    is partial, not failed) and the resubmitted task runs the same command again (it resumes from SAVE_DIR)."""
+    import threading
+
+    pytest.importorskip("submitit")
+    from campaign import slurm
+    save = str(tmp_path / "run")
+    run = spec.Run("r", "transfer", save, ("bash", "-c", "echo started; sleep 30"))
+    task = slurm.Task(run, threads=1)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("error", _call(task)))
+    thread.start()
+    deadline = time.time() + 20
+    while task.execution is None or "started" not in open(os.path.join(save, "stdout.txt")).read():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    again = task.checkpoint()
+    thread.join(20)
+    assert isinstance(again.function, slurm.Task) and again.function is not task and again.function.run == run
+    assert "exit -15" in str(outcome["error"])  # the job's own call ends; submitit requeues `again`
+    with open(os.path.join(save, "launch.json")) as f:
+        record = json.load(f)
+    assert record["exit"] is None and record["interrupted"] == 15
+    assert state.state_of(run).state == "pending"  # no checkpoint.pth.tar in this stand-in: pending, not failed
+
+
+def _call(task):
+    try:
+        task()
+    except Exception as e:  # RunFailed
+        return e
+
+
+def test_the_campaign_reads_files_and_imports_no_torch_entry_point_or_model():
+    code = ("import sys, sweep, campaign.slurm, campaign.local, campaign.datacheck; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'engine', 'transfer', "
+            "'lottery', 'runner', 'dataset', 'report', 'reporting') or m.startswith('main_')); print(bad)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=kit.ENV)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths are relative to where sweep.py runs
+    open("robust_linf_eps4.ckpt", "w").close()
+    c = spec.load(os.path.join(ROOT, "campaign", "example.toml"))
+    assert len(c.runs) == 1 + 3 * 3 * 13 * 2 * 3  # an A-IMP stage; 3 datasets x 3 fractions x (dense + 12) x 2 x 3
+    assert c.root == str(tmp_path / "sweep")
+    rows = state.states(c)
+    assert state.counts(rows)["waiting"] == 3 * 3 * 12 * 2 * 3
+    assert 300 < status.summary(c, rows)["left_gpu_hours_bf16"] < 600
+
+
+@pytest.mark.slow
+def test_a_corrupt_test_image_keeps_the_last_checkpoint_and_a_fixed_file_resumes_to_the_same_results(tmp_path,
+                                                                                                     inputs):
+    import fakedata
+    data = fakedata.make_image_folder(str(tmp_path / "data"), n_per_class=4, size=16, splits=("train", "val", "test"))
+    bad = os.path.join(data, "test", "cat", "00010.png")
+    with open(bad, "rb") as f:
+        good = f.read()
+
+    def transfer(save: str) -> subprocess.CompletedProcess:
+        cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
+               "--data", data, *kit.TINY, "--epochs", "2"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=300)
+    reference = str(tmp_path / "reference")
+    assert transfer(reference).returncode == 0
+    with open(bad, "wb") as f:
+        f.write(good[:50])  # truncated: read only by the final test, after both epochs
+    save = str(tmp_path / "run")
+    done = transfer(save)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and f"image {bad} cannot be decoded" in done.stderr
+    assert len(checkpoint.read_jsonl(os.path.join(save, "metrics.jsonl"))) == 2
+    assert checkpoint.load_own(os.path.join(save, "checkpoint.pth.tar"))["epoch"] == 2  # the last one, intact
+    assert not os.path.exists(os.path.join(save, "results.json"))
+    with open(bad, "wb") as f:
+        f.write(good)
+    assert transfer(save).returncode == 0  # resumes: only the final test is left
+    assert kit.results(save) == kit.results(reference)

@@ -1,0 +1,162 @@
+"""The campaign for real: the local queue (1 worker and 2 give the same files; an IMP stage feeds transfer runs
+while it goes on) and a real SLURM cluster (a job array with a job requeued mid-run completes with the results
+a local run gives, then the report). SLURM tests skip with one line where no cluster answers, unless
+DOUBLEWIN_REQUIRE_SLURM=1 (CI, after script/slurm_up.sh), where they fail instead."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import campaignkit as kit
+from campaign import spec, state
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return kit.make_inputs(str(tmp_path_factory.mktemp("campaign_runs")))
+
+
+@pytest.fixture(scope="module")
+def local_two(inputs, tmp_path_factory):
+    """The 12-run campaign through the local queue with 2 workers: the reference for the other tests."""
+    d = tmp_path_factory.mktemp("local2")
+    path = kit.write_spec(str(d / "c.toml"), inputs, str(d / "runs"))
+    done = kit.sweep("run", path, "--local", "--jobs", "2", check=True)
+    return path, str(d / "runs"), done
+
+
+def _counts(path: str) -> dict:
+    return {k: v for k, v in state.counts(state.states(spec.load(path))).items() if v}
+
+
+@pytest.mark.slow
+def test_local_queue_two_workers_give_the_files_of_one(local_two, inputs, tmp_path):
+    path, root, done = local_two
+    assert _counts(path) == {"done": 12}
+    assert done.stdout.count("start  ") == 12 and "FAILED" not in done.stdout
+    two = kit.results(root)
+    assert len(two) == 12
+    one_spec = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(2,), levels=(2,),
+                              modes=("adv",))
+    kit.sweep("run", one_spec, "--local", "--jobs", "1", check=True)
+    one = kit.results(str(tmp_path / "runs"))
+    assert len(one) == 2 and all(one[k] == two[k] for k in one)  # dense and level 2, adv, seed 2
+    again = kit.sweep("run", path, "--local", "--jobs", "2", check=True)  # nothing left: nothing launched
+    assert "start" not in again.stdout and kit.results(root) == two
+    report = kit.sweep("report", path, check=True)
+    assert "highest double-win sparsity" in report.stdout.lower()
+    assert os.path.exists(os.path.join(root, "report", "report.json"))
+
+
+@pytest.mark.slow
+def test_an_imp_stage_feeds_transfer_runs_while_it_goes_on(inputs, tmp_path):
+    tickets = str(tmp_path / "imp")
+    flags = ["-a", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "-b", "8", "-j", "0",
+             "--epochs", "4", "--prune_epoch", "1", "-p", "0", "--deterministic"]  # 4 levels: tickets 1-5
+    imp = (f'[[init.tickets]]\nname = "imp"\ndir = "{tickets}"\nlevels = [1]\n[init.tickets.imp]\nkind = "std"\n'
+           f'data = "{inputs["data"]}"\noverrides = {kit.toml_list(flags)}\n')
+    path = kit.write_spec(str(tmp_path / "c.toml"), {**inputs, "init": inputs["init3"]}, str(tmp_path / "runs"),
+                          seeds=(1,), modes=("std",), tickets=imp)
+    assert _counts(path) == {"pending": 2, "waiting": 1}
+    kit.sweep("run", path, "--local", "--jobs", "3", check=True)  # a slot free for level 1 while IMP goes on
+    assert _counts(path) == {"done": 3}
+    with open(os.path.join(tickets, "launch.json")) as f:
+        imp_run = json.load(f)
+    with open(os.path.join(tmp_path, "runs", "tiny", "folder-1", "imp-1", "std", "s1", "launch.json")) as f:
+        level1 = json.load(f)
+    assert imp_run["exit"] == 0 and level1["exit"] == 0
+    assert level1["start"] < imp_run["end"]  # level 1's transfer began while IMP trained level 2 and 3
+
+
+# ---------------------------------------------------------------------------- SLURM
+def slurm_reachable() -> str | None:
+    """None when a SLURM controller answers, else why not."""
+    if not shutil.which("sbatch") or not shutil.which("sinfo"):
+        return "sbatch/sinfo not found"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"sinfo failed ({e})"
+    if out.returncode != 0 or not out.stdout.strip():
+        return f"sinfo: {(out.stderr or 'no nodes').strip().splitlines()[0]}"
+    return None
+
+
+@pytest.fixture
+def slurm():
+    why = slurm_reachable()
+    if why:
+        if os.environ.get("DOUBLEWIN_REQUIRE_SLURM") == "1":
+            pytest.fail(f"DOUBLEWIN_REQUIRE_SLURM=1 but no SLURM cluster answers ({why}): run script/slurm_up.sh")
+        pytest.skip(f"no SLURM cluster here ({why}); script/slurm_up.sh starts one (root)")
+
+
+def _requeue_one_mid_run(root: str, deadline: float) -> str:
+    """Wait for a run to have finished an epoch... or at least to be training (lock held), then requeue its job."""
+    while time.time() < deadline:
+        for folder, _, files in os.walk(root):
+            if "launch.json" in files and "results.json" not in files and state.lock_holder(folder):
+                with open(os.path.join(folder, "launch.json")) as f:
+                    job = json.load(f).get("slurm_job")
+                for _ in range(20):  # "Job is pending execution" for a second after a start: retry
+                    if job and subprocess.run(["scontrol", "requeue", job], capture_output=True).returncode == 0:
+                        return folder
+                    time.sleep(0.5)
+        time.sleep(0.2)
+    raise AssertionError("no run was seen training")
+
+
+@pytest.mark.slow
+def test_slurm_job_array_survives_a_requeue_and_matches_the_local_run(slurm, local_two, inputs, tmp_path):
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"))
+    sweep = subprocess.Popen([sys.executable, os.path.join(kit.ROOT, "sweep.py"), "run", path, "--slurm",
+                              "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "10", "--follow", "--poll",
+                              "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kit.ENV,
+                             cwd=kit.ROOT)
+    try:
+        victim = _requeue_one_mid_run(str(tmp_path / "runs"), time.time() + 120)
+        out, err = sweep.communicate(timeout=400)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, out[-2000:] + err[-2000:]
+    assert "submitted 12 runs" in out
+    assert _counts(path) == {"done": 12}
+    with open(os.path.join(victim, "stdout.txt")) as f:
+        assert sum(line.startswith("== ") for line in f) >= 2  # started twice: requeued, then resumed
+    assert kit.results(str(tmp_path / "runs")) == kit.results(local_two[1])
+    report = kit.sweep("report", path, check=True)
+    assert "highest double-win sparsity" in report.stdout.lower()
+
+
+@pytest.mark.slow
+def test_sbatch_refusal_is_one_line_naming_the_option(slurm, inputs, tmp_path):
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",))
+    done = kit.sweep("run", path, "--slurm", "--partition", "nosuchpartition", "--gpus-per-run", "0")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: sbatch refused the jobs (") and "--partition" in done.stderr
+    assert _counts(path) == {"pending": 3}
+
+
+@pytest.mark.slow
+def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm, inputs, tmp_path):
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",),
+                          tickets="", extra='std_overrides = ["--lr", "x"]')
+    done = kit.sweep("run", path, "--slurm", "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "5",
+                     "--follow", "--poll", "1", timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert _counts(path) == {"failed": 1}
+    folder = os.path.join(tmp_path, "runs", "tiny", "folder-1", "dense", "std", "s1")
+    with open(os.path.join(folder, "launch.json")) as f:
+        record = json.load(f)
+    assert record["exit"] == 2 and record["error"].startswith("error: argument --lr: invalid float value")
+    with open(os.path.join(folder, "stdout.txt")) as f:
+        assert sum(line.startswith("== ") for line in f) == 1  # launched once: not retried
+    plan = kit.sweep("plan", path, check=True).stdout
+    assert "failed    error: argument --lr: invalid float value: 'x'" in plan
