@@ -196,7 +196,7 @@ def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
         net.compile()
     model = distributed.wrap_model(net, env)
     optimizer = _sgd(model, cfg, opt_state, path or "")
-    scaler = optimizer_lib.make_scaler(cfg.amp, obj.get("scaler") if opt_state is not None else None)
+    scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if opt_state is not None else None)
     while level <= cfg.levels:
         for epoch in range(done, level * cfg.prune_epoch):
             # every epoch's randomness (augmentation, attack starts) is a pure function of (seed, epoch, rank)
