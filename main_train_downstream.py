@@ -13,14 +13,14 @@ import argparse
 import os
 from dataclasses import asdict
 
-import torch
 
 import errors
+import hardware
 from transfer import run as transfer_run
 from transfer import state as transfer_state
 from attacks import AttackConfig, eps_from_flag, parse_fraction
 from checkpoint import CHECKPOINT, RESULTS, check_config, remove_temp_files, writable_dir
-from distributed import Launch, launch
+from distributed import Launch, first_process, launch
 from errors import ConfigError, OneLineParser
 
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
@@ -28,8 +28,8 @@ AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 # settings that may change between runs of one experiment (where it runs, how it reports, what is tested extra);
 # pipeline and fused_sgd are not among them: they change the numbers (other random crops, last-bit updates)
 VOLATILE = ("data", "save_dir", "download", "workers", "show_progress", "print_freq", "save_all",
-            "require_checkpoint", "autoattack", "autoattack_version", "autoattack_attacks", "gpu", "dist_url",
-            "dist_backend", "world_size", "rank", "multiprocessing_distributed")
+            "require_checkpoint", "autoattack", "autoattack_version", "autoattack_attacks", "test_amp", "gpu",
+            "dist_url", "dist_backend", "world_size", "rank", "multiprocessing_distributed")
 
 
 # settings added after the first release, with the behaviour of runs started before them (which did not record
@@ -97,10 +97,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("runtime")
     g.add_argument("--restart", action="store_true", help="start over in a SAVE_DIR holding another run")
     g.add_argument("--trust-pickle", action="store_true", help="fully unpickle init/ticket files you trust")
-    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume on GPU)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels and cuBLAS (exact resume except ops PyTorch warns about)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
     g.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (GPU only)")
+    g.add_argument("--test-amp", action="store_true", help="final test SA/RA under --amp too (default: fp32)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--fused-sgd", action=argparse.BooleanOptionalAction, default=True,
                    help="one fused SGD kernel per step (the same update up to the last bit)")
@@ -147,8 +149,7 @@ def config_from_args(args) -> tuple[transfer_run.TransferConfig, Launch]:
         raise ConfigError(f"--{negative[0]} {getattr(args, negative[0])} must be at least 0")
     if args.eval_from < 0:
         raise ConfigError(f"--eval_from {args.eval_from} must be at least 0")
-    if args.amp and not torch.cuda.is_available():
-        raise ConfigError(f"--amp {args.amp} needs a GPU; drop it on this machine")
+    hardware.check_amp(args.amp)
     if args.restart and args.resume:
         raise ConfigError("--restart starts over and --resume continues: pass one of them")
     attacks = tuple(a.strip() for a in args.autoattack_attacks.split(",") if a.strip())
@@ -169,6 +170,7 @@ def config_from_args(args) -> tuple[transfer_run.TransferConfig, Launch]:
         eval_from=args.eval_from, autoattack=args.autoattack, autoattack_version=args.autoattack_version,
         autoattack_attacks=attacks, save_all=args.save_all, require_checkpoint=args.resume,
         deterministic=args.deterministic, amp=args.amp, channels_last=args.channels_last, pipeline=args.pipeline,
+        test_amp=args.test_amp,
         fused_sgd=args.fused_sgd, compile=args.compile, show_progress=args.print_freq > 0)
     transfer_run.resolve_pipeline(cfg)  # --pipeline device with folder data stops here, before SAVE_DIR is touched
     opts = Launch(gpu=args.gpu, dist_url=args.dist_url, dist_backend=args.dist_backend,
@@ -180,7 +182,7 @@ def config_from_args(args) -> tuple[transfer_run.TransferConfig, Launch]:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg, opts = config_from_args(args)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank runs main(); the first one checks
+    if first_process(opts):  # under torchrun or srun every rank runs main(); the first one checks
         writable_dir(cfg.save_dir)
         remove_temp_files(cfg.save_dir)
         if args.restart:

@@ -2,18 +2,26 @@
 from __future__ import annotations
 
 import ast
+import os
 import random
 
 import numpy as np
 import torch
 
 
+# cuBLAS is deterministic only with a fixed workspace; read when the process creates its first cuBLAS handle
+CUBLAS_WORKSPACE = ":4096:8"
+
+
 def seed_all(seed: int, *, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch (all devices); `deterministic` also asks for deterministic kernels."""
+    """Seed python, numpy and torch (all devices); `deterministic` also asks for deterministic kernels and
+    cuBLAS workspaces (call it before the first CUDA matmul). Ops without a deterministic kernel still run,
+    and PyTorch names each in a warning: they are what `--deterministic` does not cover."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 
-import torch
 
 import attacks
 import checkpoint
 import distributed
+import hardware
 from lottery import config as imp_config
 from lottery import levels as imp_levels
 from lottery import state as imp_state
@@ -75,7 +74,8 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
                    help="channels_last memory format (default: on with a GPU)")
     g.add_argument("--fused-sgd", default=True, action=argparse.BooleanOptionalAction,
                    help="fused SGD kernel: faster, the same update up to the last bit (default: on)")
-    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels and cuBLAS (slower; exact resume except ops PyTorch warns about)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
     g.add_argument("--restart", action="store_true",
@@ -97,8 +97,7 @@ def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, adversarial: bool) -> imp_config.IMPConfig:
     if not args.save_dir:
         raise UserError("--save_dir is required: the folder for checkpoints, tickets and logs")
-    if args.amp and not torch.cuda.is_available():
-        raise ConfigError(f"--amp {args.amp} needs a GPU and none is visible: drop --amp on this machine")
+    hardware.check_amp(args.amp)
     one_shot = args.omp_sparsity is not None or args.omp_level is not None
     if one_shot and (args.evaluate or args.resume):
         raise ConfigError("--omp-sparsity/--omp-level prune once without training: drop -e/--resume")
@@ -131,8 +130,7 @@ def launch_from_args(args: argparse.Namespace) -> distributed.Launch:
 
 def _first_process(opts: distributed.Launch) -> bool:
     """Whether this process speaks for the run before ranks exist (torchrun's RANK, else the --rank flag)."""
-    fallback = max(opts.rank, 0) if opts.world_size > 1 else 0
-    return int(os.environ.get("RANK", fallback)) == 0
+    return distributed.first_process(opts)
 
 
 def main(argv: list[str] | None, *, adversarial: bool) -> int:

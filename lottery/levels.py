@@ -13,6 +13,7 @@ import checkpoint as files
 import dataset
 import distributed
 import engine
+import hardware
 from transfer import pipeline
 import models
 import optimizer as optimizer_lib
@@ -150,8 +151,7 @@ def worker(env: DistEnv, cfg: IMPConfig) -> None:
 
 
 def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
-    if cfg.amp and env.device.type != "cuda":
-        raise ConfigError(f"--amp {cfg.amp} needs a GPU and none is visible: drop --amp on this machine")
+    hardware.check_amp(cfg.amp, env.device)
     log.info(f"process layout: {env.describe()}" + ("" if torch.cuda.is_available() else " (no GPU visible)"))
     reproducibility.seed_all(cfg.seed, deterministic=cfg.deterministic)
     splits = dataset.build_datasets("imagenet", cfg.data, seed=cfg.seed, image_size=cfg.image_size,

@@ -1,14 +1,18 @@
 """Shared fixtures: tiny fabricated datasets (see fakedata.py), written once per session.
 
 Each `*_root` fixture also switches torchvision's MD5 checks to existence checks for the test using it.
+The whole suite is pinned to CPU (DOUBLEWIN_DEVICE=cpu) so that it asserts the same on a GPU node.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 from torch import nn
 
 import fakedata
+import hardware
 
 
 @pytest.fixture
@@ -75,3 +79,9 @@ def eager_compile(monkeypatch) -> list[str]:
         return plain_compile(self, backend="eager")
     monkeypatch.setattr(nn.Module, "compile", compile_eager)
     return calls
+
+
+def pytest_configure():
+    """The CPU suite behaves alike on a CPU box and a GPU node: runs, ranks and backends stay on CPU / gloo (the
+    CUDA tests in test_cuda.py lift this pin)."""
+    os.environ[hardware.PIN] = "cpu"

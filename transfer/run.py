@@ -74,6 +74,7 @@ class TransferConfig:
     require_checkpoint: bool = False     # --resume: fail unless there is a checkpoint to continue
     deterministic: bool = False
     amp: str | None = None
+    test_amp: bool = False               # final test under --amp too (default: fp32, whatever the training's amp)
     channels_last: bool = True
     pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
     fused_sgd: bool = True               # one fused SGD kernel (the same update up to the last bit: FMA)
