@@ -37,7 +37,8 @@ def autocast(device: torch.device, amp: str | None):
 def adversarial(attack: Callable, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 device: torch.device, amp: str | None) -> torch.Tensor:
     """attack(net, x, y) in the attack's precision for `amp` (ATTACK_AMP: fp16 training attacks in fp32)."""
-    with autocast(device, ATTACK_AMP[amp]):
+    precision = ATTACK_AMP[amp]
+    with autocast(device, precision) if precision else torch.autocast(device.type, enabled=False):
         return attack(net, x, y)
 
 
