@@ -11,7 +11,8 @@ import reproducibility
 
 
 def test_deterministic_fixes_the_cublas_workspace_and_keeps_a_users_choice(monkeypatch):
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # records the original, so teardown restores it
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     reproducibility.seed_all(0)
     assert "CUBLAS_WORKSPACE_CONFIG" not in reproducibility.os.environ
     try:
