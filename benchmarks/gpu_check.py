@@ -100,6 +100,11 @@ class Check:
         return rc, time.time() - start
 
 
+def _failed(rc: int | None, took: float, log: str) -> str:
+    what = "stopped by the time budget" if rc is None else f"exit {rc}"
+    return f"{what} after {took:.0f}s (see {log})"
+
+
 def cuda_tests(check: Check, work: str) -> None:
     xml = os.path.join(work, "cuda-tests.xml")
     rc, took = check.run([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-p", "no:cacheprovider",
@@ -128,7 +133,7 @@ def aimp_run(check: Check, work: str, args) -> None:
                          os.path.join(work, "aimp.log"))
     item = f"A-IMP {args.arch} {args.size} px {args.amp} (PGD-3)"
     if rc != 0:
-        return check.verdict(False, item, f"exit {rc} after {took:.0f}s (see {work}/aimp.log)")
+        return check.verdict(False, item, _failed(rc, took, os.path.join(work, "aimp.log")))
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     levels = args.imp_epochs // 2
     tickets = [os.path.exists(os.path.join(out, f"{k}-ticket.pth.tar")) for k in range(1, levels + 2)]
@@ -165,7 +170,7 @@ def transfer_run(check: Check, work: str, args) -> None:
                           *_model_flags(args)], os.path.join(work, "transfer.log"))
     item = f"transfer {args.arch} {args.size} px, device pipeline, PGD-3 training, {args.amp}"
     if rc != 0:
-        return check.verdict(False, item, f"exit {rc} after {took:.0f}s (see {work}/transfer.log)")
+        return check.verdict(False, item, _failed(rc, took, os.path.join(work, "transfer.log")))
     res = json.load(open(os.path.join(out, "results.json")))
     ok = res["complete"] and res["pipeline"] == "device" and res.get("test_precision") == "fp32"
     check.verdict(ok, item, f"{took:.0f}s, pipeline {res['pipeline']}, test in {res.get('test_precision')}, "
@@ -177,7 +182,7 @@ def bench(check: Check, work: str, md: str) -> None:
                           "--jsonl", os.path.join(work, "bench.jsonl")], os.path.join(work, "bench.log"))
     tail = open(os.path.join(work, "bench.log")).read().strip().splitlines()[-12:]
     check.verdict(rc == 0, "bench.py 224 px (row appended to BENCHMARKS.md)" if rc == 0 else "bench.py 224 px",
-                  f"{took:.0f}s" + ("" if rc == 0 else f", exit {rc} (see {work}/bench.log)"))
+                  f"{took:.0f}s" if rc == 0 else _failed(rc, took, os.path.join(work, "bench.log")))
     if rc == 0:
         print("\n".join(tail), flush=True)
 
@@ -191,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or tempfile.mkdtemp(prefix="doublewin-gpu-check-")
     os.makedirs(work, exist_ok=True)
     print(f"gpu_check: work folder {work}, budget {args.budget:.0f}s", flush=True)
-    for name, item in (("CUDA tests", lambda: cuda_tests(check, work)), ("A-IMP", lambda: aimp_run(check, work, args)),
-                       ("transfer", lambda: transfer_run(check, work, args)), ("bench", lambda: bench(check, work, args.md))):
+    items = (("CUDA tests", lambda: cuda_tests(check, work)), ("A-IMP", lambda: aimp_run(check, work, args)),
+             ("transfer", lambda: transfer_run(check, work, args)), ("bench", lambda: bench(check, work, args.md)))
+    for name, item in items:
         if check.left() < 30:
             check.verdict(None, name, "no time left in the budget")
             continue

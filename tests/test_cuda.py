@@ -176,7 +176,8 @@ def test_nccl_group(world, tmp_path):
 def test_deterministic_mode_runs_cublas_deterministically():
     """Strict deterministic mode refuses a cuBLAS matmul unless CUBLAS_WORKSPACE_CONFIG was set first."""
     code = ("import torch, reproducibility; reproducibility.seed_all(0, deterministic=True); "
-            "torch.use_deterministic_algorithms(True); a = torch.rand(64, 64, device='cuda'); print((a @ a).sum().item())")
+            "torch.use_deterministic_algorithms(True); a = torch.rand(64, 64, device='cuda'); "
+            "print((a @ a).sum().item())")
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
