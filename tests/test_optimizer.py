@@ -26,7 +26,7 @@ def _grads(net: nn.Module, k: int, scale: float = 1.0, poison: bool = False) -> 
         g = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + i)) * scale
         p.grad = torch.empty_like(p).copy_(g)  # the parameter's strides, as autograd gives them
         if poison:
-            p.grad.view(-1)[0] = float("inf")
+            p.grad[(0,) * p.dim()] = float("inf")
 
 
 def _scaled_run(fused: bool, steps: int = 3) -> list[torch.Tensor]:
@@ -93,6 +93,7 @@ def test_a_resumed_state_keeps_this_runs_flags_and_steps_under_a_scaler(saved_fu
     loop_net = _net()
     loop = torch.optim.SGD(loop_net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
     loop.load_state_dict(copy.deepcopy(state))
+    loop.param_groups[0]["fused"] = False  # the reference steps through the loop, whatever the file said
     _grads(loop_net, 5)
     loop.step()
     for a, b in zip(net.parameters(), loop_net.parameters()):  # fused: the same update up to the last bit (FMA)
@@ -102,16 +103,26 @@ def test_a_resumed_state_keeps_this_runs_flags_and_steps_under_a_scaler(saved_fu
 @pytest.mark.parametrize("saved_cl, run_cl", [(False, True), (True, False)])
 def test_resumed_momentum_takes_the_parameters_strides(saved_cl, run_cl):
     """A run started on CPU (NCHW) continued on a GPU (channels_last), and back: the CUDA fused kernel refuses a
-    buffer whose layout differs from its parameter's."""
+    buffer whose layout differs from its parameter's, and the CPU one silently misreads it (wrong weights)."""
     state = _saved_state(True, saved_cl)
     net = _net(run_cl)
-    opt = optimizer.make_sgd(net, SETTINGS, state, "ck.pth")
+    opt = optimizer.make_sgd(net, SETTINGS, copy.deepcopy(state), "ck.pth")
     conv = net[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) == run_cl
     for i, p in enumerate(net.parameters()):
         buf = opt.state[p]["momentum_buffer"]
         assert buf.stride() == p.stride()
         assert torch.equal(buf, state["state"][i]["momentum_buffer"])
+    _grads(net, 5)
+    opt.step()
+    loop_net = _net(run_cl)
+    loop = torch.optim.SGD(loop_net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+    loop.load_state_dict(copy.deepcopy(state))
+    loop.param_groups[0]["fused"] = False  # the loop reads any layout correctly
+    _grads(loop_net, 5)
+    loop.step()
+    for a, b in zip(net.parameters(), loop_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_a_state_of_another_model_is_a_checkpoint_error():
