@@ -42,7 +42,8 @@ def load_state(opt: torch.optim.Optimizer, state: dict, path: str) -> None:
     """Load a saved optimizer state: its numbers, not how it stepped. The param groups keep this run's
     fused/foreach flags (load_state_dict would restore the saved ones: a loop checkpoint would step a fused
     run through the loop, which a GradScaler then trips on) and every state tensor takes its parameter's
-    strides (a CPU NCHW checkpoint into a channels_last CUDA model: the fused kernel refuses mixed layouts)."""
+    strides (a CPU NCHW checkpoint into a channels_last CUDA model: the CUDA fused kernel refuses mixed layouts,
+    the CPU one silently misreads them)."""
     flags = [{k: g[k] for k in RUN_FLAGS if k in g} for g in opt.param_groups]
     try:
         opt.load_state_dict(state)
