@@ -41,7 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-images", type=int, default=2000, help="fabricated CIFAR-10 training images")
     p.add_argument("--arch", default="resnet50", help="model of the A-IMP and transfer runs")
     p.add_argument("--size", type=int, default=224, help="image side of the A-IMP and transfer runs")
-    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="--amp of both runs")
+    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"],
+                   help="--amp of both runs (cards before compute capability 8.0: fp16)")
     p.add_argument("--work", default=None, help="folder for data and runs (default: a temporary one)")
     p.add_argument("--md", default=os.path.join(ROOT, "BENCHMARKS.md"), help="where bench.py appends its row")
     return p
@@ -101,8 +102,10 @@ class Check:
 
 
 def _failed(rc: int | None, took: float, log: str) -> str:
+    """Why a run failed, with its log's last line (e.g. "error: --amp bf16 needs bf16 units ...")."""
     what = "stopped by the time budget" if rc is None else f"exit {rc}"
-    return f"{what} after {took:.0f}s (see {log})"
+    lines = open(log, errors="replace").read().strip().splitlines()
+    return f"{what} after {took:.0f}s: {lines[-1][:300] if lines else '(no output)'} (see {log})"
 
 
 def cuda_tests(check: Check, work: str) -> None:

@@ -45,3 +45,11 @@ def test_items_run_and_give_verdicts(tmp_path, capsys):
     assert out[1].startswith("PASS  transfer resnet_tiny") and "test in fp32" in out[1]
     skipped = [line for line in out[2:] if line.startswith("SKIP  cuda test ")]
     assert len(skipped) == len(out) - 2 >= 10 and all("needs a CUDA GPU" in line for line in skipped)
+
+
+def test_a_failed_run_names_its_last_log_line(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("starting\nerror: --amp bf16 needs bf16 units (compute capability 8.0+); Tesla V100 has 7.0\n")
+    assert gpu_check._failed(2, 3.2, str(log)) == (f"exit 2 after 3s: error: --amp bf16 needs bf16 units (compute "
+                                                   f"capability 8.0+); Tesla V100 has 7.0 (see {log})")
+    assert gpu_check._failed(None, 600, str(log)).startswith("stopped by the time budget after 600s: error:")
