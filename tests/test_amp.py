@@ -122,10 +122,12 @@ def test_amp_without_a_gpu_or_pinned_to_cpu_is_an_error(monkeypatch):
 
 
 @pytest.mark.parametrize("parse", [
-    lambda: main_imp_adv.main(["d", "--save_dir", "s", "--amp", "bf16"]),
-    lambda: cli.config_from_args(cli.get_args_parser().parse_args(["--init", "", "--save_dir", "s", "--amp", "bf16"])),
+    lambda out: main_imp_adv.main(["d", "--save_dir", out, "--amp", "bf16"]),
+    lambda out: cli.config_from_args(cli.get_args_parser().parse_args(["--init", "", "--save_dir", out, "--amp",
+                                                                       "bf16"])),
 ])
-def test_both_entry_points_check_the_card(fake_gpu, parse):
+def test_both_entry_points_check_the_card(fake_gpu, parse, tmp_path):
     fake_gpu((6, 1), "Tesla P100-PCIE-16GB")
     with pytest.raises(ConfigError, match=r"compute capability 8\.0\+\); Tesla P100-PCIE-16GB has 6\.1"):
-        parse()
+        parse(str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before the run's folder is made
