@@ -86,6 +86,7 @@ class Check:
     def verdict(self, ok: bool | None, item: str, detail: str = "") -> None:
         self.failed += ok is False
         word = {True: "PASS", False: "FAIL", None: "SKIP"}[ok]
+        detail = " ".join(detail.split())  # one line per item, whatever the message held
         print(f"{word}  {item}" + (f": {detail}" if detail else ""), flush=True)
 
     def run(self, cmd: list[str], log: str, **kw) -> tuple[int | None, float]:
@@ -108,9 +109,10 @@ def _failed(rc: int | None, took: float, log: str) -> str:
     return f"{what} after {took:.0f}s: {lines[-1][:300] if lines else '(no output)'} (see {log})"
 
 
-def cuda_tests(check: Check, work: str) -> None:
+def cuda_tests(check: Check, work: str, path: str = "tests/test_cuda.py") -> None:
+    """One verdict per `cuda`-marked test in `path`, read from pytest's JUnit XML report."""
     xml = os.path.join(work, "cuda-tests.xml")
-    rc, took = check.run([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-p", "no:cacheprovider",
+    rc, took = check.run([sys.executable, "-m", "pytest", path, "-m", "cuda", "-p", "no:cacheprovider",
                           f"--junitxml={xml}"], os.path.join(work, "cuda-tests.log"))
     if not os.path.exists(xml):
         return check.verdict(False, "CUDA tests", f"pytest exited {rc} without a report (see {work}/cuda-tests.log)")

@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.py on CPU: one line and exit 0 without CUDA, and each item's run and verdict exercised
-with a small model and images (the GPU runs them at 224 px with ResNet-50 and bf16)."""
+"""benchmarks/gpu_check.py on CPU: one line and exit 0 without CUDA, the A-IMP and transfer items run small (the
+GPU runs them at 224 px with ResNet-50 and bf16), and one verdict per CUDA test from pytest's report."""
 from __future__ import annotations
 
 import os
@@ -37,13 +37,30 @@ def test_items_run_and_give_verdicts(tmp_path, capsys):
     check = gpu_check.Check(600)
     gpu_check.aimp_run(check, str(tmp_path), args)
     gpu_check.transfer_run(check, str(tmp_path), args)
-    gpu_check.cuda_tests(check, str(tmp_path))
     out = capsys.readouterr().out.splitlines()
     assert check.failed == 0, "\n".join(out) + open(tmp_path / "aimp.log").read()[-2000:]
     assert out[0].startswith("PASS  A-IMP resnet_tiny 32 px none") and "1 level(s), tickets at 20.0%, 36.0%," in out[0]
     assert out[1].startswith("PASS  transfer resnet_tiny") and "test in fp32" in out[1]
-    skipped = [line for line in out[2:] if line.startswith("SKIP  cuda test ")]
-    assert len(skipped) == len(out) - 2 >= 10 and all("needs a CUDA GPU" in line for line in skipped)
+
+
+FAKE_CUDA_TESTS = """import pytest
+pytestmark = pytest.mark.cuda
+def test_ok(): pass
+def test_broken(): assert 1 == 2, "the kernel refused"
+@pytest.mark.skip(reason="needs 2 GPUs")
+def test_two(): pass
+"""
+
+
+def test_one_verdict_per_cuda_test(tmp_path, capsys):
+    tests = tmp_path / "test_fake_cuda.py"
+    tests.write_text(FAKE_CUDA_TESTS)
+    check = gpu_check.Check(120)
+    gpu_check.cuda_tests(check, str(tmp_path), str(tests))
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["PASS  cuda test test_ok", "FAIL  cuda test test_broken",
+                                                     "SKIP  cuda test test_two"]
+    assert "the kernel refused" in out[1] and "needs 2 GPUs" in out[2] and check.failed == 1
 
 
 def test_a_failed_run_names_its_last_log_line(tmp_path):
