@@ -47,7 +47,7 @@ def autoattack_settings(cfg) -> dict | None:
             "norm": "Linf", "eps": cfg.test_attack.eps, "eps_255": cfg.test_attack.eps * 255}
 
 
-def test_precision(cfg) -> str:
+def final_precision(cfg) -> str:
     """The precision of the final test: fp32, or the training's --amp with --test-amp (bf16 logits tie
     top-1 and round the attack's images)."""
     return cfg.amp if cfg.test_amp and cfg.amp else "fp32"
@@ -62,7 +62,7 @@ def is_complete(cfg) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return isinstance(res, dict) and res.get("complete") is True and res.get("autoattack") == autoattack_settings(cfg) \
-        and res.get("test_precision", cfg.amp or "fp32") == test_precision(cfg)
+        and res.get("test_precision", cfg.amp or "fp32") == final_precision(cfg)
 
 
 # ---------------------------------------------------------------------------- final test
@@ -121,7 +121,7 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
     start = time.time()
     # fixed RNG for the attacks' random starts: a run resumed during its final test reports the same numbers
     seed_all(epoch_generator(cfg.seed, cfg.epochs, env.rank).initial_seed(), deterministic=cfg.deterministic)
-    precision = test_precision(cfg)
+    precision = final_precision(cfg)
     opts = dict(device=env.device, env=env, amp=None if precision == "fp32" else precision,
                 channels_last=cfg.channels_last, show_progress=cfg.show_progress)
     tested: dict[int, dict] = {}
