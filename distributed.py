@@ -1,17 +1,20 @@
-"""Process-group set-up (torchrun env://, the original --multiprocessing-distributed spawn, or one process),
-exact metric reduction across ranks, and samplers that never count an evaluation sample twice."""
+"""Process-group set-up (torchrun, srun's SLURM ranks, the original --multiprocessing-distributed spawn, or one
+process), exact metric reduction across ranks, and samplers that never count an evaluation sample twice."""
 from __future__ import annotations
 
+import datetime
 import os
+import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from errors import UserError, one_line
+from hardware import cuda_usable
 
 
 @dataclass(frozen=True)
@@ -44,15 +47,75 @@ class Launch:
     multiprocessing_distributed: bool = False
 
 
+# NCCL's default 10 minutes is shorter than rank 0's --download of a data set while the others wait in a barrier
+TIMEOUT = datetime.timedelta(minutes=60)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a run whose processes a launcher started (torchrun, or srun without torchrun)."""
+    rank: int
+    world_size: int
+    local_rank: int
+    launcher: str                        # "torchrun" or "srun"
+    url: str = "env://"                  # the rendezvous
+
+
+def ranks_from_env(environ: Mapping[str, str]) -> Ranks | None:
+    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, else SLURM's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID in a
+    step of several tasks started by srun (SLURM_STEP_ID set; a batch script's own shell is one process);
+    None for one process."""
+    if "TORCHELASTIC_RUN_ID" in environ or int(environ.get("WORLD_SIZE", "1")) > 1:
+        return Ranks(int(environ.get("RANK", "0")), int(environ.get("WORLD_SIZE", "1")),
+                     int(environ.get("LOCAL_RANK", "0")), "torchrun")
+    if "SLURM_STEP_ID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+        return Ranks(int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]),
+                     int(environ.get("SLURM_LOCALID", "0")), "srun", slurm_rendezvous(environ))
+    return None
+
+
+def slurm_rendezvous(environ: Mapping[str, str]) -> str:
+    """tcp://MASTER_ADDR:MASTER_PORT, by default the step's first node and a port derived from the job id."""
+    nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    addr = environ.get("MASTER_ADDR") or (first_host(nodes) if nodes else "127.0.0.1")
+    port = environ.get("MASTER_PORT") or str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)
+    return f"tcp://{addr}:{port}"
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[07-09,12],cpu1" -> "gpu07"."""
+    m = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?([^,]*)", nodelist.strip())
+    first = m.group(2).split(",")[0].split("-")[0] if m.group(2) else ""
+    return m.group(1) + first + m.group(3)
+
+
+def first_process(opts: Launch) -> bool:
+    """Whether this process speaks for the run before ranks exist (launcher's rank, else the --rank flag)."""
+    ranks = ranks_from_env(os.environ)
+    if ranks is not None:
+        return ranks.rank == 0
+    return (max(opts.rank, 0) if opts.world_size > 1 else 0) == 0
+
+
 def _backend(requested: str) -> str:
     # nccl needs CUDA; the unchanged GPU scripts fall back to gloo on a CPU machine
-    return requested if torch.cuda.is_available() else "gloo"
+    return requested if cuda_usable() else "gloo"
 
 
-def _device(local_rank: int | None) -> torch.device:
-    if not torch.cuda.is_available():
+def device_index(local_rank: int, visible: int) -> int:
+    """The CUDA device of a local rank: modulo the visible devices, so one GPU per task (SLURM --gpus-per-task,
+    Kubernetes) is device 0 whatever the local rank."""
+    return local_rank % visible
+
+
+def _device(local_rank: int | None, *, flag: str | None = None) -> torch.device:
+    """This process's device: CPU without usable CUDA; else the local rank's GPU (`flag`: an explicit --gpu)."""
+    if not cuda_usable():
         return torch.device("cpu")
-    idx = 0 if local_rank is None else local_rank
+    visible = torch.cuda.device_count()
+    if flag is not None and local_rank is not None and not 0 <= local_rank < visible:
+        raise UserError(f"{flag} {local_rank}: this machine shows {visible} GPU(s), numbered from 0")
+    idx = device_index(local_rank or 0, visible)
     torch.cuda.set_device(idx)
     return torch.device("cuda", idx)
 
@@ -60,23 +123,24 @@ def _device(local_rank: int | None) -> torch.device:
 def _init(rank: int, world: int, local_rank: int, url: str, backend: str, device_gpu: int | None) -> DistEnv:
     backend = _backend(backend)
     dev = _device(device_gpu)
-    dist.init_process_group(backend=backend, init_method=url, world_size=world, rank=rank)
+    dist.init_process_group(backend=backend, init_method=url, world_size=world, rank=rank, timeout=TIMEOUT,
+                            device_id=dev if backend == "nccl" else None)
     return DistEnv(rank, world, local_rank, dev, True, backend)
 
 
 def launch(worker: Callable[[DistEnv, Any], None], payload: Any, opts: Launch) -> str:
     """Run `worker(env, payload)` in the process layout the flags ask for; returns a one-line description."""
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and opts.dist_url == "env://" \
-            or "TORCHELASTIC_RUN_ID" in os.environ:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if world == 1:
-            worker(DistEnv(device=_device(local if torch.cuda.is_available() else None)), payload)
-            return "torchrun with one process"
-        worker(_init(rank, world, local, "env://", opts.dist_backend, local), payload)
-        return f"torchrun: {world} processes"
-    ngpus = torch.cuda.device_count()
+    ranks = ranks_from_env(os.environ)
+    if ranks is not None and (ranks.launcher == "srun" or opts.dist_url == "env://"
+                              or "TORCHELASTIC_RUN_ID" in os.environ):
+        if ranks.world_size == 1:
+            worker(DistEnv(device=_device(ranks.local_rank)), payload)
+            return f"{ranks.launcher} with one process"
+        url = ranks.url if ranks.launcher == "torchrun" or opts.dist_url == "env://" else opts.dist_url
+        worker(_init(ranks.rank, ranks.world_size, ranks.local_rank, url, opts.dist_backend, ranks.local_rank),
+               payload)
+        return f"{ranks.launcher}: {ranks.world_size} processes"
+    ngpus = torch.cuda.device_count() if cuda_usable() else 0
     if opts.multiprocessing_distributed:
         if ngpus == 0:
             worker(DistEnv(), payload)
@@ -95,8 +159,8 @@ def launch(worker: Callable[[DistEnv, Any], None], payload: Any, opts: Launch) -
         local = opts.gpu if opts.gpu is not None else 0
         worker(_init(opts.rank, opts.world_size, local, opts.dist_url, opts.dist_backend, opts.gpu), payload)
         return f"process {opts.rank} of {opts.world_size}"
-    worker(DistEnv(device=_device(opts.gpu)), payload)
-    return "one process on " + ("GPU" if torch.cuda.is_available() else "CPU")
+    worker(DistEnv(device=_device(opts.gpu, flag="--gpu")), payload)
+    return "one process on " + ("GPU" if cuda_usable() else "CPU")
 
 
 def _spawned(i: int, worker, payload, ngpus: int, world: int, node_rank: int, opts: Launch) -> None:
@@ -126,6 +190,14 @@ def broadcast_(t: torch.Tensor, env: DistEnv | None, src: int = 0) -> torch.Tens
     if env is not None and env.distributed:
         dist.broadcast(t, src=src)
     return t
+
+
+def broadcast_buffers(model: torch.nn.Module, env: DistEnv | None) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics drift apart: each rank normalises its
+    own batches in train mode)."""
+    if env is not None and env.distributed:
+        for b in unwrap(model).buffers():
+            dist.broadcast(b, src=0)
 
 
 def barrier(env: DistEnv | None) -> None:

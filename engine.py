@@ -15,11 +15,14 @@ import torch
 import torch.nn.functional as F
 
 import pruning_utils
-from distributed import DistEnv, all_reduce_sum, unwrap
+from distributed import DistEnv, all_reduce_sum, broadcast_buffers, unwrap
 from errors import NonFiniteLossError
 from runlog import progress
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The attack's precision under each --amp: fp16 has no loss scaling for the attack, so the input gradient of a
+# confidently classified image underflows to exactly 0 and PGD stalls there; fp32 keeps fp32's signs.
+ATTACK_AMP = {None: None, "bf16": "bf16", "fp16": None}
 NAN_HINT = ("the last good checkpoint is kept; lower --lr (with --restart or a new --save_dir: a changed "
             "config is refused) or check the data")
 NAN_CHECK_EVERY = 20  # steps between host-side checks of the non-finite flag (a check is a device sync)
@@ -29,6 +32,14 @@ def autocast(device: torch.device, amp: str | None):
     if amp is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def adversarial(attack: Callable, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                device: torch.device, amp: str | None) -> torch.Tensor:
+    """attack(net, x, y) in the attack's precision for `amp` (ATTACK_AMP: fp16 training attacks in fp32)."""
+    precision = ATTACK_AMP[amp]
+    with autocast(device, precision) if precision else torch.autocast(device.type, enabled=False):
+        return attack(net, x, y)
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
@@ -99,12 +110,12 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     acc = torch.zeros(4, device=device, dtype=torch.float64)
     bad = torch.zeros((), device=device, dtype=torch.bool)
     start = time.time()
-    shown = progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main), stats=lambda: _running(acc))
+    shown = progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main),
+                     stats=lambda: _running(acc))
     for step, (x, y) in enumerate(shown):
         x, y = _to_device(x, y, device, channels_last)
         if attack is not None:
-            with autocast(device, amp):
-                x = attack(net, x, y)
+            x = adversarial(attack, net, x, y, device=device, amp=amp)
         with autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -138,16 +149,19 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
 def evaluate(model: torch.nn.Module, loader, *, device: torch.device, attack: Callable | None = None,
              env: DistEnv | None = None, amp: str | None = None, channels_last: bool = False,
              desc: str = "eval", show_progress: bool = True) -> dict:
-    """Accuracy in eval mode: SA without `attack`, RA with it (examples made against the eval-mode model)."""
+    """Accuracy in eval mode: SA without `attack`, RA with it (examples made against the eval-mode model).
+    Under DDP every rank first takes rank 0's buffers (BatchNorm statistics), as validating through DDP did:
+    the numbers are those of the model rank 0 saves."""
     model.eval()
     net = unwrap(model)
+    broadcast_buffers(net, env)
     acc = torch.zeros(4, device=device, dtype=torch.float64)
-    shown = progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main), stats=lambda: _running(acc))
+    shown = progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main),
+                     stats=lambda: _running(acc))
     for x, y in shown:
         x, y = _to_device(x, y, device, channels_last)
         if attack is not None:
-            with autocast(device, amp):
-                x = attack(net, x, y)
+            x = adversarial(attack, net, x, y, device=device, amp=amp)
         with torch.no_grad(), autocast(device, amp):
             logits = net(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")

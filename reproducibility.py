@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from typing import Iterator
 
 import numpy as np
 import torch
+
+
+# cuBLAS is deterministic only with a fixed workspace; read when the process creates its first cuBLAS handle
+CUBLAS_WORKSPACE = ":4096:8"
 
 
 def seed_all(seed: int) -> None:
@@ -18,13 +23,16 @@ def seed_all(seed: int) -> None:
 
 @contextlib.contextmanager
 def kernel_mode(*, deterministic: bool, tf32: bool = True) -> Iterator[None]:
-    """For the duration of a run: deterministic kernels (`--deterministic`: torch's deterministic algorithms,
-    warning where an op has none, and cuDNN without autotuning) or cuDNN's autotuner, and cuDNN's TF32 for fp32
-    convolutions on or off (`--tf32`); the process's previous settings come back afterwards."""
+    """For the duration of a run: deterministic kernels (`--deterministic`: torch's deterministic algorithms, a
+    fixed cuBLAS workspace unless CUBLAS_WORKSPACE_CONFIG is set (enter this before the first CUDA matmul), cuDNN
+    without autotuning) or cuDNN's autotuner, and cuDNN's TF32 for fp32 convolutions on or off (`--tf32`); the
+    process's previous settings come back afterwards. Ops without a deterministic kernel still run, and PyTorch
+    names each in a warning: they are what `--deterministic` does not cover."""
     cudnn = torch.backends.cudnn
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32)
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = not deterministic, deterministic, tf32
     try:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 import checkpoint
 import distributed
+import hardware
 import reproducibility
 import runlog
 from distributed import DistEnv, Launch
@@ -39,7 +40,8 @@ def add_speed_flags(g: argparse._ActionsContainer, *, channels_last: bool | None
                    help="channels_last memory format" + (" (default: on with a GPU)" if channels_last is None else ""))
     g.add_argument("--fused-sgd", default=True, action=argparse.BooleanOptionalAction,
                    help="one fused SGD kernel per step: the loop's update up to the last bit")
-    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels and cuBLAS (slower; exact resume except ops PyTorch warns about)")
     g.add_argument("--tf32", default=True, action=argparse.BooleanOptionalAction,
                    help="TF32 tensor cores for fp32 convolutions on Ampere+ GPUs (cuDNN's default); --no-tf32 "
                         "computes them in full fp32, as the original's PyTorch 1.5 did")
@@ -69,8 +71,7 @@ def add_launch_flags(g: argparse._ActionsContainer) -> None:
 
 def common_settings(args: argparse.Namespace) -> dict:
     """The config fields both stages take from the shared flags, checked once."""
-    if args.amp and not torch.cuda.is_available():
-        raise ConfigError(f"--amp {args.amp} needs a GPU and none is visible: drop --amp on this machine")
+    hardware.check_amp(args.amp)
     if args.workers < 0:
         raise ConfigError(f"--workers {args.workers} must be at least 0")
     return dict(save_dir=args.save_dir, seed=args.seed, workers=args.workers, image_size=args.image_size,
@@ -85,11 +86,7 @@ def launch_from_args(args: argparse.Namespace) -> Launch:
 
 
 # ---------------------------------------------------------------------------- before the workers start
-def first_process(opts: Launch) -> bool:
-    """Whether this process speaks for the run before ranks exist: torchrun's RANK, else the --rank flag of
-    the original's multi-node launch (node 0), else the only process."""
-    fallback = max(opts.rank, 0) if opts.world_size > 1 else 0
-    return int(os.environ.get("RANK", fallback)) == 0
+first_process = distributed.first_process  # the rank-0 rule before ranks exist, the same for both stages
 
 
 def claim_save_dir(save_dir: str) -> None:

@@ -23,6 +23,7 @@ import torchvision
 import benchmarks.cases as cases
 import benchmarks.measure as measure
 import errors
+import hardware
 from benchmarks.cases import SECTIONS, BenchConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,8 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    device = args.device or ("cuda" if hardware.cuda_usable() else "cpu")
+    if device.startswith("cuda") and not hardware.cuda_usable():
         raise errors.UserError("--device cuda: no GPU is visible; drop --device or pass --device cpu")
     gpu = device.startswith("cuda")
     amp = None if args.amp == "none" else args.amp if args.amp else ("bf16" if gpu else None)

@@ -16,6 +16,7 @@ import engine
 from transfer import pipeline
 import dataset
 import models
+import optimizer as optimizer_lib
 import pruning_utils
 import runner
 from attacks import PGD, fgsm_rs
@@ -83,9 +84,7 @@ def _ticket(cfg: BenchConfig) -> tuple[torch.nn.Module, dict]:
     return model, mask
 
 
-def _optimizer(model: torch.nn.Module, *, fused: bool = False) -> torch.optim.Optimizer:
-    """A-IMP's SGD; `fused` (ours): one kernel per parameter, the same update up to the last bit (FMA)."""
-    return torch.optim.SGD(model.parameters(), lr=5e-4, momentum=0.9, weight_decay=1e-4, fused=fused or None)
+SGD = optimizer_lib.SGDSettings(lr=5e-4, momentum=0.9, weight_decay=1e-4)  # A-IMP's
 
 
 def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], None]:
@@ -106,7 +105,7 @@ def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], Non
         net = base.build_model(cfg.arch, cfg.num_classes, mask, model.state_dict()).to(device)
         if section == "eval":
             return lambda: base.eval_step(net, x, y, attack_kw)
-        opt = _optimizer(net)
+        opt = torch.optim.SGD(net.parameters(), SGD.lr, momentum=SGD.momentum, weight_decay=SGD.weight_decay)
         return lambda: base.train_step(net, opt, x, y, attack_kw)
 
     plain = variant == "ours-plain"
@@ -123,8 +122,8 @@ def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], Non
     if section == "eval":
         return lambda: engine.evaluate(model, batches, device=device, attack=attack, amp=amp, channels_last=cl,
                                        show_progress=False)
-    opt = _optimizer(model, fused=True)
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    opt = optimizer_lib.make_sgd(model, SGD)  # the runs' fused SGD and GradScaler
+    scaler = optimizer_lib.make_scaler(amp, device)
 
     def step() -> dict:
         return engine.train_one_epoch(model, batches, opt, device=device, attack=attack, mask=mask, amp=amp,

@@ -9,8 +9,8 @@ import re
 from campaign.spec import Run
 
 GFLOP = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 4.1, "resnet101": 7.8, "resnet152": 11.5}
-TRAIN_IMAGES = {"cifar10": 45000, "cifar100": 45000, "svhn": 68257}
-VAL_IMAGES = {"cifar10": 5000, "cifar100": 5000, "svhn": 5000}
+TRAIN_IMAGES = {"cifar10": 45000, "cifar10_2": 45000, "cifar100": 45000, "svhn": 68257}
+VAL_IMAGES = {"cifar10": 5000, "cifar10_2": 5000, "cifar100": 5000, "svhn": 5000}
 IMAGENET = 1281167
 BF16, FP32 = 150e12, 50e12  # FLOP/s sustained on one H100-class card
 
@@ -66,7 +66,7 @@ def run_flop(run: Run, epochs_done: int = 0) -> float:
         return images * max(0.0, epochs - epochs_done) * passes * per_pass
     data = f.get("--data", "")
     n = TRAIN_IMAGES.get(run.dataset) or _folder_images(data, "train")
-    n_val = VAL_IMAGES.get(run.dataset) or _folder_images(data, "val")
+    n_val = VAL_IMAGES.get(run.dataset) or _folder_images(data, "val") or _folder_images(data, "validation")
     n *= _num(f.get("--data_number"), 1)
     epochs = _num(f.get("--epochs"), 100)
     steps = _num(f.get("--train_step"), 10) if run.mode == "adv" else 0

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASETS = ("cifar10", "cifar100", "svhn", "folder")  # dataset.DATASETS less imagenet (a test keeps them equal)
+DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")  # dataset.DATASETS less imagenet (a test
+# keeps them equal)
 MODES = ("std", "adv")
 IMP_KINDS = ("std", "adv")
 TOP_KEYS = {"root", "data", "overrides", "std_overrides", "adv_overrides", "init"}

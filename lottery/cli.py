@@ -6,14 +6,13 @@ import argparse
 import dataclasses
 
 import attacks
-import checkpoint
-from lottery import config as imp_config
-from lottery import levels as imp_levels
-from lottery import state as imp_state
 import models
 import runlog
 import runner
 from errors import ConfigError, OneLineParser, UserError
+from lottery import config as imp_config
+from lottery import levels as imp_levels
+from lottery import state as imp_state
 
 
 def get_args_parser(adversarial: bool) -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import checkpoint as files
 import dataset
 import distributed
 import engine
+import hardware
 import models
 import optimizer as optimizer_lib
 import pruning_utils
@@ -21,7 +22,6 @@ import runner
 import weights
 from attacks import build_attack
 from distributed import DistEnv
-from errors import ConfigError
 from lottery.config import IMPConfig, config_dict
 from lottery.state import checkpoint_dict, find_resume, level_of, restore
 from pruning_utils import Mask
@@ -124,8 +124,7 @@ def worker(env: DistEnv, cfg: IMPConfig) -> None:
 
 
 def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
-    if cfg.amp and env.device.type != "cuda":
-        raise ConfigError(f"--amp {cfg.amp} needs a GPU and none is visible: drop --amp on this machine")
+    hardware.check_amp(cfg.amp, env.device)
     log.info(f"process layout: {env.describe()}" + ("" if torch.cuda.is_available() else " (no GPU visible)"))
     reproducibility.seed_all(cfg.seed)
     splits = dataset.build_datasets("imagenet", cfg.data, seed=cfg.seed, image_size=cfg.image_size,
@@ -154,7 +153,7 @@ def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
         runner.truncate_metrics(cfg.save_dir, done, first=1)
     model = runner.wrap(net, env, compile=cfg.compile)
     optimizer = _sgd(model, cfg, opt_state, path or "")
-    scaler = optimizer_lib.make_scaler(cfg.amp, obj.get("scaler") if opt_state is not None else None)
+    scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if opt_state is not None else None)
     while level <= cfg.levels:
         for epoch in range(done, level * cfg.prune_epoch):
             # every epoch's randomness (augmentation, attack starts) is a pure function of (seed, epoch, rank)

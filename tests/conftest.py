@@ -1,9 +1,11 @@
 """Shared fixtures: tiny fabricated datasets (see fakedata.py), written once per session.
 
 Each `*_root` fixture also switches torchvision's MD5 checks to existence checks for the test using it.
+The whole suite is pinned to CPU (DOUBLEWIN_DEVICE=cpu) so that it asserts the same on a GPU node.
 """
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 import fakedata
+import hardware
 import models
 import pruning_utils
 
@@ -92,3 +95,9 @@ def pretrained(tmp_path_factory):
     ticket = str(d / "4-ticket.pth.tar")
     pruning_utils.save_ticket(ticket, mask, {"level": 4, "source": "imp"})
     return SimpleNamespace(init=init, ticket=ticket, mask=mask)
+
+
+def pytest_configure():
+    """The CPU suite behaves alike on a CPU box and a GPU node: runs, ranks and backends stay on CPU / gloo (the
+    CUDA tests in test_cuda.py lift this pin)."""
+    os.environ[hardware.PIN] = "cpu"

@@ -202,7 +202,6 @@ def test_max_batch_extrapolates_the_line_through_two_peaks(monkeypatch):
     assert seen == [64, 32]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_cuda_without_a_gpu_is_a_user_error():
     with pytest.raises(errors.UserError, match="no GPU"):
         bench.config_from_args(bench.get_args_parser().parse_args(["--device", "cuda"]))

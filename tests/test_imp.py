@@ -289,8 +289,6 @@ def test_init_key_mismatch_and_head_mismatch_are_errors_naming_them(tiny, tmp_pa
     (["--omp-level", "2", "-e"], "drop -e"),
 ])
 def test_bad_flags_are_one_line_errors(tiny, tmp_path, extra, message):
-    if "--amp" in extra and torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     data, init = tiny
     with pytest.raises(UserError, match=message):
         main_imp_adv.main(imp_argv(data, init, str(tmp_path), *extra))

@@ -97,8 +97,6 @@ def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path
 
 @pytest.mark.slow
 def test_unchanged_script_runs_on_a_machine_without_gpu(tiny, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     data, init = tiny
     save_dir = str(tmp_path / "run")
     done = subprocess.run(["bash", os.path.join(ROOT, "script", "imp_pretrain", "imp_std.sh"), init, save_dir, data,

@@ -11,25 +11,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import checkpoint
 import runner
-from distributed import DistEnv, Launch
+from distributed import DistEnv
 from errors import ConfigError
 from lottery import cli as imp_cli
 from transfer import cli as transfer_cli
-
-
-@pytest.mark.parametrize("env, opts, first", [
-    ({}, Launch(), True),
-    ({"RANK": "0"}, Launch(), True),
-    ({"RANK": "3"}, Launch(), False),                          # torchrun's rank wins
-    ({}, Launch(world_size=2, rank=1), False),                  # the original's multi-node flags: node 1
-    ({}, Launch(world_size=2, rank=0), True),
-    ({}, Launch(world_size=1, rank=1), True),                   # one node: --rank means nothing
-])
-def test_first_process_rule(monkeypatch, env, opts, first):
-    monkeypatch.delenv("RANK", raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    assert runner.first_process(opts) is first
 
 
 @pytest.mark.parametrize("entry, argv", [

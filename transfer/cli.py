@@ -75,6 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "cifar10/cifar100/svhn, pil for folder")
     g = p.add_argument_group("data, speed and safety")
     runner.add_speed_flags(g, channels_last=True)
+    g.add_argument("--test-amp", action="store_true", help="final test SA/RA under --amp too (default: fp32)")
     runner.add_safety_flags(g, restart="start over in a SAVE_DIR holding another run")
     g = p.add_argument_group("distributed (ours: the original transfer is single-GPU; torchrun works too)")
     g.add_argument("--sync-bn", action="store_true",
@@ -137,7 +138,7 @@ def config_from_args(args) -> tuple[TransferConfig, Launch]:
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs, warmup=args.warmup,
         milestones=_milestones(args.decreasing_lr), scheduler=args.scheduler, eval_from=args.eval_from,
         autoattack=args.autoattack, autoattack_version=args.autoattack_version, autoattack_attacks=attacks,
-        save_all=args.save_all, require_checkpoint=args.resume, pipeline=args.pipeline,
+        save_all=args.save_all, require_checkpoint=args.resume, pipeline=args.pipeline, test_amp=args.test_amp,
         show_progress=args.print_freq > 0)
     resolve_pipeline(cfg)  # --pipeline device with folder data stops here, before SAVE_DIR is touched
     return cfg, runner.launch_from_args(args)

@@ -51,6 +51,7 @@ class TransferConfig:
     tf32: bool = True                    # cuDNN TF32 in fp32 convolutions (the default; PyTorch 1.5 had none)
     sync_bn: bool = False                # SyncBatchNorm over the ranks (multi-GPU; the original is single-GPU)
     amp: str | None = None
+    test_amp: bool = False               # final test under --amp too (default: fp32, whatever the training's amp)
     channels_last: bool = True
     pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
     fused_sgd: bool = True               # one fused SGD kernel (the same update up to the last bit: FMA)
@@ -64,7 +65,8 @@ AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 # is tested extra, the process layout (recorded flat); pipeline and fused_sgd are not among them: they change
 # the numbers (other random crops, last-bit updates)
 VOLATILE = ("download", "print_freq", "save_all", "require_checkpoint", "autoattack", "autoattack_version",
-            "autoattack_attacks", "gpu", "dist_url", "dist_backend", "world_size", "rank", "multiprocessing_distributed")
+            "autoattack_attacks", "test_amp", "gpu", "dist_url", "dist_backend", "world_size", "rank",
+            "multiprocessing_distributed")
 # settings added after the first release beside runner.IMPLIED's, with the behaviour of runs started before them:
 # such a run continues with `--pipeline pil --no-fused-sgd --attack-loss sum` (no SyncBatchNorm), except that
 # transfer runs started before 2026-11-29 seeded each epoch's global RNG with the seed of the loader's order

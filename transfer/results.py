@@ -47,14 +47,22 @@ def autoattack_settings(cfg) -> dict | None:
             "norm": "Linf", "eps": cfg.test_attack.eps, "eps_255": cfg.test_attack.eps * 255}
 
 
+def final_precision(cfg) -> str:
+    """The precision of the final test: fp32, or the training's --amp with --test-amp (bf16 logits tie
+    top-1 and round the attack's images)."""
+    return cfg.amp if cfg.test_amp and cfg.amp else "fp32"
+
+
 def is_complete(cfg) -> bool:
-    """results.json exists, says complete, and was made with the AutoAttack settings asked for now."""
+    """results.json exists, says complete, and was tested with the AutoAttack settings and precision asked for
+    now (a file without `test_precision` was tested under the run's --amp)."""
     try:
         with open(os.path.join(cfg.save_dir, RESULTS)) as f:
             res = json.load(f)
     except (OSError, json.JSONDecodeError):
         return False
-    return isinstance(res, dict) and res.get("complete") is True and res.get("autoattack") == autoattack_settings(cfg)
+    return isinstance(res, dict) and res.get("complete") is True and res.get("autoattack") == autoattack_settings(cfg) \
+        and res.get("test_precision", cfg.amp or "fp32") == final_precision(cfg)
 
 
 # ---------------------------------------------------------------------------- final test
@@ -114,8 +122,9 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
     start = time.time()
     # fixed RNG for the attacks' random starts: a run resumed during its final test reports the same numbers
     runner.seed_epoch(cfg.seed, cfg.epochs, env.rank)
-    opts = dict(device=env.device, env=env, amp=cfg.amp, channels_last=cfg.channels_last,
-                show_progress=cfg.show_progress)
+    precision = final_precision(cfg)
+    opts = dict(device=env.device, env=env, amp=None if precision == "fp32" else precision,
+                channels_last=cfg.channels_last, show_progress=cfg.show_progress)
 
     def test(where: str) -> dict:
         bad = pruned_nonzero(model, mask)
@@ -158,6 +167,7 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
         "ticket": info["ticket"], "sparsity": s, "sparsity_percent": 100 * s,
         "ticket_meta": info["ticket_meta"], "init": info["init"], "init_format": info["init_format"],
         "arch": cfg.arch, "small_input": cfg.small_input, "image_size": cfg.image_size, "pipeline": pipeline,
+        "test_precision": precision,
         "seed": cfg.seed, "epochs": cfg.epochs, "eval_from": cfg.eval_from, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "scheduler": cfg.scheduler, "world_size": env.world_size, **best, "last": last,
         "wall_time_s": state["wall_time_s"] + time.time() - start,

@@ -164,7 +164,7 @@ def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
     optimizer = optimizer_lib.make_sgd(model, optimizer_lib.SGDSettings(cfg.lr, cfg.momentum, cfg.weight_decay,
                                                                         cfg.fused_sgd))
     scheduler = make_scheduler(optimizer, cfg)
-    scaler = optimizer_lib.make_scaler(cfg.amp)
+    scaler = optimizer_lib.make_scaler(cfg.amp, env.device)
     state = transfer_state.resume(cfg, env.is_main, model, mask, optimizer, scheduler, scaler, log)
     net = runner.wrap(model, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
     train_attack = build_attack(cfg.train_attack, cfg.attack_loss)
