@@ -17,11 +17,12 @@ import distributed
 import hardware
 import reproducibility
 import runlog
+import savedir
 from distributed import DistEnv, Launch
 from errors import ConfigError
 
 # settings added after the first release, with the behaviour of the runs started before them, which did not
-# record them (checkpoint.check_config): such a run continues with `--no-fused-sgd` (TF32: cuDNN's default, on)
+# record them (savedir.check_config): such a run continues with `--no-fused-sgd` (TF32: cuDNN's default, on)
 IMPLIED = {"fused_sgd": False, "compile": False, "tf32": True}
 # config.json keys that may differ between runs of one experiment: where things are, how the run reports
 VOLATILE = ("data", "save_dir", "workers", "show_progress", "trust_pickle")
@@ -93,8 +94,8 @@ def claim_save_dir(save_dir: str) -> None:
     """On the first process: SAVE_DIR exists and is writable, and this process holds its lock for the whole run
     (the OS releases it when the process ends, however it ends); a second process on it refuses with one line.
     Processes that --multiprocessing-distributed spawns run under the parent's lock."""
-    checkpoint.writable_dir(save_dir)
-    checkpoint.hold_save_dir(save_dir)
+    savedir.writable_dir(save_dir)
+    savedir.hold_save_dir(save_dir)
 
 
 def prepare_save_dir(save_dir: str, config: dict, *, restart: bool, clear: Callable[[str], list[str]],
@@ -104,11 +105,11 @@ def prepare_save_dir(save_dir: str, config: dict, *, restart: bool, clear: Calla
     pairs old files with new settings), then config.json checked against the run's settings (with `epoch_seeds`,
     the seeding policy). A folder without progress (`started` false: e.g. an attempt that stopped at a bad flag)
     takes the new settings."""
-    checkpoint.remove_temp_files(save_dir)
+    savedir.remove_temp_files(save_dir)
     if restart:
         removed = clear(save_dir)
         print(f"--restart: removed {len(removed)} files of the earlier run in {save_dir}", flush=True)
-    checkpoint.check_config(save_dir, {**config, "epoch_seeds": EPOCH_SEEDS}, restart=restart or not started,
+    savedir.check_config(save_dir, {**config, "epoch_seeds": EPOCH_SEEDS}, restart=restart or not started,
                             volatile=(*VOLATILE, *volatile), implied={**IMPLIED, **implied}, fixed=("epoch_seeds",))
 
 

@@ -87,8 +87,8 @@ def test_a_ticket_an_imp_stage_will_make_is_waited_for(tmp_path, inputs):
 
 def _hold(save_dir: str) -> subprocess.Popen:
     """Another process holding SAVE_DIR's lock, as a running entry point does."""
-    code = f"import sys, time; sys.path.insert(0, {ROOT!r}); import checkpoint; " \
-           f"checkpoint.hold_save_dir({save_dir!r}); print('held', flush=True); time.sleep(60)"
+    code = f"import sys, time; sys.path.insert(0, {ROOT!r}); import savedir; " \
+           f"savedir.hold_save_dir({save_dir!r}); print('held', flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=kit.ENV)
     assert proc.stdout.readline() == "held\n"
     return proc

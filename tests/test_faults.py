@@ -27,6 +27,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]  # for `python tests/test_faults.py --write`; pytest sets both itself
 
 import checkpoint  # noqa: E402
+import savedir  # noqa: E402
 import errors  # noqa: E402
 import fakedata  # noqa: E402
 from lottery import config as imp_config  # noqa: E402
@@ -548,7 +549,7 @@ def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
         obj = checkpoint.load_file(path)
         assert obj["w"].shape == (4_000_000,) and obj["w"][-1] == 3_999_999 and obj["version"] >= 0
         assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
-        checkpoint.remove_temp_files(os.path.dirname(path))
+        savedir.remove_temp_files(os.path.dirname(path))
         assert os.listdir(os.path.dirname(path)) == ["checkpoint.pth.tar"]
 
 

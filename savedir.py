@@ -1,0 +1,106 @@
+"""A run's SAVE_DIR before the run writes: writable, the temp files of writes a kill cut short gone, config.json
+checked against the run's settings, and the lock that keeps a second process out for the whole run."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+from typing import Iterable
+
+from checkpoint import CONFIG, LOCK, atomic_write_json, to_json
+from errors import CheckpointError, ConfigError, UserError
+
+
+def writable_dir(path: str, *, flag: str = "--save_dir") -> None:
+    """Create `path` if needed and prove a file can be written there, before any work is done."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CheckpointError(f"{flag} {path} cannot be written ({e.strerror or type(e).__name__}): "
+                              "choose a folder you can write to") from None
+
+
+def remove_temp_files(save_dir: str) -> list[str]:
+    """Delete what writes cut short by a kill left behind (`.<name>.<random>.tmp`, up to a checkpoint's size
+    each); call it before a run starts writing. Returns the names removed."""
+    if not os.path.isdir(save_dir):
+        return []
+    names = sorted(n for n in os.listdir(save_dir) if n.startswith(".") and n.endswith(".tmp"))
+    for name in names:
+        os.remove(os.path.join(save_dir, name))
+    return names
+
+
+_HELD: dict[str, object] = {}  # realpath -> open lock file, kept open for the life of the process
+
+
+def hold_save_dir(save_dir: str) -> None:
+    """Take SAVE_DIR/.lock (flock) for the rest of this process's life, or refuse with one line naming the
+    holder: two processes never train into one folder. The OS drops the lock when the process dies, so a run
+    re-started after a crash or a requeue takes it normally. Idempotent within one process."""
+    key = os.path.realpath(save_dir)
+    if key in _HELD:
+        return
+    path = os.path.join(save_dir, LOCK)
+    f = open(path, "a+")
+    for attempt in range(5):  # a few tries: `sweep.py status` probes the lock for an instant
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(0.1 * (attempt < 4))
+    else:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{save_dir} is in use by {holder}: a run is already training there (wait for it, or "
+                        "stop it first; a killed run releases it)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _HELD[key] = f
+
+
+def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterable[str] = (),
+                 implied: dict | None = None, fixed: Iterable[str] = ()) -> None:
+    """Refuse to mix configurations in one SAVE_DIR; `restart` (the --restart flag) overwrites config.json.
+
+    Keys in `volatile` (e.g. print frequency, worker count) may differ between runs of the same experiment.
+    `implied` gives, for settings added after a run may have started, the value such a run had without
+    recording it (e.g. {"fused_sgd": False}): an older run then continues when given the flags that reproduce
+    its behaviour, and is refused otherwise, with that value named in the message. Keys in `fixed` are recorded
+    behaviour no flag selects (e.g. how each epoch is seeded): an older run that differs there cannot continue.
+    """
+    path = os.path.join(save_dir, CONFIG)
+    config = json.loads(json.dumps(config, default=to_json))
+    if os.path.exists(path) and not restart:
+        with open(path) as f:
+            try:
+                old = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{path} is not valid JSON ({e}), so the run's settings are unknown: repair it, "
+                                  "or pass --restart to start over there") from None
+        if isinstance(old, dict):
+            skip = set(volatile)
+            unrecorded = sorted(k for k in (implied or {}) if k not in old)
+            old = {**(implied or {}), **old}
+            keys = sorted(k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k))
+            if keys:
+                shown = ", ".join(f"{k} ({old.get(k)!r} -> {config.get(k)!r})" for k in keys[:6])
+                older = [k for k in keys if k in unrecorded and k not in set(fixed)]
+                frozen = [k for k in keys if k in set(fixed)]
+                hint = f" ({', '.join(older)}: not recorded by that older run, which ran as shown; give the " \
+                       "flags that select those values to continue it)" if older else ""
+                hint += f" ({', '.join(frozen)}: no flag selects the earlier behaviour, so that run cannot " \
+                        "continue exactly)" if frozen else ""
+                raise ConfigError(
+                    f"{save_dir} holds a run with other settings: {shown}{hint}; use another --save_dir, "
+                    "or pass --restart to start over there")
+    atomic_write_json(path, config)
