@@ -100,8 +100,8 @@ def claim_save_dir(save_dir: str) -> None:
 
 def prepare_save_dir(save_dir: str, config: dict, *, restart: bool, clear: Callable[[str], list[str]],
                      started: bool, volatile: Iterable[str], implied: dict) -> None:
-    """On the first process, before any worker writes: SAVE_DIR writable, temp files of a killed write gone,
-    --restart's removal of the earlier run's files (before config.json changes, so that a kill in between never
+    """On the first process, after `claim_save_dir` and before any worker writes: temp files of a killed write
+    gone, --restart's removal of the earlier run's files (before config.json changes, so that a kill in between never
     pairs old files with new settings), then config.json checked against the run's settings (with `epoch_seeds`,
     the seeding policy). A folder without progress (`started` false: e.g. an attempt that stopped at a bad flag)
     takes the new settings."""
@@ -110,7 +110,7 @@ def prepare_save_dir(save_dir: str, config: dict, *, restart: bool, clear: Calla
         removed = clear(save_dir)
         print(f"--restart: removed {len(removed)} files of the earlier run in {save_dir}", flush=True)
     savedir.check_config(save_dir, {**config, "epoch_seeds": EPOCH_SEEDS}, restart=restart or not started,
-                            volatile=(*VOLATILE, *volatile), implied={**IMPLIED, **implied}, fixed=("epoch_seeds",))
+                         volatile=(*VOLATILE, *volatile), implied={**IMPLIED, **implied}, fixed=("epoch_seeds",))
 
 
 def start(worker: Callable[[DistEnv, Any], None], cfg: Any, opts: Launch) -> str:
