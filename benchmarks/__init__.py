@@ -1,0 +1,1 @@
+"""Speed and accuracy of our fast paths against the original's way, and the GPU acceptance check."""

@@ -1,0 +1,1 @@
+"""The offline demo: built-in data, pre-training, tickets, a local campaign of transfers, the report."""
