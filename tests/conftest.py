@@ -6,7 +6,6 @@ The whole suite is pinned to CPU (DOUBLEWIN_DEVICE=cpu) so that it asserts the s
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ from torch import nn
 
 import fakedata
 import hardware
-import models
-import pruning_utils
+import recipes
 
 
 @pytest.fixture
@@ -86,15 +84,7 @@ def eager_compile(monkeypatch) -> list[str]:
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A 'pre-trained' resnet_tiny init (1000-class head, as ImageNet weights) and a 60% magnitude ticket of it."""
-    d = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    model = models.resnet_tiny(1000)
-    init = str(d / "init.pth")
-    torch.save(model.state_dict(), init)
-    mask = pruning_utils.magnitude_prune(model, pruning_utils.full_mask(model), 0.6)
-    ticket = str(d / "4-ticket.pth.tar")
-    pruning_utils.save_ticket(ticket, mask, {"level": 4, "source": "imp"})
-    return SimpleNamespace(init=init, ticket=ticket, mask=mask)
+    return recipes.write_pretrained(str(tmp_path_factory.mktemp("tiny")), 0.6, {"level": 4, "source": "imp"})
 
 
 def pytest_configure():

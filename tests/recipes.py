@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -42,6 +43,19 @@ def same_masks(a: dict, b: dict) -> bool:
 
 
 # ---------------------------------------------------------------------------- transfer
+def write_pretrained(folder, sparsity: float, meta: dict | None = None) -> SimpleNamespace:
+    """A 'pre-trained' resnet_tiny init (1000-class head, as ImageNet weights) in `folder` and a magnitude ticket
+    of it at `sparsity`: (init, ticket, mask)."""
+    torch.manual_seed(0)
+    model = models.resnet_tiny(1000)
+    init = os.path.join(folder, "init.pth")
+    torch.save(model.state_dict(), init)
+    mask = pruning_utils.magnitude_prune(model, pruning_utils.full_mask(model), sparsity)
+    ticket = os.path.join(folder, "4-ticket.pth.tar")
+    pruning_utils.save_ticket(ticket, mask, meta or {})
+    return SimpleNamespace(init=init, ticket=ticket, mask=mask)
+
+
 FILES = (CONFIG, METRICS, LOG, CHECKPOINT, SA_BEST, RA_BEST, RESULTS, CURVES, INDICES)
 
 

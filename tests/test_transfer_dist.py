@@ -17,7 +17,7 @@ import models
 import pruning_utils
 from checkpoint import LOG, RESULTS, SA_BEST, load_file
 from engine import evaluate
-from recipes import argv, check_run
+from recipes import argv, check_run, write_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,13 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
     data = fakedata.make_image_folder(str(tmp_path / "data"), n_per_class=3, splits=("train", "val", "test"))
-    torch.manual_seed(0)
-    init_model = models.resnet_tiny(1000)
-    init = str(tmp_path / "init.pth")
-    torch.save(init_model.state_dict(), init)
-    mask = pruning_utils.magnitude_prune(init_model, pruning_utils.full_mask(init_model), 0.5)
-    ticket = str(tmp_path / "ticket.pth.tar")
-    pruning_utils.save_ticket(ticket, mask, {})
+    pre = write_pretrained(str(tmp_path), 0.5)
+    init, ticket, mask = pre.init, pre.ticket, pre.mask
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.join(ROOT, "main_train_downstream.py"),
