@@ -7,7 +7,6 @@ visda variants) with the PROTOCOL splits, data-limited training subsets, and eac
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -16,13 +15,13 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
+import data_formats as formats
 from checkpoint import atomic_write_json
 from errors import DataError, UserError
 
 SUBSETS = ("first", "balanced")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training statistics; folder data reuses them
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VAL_SIZE = 5000  # images held out of the official training file for validation (CIFAR and SVHN)
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -92,19 +91,6 @@ def targets_of(dataset: Dataset) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- splits and subsets
-def train_val_split(n: int, official_n: int, val_size: int = VAL_SIZE) -> tuple[range, range]:
-    """Split a training file of `n` images into (train, val) index ranges: the last images are validation.
-
-    With the official file (`n >= official_n`) the last `val_size` images are held out, which gives
-    exactly the PROTOCOL splits (CIFAR 0..44999 / 45000..49999, SVHN 0..68256 / 68257..73256). A smaller
-    file (e.g. fabricated test data) holds out the same fraction, `max(1, round(n * val_size / official_n))`.
-    """
-    n_val = val_size if n >= official_n else max(1, round(n * val_size / official_n))
-    if n - n_val < 1:
-        raise DataError(f"a training file of {n} images is too small to hold out a validation split")
-    return range(0, n - n_val), range(n - n_val, n)
-
-
 def balanced_subset(targets: Sequence[int], pool: Sequence[int], k: int, seed: int) -> list[int]:
     """`k` indices drawn from `pool` (indices into `targets`) with class counts as equal as the pool allows.
 
@@ -149,121 +135,10 @@ def write_indices(path: str, indices: Sequence[int]) -> None:
     atomic_write_json(path, [int(i) for i in indices])
 
 
-# ---------------------------------------------------------------------------- loaders, one per format
-@dataclass(frozen=True)
-class RawSplits:
-    """What a builder loads: untransformed datasets and which of their images form each split."""
-    train: Dataset
-    train_pool: Sequence[int]
-    val: Dataset
-    val_indices: Sequence[int]
-    test: Dataset | None
-    num_classes: int
-
-
-def _open_torchvision(make: Callable[[], Dataset], name: str, path: str, layout: str) -> Dataset:
-    from scipy.io.matlab import MatReadError
-    try:
-        return make()
-    except RuntimeError as e:
-        if "not found or corrupted" not in str(e):
-            raise
-        raise DataError(f"{name} data in {path} failed torchvision's MD5 check: expected {layout}. "
-                        "Delete the files and pass --download to fetch them again") from None
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError, MatReadError) as e:
-        raise DataError(f"{name} data in {path} is malformed ({type(e).__name__}: {str(e)[:80]}): "
-                        f"expected {layout}") from None
-
-
-def _check_files(name: str, root: str, folder: str, files: Sequence[str], layout: str) -> None:
-    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        raise DataError(f"{name} data not found in {root}: expected {layout} (missing {missing[0]}). "
-                        "Pass --download to fetch it, or --data DIR")
-
-
-def _cifar(name: str, cls: type[tvd.CIFAR10]) -> Callable[[str, bool], RawSplits]:
-    def build(root: str, download: bool) -> RawSplits:
-        folder = os.path.join(root, cls.base_folder)
-        files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-        layout = f"{folder}{os.sep} (the official python pickles: {', '.join(files)})"
-        if not download:
-            _check_files(name, root, folder, files, layout)
-        train = _open_torchvision(lambda: cls(root, train=True, download=download), name, folder, layout)
-        test = _open_torchvision(lambda: cls(root, train=False), name, folder, layout)
-        pool, val = train_val_split(len(train), official_n=50000)
-        return RawSplits(train, pool, train, val, test, len(train.classes))
-    return build
-
-
-def _svhn(root: str, download: bool) -> RawSplits:
-    files = [tvd.SVHN.split_list[s][1] for s in ("train", "test")]
-    layout = f"{os.path.join(root, files[0])} and {os.path.join(root, files[1])} (the official .mat files)"
-    if not download:
-        _check_files("svhn", root, root, files, layout)
-    train = _open_torchvision(lambda: tvd.SVHN(root, split="train", download=download), "svhn", root, layout)
-    test = _open_torchvision(lambda: tvd.SVHN(root, split="test", download=download), "svhn", root, layout)
-    pool, val = train_val_split(len(train), official_n=73257)
-    return RawSplits(train, pool, train, val, test, 10)
-
-
-def _image_folder(name: str, path: str, layout: str) -> tvd.ImageFolder:
-    if not os.path.isdir(path):
-        root = os.path.dirname(path)
-        hint = f"{root} looks like one split: pass its parent folder" \
-            if os.path.isdir(root) and os.path.basename(os.path.normpath(root)) in ("train", "val", "test") \
-            else "Folder datasets are never downloaded: pass the folder that holds train/ (--data, or DIR for IMP)"
-        raise DataError(f"{name} data not found: {path} is not a folder; expected {layout}. {hint}")
-    try:
-        return tvd.ImageFolder(path)
-    except FileNotFoundError as e:  # no class folders, or a class folder without images
-        raise DataError(f"{name} data in {path} is malformed ({e}): expected {layout}") from None
-
-
-def _same_classes(name: str, train: tvd.ImageFolder, other: tvd.ImageFolder) -> None:
-    odd = sorted(set(train.classes) ^ set(other.classes))
-    if odd:
-        raise DataError(f"{name} class folders of {other.root} differ from those of {train.root} "
-                        f"(e.g. {odd[0]!r}): every split needs the same class folders")
-
-
-def _imagenet(root: str, download: bool) -> RawSplits:
-    layout = f"{root}/train/<class>/<image> and {root}/val/<class>/<image> (ImageFolder layout)"
-    train = _image_folder("imagenet", os.path.join(root, "train"), layout)
-    val = _image_folder("imagenet", os.path.join(root, "val"), layout)
-    _same_classes("imagenet", train, val)
-    return RawSplits(train, range(len(train)), val, range(len(val)), None, len(train.classes))
-
-
-def _folder(root: str, download: bool) -> RawSplits:
-    """root/train plus root/val and/or root/test; when only one of val/test exists it serves as both."""
-    layout = f"{root}/train/<class>/<image> and {root}/val/ and/or {root}/test/ with the same class folders"
-    train = _image_folder("folder", os.path.join(root, "train"), layout)
-    found = {s: _image_folder("folder", os.path.join(root, s), layout)
-             for s in ("val", "test") if os.path.isdir(os.path.join(root, s))}
-    if not found:
-        raise DataError(f"folder data in {root} has no val/ or test/ folder: expected {layout}")
-    for other in found.values():
-        _same_classes("folder", train, other)
-    val = found.get("val", found.get("test"))
-    test = found.get("test", val)
-    return RawSplits(train, range(len(train)), val, range(len(val)), test, len(train.classes))
-
-
-def _visda(root: str, download: bool) -> RawSplits:
-    """VisDA-2017 classification as the original uses it: root/train (synthetic) for training, root/validation
-    (real) for validation and, as in the original, also as the test set (the official test labels are withheld)."""
-    layout = f"{root}/train/<class>/<image> and {root}/validation/<class>/<image> (VisDA-2017 classification)"
-    train = _image_folder("visda", os.path.join(root, "train"), layout)
-    val = _image_folder("visda", os.path.join(root, "validation"), layout)
-    _same_classes("visda", train, val)
-    return RawSplits(train, range(len(train)), val, range(len(val)), val, len(train.classes))
-
-
 # ---------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class DatasetSpec:
-    builder: Callable[[str, bool], RawSplits]  # (root, download) -> RawSplits
+    builder: Callable[[str, bool], formats.RawSplits]  # (root, download) -> RawSplits
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_classes: int | None  # None: whatever the folder holds
@@ -275,15 +150,15 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "imagenet": DatasetSpec(_imagenet, IMAGENET_MEAN, IMAGENET_STD, 1000),
-    "cifar10": DatasetSpec(_cifar("cifar10", tvd.CIFAR10), CIFAR10_MEAN, CIFAR10_STD, 10),
-    "cifar10_2": DatasetSpec(_cifar("cifar10_2", tvd.CIFAR10), CIFAR10_MEAN, CIFAR10_STD, 10,
+    "imagenet": DatasetSpec(formats.imagenet, IMAGENET_MEAN, IMAGENET_STD, 1000),
+    "cifar10": DatasetSpec(formats.cifar("cifar10", tvd.CIFAR10), CIFAR10_MEAN, CIFAR10_STD, 10),
+    "cifar10_2": DatasetSpec(formats.cifar("cifar10_2", tvd.CIFAR10), CIFAR10_MEAN, CIFAR10_STD, 10,
                              eval_transform=resize_only_eval),
-    "cifar100": DatasetSpec(_cifar("cifar100", tvd.CIFAR100), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
+    "cifar100": DatasetSpec(formats.cifar("cifar100", tvd.CIFAR100), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
                             100),
-    "svhn": DatasetSpec(_svhn, (0.4377, 0.4438, 0.4728), (0.1201, 0.1231, 0.1052), 10),
-    "folder": DatasetSpec(_folder, IMAGENET_MEAN, IMAGENET_STD, None),
-    "visda": DatasetSpec(_visda, IMAGENET_MEAN, IMAGENET_STD, 12, train_transform=visda_train,
+    "svhn": DatasetSpec(formats.svhn, (0.4377, 0.4438, 0.4728), (0.1201, 0.1231, 0.1052), 10),
+    "folder": DatasetSpec(formats.folder, IMAGENET_MEAN, IMAGENET_STD, None),
+    "visda": DatasetSpec(formats.visda, IMAGENET_MEAN, IMAGENET_STD, 12, train_transform=visda_train,
                          eval_transform=visda_eval),
 }
 # The original's cifar10_3 (32 px, RandomCrop(32, 4), a fresh random 3x3 stem replacing the pre-trained one, no

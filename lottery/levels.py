@@ -125,7 +125,7 @@ def worker(env: DistEnv, cfg: IMPConfig) -> None:
 
 def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
     hardware.check_amp(cfg.amp, env.device)
-    log.info(f"process layout: {env.describe()}" + ("" if torch.cuda.is_available() else " (no GPU visible)"))
+    log.info(f"process layout: {env.describe()}" + ("" if hardware.cuda_usable() else " (no GPU in use)"))
     reproducibility.seed_all(cfg.seed)
     splits = dataset.build_datasets("imagenet", cfg.data, seed=cfg.seed, image_size=cfg.image_size,
                                     resize_size=cfg.resize_size)

@@ -77,6 +77,7 @@ def test_the_scan_sees_every_package():
 
 @pytest.mark.parametrize("module, forbidden", [
     ("dataset", ("models", "engine", "pruning_utils", "attacks")),            # data knows no model
+    ("data_formats", ("models", "engine", "pruning_utils", "attacks")),
     ("transfer.pipeline", ("models", "engine", "pruning_utils", "attacks")),
     ("models", ("engine", "dataset", "pruning_utils", "attacks")),           # models know no engine, data, pruning
     ("attacks", ("dataset", "pruning_utils", "transfer.pipeline")),          # attacks know no data or pruning

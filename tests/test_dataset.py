@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
+import data_formats
 import dataset
 import fakedata
 from errors import DataError, UserError
@@ -40,16 +41,16 @@ def no_download(monkeypatch):
 
 # ---------------------------------------------------------------------------- splits
 def test_official_sizes_give_protocol_boundaries():
-    assert dataset.train_val_split(50000, official_n=50000) == (range(0, 45000), range(45000, 50000))
-    assert dataset.train_val_split(73257, official_n=73257) == (range(0, 68257), range(68257, 73257))
+    assert data_formats.train_val_split(50000, official_n=50000) == (range(0, 45000), range(45000, 50000))
+    assert data_formats.train_val_split(73257, official_n=73257) == (range(0, 68257), range(68257, 73257))
 
 
 def test_small_files_hold_out_the_same_fraction():
-    assert dataset.train_val_split(60, official_n=50000) == (range(0, 54), range(54, 60))
-    assert dataset.train_val_split(60, official_n=73257) == (range(0, 56), range(56, 60))  # round(4.09)
-    assert dataset.train_val_split(3, official_n=50000) == (range(0, 2), range(2, 3))  # at least one val image
+    assert data_formats.train_val_split(60, official_n=50000) == (range(0, 54), range(54, 60))
+    assert data_formats.train_val_split(60, official_n=73257) == (range(0, 56), range(56, 60))  # round(4.09)
+    assert data_formats.train_val_split(3, official_n=50000) == (range(0, 2), range(2, 3))  # at least one val image
     with pytest.raises(DataError, match="too small"):
-        dataset.train_val_split(1, official_n=50000)
+        data_formats.train_val_split(1, official_n=50000)
 
 
 def test_cifar10_splits_are_exact_images_of_the_files(cifar10_root):
