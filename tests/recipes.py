@@ -1,6 +1,7 @@
 """Tiny command lines, models and checks that several run tests share (fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from types import SimpleNamespace
@@ -97,3 +98,25 @@ def check_run(save_dir, mask, epochs: int) -> dict:
         top = max(measured, key=lambda r: r[key])  # max keeps the first of equals, as strict improvement does
         assert (res[tag]["epoch"], res[tag][key]) == (top["epoch"], top[key])
     return res
+
+
+# ---------------------------------------------------------------------------- optimizer steps
+def set_grads(net: nn.Module, k: int, scale: float = 1.0, poison: bool = False) -> None:
+    """Seeded gradients (draw `k`) in each parameter's strides, as autograd gives them; `poison` puts an inf in
+    each, as an overflowing fp16 step does."""
+    for i, p in enumerate(net.parameters()):
+        g = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + i)).to(p.device) * scale
+        p.grad = torch.empty_like(p).copy_(g)
+        if poison:
+            p.grad[(0,) * p.dim()] = float("inf")
+
+
+def loop_reference(net: nn.Module, state: dict, k: int) -> nn.Module:
+    """`net` after one step of the loop SGD (lr 0.1, momentum 0.9, wd 1e-4) resumed from `state` with gradients
+    `k`: what a resumed fused run must match, whatever flags the saved state carried."""
+    loop = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+    loop.load_state_dict(copy.deepcopy(state))
+    loop.param_groups[0]["fused"] = False
+    set_grads(net, k)
+    loop.step()
+    return net

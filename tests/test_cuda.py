@@ -21,6 +21,7 @@ import hardware
 import models
 import optimizer
 from attacks import PGD
+from recipes import loop_reference, set_grads
 from transfer import pipeline
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -41,14 +42,6 @@ def _net(device="cuda", channels_last=True) -> nn.Module:
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
-def _grads(net: nn.Module, k: int, scale: float = 1.0, poison: bool = False) -> None:
-    for i, p in enumerate(net.parameters()):
-        g = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + i)).to(p.device) * scale
-        p.grad = torch.empty_like(p).copy_(g)
-        if poison:
-            p.grad[(0,) * p.dim()] = float("inf")
-
-
 # ---------------------------------------------------------------------------- fault 1: fused SGD + GradScaler
 def _first_step_skipped(fused: bool) -> list[torch.Tensor]:
     net = _net()
@@ -58,7 +51,7 @@ def _first_step_skipped(fused: bool) -> list[torch.Tensor]:
     scaler = optimizer.make_scaler("fp16", "cuda")
     for k in range(3):
         scaler.scale(torch.ones((), device="cuda"))
-        _grads(net, k, scale=scaler.get_scale(), poison=k == 0)
+        set_grads(net, k, scale=scaler.get_scale(), poison=k == 0)
         scaler.step(opt)
         scaler.update()
     return [p.detach().clone() for p in net.parameters()]
@@ -83,7 +76,7 @@ def test_a_cpu_checkpoint_resumes_under_fused_sgd_and_a_scaler_on_the_gpu(saved)
     old = torch.optim.SGD(src.parameters(), 0.1, momentum=0.9, weight_decay=1e-4,
                           fused=True if saved == "cpu-nchw-fused" else None)
     for k in range(2):
-        _grads(src, k)
+        set_grads(src, k)
         old.step()
     state = old.state_dict()
     if saved == "original-torch":
@@ -95,14 +88,9 @@ def test_a_cpu_checkpoint_resumes_under_fused_sgd_and_a_scaler_on_the_gpu(saved)
     assert all(opt.state[p]["momentum_buffer"].stride() == p.stride() for p in net.parameters())
     scaler = optimizer.make_scaler("fp16", "cuda")
     scaler.scale(torch.ones((), device="cuda"))
-    _grads(net, 5, scale=scaler.get_scale())
+    set_grads(net, 5, scale=scaler.get_scale())
     scaler.step(opt)  # the CUDA fused kernel refuses NCHW buffers next to channels_last weights
-    loop_net = _net()
-    loop = torch.optim.SGD(loop_net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
-    loop.load_state_dict(copy.deepcopy(state))
-    loop.param_groups[0]["fused"] = False  # the reference steps through the loop, whatever the file said
-    _grads(loop_net, 5)
-    loop.step()
+    loop_net = loop_reference(_net(), state, 5)
     for a, b in zip(net.parameters(), loop_net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

@@ -10,6 +10,7 @@ from torch import nn
 
 import optimizer
 from errors import CheckpointError
+from recipes import loop_reference, set_grads
 
 SETTINGS = optimizer.SGDSettings(lr=0.1, momentum=0.9, weight_decay=1e-4)
 
@@ -21,14 +22,6 @@ def _net(channels_last: bool = False) -> nn.Module:
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
-def _grads(net: nn.Module, k: int, scale: float = 1.0, poison: bool = False) -> None:
-    for i, p in enumerate(net.parameters()):
-        g = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + i)) * scale
-        p.grad = torch.empty_like(p).copy_(g)  # the parameter's strides, as autograd gives them
-        if poison:
-            p.grad[(0,) * p.dim()] = float("inf")
-
-
 def _scaled_run(fused: bool, steps: int = 3) -> list[torch.Tensor]:
     """Steps of SGD under a CPU GradScaler; step 1's gradients hold an inf (the scaler skips it)."""
     net = _net()
@@ -36,7 +29,7 @@ def _scaled_run(fused: bool, steps: int = 3) -> list[torch.Tensor]:
     scaler = optimizer.make_scaler("fp16", "cpu")
     for k in range(steps):
         scaler.scale(torch.ones(()))  # as scaler.scale(loss) does before backward
-        _grads(net, k, scale=scaler.get_scale(), poison=k == 0)
+        set_grads(net, k, scale=scaler.get_scale(), poison=k == 0)
         scaler.step(opt)
         scaler.update()
     return [p.detach().clone() for p in net.parameters()]
@@ -68,7 +61,7 @@ def _saved_state(fused: bool, channels_last: bool, old_torch: bool = False) -> d
     net = _net(channels_last)
     opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4, fused=fused or None)
     for k in range(2):
-        _grads(net, k)
+        set_grads(net, k)
         opt.step()
     sd = opt.state_dict()
     if old_torch:  # the original code's torch wrote groups without these keys
@@ -88,14 +81,9 @@ def test_a_resumed_state_keeps_this_runs_flags_and_steps_under_a_scaler(saved_fu
     assert all(g["fused"] is True and g["foreach"] is None for g in opt.param_groups)
     scaler = optimizer.make_scaler("fp16", "cpu")
     scaler.scale(torch.ones(()))
-    _grads(net, 5, scale=scaler.get_scale())
+    set_grads(net, 5, scale=scaler.get_scale())
     scaler.step(opt)
-    loop_net = _net()
-    loop = torch.optim.SGD(loop_net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
-    loop.load_state_dict(copy.deepcopy(state))
-    loop.param_groups[0]["fused"] = False  # the reference steps through the loop, whatever the file said
-    _grads(loop_net, 5)
-    loop.step()
+    loop_net = loop_reference(_net(), state, 5)
     for a, b in zip(net.parameters(), loop_net.parameters()):  # fused: the same update up to the last bit (FMA)
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
@@ -113,13 +101,13 @@ def test_resumed_momentum_takes_the_parameters_strides(saved_cl, run_cl):
         buf = opt.state[p]["momentum_buffer"]
         assert buf.stride() == p.stride()
         assert torch.equal(buf, state["state"][i]["momentum_buffer"])
-    _grads(net, 5)
+    set_grads(net, 5)
     opt.step()
     loop_net = _net(run_cl)
     loop = torch.optim.SGD(loop_net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
     loop.load_state_dict(copy.deepcopy(state))
     loop.param_groups[0]["fused"] = False  # the loop reads any layout correctly
-    _grads(loop_net, 5)
+    set_grads(loop_net, 5)
     loop.step()
     for a, b in zip(net.parameters(), loop_net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

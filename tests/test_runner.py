@@ -112,3 +112,24 @@ def test_prepare_save_dir_restart_clears_before_config_changes(tmp_path):
         json.load(open(os.path.join(d, checkpoint.CONFIG)))["lr"]) or [], started=True, volatile=(), implied={})
     assert calls == [0.1]  # the old files went while config.json still named the old run
     assert json.load(open(os.path.join(save, checkpoint.CONFIG)))["lr"] == 0.2
+
+
+def test_both_stages_seed_each_epoch_with_the_one_policy(monkeypatch, tmp_path, image_folder_root, pretrained):
+    """Ticket finding and transfer alike train epoch e with the global RNG seeded by runner.epoch_seed(seed, e,
+    rank), not by the loader's order seed."""
+    from lottery import levels as imp_levels
+    from recipes import argv, imp_argv, write_init
+    from transfer import run as transfer_run
+    seen: dict[str, list[int]] = {"transfer": [], "imp": []}
+
+    def spy(stage, real):
+        return lambda *a, **k: seen[stage].append(torch.initial_seed()) or real(*a, **k)
+    monkeypatch.setattr(transfer_run, "train_one_epoch", spy("transfer", transfer_run.train_one_epoch))
+    monkeypatch.setattr(imp_levels.engine, "train_one_epoch", spy("imp", imp_levels.engine.train_one_epoch))
+    assert transfer_cli.main(argv(tmp_path / "t", image_folder_root, "folder", pretrained.init, epochs=2,
+                                  extra=("--seed", "5"))) == 0
+    init = write_init(str(tmp_path / "init.pth"))
+    assert imp_cli.main(imp_argv(image_folder_root, init, str(tmp_path / "i"), "--epochs", "2", "--prune_epoch", "1",
+                                 "--seed", "5"), adversarial=False) == 0
+    want = [runner.epoch_seed(5, e, 0) for e in range(2)]
+    assert seen == {"transfer": want, "imp": want}
