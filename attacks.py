@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from errors import ConfigError, UserError
+from infra.errors import ConfigError, UserError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -15,9 +15,9 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-import data_formats as formats
-from checkpoint import atomic_write_json
-from errors import DataError, UserError
+from datafiles import formats
+from infra.checkpoint import atomic_write_json
+from infra.errors import DataError, UserError
 
 SUBSETS = ("first", "balanced")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training statistics; folder data reuses them

@@ -5,13 +5,13 @@
     torchrun --nproc_per_node 8 main_imp_adv.py DATA --init r50.pth --save_dir runs/aimp
 
 The flags are in lottery/cli.py, the levels and epochs in lottery/levels.py (`_run`), the loop over batches in
-engine.py (`train_one_epoch`, `evaluate`); re-running the same command resumes at the first unfinished epoch.
+training/engine.py (`train_one_epoch`, `evaluate`); re-running the same command resumes at the first unfinished epoch.
 """
 from __future__ import annotations
 
 import argparse
 
-import errors
+from infra import errors
 from lottery import cli as imp_cli
 
 

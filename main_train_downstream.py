@@ -7,13 +7,13 @@ adversarial fine-tuning, then test the best-SA and best-RA checkpoints for SA an
 
 Re-running the same command continues a crashed run; a finished run is left as it is (--restart starts over).
 The flags are in transfer/cli.py, the run in transfer/run.py (its epoch loop: `transfer.run._run`), the loop
-over batches in engine.py (`train_one_epoch`, `evaluate`), the final test in transfer/results.py.
+over batches in training/engine.py (`train_one_epoch`, `evaluate`), the final test in transfer/results.py.
 """
 from __future__ import annotations
 
 import argparse
 
-import errors
+from infra import errors
 from transfer import cli
 
 

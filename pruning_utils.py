@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from checkpoint import atomic_save, load_file, strip_prefix
-from errors import CheckpointError, ConfigError, MaskError
+from infra.checkpoint import atomic_save, load_file, strip_prefix
+from infra.errors import CheckpointError, ConfigError, MaskError
 
 Mask = dict[str, torch.Tensor]
 

@@ -10,7 +10,7 @@ import argparse
 import math
 import os
 
-from errors import OneLineParser, UserError, run_cli
+from infra.errors import OneLineParser, UserError, run_cli
 from reporting import tables as report_tables
 from reporting.analysis import collect
 from reporting.output import write_report

@@ -16,9 +16,9 @@ import shlex
 import subprocess
 import sys
 
-import errors
+from infra import errors
 from campaign import datacheck, local, slurm, spec, state, status
-from errors import OneLineParser, UserError
+from infra.errors import OneLineParser, UserError
 
 
 def _time_min(text: str) -> int:

@@ -6,18 +6,18 @@
     python tickets.py convert resnet50_l2_eps3.ckpt resnet50_l2_eps3.pth          # plain torchvision state dict
 
 inspect/compare/export read our tickets, our checkpoints and the original's checkpoints; convert reads every
-format weights.py knows. Add --trust-pickle only for a file you trust that holds more than tensors.
+format training/weights.py knows. Add --trust-pickle only for a file you trust that holds more than tensors.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-import checkpoint
-from reporting import ticket_stats
-from errors import OneLineParser, UserError, run_cli
+from infra import checkpoint
+from lottery import ticket_stats
+from infra.errors import OneLineParser, UserError, run_cli
 from pruning_utils import load_ticket, save_ticket, sparsity
-from weights import read_weights
+from training.weights import read_weights
 
 _RESERVED = ("format", "version", "state_dict")  # save_ticket writes these itself
 

@@ -1,4 +1,4 @@
-"""Do the fast paths learn as well? Adversarial training of the same 80% ticket, ours (engine.py: masks without
+"""Do the fast paths learn as well? Adversarial training of the same 80% ticket, ours (training/engine.py: masks without
 hooks, input-gradient-only PGD, channels_last, fused SGD, the device-side augmentation), ours reading the
 original's PIL loader ("ours+pil": the step's fast paths alone) and the original's way (bench_baseline.py:
 torch-prune hooks, advertorch's PGD loop, NCHW, PIL RandomResizedCrop + flip per image), over several seeds;
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 import benchmarks.baseline as base
-import engine
-import errors
+from training import engine
+from infra import errors
 from transfer import pipeline
 import models
 import pruning_utils

@@ -22,8 +22,8 @@ import torchvision
 
 import benchmarks.cases as cases
 import benchmarks.measure as measure
-import errors
-import hardware
+from infra import errors
+from infra import hardware
 from benchmarks.cases import SECTIONS, BenchConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

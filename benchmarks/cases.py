@@ -1,5 +1,5 @@
 """What the benchmark runs: one configuration, and for each (section, variant) a closure doing one step,
-ours through engine.py / attacks.py / pruning_utils.py, the baseline through bench_baseline.py; plus the
+ours through training/engine.py / attacks.py / pruning_utils.py, the baseline through bench_baseline.py; plus the
 input pipelines (the original's PIL loader, ours on the host, ours on the device).
 """
 from __future__ import annotations
@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 import benchmarks.baseline as base
-import engine
+from training import engine
 from transfer import pipeline
 import dataset
 import models
-import optimizer as optimizer_lib
+from training import optimizer as optimizer_lib
 import pruning_utils
-import runner
+from training import runner
 from attacks import PGD, fgsm_rs
 
 EPS = 8 / 255

@@ -16,18 +16,19 @@ import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
 
-import errors
-import hardware
+from infra import errors
+from infra import hardware
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 CLASSES = 10
 # runs main_train_downstream on fabricated CIFAR files, whose MD5 sums are not the official ones
 TRANSFER = """import sys
-sys.path[:0] = [{root!r}, {tests!r}]
-from _pytest.monkeypatch import MonkeyPatch
-import errors, fakedata, main_train_downstream
-fakedata.allow_fake_checksums(MonkeyPatch())
+sys.path.insert(0, {root!r})
+import main_train_downstream
+from datafiles import fabricate
+from infra import errors
+fabricate.allow_fake_checksums()
 errors.run_cli(main_train_downstream.main)
 """
 
@@ -53,19 +54,18 @@ def _write_class(root: str, label: int, n_train: int, n_val: int, size: int) -> 
     import numpy as np
     from PIL import Image
 
-    sys.path.insert(0, TESTS)
-    import fakedata
+    from datafiles import fabricate
 
     rng = np.random.default_rng(label)
     for split, n in (("train", n_train), ("val", n_val)):
         folder = os.path.join(root, split, f"class{label}")
         os.makedirs(folder, exist_ok=True)
-        for i, image in enumerate(fakedata.class_images(np.full(n, label), rng, size)):
+        for i, image in enumerate(fabricate.class_images(np.full(n, label), rng, size)):
             Image.fromarray(image).save(os.path.join(folder, f"{i:05d}.png"))
 
 
 def fabricate_folder(root: str, n_train: int, n_val: int, size: int) -> str:
-    """An ImageNet-layout folder of class-coloured noise images (tests/fakedata's), one process per class."""
+    """An ImageNet-layout folder of class-coloured noise images (datafiles.fabricate's), one process per class."""
     with ProcessPoolExecutor(min(CLASSES, os.cpu_count() or 1)) as pool:
         list(pool.map(_write_class, [root] * CLASSES, range(CLASSES), [n_train] * CLASSES, [n_val] * CLASSES,
                       [size] * CLASSES))
@@ -160,14 +160,13 @@ def _model_flags(args) -> list[str]:
 
 
 def transfer_run(check: Check, work: str, args) -> None:
-    sys.path.insert(0, TESTS)
-    import fakedata
+    from datafiles import fabricate
 
-    data = fakedata.make_cifar10(os.path.join(work, "cifar"), n_train=args.transfer_images,
+    data = fabricate.make_cifar10(os.path.join(work, "cifar"), n_train=args.transfer_images,
                                  n_test=max(20, args.transfer_images // 4))
     script = os.path.join(work, "transfer.py")
     with open(script, "w") as f:
-        f.write(TRANSFER.format(root=ROOT, tests=TESTS))
+        f.write(TRANSFER.format(root=ROOT))
     out = os.path.join(work, "transfer")
     rc, took = check.run([sys.executable, script, "--data", data, "--dataset", "cifar10", "--init", "",
                           "--save_dir", out, "--mode", "adv", "--epochs", "2", "--batch_size", "128",

@@ -73,7 +73,7 @@ def report_text(root: str, rep: Report) -> str:
 
 def main_check(roots: list[str]) -> int:
     """check-data: 0 when every folder is clean, 1 otherwise (the lists go to stdout)."""
-    import runlog
+    from infra import runlog
     bad = 0
     for root in roots:
         rep = check_folder(root, progress=runlog.progress)

@@ -15,7 +15,7 @@ from typing import Callable
 from campaign import state
 from campaign.execute import Execution, child_env, write_json
 from campaign.spec import REPO, Campaign, Run
-from errors import UserError
+from infra.errors import UserError
 
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
          "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}

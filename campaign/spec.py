@@ -6,7 +6,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from errors import UserError
+from infra.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")  # dataset.DATASETS less imagenet (a test

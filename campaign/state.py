@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from campaign.spec import Campaign, Run
 
-# file names a run writes (checkpoint.py owns them; a test keeps these equal)
+# file names a run writes (infra/checkpoint.py owns them; a test keeps these equal)
 RESULTS, CHECKPOINT, METRICS, LOCK = "results.json", "checkpoint.pth.tar", "metrics.jsonl", ".lock"
 # files the campaign writes next to a run's own
 LAUNCH, OUTPUT = "launch.json", "stdout.txt"

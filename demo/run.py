@@ -72,11 +72,11 @@ def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
         say(f"  {kind}: {path} exists, skipped")
         return
     import attacks
-    import checkpoint
+    from infra import checkpoint
     import dataset
-    import engine
+    from training import engine
     import models
-    import reproducibility
+    from infra import reproducibility
 
     reproducibility.seed_all(cfg.seed)
     with reproducibility.kernel_mode(deterministic=True):
@@ -115,7 +115,7 @@ def find_tickets(cfg: DemoConfig, kind: str) -> None:
 
 
 def tickets_of(cfg: DemoConfig, kind: str) -> list[str]:
-    import checkpoint
+    from infra import checkpoint
     save = os.path.join(cfg.out, "tickets", kind)
     return [checkpoint.imp_ticket(save, k) for k in range(1, cfg.levels + 2)
             if os.path.exists(checkpoint.imp_ticket(save, k))]

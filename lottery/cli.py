@@ -7,9 +7,9 @@ import dataclasses
 
 import attacks
 import models
-import runlog
-import runner
-from errors import ConfigError, OneLineParser, UserError
+from infra import runlog
+from training import runner
+from infra.errors import ConfigError, OneLineParser, UserError
 from lottery import config as imp_config
 from lottery import levels as imp_levels
 from lottery import state as imp_state

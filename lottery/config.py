@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from attacks import LOSSES, AttackConfig
-from errors import ConfigError
+from infra.errors import ConfigError
 
 PRUNE_METHODS = ("magnitude", "random")
 # config.json keys that may change between runs of one experiment, beside runner.VOLATILE: the process layout,

@@ -9,19 +9,19 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-import checkpoint as files
+from infra import checkpoint as files
 import dataset
-import distributed
-import engine
-import hardware
+from infra import distributed
+from training import engine
+from infra import hardware
 import models
-import optimizer as optimizer_lib
+from training import optimizer as optimizer_lib
 import pruning_utils
-import reproducibility
-import runner
-import weights
+from infra import reproducibility
+from training import runner
+from training import weights
 from attacks import build_attack
-from distributed import DistEnv
+from infra.distributed import DistEnv
 from lottery.config import IMPConfig, config_dict
 from lottery.state import checkpoint_dict, find_resume, level_of, restore
 from pruning_utils import Mask

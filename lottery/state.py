@@ -7,13 +7,13 @@ import re
 
 import torch
 
-import checkpoint as files
-import distributed
+from infra import checkpoint as files
+from infra import distributed
 import models
 import pruning_utils
-import weights
-from distributed import DistEnv
-from errors import CheckpointError, ConfigError
+from training import weights
+from infra.distributed import DistEnv
+from infra.errors import CheckpointError, ConfigError
 from lottery.config import IMPConfig, config_dict
 from pruning_utils import Mask
 

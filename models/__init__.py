@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from errors import UserError
+from infra.errors import UserError
 from models.normalize import IDENTITY_MEAN, IDENTITY_STD, Normalize, set_normalization
 from models.resnet import (ResNet, replace_head, resnet18, resnet34, resnet50, resnet101, resnet152,
                            resnet_tiny)

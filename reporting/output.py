@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 
-import checkpoint
+from infra import checkpoint
 from reporting import plots as report_plots
 from reporting import tables as report_tables
 from reporting.analysis import Group, Report

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from checkpoint import atomic_write_bytes
+from infra.checkpoint import atomic_write_bytes
 from reporting.runs import LABELS, REGIMES, Options, match_columns, pairing
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ import os
 import re
 from dataclasses import dataclass
 
-import checkpoint
-from errors import UserError
+from infra import checkpoint
+from infra.errors import UserError
 
 REGIMES = ("std", "adv")                                          # standard / adversarial transfer
 METRICS = {"sa": "test_sa", "ra": "test_ra", "aa": "test_aa_ra"}  # our name -> key inside best_sa / best_ra

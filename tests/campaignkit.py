@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-import fakedata
+from datafiles import fabricate
 import models
 import pruning_utils
 
@@ -32,7 +32,7 @@ def make_inputs(d: str) -> dict[str, str]:
         mask = pruning_utils.magnitude_prune(model, mask, 0.5)
         pruning_utils.save_ticket(os.path.join(d, "tickets", f"{level}-ticket.pth.tar"), mask,
                                   {"level": level, "source": "aimp"})
-    data = fakedata.make_image_folder(os.path.join(d, "data"), n_per_class=4, size=16)
+    data = fabricate.make_image_folder(os.path.join(d, "data"), n_per_class=4, size=16)
     init3 = os.path.join(d, "init3.pth")  # a 3-class head: IMP on the folder data itself (as if it were ImageNet)
     torch.save(models.resnet_tiny(3).state_dict(), init3)
     return {"init": init, "init3": init3, "tickets": os.path.join(d, "tickets"), "data": data}

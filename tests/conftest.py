@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny fabricated datasets (see fakedata.py), written once per session.
+"""Shared fixtures: tiny fabricated datasets (see fabricate.py), written once per session.
 
 Each `*_root` fixture also switches torchvision's MD5 checks to existence checks for the test using it.
 The whole suite is pinned to CPU (DOUBLEWIN_DEVICE=cpu) so that it asserts the same on a GPU node.
@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-import fakedata
-import hardware
+from datafiles import fabricate
+from infra import hardware
 import recipes
 
 
 @pytest.fixture
 def fake_checksums(monkeypatch):
-    fakedata.allow_fake_checksums(monkeypatch)
+    fabricate.allow_fake_checksums(monkeypatch)
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +29,8 @@ def _fake_files(tmp_path_factory):
     def get(kind: str) -> str:
         if kind not in made:
             root = str(tmp_path_factory.mktemp(kind))
-            made[kind] = {"cifar10": fakedata.make_cifar10, "cifar100": fakedata.make_cifar100,
-                          "svhn": fakedata.make_svhn, "folder": fakedata.make_image_folder}[kind](root)
+            made[kind] = {"cifar10": fabricate.make_cifar10, "cifar100": fabricate.make_cifar100,
+                          "svhn": fabricate.make_svhn, "folder": fabricate.make_image_folder}[kind](root)
         return made[kind]
     return get
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import checkpoint
+from infra import checkpoint
 import models
 import pruning_utils
-from checkpoint import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
+from infra.checkpoint import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
 
 
 # ---------------------------------------------------------------------------- ticket finding

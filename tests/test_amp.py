@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-import engine
-import hardware
+from training import engine
+from infra import hardware
 import main_imp_adv
 from transfer import cli
 import models
 from attacks import PGD
-from checkpoint import METRICS, RESULTS, read_jsonl
-from errors import ConfigError
+from infra.checkpoint import METRICS, RESULTS, read_jsonl
+from infra.errors import ConfigError
 from test_transfer import argv
 from transfer import results as transfer_results
 

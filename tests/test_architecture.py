@@ -1,5 +1,5 @@
 """The architecture's rules, read from the source: which module may import which, no import cycles, and that
-only checkpoint.py unpickles. Every module of the project is scanned: the top level and every package."""
+only infra/checkpoint.py unpickles. Every module of the project is scanned: the top level and every package."""
 from __future__ import annotations
 
 import ast
@@ -70,18 +70,20 @@ def _family(prefix: str, reached: set[str]) -> set[str]:
 
 
 def test_the_scan_sees_every_package():
-    for expected in ("engine", "models.resnet", "lottery.levels", "transfer.run", "reporting.tables",
-                     "benchmarks.bench", "demo.run", "runner", "optimizer"):
+    for expected in ("training.engine", "models.resnet", "lottery.levels", "transfer.run", "reporting.tables",
+                     "benchmarks.bench", "demo.run", "training.runner", "training.optimizer", "infra.errors",
+                     "datafiles.formats"):
         assert expected in MODULES, expected
 
 
 @pytest.mark.parametrize("module, forbidden", [
-    ("dataset", ("models", "engine", "pruning_utils", "attacks")),            # data knows no model
-    ("data_formats", ("models", "engine", "pruning_utils", "attacks")),
-    ("transfer.pipeline", ("models", "engine", "pruning_utils", "attacks")),
-    ("models", ("engine", "dataset", "pruning_utils", "attacks")),           # models know no engine, data, pruning
-    ("attacks", ("dataset", "pruning_utils", "transfer.pipeline")),          # attacks know no data or pruning
-    ("pruning_utils", ("engine", "dataset", "attacks")),                     # pruning knows no engine
+    ("dataset", ("models", "training", "pruning_utils", "attacks")),          # data knows no model
+    ("datafiles", ("models", "training", "pruning_utils", "attacks")),
+    ("transfer.pipeline", ("models", "training", "pruning_utils", "attacks")),
+    ("models", ("training", "dataset", "datafiles", "pruning_utils", "attacks")),  # models know no loop, data, masks
+    ("attacks", ("dataset", "datafiles", "pruning_utils", "transfer.pipeline")),   # attacks know no data or masks
+    ("pruning_utils", ("training", "dataset", "attacks")),                   # masks know no loop
+    ("infra", ("models", "training", "dataset", "datafiles", "pruning_utils", "attacks", "lottery", "transfer")),
 ])
 def test_layer_rules(module, forbidden):
     targets = [m for m in MODULES if m == module or m.startswith(module + ".")]
@@ -96,13 +98,19 @@ def test_nothing_imports_an_entry_point():
 
 
 def test_the_report_reads_files_not_models():
-    model_side = ("models", "engine", "pruning_utils", "weights", "attacks", "dataset", "lottery", "transfer")
+    model_side = ("models", "training", "pruning_utils", "attacks", "dataset", "lottery", "transfer")
     for m in sorted(REPORT & set(MODULES)):
         bad = sorted(set().union(*(_family(f, reach(m)) for f in model_side)))
         assert not bad, f"{m} reaches {bad}"
     loaders = re.compile(r"load_file|load_own|torch\.load|import pickle|pickle\.|read_weights|load_ticket")
     for m in sorted(REPORT & set(MODULES)):
         assert not loaders.search(open(MODULES[m]).read()), m
+
+
+def test_the_top_level_holds_at_most_12_modules():
+    """Entry points, user commands and the design card's modules; infrastructure lives in packages."""
+    top = sorted(m for m in MODULES if "." not in m and not os.path.isdir(os.path.join(ROOT, m)))
+    assert len(top) <= 12, top
 
 
 def test_no_import_cycles():
@@ -112,7 +120,7 @@ def test_no_import_cycles():
 
 def test_only_checkpoint_py_calls_torch_load_or_unpickles():
     unsafe = re.compile(r"torch\.load\(|pickle\.loads?\(|weights_only=False")
-    found = [f"{name}: {m.group(0)}" for name in sorted(MODULES) if name != "checkpoint"
+    found = [f"{name}: {m.group(0)}" for name in sorted(MODULES) if name != "infra.checkpoint"
              for m in unsafe.finditer(open(MODULES[name]).read())]
     assert found == []
 

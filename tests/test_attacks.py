@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 import models
 from attacks import LOSSES, PGD, AttackConfig, LinfPGDAttack, build_attack, eps_from_flag, fgsm_rs, parse_fraction
-from errors import ConfigError, UserError
+from infra.errors import ConfigError, UserError
 
 EPS, ALPHA = 8 / 255, 2 / 255
 NUM_CLASSES = 4

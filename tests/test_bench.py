@@ -15,7 +15,7 @@ from benchmarks import accuracy as bench_accuracy
 import benchmarks.baseline as base
 import benchmarks.cases as cases
 import benchmarks.measure as measure
-import errors
+from infra import errors
 import dataset
 import models
 import pruning_utils

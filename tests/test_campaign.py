@@ -12,9 +12,9 @@ import time
 import pytest
 
 import campaignkit as kit
-import checkpoint
+from infra import checkpoint
 import dataset
-import errors
+from infra import errors
 from campaign import cost, spec, state, status
 
 ROOT = kit.ROOT
@@ -87,7 +87,7 @@ def test_a_ticket_an_imp_stage_will_make_is_waited_for(tmp_path, inputs):
 
 def _hold(save_dir: str) -> subprocess.Popen:
     """Another process holding SAVE_DIR's lock, as a running entry point does."""
-    code = f"import sys, time; sys.path.insert(0, {ROOT!r}); import savedir; " \
+    code = f"import sys, time; sys.path.insert(0, {ROOT!r}); from training import savedir; " \
            f"savedir.hold_save_dir({save_dir!r}); print('held', flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=kit.ENV)
     assert proc.stdout.readline() == "held\n"
@@ -189,7 +189,7 @@ def test_a_corrupt_image_stops_the_run_with_one_line_and_check_data_lists_it(tmp
 
 def test_a_worker_error_reaches_run_cli_as_one_line():
     wrapped = errors.DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-                               "call last):\n  File \"x.py\", line 1\nerrors.DataError: image a.png cannot be decoded")
+                               "call last):\n  File \"x.py\", line 1\ninfra.errors.DataError: image a.png cannot be decoded")
     assert errors.one_line(wrapped) == "image a.png cannot be decoded"
 
 
@@ -249,8 +249,8 @@ def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_corrupt_test_image_keeps_the_last_checkpoint_and_a_fixed_file_resumes_to_the_same_results(tmp_path,
                                                                                                      inputs):
-    import fakedata
-    data = fakedata.make_image_folder(str(tmp_path / "data"), n_per_class=4, size=16, splits=("train", "val", "test"))
+    from datafiles import fabricate
+    data = fabricate.make_image_folder(str(tmp_path / "data"), n_per_class=4, size=16, splits=("train", "val", "test"))
     bad = os.path.join(data, "test", "cat", "00010.png")
     with open(bad, "rb") as f:
         good = f.read()

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-import distributed
-import engine
-import hardware
+from infra import distributed
+from training import engine
+from infra import hardware
 import models
-import optimizer
+from training import optimizer
 from attacks import PGD
 from recipes import loop_reference, set_grads
 from transfer import pipeline
@@ -175,7 +175,7 @@ def test_deterministic_mode_runs_cublas_deterministically():
 def test_deterministic_training_steps_repeat_bit_for_bit():
     """Two runs of the same A-IMP-like steps under --deterministic end with the same weights; the ops PyTorch
     warns about (what the flag does not cover) are listed in the failure message."""
-    import reproducibility
+    from infra import reproducibility
 
     def run():
         reproducibility.seed_all(0, deterministic=True)

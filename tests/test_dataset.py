@@ -13,10 +13,11 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
-import data_formats
+from datafiles import formats as data_formats
 import dataset
-import fakedata
-from errors import DataError, UserError
+from datafiles import fabricate
+import readers
+from infra.errors import DataError, UserError
 
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 
@@ -55,8 +56,8 @@ def test_small_files_hold_out_the_same_fraction():
 
 def test_cifar10_splits_are_exact_images_of_the_files(cifar10_root):
     s = dataset.build_datasets("cifar10", cifar10_root, image_size=32, resize_size=32)
-    images, labels = fakedata.read_cifar_images(cifar10_root, CIFAR10_TRAIN, "cifar-10-batches-py")
-    test_images, test_labels = fakedata.read_cifar_images(cifar10_root, ["test_batch"], "cifar-10-batches-py")
+    images, labels = readers.read_cifar_images(cifar10_root, CIFAR10_TRAIN, "cifar-10-batches-py")
+    test_images, test_labels = readers.read_cifar_images(cifar10_root, ["test_batch"], "cifar-10-batches-py")
     assert (len(s.train), len(s.val), len(s.test)) == (54, 6, 20)
     assert s.train_indices == list(range(54)) and s.train.targets == labels[:54]
     val_x = torch.stack([s.val[j][0] for j in range(6)])
@@ -69,7 +70,7 @@ def test_cifar10_splits_are_exact_images_of_the_files(cifar10_root):
 
 def test_cifar100_reads_fine_labels(cifar100_root):
     s = dataset.build_datasets("cifar100", cifar100_root, image_size=32, resize_size=32)
-    images, labels = fakedata.read_cifar_images(cifar100_root, ["train"], "cifar-100-python")
+    images, labels = readers.read_cifar_images(cifar100_root, ["train"], "cifar-100-python")
     assert (len(s.train), len(s.val), len(s.test), s.num_classes) == (54, 6, 20, 100)
     assert s.val.targets == labels[54:] and max(labels) >= 50  # fine labels, not the 20 coarse ones
     assert torch.equal(s.val[5][0], as_tensor(images[59:])[0])
@@ -77,7 +78,7 @@ def test_cifar100_reads_fine_labels(cifar100_root):
 
 def test_svhn_split_and_label_10_is_digit_0(svhn_root):
     s = dataset.build_datasets("svhn", svhn_root, image_size=32, resize_size=32)
-    images, raw = fakedata.read_svhn(svhn_root, "train")
+    images, raw = readers.read_svhn(svhn_root, "train")
     assert 10 in raw and 0 not in raw
     digits = np.where(raw == 10, 0, raw).tolist()
     assert (len(s.train), len(s.val), len(s.test)) == (56, 4, 20)
@@ -88,7 +89,7 @@ def test_svhn_split_and_label_10_is_digit_0(svhn_root):
 
 # ---------------------------------------------------------------------------- data-limited transfer
 def test_data_number_keeps_the_first_fraction(cifar10_root):
-    _, labels = fakedata.read_cifar_images(cifar10_root, CIFAR10_TRAIN, "cifar-10-batches-py")
+    _, labels = readers.read_cifar_images(cifar10_root, CIFAR10_TRAIN, "cifar-10-batches-py")
     s = dataset.build_datasets("cifar10", cifar10_root, data_number=0.1)
     assert s.train_indices == [0, 1, 2, 3, 4]  # int(54 * 0.1), as the original's int(45000 * data_rate)
     assert [s.train[i][1] for i in range(5)] == labels[:5]
@@ -124,7 +125,7 @@ def test_balanced_subset_evens_out_a_skewed_pool():
 
 
 def test_balanced_subset_through_build_datasets(cifar10_root):
-    _, labels = fakedata.read_cifar_images(cifar10_root, CIFAR10_TRAIN, "cifar-10-batches-py")
+    _, labels = readers.read_cifar_images(cifar10_root, CIFAR10_TRAIN, "cifar-10-batches-py")
     assert len(set(labels[:54])) == 10
     a = dataset.build_datasets("cifar10", cifar10_root, data_number=0.2, subset="balanced", seed=1)
     b = dataset.build_datasets("cifar10", cifar10_root, data_number=0.2, subset="balanced", seed=1)
@@ -188,7 +189,7 @@ def test_cifar10_2_is_cifar10_evaluated_without_the_crop(cifar10_root):
 def test_visda_trains_on_train_and_tests_on_validation(tmp_path):
     """The original's visda: ImageFolder train/ and validation/, validation also the test set; RandomResizedCrop
     with scale (0.75, 1.33); eval squeezes the whole image to image_size x image_size (no crop)."""
-    root = fakedata.make_image_folder(tmp_path, n_per_class=2, splits=("train", "validation"), size=32)
+    root = fabricate.make_image_folder(tmp_path, n_per_class=2, splits=("train", "validation"), size=32)
     s = dataset.build_datasets("visda", root, image_size=16, resize_size=24)
     assert (len(s.train), len(s.val), s.num_classes, s.mean) == (6, 6, 3, dataset.IMAGENET_MEAN)
     assert s.val.dataset.root == s.test.dataset.root == os.path.join(root, "validation")
@@ -198,7 +199,7 @@ def test_visda_trains_on_train_and_tests_on_validation(tmp_path):
     assert type(resize).__name__ == "Resize" and resize.size == (16, 16) and len(s.test.transform.transforms) == 2
     assert s.train[0][0].shape == s.test[0][0].shape == (3, 16, 16)
     with pytest.raises(DataError, match="validation"):
-        dataset.build_datasets("visda", fakedata.make_image_folder(tmp_path / "v", splits=("train", "val")))
+        dataset.build_datasets("visda", fabricate.make_image_folder(tmp_path / "v", splits=("train", "val")))
 
 
 # ---------------------------------------------------------------------------- folders
@@ -210,7 +211,7 @@ def test_imagenet_layout(image_folder_root):
 
 
 def test_folder_with_only_test_uses_it_for_val_and_test(tmp_path):
-    root = fakedata.make_image_folder(tmp_path, n_per_class=2, splits=("train", "test"))
+    root = fabricate.make_image_folder(tmp_path, n_per_class=2, splits=("train", "test"))
     s = dataset.build_datasets("folder", root, image_size=32, resize_size=32)
     assert (len(s.train), len(s.val), len(s.test), s.num_classes) == (6, 6, 6, 3)
     assert s.val.dataset.root == s.test.dataset.root == os.path.join(root, "test")
@@ -218,16 +219,16 @@ def test_folder_with_only_test_uses_it_for_val_and_test(tmp_path):
 
 
 def test_folder_with_val_and_test_keeps_them_apart(tmp_path):
-    root = fakedata.make_image_folder(tmp_path, n_per_class=1, splits=("train", "val", "test"))
+    root = fabricate.make_image_folder(tmp_path, n_per_class=1, splits=("train", "val", "test"))
     s = dataset.build_datasets("folder", root)
     assert s.val.dataset.root.endswith("val") and s.test.dataset.root.endswith("test")
 
 
 def test_folder_errors_name_the_path(tmp_path):
-    root = fakedata.make_image_folder(tmp_path / "a", n_per_class=1, splits=("train",))
+    root = fabricate.make_image_folder(tmp_path / "a", n_per_class=1, splits=("train",))
     with pytest.raises(DataError, match="no val/ or test/"):
         dataset.build_datasets("folder", root)
-    fakedata.make_image_folder(tmp_path / "a", classes=("ant", "bee", "dog"), n_per_class=1, splits=("val",))
+    fabricate.make_image_folder(tmp_path / "a", classes=("ant", "bee", "dog"), n_per_class=1, splits=("val",))
     with pytest.raises(DataError, match=r"class folders of .*val differ.*'cat'"):
         dataset.build_datasets("folder", root)
     empty = tmp_path / "b" / "train"
@@ -262,7 +263,7 @@ def test_fabricated_files_fail_the_real_md5_check(_fake_files, no_download):
 
 
 def test_malformed_pickle_is_a_data_error(tmp_path, fake_checksums):
-    root = fakedata.make_cifar10(tmp_path, n_train=10, n_test=5)
+    root = fabricate.make_cifar10(tmp_path, n_train=10, n_test=5)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="cifar10 data in .*cifar-10-batches-py is malformed"):
         dataset.build_datasets("cifar10", root)

@@ -1,4 +1,4 @@
-"""distributed.py on CPU: the spawn path's error handling, exact evaluation shards, ranks and devices under
+"""infra/distributed.py on CPU: the spawn path's error handling, exact evaluation shards, ranks and devices under
 torchrun / srun (fake environments and device counts), the process group's timeout, and validation under DDP."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import socket
 import pytest
 import torch
 
-import distributed
-import engine
-import hardware
+from infra import distributed
+from training import engine
+from infra import hardware
 import models
-from errors import UserError
+from infra.errors import UserError
 
 
 def _bad_worker(env, payload):

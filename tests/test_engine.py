@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import attacks
-import engine
+from training import engine
 import models
 import pruning_utils
-from errors import NonFiniteLossError
+from infra.errors import NonFiniteLossError
 
 CPU = torch.device("cpu")
 

@@ -26,10 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]  # for `python tests/test_faults.py --write`; pytest sets both itself
 
-import checkpoint  # noqa: E402
-import savedir  # noqa: E402
-import errors  # noqa: E402
-import fakedata  # noqa: E402
+from infra import checkpoint  # noqa: E402
+from training import savedir  # noqa: E402
+from infra import errors  # noqa: E402
+from datafiles import fabricate  # noqa: E402
 from lottery import config as imp_config  # noqa: E402
 import main_imp_adv  # noqa: E402
 import main_imp_std  # noqa: E402
@@ -37,7 +37,7 @@ import main_train_downstream  # noqa: E402
 import models  # noqa: E402
 import pruning_utils  # noqa: E402
 import report  # noqa: E402
-import runner  # noqa: E402
+from training import runner  # noqa: E402
 from transfer import config as transfer_config  # noqa: E402
 from transfer import run as transfer_run  # noqa: E402
 
@@ -259,8 +259,8 @@ def shared(_fake_files, tmp_path_factory) -> dict[str, str]:
     """The read-only inputs every case may use (see PLACEHOLDERS)."""
     d = tmp_path_factory.mktemp("faults")
     p = {"folder": _fake_files("folder"), "missing": str(d / "missing"), "marker": str(d / "UNPICKLED")}
-    p["folder_test"] = fakedata.make_image_folder(str(d / "folder_test"), splits=("train", "val", "test"))
-    p["train_only"] = fakedata.make_image_folder(str(d / "train_only"), splits=("train",))
+    p["folder_test"] = fabricate.make_image_folder(str(d / "folder_test"), splits=("train", "val", "test"))
+    p["train_only"] = fabricate.make_image_folder(str(d / "train_only"), splits=("train",))
     torch.manual_seed(0)
     tiny = models.resnet_tiny(1000)
     p["init"] = str(d / "init.pth")
@@ -519,7 +519,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_
 WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
-import checkpoint
+from infra import checkpoint
 big = {{"w": torch.arange(4_000_000, dtype=torch.float32)}}
 checkpoint.atomic_save({{"version": 0, **big}}, {path!r})
 print("ready", flush=True)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import attacks
-import checkpoint
+from infra import checkpoint
 from lottery import cli as imp_cli
 from lottery import config as imp_config
 from lottery import levels as imp_levels
@@ -23,8 +23,8 @@ import main_imp_adv
 from dataset import IMAGENET_MEAN, IMAGENET_STD
 import main_imp_std
 import pruning_utils
-from distributed import DistEnv
-from errors import CheckpointError, ConfigError, UserError
+from infra.distributed import DistEnv
+from infra.errors import CheckpointError, ConfigError, UserError
 from recipes import imp_argv, same_masks, ticket, tiny_model, write_init
 
 RATE = 0.2

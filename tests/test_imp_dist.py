@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-import checkpoint
+from infra import checkpoint
 from lottery import levels as imp_levels
 import pruning_utils
 from recipes import TINY, same_masks, ticket, tiny_model, write_init

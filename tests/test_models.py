@@ -8,7 +8,7 @@ from torch import nn
 
 import dataset
 import models
-from errors import UserError
+from infra.errors import UserError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

@@ -1,4 +1,4 @@
-"""optimizer.py on CPU: fused SGD + GradScaler when the first step overflows, and optimizer states resumed from
+"""training/optimizer.py on CPU: fused SGD + GradScaler when the first step overflows, and optimizer states resumed from
 other layouts and from loop-SGD checkpoints (the run's own flags and the parameters' strides win)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import optimizer
-from errors import CheckpointError
+from training import optimizer
+from infra.errors import CheckpointError
 from recipes import loop_reference, set_grads
 
 SETTINGS = optimizer.SGDSettings(lr=0.1, momentum=0.9, weight_decay=1e-4)

@@ -12,8 +12,8 @@ from torch.nn.utils import prune
 
 import models
 import pruning_utils as pu
-from checkpoint import strip_prefix
-from errors import CheckpointError, ConfigError, MaskError
+from infra.checkpoint import strip_prefix
+from infra.errors import CheckpointError, ConfigError, MaskError
 
 
 def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -198,7 +198,7 @@ def test_prunable_names_sparsity_and_layer_sparsity():
 
 # ---------------------------------------------------------------------------- the one mask mechanism
 def _train(model: nn.Module, mask: pu.Mask | None, steps: int = 5) -> torch.optim.SGD:
-    """SGD as the downstream recipe (momentum 0.9, wd 5e-4); with a mask, calls exactly what engine.py calls."""
+    """SGD as the downstream recipe (momentum 0.9, wd 5e-4); with a mask, calls exactly what training/engine.py calls."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(11)
     model.train()

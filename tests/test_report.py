@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import report
-from errors import UserError, run_cli
+from infra.errors import UserError, run_cli
 from reporting import analysis, output
 from reporting import tables as report_tables
 from reporting.runs import Options, init_label, read_sparsity

@@ -1,4 +1,4 @@
-"""reproducibility.py: a run's kernel mode (--deterministic fixes cuBLAS's workspace, read when CUDA creates its
+"""infra/reproducibility.py: a run's kernel mode (--deterministic fixes cuBLAS's workspace, read when CUDA creates its
 first cuBLAS handle) holds for the run only; seeding is exact."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-import reproducibility
+from infra import reproducibility
 
 
 def test_deterministic_fixes_the_cublas_workspace_and_keeps_a_users_choice(monkeypatch):

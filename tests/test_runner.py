@@ -1,4 +1,4 @@
-"""runner.py, the run skeleton both stages share: the rank-0 rule, SAVE_DIR set-up, loaders, per-epoch seeds,
+"""training/runner.py, the run skeleton both stages share: the rank-0 rule, SAVE_DIR set-up, loaders, per-epoch seeds,
 the kernel mode of a run and the metrics trimming on resume."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import checkpoint
-import runner
-from distributed import DistEnv
-from errors import ConfigError
+from infra import checkpoint
+from training import runner
+from infra.distributed import DistEnv
+from infra.errors import ConfigError
 from lottery import cli as imp_cli
 from transfer import cli as transfer_cli
 
@@ -61,7 +61,7 @@ def test_epoch_seeds_are_pure_and_independent_of_the_loader_order():
     assert runner.epoch_seed(1, 2, 0) == runner.epoch_seed(1, 2, 0)
     seeds = {runner.epoch_seed(s, e, r) for s in (1, 2) for e in range(5) for r in range(3)}
     assert len(seeds) == 30
-    from reproducibility import epoch_generator
+    from infra.reproducibility import epoch_generator
     assert runner.epoch_seed(1, 2, 0) != epoch_generator(1, 2, 0).initial_seed()
 
 

@@ -1,4 +1,4 @@
-"""tickets.py / ticket_stats.py: inspect, compare (IoU against a hand count), export and convert on fabricated files."""
+"""tickets.py / lottery/ticket_stats.py: inspect, compare (IoU against a hand count), export and convert on fabricated files."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,9 @@ import torchvision
 
 import models
 import pruning_utils
-from reporting import ticket_stats
+from lottery import ticket_stats
 import tickets
-from errors import run_cli
+from infra.errors import run_cli
 from fakeweights import half_mask, original_imp, robustness, source, state_of
 
 

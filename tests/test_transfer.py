@@ -19,10 +19,10 @@ import models
 import pruning_utils
 from transfer import run as transfer_run
 from transfer import results as transfer_results
-from checkpoint import CHECKPOINT, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
-from distributed import DistEnv
-from engine import evaluate
-from errors import CheckpointError, ConfigError, run_cli
+from infra.checkpoint import CHECKPOINT, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
+from infra.distributed import DistEnv
+from training.engine import evaluate
+from infra.errors import CheckpointError, ConfigError, run_cli
 from recipes import argv, check_run
 
 def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root, pretrained):

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import dataset
-import fakedata
+from datafiles import fabricate
 import models
 import pruning_utils
-from checkpoint import LOG, RESULTS, SA_BEST, load_file
-from engine import evaluate
+from infra.checkpoint import LOG, RESULTS, SA_BEST, load_file
+from training.engine import evaluate
 from recipes import argv, check_run, write_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
-    data = fakedata.make_image_folder(str(tmp_path / "data"), n_per_class=3, splits=("train", "val", "test"))
+    data = fabricate.make_image_folder(str(tmp_path / "data"), n_per_class=3, splits=("train", "val", "test"))
     pre = write_pretrained(str(tmp_path), 0.5)
     init, ticket, mask = pre.init, pre.ticket, pre.mask
     out = tmp_path / "run"
@@ -53,9 +53,10 @@ def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
 
 WRAPPER = """import sys
 sys.path[:0] = [{root!r}, {tests!r}]
-from _pytest.monkeypatch import MonkeyPatch
-import errors, fakedata, main_train_downstream
-fakedata.allow_fake_checksums(MonkeyPatch())  # the fabricated CIFAR files have no official MD5 sums
+import main_train_downstream
+from datafiles import fabricate
+from infra import errors
+fabricate.allow_fake_checksums()  # the fabricated CIFAR files have no official MD5 sums
 errors.run_cli(main_train_downstream.main)
 """
 
@@ -65,7 +66,7 @@ def test_two_gloo_ranks_on_the_device_pipeline_report_exact_whole_split_accuraci
     """CIFAR-10 through the device pipeline (the default for it) on two ranks: 7 val and 21 test images, so a
     padded evaluation shard would count one twice; the numbers equal a one-process evaluation of the best
     checkpoint over the same device batches."""
-    data = fakedata.make_cifar10(str(tmp_path / "data"), n_train=70, n_test=21)
+    data = fabricate.make_cifar10(str(tmp_path / "data"), n_train=70, n_test=21)
     torch.manual_seed(0)
     init = str(tmp_path / "init.pth")
     torch.save(models.resnet_tiny(1000).state_dict(), init)

@@ -15,15 +15,15 @@ from torch import nn
 import attacks
 import dataset
 from transfer import pipeline
-import runner
+from training import runner
 from transfer import cli
 import models
 import pruning_utils
 from transfer import run as transfer_run
-from checkpoint import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST, load_file
-from distributed import DistEnv
-from engine import evaluate
-from errors import ConfigError, run_cli
+from infra.checkpoint import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST, load_file
+from infra.distributed import DistEnv
+from training.engine import evaluate
+from infra.errors import ConfigError, run_cli
 from recipes import argv, check_run
 
 CPU = torch.device("cpu")

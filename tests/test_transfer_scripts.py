@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from transfer import cli
-from errors import ConfigError, UserError
+from infra.errors import ConfigError, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "script", "train_downstream")

@@ -1,4 +1,4 @@
-"""weights.py: files fabricated in each library's on-disk layout load to the weights they came from; bad files
+"""training/weights.py: files fabricated in each library's on-disk layout load to the weights they came from; bad files
 fail with a one-line message."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from torch import nn
 
 import models
 import pruning_utils
-from errors import CheckpointError
+from infra.errors import CheckpointError
 from fakeweights import (ROBUST_MEAN, ROBUST_STD, half_mask, moco_v2, moco_v3, original_imp, prefixed, robustness,
                          source, state_of)
-from weights import FORMATS, arch_name, load_into, read_weights
+from training.weights import FORMATS, arch_name, load_into, read_weights
 
 
 def _assert_same(model: nn.Module, ref: dict) -> None:

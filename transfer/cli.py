@@ -6,11 +6,11 @@ import argparse
 import os
 from dataclasses import asdict
 
-import checkpoint
-import runner
+from infra import checkpoint
+from training import runner
 from attacks import LOSSES, AttackConfig, eps_from_flag, parse_fraction
-from distributed import Launch
-from errors import ConfigError, OneLineParser
+from infra.distributed import Launch
+from infra.errors import ConfigError, OneLineParser
 from transfer import config as transfer_config
 from transfer import run as transfer_run
 from transfer import state as transfer_state

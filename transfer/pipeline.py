@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from reproducibility import epoch_generator
+from infra.reproducibility import epoch_generator
 
 SCALE = (0.08, 1.0)          # torchvision RandomResizedCrop defaults
 RATIO = (3 / 4, 4 / 3)

@@ -15,10 +15,10 @@ import torchvision
 from torch import nn
 
 import pruning_utils
-import runner
-from checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own
-from distributed import DistEnv, ShardSampler, all_reduce_sum
-from engine import evaluate
+from training import runner
+from infra.checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own
+from infra.distributed import DistEnv, ShardSampler, all_reduce_sum
+from training.engine import evaluate
 from transfer.state import restore
 
 

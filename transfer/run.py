@@ -14,17 +14,17 @@ import torch
 from torch import nn
 
 import models
-import optimizer as optimizer_lib
+from training import optimizer as optimizer_lib
 import pruning_utils
-import runner
-import weights
+from training import runner
+from training import weights
 from attacks import build_attack
-from checkpoint import CURVES, INDICES, METRICS, read_jsonl
+from infra.checkpoint import CURVES, INDICES, METRICS, read_jsonl
 from dataset import Splits, build_datasets, write_indices
-from distributed import DistEnv, barrier
-from engine import evaluate, train_one_epoch
-from errors import ConfigError, MaskError
-from reproducibility import epoch_generator, seed_all
+from infra.distributed import DistEnv, barrier
+from training.engine import evaluate, train_one_epoch
+from infra.errors import ConfigError, MaskError
+from infra.reproducibility import epoch_generator, seed_all
 from transfer import results as transfer_results
 from transfer import state as transfer_state
 from transfer.config import DEVICE_DATASETS, PIPELINES, TransferConfig

@@ -8,13 +8,13 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-import optimizer as optimizer_lib
+from training import optimizer as optimizer_lib
 import pruning_utils
-import runner
-from checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
+from training import runner
+from infra.checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
     load_own, strip_prefix
-from errors import CheckpointError
-from reproducibility import get_rng_state
+from infra.errors import CheckpointError
+from infra.reproducibility import get_rng_state
 
 FRESH = {"epoch": 0, "best_sa": None, "best_ra": None, "best_sa_epoch": None, "best_ra_epoch": None,
          "wall_time_s": 0.0}  # "epoch": epochs completed; best_*: best val SA / RA so far and their epochs

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from errors import DataError
+from infra.errors import DataError
 
 VAL_SIZE = 5000  # images held out of the official training file for validation (CIFAR and SVHN)
 

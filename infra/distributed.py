@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from errors import UserError, one_line
-from hardware import cuda_usable
+from infra.errors import UserError, one_line
+from infra.hardware import cuda_usable
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from errors import CheckpointError
+from infra.errors import CheckpointError
 
 # ---------------------------------------------------------------------------- file names
 CONFIG = "config.json"

@@ -1,5 +1,5 @@
-"""Tiny datasets fabricated in the true on-disk formats (CIFAR python pickles, SVHN .mat, ImageFolder PNGs),
-so tests load them through torchvision's real readers.
+"""Small datasets fabricated in the true on-disk formats (CIFAR python pickles, SVHN .mat, ImageFolder PNGs), so
+that tests, benchmarks and GPU checks load them through torchvision's real readers, offline.
 
 Images are class-dependent (a per-class colour plus noise), so a small model can learn them. Labels cycle
 through all classes (every class appears once there are at least as many images as classes), shuffled.
@@ -38,15 +38,6 @@ def _cifar_rows(images: np.ndarray) -> np.ndarray:
     return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
 
 
-def read_cifar_images(root: str, files: Sequence[str], folder: str) -> tuple[np.ndarray, list[int]]:
-    """Decode official-format CIFAR pickles without torchvision (for exact comparisons in tests)."""
-    rows, labels = [], []
-    for name in files:
-        with open(os.path.join(root, folder, name), "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        rows.append(entry["data"])
-        labels += entry["labels"] if "labels" in entry else entry["fine_labels"]
-    return np.vstack(rows).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def make_cifar10(root: str, n_train: int = 60, n_test: int = 20, seed: int = 0) -> str:
@@ -102,12 +93,6 @@ def make_svhn(root: str, n_train: int = 60, n_test: int = 20, seed: int = 0) -> 
     return str(root)
 
 
-def read_svhn(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 32, 32, 3), raw labels 1..10 as stored) read with scipy, not torchvision."""
-    import scipy.io
-
-    mat = scipy.io.loadmat(os.path.join(root, f"{split}_32x32.mat"))
-    return mat["X"].transpose(3, 0, 1, 2), mat["y"].squeeze(1)
 
 
 # ---------------------------------------------------------------------------- ImageFolder
@@ -127,12 +112,15 @@ def make_image_folder(root: str, classes: Sequence[str] = ("ant", "bee", "cat"),
 
 
 # ---------------------------------------------------------------------------- checksums
-def allow_fake_checksums(monkeypatch) -> None:
-    """Make torchvision's CIFAR/SVHN accept fabricated files: md5=None means 'the file exists'."""
+def allow_fake_checksums(monkeypatch=None) -> None:
+    """Make torchvision's CIFAR/SVHN accept fabricated files: md5=None means 'the file exists'. With pytest's
+    `monkeypatch` the change is undone after the test; without it, it holds for the rest of the process."""
     from torchvision.datasets import CIFAR10, CIFAR100, SVHN
 
+    patch = monkeypatch.setattr if monkeypatch is not None else setattr
+
     for cls in (CIFAR10, CIFAR100):
-        monkeypatch.setattr(cls, "train_list", [[f, None] for f, _ in cls.train_list])
-        monkeypatch.setattr(cls, "test_list", [[f, None] for f, _ in cls.test_list])
-        monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": None})
-    monkeypatch.setattr(SVHN, "split_list", {k: [url, f, None] for k, (url, f, _) in SVHN.split_list.items()})
+        patch(cls, "train_list", [[f, None] for f, _ in cls.train_list])
+        patch(cls, "test_list", [[f, None] for f, _ in cls.test_list])
+        patch(cls, "meta", {**cls.meta, "md5": None})
+    patch(SVHN, "split_list", {k: [url, f, None] for k, (url, f, _) in SVHN.split_list.items()})

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from checkpoint import load_file
-from errors import CheckpointError, MaskError
+from infra.checkpoint import load_file
+from infra.errors import CheckpointError, MaskError
 from pruning_utils import Mask, sparsity, unmask_state_dict
 
 FORMATS = {  # format id -> what the report calls it

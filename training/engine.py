@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import pruning_utils
-from distributed import DistEnv, all_reduce_sum, broadcast_buffers, unwrap
-from errors import NonFiniteLossError
-from runlog import progress
+from infra.distributed import DistEnv, all_reduce_sum, broadcast_buffers, unwrap
+from infra.errors import NonFiniteLossError
+from infra.runlog import progress
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The attack's precision under each --amp: fp16 has no loss scaling for the attack, so the input gradient of a

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any, Sequence
 
-from checkpoint import atomic_write_bytes
-from errors import MaskError
+from infra.checkpoint import atomic_write_bytes
+from infra.errors import MaskError
 from pruning_utils import TICKET_FORMAT, Mask, layer_sparsity, sparsity
 
 

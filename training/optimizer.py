@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from errors import CheckpointError
+from infra.errors import CheckpointError
 
 RUN_FLAGS = ("fused", "foreach", "differentiable", "maximize")  # how to step, not what to step: this run's
 

@@ -12,14 +12,14 @@ from typing import Any, Callable, Iterable
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-import checkpoint
-import distributed
-import hardware
-import reproducibility
-import runlog
-import savedir
-from distributed import DistEnv, Launch
-from errors import ConfigError
+from infra import checkpoint
+from infra import distributed
+from infra import hardware
+from infra import reproducibility
+from infra import runlog
+from training import savedir
+from infra.distributed import DistEnv, Launch
+from infra.errors import ConfigError
 
 # settings added after the first release, with the behaviour of the runs started before them, which did not
 # record them (savedir.check_config): such a run continues with `--no-fused-sgd` (TF32: cuDNN's default, on)

@@ -10,8 +10,8 @@ import tempfile
 import time
 from typing import Iterable
 
-from checkpoint import CONFIG, LOCK, atomic_write_json, to_json
-from errors import CheckpointError, ConfigError, UserError
+from infra.checkpoint import CONFIG, LOCK, atomic_write_json, to_json
+from infra.errors import CheckpointError, ConfigError, UserError
 
 
 def writable_dir(path: str, *, flag: str = "--save_dir") -> None:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from errors import ConfigError
+from infra.errors import ConfigError
 
 PIN = "DOUBLEWIN_DEVICE"  # "cpu": behave as if no GPU were visible (a CPU run on a GPU node; the CPU test suite)
 BF16_CAPABILITY = (8, 0)  # Ampere: the first CUDA cards with bf16 units (older ones emulate it, slowly)

@@ -1,0 +1,1 @@
+"""Infrastructure every floor knows: files and checkpoints, logs, errors, seeds, devices, processes."""

@@ -1,0 +1,1 @@
+"""The run skeleton both stages share: settings and SAVE_DIR, the epoch loop, the optimizer, loading weights."""
