@@ -1,11 +1,11 @@
 """Do the fast paths learn as well? Adversarial training of the same 80% ticket, ours (training/engine.py: masks without
 hooks, input-gradient-only PGD, channels_last, fused SGD, the device-side augmentation), ours reading the
-original's PIL loader ("ours+pil": the step's fast paths alone) and the original's way (bench_baseline.py:
+original's PIL loader ("ours+pil": the step's fast paths alone) and the original's way (benchmarks/baseline.py:
 torch-prune hooks, advertorch's PGD loop, NCHW, PIL RandomResizedCrop + flip per image), over several seeds;
 all are tested the same way (SA and PGD-10 RA on held-out images).
 
-    python bench_accuracy.py                 # resnet_tiny, 10 epochs, 3 seeds: about 3 minutes on 2 cores
-    python bench_accuracy.py --seeds 12      # what BENCHMARKS.md reports
+    python -m benchmarks.accuracy            # resnet_tiny, 10 epochs, 3 seeds: about 3 minutes on 2 cores
+    python -m benchmarks.accuracy --seeds 12 # what BENCHMARKS.md reports
 """
 from __future__ import annotations
 
