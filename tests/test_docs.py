@@ -83,25 +83,16 @@ def dotted_problem(word: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def tracked_names() -> set[str]:
-    """Base names of every file and folder in the tree (a bare `engine.py` names one of them)."""
-    out = set()
-    for folder, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
-        out |= set(files) | set(dirs)
-    return out
-
-
 def path_problem(word: str, doc: str, *, link: bool = False) -> str | None:
-    """A link is relative to its document; a path in the text is relative to the repository (or the document)."""
+    """A link is relative to its document; a path in the text is relative to the repository (or the document):
+    a bare `engine.py` names a top-level file, so a moved module shows."""
     word = word.rstrip("/")
     here = os.path.dirname(os.path.join(ROOT, doc))
     bases = [here] if link else [ROOT, here]
     targets = [os.path.normpath(os.path.join(b, word)) for b in bases]
     if os.path.relpath(targets[0], ROOT).startswith(".."):
         return f"{word} leaves the repository"
-    if any(os.path.exists(t) for t in targets) or ("/" not in word and word in tracked_names()):
+    if any(os.path.exists(t) for t in targets):
         return None
     return f"no file or folder {word}"
 
