@@ -127,3 +127,20 @@ def test_python_names_the_interpreter_of_the_venv(copy, tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: PYTHON=py314 is not Python 3.10-3.13")
     done = probe(copy, PATH=path, PYTHON="py310")
     assert done.returncode == 0 and "with 3.10.13" in done.stderr and "py310 -m venv" in open(log).read()
+
+
+@pytest.mark.parametrize("script", ["report.sh", "imp_pretrain/imp_std.sh"])
+def test_the_scripts_that_need_no_venv_take_doublewin_py_too(tmp_path, script):
+    """The recipe and report scripts run PYTHON if set, else DOUBLEWIN_PY, else `python`."""
+    calls = tmp_path / "calls"
+    for name in ("theirs", "mine"):
+        (tmp_path / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {calls}\n")
+        (tmp_path / name).chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("DOUBLEWIN_PY", "PYTHON")}
+    argv = [BASH, os.path.join(ROOT, "script", script), "w", "s", "d"]
+    subprocess.run(argv, check=True, env={**base, "DOUBLEWIN_PY": str(tmp_path / "theirs")}, timeout=60)
+    subprocess.run(argv, check=True, env={**base, "DOUBLEWIN_PY": str(tmp_path / "theirs"),
+                                          "PYTHON": str(tmp_path / "mine")}, timeout=60)
+    first, second = calls.read_text().splitlines()
+    entry = "report.py" if script == "report.sh" else "main_imp_std.py"
+    assert first.startswith("theirs ") and second.startswith("mine ") and entry in first and entry in second
