@@ -8,14 +8,13 @@ import math
 import os
 import socket
 import sys
-import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from benchmarks.gpu_check import Check
+if TYPE_CHECKING:  # the images' subprocess imports this module: it stays free of torch
+    from benchmarks.gpu_record import Check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = 10
@@ -27,6 +26,12 @@ from datafiles import fabricate
 from infra import errors
 fabricate.allow_fake_checksums()
 errors.run_cli(main_train_downstream.main)
+"""
+# writes an ImageFolder in a process of its own (no CUDA context to fork from), stopped with the item's slice
+FABRICATE = """import sys
+sys.path.insert(0, {root!r})
+from benchmarks.gpu_items import fabricate_folder
+fabricate_folder({path!r}, {n_train}, {n_val}, {size})
 """
 
 
@@ -130,6 +135,17 @@ def fabricate_folder(root: str, n_train: int, n_val: int, size: int) -> str:
     return root
 
 
+def _folder(check: Check, name: str, path: str, sizes: tuple[int, int, int], limit: float) -> tuple[bool, float]:
+    """(whether the ImageFolder `path` of (train, val) images per class at a side was made, seconds taken); a
+    failure is the item's verdict."""
+    n_train, n_val, size = sizes
+    code = FABRICATE.format(root=ROOT, path=path, n_train=n_train, n_val=n_val, size=size)
+    rc, took = check.run([sys.executable, "-c", code], check.log(f"{name}-data"), limit)
+    if rc != 0:
+        check.verdict(False, name, "fabricating its images: " + _failed(rc, took, check.log(f"{name}-data")))
+    return rc == 0, took
+
+
 def _model_flags(args, amp: str | None = None) -> list[str]:
     """Model, image size (small images: a small-input stem, no resize) and amp, as both entry points take them."""
     amp = amp or args.amp
@@ -147,14 +163,17 @@ def _free_port() -> int:
 def ddp(check: Check, ctx: Context, limit: float) -> None:
     """The original's spawn path with one GPU visible: one rank in an NCCL process group (torchrun with one process
     makes no group), through a tiny IMP level."""
-    data = fabricate_folder(os.path.join(ctx.work, "ddp-folder"), 4, 2, 32)
+    data = os.path.join(ctx.work, "ddp-folder")
+    made, took = _folder(check, "ddp", data, (4, 2, 32), limit)
+    if not made:
+        return
     out, log = os.path.join(ctx.work, "ddp"), check.log("ddp")
     first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     rc, took = check.run([sys.executable, "main_imp_std.py", data, "--save_dir", out, "-a", "resnet_tiny",
                           "--small-input", "--image-size", "32", "--resize-size", "32", "--epochs", "1",
                           "--prune_epoch", "1", "-b", "20", "-j", "0", "-p", "0", "--multiprocessing-distributed",
                           "--world-size", "1", "--rank", "0", "--dist-url", f"tcp://127.0.0.1:{_free_port()}",
-                          "--dist-backend", "nccl"], log, limit, env={"CUDA_VISIBLE_DEVICES": first})
+                          "--dist-backend", "nccl"], log, limit - took, env={"CUDA_VISIBLE_DEVICES": first})
     if rc != 0:
         return check.verdict(False, "ddp", _failed(rc, took, log))
     layout = next((line.split("process layout: ")[1].strip() for line in open(os.path.join(out, "log.txt"))
@@ -163,10 +182,10 @@ def ddp(check: Check, ctx: Context, limit: float) -> None:
 
 
 def aimp(check: Check, ctx: Context, limit: float) -> None:
-    args, start = ctx.args, time.time()
-    data = fabricate_folder(os.path.join(ctx.work, "imagefolder"), args.imp_images, max(2, args.imp_images // 8),
-                            args.size)
-    made = time.time() - start
+    args, data = ctx.args, os.path.join(ctx.work, "imagefolder")
+    ok, made = _folder(check, "aimp", data, (args.imp_images, max(2, args.imp_images // 8), args.size), limit)
+    if not ok:
+        return
     out, log = os.path.join(ctx.work, "aimp"), check.log("aimp")
     rc, took = check.run([sys.executable, "main_imp_adv.py", data, "--save_dir", out, "-b", str(args.imp_batch),
                           "-j", str(min(8, os.cpu_count() or 1)), "--epochs", str(args.imp_epochs),

@@ -172,3 +172,14 @@ def test_one_verdict_per_cuda_test(tmp_path, capsys):
     assert "the kernel refused" in out[1] and "needs 2 GPUs" in out[2] and check.failed == 1
     record = json.load(open(tmp_path / "out" / "gpu_check.json"))
     assert [i["verdict"] for i in record["items"]] == ["PASS", "FAIL", "SKIP"]
+
+
+def test_images_are_fabricated_in_a_process_of_their_own_and_a_failure_is_the_verdict(tmp_path, capsys):
+    check, _ = _context(tmp_path)
+    assert gpu_items._folder(check, "aimp", str(tmp_path / "folder"), (1, 1, 8), 60)[0]
+    assert sorted(os.listdir(tmp_path / "folder" / "train")) == [f"class{k}" for k in range(10)]
+    (tmp_path / "file").write_text("")
+    assert not gpu_items._folder(check, "aimp", str(tmp_path / "file" / "folder"), (1, 1, 8), 60)[0]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [out[0]] and out[0].startswith("FAIL  aimp: fabricating its images: exit 1 after")
+    assert "NotADirectoryError" in out[0] and check.failed == 1
