@@ -22,13 +22,24 @@ from training import runner
 from attacks import PGD, fgsm_rs
 
 EPS = 8 / 255
-# (section, variant): "ours-dense" is the same step without a mask (the ticket's overhead); "ours-plain" is ours
-# without the numerics/layout flags (fp32, NCHW), i.e. what channels_last / --amp add on this device.
+# (section, variant), the first variant of a section its reference: "ours-plain" is ours without the
+# numerics/layout flags (fp32, NCHW), i.e. what channels_last / --amp add on this device; the "ticket" section
+# holds ours against "ours-dense", the same step without a mask (the ticket's overhead).
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "train": ("baseline", "ours", "ours-dense", "ours-plain"),
+    "train": ("baseline", "ours", "ours-plain"),
+    "ticket": ("ours-dense", "ours"),
     "fgsm": ("baseline", "ours"),
     "eval": ("baseline", "ours"),
 }
+# On CUDA the training section also runs the baseline with TF32 off: PyTorch 1.5, the original's, had no TF32, so its
+# fp32 convolutions ran at full fp32 on the cards that have TF32 units (today's default allows TF32 in cuDNN)
+NO_TF32 = "baseline-notf32"
+
+
+def variants(section: str, device: torch.device) -> tuple[str, ...]:
+    """The variants `section` times on `device`."""
+    extra = (NO_TF32,) if section == "train" and device.type == "cuda" else ()
+    return SECTIONS[section] + extra
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ class BenchConfig:
     pipeline_batches: int = 6       # batches per timed block
     pipeline_rounds: int = 3
     pipeline_images: int = 2048
-    memory: bool = True             # peak memory probes (one fresh process per probe)
+    memory_batches: tuple[int, ...] = ()  # the memory sweep's training batches (default: batch/4, batch/2, batch)
     threads: int | None = None      # torch intra-op threads (None: torch's default)
     seed: int = 0
 
@@ -101,12 +112,15 @@ def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], Non
     else:
         attack_kw = dict(eps=EPS, alpha=cfg.train_alpha, steps=cfg.train_steps)
 
-    if variant == "baseline":
+    if variant in ("baseline", NO_TF32):
         net = base.build_model(cfg.arch, cfg.num_classes, mask, model.state_dict()).to(device)
         if section == "eval":
             return lambda: base.eval_step(net, x, y, attack_kw)
         opt = torch.optim.SGD(net.parameters(), SGD.lr, momentum=SGD.momentum, weight_decay=SGD.weight_decay)
-        return lambda: base.train_step(net, opt, x, y, attack_kw)
+
+        def step() -> None:
+            base.train_step(net, opt, x, y, attack_kw)
+        return _without_tf32(step) if variant == NO_TF32 else step
 
     plain = variant == "ours-plain"
     amp, cl = (None, False) if plain else (cfg.amp, cfg.channels_last)
@@ -130,6 +144,19 @@ def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], Non
                                       scaler=scaler, channels_last=cl, show_progress=False)
     step.model, step.mask = model, mask  # what the step trains, for the tests' checks
     return step
+
+
+def _without_tf32(step: Callable[[], object]) -> Callable[[], None]:
+    """`step` with TF32 off in cuDNN and cuBLAS (full fp32, as PyTorch 1.5 ran), the settings restored after."""
+    def run() -> None:
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        before = cudnn.allow_tf32, matmul.allow_tf32
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+        try:
+            step()
+        finally:
+            cudnn.allow_tf32, matmul.allow_tf32 = before
+    return run
 
 
 def build_mask_ops(cfg: BenchConfig) -> Callable[[], None]:

@@ -1,214 +1,129 @@
-"""GPU acceptance check: the CUDA tests, a short ResNet-50 A-IMP run (224 px, bf16) on fabricated ImageFolder images,
-a short transfer through the device pipeline, and bench.py at 224 px; one verdict line per item.
+"""GPU acceptance check: what a short first loan of a GPU can answer, most valuable first, each item within a slice
+of one time budget; every number and verdict is written under --out as soon as it exists.
 
-    bash script/gpu_check.sh            # ~10 minutes on one GPU; without CUDA: one line, exit 0
+    python3 -m benchmarks.gpu_check --out DIR      # the machine's own Python, from the repository root
+    bash script/gpu_check.sh --out DIR             # the same through script/env.sh (DOUBLEWIN_PY or .venv)
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import datetime
 import os
-import subprocess
+import platform
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 
+from benchmarks import gpu_items
+from benchmarks.gpu_items import Context
+from benchmarks.gpu_record import Check
 from infra import errors
 from infra import hardware
+ORDER = """order (each item has a share of --budget; time an item leaves unused passes to the next; an item whose
+slice has less left than its minimum is skipped and said so; subprocess items are stopped at the end of their slice,
+in-process ones (1-3) are only started when their minimum fits):
+  1. speed       training step (ResNet-50, 224 px, b256, PGD-3, 80% ticket): ours in bf16 + channels_last against
+                 the original's way in fp32 (cuDNN TF32 allowed, today's default) and with TF32 off (PyTorch 1.5)
+  2. memory      peak memory of that step per batch size (b64, b128, b256), ours and the baseline's: one in-process
+                 sweep, each size warmed up first; the largest batch whose peak reserved memory fits the card
+  3. ticket      the ticket's overhead over the dense step, and the mask operations alone
+  4. ddp         a tiny IMP run through --multiprocessing-distributed, world size 1: DDP over NCCL with one rank
+  5. aimp        a short ResNet-50 A-IMP at 224 px in bf16 on fabricated ImageFolder images (tickets, sparsity)
+  6. transfer    a short adversarial transfer through the device pipeline (fabricated CIFAR-10 files), bf16
+  7. fp16        a short transfer under --amp fp16 (GradScaler)
+  8. cuda-tests  tests/test_cuda.py, one verdict per test
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
-CLASSES = 10
-# runs main_train_downstream on fabricated CIFAR files, whose MD5 sums are not the official ones
-TRANSFER = """import sys
-sys.path.insert(0, {root!r})
-import main_train_downstream
-from datafiles import fabricate
-from infra import errors
-fabricate.allow_fake_checksums()
-errors.run_cli(main_train_downstream.main)
-"""
+DIR receives, rewritten after every item: gpu_check.json (card, versions, budget; per item its verdict, detail,
+seconds and numbers), benchmarks_row.md (the BENCHMARKS.md row of items 1-3), bench.jsonl (their JSON lines) and
+logs/ (bench.log, and one log per subprocess item). Data and runs go to --work, not DIR.
+Without a usable CUDA device: one line, exit 0, nothing written."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = errors.OneLineParser(description="GPU acceptance check (exits 0 with one line where CUDA is absent)")
-    p.add_argument("--budget", type=float, default=600, help="seconds for the whole check")
-    p.add_argument("--imp-images", type=int, default=160, help="fabricated training images per class (10 classes)")
-    p.add_argument("--imp-batch", type=int, default=64)
-    p.add_argument("--imp-epochs", type=int, default=8, help="A-IMP epochs (2 per level)")
-    p.add_argument("--transfer-images", type=int, default=2000, help="fabricated CIFAR-10 training images")
-    p.add_argument("--arch", default="resnet50", help="model of the A-IMP and transfer runs")
-    p.add_argument("--size", type=int, default=224, help="image side of the A-IMP and transfer runs")
-    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"],
-                   help="--amp of both runs (cards before compute capability 8.0: fp16)")
+    p = errors.OneLineParser(description="GPU acceptance check (one line and exit 0 where CUDA is absent)",
+                             epilog=ORDER, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.path.join("runs", "gpu_check"), help="where numbers and verdicts go")
+    p.add_argument("--budget", type=float, default=540, help="seconds for the whole check (default 540: 9 minutes)")
     p.add_argument("--work", default=None, help="folder for data and runs (default: a temporary one)")
-    p.add_argument("--md", default=os.path.join(ROOT, "BENCHMARKS.md"), help="where bench.py appends its row")
+    p.add_argument("--arch", default="resnet50", help="model of every item")
+    p.add_argument("--size", type=int, default=224, help="image side of every item but ddp")
+    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"],
+                   help="precision of ours in items 1-3, 5, 6 (cards before compute capability 8.0: fp16)")
+    p.add_argument("--bench-batch", type=int, default=256,
+                   help="training batch of items 1 and 3; item 2 sweeps a quarter, a half and all of it")
+    p.add_argument("--imp-images", type=int, default=100, help="fabricated A-IMP training images per class")
+    p.add_argument("--imp-batch", type=int, default=64)
+    p.add_argument("--imp-epochs", type=int, default=4, help="A-IMP epochs (2 per level)")
+    p.add_argument("--transfer-images", type=int, default=2000, help="fabricated CIFAR-10 training images")
     return p
 
 
-# ---------------------------------------------------------------------------- fabricated data
-def _write_class(root: str, label: int, n_train: int, n_val: int, size: int) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from datafiles import fabricate
-
-    rng = np.random.default_rng(label)
-    for split, n in (("train", n_train), ("val", n_val)):
-        folder = os.path.join(root, split, f"class{label}")
-        os.makedirs(folder, exist_ok=True)
-        for i, image in enumerate(fabricate.class_images(np.full(n, label), rng, size)):
-            Image.fromarray(image).save(os.path.join(folder, f"{i:05d}.png"))
+# ---------------------------------------------------------------------------- the budget
+@dataclass(frozen=True)
+class Item:
+    name: str
+    share: float                                  # of the budget
+    least: float                                  # seconds below which it is not started
+    run: Callable[[Check, Context, float], None]  # records its own verdict(s); gets its time limit
 
 
-def fabricate_folder(root: str, n_train: int, n_val: int, size: int) -> str:
-    """An ImageNet-layout folder of class-coloured noise images (datafiles.fabricate's), one process per class."""
-    with ProcessPoolExecutor(min(CLASSES, os.cpu_count() or 1)) as pool:
-        list(pool.map(_write_class, [root] * CLASSES, range(CLASSES), [n_train] * CLASSES, [n_val] * CLASSES,
-                      [size] * CLASSES))
-    return root
+def slot(items: list[Item], i: int, budget: float, elapsed: float) -> float:
+    """Seconds item i may take: up to the end of its cumulative share of the budget (unused time passes on)."""
+    return budget * sum(it.share for it in items[:i + 1]) / sum(it.share for it in items) - elapsed
 
 
-# ---------------------------------------------------------------------------- items
-class Check:
-    """Runs the items within one time budget and prints one verdict line per item."""
-
-    def __init__(self, budget: float):
-        self.deadline = time.time() + budget
-        self.failed = 0
-
-    def left(self) -> float:
-        return self.deadline - time.time()
-
-    def verdict(self, ok: bool | None, item: str, detail: str = "") -> None:
-        self.failed += ok is False
-        word = {True: "PASS", False: "FAIL", None: "SKIP"}[ok]
-        detail = " ".join(detail.split())  # one line per item, whatever the message held
-        print(f"{word}  {item}" + (f": {detail}" if detail else ""), flush=True)
-
-    def run(self, cmd: list[str], log: str, **kw) -> tuple[int | None, float]:
-        """(exit status or None on timeout, seconds); output goes to `log`."""
-        start = time.time()
-        env = {k: v for k, v in os.environ.items() if k != hardware.PIN}
-        with open(log, "w") as out:
-            try:
-                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    timeout=max(self.left(), 1), **kw).returncode
-            except subprocess.TimeoutExpired:
-                rc = None
-        return rc, time.time() - start
+def run_items(check: Check, ctx: Context, plan: list[Item]) -> None:
+    for i, item in enumerate(plan):
+        limit = slot(plan, i, check.budget, check.elapsed())
+        if limit < item.least:
+            check.verdict(None, item.name, f"skipped: {max(limit, 0):.0f}s of its slice left, it needs "
+                                           f"~{item.least:.0f}s")
+            continue
+        try:
+            item.run(check, ctx, limit)
+        except Exception as e:  # a failed item is its verdict; the items after it still run
+            check.verdict(False, item.name, f"{type(e).__name__}: {errors.one_line(e)}"[:400])
+    check.record["finished"] = True
+    check.save()
 
 
-def _failed(rc: int | None, took: float, log: str) -> str:
-    """Why a run failed, with its log's last line (e.g. "error: --amp bf16 needs bf16 units ...")."""
-    what = "stopped by the time budget" if rc is None else f"exit {rc}"
-    lines = open(log, errors="replace").read().strip().splitlines()
-    return f"{what} after {took:.0f}s: {lines[-1][:300] if lines else '(no output)'} (see {log})"
+# the order, each item's share of the budget and the least seconds it is started with
+ITEMS = [Item("speed", 0.17, 40, gpu_items.speed), Item("memory", 0.09, 20, gpu_items.memory),
+         Item("ticket", 0.07, 15, gpu_items.ticket), Item("ddp", 0.07, 20, gpu_items.ddp),
+         Item("aimp", 0.22, 60, gpu_items.aimp), Item("transfer", 0.14, 40, gpu_items.transfer),
+         Item("fp16", 0.09, 30, gpu_items.fp16), Item("cuda-tests", 0.15, 30, gpu_items.cuda_tests)]
 
 
-def cuda_tests(check: Check, work: str, path: str = "tests/test_cuda.py") -> None:
-    """One verdict per `cuda`-marked test in `path`, read from pytest's JUnit XML report."""
-    xml = os.path.join(work, "cuda-tests.xml")
-    rc, took = check.run([sys.executable, "-m", "pytest", path, "-m", "cuda", "-p", "no:cacheprovider",
-                          f"--junitxml={xml}"], os.path.join(work, "cuda-tests.log"))
-    if not os.path.exists(xml):
-        return check.verdict(False, "CUDA tests", f"pytest exited {rc} without a report (see {work}/cuda-tests.log)")
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
-        skipped = case.find("skipped")
-        detail = (bad.get("message") or "")[:300] if bad is not None else \
-            (skipped.get("message") or "") if skipped is not None else f"{float(case.get('time', 0)):.1f}s"
-        check.verdict(None if skipped is not None else bad is None, f"cuda test {case.get('name')}", detail)
-    if rc is None:
-        check.verdict(False, "CUDA tests", f"stopped by the time budget after {took:.0f}s")
+# ---------------------------------------------------------------------------- main
+def machine() -> dict:
+    import torch
+    import torchvision
 
-
-def aimp_run(check: Check, work: str, args) -> None:
-    start = time.time()
-    data = fabricate_folder(os.path.join(work, "imagefolder"), args.imp_images, max(2, args.imp_images // 8),
-                            args.size)
-    made = time.time() - start
-    out = os.path.join(work, "aimp")
-    rc, took = check.run([sys.executable, "main_imp_adv.py", data, "--save_dir", out, "-b", str(args.imp_batch),
-                          "-j", str(min(8, os.cpu_count() or 1)), "--epochs", str(args.imp_epochs),
-                          "--prune_epoch", "2", "--lr", "0.01", "-p", "0", *_model_flags(args)],
-                         os.path.join(work, "aimp.log"))
-    item = f"A-IMP {args.arch} {args.size} px {args.amp} (PGD-3)"
-    if rc != 0:
-        return check.verdict(False, item, _failed(rc, took, os.path.join(work, "aimp.log")))
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    levels = args.imp_epochs // 2
-    tickets = [os.path.exists(os.path.join(out, f"{k}-ticket.pth.tar")) for k in range(1, levels + 2)]
-    sparsity = [json.load(open(os.path.join(out, f"{k}-sparsity.json")))["sparsity"] for k in range(1, levels + 2)]
-    exact = all(abs(s - (1 - 0.8 ** k)) < 1e-3 for k, s in enumerate(sparsity, 1))
-    finite = all(math.isfinite(r["train_loss"]) for r in rows)
-    steps = len(rows) * math.ceil(CLASSES * args.imp_images / args.imp_batch)
-    speed = CLASSES * args.imp_images * len(rows) / sum(r["time"] for r in rows)
-    check.verdict(len(rows) == args.imp_epochs and all(tickets) and exact and finite, item,
-                  f"{steps} steps, {levels} level(s), tickets at {', '.join(f'{100 * s:.1f}%' for s in sparsity)}, "
-                  f"losses finite {finite}, {speed:.0f} img/s with validation ({made:.0f}s to fabricate data)")
-
-
-def _model_flags(args) -> list[str]:
-    """Model, image size (small images: a small-input stem, no resize) and amp, as both entry points take them."""
-    flags = ["--arch", args.arch, "--image-size", str(args.size)]
-    flags += ["--small-input", "--resize-size", str(args.size)] if args.size <= 64 else []
-    return flags + ([] if args.amp == "none" else ["--amp", args.amp])
-
-
-def transfer_run(check: Check, work: str, args) -> None:
-    from datafiles import fabricate
-
-    data = fabricate.make_cifar10(os.path.join(work, "cifar"), n_train=args.transfer_images,
-                                 n_test=max(20, args.transfer_images // 4))
-    script = os.path.join(work, "transfer.py")
-    with open(script, "w") as f:
-        f.write(TRANSFER.format(root=ROOT))
-    out = os.path.join(work, "transfer")
-    rc, took = check.run([sys.executable, script, "--data", data, "--dataset", "cifar10", "--init", "",
-                          "--save_dir", out, "--mode", "adv", "--epochs", "2", "--batch_size", "128",
-                          "--train_step", "3", "--test_step", "5", "--pipeline", "device", "--print_freq", "0",
-                          *_model_flags(args)], os.path.join(work, "transfer.log"))
-    item = f"transfer {args.arch} {args.size} px, device pipeline, PGD-3 training, {args.amp}"
-    if rc != 0:
-        return check.verdict(False, item, _failed(rc, took, os.path.join(work, "transfer.log")))
-    res = json.load(open(os.path.join(out, "results.json")))
-    ok = res["complete"] and res["pipeline"] == "device" and res.get("test_precision") == "fp32"
-    check.verdict(ok, item, f"{took:.0f}s, pipeline {res['pipeline']}, test in {res.get('test_precision')}, "
-                            f"test SA {res['best_sa']['test_sa']:.1f} RA {res['best_sa']['test_ra']:.1f}")
-
-
-def bench(check: Check, work: str, md: str) -> None:
-    probes = [] if check.left() > 300 else ["--no-memory"]  # the peak-memory probes start fresh processes
-    rc, took = check.run([sys.executable, "-m", "benchmarks.bench", "--md", md, "--jsonl",
-                          os.path.join(work, "bench.jsonl"), *probes], os.path.join(work, "bench.log"))
-    tail = open(os.path.join(work, "bench.log")).read().strip().splitlines()[-12:]
-    check.verdict(rc == 0, "bench.py 224 px (row appended to BENCHMARKS.md)" if rc == 0 else "bench.py 224 px",
-                  f"{took:.0f}s" if rc == 0 else _failed(rc, took, os.path.join(work, "bench.log")))
-    if rc == 0:
-        print("\n".join(tail), flush=True)
+    dev = torch.device("cuda", torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(dev)
+    return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "card": props.name,
+            "capability": list(torch.cuda.get_device_capability(dev)), "card_mib": props.total_memory / 2 ** 20,
+            "gpus": torch.cuda.device_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "torchvision": torchvision.__version__, "python": platform.python_version(), "argv": sys.argv[1:]}
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # the budget includes the start-up (CUDA's initialisation)
     args = get_args_parser().parse_args(argv)
     if not hardware.cuda_usable():
         print("gpu_check: no CUDA device is usable on this machine (or DOUBLEWIN_DEVICE=cpu): nothing to check")
         return 0
-    check = Check(args.budget)
+    out = os.path.abspath(args.out)
     work = args.work or tempfile.mkdtemp(prefix="doublewin-gpu-check-")
     os.makedirs(work, exist_ok=True)
-    print(f"gpu_check: work folder {work}, budget {args.budget:.0f}s", flush=True)
-    items = (("CUDA tests", lambda: cuda_tests(check, work)), ("A-IMP", lambda: aimp_run(check, work, args)),
-             ("transfer", lambda: transfer_run(check, work, args)), ("bench", lambda: bench(check, work, args.md)))
-    for name, item in items:
-        if check.left() < 30:
-            check.verdict(None, name, "no time left in the budget")
-            continue
-        item()
-    print(f"gpu_check: {'all items passed' if not check.failed else f'{check.failed} item(s) failed'}", flush=True)
+    check = Check(out, args.budget, machine(), started=started)
+    print(f"gpu_check: {check.record['card']}, torch {check.record['torch']}; budget {args.budget:.0f}s; "
+          f"numbers and verdicts in {out}, runs in {work}", flush=True)
+    run_items(check, Context(args, work), ITEMS)
+    print(f"gpu_check: {'all items passed' if not check.failed else f'{check.failed} item(s) failed'} "
+          f"({check.elapsed():.0f}s)", flush=True)
     return 1 if check.failed else 0
 
 

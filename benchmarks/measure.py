@@ -1,9 +1,8 @@
 """How bench.py measures: interleaved timing (medians), FLOPs from torch.utils.flop_counter, a matrix-multiply
-ceiling timed alongside, and the peak memory of one variant in a fresh process."""
+ceiling timed alongside, and peak memory per batch size from one in-process sweep."""
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import resource
 import statistics
 import time
@@ -87,27 +86,37 @@ def matmul(device: torch.device, dtype: torch.dtype, *, tf32: bool = False) -> t
 
 
 # ---------------------------------------------------------------------------- memory
-def probe(section: str, variant: str, cfg, steps: int = 2) -> float:
-    """Peak memory in MiB while one variant runs `steps` steps in this process (model, optimizer state, masks
-    and activations): the process's peak resident set on CPU (VmHWM, reset after the set-up),
-    `torch.cuda.max_memory_allocated` on CUDA."""
-    from benchmarks import cases as bench_cases
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    fn = bench_cases.build_step(section, variant, cfg)
-    device = torch.device(cfg.device)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        _reset_peak_rss()  # the set-up's transients (pruning the ticket) are not the step's
-    for _ in range(steps):
+def memory_sweep(build: Callable[[int], Callable[[], object]], batches: list[int], device: torch.device,
+                 steps: int = 1) -> list[dict]:
+    """Peak memory of a step per batch size, in this process: each size's step is built and run once first (cuDNN
+    autotuning and its workspaces, lazy allocations), the unused cache released and the peak statistics reset,
+    then `steps` steps measured; the size's tensors are freed before the next. On CUDA the peaks of
+    `torch.cuda.max_memory_allocated` and of `max_memory_reserved` (what the card gives up, allocator slack
+    included), on CPU the process's peak resident set (VmHWM, reset after the warm-up)."""
+    rows = []
+    for batch in batches:
+        fn = build(batch)
         fn()
-    sync(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return _peak_rss_mib()
+        sync(device)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            _reset_peak_rss()
+        for _ in range(steps):
+            fn()
+        sync(device)
+        if device.type == "cuda":
+            rows.append({"batch": batch, "peak_allocated_mib": torch.cuda.max_memory_allocated(device) / 2 ** 20,
+                         "peak_reserved_mib": torch.cuda.max_memory_reserved(device) / 2 ** 20})
+        else:
+            rows.append({"batch": batch, "peak_rss_mib": _peak_rss_mib()})
+        del fn
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
 
 
 def _reset_peak_rss() -> None:
@@ -115,7 +124,7 @@ def _reset_peak_rss() -> None:
         with open("/proc/self/clear_refs", "w") as f:  # Linux: "5" resets VmHWM to the current RSS
             f.write("5")
     except OSError:
-        pass  # elsewhere the peak includes the set-up
+        pass  # elsewhere the peak includes what ran before
 
 
 def _peak_rss_mib() -> float:
@@ -129,17 +138,14 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def peak_memory(section: str, variant: str, cfg, steps: int = 2) -> float:
-    """`probe` in a fresh (spawned) process, so that no other variant's memory is counted."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(probe, (section, variant, cfg, steps))
-
-
-def max_batch(section: str, variant: str, cfg, budget_mib: float) -> int:
-    """Largest batch whose peak fits `budget_mib`, from a line through the peaks at the batch and half of it."""
-    field = "eval_batch" if section == "eval" else "batch"
-    full = getattr(cfg, field)
-    hi = peak_memory(section, variant, cfg)
-    lo = peak_memory(section, variant, cfg.replace(**{field: max(1, full // 2)}))
-    per_image = (hi - lo) / (full - max(1, full // 2))
-    return int((budget_mib - (hi - per_image * full)) / per_image) if per_image > 0 else full
+def max_batch(rows: list[dict], key: str, capacity_mib: float) -> int | None:
+    """The largest batch whose peak `key` fits `capacity_mib`, from the least-squares line through the sweep's
+    (batch, peak) points; None without two distinct batches or when the peak does not grow with the batch."""
+    xs, ys = [r["batch"] for r in rows], [r[key] for r in rows]
+    if len(set(xs)) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    if slope <= 0:
+        return None
+    return int((capacity_mib - (my - slope * mx)) / slope)

@@ -3,7 +3,10 @@ runs, each exactly the bash driver command a user would type."""
 from __future__ import annotations
 
 import os
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (requirements.txt)
+    import tomli as tomllib
 from dataclasses import dataclass, field
 
 from infra.errors import UserError

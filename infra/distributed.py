@@ -59,15 +59,19 @@ class Ranks:
     local_rank: int
     launcher: str                        # "torchrun" or "srun"
     url: str = "env://"                  # the rendezvous
+    local_world: int | None = None       # processes on this node that see the same GPUs (torchrun's); None: unknown
 
 
 def ranks_from_env(environ: Mapping[str, str]) -> Ranks | None:
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, else SLURM's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID in a
     step of several tasks started by srun (SLURM_STEP_ID set; a batch script's own shell is one process);
-    None for one process."""
+    None for one process. srun's tasks may each see their own GPUs (--gpus-per-task), so their local world is
+    left unknown."""
     if "TORCHELASTIC_RUN_ID" in environ or int(environ.get("WORLD_SIZE", "1")) > 1:
+        local_world = environ.get("LOCAL_WORLD_SIZE")
         return Ranks(int(environ.get("RANK", "0")), int(environ.get("WORLD_SIZE", "1")),
-                     int(environ.get("LOCAL_RANK", "0")), "torchrun")
+                     int(environ.get("LOCAL_RANK", "0")), "torchrun",
+                     local_world=int(local_world) if local_world else None)
     if "SLURM_STEP_ID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
         return Ranks(int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]),
                      int(environ.get("SLURM_LOCALID", "0")), "srun", slurm_rendezvous(environ))
@@ -108,21 +112,27 @@ def device_index(local_rank: int, visible: int) -> int:
     return local_rank % visible
 
 
-def _device(local_rank: int | None, *, flag: str | None = None) -> torch.device:
-    """This process's device: CPU without usable CUDA; else the local rank's GPU (`flag`: an explicit --gpu)."""
+def _device(local_rank: int | None, *, flag: str | None = None, local_world: int | None = None) -> torch.device:
+    """This process's device: CPU without usable CUDA; else the local rank's GPU (`flag`: an explicit --gpu).
+    `local_world`: the processes of this node that see the same GPUs; more of them than GPUs is refused (two
+    ranks on one GPU: NCCL fails with "Duplicate GPU detected")."""
     if not cuda_usable():
         return torch.device("cpu")
     visible = torch.cuda.device_count()
     if flag is not None and local_rank is not None and not 0 <= local_rank < visible:
         raise UserError(f"{flag} {local_rank}: this machine shows {visible} GPU(s), numbered from 0")
+    if local_world is not None and local_world > visible:
+        raise UserError(f"{local_world} processes on this node but it shows {visible} GPU(s): two would share a "
+                        f"GPU; start at most {visible} per node (torchrun --nproc_per_node {visible})")
     idx = device_index(local_rank or 0, visible)
     torch.cuda.set_device(idx)
     return torch.device("cuda", idx)
 
 
-def _init(rank: int, world: int, local_rank: int, url: str, backend: str, device_gpu: int | None) -> DistEnv:
+def _init(rank: int, world: int, local_rank: int, url: str, backend: str, device_gpu: int | None,
+          local_world: int | None = None) -> DistEnv:
     backend = _backend(backend)
-    dev = _device(device_gpu)
+    dev = _device(device_gpu, local_world=local_world)
     dist.init_process_group(backend=backend, init_method=url, world_size=world, rank=rank, timeout=TIMEOUT,
                             device_id=dev if backend == "nccl" else None)
     return DistEnv(rank, world, local_rank, dev, True, backend)
@@ -137,8 +147,8 @@ def launch(worker: Callable[[DistEnv, Any], None], payload: Any, opts: Launch) -
             worker(DistEnv(device=_device(ranks.local_rank)), payload)
             return f"{ranks.launcher} with one process"
         url = ranks.url if ranks.launcher == "torchrun" or opts.dist_url == "env://" else opts.dist_url
-        worker(_init(ranks.rank, ranks.world_size, ranks.local_rank, url, opts.dist_backend, ranks.local_rank),
-               payload)
+        worker(_init(ranks.rank, ranks.world_size, ranks.local_rank, url, opts.dist_backend, ranks.local_rank,
+                     ranks.local_world), payload)
         return f"{ranks.launcher}: {ranks.world_size} processes"
     ngpus = torch.cuda.device_count() if cuda_usable() else 0
     if opts.multiprocessing_distributed:

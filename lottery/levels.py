@@ -124,7 +124,6 @@ def worker(env: DistEnv, cfg: IMPConfig) -> None:
 
 
 def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
-    hardware.check_amp(cfg.amp, env.device)
     log.info(f"process layout: {env.describe()}" + ("" if hardware.cuda_usable() else " (no GPU in use)"))
     reproducibility.seed_all(cfg.seed)
     splits = dataset.build_datasets("imagenet", cfg.data, seed=cfg.seed, image_size=cfg.image_size,
@@ -204,14 +203,14 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, log, pa
 
 def _evaluate_only(env: DistEnv, cfg: IMPConfig, log, net, val_loader, mask: Mask | None, source: str | None,
                    cl: bool) -> None:
-    clean = engine.evaluate(net, val_loader, device=env.device, env=env, amp=cfg.amp, channels_last=cl,
+    clean = engine.evaluate(net, val_loader, device=env.device, env=env, amp=None, channels_last=cl,  # fp32
                             desc="eval", show_progress=cfg.show_progress)
     out = {"source": source, "sparsity": 0.0 if mask is None else pruning_utils.sparsity(mask),
            "sa_top1": clean["top1"], "sa_top5": clean["top5"], "loss": clean["loss"], "n": clean["n"]}
     if cfg.attack is not None:
         robust = engine.evaluate(net, val_loader, device=env.device,
                                  attack=build_attack(cfg.attack, cfg.attack_loss), env=env,
-                                 amp=cfg.amp, channels_last=cl, desc="eval (attack)", show_progress=cfg.show_progress)
+                                 amp=None, channels_last=cl, desc="eval (attack)", show_progress=cfg.show_progress)
         out.update(ra_top1=robust["top1"], attack=cfg.attack.describe())
     if env.is_main:
         files.atomic_write_json(os.path.join(cfg.save_dir, files.EVALUATION), out)

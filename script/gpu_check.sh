@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# GPU acceptance check (creates .venv on first use): the CUDA tests, a short ResNet-50 A-IMP run at 224 px (bf16)
-# on fabricated images, a short transfer through the device pipeline, bench.py at 224 px; one verdict per item.
-#   bash script/gpu_check.sh        # at most ~10 minutes on one GPU; appends bench.py's GPU row to BENCHMARKS.md
-# Without CUDA it says so in one line and exits 0. Flags: see python -m benchmarks.gpu_check --help.
+# GPU acceptance check within a 540 s budget: the benchmark (speed, memory, ticket overhead), DDP over NCCL, short
+# A-IMP and transfer runs (bf16, fp16), the CUDA tests; one verdict line per item, numbers and verdicts in --out.
+#   DOUBLEWIN_PY=$(which python3) bash script/gpu_check.sh --out gpu_check   # the node's own Python and PyTorch
+# Without CUDA it says so in one line and exits 0. Flags, order and files: python -m benchmarks.gpu_check --help.
+# Interpreter: DOUBLEWIN_PY=/path/to/python if set, else .venv (made on first use; see script/env.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/script/env.sh"
+DOUBLEWIN_NEEDS=pytest source "$ROOT/script/env.sh"  # the CUDA tests run under pytest
 cd "$ROOT"
 exec "$DOUBLEWIN_PY" -u -m benchmarks.gpu_check "$@"

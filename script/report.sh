@@ -8,4 +8,4 @@ if [ $# -lt 1 ] || [ -z "$1" ]; then
   echo "error: ROOT (argument 1) is $([ $# -lt 1 ] && echo missing || echo empty)" >&2
   exit 2
 fi
-exec "${PYTHON:-python}" "$ROOT_OF_REPO/report.py" "$@"
+exec "${PYTHON:-${DOUBLEWIN_PY:-python}}" "$ROOT_OF_REPO/report.py" "$@"

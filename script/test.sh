@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Run the test suite on CPU (creates .venv on first use). Extra arguments go to pytest.
+# Run the test suite on CPU. Extra arguments go to pytest.
+# Interpreter: DOUBLEWIN_PY=/path/to/python if set, else .venv (made on first use; see script/env.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/script/env.sh"
+DOUBLEWIN_NEEDS="pytest advertorch" source "$ROOT/script/env.sh"
 cd "$ROOT"
 exec "$DOUBLEWIN_PY" -m pytest tests "$@"

@@ -127,9 +127,32 @@ def test_count_flops_of_a_matmul_and_of_an_input_gradient_attack():
     assert flops == 2 * measure.MATMUL_N["cpu"] ** 3 and measure.count_flops(fn) == flops
 
 
-def test_memory_probe_reports_a_peak():
+def test_memory_sweep_warms_up_each_batch_then_measures_and_frees_it():
     cfg = cases.BenchConfig(arch="resnet_tiny", num_classes=10, batch=4, eval_batch=4, eval_steps=2)
-    assert measure.probe("train", "ours", cfg, steps=1) > 10  # MiB: at least the interpreter and torch
+    calls, built = [], []
+
+    def build(batch):
+        step = cases.build_step("train", "ours", cfg.replace(batch=batch))
+        built.append(batch)
+        return lambda: calls.append(batch) or step()
+    rows = measure.memory_sweep(build, [2, 4], torch.device("cpu"), steps=2)
+    assert built == [2, 4] and calls == [2, 2, 2, 4, 4, 4]  # one warm-up call, then the measured steps
+    assert [r["batch"] for r in rows] == [2, 4] and all(r["peak_rss_mib"] > 10 for r in rows)  # MiB: torch at least
+
+
+def test_the_tf32_off_baseline_runs_on_cuda_only_and_restores_the_flags(monkeypatch):
+    assert cases.NO_TF32 in cases.variants("train", torch.device("cuda"))
+    assert cases.variants("train", torch.device("cpu")) == cases.SECTIONS["train"]
+    assert cases.NO_TF32 not in cases.variants("eval", torch.device("cuda"))
+    cfg = cases.BenchConfig(arch="resnet_tiny", num_classes=10, batch=2)
+    seen = []
+    monkeypatch.setattr(base, "train_step", lambda *a: seen.append((torch.backends.cudnn.allow_tf32,
+                                                                    torch.backends.cuda.matmul.allow_tf32)))
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    cases.build_step("train", cases.NO_TF32, cfg)()
+    cases.build_step("train", "baseline", cfg)()
+    assert seen == [(False, False), before]
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 def test_every_variant_steps_and_ours_keeps_the_ticket():
@@ -157,11 +180,14 @@ def test_every_variant_steps_and_ours_keeps_the_ticket():
 @pytest.mark.slow
 def test_quick_run_writes_rows_and_a_summary(tmp_path, capsys):
     jsonl, md = tmp_path / "b.jsonl", tmp_path / "B.md"
-    assert bench.main(["--quick", "--no-memory", "--rounds", "1", "--jsonl", str(jsonl), "--md", str(md)]) == 0
+    assert bench.main(["--quick", "--rounds", "1", "--jsonl", str(jsonl), "--md", str(md)]) == 0
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     got = {(r["section"], r["variant"]) for r in rows}
-    expected = {(s, v) for s, vs in cases.SECTIONS.items() for v in vs}
+    expected = {(s, v) for s, vs in cases.SECTIONS.items() for v in vs} | {("memory", "ours"), ("memory", "baseline")}
     assert expected | {("pipeline", "baseline"), ("pipeline", "ours-device"), ("pipeline", "ours-host")} == got
+    memory = [r for r in rows if r["section"] == "memory"]
+    assert all([p["batch"] for p in r["sweep"]] == [2, 4, 8] and r["sweep"][0]["peak_rss_mib"] > 0 for r in memory)
+    rows = [r for r in rows if r["section"] != "memory"]
     for r in rows:
         assert r["device"] and r["torch"] == torch.__version__ and r["images_per_s"] > 0
         if r["variant"] == "baseline":
@@ -172,13 +198,15 @@ def test_quick_run_writes_rows_and_a_summary(tmp_path, capsys):
             assert r["flops"] > 0 and r["ceiling_flop_per_s"] > 0
     assert sum(r.get("chosen", False) for r in rows) == 1
     train = {r["variant"]: r for r in rows if r["section"] == "train"}
-    assert train["ours"]["flops"] == train["baseline"]["flops"] == train["ours-dense"]["flops"]
+    ticket = {r["variant"]: r for r in rows if r["section"] == "ticket"}
+    assert train["ours"]["flops"] == train["baseline"]["flops"] == ticket["ours-dense"]["flops"]
     evals = {r["variant"]: r for r in rows if r["section"] == "eval"}
     assert evals["ours"]["flops"] < evals["baseline"]["flops"]  # no weight gradients in our attack
     line = md.read_text().strip()
     assert line.startswith("| ") and line.count(" | ") == 10 and "paired" in line
-    assert "ticket over dense" in capsys.readouterr().out
-    assert "ticket_overhead_paired" in train["ours"]
+    out = capsys.readouterr().out
+    assert "ticket over dense" in out
+    assert "ticket_overhead_paired" in ticket["ours"] and "peak MiB of ours" in out
 
 
 def test_bad_flags_are_user_errors():
@@ -190,16 +218,13 @@ def test_bad_flags_are_user_errors():
     assert cfg.arch == "resnet_tiny" and cfg.batch == 3 and cfg.amp is None
 
 
-def test_max_batch_extrapolates_the_line_through_two_peaks(monkeypatch):
-    cfg = cases.BenchConfig(batch=64)
-    seen = []
-
-    def fake_peak(section, variant, c, steps=2):
-        seen.append(c.batch)
-        return 1000.0 + 3.0 * c.batch  # MiB: fixed part + per image
-    monkeypatch.setattr(measure, "peak_memory", fake_peak)
-    assert measure.max_batch("train", "ours", cfg, budget_mib=1000.0 + 3.0 * 500) == 500
-    assert seen == [64, 32]
+def test_max_batch_fits_the_line_through_the_sweep():
+    sweep = [{"batch": b, "peak_reserved_mib": 1000.0 + 3.0 * b + noise} for b, noise in ((64, 1.0), (128, -2.0),
+                                                                                          (256, 1.0))]
+    assert measure.max_batch(sweep, "peak_reserved_mib", capacity_mib=1000.0 + 3.0 * 500) in (499, 500)
+    assert measure.max_batch(sweep[:1], "peak_reserved_mib", 1e6) is None  # one batch size: no line
+    flat = [{"batch": b, "peak_reserved_mib": 1000.0} for b in (8, 16)]
+    assert measure.max_batch(flat, "peak_reserved_mib", 1e6) is None
 
 
 def test_cuda_without_a_gpu_is_a_user_error():

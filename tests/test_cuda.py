@@ -164,9 +164,10 @@ def test_nccl_group(world, tmp_path):
 # ---------------------------------------------------------------------------- fault 6: --deterministic
 def test_deterministic_mode_runs_cublas_deterministically():
     """Strict deterministic mode refuses a cuBLAS matmul unless CUBLAS_WORKSPACE_CONFIG was set first."""
-    code = ("import torch, reproducibility; reproducibility.seed_all(0, deterministic=True); "
-            "torch.use_deterministic_algorithms(True); a = torch.rand(64, 64, device='cuda'); "
-            "print((a @ a).sum().item())")
+    code = ("import torch\nfrom infra import reproducibility\nreproducibility.seed_all(0)\n"
+            "with reproducibility.kernel_mode(deterministic=True):\n"
+            "    torch.use_deterministic_algorithms(True)\n    a = torch.rand(64, 64, device='cuda')\n"
+            "    print((a @ a).sum().item())\n")
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -178,21 +179,18 @@ def test_deterministic_training_steps_repeat_bit_for_bit():
     from infra import reproducibility
 
     def run():
-        reproducibility.seed_all(0, deterministic=True)
-        net = models.build("resnet_tiny", 10).cuda().to(memory_format=torch.channels_last)
-        opt = optimizer.make_sgd(net, SETTINGS)
-        data = [(torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda"))
-                for _ in range(3)]
-        engine.train_one_epoch(net, data, opt, device=torch.device("cuda"), attack=PGD(8 / 255, 2 / 255, 2),
-                               amp="bf16", channels_last=True, show_progress=False)
+        reproducibility.seed_all(0)
+        with reproducibility.kernel_mode(deterministic=True):  # what --deterministic enters for a run
+            net = models.build("resnet_tiny", 10).cuda().to(memory_format=torch.channels_last)
+            opt = optimizer.make_sgd(net, SETTINGS)
+            data = [(torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda"))
+                    for _ in range(3)]
+            engine.train_one_epoch(net, data, opt, device=torch.device("cuda"), attack=PGD(8 / 255, 2 / 255, 2),
+                                   amp="bf16", channels_last=True, show_progress=False)
         return [p.detach().clone() for p in net.parameters()]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            a, b = run(), run()
-        finally:
-            torch.use_deterministic_algorithms(False)
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, False
+        a, b = run(), run()
     ops = sorted({str(w.message).split(" does not have")[0] for w in caught if "deterministic" in str(w.message)})
     assert all(torch.equal(x, y) for x, y in zip(a, b)), f"nondeterministic ops met: {ops}"
 

@@ -87,7 +87,7 @@ def test_a_deterministic_run_leaves_the_process_as_it_found_it(tmp_path):
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
 
     class Cfg:
-        save_dir, deterministic, tf32 = str(tmp_path), True, False
+        save_dir, deterministic, tf32, amp = str(tmp_path), True, False, None
 
     def body(env, cfg, log):
         seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,

@@ -123,6 +123,7 @@ def in_worker(body: Callable[[DistEnv, Any, Any], None], env: DistEnv, cfg: Any)
     (--deterministic, --tf32) for its duration, and the process group closed however the body ends."""
     log = runlog.setup_log(cfg.save_dir, env.is_main)
     try:
+        hardware.check_amp(cfg.amp, env.device)  # this rank's own GPU: a node may mix cards
         with reproducibility.kernel_mode(deterministic=cfg.deterministic, tf32=cfg.tf32):
             body(env, cfg, log)
     finally:

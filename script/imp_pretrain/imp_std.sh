@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # IMP (standard training) on ImageNet with the paper's hyperparameters. Flags after the three positionals
 # override the values below (argparse keeps the last value), e.g.  ... W SAVE DATA --epochs 60 -b 256
-# Re-running the same command resumes the run in SAVE_DIR. Set PYTHON to choose the interpreter.
+# Re-running the same command resumes the run in SAVE_DIR. Set PYTHON (or DOUBLEWIN_PY) to choose the interpreter.
 set -euo pipefail
 usage() {
   echo "usage: bash script/imp_pretrain/imp_std.sh INIT_WEIGHTS SAVE_DIR DATA_DIR [extra flags override the values below]" >&2
@@ -30,4 +30,4 @@ args=(
   --prune_epoch 30                  # epochs per level
   --epochs 570                      # 19 levels
 )
-exec "${PYTHON:-python}" -u "$ROOT/main_imp_std.py" "${args[@]}" "${@:4}"
+exec "${PYTHON:-${DOUBLEWIN_PY:-python}}" -u "$ROOT/main_imp_std.py" "${args[@]}" "${@:4}"

@@ -3,7 +3,7 @@
 # positionals override the values below (argparse keeps the last value), e.g.
 #   bash script/train_downstream/adv_cifar.sh cifar10 W SAVE TICKET --data /datasets --data_number 0.1
 # TICKET "" or none: the dense model, the reference for every ticket. Re-running the same command resumes the
-# run in SAVE_DIR. Set PYTHON to choose the interpreter.
+# run in SAVE_DIR. Set PYTHON (or DOUBLEWIN_PY) to choose the interpreter.
 set -euo pipefail
 usage() {
   echo "usage: bash script/train_downstream/adv_cifar.sh DATASET INIT_WEIGHTS SAVE_DIR TICKET [extra flags override the values below]  (TICKET \"\" or none: dense)" >&2
@@ -39,4 +39,4 @@ args=(
   --save_dir "$3"
   --tickets_file "$4"
 )
-exec "${PYTHON:-python}" -u "$ROOT/main_train_downstream.py" "${args[@]}" "${@:5}"
+exec "${PYTHON:-${DOUBLEWIN_PY:-python}}" -u "$ROOT/main_train_downstream.py" "${args[@]}" "${@:5}"

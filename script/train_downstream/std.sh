@@ -3,7 +3,7 @@
 # override the values below (argparse keeps the last value), e.g.
 #   bash script/train_downstream/std.sh cifar100 W SAVE TICKET --data /datasets --data_number 0.1
 # TICKET "" or none: the dense model, the reference for every ticket. Re-running the same command resumes the
-# run in SAVE_DIR. Set PYTHON to choose the interpreter.
+# run in SAVE_DIR. Set PYTHON (or DOUBLEWIN_PY) to choose the interpreter.
 # --data_number extends the original: its standard transfer has no such flag and always trains on the whole
 # training split; the data-limited double-win criterion needs standard transfer at 1% and 10% too.
 set -euo pipefail
@@ -38,4 +38,4 @@ args=(
   --save_dir "$3"
   --tickets_file "$4"
 )
-exec "${PYTHON:-python}" -u "$ROOT/main_train_downstream.py" "${args[@]}" "${@:5}"
+exec "${PYTHON:-${DOUBLEWIN_PY:-python}}" -u "$ROOT/main_train_downstream.py" "${args[@]}" "${@:5}"

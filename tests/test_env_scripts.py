@@ -1,0 +1,146 @@
+"""script/env.sh, run in a temporary copy of script/ and requirements*.txt: DOUBLEWIN_PY is used as it is (no .venv,
+nothing installed, a missing dependency named in one line with the command that adds it); without it, .venv is made
+by a Python 3.10-3.13 found on PATH (shims stand in for the interpreters, so nothing is downloaded)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE = 'source "$(dirname "${BASH_SOURCE[0]}")/env.sh"\necho "DOUBLEWIN_PY=$DOUBLEWIN_PY"\n'
+BASH = shutil.which("bash")
+TOOLS = ("cat", "sha256sum", "cut", "dirname", "mkdir", "chmod", "grep", "ln")
+
+
+@pytest.fixture
+def copy(tmp_path):
+    """A repository copy holding what env.sh reads, and script/probe.sh, which sources it and prints the result."""
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(ROOT, "script"), repo / "script")
+    for name in ("requirements.txt", "requirements-test.txt"):
+        shutil.copy(os.path.join(ROOT, name), repo / name)
+    (repo / "script" / "probe.sh").write_text(PROBE)
+    return repo
+
+
+def probe(repo, **env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("DOUBLEWIN_PY", "PYTHON", "DOUBLEWIN_NEEDS")}
+    return subprocess.run([BASH, str(repo / "script" / "probe.sh")], capture_output=True, text=True, timeout=120,
+                          env={**base, **env})
+
+
+def test_doublewin_py_is_used_as_it_is(copy):
+    done = probe(copy, DOUBLEWIN_PY=sys.executable, DOUBLEWIN_NEEDS="pytest")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout == f"DOUBLEWIN_PY={sys.executable}\n"
+    assert not (copy / ".venv").exists()
+
+
+def test_a_missing_dependency_is_named_in_one_line_with_the_command_that_adds_it(copy):
+    with open(copy / "requirements.txt", "a") as f:
+        f.write("doublewin-absent-package>=1.2   # not on any machine\n")
+    done = probe(copy, DOUBLEWIN_PY=sys.executable)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {sys.executable} lacks doublewin-absent-package: add it with  "
+                                  f"{sys.executable} -m pip install 'doublewin-absent-package>=1.2'")
+    assert "torch and torchvision stay as they are" in done.stderr and not (copy / ".venv").exists()
+
+
+def test_test_packages_are_needed_only_where_a_script_names_them(copy):
+    with open(copy / "requirements-test.txt", "a") as f:
+        f.write("doublewin-absent-test-package==0.1\n")
+    assert probe(copy, DOUBLEWIN_PY=sys.executable).returncode == 0
+    done = probe(copy, DOUBLEWIN_PY=sys.executable, DOUBLEWIN_NEEDS="pytest doublewin-absent-test-package")
+    assert done.returncode == 2 and "lacks doublewin-absent-test-package:" in done.stderr
+
+
+def test_doublewin_py_without_torch_is_refused_not_installed_over(copy, tmp_path):
+    fake = tmp_path / "python3"
+    fake.write_text(f"#!/bin/bash\nexec {sys.executable} -S -I \"$@\"\n")  # -S: no site-packages, so no torch
+    fake.chmod(0o755)
+    done = probe(copy, DOUBLEWIN_PY=str(fake))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "cannot import torch and torchvision: install the PyTorch build for your machine" in done.stderr
+
+
+# ---------------------------------------------------------------------------- the .venv path
+SHIM = """#!/bin/bash
+# {name} reporting version {version}: runs -c code under the real interpreter; -m venv makes a venv whose pip only logs
+echo "{name} $*" >> {log}
+if [ "$1" = -c ]; then exec {real} -c "import sys; sys.version_info = {version_info}; sys.version = '{version} (shim)'
+$2"; fi
+if [ "$1 $2" = "-m venv" ]; then
+  mkdir -p "$3/bin"
+  printf '#!/bin/bash\\nif [ "$1 $2" = "-m pip" ]; then echo "venv-python $*" >> {log}; exit 0; fi\\nexec {real} "$@"\\n' \\
+    > "$3/bin/python"
+  chmod +x "$3/bin/python"
+  exit 0
+fi
+exit 99
+"""
+
+
+def shim_path(tmp_path, versions: dict[str, str]) -> tuple[str, str]:
+    """A PATH holding only the shell tools env.sh uses and a shim per interpreter name; and the shims' log."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for tool in TOOLS:
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    for name, version in versions.items():
+        info = tuple(int(p) for p in version.split(".")) + ("final", 0)
+        (bin_dir / name).write_text(SHIM.format(name=name, version=version, version_info=info, log=log,
+                                                real=sys.executable))
+        (bin_dir / name).chmod(0o755)
+    return str(bin_dir), str(log)
+
+
+def test_the_venv_is_made_by_python_3_12(copy, tmp_path):
+    path, log = shim_path(tmp_path, {"python3.12": "3.12.3", "python3": "3.9.18"})
+    done = probe(copy, PATH=path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"DOUBLEWIN_PY={copy}/.venv/bin/python\n"
+    assert f"setting up {copy}/.venv with 3.12.3" in done.stderr
+    calls = open(log).read()
+    assert f"python3.12 -m venv {copy}/.venv" in calls
+    assert f"venv-python -m pip install -q --disable-pip-version-check -r {copy}/requirements.txt" in calls
+    assert (copy / ".venv" / ".requirements.sha").exists()
+    os.remove(log)
+    assert probe(copy, PATH=path).returncode == 0 and not os.path.exists(log)  # up to date: no Python is asked
+
+
+@pytest.mark.parametrize("versions", [{"python3": "3.9.18"}, {"python3.14": "3.14.0", "python3": "3.14.0"}])
+def test_no_python_in_3_10_to_3_13_is_one_line(copy, tmp_path, versions):
+    path, _ = shim_path(tmp_path, versions)
+    done = probe(copy, PATH=path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and not (copy / ".venv").exists()
+    assert done.stderr.startswith("error: no Python 3.10-3.13 found to make")
+    assert "DOUBLEWIN_PY=/path/to/python" in done.stderr
+
+
+def test_python_names_the_interpreter_of_the_venv(copy, tmp_path):
+    path, log = shim_path(tmp_path, {"python3.12": "3.12.3", "py310": "3.10.13", "py314": "3.14.0"})
+    done = probe(copy, PATH=path, PYTHON="py314")
+    assert done.returncode == 2 and done.stderr.startswith("error: PYTHON=py314 is not Python 3.10-3.13")
+    done = probe(copy, PATH=path, PYTHON="py310")
+    assert done.returncode == 0 and "with 3.10.13" in done.stderr and "py310 -m venv" in open(log).read()
+
+
+@pytest.mark.parametrize("script", ["report.sh", "imp_pretrain/imp_std.sh"])
+def test_the_scripts_that_need_no_venv_take_doublewin_py_too(tmp_path, script):
+    """The recipe and report scripts run PYTHON if set, else DOUBLEWIN_PY, else `python`."""
+    calls = tmp_path / "calls"
+    for name in ("theirs", "mine"):
+        (tmp_path / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {calls}\n")
+        (tmp_path / name).chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("DOUBLEWIN_PY", "PYTHON")}
+    argv = [BASH, os.path.join(ROOT, "script", script), "w", "s", "d"]
+    subprocess.run(argv, check=True, env={**base, "DOUBLEWIN_PY": str(tmp_path / "theirs")}, timeout=60)
+    subprocess.run(argv, check=True, env={**base, "DOUBLEWIN_PY": str(tmp_path / "theirs"),
+                                          "PYTHON": str(tmp_path / "mine")}, timeout=60)
+    first, second = calls.read_text().splitlines()
+    entry = "report.py" if script == "report.sh" else "main_imp_std.py"
+    assert first.startswith("theirs ") and second.startswith("mine ") and entry in first and entry in second
