@@ -28,6 +28,15 @@ INDICES = "train_indices.json"
 CURVES = "curves.png"
 
 
+def epoch_file(save_dir: str, epoch: int) -> str:
+    """Transfer --save_all: the weights after 0-based `epoch`."""
+    return os.path.join(save_dir, f"epoch{epoch}.pth.tar")
+
+
+def is_epoch_file(name: str) -> bool:
+    return name.startswith("epoch") and name.endswith(".pth.tar")
+
+
 def imp_checkpoint(save_dir: str, level: int) -> str:
     return os.path.join(save_dir, f"{level}-checkpoint.pth.tar")
 

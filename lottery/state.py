@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 
 import torch
 
@@ -16,6 +17,19 @@ from infra.distributed import DistEnv
 from infra.errors import CheckpointError, ConfigError
 from lottery.config import IMPConfig, config_dict
 from pruning_utils import Mask
+
+
+@dataclass
+class Position:
+    """Where a ticket-finding run stands: the level being trained and its mask, the rewind point (`init_state`),
+    epochs done over all levels, the level's best val SA so far, and the optimizer state to continue from (None:
+    a fresh optimizer)."""
+    mask: Mask
+    init_state: dict
+    level: int
+    done: int = 0
+    best: float | None = None
+    optimizer: dict | None = None
 
 
 def clear_outputs(save_dir: str) -> list[str]:
@@ -112,11 +126,11 @@ def level_of(obj: dict, path: str, cfg: IMPConfig) -> tuple[int, int]:
     return level, done
 
 
-def checkpoint_dict(net, mask, optimizer, scaler, epoch, level, best, init_state, cfg) -> dict:
+def checkpoint_dict(net, at: Position, optimizer, scaler, cfg: IMPConfig) -> dict:
     """What `<level>-checkpoint.pth.tar` / `<level>-model_best.pth.tar` hold: plain values, weights_only-safe."""
-    out = {"state_dict": pruning_utils.masked_state_dict(net, mask), "optimizer": optimizer.state_dict(),
-           "epoch": epoch, "level": level, "best_acc1": best, "init": init_state, "arch": cfg.arch,
-           "sparsity": pruning_utils.sparsity(mask), "config": config_dict(cfg)}
+    out = {"state_dict": pruning_utils.masked_state_dict(net, at.mask), "optimizer": optimizer.state_dict(),
+           "epoch": at.done, "level": at.level, "best_acc1": at.best, "init": at.init_state, "arch": cfg.arch,
+           "sparsity": pruning_utils.sparsity(at.mask), "config": config_dict(cfg)}
     if scaler is not None:
         out["scaler"] = scaler.state_dict()
     return out
