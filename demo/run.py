@@ -166,8 +166,8 @@ def transfer_all(cfg: DemoConfig) -> str:
 
 
 def summary_line(save: str) -> str:
-    import json
-    with open(os.path.join(save, "results.json")) as f:
+    from infra.checkpoint import RESULTS
+    with open(os.path.join(save, RESULTS)) as f:
         r = json.load(f)
     b = r["best_sa"]
     return f"sparsity {100 * r.get('sparsity', 0):5.1f}%  test SA {b['test_sa']:5.1f}  RA {b['test_ra']:5.1f}"
