@@ -51,8 +51,8 @@ def test_robust_accuracy_is_below_standard_accuracy_and_eval_mode_is_used():
     model, ds = _model(), _data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for epoch in range(4):
-        engine.train_one_epoch(model, DataLoader(ds, batch_size=10, shuffle=True), opt, engine.Step(show_progress=False),
-                               epoch=epoch)
+        engine.train_one_epoch(model, DataLoader(ds, batch_size=10, shuffle=True), opt,
+                               engine.Step(show_progress=False), epoch=epoch)
     loader = DataLoader(ds, batch_size=20)
     sa = engine.evaluate(model, loader, engine.Step(show_progress=False))
     seen = []
@@ -109,8 +109,8 @@ def test_non_finite_loss_stops_with_a_clear_error():
     x[3] = float("nan")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf .*epoch 7.*lower --lr") as info:
-        engine.train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=8), opt, engine.Step(show_progress=False),
-                               epoch=7)
+        engine.train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=8), opt,
+                               engine.Step(show_progress=False), epoch=7)
     assert "\n" not in str(info.value)
 
 
