@@ -159,8 +159,8 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     model = runner.wrap(net, env, compile=cfg.compile)
     optimizer = _sgd(model, cfg, at.optimizer, path or "")
     scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if at.optimizer is not None else None)
-    levels = Levels(cfg, env, net, model, train_loader, val_loader, engine.Step(env, cfg.amp, cl, attack, None,
-                                                                            cfg.show_progress), scaler)
+    levels = Levels(cfg, net, model, train_loader, val_loader,
+                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress), scaler)
     while at.level <= cfg.levels:
         for epoch in range(at.done, at.level * cfg.prune_epoch):
             levels.epoch(epoch, at, optimizer)
@@ -172,9 +172,8 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
 @dataclass(frozen=True)
 class Levels:
     """The fixed pieces of a ticket-finding run's epochs: `model` trains (compiled, DDP-wrapped), `net` is what
-    files hold; `train` is the training step (the level's mask is added per epoch)."""
+    files hold; `train` is the training step (its ranks and attack; the level's mask is added per epoch)."""
     cfg: IMPConfig
-    env: DistEnv
     net: torch.nn.Module
     model: torch.nn.Module
     train_loader: Callable[[int], DataLoader]
@@ -185,7 +184,7 @@ class Levels:
     def epoch(self, epoch: int, at: Position, optimizer: torch.optim.Optimizer) -> None:
         """Train and validate one epoch of level `at.level`, then (rank 0) its metrics row, best and checkpoint
         files; `at` moves on by one epoch."""
-        cfg, env = self.cfg, self.env
+        cfg, env = self.cfg, self.train.env
         # every epoch's randomness (augmentation, attack starts) is a pure function of (seed, epoch, rank)
         reproducibility.seed_epoch(cfg.seed, epoch, env.rank)
         start = time.time()

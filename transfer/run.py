@@ -142,7 +142,7 @@ def _run(env: DistEnv, cfg: TransferConfig) -> None:
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
         (f"ticket at {100 * info['ticket_sparsity']:.1f}% sparsity" if mask is not None else "dense")
-    loop = Epochs(cfg, env, net, run, data, step, build_attack(cfg.test_attack, cfg.attack_loss), eval_from, title)
+    loop = Epochs(cfg, net, run, data, step, build_attack(cfg.test_attack, cfg.attack_loss), eval_from, title)
     for epoch in range(state["epoch"], cfg.epochs):
         loop.epoch(epoch, state)
     transfer_results.finish(env, cfg, run, data, info, state)
@@ -151,9 +151,8 @@ def _run(env: DistEnv, cfg: TransferConfig) -> None:
 @dataclass(frozen=True)
 class Epochs:
     """The fixed pieces of a run's epochs: `net` trains (compiled, DDP-wrapped), `run` holds what files keep,
-    `train` is the training step (its attack and the ticket's mask), `test_attack` the validation RA's."""
+    `train` is the training step (the ranks, its attack and the ticket's mask), `test_attack` the validation RA's."""
     cfg: TransferConfig
-    env: DistEnv
     net: nn.Module
     run: Training
     data: DeviceData | HostData
@@ -164,7 +163,7 @@ class Epochs:
 
     def epoch(self, epoch: int, state: dict) -> None:
         """Train one epoch, validate SA and RA from --eval_from on, log, and (rank 0) save its files."""
-        cfg, env, optimizer = self.cfg, self.env, self.run.optimizer
+        cfg, env, optimizer = self.cfg, self.train.env, self.run.optimizer
         start = time.time()
         seed_epoch(cfg.seed, epoch, env.rank)
         loader = self.data.train_epoch(epoch)
