@@ -53,6 +53,17 @@ def imp_sparsity(save_dir: str, level: int) -> str:
     return os.path.join(save_dir, f"{level}-sparsity.json")
 
 
+def imp_files(save_dir: str, level: int) -> list[str]:
+    """Every file ticket finding writes for one level."""
+    return [f(save_dir, level) for f in (imp_checkpoint, imp_best, imp_ticket, imp_sparsity)]
+
+
+def imp_file_level(name: str) -> int | None:
+    """The level of a file name ticket finding writes (`imp_files`), None for any other name."""
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() and name in map(os.path.basename, imp_files("", int(head))) else None
+
+
 # ---------------------------------------------------------------------------- atomic writes
 @functools.cache
 def _umask() -> int:

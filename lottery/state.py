@@ -3,7 +3,6 @@ restoring weights, mask and rewind point from it, and clearing an earlier run's 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +35,8 @@ def clear_outputs(save_dir: str) -> list[str]:
     """Delete the level files and metrics of an earlier run in `save_dir` (for --restart); returns the names."""
     if not os.path.isdir(save_dir):
         return []
-    levels = {int(m.group(1)) for f in os.listdir(save_dir) if (m := re.match(r"(\d+)-", f))}
-    paths = [f(save_dir, k) for k in levels for f in (files.imp_checkpoint, files.imp_best, files.imp_ticket,
-                                                       files.imp_sparsity)]
+    levels = {files.imp_file_level(f) for f in os.listdir(save_dir)} - {None}
+    paths = [p for k in sorted(levels) for p in files.imp_files(save_dir, k)]
     paths.append(os.path.join(save_dir, files.METRICS))
     removed = [p for p in paths if os.path.exists(p)]
     for p in removed:
@@ -60,7 +58,8 @@ def _fit(net: torch.nn.Module, state: dict, where: str) -> None:
 def _own_latest(save_dir: str) -> int | None:
     if not os.path.isdir(save_dir):
         return None
-    found = [int(m.group(1)) for f in os.listdir(save_dir) if (m := re.fullmatch(r"(\d+)-checkpoint\.pth\.tar", f))]
+    found = [k for f in os.listdir(save_dir)
+             if (k := files.imp_file_level(f)) is not None and f == os.path.basename(files.imp_checkpoint("", k))]
     return max(found, default=None)
 
 

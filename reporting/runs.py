@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 
 from infra import checkpoint
@@ -25,7 +24,6 @@ CHECKPOINTS = {  # name -> (short, long) description
              "SA of the best-val-SA checkpoint, RA of the best-val-RA checkpoint")}
 WATCH = ("init", "arch", "subset", "epochs", "test_attack.eps_255", "test_attack.steps",  # must agree within a group
          "attack_loss")
-IMP_FILE = re.compile(r"^\d+-(checkpoint|model_best|ticket)\.pth\.tar$|^\d+-sparsity\.json$")
 
 
 @dataclass(frozen=True)
@@ -159,7 +157,7 @@ def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         if checkpoint.RESULTS not in files and (checkpoint.CONFIG not in files
-                                                or any(IMP_FILE.match(f) for f in files)):
+                                                or any(checkpoint.imp_file_level(f) is not None for f in files)):
             continue
         folders += 1
         run, probs = read_run(folder, root, opts)

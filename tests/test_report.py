@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import report
+from infra import checkpoint
 from infra.errors import UserError, run_cli
 from reporting import analysis, output
 from reporting import tables as report_tables
@@ -301,6 +302,13 @@ def test_sparsity_and_label():
     assert "outside 0..1" in read_sparsity({"ticket": "t", "sparsity": 67.2})[1]
     assert init_label({"init": "/w/adv_r50.pth.tar"}) == "adv_r50"
     assert init_label({"init": "/w/adv_r50.pth"}) == "adv_r50"
+
+
+def test_ticket_finding_files_are_told_from_run_files():
+    """The scan skips ticket-finding folders by their files' names, which infra.checkpoint spells."""
+    assert [checkpoint.imp_file_level(os.path.basename(p)) for p in checkpoint.imp_files("d", 12)] == [12] * 4
+    for other in ("12-notes.txt", "x-ticket.pth.tar", checkpoint.RESULTS, checkpoint.CHECKPOINT):
+        assert checkpoint.imp_file_level(other) is None
 
 
 def test_cli(paper_tree, tmp_path, capsys):
