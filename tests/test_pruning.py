@@ -208,10 +208,10 @@ def _sgd(model: nn.Module) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
-def _train(model: nn.Module, mask: pu.Mask | None) -> torch.optim.SGD:
-    """One epoch of five batches through the training loop itself (engine.train_one_epoch), under `mask`."""
+def _train(model: nn.Module, mask: pu.Mask | None, steps: int = 5) -> torch.optim.SGD:
+    """One epoch of `steps` batches through the training loop itself (engine.train_one_epoch), under `mask`."""
     opt = _sgd(model)
-    engine.train_one_epoch(model, _batches(), opt, engine.Step(mask=mask, show_progress=False))
+    engine.train_one_epoch(model, _batches(steps), opt, engine.Step(mask=mask, show_progress=False))
     return opt
 
 
