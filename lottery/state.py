@@ -1,5 +1,6 @@
-"""What an IMP run leaves on disk and how it continues: checkpoint contents, the checkpoint to resume from,
-restoring weights, mask and rewind point from it, and clearing an earlier run's level files (--restart)."""
+"""What an IMP run leaves on disk and how it continues: where a run stands (`Position`), checkpoint contents, the
+checkpoint to resume from, restoring weights, mask and rewind point from it, and clearing an earlier run's level
+files (--restart)."""
 from __future__ import annotations
 
 import os
