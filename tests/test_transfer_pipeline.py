@@ -39,11 +39,26 @@ def untimed(save_dir) -> tuple[dict, list[dict]]:
             [{k: v for k, v in r.items() if k != "time"} for r in rows])
 
 
-def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1) -> transfer_data.DeviceData:
+def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1, pipeline: str = "device"):
     cfg = transfer_run.TransferConfig(save_dir="unused", dataset="cifar10", data=root, seed=seed, batch_size=16,
-                                  image_size=16, resize_size=16, channels_last=False)
+                                      image_size=16, resize_size=16, channels_last=False, workers=0)
     splits = dataset.build_datasets("cifar10", root, image_size=16, resize_size=16)
-    return transfer_data.DeviceData(splits, cfg, DistEnv(rank=rank, world_size=world_size), 16 // world_size)
+    return transfer_data.run_data(pipeline, splits, cfg, DistEnv(rank=rank, world_size=world_size), 16 // world_size)
+
+
+def test_both_pipelines_serve_one_interface(cifar10_root):
+    """The device and the PIL data of a run answer the loop the same way: an epoch's batches, the val and test
+    batches (every image once), and AutoAttack's test images by index."""
+    for name, kind in (("device", transfer_data.DeviceData), ("pil", transfer_data.HostData)):
+        data = device_data(cifar10_root, pipeline=name)
+        assert isinstance(data, kind) and data.name == name and data.describe()
+        x, y = next(iter(data.train_epoch(0)))
+        assert x.shape == (16, 3, 16, 16) and x.dtype == torch.float32 and len(y) == 16
+        for split in ("val", "test"):
+            labels = torch.cat([y for _, y in getattr(data, split)]).tolist()
+            assert labels == [getattr(data.splits, split)[i][1] for i in range(len(getattr(data.splits, split)))]
+        x, y = data.fetch([2, 0])
+        assert x.shape == (2, 3, 16, 16) and y.tolist() == [data.splits.test[2][1], data.splits.test[0][1]]
 
 
 # ---------------------------------------------------------------------------- choosing the pipeline
