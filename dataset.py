@@ -2,7 +2,7 @@
 visda variants) with the PROTOCOL splits, data-limited training subsets, and each dataset's [0, 1] transforms
 (normalisation lives inside the model).
 
-    splits = build_datasets("cifar10", "../data", data_number=0.1, image_size=224, resize_size=256)
+    splits = build_datasets("cifar10", "../data", DataFraction(data_number=0.1), image_size=224, resize_size=256)
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from torchvision import transforms as T
 from datafiles import formats
 from infra.checkpoint import atomic_write_json
 from infra.errors import DataError, UserError
+from infra.reproducibility import subset_generator
 
 SUBSETS = ("first", "balanced")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training statistics; folder data reuses them
@@ -105,7 +106,7 @@ def balanced_subset(targets: Sequence[int], pool: Sequence[int], k: int, seed: i
     for i in pool:
         by_class.setdefault(int(targets[i]), []).append(i)
     classes = sorted(by_class)
-    g = torch.Generator().manual_seed(seed)
+    g = subset_generator(seed)
     order = [classes[j] for j in torch.randperm(len(classes), generator=g).tolist()]
     shuffled = {c: [by_class[c][j] for j in torch.randperm(len(by_class[c]), generator=g).tolist()]
                 for c in classes}
@@ -182,18 +183,31 @@ class Splits:
     train_indices: list[int]  # indices into the original training file, for `write_indices`
 
 
-def build_datasets(name: str, root: str, *, data_number: float = 1.0, subset: str = "first", seed: int = 1,
-                   image_size: int = 224, resize_size: int = 256, download: bool = False,
-                   train_transform: Callable | None = None, eval_transform: Callable | None = None) -> Splits:
-    """Load dataset `name` from `root` into train/val/test splits with its transforms (unless given); val and
-    test use the eval transform."""
+@dataclass(frozen=True)
+class DataFraction:
+    """Which training images a run keeps: `data_number` of the training split (a fraction in (0, 1]), the first
+    ones or a class-balanced draw seeded by `seed` (`subset`, one of SUBSETS)."""
+    data_number: float = 1.0
+    subset: str = "first"
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.data_number <= 1:
+            raise UserError(f"--data_number must be in (0, 1] (a fraction of the training split), got "
+                            f"{self.data_number}")
+        if self.subset not in SUBSETS:
+            raise UserError(f"--subset must be one of {', '.join(SUBSETS)}, got {self.subset!r}")
+
+
+def build_datasets(name: str, root: str, fraction: DataFraction = DataFraction(), *, image_size: int = 224,
+                   resize_size: int = 256, download: bool = False, train_transform: Callable | None = None,
+                   eval_transform: Callable | None = None) -> Splits:
+    """Load dataset `name` from `root` into train/val/test splits, the training split cut to `fraction`, with
+    its transforms (unless given); val and test use the eval transform."""
     spec = get_spec(name)
-    if not 0 < data_number <= 1:
-        raise UserError(f"--data_number must be in (0, 1] (a fraction of the training split), got {data_number}")
-    if subset not in SUBSETS:
-        raise UserError(f"--subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
     raw = spec.builder(root, download)
-    chosen = choose_train(targets_of(raw.train), raw.train_pool, data_number, subset, seed)
+    chosen = choose_train(targets_of(raw.train), raw.train_pool, fraction.data_number, fraction.subset,
+                          fraction.seed)
     train_tf = train_transform or spec.train_transform(image_size)
     eval_tf = eval_transform or spec.eval_transform(image_size, resize_size)
     test = None if raw.test is None else SplitView(raw.test, range(len(raw.test)), eval_tf)

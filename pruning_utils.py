@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from infra.checkpoint import atomic_save, load_file, strip_prefix
+from infra.distributed import unwrap
 from infra.errors import CheckpointError, ConfigError, MaskError
 
 Mask = dict[str, torch.Tensor]
@@ -27,22 +28,16 @@ TICKET_VERSION = 1
 _MASK, _ORIG = "_mask", "_orig"  # torch prune's suffixes: `conv1.weight` -> `conv1.weight_mask`, `conv1.weight_orig`
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
-
-
 # ---------------------------------------------------------------------------- masks
 def prunable_names(model: nn.Module) -> list[str]:
     """Names of the Conv2d weights, in `named_parameters` order (the original's pruning order)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     conv = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
     return [name for name, p in model.named_parameters() if id(p) in conv]
 
 
 def full_mask(model: nn.Module) -> Mask:
-    params = dict(_unwrap(model).named_parameters())
+    params = dict(unwrap(model).named_parameters())
     return {name: torch.ones(params[name].shape, dtype=torch.bool, device=params[name].device)
             for name in prunable_names(model)}
 
@@ -50,11 +45,11 @@ def full_mask(model: nn.Module) -> Mask:
 def validate_mask(mask: Mask, model: nn.Module) -> None:
     """Keys are exactly the model's Conv2d weights, shapes match, values are 0/1; else MaskError on the first bad key."""
     names = prunable_names(model)
-    params = dict(_unwrap(model).named_parameters())
+    params = dict(unwrap(model).named_parameters())
     known = set(names)
     for key in mask:
         if key not in known:
-            raise MaskError(f"mask entry {key!r} is not a Conv2d weight of this {type(_unwrap(model)).__name__} "
+            raise MaskError(f"mask entry {key!r} is not a Conv2d weight of this {type(unwrap(model)).__name__} "
                             f"(its first is {names[0] if names else None!r}): the ticket was made for another "
                             "architecture; pass a ticket of this --arch")
     for key in names:
@@ -78,7 +73,7 @@ def _check_binary(key: str, m: torch.Tensor) -> None:
 
 def _pairs(model: nn.Module, mask: Mask):
     """(parameter, bool mask on its device) for every mask entry; cheap enough for every training step."""
-    params = dict(_unwrap(model).named_parameters())
+    params = dict(unwrap(model).named_parameters())
     for name, m in mask.items():
         p = params.get(name)
         if p is None or p.shape != m.shape:
@@ -108,7 +103,7 @@ def mask_grads(model: nn.Module, mask: Mask) -> None:
 
 def rewind(model: nn.Module, init_state: dict, mask: Mask) -> None:
     """Load `init_state` strictly (weights and BN buffers; `module.` prefix tolerated), then apply the mask."""
-    _unwrap(model).load_state_dict(strip_prefix(init_state))
+    unwrap(model).load_state_dict(strip_prefix(init_state))
     apply_mask(model, mask)
 
 
@@ -123,7 +118,7 @@ def _prune(model: nn.Module, mask: Mask, rate: float, drop) -> Mask:
     if not 0.0 <= float(rate) <= 1.0:
         raise ConfigError(f"pruning rate (--rate) must be a fraction in [0, 1], got {rate}")
     validate_mask(mask, model)
-    params = dict(_unwrap(model).named_parameters())
+    params = dict(unwrap(model).named_parameters())
     names = prunable_names(model)
     alive_masks = [mask[n].to(params[n].device) != 0 for n in names]
     pieces = [params[n].detach()[m] for n, m in zip(names, alive_masks)]  # row-major, whatever the layout
@@ -194,7 +189,7 @@ def masked_state_dict(model: nn.Module, mask: Mask) -> dict[str, Any]:
     """The model's state dict with `<module>.weight_orig` + float `<module>.weight_mask` for every masked weight."""
     validate_mask(mask, model)
     out: dict[str, Any] = {}
-    for key, value in _unwrap(model).state_dict().items():
+    for key, value in unwrap(model).state_dict().items():
         if key in mask:
             out[key + _ORIG] = value
             out[key + _MASK] = mask[key].to(device=value.device, dtype=value.dtype)

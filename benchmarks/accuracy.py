@@ -85,8 +85,8 @@ def train_ours(cfg: AccuracyConfig, seed: int, data, targets, *, device_pipeline
     for epoch in range(cfg.epochs):
         if device_pipeline:
             batches.set_epoch(epoch)
-        engine.train_one_epoch(model, batches, opt, device=torch.device("cpu"), attack=attack, mask=mask,
-                               channels_last=True, epoch=epoch, show_progress=False)
+        engine.train_one_epoch(model, batches, opt, engine.Step(channels_last=True, attack=attack, mask=mask,
+                                                                show_progress=False), epoch=epoch)
         schedule.step()
     return model
 
@@ -112,10 +112,9 @@ def train_baseline(cfg: AccuracyConfig, seed: int, data, targets) -> torch.nn.Mo
 def test(cfg: AccuracyConfig, model: torch.nn.Module, data, targets) -> tuple[float, float]:
     images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
     batches = pipeline.DeviceBatches(images, torch.from_numpy(targets), 250)
-    cpu = torch.device("cpu")
-    sa = engine.evaluate(model, batches, device=cpu, show_progress=False)["top1"]
-    ra = engine.evaluate(model, batches, device=cpu, attack=PGD(cfg.eps, 2 / 255, cfg.test_steps),
-                         show_progress=False)["top1"]
+    sa = engine.evaluate(model, batches, engine.Step(show_progress=False))["top1"]
+    ra = engine.evaluate(model, batches, engine.Step(attack=PGD(cfg.eps, 2 / 255, cfg.test_steps),
+                                                     show_progress=False))["top1"]
     return sa, ra
 
 

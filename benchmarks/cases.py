@@ -20,6 +20,7 @@ from training import optimizer as optimizer_lib
 import pruning_utils
 from training import runner
 from attacks import PGD, fgsm_rs
+from infra.distributed import DistEnv
 
 EPS = 8 / 255
 # (section, variant), the first variant of a section its reference: "ours-plain" is ours without the
@@ -133,15 +134,15 @@ def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], Non
         model.compile()
     attack = fgsm_rs(EPS) if section == "fgsm" else PGD(attack_kw["eps"], attack_kw["alpha"], attack_kw["steps"])
     batches = [(x, y)]
+    run = engine.Step(DistEnv(device=device), amp=amp, channels_last=cl, attack=attack, mask=mask,
+                      show_progress=False)
     if section == "eval":
-        return lambda: engine.evaluate(model, batches, device=device, attack=attack, amp=amp, channels_last=cl,
-                                       show_progress=False)
+        return lambda: engine.evaluate(model, batches, dataclasses.replace(run, mask=None))
     opt = optimizer_lib.make_sgd(model, SGD)  # the runs' fused SGD and GradScaler
     scaler = optimizer_lib.make_scaler(amp, device)
 
     def step() -> dict:
-        return engine.train_one_epoch(model, batches, opt, device=device, attack=attack, mask=mask, amp=amp,
-                                      scaler=scaler, channels_last=cl, show_progress=False)
+        return engine.train_one_epoch(model, batches, opt, run, scaler=scaler)
     step.model, step.mask = model, mask  # what the step trains, for the tests' checks
     return step
 

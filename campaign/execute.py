@@ -2,31 +2,18 @@
 recording the command, where it ran, its exit status and last error line (what `plan` shows for a failure)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 from campaign.spec import REPO, Run
+from infra.checkpoint import atomic_write_json
 from campaign.state import LAUNCH, OUTPUT
 
 BUSY = "is in use by"  # the entry points' refusal when another process trains into the same SAVE_DIR
-
-
-def write_json(path: str, obj: dict) -> None:
-    """Atomic (temp file + rename), as checkpoint.atomic_write_json, without importing torch."""
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def last_error(path: str) -> str:
@@ -58,7 +45,7 @@ class Execution:
         self.record = {"id": run.id, "command": list(run.command), "host": socket.gethostname(),
                        "start": time.time(), "exit": None, "error": None,
                        "slurm_job": os.environ.get("SLURM_JOB_ID")}
-        write_json(os.path.join(run.save_dir, LAUNCH), self.record)
+        atomic_write_json(os.path.join(run.save_dir, LAUNCH), self.record)
         self.out = open(os.path.join(run.save_dir, OUTPUT), "a")
         self.out.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on {self.record['host']}: "
                        f"{' '.join(run.command)}\n")
@@ -93,7 +80,7 @@ class Execution:
                 self.record.update(interrupted=-code, end=time.time())
             else:
                 self.record.update(exit=code, error=error, end=time.time())
-            write_json(os.path.join(self.run.save_dir, LAUNCH), self.record)
+            atomic_write_json(os.path.join(self.run.save_dir, LAUNCH), self.record)
         return code
 
 

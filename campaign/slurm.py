@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from campaign import state
-from campaign.execute import Execution, child_env, write_json
+from campaign.execute import Execution, child_env
+from infra.checkpoint import atomic_write_json
 from campaign.spec import REPO, Campaign, Run
 from infra.errors import UserError
 
@@ -146,7 +147,7 @@ def submit(campaign: Campaign, runs: list[Run], opts: SlurmOptions, say: Callabl
     finally:
         if new:
             os.makedirs(os.path.dirname(jobs_file(campaign)), exist_ok=True)
-            write_json(jobs_file(campaign), {**jobs, **new})
+            atomic_write_json(jobs_file(campaign), {**jobs, **new})
     say(f"submitted {len(new)} runs: jobs {', '.join(sorted({j.split('_')[0] for j in new.values()}))}")
     return new
 

@@ -91,10 +91,10 @@ def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
         for epoch in range(epochs):
             gen = reproducibility.epoch_generator(cfg.seed, epoch)
             loader = torch.utils.data.DataLoader(splits.train, batch_size=64, shuffle=True, generator=gen)
-            stats = engine.train_one_epoch(model, loader, opt, device=torch.device("cpu"), attack=attack,
-                                           epoch=epoch, desc=f"pre-train {kind} {epoch + 1}/{epochs}")
+            stats = engine.train_one_epoch(model, loader, opt, engine.Step(attack=attack), epoch=epoch,
+                                           desc=f"pre-train {kind} {epoch + 1}/{epochs}")
             sched.step()
-        sa = engine.evaluate(model, val, device=torch.device("cpu"), show_progress=False)["top1"]
+        sa = engine.evaluate(model, val, engine.Step(show_progress=False))["top1"]
     say(f"  {kind}: {epochs} epochs, train acc {stats['top1']:.1f}%, val SA {sa:.1f}% -> {path}")
     checkpoint.atomic_save(model.state_dict(), path)
 
@@ -166,8 +166,8 @@ def transfer_all(cfg: DemoConfig) -> str:
 
 
 def summary_line(save: str) -> str:
-    import json
-    with open(os.path.join(save, "results.json")) as f:
+    from infra.checkpoint import RESULTS
+    with open(os.path.join(save, RESULTS)) as f:
         r = json.load(f)
     b = r["best_sa"]
     return f"sparsity {100 * r.get('sparsity', 0):5.1f}%  test SA {b['test_sa']:5.1f}  RA {b['test_ra']:5.1f}"

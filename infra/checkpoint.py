@@ -1,15 +1,15 @@
-"""Every file name a run writes, atomic writes, and torch-file loading with clear errors."""
+"""Every file name a run writes, atomic writes, and torch-file loading with clear errors. torch is imported only
+by the functions that write or read torch files, so the campaign tool writes its JSON here without importing it."""
 from __future__ import annotations
 
 import functools
 import json
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from typing import Any
-
-import torch
 
 from infra.errors import CheckpointError
 
@@ -28,6 +28,15 @@ INDICES = "train_indices.json"
 CURVES = "curves.png"
 
 
+def epoch_file(save_dir: str, epoch: int) -> str:
+    """Transfer --save_all: the weights after 0-based `epoch`."""
+    return os.path.join(save_dir, f"epoch{epoch}.pth.tar")
+
+
+def is_epoch_file(name: str) -> bool:
+    return name.startswith("epoch") and name.endswith(".pth.tar")
+
+
 def imp_checkpoint(save_dir: str, level: int) -> str:
     return os.path.join(save_dir, f"{level}-checkpoint.pth.tar")
 
@@ -42,6 +51,17 @@ def imp_ticket(save_dir: str, level: int) -> str:
 
 def imp_sparsity(save_dir: str, level: int) -> str:
     return os.path.join(save_dir, f"{level}-sparsity.json")
+
+
+def imp_files(save_dir: str, level: int) -> list[str]:
+    """Every file ticket finding writes for one level."""
+    return [f(save_dir, level) for f in (imp_checkpoint, imp_best, imp_ticket, imp_sparsity)]
+
+
+def imp_file_level(name: str) -> int | None:
+    """The level of a file name ticket finding writes (`imp_files`), None for any other name."""
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() and name in map(os.path.basename, imp_files("", int(head))) else None
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -98,6 +118,7 @@ def atomic_save(obj: Any, path: str, *, legacy_format: bool = False) -> None:
 
     `legacy_format` writes torch's pre-1.6 serialisation, which the original code's PyTorch 1.5 can read.
     """
+    import torch
     _atomic(path, lambda f: torch.save(obj, f, _use_new_zipfile_serialization=not legacy_format), "wb")
 
 
@@ -145,7 +166,8 @@ def read_jsonl(path: str) -> list[dict]:
 
 def to_json(o: Any) -> Any:
     """json.dumps' `default`: tensors as lists, sets and tuples as lists, anything else as its str."""
-    if isinstance(o, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(o, torch.Tensor):
         return o.tolist()
     if isinstance(o, (set, tuple)):
         return list(o)
@@ -165,6 +187,8 @@ def load_own(path: str, *, map_location: Any = "cpu") -> Any:
 
 
 def _load(path: str, trusted: bool, map_location: Any, *, own: bool) -> Any:
+    import torch
+
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"{path!r} not found: check the path (a file written by torch.save is expected)")
     remedy = "pass --restart to start this run over" if own else "re-create or re-download it"

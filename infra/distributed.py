@@ -242,7 +242,10 @@ class ShardSampler(Sampler[int]):
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
+    """The network inside DistributedDataParallel / DataParallel wrappers (the model itself when unwrapped)."""
+    while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
 
 
 def wrap_model(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:

@@ -1,7 +1,10 @@
-"""Seeding and RNG state capture/restore, so a resumed run replays exactly what an uninterrupted one does."""
+"""Seeding and RNG state capture/restore, so a resumed run replays exactly what an uninterrupted one does: every
+seed a run derives from `--seed` (each epoch's loader order and global RNG, the device crops, random pruning,
+the balanced data subset) is derived here, each a pure function of its inputs."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 from typing import Iterator
@@ -45,6 +48,35 @@ def kernel_mode(*, deterministic: bool, tf32: bool = True) -> Iterator[None]:
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     """The generator that orders (and seeds the workers of) one epoch's loader: a pure function of its inputs."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The global RNG's seed for one epoch on one rank (augmentation in workers aside: PGD random starts,
+    dropout): a pure function of the three, and independent of the loader's order generator, so the data order
+    and the attack's noise are not drawn from one stream."""
+    return int.from_bytes(hashlib.sha256(f"imp/{seed}/{epoch}/{rank}".encode()).digest()[:7], "big")
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed python, numpy and torch for one epoch on one rank (`epoch_seed`)."""
+    seed_all(epoch_seed(seed, epoch, rank))
+
+
+def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of the device pipeline's crop and flip generator for one epoch on one rank: drawn from
+    `epoch_generator(seed, epoch, rank)` (a pure function of the three) rather than its own seed, so the crops
+    are not the same random stream as the epoch's global seed (PGD's random starts) or its order."""
+    return int(torch.randint(2**62, (1,), generator=epoch_generator(seed, epoch, rank)))
+
+
+def level_generator(seed: int, level: int) -> torch.Generator:
+    """The generator of random pruning at one IMP level: the mask is a pure function of (seed, level)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + level)
+
+
+def subset_generator(seed: int) -> torch.Generator:
+    """The generator of the class-balanced training subset: same seed, same subset."""
+    return torch.Generator().manual_seed(seed)
 
 
 def get_rng_state() -> dict:

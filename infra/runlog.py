@@ -1,4 +1,6 @@
-"""The human log (stdout + log.txt on the main rank) and progress bars that degrade to plain lines."""
+"""The human log and progress bars that degrade to plain lines. Library code logs to the one project logger,
+`logging.getLogger(LOGGER)`; `setup_log` gives it its handlers (stdout, and log.txt on the main rank) once per
+process."""
 from __future__ import annotations
 
 import logging
@@ -9,14 +11,20 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
+from infra.checkpoint import LOG
+
 T = TypeVar("T")
 STATS_EVERY_S = 1.0  # the bar's statistics cost a host sync: about once a second
+LOGGER = "doublewin"  # the project logger's name
 
 
-def setup_log(save_dir: str | None, is_main: bool, name: str = "doublewin") -> logging.Logger:
-    """A logger writing plain lines to stdout and save_dir/log.txt (appending, so resumed runs keep history)."""
-    log = logging.getLogger(name)
-    log.handlers.clear()
+def setup_log(save_dir: str | None, is_main: bool) -> logging.Logger:
+    """The project logger, set to write plain lines to stdout and save_dir/log.txt (appending, so resumed runs
+    keep history); other ranks log warnings only, to stdout. Handlers of an earlier run in this process go."""
+    log = logging.getLogger(LOGGER)
+    for old in list(log.handlers):
+        log.removeHandler(old)
+        old.close()
     log.propagate = False
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
@@ -25,7 +33,7 @@ def setup_log(save_dir: str | None, is_main: bool, name: str = "doublewin") -> l
     log.addHandler(out)
     if save_dir and is_main:
         os.makedirs(save_dir, exist_ok=True)
-        fh = logging.FileHandler(os.path.join(save_dir, "log.txt"))
+        fh = logging.FileHandler(os.path.join(save_dir, LOG))
         fh.setFormatter(fmt)
         log.addHandler(fh)
     return log

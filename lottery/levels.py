@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -22,9 +25,12 @@ from training import runner
 from training import weights
 from attacks import build_attack
 from infra.distributed import DistEnv
+from infra.runlog import LOGGER
 from lottery.config import IMPConfig, config_dict
-from lottery.state import checkpoint_dict, find_resume, level_of, restore
+from lottery.state import Position, checkpoint_dict, find_resume, level_of, restore
 from pruning_utils import Mask
+
+log = logging.getLogger(LOGGER)
 
 
 # ---------------------------------------------------------------------------- masks
@@ -39,13 +45,12 @@ def mask_digest(mask: Mask) -> str:
 
 def prune(net: torch.nn.Module, mask: Mask, rate: float, cfg: IMPConfig, level: int) -> Mask:
     """Remove `rate` of the weights `mask` keeps, judged on the weights `net` holds now."""
-    if cfg.prune_method == "random":  # a generator of its own: the mask is a pure function of (seed, level)
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + level)
-        return pruning_utils.random_prune(net, mask, rate, generator=g)
+    if cfg.prune_method == "random":
+        return pruning_utils.random_prune(net, mask, rate, generator=reproducibility.level_generator(cfg.seed, level))
     return pruning_utils.magnitude_prune(net, mask, rate)
 
 
-def _agree(mask: Mask, env: DistEnv, log, what: str) -> str:
+def _agree(mask: Mask, env: DistEnv, what: str) -> str:
     """Every rank fingerprints the mask it holds; all must be equal (a real check that broadcasting worked)."""
     digest = mask_digest(mask)
     table = torch.zeros(env.world_size, 8, dtype=torch.int64, device=env.device)
@@ -58,12 +63,12 @@ def _agree(mask: Mask, env: DistEnv, log, what: str) -> str:
 
 
 def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, cfg: IMPConfig, env: DistEnv,
-                log, rate: float | None = None) -> Mask:
+                rate: float | None = None) -> Mask:
     """Mask `level` pruned (on rank 0, then broadcast) from the weights `net` holds and the previous mask;
     the survivors are rewound to `init_state` and rank 0 writes the level's ticket and sparsity files."""
     rate = cfg.rate if rate is None else rate
     new = distributed.broadcast_mask(prune(net, mask, rate, cfg, level) if env.is_main else mask, env)
-    digest = _agree(new, env, log, f"level {level}")
+    digest = _agree(new, env, f"level {level}")
     pruning_utils.rewind(net, init_state, new)
     if env.is_main:
         write_level_files(cfg, level, new, digest)
@@ -84,8 +89,8 @@ def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str) -> No
 
 
 # ---------------------------------------------------------------------------- data and model
-def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits, log):
-    batch = runner.per_rank_batch(cfg.batch_size, env, log, flag="-b")
+def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits):
+    batch = runner.per_rank_batch(cfg.batch_size, env, flag="-b")
     val = runner.eval_loader(splits.val, batch, env=env, workers=cfg.workers)
 
     def train(epoch: int) -> DataLoader:
@@ -93,7 +98,7 @@ def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits, log):
     return train, val
 
 
-def _build_model(cfg: IMPConfig, num_classes: int, env: DistEnv, log) -> tuple[torch.nn.Module, dict]:
+def _build_model(cfg: IMPConfig, num_classes: int, env: DistEnv) -> tuple[torch.nn.Module, dict]:
     mean, std, loaded = dataset.IMAGENET_MEAN, dataset.IMAGENET_STD, None
     if cfg.init:
         loaded = weights.read_weights(cfg.init, trusted=cfg.trust_pickle)
@@ -123,94 +128,113 @@ def worker(env: DistEnv, cfg: IMPConfig) -> None:
     runner.in_worker(_run, env, cfg)
 
 
-def _run(env: DistEnv, cfg: IMPConfig, log) -> None:
+def _run(env: DistEnv, cfg: IMPConfig) -> None:
     log.info(f"process layout: {env.describe()}" + ("" if hardware.cuda_usable() else " (no GPU in use)"))
     reproducibility.seed_all(cfg.seed)
-    splits = dataset.build_datasets("imagenet", cfg.data, seed=cfg.seed, image_size=cfg.image_size,
-                                    resize_size=cfg.resize_size)
+    splits = dataset.build_datasets("imagenet", cfg.data, dataset.DataFraction(seed=cfg.seed),
+                                    image_size=cfg.image_size, resize_size=cfg.resize_size)
     log.info(f"data {cfg.data}: {len(splits.train)} train / {len(splits.val)} val images, "
              f"{splits.num_classes} classes")
-    net, init_state = _build_model(cfg, splits.num_classes, env, log)
+    net, init_state = _build_model(cfg, splits.num_classes, env)
     cl = cfg.channels_last if cfg.channels_last is not None else env.device.type == "cuda"
     if cl:
         net.to(memory_format=torch.channels_last)
     if cfg.omp_sparsity is not None:
         level = cfg.omp_level or 1
-        begin_level(net, init_state, pruning_utils.full_mask(net), level, cfg, env, log, rate=cfg.omp_sparsity)
+        begin_level(net, init_state, pruning_utils.full_mask(net), level, cfg, env, rate=cfg.omp_sparsity)
         log.info(f"one-shot ticket: {files.imp_ticket(cfg.save_dir, level)}")
         return
-    train_loader, val_loader = _loaders(cfg, env, splits, log)
+    train_loader, val_loader = _loaders(cfg, env, splits)
     attack = build_attack(cfg.attack, cfg.attack_loss)
     if cfg.attack is not None:
         log.info(f"training attack: {cfg.attack.describe()}")
     path, obj = find_resume(cfg, env, own=not cfg.evaluate)
     if cfg.evaluate:
         mask = None if obj is None else restore(net, obj, path, init_state)[0]
-        return _evaluate_only(env, cfg, log, net, val_loader, mask, path or cfg.init, cl)
-    mask, init_state, level, done, opt_state, best = _starting_point(net, init_state, cfg, env, log, path, obj)
+        return _evaluate_only(env, cfg, net, val_loader, mask, path or cfg.init, cl)
+    at = _starting_point(net, init_state, cfg, env, path, obj)
     if env.is_main:
-        runner.truncate_metrics(cfg.save_dir, done, first=1)
+        runner.truncate_metrics(cfg.save_dir, at.done)
     model = runner.wrap(net, env, compile=cfg.compile)
-    optimizer = _sgd(model, cfg, opt_state, path or "")
-    scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if opt_state is not None else None)
-    while level <= cfg.levels:
-        for epoch in range(done, level * cfg.prune_epoch):
-            # every epoch's randomness (augmentation, attack starts) is a pure function of (seed, epoch, rank)
-            runner.seed_epoch(cfg.seed, epoch, env.rank)
-            start = time.time()
-            tr = engine.train_one_epoch(model, train_loader(epoch), optimizer, device=env.device, attack=attack,
-                                        mask=mask, epoch=epoch, env=env, amp=cfg.amp, scaler=scaler,
-                                        channels_last=cl, desc=f"level {level} epoch {epoch + 1}",
-                                        show_progress=cfg.show_progress)
-            va = engine.evaluate(model, val_loader, device=env.device, env=env, amp=cfg.amp, channels_last=cl,
-                                 desc="val", show_progress=cfg.show_progress)
-            done = epoch + 1
-            is_best = best is None or va["top1"] > best  # the first epoch of a level is always its best so far
-            best = va["top1"] if is_best else best
-            row = {"level": level, "epoch": done, "lr": optimizer.param_groups[0]["lr"],
-                   "sparsity": pruning_utils.sparsity(mask), "train_loss": tr["loss"], "train_top1": tr["top1"],
-                   "train_top5": tr["top5"], "val_loss": va["loss"], "val_top1": va["top1"],
-                   "val_top5": va["top5"], "best_val_top1": best, "time": time.time() - start}
-            if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
-                files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
-                state = checkpoint_dict(net, mask, optimizer, scaler, done, level, best, init_state, cfg)
-                if is_best:
-                    files.atomic_save(state, files.imp_best(cfg.save_dir, level))
-                files.atomic_save(state, files.imp_checkpoint(cfg.save_dir, level))
-            log.info(f"level {level} epoch {done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
-                     f"val top1 {va['top1']:.2f} top5 {va['top5']:.2f} (best {best:.2f}) | {row['time']:.0f}s")
-        mask = begin_level(net, init_state, mask, level + 1, cfg, env, log)
-        level, best, optimizer = level + 1, None, _sgd(model, cfg)
+    optimizer = _sgd(model, cfg, at.optimizer, path or "")
+    scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if at.optimizer is not None else None)
+    levels = Levels(cfg, net, model, train_loader, val_loader,
+                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress), scaler)
+    while at.level <= cfg.levels:
+        for epoch in range(at.done, at.level * cfg.prune_epoch):
+            levels.epoch(epoch, at, optimizer)
+        at.mask = begin_level(net, at.init_state, at.mask, at.level + 1, cfg, env)
+        at.level, at.best, optimizer = at.level + 1, None, _sgd(model, cfg)
     log.info(f"IMP done: {cfg.levels} levels trained; tickets 1..{cfg.levels + 1} in {cfg.save_dir}")
 
 
-def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, log, path: str | None, obj: dict | None):
+@dataclass(frozen=True)
+class Levels:
+    """The fixed pieces of a ticket-finding run's epochs: `model` trains (compiled, DDP-wrapped), `net` is what
+    files hold; `train` is the training step (its ranks and attack; the level's mask is added per epoch)."""
+    cfg: IMPConfig
+    net: torch.nn.Module
+    model: torch.nn.Module
+    train_loader: Callable[[int], DataLoader]
+    val_loader: DataLoader
+    train: engine.Step
+    scaler: torch.amp.GradScaler | None
+
+    def epoch(self, epoch: int, at: Position, optimizer: torch.optim.Optimizer) -> None:
+        """Train and validate one epoch of level `at.level`, then (rank 0) its metrics row, best and checkpoint
+        files; `at` moves on by one epoch."""
+        cfg, env = self.cfg, self.train.env
+        # every epoch's randomness (augmentation, attack starts) is a pure function of (seed, epoch, rank)
+        reproducibility.seed_epoch(cfg.seed, epoch, env.rank)
+        start = time.time()
+        tr = engine.train_one_epoch(self.model, self.train_loader(epoch), optimizer,
+                                    replace(self.train, mask=at.mask), scaler=self.scaler, epoch=epoch,
+                                    desc=f"level {at.level} epoch {epoch + 1}")
+        va = engine.evaluate(self.model, self.val_loader, replace(self.train, attack=None), desc="val")
+        at.done = epoch + 1
+        is_best = at.best is None or va["top1"] > at.best  # the first epoch of a level is always its best so far
+        at.best = va["top1"] if is_best else at.best
+        row = runner.metrics_row(epoch, optimizer.param_groups[0]["lr"], tr, level=at.level,
+                                 sparsity=pruning_utils.sparsity(at.mask), train_top5=tr["top5"],
+                                 val_loss=va["loss"], val_sa=va["top1"], val_sa_top5=va["top5"],
+                                 best_val_sa=at.best, time=time.time() - start)
+        if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
+            files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
+            state = checkpoint_dict(self.net, at, optimizer, self.scaler, cfg)
+            if is_best:
+                files.atomic_save(state, files.imp_best(cfg.save_dir, at.level))
+            files.atomic_save(state, files.imp_checkpoint(cfg.save_dir, at.level))
+        log.info(f"level {at.level} epoch {at.done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
+                 f"val top1 {va['top1']:.2f} top5 {va['top5']:.2f} (best {at.best:.2f}) | {row['time']:.0f}s")
+
+
+def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: str | None,
+                    obj: dict | None) -> Position:
     """Where the run starts: level 1 pruned from the init, or the checkpoint's level and epoch (a finished level
-    moves on to the next one, pruned from its trained weights). Returns (mask, init_state, level, epochs done,
-    optimizer state or None, best val top-1 of the level or None)."""
+    moves on to the next one, pruned from its trained weights), with the checkpoint's optimizer state and best
+    val SA when the level goes on."""
     if obj is None:
-        return begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env, log), init_state, 1, 0, None, None
+        return Position(begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env), init_state, 1)
     level, done = level_of(obj, path, cfg)
     mask, init_state = restore(net, obj, path, init_state)
     log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
     if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
         write_level_files(cfg, level, mask, mask_digest(mask))
     if done == level * cfg.prune_epoch:
-        return begin_level(net, init_state, mask, level + 1, cfg, env, log), init_state, level + 1, done, None, None
+        return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done)
     best = obj.get("best_acc1")
-    return mask, init_state, level, done, obj.get("optimizer"), None if best is None else float(best)
+    return Position(mask, init_state, level, done, None if best is None else float(best), obj.get("optimizer"))
 
 
-def _evaluate_only(env: DistEnv, cfg: IMPConfig, log, net, val_loader, mask: Mask | None, source: str | None,
+def _evaluate_only(env: DistEnv, cfg: IMPConfig, net, val_loader, mask: Mask | None, source: str | None,
                    cl: bool) -> None:
-    clean = engine.evaluate(net, val_loader, device=env.device, env=env, amp=None, channels_last=cl,  # fp32
-                            desc="eval", show_progress=cfg.show_progress)
+    step = engine.Step(env, amp=None, channels_last=cl, show_progress=cfg.show_progress)  # fp32, as trained or not
+    clean = engine.evaluate(net, val_loader, step, desc="eval")
     out = {"source": source, "sparsity": 0.0 if mask is None else pruning_utils.sparsity(mask),
            "sa_top1": clean["top1"], "sa_top5": clean["top5"], "loss": clean["loss"], "n": clean["n"]}
     if cfg.attack is not None:
-        robust = engine.evaluate(net, val_loader, device=env.device,
-                                 attack=build_attack(cfg.attack, cfg.attack_loss), env=env,
-                                 amp=None, channels_last=cl, desc="eval (attack)", show_progress=cfg.show_progress)
+        robust = engine.evaluate(net, val_loader, replace(step, attack=build_attack(cfg.attack, cfg.attack_loss)),
+                                 desc="eval (attack)")
         out.update(ra_top1=robust["top1"], attack=cfg.attack.describe())
     if env.is_main:
         files.atomic_write_json(os.path.join(cfg.save_dir, files.EVALUATION), out)

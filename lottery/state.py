@@ -1,9 +1,10 @@
-"""What an IMP run leaves on disk and how it continues: checkpoint contents, the checkpoint to resume from,
-restoring weights, mask and rewind point from it, and clearing an earlier run's level files (--restart)."""
+"""What an IMP run leaves on disk and how it continues: where a run stands (`Position`), checkpoint contents, the
+checkpoint to resume from, restoring weights, mask and rewind point from it, and clearing an earlier run's level
+files (--restart)."""
 from __future__ import annotations
 
 import os
-import re
+from dataclasses import dataclass
 
 import torch
 
@@ -18,13 +19,25 @@ from lottery.config import IMPConfig, config_dict
 from pruning_utils import Mask
 
 
+@dataclass
+class Position:
+    """Where a ticket-finding run stands: the level being trained and its mask, the rewind point (`init_state`),
+    epochs done over all levels, the level's best val SA so far, and the optimizer state to continue from (None:
+    a fresh optimizer)."""
+    mask: Mask
+    init_state: dict
+    level: int
+    done: int = 0
+    best: float | None = None
+    optimizer: dict | None = None
+
+
 def clear_outputs(save_dir: str) -> list[str]:
     """Delete the level files and metrics of an earlier run in `save_dir` (for --restart); returns the names."""
     if not os.path.isdir(save_dir):
         return []
-    levels = {int(m.group(1)) for f in os.listdir(save_dir) if (m := re.match(r"(\d+)-", f))}
-    paths = [f(save_dir, k) for k in levels for f in (files.imp_checkpoint, files.imp_best, files.imp_ticket,
-                                                       files.imp_sparsity)]
+    levels = {files.imp_file_level(f) for f in os.listdir(save_dir)} - {None}
+    paths = [p for k in sorted(levels) for p in files.imp_files(save_dir, k)]
     paths.append(os.path.join(save_dir, files.METRICS))
     removed = [p for p in paths if os.path.exists(p)]
     for p in removed:
@@ -46,7 +59,8 @@ def _fit(net: torch.nn.Module, state: dict, where: str) -> None:
 def _own_latest(save_dir: str) -> int | None:
     if not os.path.isdir(save_dir):
         return None
-    found = [int(m.group(1)) for f in os.listdir(save_dir) if (m := re.fullmatch(r"(\d+)-checkpoint\.pth\.tar", f))]
+    found = [k for f in os.listdir(save_dir)
+             if (k := files.imp_file_level(f)) is not None and f == os.path.basename(files.imp_checkpoint("", k))]
     return max(found, default=None)
 
 
@@ -112,11 +126,11 @@ def level_of(obj: dict, path: str, cfg: IMPConfig) -> tuple[int, int]:
     return level, done
 
 
-def checkpoint_dict(net, mask, optimizer, scaler, epoch, level, best, init_state, cfg) -> dict:
+def checkpoint_dict(net, at: Position, optimizer, scaler, cfg: IMPConfig) -> dict:
     """What `<level>-checkpoint.pth.tar` / `<level>-model_best.pth.tar` hold: plain values, weights_only-safe."""
-    out = {"state_dict": pruning_utils.masked_state_dict(net, mask), "optimizer": optimizer.state_dict(),
-           "epoch": epoch, "level": level, "best_acc1": best, "init": init_state, "arch": cfg.arch,
-           "sparsity": pruning_utils.sparsity(mask), "config": config_dict(cfg)}
+    out = {"state_dict": pruning_utils.masked_state_dict(net, at.mask), "optimizer": optimizer.state_dict(),
+           "epoch": at.done, "level": at.level, "best_acc1": at.best, "init": at.init_state, "arch": cfg.arch,
+           "sparsity": pruning_utils.sparsity(at.mask), "config": config_dict(cfg)}
     if scaler is not None:
         out["scaler"] = scaler.state_dict()
     return out

@@ -9,6 +9,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from infra.distributed import unwrap
+
 IDENTITY_MEAN = (0.0, 0.0, 0.0)  # no normalisation until the data set's stats are set (dataset.DATASETS)
 IDENTITY_STD = (1.0, 1.0, 1.0)
 
@@ -50,7 +52,7 @@ class Normalize(nn.Module):
 
 def set_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
     """Set `model.normalize` stats in place, keeping the buffers' device and dtype; returns the model."""
-    norm = getattr(getattr(model, "module", model), "normalize", None)  # `module`: DDP wrapper
+    norm = getattr(unwrap(model), "normalize", None)
     if not isinstance(norm, Normalize):
         raise TypeError(f"{type(model).__name__} has no `normalize` layer")
     mean_t, std_t = _stats(mean, std)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 
 from infra import checkpoint
@@ -25,7 +24,6 @@ CHECKPOINTS = {  # name -> (short, long) description
              "SA of the best-val-SA checkpoint, RA of the best-val-RA checkpoint")}
 WATCH = ("init", "arch", "subset", "epochs", "test_attack.eps_255", "test_attack.steps",  # must agree within a group
          "attack_loss")
-IMP_FILE = re.compile(r"^\d+-(checkpoint|model_best|ticket)\.pth\.tar$|^\d+-sparsity\.json$")
 
 
 @dataclass(frozen=True)
@@ -93,24 +91,19 @@ def _text(v) -> str:
 
 
 def init_label(data: dict) -> str:
-    """results.json's init_label, else the init file's name without extension (.pth.tar counts as one)."""
-    if isinstance(data.get("init_label"), str) and data["init_label"]:
-        return data["init_label"]
+    """The init file's name without extension (.pth.tar counts as one)."""
     name = os.path.basename(str(data.get("init") or "unknown-init").rstrip("/"))
     return name[: -len(".pth.tar")] if name.endswith(".pth.tar") else os.path.splitext(name)[0] or name
 
 
 def read_sparsity(data: dict) -> tuple[float | None, str | None]:
     """(fraction pruned rounded to 4 decimals, None) or (None, why not); a run without a ticket is dense."""
-    for key, scale in (("sparsity", 1.0), ("ticket_sparsity", 1.0), ("sparsity_percent", 0.01),
-                       ("ticket_sparsity_percent", 0.01)):
-        v = _number(data.get(key))
-        if v is not None:
-            s = v * scale
-            return (round(s, 4), None) if 0 <= s < 1 else (None, f"{key} {v:g} is outside 0..1 (fraction pruned)")
+    s = _number(data.get("sparsity"))
+    if s is not None:
+        return (round(s, 4), None) if 0 <= s < 1 else (None, f"sparsity {s:g} is outside 0..1 (fraction pruned)")
     if data.get("ticket") is None:
         return 0.0, None
-    return None, "no sparsity, ticket_sparsity or (ticket_)sparsity_percent for its ticket"
+    return None, "no sparsity for its ticket"
 
 
 def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Problem]]:
@@ -131,11 +124,9 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
     if data.get("complete") is False:
         return None, [Problem(rel, "results.json says complete: false (the run stopped before its final test)")]
     mode = data.get("mode")
-    if mode is None and "train_attack" in data:
-        mode = "adv" if data["train_attack"] else "std"
     sparsity, why = read_sparsity(data)
     blocks = best_keys(opts)
-    data_number = _number(1.0 if data.get("data_number") is None else data["data_number"], 0, 1)
+    data_number = _number(data.get("data_number"), 0, 1)
     bad = [k for k, ok in (("dataset", isinstance(data.get("dataset"), str)), ("mode", mode in REGIMES),
                            ("data_number", bool(data_number)),
                            *((b, isinstance(data.get(b), dict)) for b in sorted(set(blocks.values())))) if not ok]
@@ -150,7 +141,7 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
                              "(its other numbers are used)")] if needed else []
     extra = tuple(_text(_dotted(data, k)) for k in opts.group_by)
     meta = data.get("ticket_meta") if isinstance(data.get("ticket_meta"), dict) else {}
-    source = "dense" if sparsity == 0 else str(meta.get("source") or meta.get("method") or "ticket")
+    source = "dense" if sparsity == 0 else str(meta.get("source") or "ticket")
     settings = {k: json.dumps(_dotted(data, k), sort_keys=True) for k in WATCH}
     seed = data.get("seed") if isinstance(data.get("seed"), (int, str)) else None  # None: cannot spot duplicates
     run = Run(rel, (init_label(data), data["dataset"], data_number, *extra), mode, sparsity, source, seed, values,
@@ -166,7 +157,7 @@ def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         if checkpoint.RESULTS not in files and (checkpoint.CONFIG not in files
-                                                or any(IMP_FILE.match(f) for f in files)):
+                                                or any(checkpoint.imp_file_level(f) is not None for f in files)):
             continue
         folders += 1
         run, probs = read_run(folder, root, opts)

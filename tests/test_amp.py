@@ -58,10 +58,9 @@ def test_both_loops_make_attacks_in_the_attack_precision(amp, attack_autocast):
         return x
     net = models.build("resnet_tiny", 10)
     data = [(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))]
-    cpu = torch.device("cpu")
-    engine.evaluate(net, data, device=cpu, attack=spy, amp=amp, show_progress=False)
+    engine.evaluate(net, data, engine.Step(amp=amp, attack=spy, show_progress=False))
     opt = torch.optim.SGD(net.parameters(), 0.01)
-    engine.train_one_epoch(net, data, opt, device=cpu, attack=spy, amp=amp, show_progress=False)
+    engine.train_one_epoch(net, data, opt, engine.Step(amp=amp, attack=spy, show_progress=False))
     assert seen == [attack_autocast, attack_autocast]
 
 
@@ -73,9 +72,9 @@ def test_final_test_is_fp32_unless_test_amp(cifar10_root, tmp_path, monkeypatch)
     calls: list[tuple[str, str | None]] = []
     plain_evaluate = transfer_results.evaluate
 
-    def spy(model, loader, **kw):
-        calls.append((kw["desc"], kw["amp"]))
-        return plain_evaluate(model, loader, **kw)
+    def spy(model, loader, step, **kw):
+        calls.append((kw["desc"], step.amp))
+        return plain_evaluate(model, loader, step, **kw)
     monkeypatch.setattr(transfer_results, "evaluate", spy)
     torch.manual_seed(0)
     init = str(tmp_path / "init.pth")

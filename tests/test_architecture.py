@@ -131,3 +131,54 @@ def test_the_rules_catch_a_violation(tmp_path, monkeypatch):
     fake.write_text("import os\nfrom models import resnet\n")
     monkeypatch.setitem(MODULES, "fake_data", str(fake))
     assert imports_of("fake_data") == {"models", "models.resnet"}
+
+
+# ---------------------------------------------------------------------------- function size
+MAX_LINES, MAX_PARAMS = 60, 8
+# functions over the limits in files another change of this release rewrites (the parser generated from the
+# config dataclasses; LinfPGDAttack moved out of the library); the test fails once one of them is fixed, so
+# that its entry goes too
+KNOWN_OVERSIZED = {"attacks.LinfPGDAttack.__init__", "campaign.spec._expand_init", "transfer.cli.get_args_parser"}
+
+
+def oversized(tree: ast.AST, module: str) -> dict[str, str]:
+    """`module.[Class.]function` -> what is too big, for every function (nested ones too) with more than
+    MAX_LINES lines or MAX_PARAMS parameters (self and cls not counted; *args and **kwargs count one each)."""
+    found: dict[str, str] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = child.args
+                names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                bound = names[:1] in (["self"], ["cls"])
+                params = len(names) + (a.vararg is not None) + (a.kwarg is not None) - bound
+                lines = child.end_lineno - child.lineno + 1
+                if lines > MAX_LINES or params > MAX_PARAMS:
+                    found[f"{prefix}.{child.name}"] = f"{lines} lines, {params} parameters"
+                visit(child, f"{prefix}.{child.name}")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}.{child.name}")
+            else:
+                visit(child, prefix)
+    visit(tree, module)
+    return found
+
+
+def test_library_functions_are_short_and_take_few_parameters():
+    """At most MAX_LINES lines and MAX_PARAMS parameters per function of every module (tests are not modules)."""
+    found: dict[str, str] = {}
+    for name, path in sorted(MODULES.items()):
+        found.update(oversized(ast.parse(open(path).read(), path), name))
+    assert {k: v for k, v in found.items() if k not in KNOWN_OVERSIZED} == {}
+    assert KNOWN_OVERSIZED <= set(found), f"fixed, so drop from KNOWN_OVERSIZED: {KNOWN_OVERSIZED - set(found)}"
+
+
+def test_the_size_check_sees_long_functions_and_long_parameter_lists():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES))
+    source = (f"def long():\n{body}\n"
+              "def short(a, b):\n    return a\n"
+              "class C:\n    def method(self, a, b, c, d, e, f, g, h):\n        return a\n"
+              "    def wide(self, a, b, c, d, e, f, g, *rest, **named):\n        def inner(): pass\n")
+    assert oversized(ast.parse(source), "m") == {"m.long": f"{MAX_LINES + 1} lines, 0 parameters",
+                                                 "m.C.wide": "2 lines, 9 parameters"}

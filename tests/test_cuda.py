@@ -140,8 +140,7 @@ def _nccl_worker(env, out):
     net = _net()
     with torch.no_grad():
         net.train()(torch.rand(4, 3, 8, 8, device=env.device) * (1 + env.rank))
-    engine.evaluate(net, [(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))], device=env.device, env=env,
-                    show_progress=False)
+    engine.evaluate(net, [(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))], engine.Step(env, show_progress=False))
     total = distributed.all_reduce_sum(torch.ones(1, device=env.device), env)
     with open(os.path.join(out, f"rank{env.rank}.json"), "w") as f:
         json.dump({"backend": env.backend, "device": str(env.device), "sum": total.item(),
@@ -185,8 +184,9 @@ def test_deterministic_training_steps_repeat_bit_for_bit():
             opt = optimizer.make_sgd(net, SETTINGS)
             data = [(torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda"))
                     for _ in range(3)]
-            engine.train_one_epoch(net, data, opt, device=torch.device("cuda"), attack=PGD(8 / 255, 2 / 255, 2),
-                                   amp="bf16", channels_last=True, show_progress=False)
+            step = engine.Step(distributed.DistEnv(device=torch.device("cuda")), amp="bf16", channels_last=True,
+                               attack=PGD(8 / 255, 2 / 255, 2), show_progress=False)
+            engine.train_one_epoch(net, data, opt, step)
         return [p.detach().clone() for p in net.parameters()]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

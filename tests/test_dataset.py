@@ -90,11 +90,11 @@ def test_svhn_split_and_label_10_is_digit_0(svhn_root):
 # ---------------------------------------------------------------------------- data-limited transfer
 def test_data_number_keeps_the_first_fraction(cifar10_root):
     _, labels = readers.read_cifar_images(cifar10_root, CIFAR10_TRAIN, "cifar-10-batches-py")
-    s = dataset.build_datasets("cifar10", cifar10_root, data_number=0.1)
+    s = dataset.build_datasets("cifar10", cifar10_root, dataset.DataFraction(0.1))
     assert s.train_indices == [0, 1, 2, 3, 4]  # int(54 * 0.1), as the original's int(45000 * data_rate)
     assert [s.train[i][1] for i in range(5)] == labels[:5]
     assert len(s.val) == 6  # validation does not shrink
-    assert dataset.build_datasets("cifar10", cifar10_root, data_number=0.001).train_indices == [0]
+    assert dataset.build_datasets("cifar10", cifar10_root, dataset.DataFraction(0.001)).train_indices == [0]
 
 
 def test_data_number_of_the_paper_on_official_sizes():
@@ -108,7 +108,7 @@ def test_data_number_of_the_paper_on_official_sizes():
 @pytest.mark.parametrize("bad", [0, -0.1, 1.5, math.nan])
 def test_data_number_outside_unit_interval_is_a_user_error(cifar10_root, bad):
     with pytest.raises(UserError, match="--data_number"):
-        dataset.build_datasets("cifar10", cifar10_root, data_number=bad)
+        dataset.build_datasets("cifar10", cifar10_root, dataset.DataFraction(bad))
 
 
 def test_balanced_subset_evens_out_a_skewed_pool():
@@ -127,9 +127,9 @@ def test_balanced_subset_evens_out_a_skewed_pool():
 def test_balanced_subset_through_build_datasets(cifar10_root):
     _, labels = readers.read_cifar_images(cifar10_root, CIFAR10_TRAIN, "cifar-10-batches-py")
     assert len(set(labels[:54])) == 10
-    a = dataset.build_datasets("cifar10", cifar10_root, data_number=0.2, subset="balanced", seed=1)
-    b = dataset.build_datasets("cifar10", cifar10_root, data_number=0.2, subset="balanced", seed=1)
-    c = dataset.build_datasets("cifar10", cifar10_root, data_number=0.2, subset="balanced", seed=2)
+    a = dataset.build_datasets("cifar10", cifar10_root, dataset.DataFraction(0.2, subset="balanced", seed=1))
+    b = dataset.build_datasets("cifar10", cifar10_root, dataset.DataFraction(0.2, subset="balanced", seed=1))
+    c = dataset.build_datasets("cifar10", cifar10_root, dataset.DataFraction(0.2, subset="balanced", seed=2))
     assert len(a.train_indices) == 10 and max(a.train_indices) < 54
     assert Counter(labels[i] for i in a.train_indices) == Counter(range(10))  # one image per class
     assert a.train.targets == [labels[i] for i in a.train_indices]
@@ -138,7 +138,7 @@ def test_balanced_subset_through_build_datasets(cifar10_root):
 
 def test_unknown_subset_is_a_user_error(cifar10_root):
     with pytest.raises(UserError, match="--subset"):
-        dataset.build_datasets("cifar10", cifar10_root, subset="random")
+        dataset.build_datasets("cifar10", cifar10_root, dataset.DataFraction(subset="random"))
 
 
 def test_write_indices_round_trips(tmp_path):

@@ -159,7 +159,7 @@ def _validate(env, payload):
     if env.is_main:
         torch.save(net.state_dict(), os.path.join(out, "rank0.pth"))
     loader = torch.utils.data.DataLoader(data, batch_size=4, sampler=distributed.ShardSampler(len(data), env))
-    stats = engine.evaluate(net, loader, device=env.device, env=env, show_progress=False)
+    stats = engine.evaluate(net, loader, engine.Step(env, show_progress=False))
     with open(os.path.join(out, f"rank{env.rank}.json"), "w") as f:
         json.dump(stats, f)
 
@@ -175,7 +175,6 @@ def test_validation_on_two_ranks_measures_rank_0s_model(tmp_path):
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     net = models.build("resnet_tiny", 3)
     net.load_state_dict(torch.load(tmp_path / "rank0.pth", weights_only=True))
-    whole = engine.evaluate(net, torch.utils.data.DataLoader(data, batch_size=4), device=torch.device("cpu"),
-                            show_progress=False)
+    whole = engine.evaluate(net, torch.utils.data.DataLoader(data, batch_size=4), engine.Step(show_progress=False))
     assert ranks[0] == ranks[1] and ranks[0]["n"] == 11
     assert ranks[0]["top1"] == whole["top1"] and ranks[0]["loss"] == pytest.approx(whole["loss"], rel=1e-6)

@@ -40,7 +40,7 @@ def _manual_metrics(model, ds):
 
 def test_evaluate_equals_a_manual_pass_over_uneven_batches():
     model, ds = _model(), _data()
-    got = engine.evaluate(model, DataLoader(ds, batch_size=7), device=CPU, show_progress=False)
+    got = engine.evaluate(model, DataLoader(ds, batch_size=7), engine.Step(show_progress=False))
     want = _manual_metrics(model, ds)
     assert got["n"] == want["n"] == 40
     assert got["top1"] == pytest.approx(want["top1"]) and got["top5"] == pytest.approx(want["top5"])
@@ -51,10 +51,10 @@ def test_robust_accuracy_is_below_standard_accuracy_and_eval_mode_is_used():
     model, ds = _model(), _data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for epoch in range(4):
-        engine.train_one_epoch(model, DataLoader(ds, batch_size=10, shuffle=True), opt, device=CPU,
-                               epoch=epoch, show_progress=False)
+        engine.train_one_epoch(model, DataLoader(ds, batch_size=10, shuffle=True), opt,
+                               engine.Step(show_progress=False), epoch=epoch)
     loader = DataLoader(ds, batch_size=20)
-    sa = engine.evaluate(model, loader, device=CPU, show_progress=False)
+    sa = engine.evaluate(model, loader, engine.Step(show_progress=False))
     seen = []
     pgd = attacks.PGD(16 / 255, 4 / 255, 5)
 
@@ -62,7 +62,7 @@ def test_robust_accuracy_is_below_standard_accuracy_and_eval_mode_is_used():
         seen.append(net.training)
         return pgd(net, x, y)
 
-    ra = engine.evaluate(model, loader, device=CPU, attack=spy, show_progress=False)
+    ra = engine.evaluate(model, loader, engine.Step(attack=spy, show_progress=False))
     assert seen == [False, False]
     assert sa["top1"] > 50 and ra["top1"] < sa["top1"] - 10
 
@@ -78,8 +78,8 @@ def test_adversarial_training_attacks_in_train_mode_and_trains_on_the_attacked_b
         made.append(x_adv)
         return x_adv
 
-    stats = engine.train_one_epoch(model, DataLoader(ds, batch_size=40), opt, device=CPU, attack=spy,
-                                   show_progress=False)
+    stats = engine.train_one_epoch(model, DataLoader(ds, batch_size=40), opt,
+                                   engine.Step(attack=spy, show_progress=False))
     assert modes == [True]
     model.train()
     with torch.no_grad():
@@ -93,8 +93,8 @@ def test_a_ticket_keeps_pruned_weights_exactly_zero_through_training():
     pruning_utils.apply_mask(model, mask)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    engine.train_one_epoch(model, DataLoader(ds, batch_size=8), opt, device=CPU, mask=mask,
-                           attack=attacks.fgsm_rs(8 / 255), show_progress=False)
+    engine.train_one_epoch(model, DataLoader(ds, batch_size=8), opt,
+                           engine.Step(attack=attacks.fgsm_rs(8 / 255), mask=mask, show_progress=False))
     params = dict(model.named_parameters())
     for name, m in mask.items():
         assert torch.all(params[name][~m] == 0), name
@@ -109,8 +109,8 @@ def test_non_finite_loss_stops_with_a_clear_error():
     x[3] = float("nan")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf .*epoch 7.*lower --lr") as info:
-        engine.train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=8), opt, device=CPU, epoch=7,
-                               show_progress=False)
+        engine.train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=8), opt,
+                               engine.Step(show_progress=False), epoch=7)
     assert "\n" not in str(info.value)
 
 
@@ -118,8 +118,8 @@ def test_channels_last_gives_the_same_numbers():
     ds = _data()
     a, b = _model(1), _model(1)
     b = b.to(memory_format=torch.channels_last)
-    ra = engine.evaluate(a, DataLoader(ds, batch_size=20), device=CPU, show_progress=False)
-    rb = engine.evaluate(b, DataLoader(ds, batch_size=20), device=CPU, channels_last=True, show_progress=False)
+    ra = engine.evaluate(a, DataLoader(ds, batch_size=20), engine.Step(show_progress=False))
+    rb = engine.evaluate(b, DataLoader(ds, batch_size=20), engine.Step(channels_last=True, show_progress=False))
     assert ra["top1"] == rb["top1"] and ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
 
 
@@ -128,7 +128,7 @@ def test_progress_lines_show_the_running_loss_and_accuracy_while_the_epoch_runs(
     numbers are the epoch's."""
     model, ds = _model(), _data()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every batch sees the same model, as evaluate does
-    stats = engine.train_one_epoch(model, DataLoader(ds, batch_size=2), opt, device=CPU, desc="ep")
+    stats = engine.train_one_epoch(model, DataLoader(ds, batch_size=2), opt, engine.Step(), desc="ep")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ep: ")]
     assert len(lines) == 10 and lines[0].startswith("ep: 2/20 ")
     assert all(" loss " in line and " top1 " in line for line in lines)

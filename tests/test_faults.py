@@ -568,7 +568,7 @@ def test_torn_metrics_line_is_skipped_and_dropped_on_resume(tmp_path):
     assert checkpoint.read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
     with open(path, "a") as f:
         f.write('{"epoch": 2, "val_')
-    runner.truncate_metrics(str(tmp_path), 2, first=0)
+    runner.truncate_metrics(str(tmp_path), 2)
     assert open(path).read() == '{"epoch": 0}\n{"epoch": 1}\n'
 
 

@@ -12,6 +12,7 @@ from torch.nn.utils import prune
 
 import models
 import pruning_utils as pu
+from training import engine
 from infra.checkpoint import strip_prefix
 from infra.errors import CheckpointError, ConfigError, MaskError
 
@@ -197,22 +198,32 @@ def test_prunable_names_sparsity_and_layer_sparsity():
 
 
 # ---------------------------------------------------------------------------- the one mask mechanism
-def _train(model: nn.Module, mask: pu.Mask | None, steps: int = 5) -> torch.optim.SGD:
-    """SGD as the downstream recipe (momentum 0.9, wd 5e-4); with a mask, calls exactly what training/engine.py calls."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+def _batches(steps: int = 5) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(11)
+    return [(torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(steps)]
+
+
+def _sgd(model: nn.Module) -> torch.optim.SGD:
+    """SGD as the downstream recipe: momentum 0.9, weight decay 5e-4."""
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def _train(model: nn.Module, mask: pu.Mask | None, steps: int = 5) -> torch.optim.SGD:
+    """One epoch of `steps` batches through the training loop itself (engine.train_one_epoch), under `mask`."""
+    opt = _sgd(model)
+    engine.train_one_epoch(model, _batches(steps), opt, engine.Step(mask=mask, show_progress=False))
+    return opt
+
+
+def _plain_sgd(model: nn.Module) -> None:
+    """The same five steps as a plain loop with no mask handling: what the original ran on a torch-pruned model."""
+    opt = _sgd(model)
     model.train()
-    for _ in range(steps):
-        x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    for x, y in _batches():
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if mask is not None:
-            pu.mask_grads(model, mask)
         opt.step()
-        if mask is not None:
-            pu.apply_mask(model, mask)
-    return opt
 
 
 def _pruned_tiny() -> tuple[nn.Module, pu.Mask]:
@@ -239,13 +250,14 @@ def test_pruned_weights_stay_exactly_zero_through_sgd_with_momentum_and_weight_d
 
 
 def test_mechanism_trains_exactly_like_torch_prune_reparametrisation():
-    """The original trained a torch-pruned model (weight = weight_orig * weight_mask); ours must match it."""
+    """The original trained a torch-pruned model (weight = weight_orig * weight_mask) with plain SGD steps; our
+    training loop with the mask must match it bit for bit."""
     model, mask = _pruned_tiny()
     ref = copy.deepcopy(model)
     for name, m in _convs(ref):
         prune.custom_from_mask(m, "weight", mask=mask[name + ".weight"])
     _train(model, mask)
-    _train(ref, None)
+    _plain_sgd(ref)
     _refresh(ref)
     ours = model.state_dict()
     theirs, ref_mask = pu.unmask_state_dict(ref.state_dict())

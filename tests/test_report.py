@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import report
+from infra import checkpoint
 from infra.errors import UserError, run_cli
 from reporting import analysis, output
 from reporting import tables as report_tables
@@ -272,7 +273,7 @@ def test_sources_and_group_by(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_cell(tmp_path, "imp", 0.5, 90.0, 50.0, 85.0, 55.0, source="imp")
     write_cell(tmp_path, "omp", 0.5, 80.0, 50.0, 85.0, 55.0, source="omp")
-    write_cell(tmp_path, "aimp", 0.3, 90.0, 50.0, 85.0, 55.0, ticket_meta={"level": 2, "method": "aimp"})
+    write_cell(tmp_path, "aimp", 0.3, 90.0, 50.0, 85.0, 55.0, ticket_meta={"level": 2, "source": "aimp"})
     write_cell(tmp_path, "bal/dense", 0.0, 90.0, 50.0, 85.0, 55.0, subset="balanced")
     rep = analysis.collect(str(tmp_path), Options())
     (group,) = rep.groups
@@ -294,16 +295,20 @@ def test_duplicate_seed_counted_once(tmp_path):
     assert {p.path for p in rep.problems} == {"dense_again/std_s1", "dense_again/adv_s1"}
 
 
-def test_sparsity_and_label_fallbacks():
-    assert read_sparsity({"ticket": "t", "ticket_sparsity": 0.5}) == (0.5, None)
-    assert read_sparsity({"ticket": "t", "sparsity_percent": 67.23}) == (0.6723, None)
-    assert read_sparsity({"ticket": "t", "ticket_sparsity_percent": 20.0}) == (0.2, None)
-    assert read_sparsity({"ticket": "t", "sparsity": 0.36, "ticket_sparsity": 0.9}) == (0.36, None)
+def test_sparsity_and_label():
+    assert read_sparsity({"ticket": "t", "sparsity": 0.67234}) == (0.6723, None)
     assert read_sparsity({"ticket": None}) == (0.0, None)
-    assert read_sparsity({"ticket": "t"})[0] is None
+    assert read_sparsity({"ticket": "t"}) == (None, "no sparsity for its ticket")
     assert "outside 0..1" in read_sparsity({"ticket": "t", "sparsity": 67.2})[1]
     assert init_label({"init": "/w/adv_r50.pth.tar"}) == "adv_r50"
-    assert init_label({"init": "/w/adv_r50.pth.tar", "init_label": "robust"}) == "robust"
+    assert init_label({"init": "/w/adv_r50.pth"}) == "adv_r50"
+
+
+def test_ticket_finding_files_are_told_from_run_files():
+    """The scan skips ticket-finding folders by their files' names, which infra.checkpoint spells."""
+    assert [checkpoint.imp_file_level(os.path.basename(p)) for p in checkpoint.imp_files("d", 12)] == [12] * 4
+    for other in ("12-notes.txt", "x-ticket.pth.tar", checkpoint.RESULTS, checkpoint.CHECKPOINT):
+        assert checkpoint.imp_file_level(other) is None
 
 
 def test_cli(paper_tree, tmp_path, capsys):

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from infra import checkpoint
+from infra import reproducibility
 from training import runner
 from infra.distributed import DistEnv
 from infra.errors import ConfigError
@@ -58,27 +59,24 @@ def test_train_order_is_a_pure_function_of_seed_epoch_and_rank():
 
 
 def test_epoch_seeds_are_pure_and_independent_of_the_loader_order():
-    assert runner.epoch_seed(1, 2, 0) == runner.epoch_seed(1, 2, 0)
-    seeds = {runner.epoch_seed(s, e, r) for s in (1, 2) for e in range(5) for r in range(3)}
+    assert reproducibility.epoch_seed(1, 2, 0) == reproducibility.epoch_seed(1, 2, 0)
+    seeds = {reproducibility.epoch_seed(s, e, r) for s in (1, 2) for e in range(5) for r in range(3)}
     assert len(seeds) == 30
-    from infra.reproducibility import epoch_generator
-    assert runner.epoch_seed(1, 2, 0) != epoch_generator(1, 2, 0).initial_seed()
+    assert reproducibility.epoch_seed(1, 2, 0) != reproducibility.epoch_generator(1, 2, 0).initial_seed()
 
 
 def test_per_rank_batch_names_the_flag():
-    log = __import__("logging").getLogger("test")
-    assert runner.per_rank_batch(10, DistEnv(rank=0, world_size=3), log, flag="-b") == 3
+    assert runner.per_rank_batch(10, DistEnv(rank=0, world_size=3), flag="-b") == 3
     with pytest.raises(ConfigError, match="--batch_size 2 is the global batch"):
-        runner.per_rank_batch(2, DistEnv(rank=0, world_size=4), log, flag="--batch_size")
+        runner.per_rank_batch(2, DistEnv(rank=0, world_size=4), flag="--batch_size")
 
 
-@pytest.mark.parametrize("first", [0, 1])
-def test_truncate_metrics_keeps_the_completed_epochs_and_drops_a_torn_line(tmp_path, first):
+def test_truncate_metrics_keeps_the_completed_epochs_and_drops_a_torn_line(tmp_path):
     path = tmp_path / checkpoint.METRICS
-    path.write_text("".join(json.dumps({"epoch": e + first}) + "\n" for e in range(4)) + '{"epoch": 9, "va')
-    runner.truncate_metrics(str(tmp_path), 2, first=first)
-    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [first, first + 1]
-    runner.truncate_metrics(str(tmp_path), 0, first=first)
+    path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(4)) + '{"epoch": 9, "va')
+    runner.truncate_metrics(str(tmp_path), 2)
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [0, 1]
+    runner.truncate_metrics(str(tmp_path), 0)
     assert path.read_text() == ""
 
 
@@ -89,7 +87,7 @@ def test_a_deterministic_run_leaves_the_process_as_it_found_it(tmp_path):
     class Cfg:
         save_dir, deterministic, tf32, amp = str(tmp_path), True, False, None
 
-    def body(env, cfg, log):
+    def body(env, cfg):
         seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
                      torch.backends.cudnn.allow_tf32))
     runner.in_worker(body, DistEnv(), Cfg)
@@ -115,7 +113,7 @@ def test_prepare_save_dir_restart_clears_before_config_changes(tmp_path):
 
 
 def test_both_stages_seed_each_epoch_with_the_one_policy(monkeypatch, tmp_path, image_folder_root, pretrained):
-    """Ticket finding and transfer alike train epoch e with the global RNG seeded by runner.epoch_seed(seed, e,
+    """Ticket finding and transfer alike train epoch e with the global RNG seeded by reproducibility.epoch_seed(seed, e,
     rank), not by the loader's order seed."""
     from lottery import levels as imp_levels
     from recipes import argv, imp_argv, write_init
@@ -131,5 +129,5 @@ def test_both_stages_seed_each_epoch_with_the_one_policy(monkeypatch, tmp_path, 
     init = write_init(str(tmp_path / "init.pth"))
     assert imp_cli.main(imp_argv(image_folder_root, init, str(tmp_path / "i"), "--epochs", "2", "--prune_epoch", "1",
                                  "--seed", "5"), adversarial=False) == 0
-    want = [runner.epoch_seed(5, e, 0) for e in range(2)]
+    want = [reproducibility.epoch_seed(5, e, 0) for e in range(2)]
     assert seen == {"transfer": want, "imp": want}

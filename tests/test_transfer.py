@@ -21,7 +21,7 @@ from transfer import run as transfer_run
 from transfer import results as transfer_results
 from infra.checkpoint import CHECKPOINT, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
 from infra.distributed import DistEnv
-from training.engine import evaluate
+from training.engine import Step, evaluate
 from infra.errors import CheckpointError, ConfigError, run_cli
 from recipes import argv, check_run
 
@@ -42,11 +42,11 @@ def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root,
     plain, _ = pruning_utils.unmask_state_dict(load_file(str(out / SA_BEST))["state_dict"])
     model.load_state_dict(plain)
     loader = torch.utils.data.DataLoader(splits.test, batch_size=7)
-    assert evaluate(model, loader, device=torch.device("cpu"), show_progress=False)["top1"] == res["best_sa"]["test_sa"]
+    assert evaluate(model, loader, Step(show_progress=False))["top1"] == res["best_sa"]["test_sa"]
     # the last epoch's test SA (what the original's standard transfer printed), from the last checkpoint's weights
     plain, _ = pruning_utils.unmask_state_dict(load_file(str(out / CHECKPOINT))["state_dict"])
     model.load_state_dict(plain)
-    assert evaluate(model, loader, device=torch.device("cpu"), show_progress=False)["top1"] == res["last"]["test_sa"]
+    assert evaluate(model, loader, Step(show_progress=False))["top1"] == res["last"]["test_sa"]
 
 
 def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, pretrained):
@@ -60,7 +60,7 @@ def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, pretrain
     assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05 * (1 + math.cos(math.pi / 2)) / 2])
     assert res["ticket"] is None and res["sparsity"] == 0.0
     assert res["n_train"] == 28  # half of 56: the 60 fabricated images minus 4 held out for validation
-    balanced = dataset.build_datasets("svhn", svhn_root, data_number=0.5, subset="balanced", seed=3)
+    balanced = dataset.build_datasets("svhn", svhn_root, dataset.DataFraction(0.5, subset="balanced", seed=3))
     assert (res["subset"], json.load(open(out / INDICES))) == ("balanced", balanced.train_indices)
     assert res["train_attack"]["eps"] == 8 / 255 and res["train_attack"]["alpha_255"] == pytest.approx(2)
     assert (res["train_attack"]["kind"], res["train_attack"]["steps"]) == ("pgd", 2)

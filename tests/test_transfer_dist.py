@@ -16,7 +16,7 @@ from datafiles import fabricate
 import models
 import pruning_utils
 from infra.checkpoint import LOG, RESULTS, SA_BEST, load_file
-from training.engine import evaluate
+from training.engine import Step, evaluate
 from recipes import argv, check_run, write_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +42,8 @@ def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
     model = models.build("resnet_tiny", 3, small_input=True, mean=splits.mean, std=splits.std)
     best = load_file(str(out / SA_BEST))
     model.load_state_dict(pruning_utils.unmask_state_dict(best["state_dict"])[0])
-    cpu = torch.device("cpu")
     for split, key in ((splits.val, "val_sa"), (splits.test, "test_sa")):
-        whole = evaluate(model, torch.utils.data.DataLoader(split, batch_size=5), device=cpu, show_progress=False)
+        whole = evaluate(model, torch.utils.data.DataLoader(split, batch_size=5), Step(show_progress=False))
         assert whole["n"] == 9 and whole["top1"] == pytest.approx(res["best_sa"][key], abs=1e-9), key
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert rows[best["epoch"]]["val_sa"] == res["best_sa"]["val_sa"]
@@ -89,9 +88,8 @@ def test_two_gloo_ranks_on_the_device_pipeline_report_exact_whole_split_accuraci
     model = models.build("resnet_tiny", 10, small_input=True, mean=splits.mean, std=splits.std)
     best = load_file(str(out / SA_BEST))
     model.load_state_dict(pruning_utils.unmask_state_dict(best["state_dict"])[0])
-    cpu = torch.device("cpu")
     resize = pipeline.DeviceEvalResize(16, 16, channels_last=False)
     for split, key in ((splits.val, "val_sa"), (splits.test, "test_sa")):
         whole = evaluate(model, pipeline.DeviceBatches(*pipeline.uint8_tensors(split), 5, transform=resize),
-                         device=cpu, show_progress=False)
+                         Step(show_progress=False))
         assert whole["top1"] == pytest.approx(res["best_sa"][key], abs=1e-9), key

@@ -19,10 +19,12 @@ from training import runner
 from transfer import cli
 import models
 import pruning_utils
+from transfer import data as transfer_data
 from transfer import run as transfer_run
+from infra import reproducibility
 from infra.checkpoint import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST, load_file
 from infra.distributed import DistEnv
-from training.engine import evaluate
+from training.engine import Step, evaluate
 from infra.errors import ConfigError, run_cli
 from recipes import argv, check_run
 
@@ -37,11 +39,26 @@ def untimed(save_dir) -> tuple[dict, list[dict]]:
             [{k: v for k, v in r.items() if k != "time"} for r in rows])
 
 
-def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1) -> transfer_run.DeviceData:
+def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1, pipeline: str = "device"):
     cfg = transfer_run.TransferConfig(save_dir="unused", dataset="cifar10", data=root, seed=seed, batch_size=16,
-                                  image_size=16, resize_size=16, channels_last=False)
+                                      image_size=16, resize_size=16, channels_last=False, workers=0)
     splits = dataset.build_datasets("cifar10", root, image_size=16, resize_size=16)
-    return transfer_run.DeviceData(splits, cfg, DistEnv(rank=rank, world_size=world_size), 16 // world_size)
+    return transfer_data.run_data(pipeline, splits, cfg, DistEnv(rank=rank, world_size=world_size), 16 // world_size)
+
+
+def test_both_pipelines_serve_one_interface(cifar10_root):
+    """The device and the PIL data of a run answer the loop the same way: an epoch's batches, the val and test
+    batches (every image once), and AutoAttack's test images by index."""
+    for name, kind in (("device", transfer_data.DeviceData), ("pil", transfer_data.HostData)):
+        data = device_data(cifar10_root, pipeline=name)
+        assert isinstance(data, kind) and data.name == name and data.describe()
+        x, y = next(iter(data.train_epoch(0)))
+        assert x.shape == (16, 3, 16, 16) and x.dtype == torch.float32 and len(y) == 16
+        for split in ("val", "test"):
+            labels = torch.cat([y for _, y in getattr(data, split)]).tolist()
+            assert labels == [getattr(data.splits, split)[i][1] for i in range(len(getattr(data.splits, split)))]
+        x, y = data.fetch([2, 0])
+        assert x.shape == (2, 3, 16, 16) and y.tolist() == [data.splits.test[2][1], data.splits.test[0][1]]
 
 
 # ---------------------------------------------------------------------------- choosing the pipeline
@@ -155,7 +172,7 @@ def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar1
     model = models.build("resnet_tiny", 10, small_input=True, mean=splits.mean, std=splits.std)
     model.load_state_dict(pruning_utils.unmask_state_dict(load_file(str(out / SA_BEST))["state_dict"])[0])
     batches = pipeline.DeviceBatches(images, labels, 7, transform=resize)
-    assert evaluate(model, batches, device=CPU, show_progress=False)["top1"] == res["best_sa"]["test_sa"]
+    assert evaluate(model, batches, Step(show_progress=False))["top1"] == res["best_sa"]["test_sa"]
 
 
 def test_pil_pipeline_on_cifar_is_recorded_and_unfused_sgd_runs(tmp_path, cifar10_root, pretrained):
@@ -169,7 +186,7 @@ def test_pil_pipeline_on_cifar_is_recorded_and_unfused_sgd_runs(tmp_path, cifar1
 
 # ---------------------------------------------------------------------------- the batches themselves
 def test_training_batches_are_a_function_of_seed_epoch_and_rank(cifar10_root):
-    def epoch_batches(data: transfer_run.DeviceData, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch_batches(data: transfer_data.DeviceData, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(data.train_epoch(epoch))
 
     a, b = device_data(cifar10_root), device_data(cifar10_root)
@@ -184,8 +201,8 @@ def test_training_batches_are_a_function_of_seed_epoch_and_rank(cifar10_root):
     assert not torch.equal(torch.cat([y for _, y in first]), torch.cat([y for _, y in other]))
     assert not torch.equal(first[0][0], other[0][0])
     # the same images in another order get other crops too: not the order's random stream replayed
-    assert transfer_run.augment_seed(1, 0) != transfer_run.epoch_generator(1, 0).initial_seed()
-    assert transfer_run.augment_seed(1, 0, 0) != transfer_run.augment_seed(1, 0, 1)
+    assert reproducibility.augment_seed(1, 0) != reproducibility.epoch_generator(1, 0).initial_seed()
+    assert reproducibility.augment_seed(1, 0, 0) != reproducibility.augment_seed(1, 0, 1)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

@@ -138,13 +138,13 @@ def test_device_batches_order_is_a_function_of_seed_and_epoch():
 
 def test_device_batches_shards_and_drop_last():
     images, labels = torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10)
-    evals = [torch.cat([y for _, y in ga.DeviceBatches(images, labels, 3, rank=r, world_size=3)]) for r in range(3)]
+    evals = [torch.cat([y for _, y in ga.DeviceBatches(images, labels, 3, shard=(r, 3))]) for r in range(3)]
     assert sorted(torch.cat(evals).tolist()) == list(range(10))  # evaluation: every image exactly once
-    trains = [ga.DeviceBatches(images, labels, 3, shuffle=True, rank=r, world_size=3) for r in range(3)]
+    trains = [ga.DeviceBatches(images, labels, 3, shuffle=True, shard=(r, 3)) for r in range(3)]
     got = [torch.cat([y for _, y in b]) for b in trains]
     assert [len(g) for g in got] == [4, 4, 4] and set(torch.cat(got).tolist()) == set(range(10))
     assert [len(b) for b in trains] == [2, 2, 2]
-    assert [len(ga.DeviceBatches(images, labels, 3, rank=r, world_size=3)) for r in range(3)] == [2, 1, 1]
+    assert [len(ga.DeviceBatches(images, labels, 3, shard=(r, 3))) for r in range(3)] == [2, 1, 1]
     dropped = ga.DeviceBatches(images, labels, 4, drop_last=True)
     assert len(dropped) == 2 and [len(y) for _, y in dropped] == [4, 4]
 
@@ -160,7 +160,7 @@ def test_device_batches_apply_the_transform():
 @pytest.mark.parametrize("name", ["cifar10", "svhn"])
 def test_uint8_tensors_equal_the_split_images(name, request):
     root = request.getfixturevalue(f"{name}_root")
-    splits = dataset.build_datasets(name, root, data_number=0.5, train_transform=T.ToTensor())
+    splits = dataset.build_datasets(name, root, dataset.DataFraction(0.5), train_transform=T.ToTensor())
     images, labels = ga.uint8_tensors(splits.train)
     assert images.dtype == torch.uint8 and images.shape == (len(splits.train), 3, 32, 32)
     for k in (0, len(splits.train) - 1):

@@ -1,7 +1,8 @@
-"""The one training / evaluation loop: clean or adversarial is only the `attack` argument.
+"""The one training / evaluation loop: clean or adversarial is only the `attack` of the run's `Step`.
 
-    stats = train_one_epoch(model, loader, optimizer, device=dev, attack=pgd, mask=ticket)
-    stats = evaluate(model, loader, device=dev, attack=pgd20)   # stats["top1"] is RA; without attack, SA
+    step = Step(env, amp="bf16", channels_last=True, attack=pgd, mask=ticket)
+    stats = train_one_epoch(model, loader, optimizer, step, scaler=scaler, epoch=3)
+    stats = evaluate(model, loader, replace(step, attack=pgd20))   # stats["top1"] is RA; without attack, SA
 
 Metrics are accumulated on the device (no per-step host sync) and summed exactly across ranks.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -26,6 +28,22 @@ ATTACK_AMP = {None: None, "bf16": "bf16", "fp16": None}
 NAN_HINT = ("the last good checkpoint is kept; lower --lr (with --restart or a new --save_dir: a changed "
             "config is refused) or check the data")
 NAN_CHECK_EVERY = 20  # steps between host-side checks of the non-finite flag (a check is a device sync)
+
+
+@dataclass(frozen=True)
+class Step:
+    """How every batch of a pass is run: on which ranks and device (`env`), in which precision and memory format,
+    against which attack (None: clean), under which ticket mask (training only), with a progress bar or not."""
+    env: DistEnv = field(default_factory=DistEnv)
+    amp: str | None = None
+    channels_last: bool = False
+    attack: Callable | None = None
+    mask: dict[str, torch.Tensor] | None = None
+    show_progress: bool = True
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
 
 
 def autocast(device: torch.device, amp: str | None):
@@ -93,29 +111,27 @@ def _running(acc: torch.Tensor) -> str:
     return f"loss {loss_sum / n:.4f} top1 {100 * c1 / n:.2f}%" if n else ""
 
 
-def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, *,
-                    device: torch.device, attack: Callable | None = None,
-                    mask: dict[str, torch.Tensor] | None = None, epoch: int = 0,
-                    env: DistEnv | None = None, amp: str | None = None, scaler=None,
-                    channels_last: bool = False, desc: str = "train", show_progress: bool = True) -> dict:
+def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, run: Step = Step(), *,
+                    scaler=None, epoch: int = 0, desc: str = "train") -> dict:
     """One epoch of (adversarial) training. Returns {"loss", "top1", "top5", "n", "time", "images_per_s"}.
 
-    Adversarial examples are made with the model in train mode, as the original did. With a `mask`, gradients
+    Adversarial examples are made with the model in train mode, as the original did. With `run.mask`, gradients
     of pruned weights are zeroed after backward and the mask is re-applied after each optimizer step (the one
     mask mechanism, see pruning_utils). Learning-rate schedules are the caller's, stepped between epochs.
+    `epoch` only names the epoch in a NaN error.
     """
     model.train()
     net = unwrap(model)
-    mask = _mask_on_device(net, mask)
+    mask = _mask_on_device(net, run.mask)
+    device, amp = run.device, run.amp
     acc = torch.zeros(4, device=device, dtype=torch.float64)
     bad = torch.zeros((), device=device, dtype=torch.bool)
     start = time.time()
-    shown = progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main),
-                     stats=lambda: _running(acc))
+    shown = progress(loader, desc=desc, enabled=run.show_progress and run.env.is_main, stats=lambda: _running(acc))
     for step, (x, y) in enumerate(shown):
-        x, y = _to_device(x, y, device, channels_last)
-        if attack is not None:
-            x = adversarial(attack, net, x, y, device=device, amp=amp)
+        x, y = _to_device(x, y, device, run.channels_last)
+        if run.attack is not None:
+            x = adversarial(run.attack, net, x, y, device=device, amp=amp)
         with autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -140,30 +156,28 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
             raise NonFiniteLossError(f"training loss became NaN/inf at epoch {epoch}, step <= {step}: {NAN_HINT}")
     if bool(bad):
         raise NonFiniteLossError(f"training loss became NaN/inf in epoch {epoch}: {NAN_HINT}")
-    out = _summary(acc, env)
+    out = _summary(acc, run.env)
     out["time"] = time.time() - start
     out["images_per_s"] = out["n"] / max(out["time"], 1e-9)
     return out
 
 
-def evaluate(model: torch.nn.Module, loader, *, device: torch.device, attack: Callable | None = None,
-             env: DistEnv | None = None, amp: str | None = None, channels_last: bool = False,
-             desc: str = "eval", show_progress: bool = True) -> dict:
-    """Accuracy in eval mode: SA without `attack`, RA with it (examples made against the eval-mode model).
-    Under DDP every rank first takes rank 0's buffers (BatchNorm statistics), as validating through DDP did:
-    the numbers are those of the model rank 0 saves."""
+def evaluate(model: torch.nn.Module, loader, run: Step = Step(), *, desc: str = "eval") -> dict:
+    """Accuracy in eval mode: SA without `run.attack`, RA with it (examples made against the eval-mode model;
+    `run.mask` is not used: the weights already hold it). Under DDP every rank first takes rank 0's buffers
+    (BatchNorm statistics), as validating through DDP did: the numbers are those of the model rank 0 saves."""
     model.eval()
     net = unwrap(model)
-    broadcast_buffers(net, env)
+    broadcast_buffers(net, run.env)
+    device, amp = run.device, run.amp
     acc = torch.zeros(4, device=device, dtype=torch.float64)
-    shown = progress(loader, desc=desc, enabled=show_progress and (env is None or env.is_main),
-                     stats=lambda: _running(acc))
+    shown = progress(loader, desc=desc, enabled=run.show_progress and run.env.is_main, stats=lambda: _running(acc))
     for x, y in shown:
-        x, y = _to_device(x, y, device, channels_last)
-        if attack is not None:
-            x = adversarial(attack, net, x, y, device=device, amp=amp)
+        x, y = _to_device(x, y, device, run.channels_last)
+        if run.attack is not None:
+            x = adversarial(run.attack, net, x, y, device=device, amp=amp)
         with torch.no_grad(), autocast(device, amp):
             logits = net(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
         _accumulate(acc, loss, logits, y)
-    return _summary(acc, env)
+    return _summary(acc, run.env)

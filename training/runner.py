@@ -4,8 +4,8 @@ loaders, the per-epoch seeds, the model's compile + DDP wrapping and the metrics
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import logging
 import os
 from typing import Any, Callable, Iterable
 
@@ -118,14 +118,15 @@ def start(worker: Callable[[DistEnv, Any], None], cfg: Any, opts: Launch) -> str
     return distributed.launch(worker, cfg, opts)
 
 
-def in_worker(body: Callable[[DistEnv, Any, Any], None], env: DistEnv, cfg: Any) -> None:
-    """One process of a run: the log (stdout, and SAVE_DIR/log.txt on rank 0), the run's kernel settings
-    (--deterministic, --tf32) for its duration, and the process group closed however the body ends."""
-    log = runlog.setup_log(cfg.save_dir, env.is_main)
+def in_worker(body: Callable[[DistEnv, Any], None], env: DistEnv, cfg: Any) -> None:
+    """One process of a run: the project log's handlers (stdout, and SAVE_DIR/log.txt on rank 0), the run's
+    kernel settings (--deterministic, --tf32) for its duration, and the process group closed however the body
+    ends."""
+    runlog.setup_log(cfg.save_dir, env.is_main)
     try:
         hardware.check_amp(cfg.amp, env.device)  # this rank's own GPU: a node may mix cards
         with reproducibility.kernel_mode(deterministic=cfg.deterministic, tf32=cfg.tf32):
-            body(env, cfg, log)
+            body(env, cfg)
     finally:
         distributed.cleanup(env)
 
@@ -142,15 +143,15 @@ def loader_settings(device: torch.device, workers: int | None = None, *, reused:
     return out
 
 
-def per_rank_batch(batch_size: int, env: DistEnv, log, *, flag: str) -> int:
+def per_rank_batch(batch_size: int, env: DistEnv, *, flag: str) -> int:
     """The batch of one process: the global `batch_size` split over the ranks."""
     per_rank = batch_size // env.world_size
     if per_rank < 1:
         raise ConfigError(f"{flag} {batch_size} is the global batch: it must be at least the {env.world_size} "
                           "processes")
     if batch_size % env.world_size and env.is_main:
-        log.warning(f"WARNING: {flag} {batch_size} is the global batch; {env.world_size} processes take "
-                    f"{per_rank} each")
+        logging.getLogger(runlog.LOGGER).warning(f"WARNING: {flag} {batch_size} is the global batch; "
+                                                 f"{env.world_size} processes take {per_rank} each")
     return per_rank
 
 
@@ -173,18 +174,7 @@ def eval_loader(ds: Dataset, batch: int, *, env: DistEnv, workers: int) -> DataL
                       **loader_settings(env.device, workers, reused=True))
 
 
-# ---------------------------------------------------------------------------- seeds, model, metrics
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The global RNG's seed for one epoch on one rank (augmentation in workers aside: PGD random starts,
-    dropout): a pure function of the three, and independent of the loader's order generator, so the data order
-    and the attack's noise are not drawn from one stream."""
-    return int.from_bytes(hashlib.sha256(f"imp/{seed}/{epoch}/{rank}".encode()).digest()[:7], "big")
-
-
-def seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    reproducibility.seed_all(epoch_seed(seed, epoch, rank))
-
-
+# ---------------------------------------------------------------------------- model, metrics
 def wrap(model: torch.nn.Module, env: DistEnv, *, compile: bool, sync_bn: bool = False) -> torch.nn.Module:
     """The network the loop trains: with `sync_bn` its BatchNorm layers become SyncBatchNorm in place (statistics
     over the global batch; same parameters and state_dict keys), compiled in place (names, state_dict and masks
@@ -200,12 +190,27 @@ def wrap(model: torch.nn.Module, env: DistEnv, *, compile: bool, sync_bn: bool =
     return distributed.wrap_model(model, env)
 
 
-def truncate_metrics(save_dir: str, done: int, *, first: int) -> None:
-    """Keep the metrics.jsonl rows of the `done` completed epochs only: rows of an epoch that crashed between
-    its row and its checkpoint go, and so does a torn last line. `first` is the number the stage gives its
-    first epoch in the rows (0 or 1)."""
+def metrics_row(epoch: int, lr: float, train: dict, **more) -> dict:
+    """One metrics.jsonl row, in the schema both stages write (a stage adds its own keys in `more`):
+
+    - `epoch`: the epoch's number, counted from 0 in both stages, as --eval_from, the --decreasing_lr milestones
+      and the original's transfer printouts count them;
+    - `lr`: the learning rate the epoch started with;
+    - `train_loss`, `train_acc`: mean loss and top-1 accuracy (%) on the examples trained on (the adversarial
+      examples under adversarial training), from `train_one_epoch`'s stats;
+    - `val_sa`, `val_ra`: standard and robust accuracy (%) on the validation split, None in an epoch that did
+      not measure them (ticket finding validates SA only);
+    - `time`: the epoch's seconds, training and validation.
+    """
+    return {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_acc": train["top1"], **more}
+
+
+def truncate_metrics(save_dir: str, done: int) -> None:
+    """Keep the metrics.jsonl rows of the `done` completed epochs only (rows number epochs from 0, see
+    METRICS_ROW): rows of an epoch that crashed between its row and its checkpoint go, and so does a torn last
+    line."""
     path = os.path.join(save_dir, checkpoint.METRICS)
     if os.path.exists(path):
         rows = [r for r in checkpoint.read_jsonl(path)
-                if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] < done + first]
+                if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] < done]
         checkpoint.atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

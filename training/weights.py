@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from infra.checkpoint import load_file
+from infra.distributed import unwrap
 from infra.errors import CheckpointError, MaskError
-from pruning_utils import Mask, sparsity, unmask_state_dict
+from pruning_utils import TICKET_FORMAT, Mask, sparsity, unmask_state_dict
 
 FORMATS = {  # format id -> what the report calls it
     "torchvision": "torchvision state dict",
@@ -117,7 +118,7 @@ def _find_state_dict(obj: Any, path: str) -> tuple[dict | None, dict[str, torch.
         return None, obj.state_dict()
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
-    if obj.get("format") == "doublewin-ticket":
+    if obj.get("format") == TICKET_FORMAT:
         raise CheckpointError(f"{path} is a mask-only ticket without weights: pass it as the ticket, and the "
                               "pre-trained weights as the init")
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -173,7 +174,7 @@ def load_into(model: nn.Module, weights: LoadedWeights, *, head: str = "strict")
     """
     if head not in ("strict", "replace"):
         raise ValueError(f"head must be 'strict' or 'replace', got {head!r}")
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     target = net.state_dict()
     source = dict(weights.state_dict)
     where = f"{weights.path} ({FORMATS.get(weights.format, weights.format)})"

@@ -175,14 +175,16 @@ def _check_uint8(images: torch.Tensor) -> None:
 class DeviceBatches:
     """(x, y) batches of a uint8 image tensor held on the device: the epoch's order is a pure function of
     (seed, epoch) (call `set_epoch`), shards over ranks like DistributedSampler (training: padded to equal
-    shards) or ShardSampler (evaluation: every image exactly once); `transform` turns uint8 into float."""
+    shards) or ShardSampler (evaluation: every image exactly once); `shard` is (rank, world_size);
+    `transform` turns uint8 into float."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
+                 seed: int = 0, drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
         _check_uint8(images)
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        rank, world_size = shard
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
         self.images, self.labels, self.batch_size = images, labels.to(images.device), batch_size

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import platform
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Callable, Sequence
 
@@ -15,11 +17,15 @@ import torchvision
 from torch import nn
 
 import pruning_utils
-from training import runner
+from attacks import build_attack
 from infra.checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own
 from infra.distributed import DistEnv, ShardSampler, all_reduce_sum
-from training.engine import evaluate
-from transfer.state import restore
+from infra.reproducibility import seed_epoch
+from infra.runlog import LOGGER
+from training.engine import Step, evaluate
+from transfer.state import Training, restore
+
+log = logging.getLogger(LOGGER)
 
 
 def plain(value) -> bool:
@@ -114,43 +120,55 @@ def autoattack_ra(model: nn.Module, dataset, cfg, env: DistEnv, *,
     return 100.0 * robust / max(total, 1.0), int(total), list(aa.attacks_to_run)
 
 
-def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state: dict, test_loader,
-           test_attack, log, *, pipeline: str, fetch: Fetch | None = None) -> dict:
+def finish(env: DistEnv, cfg, run: Training, data, info: dict, state: dict) -> dict:
     """Test the last epoch's model (SA, PGD RA) and the best-SA and best-RA checkpoints (SA, PGD RA, AutoAttack RA)
-    and write results.json (rank 0). `model` holds the last epoch's weights when called. `pipeline` ("device" or
-    "pil") is recorded; `fetch` gives AutoAttack the test loader's images."""
+    and write results.json (rank 0). `run.model` holds the last epoch's weights when called; `data` (transfer.data)
+    gives the test batches, AutoAttack's images and the pipeline's name, which is recorded."""
     start = time.time()
     # fixed RNG for the attacks' random starts: a run resumed during its final test reports the same numbers
-    runner.seed_epoch(cfg.seed, cfg.epochs, env.rank)
+    seed_epoch(cfg.seed, cfg.epochs, env.rank)
     precision = final_precision(cfg)
-    opts = dict(device=env.device, env=env, amp=None if precision == "fp32" else precision,
-                channels_last=cfg.channels_last, show_progress=cfg.show_progress)
+    step = Step(env, amp=None if precision == "fp32" else precision, channels_last=cfg.channels_last,
+                show_progress=cfg.show_progress)
+    attack = build_attack(cfg.test_attack, cfg.attack_loss)
 
     def test(where: str) -> dict:
-        bad = pruned_nonzero(model, mask)
+        bad = pruned_nonzero(run.model, run.mask)
         if bad:
             raise RuntimeError(f"{where}: {bad} pruned weights are not zero")
-        sa = evaluate(model, test_loader, desc="test SA", **opts)
-        return {"test_sa": sa["top1"], "test_ra": evaluate(model, test_loader, attack=test_attack, desc="test RA",
-                                                           **opts)["top1"], "test_images": sa["n"]}
+        sa = evaluate(run.model, data.test, step, desc="test SA")
+        return {"test_sa": sa["top1"], "test_ra": evaluate(run.model, data.test, replace(step, attack=attack),
+                                                           desc="test RA")["top1"], "test_images": sa["n"]}
 
     # The last epoch first, before the best checkpoints replace its weights (the original's standard transfer
     # printed its test SA; its RA costs one PGD test pass, about 1% of a run's compute, and is kept too).
     last = {"epoch": cfg.epochs - 1, **test(f"{cfg.save_dir} (last epoch)")}
     log.info(f"last epoch ({last['epoch']}): test SA {last['test_sa']:.2f} "
              f"PGD-{cfg.test_attack.steps} RA {last['test_ra']:.2f}")
+    best = _test_best(env, cfg, run, data, last, test)
+    results = {**_settings(env, cfg, data, info), "test_precision": precision, **best, "last": last,
+               "wall_time_s": state["wall_time_s"] + time.time() - start}
+    if env.is_main:
+        atomic_write_json(os.path.join(cfg.save_dir, RESULTS), results)
+        log.info(f"wrote {os.path.join(cfg.save_dir, RESULTS)}")
+    return results
+
+
+def _test_best(env: DistEnv, cfg, run: Training, data, last: dict, test: Callable[[str], dict]) -> dict:
+    """{"best_sa": ..., "best_ra": ...}: each best checkpoint's val and test numbers (one test per epoch: the
+    two may be one checkpoint, or the last epoch's weights, already tested)."""
     tested: dict[int, dict] = {}
     best: dict[str, dict] = {}
     for tag, name in (("best_sa", SA_BEST), ("best_ra", RA_BEST)):
         path = os.path.join(cfg.save_dir, name)
         ck = load_own(path)
         if ck["epoch"] not in tested:
-            restore(model, ck["state_dict"], mask, path)
+            restore(run.model, ck["state_dict"], run.mask, path)
             numbers = {k: last[k] for k in ("test_sa", "test_ra", "test_images")} if ck["epoch"] == last["epoch"] \
                 else test(path)
             row = {"epoch": ck["epoch"], "val_sa": ck["val_sa"], "val_ra": ck["val_ra"], **numbers}
             if cfg.autoattack:
-                aa_ra, aa_images, aa_attacks = autoattack_ra(model, splits.test, cfg, env, fetch=fetch)
+                aa_ra, aa_images, aa_attacks = autoattack_ra(run.model, data.splits.test, cfg, env, fetch=data.fetch)
                 row.update(test_aa_ra=aa_ra, aa_images=aa_images, aa_attacks=aa_attacks)
             tested[ck["epoch"]] = row
         best[tag] = dict(tested[ck["epoch"]])
@@ -158,26 +176,25 @@ def finish(env: DistEnv, cfg, model: nn.Module, mask, splits, info: dict, state:
             if cfg.autoattack else ""
         log.info(f"{tag} (epoch {ck['epoch']}): test SA {best[tag]['test_sa']:.2f} "
                  f"PGD-{cfg.test_attack.steps} RA {best[tag]['test_ra']:.2f}{aa}")
-    s = info["ticket_sparsity"]
-    results = {
+    return best
+
+
+def _settings(env: DistEnv, cfg, data, info: dict) -> dict:
+    """What results.json records about the run besides its test numbers."""
+    splits, s = data.splits, info["ticket_sparsity"]
+    return {
         "complete": True, "dataset": cfg.dataset, "data_number": cfg.data_number, "subset": cfg.subset,
         "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
         "num_classes": splits.num_classes, "mode": cfg.mode, "train_attack": attack_dict(cfg.train_attack),
         "test_attack": attack_dict(cfg.test_attack), "attack_loss": cfg.attack_loss, "autoattack": autoattack_settings(cfg),
         "ticket": info["ticket"], "sparsity": s, "sparsity_percent": 100 * s,
         "ticket_meta": info["ticket_meta"], "init": info["init"], "init_format": info["init_format"],
-        "arch": cfg.arch, "small_input": cfg.small_input, "image_size": cfg.image_size, "pipeline": pipeline,
-        "test_precision": precision,
+        "arch": cfg.arch, "small_input": cfg.small_input, "image_size": cfg.image_size, "pipeline": data.name,
         "seed": cfg.seed, "epochs": cfg.epochs, "eval_from": cfg.eval_from, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "scheduler": cfg.scheduler, "world_size": env.world_size, **best, "last": last,
-        "wall_time_s": state["wall_time_s"] + time.time() - start,
+        "scheduler": cfg.scheduler, "world_size": env.world_size,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
     }
-    if env.is_main:
-        atomic_write_json(os.path.join(cfg.save_dir, RESULTS), results)
-        log.info(f"wrote {os.path.join(cfg.save_dir, RESULTS)}")
-    return results
 
 
 # ---------------------------------------------------------------------------- curves

@@ -7,8 +7,11 @@ device (transfer/pipeline.py, `--pipeline device`) or by DataLoader workers thro
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -20,20 +23,23 @@ from training import runner
 from training import weights
 from attacks import build_attack
 from infra.checkpoint import CURVES, INDICES, METRICS, read_jsonl
-from dataset import Splits, build_datasets, write_indices
+from dataset import DataFraction, Splits, build_datasets, write_indices
 from infra.distributed import DistEnv, barrier
-from training.engine import evaluate, train_one_epoch
+from training.engine import Step, evaluate, train_one_epoch
 from infra.errors import ConfigError, MaskError
-from infra.reproducibility import epoch_generator, seed_all
+from infra.reproducibility import seed_all, seed_epoch
+from infra.runlog import LOGGER
 from transfer import results as transfer_results
 from transfer import state as transfer_state
 from transfer.config import DEVICE_DATASETS, PIPELINES, TransferConfig
-from transfer.pipeline import DeviceAugment, DeviceBatches, DeviceEvalResize, uint8_tensors
-from transfer.state import pct
+from transfer.data import DeviceData, HostData, run_data
+from transfer.state import Training, pct
+
+log = logging.getLogger(LOGGER)
 
 
 # ---------------------------------------------------------------------------- model, init and ticket
-def build_model(cfg: TransferConfig, splits: Splits, log) -> tuple[nn.Module, pruning_utils.Mask | None, dict]:
+def build_model(cfg: TransferConfig, splits: Splits) -> tuple[nn.Module, pruning_utils.Mask | None, dict]:
     """The init loaded strictly under a fresh head, dataset normalisation inside, the ticket's mask applied."""
     model = models.build(cfg.arch, 1000, small_input=cfg.small_input)
     models.replace_head(model, splits.num_classes)
@@ -78,41 +84,6 @@ def resolve_pipeline(cfg: TransferConfig) -> str:
     return cfg.pipeline
 
 
-def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """Seed of the device pipeline's crop and flip generator for one epoch on one rank: drawn from
-    `epoch_generator(seed, epoch, rank)` (a pure function of the three) rather than its own seed, so the crops
-    are not the same random stream as the epoch's global seed (PGD's random starts) or its order."""
-    return int(torch.randint(2**62, (1,), generator=epoch_generator(seed, epoch, rank)))
-
-
-class DeviceData:
-    """The device pipeline of one run: the uint8 train/val/test images moved to `env.device` once, training
-    batches in an order and with crops that are a pure function of (seed, epoch, rank), and evaluation
-    batches sharded like ShardSampler (every image exactly once over the ranks)."""
-
-    def __init__(self, splits: Splits, cfg: TransferConfig, env: DistEnv, batch: int) -> None:
-        self.cfg, self.env = cfg, env
-        self.generator = torch.Generator(device=env.device)
-        augment = DeviceAugment(cfg.image_size, generator=self.generator, channels_last=cfg.channels_last)
-        self.train = DeviceBatches(*self._tensors(splits.train), batch, transform=augment, shuffle=True,
-                                   seed=cfg.seed, rank=env.rank, world_size=env.world_size)
-        resize = DeviceEvalResize(cfg.image_size, cfg.resize_size, channels_last=cfg.channels_last)
-        self.val = DeviceBatches(*self._tensors(splits.val), batch, transform=resize, rank=env.rank,
-                                 world_size=env.world_size)
-        self.test = DeviceBatches(*self._tensors(splits.test), batch, transform=resize, rank=env.rank,
-                                  world_size=env.world_size)
-
-    def _tensors(self, split) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = uint8_tensors(split)
-        return images.to(self.env.device), labels.to(self.env.device)
-
-    def train_epoch(self, epoch: int) -> DeviceBatches:
-        """The training batches of `epoch`: its order, and its crop/flip generator re-seeded for it."""
-        self.train.set_epoch(epoch)
-        self.generator.manual_seed(augment_seed(self.cfg.seed, epoch, self.env.rank))
-        return self.train
-
-
 class Warmup:
     """Iterates a loader while setting the lr before each step: lr * min(1, done_steps / (warmup * steps))."""
 
@@ -143,70 +114,83 @@ def run(env: DistEnv, cfg: TransferConfig) -> None:
     runner.in_worker(_run, env, cfg)
 
 
-def _run(env: DistEnv, cfg: TransferConfig, log) -> None:
+def _run(env: DistEnv, cfg: TransferConfig) -> None:
     if transfer_results.is_complete(cfg):
         log.info(f"{cfg.save_dir} already holds complete results; nothing to do (--restart runs it again)")
         return
     log.info(f"transfer ({cfg.mode}) on {cfg.dataset}: {env.describe()}")
-    batch = runner.per_rank_batch(cfg.batch_size, env, log, flag="--batch_size")
-    eval_from = _first_validated_epoch(cfg, env, log)
+    batch = runner.per_rank_batch(cfg.batch_size, env, flag="--batch_size")
+    eval_from = _first_validated_epoch(cfg, env)
     pipeline = resolve_pipeline(cfg)
     seed_all(cfg.seed)
-    splits = _load_splits(cfg, env, log)
-    data = DeviceData(splits, cfg, env, batch) if pipeline == "device" else None
-    log.info(f"input pipeline: {pipeline} (--pipeline {cfg.pipeline}): " + (
-        f"uint8 images on {env.device}, cropped, flipped and resized there" if data is not None else
-        f"torchvision's PIL transforms in {cfg.workers} DataLoader worker(s) per process"))
-    model, mask, info = build_model(cfg, splits, log)
+    splits = _load_splits(cfg, env)
+    data = run_data(pipeline, splits, cfg, env, batch)
+    log.info(f"input pipeline: {pipeline} (--pipeline {cfg.pipeline}): {data.describe()}")
+    model, mask, info = build_model(cfg, splits)
     model.to(env.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     if mask is not None:
         mask = {k: v.to(env.device) for k, v in mask.items()}
     optimizer = optimizer_lib.make_sgd(model, optimizer_lib.SGDSettings(cfg.lr, cfg.momentum, cfg.weight_decay,
                                                                         cfg.fused_sgd))
-    scheduler = make_scheduler(optimizer, cfg)
-    scaler = optimizer_lib.make_scaler(cfg.amp, env.device)
-    state = transfer_state.resume(cfg, env.is_main, model, mask, optimizer, scheduler, scaler, log)
+    run = Training(model, mask, optimizer, make_scheduler(optimizer, cfg),
+                   optimizer_lib.make_scaler(cfg.amp, env.device))
+    state = transfer_state.resume(cfg, env.is_main, run)
     net = runner.wrap(model, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
-    train_attack = build_attack(cfg.train_attack, cfg.attack_loss)
-    test_attack = build_attack(cfg.test_attack, cfg.attack_loss)
+    step = Step(env, cfg.amp, cfg.channels_last, build_attack(cfg.train_attack, cfg.attack_loss), mask,
+                cfg.show_progress)
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
-    val_loader = data.val if data is not None else runner.eval_loader(splits.val, batch, env=env, workers=cfg.workers)
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
         (f"ticket at {100 * info['ticket_sparsity']:.1f}% sparsity" if mask is not None else "dense")
-    run_opts = dict(device=env.device, env=env, amp=cfg.amp, channels_last=cfg.channels_last,
-                    show_progress=cfg.show_progress)
+    loop = Epochs(cfg, net, run, data, step, build_attack(cfg.test_attack, cfg.attack_loss), eval_from, title)
     for epoch in range(state["epoch"], cfg.epochs):
+        loop.epoch(epoch, state)
+    transfer_results.finish(env, cfg, run, data, info, state)
+
+
+@dataclass(frozen=True)
+class Epochs:
+    """The fixed pieces of a run's epochs: `net` trains (compiled, DDP-wrapped), `run` holds what files keep,
+    `train` is the training step (the ranks, its attack and the ticket's mask), `test_attack` the validation RA's."""
+    cfg: TransferConfig
+    net: nn.Module
+    run: Training
+    data: DeviceData | HostData
+    train: Step
+    test_attack: Callable | None
+    eval_from: int
+    title: str
+
+    def epoch(self, epoch: int, state: dict) -> None:
+        """Train one epoch, validate SA and RA from --eval_from on, log, and (rank 0) save its files."""
+        cfg, env, optimizer = self.cfg, self.train.env, self.run.optimizer
         start = time.time()
-        runner.seed_epoch(cfg.seed, epoch, env.rank)
-        loader = data.train_epoch(epoch) if data is not None else \
-            runner.train_loader(splits.train, batch, seed=cfg.seed, epoch=epoch, env=env, workers=cfg.workers)
+        seed_epoch(cfg.seed, epoch, env.rank)
+        loader = self.data.train_epoch(epoch)
         if epoch < cfg.warmup:
             loader = Warmup(loader, optimizer, cfg.lr, cfg.warmup, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(net, loader, optimizer, attack=train_attack, mask=mask, epoch=epoch,
-                                scaler=scaler, desc=f"train {epoch + 1}/{cfg.epochs}", **run_opts)
-        scheduler.step()
-        row = {"epoch": epoch, "lr": lr, "train_loss": stats["loss"], "train_acc": stats["top1"],
-               "val_sa": None, "val_ra": None}
-        if epoch >= eval_from:
-            row["val_sa"] = evaluate(net, val_loader, desc="val SA", **run_opts)["top1"]
-            row["val_ra"] = evaluate(net, val_loader, attack=test_attack, desc="val RA", **run_opts)["top1"]
+        stats = train_one_epoch(self.net, loader, optimizer, self.train, scaler=self.run.scaler, epoch=epoch,
+                                desc=f"train {epoch + 1}/{cfg.epochs}")
+        self.run.scheduler.step()
+        row = runner.metrics_row(epoch, lr, stats, val_sa=None, val_ra=None)
+        if epoch >= self.eval_from:
+            val = replace(self.train, attack=None, mask=None)
+            row["val_sa"] = evaluate(self.net, self.data.val, val, desc="val SA")["top1"]
+            row["val_ra"] = evaluate(self.net, self.data.val, replace(val, attack=self.test_attack),
+                                     desc="val RA")["top1"]
         improved = transfer_state.record_epoch(state, row, time.time() - start)
         log.info(f"epoch {epoch}: lr {lr:.4g} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f} "
                  f"| val SA {pct(row['val_sa'])} RA {pct(row['val_ra'])} | best SA {pct(state['best_sa'])} "
                  f"RA {pct(state['best_ra'])} | {row['time']:.0f}s")
         if env.is_main:
-            transfer_state.save_epoch(cfg, model, mask, optimizer, scheduler, scaler, state, row, improved)
+            transfer_state.save_epoch(cfg, self.run, state, row, improved)
             transfer_results.plot_curves(read_jsonl(os.path.join(cfg.save_dir, METRICS)),
-                                         os.path.join(cfg.save_dir, CURVES), cfg.mode, title)
+                                         os.path.join(cfg.save_dir, CURVES), cfg.mode, self.title)
         barrier(env)
-    test_loader = data.test if data is not None else runner.eval_loader(splits.test, batch, env=env, workers=cfg.workers)
-    transfer_results.finish(env, cfg, model, mask, splits, info, state, test_loader, test_attack, log,
-                            pipeline=pipeline, fetch=data.test.batch if data is not None else None)
 
 
-def _first_validated_epoch(cfg: TransferConfig, env: DistEnv, log) -> int:
+def _first_validated_epoch(cfg: TransferConfig, env: DistEnv) -> int:
     """--eval_from, or 0 when it is not below --epochs (a short trial of a script that validates late: the
     best-SA/RA checkpoints must exist); warns about milestones a short run never reaches."""
     late = [m for m in cfg.milestones if m >= cfg.epochs] if cfg.scheduler == "multistep" else []
@@ -221,7 +205,7 @@ def _first_validated_epoch(cfg: TransferConfig, env: DistEnv, log) -> int:
     return 0
 
 
-def _load_splits(cfg: TransferConfig, env: DistEnv, log) -> Splits:
+def _load_splits(cfg: TransferConfig, env: DistEnv) -> Splits:
     """The run's splits (rank 0 downloads alone with --download; the others then read its files), logged; rank
     0 writes the training indices of the data fraction."""
     splits = _datasets(cfg, cfg.download) if env.is_main or not cfg.download else None
@@ -239,5 +223,5 @@ def _load_splits(cfg: TransferConfig, env: DistEnv, log) -> Splits:
 
 
 def _datasets(cfg: TransferConfig, download: bool) -> Splits:
-    return build_datasets(cfg.dataset, cfg.data, data_number=cfg.data_number, subset=cfg.subset, seed=cfg.seed,
+    return build_datasets(cfg.dataset, cfg.data, DataFraction(cfg.data_number, cfg.subset, cfg.seed),
                           image_size=cfg.image_size, resize_size=cfg.resize_size, download=download)

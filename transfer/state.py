@@ -2,8 +2,9 @@
 files and metrics rows (rank 0 writes them), resuming from them, and clearing them for --restart."""
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -12,12 +13,26 @@ from training import optimizer as optimizer_lib
 import pruning_utils
 from training import runner
 from infra.checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
-    load_own, strip_prefix
+    epoch_file, is_epoch_file, load_own, strip_prefix
 from infra.errors import CheckpointError
 from infra.reproducibility import get_rng_state
+from infra.runlog import LOGGER
+
+log = logging.getLogger(LOGGER)
 
 FRESH = {"epoch": 0, "best_sa": None, "best_ra": None, "best_sa_epoch": None, "best_ra_epoch": None,
          "wall_time_s": 0.0}  # "epoch": epochs completed; best_*: best val SA / RA so far and their epochs
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a transfer run trains and keeps in its checkpoint: the model as files hold it (not compiled or
+    DDP-wrapped), the ticket's mask (None: dense), the optimizer, the lr schedule and the fp16 loss scaler."""
+    model: nn.Module
+    mask: pruning_utils.Mask | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
 
 
 def pct(v: float | None) -> str:
@@ -53,27 +68,27 @@ def record_epoch(state: dict, row: dict, seconds: float) -> list[str]:
     return improved
 
 
-def save_epoch(cfg, model, mask, optimizer, scheduler, scaler, state: dict, row: dict, improved: list[str]) -> None:
+def save_epoch(cfg, run: Training, state: dict, row: dict, improved: list[str]) -> None:
     """Metrics row, improved best files, then the checkpoint: a crash in between replays the epoch on resume.
 
     Best files hold the weights and the 0-based epoch that earned them; the checkpoint adds everything needed
     to continue (its "epoch" counts completed epochs, as the original's).
     """
     d = cfg.save_dir
-    sd = model_state_dict(model, mask)
+    sd = model_state_dict(run.model, run.mask)
     append_jsonl(os.path.join(d, METRICS), row)
     for k in improved:
         atomic_save({"state_dict": sd, "epoch": row["epoch"], "val_sa": row["val_sa"], "val_ra": row["val_ra"],
                      "arch": cfg.arch, "config": asdict(cfg)}, os.path.join(d, SA_BEST if k == "sa" else RA_BEST))
     if cfg.save_all:
         atomic_save({"state_dict": sd, "epoch": row["epoch"], "arch": cfg.arch},
-                    os.path.join(d, f"epoch{row['epoch']}.pth.tar"))
-    atomic_save({"state_dict": sd, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict() if scaler is not None else None, **state,
+                    epoch_file(d, row["epoch"]))
+    atomic_save({"state_dict": sd, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "scaler": run.scaler.state_dict() if run.scaler is not None else None, **state,
                  "rng": get_rng_state(), "arch": cfg.arch, "config": asdict(cfg)}, os.path.join(d, CHECKPOINT))
 
 
-def resume(cfg, is_main: bool, model, mask, optimizer, scheduler, scaler, log) -> dict:
+def resume(cfg, is_main: bool, run: Training) -> dict:
     """Progress so far: FRESH, or restored from checkpoint.pth.tar (weights, optimizer, schedule, bests).
 
     RNG states need no restoring: every epoch re-seeds from (seed, epoch, rank), so a resumed epoch replays
@@ -84,21 +99,21 @@ def resume(cfg, is_main: bool, model, mask, optimizer, scheduler, scaler, log) -
         if cfg.require_checkpoint:
             raise CheckpointError(f"--resume: {path} not found; drop --resume to start this run")
         if is_main:  # rows of an attempt that died in its first epoch
-            runner.truncate_metrics(cfg.save_dir, 0, first=0)
+            runner.truncate_metrics(cfg.save_dir, 0)
         return dict(FRESH)
     ck = load_own(path)
     missing = [k for k in ("state_dict", "optimizer", "scheduler", *FRESH) if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of this code (no {', '.join(missing)}): use another "
                               "--save_dir, or pass --restart to start over there")
-    restore(model, ck["state_dict"], mask, path)
-    optimizer_lib.load_state(optimizer, ck["optimizer"], path)
-    scheduler.load_state_dict(ck["scheduler"])
-    if scaler is not None and ck.get("scaler"):
-        scaler.load_state_dict(ck["scaler"])
+    restore(run.model, ck["state_dict"], run.mask, path)
+    optimizer_lib.load_state(run.optimizer, ck["optimizer"], path)
+    run.scheduler.load_state_dict(ck["scheduler"])
+    if run.scaler is not None and ck.get("scaler"):
+        run.scaler.load_state_dict(ck["scaler"])
     state = {k: ck[k] for k in FRESH}
     if is_main:  # drop rows of an epoch that crashed between its metrics row and its checkpoint
-        runner.truncate_metrics(cfg.save_dir, state["epoch"], first=0)
+        runner.truncate_metrics(cfg.save_dir, state["epoch"])
     log.info(f"resuming from {path}: {state['epoch']} of {cfg.epochs} epochs done, best val SA "
              f"{pct(state['best_sa'])} (epoch {state['best_sa_epoch']}), RA {pct(state['best_ra'])} "
              f"(epoch {state['best_ra_epoch']})")
@@ -109,7 +124,7 @@ def clear_run(save_dir: str) -> list[str]:
     """--restart: remove the files an earlier run left in save_dir (the caller rewrites config.json)."""
     names = {CHECKPOINT, SA_BEST, RA_BEST, METRICS, CURVES, INDICES, RESULTS}
     gone = [n for n in sorted(os.listdir(save_dir))
-            if n in names or (n.startswith("epoch") and n.endswith(".pth.tar"))]
+            if n in names or is_epoch_file(n)]
     for n in gone:
         os.remove(os.path.join(save_dir, n))
     return gone
