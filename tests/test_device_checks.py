@@ -62,14 +62,14 @@ def test_bf16_is_checked_on_the_ranks_own_gpu(gpus, tmp_path):
     class Cfg:
         save_dir, deterministic, tf32, amp = str(tmp_path), False, True, "bf16"
 
-    runner.in_worker(lambda env, cfg, log: ran.append(env.device), DistEnv(device=torch.device("cuda", 0)), Cfg)
+    runner.in_worker(lambda env, cfg: ran.append(env.device), DistEnv(device=torch.device("cuda", 0)), Cfg)
     assert ran == [torch.device("cuda", 0)]
     with pytest.raises(ConfigError, match=r"--amp bf16 needs bf16 units .*card1 has 7\.0"):
-        runner.in_worker(lambda env, cfg, log: ran.append(env.device), DistEnv(rank=1, device=torch.device("cuda", 1)),
+        runner.in_worker(lambda env, cfg: ran.append(env.device), DistEnv(rank=1, device=torch.device("cuda", 1)),
                          Cfg)
     assert ran == [torch.device("cuda", 0)]
     Cfg.amp = "fp16"
-    runner.in_worker(lambda env, cfg, log: ran.append(env.device), DistEnv(rank=1, device=torch.device("cuda", 1)), Cfg)
+    runner.in_worker(lambda env, cfg: ran.append(env.device), DistEnv(rank=1, device=torch.device("cuda", 1)), Cfg)
     assert ran[-1] == torch.device("cuda", 1)
 
 
@@ -80,9 +80,9 @@ def test_imp_evaluate_measures_in_fp32_under_amp(_fake_files, tmp_path, monkeypa
     calls = []
     plain = engine.evaluate
 
-    def spy(model, loader, **kw):
-        calls.append((kw["desc"], kw["amp"]))
-        return plain(model, loader, **kw)
+    def spy(model, loader, run, **kw):
+        calls.append((kw["desc"], run.amp))
+        return plain(model, loader, run, **kw)
     monkeypatch.setattr(engine, "evaluate", spy)
     init = write_init(str(tmp_path / "init.pth"))
     out = tmp_path / "eval"
