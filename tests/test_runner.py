@@ -2,6 +2,7 @@
 the kernel mode of a run and the metrics trimming on resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -10,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from infra import checkpoint
-from training import runner
-from infra.distributed import DistEnv
+from training import runner, savedir
+from infra.distributed import DistEnv, Launch
+from infra.flags import flag
 from infra.errors import ConfigError
 from lottery import cli as imp_cli
 from transfer import cli as transfer_cli
@@ -100,18 +102,51 @@ def test_a_deterministic_run_leaves_the_process_as_it_found_it(tmp_path):
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
 
 
+@dataclasses.dataclass(frozen=True)
+class _Settings(runner.RunSettings):
+    lr: float = flag("--lr", 0.1, "learning rate", group="training", type=float)
+
+
+def _prepare(save: str, restart: bool = False, clear=lambda d: [], started: bool = True, **fields) -> None:
+    runner.prepare_save_dir(_Settings(save_dir=save, restart=restart, **fields), Launch(), clear=clear,
+                            started=started)
+
+
 def test_prepare_save_dir_restart_clears_before_config_changes(tmp_path):
     save = str(tmp_path)
-    runner.prepare_save_dir(save, {"lr": 0.1}, restart=False, clear=lambda d: [], started=True, volatile=(),
-                            implied={})
-    with pytest.raises(ConfigError, match="lr"):
-        runner.prepare_save_dir(save, {"lr": 0.2}, restart=False, clear=lambda d: [], started=True, volatile=(),
-                                implied={})
+    _prepare(save)
+    with pytest.raises(ConfigError, match=r"lr \(0.1 -> 0.2\)"):
+        _prepare(save, lr=0.2)
     calls = []
-    runner.prepare_save_dir(save, {"lr": 0.2}, restart=True, clear=lambda d: calls.append(
-        json.load(open(os.path.join(d, checkpoint.CONFIG)))["lr"]) or [], started=True, volatile=(), implied={})
+    _prepare(save, restart=True, lr=0.2, clear=lambda d: calls.append(
+        json.load(open(os.path.join(d, checkpoint.CONFIG)))["lr"]) or [])
     assert calls == [0.1]  # the old files went while config.json still named the old run
     assert json.load(open(os.path.join(save, checkpoint.CONFIG)))["lr"] == 0.2
+
+
+def test_settings_that_change_no_result_may_differ_and_the_others_are_each_named(tmp_path):
+    save = str(tmp_path)
+    _prepare(save)
+    _prepare(save, workers=0, show_progress=False, trust_pickle=True)  # declared result=False in RunSettings
+    with pytest.raises(ConfigError) as e:
+        _prepare(save, lr=0.2, seed=2, tf32=False)
+    assert all(s in str(e.value) for s in ("lr (0.1 -> 0.2)", "seed (1 -> 2)", "tf32 (True -> False)", "--restart"))
+    _prepare(save, lr=0.2, started=False)  # a folder without progress takes the new settings
+    assert json.load(open(os.path.join(save, checkpoint.CONFIG)))["lr"] == 0.2
+
+
+@pytest.mark.parametrize("old", [{"lr": 0.1}, {"lr": 0.1, "format": savedir.FORMAT - 1}])
+def test_a_folder_of_another_run_format_is_refused_naming_restart(tmp_path, old):
+    save = str(tmp_path)
+    _prepare(save)
+    recorded = json.load(open(os.path.join(save, checkpoint.CONFIG)))
+    assert recorded["format"] == savedir.FORMAT and recorded["launch"] == dataclasses.asdict(Launch())
+    json.dump({**recorded, **old} if "format" in old else {k: v for k, v in recorded.items() if k != "format"},
+              open(os.path.join(save, checkpoint.CONFIG), "w"))
+    with pytest.raises(ConfigError, match="older run-folder format.*--restart"):
+        _prepare(save)
+    _prepare(save, restart=True)
+    assert json.load(open(os.path.join(save, checkpoint.CONFIG)))["format"] == savedir.FORMAT
 
 
 def test_both_stages_seed_each_epoch_with_the_one_policy(monkeypatch, tmp_path, image_folder_root, pretrained):
