@@ -88,8 +88,8 @@ def _argparse_options(f: dataclasses.Field, s: Spec, part: Flag) -> dict:
         out["default"] = part.default if part.default is not _PLAIN else argparse.SUPPRESS
         out["required"] = part.required or (f.default is MISSING and f.default_factory is MISSING)
     action = part.action
-    if action is None and part.type is None and s.build is None and (isinstance(f.default, bool)
-                                                                     or f.type == "bool | None"):
+    switch = isinstance(f.default, bool) or f.type in ("bool | None", bool | None)  # on/off, or None: automatic
+    if action is None and part.type is None and s.build is None and switch:
         action = "store_true" if f.default is False else argparse.BooleanOptionalAction
     if action is not None:
         out["action"] = action
