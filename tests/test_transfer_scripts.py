@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import attacks
 from transfer import cli
 from infra.errors import ConfigError, UserError
 
@@ -106,3 +107,10 @@ def test_flags_are_checked_once_at_the_edge():
         cli.config_from_args(parse(base + ["--autoattack-attacks", "apgd-ce"]))  # needs version custom
     fgsm = cli.config_from_args(parse(base + ["--attack", "fgsm"]))[0].train_attack
     assert (fgsm.kind, fgsm.steps, fgsm.eps, fgsm.alpha) == ("fgsm", 1, 8 / 255, None)
+
+
+def test_an_adv_script_with_fgsm_takes_one_step_whatever_its_pgd_lines_say(recorder):
+    """The scripts pass --train_step 10 --train_gamma 2/255 for PGD; with --attack fgsm they do not apply."""
+    cfg = run_script(recorder, "adv_cifar.sh", "cifar10", "init.pth", "runs/f", "", "--attack", "fgsm")
+    assert (cfg.train_attack.kind, cfg.train_attack.steps) == ("fgsm", 1)
+    assert cfg.train_attack.step_size == attacks.FGSM_STEP * 8 / 255
