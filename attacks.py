@@ -1,18 +1,18 @@
 """L-inf PGD and FGSM with random start in [0, 1] pixel space, bit-identical to advertorch 0.2.3 given the same
-loss (default: the original's mean cross-entropy); advertorch's `LinfPGDAttack` interface; eps-flag units.
+loss (default: the original's mean cross-entropy); the attack flags of both stages and their eps units.
 Attacks never change `model.training` (the caller sets it; pass an unwrapped model, DDP's `.module`)."""
 from __future__ import annotations
 
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from infra.errors import ConfigError, UserError
+from infra.flags import Flag
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -25,6 +25,7 @@ def _summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 # and transfer; "sum" (advertorch's default, and ours before it was recorded) has the same gradient sign in exact
 # arithmetic, but not in floating point: at batch sizes that are not powers of two the batches drift apart.
 LOSSES: dict[str, LossFn] = {"mean": F.cross_entropy, "sum": _summed_cross_entropy}
+FGSM_STEP = 1.25  # FGSM-RS's step size in units of eps ("fast" adversarial training, Wong et al. 2020)
 
 # ---------------------------------------------------------------------------------------------
 # Units: eps and step-size flags are fractions of the [0, 1] pixel range, as in the original (8/255).
@@ -50,6 +51,14 @@ def eps_from_flag(value: float, *, flag: str) -> float:
         raise UserError(f"{flag} {value:g} is above 1: this flag takes a fraction of the pixel "
                         f"range, e.g. 8/255 = {8 / 255:.4f} (write it as 8/255)")
     return value
+
+
+def fraction_text(value: float) -> str:
+    """How a user writes `value` on the command line: 8/255, 16/765, or the plain number."""
+    for den in (255, 765):
+        if abs(value * den - round(value * den)) < 1e-9:
+            return f"{round(value * den)}/{den}"
+    return f"{value:g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +128,8 @@ class PGD:
 
 
 def fgsm_rs(eps: float, alpha: float | None = None) -> PGD:
-    """FGSM with random start ("fast" adversarial training, Wong et al. 2020): one step of 1.25 * eps."""
-    return PGD(eps, 1.25 * eps if alpha is None else alpha, steps=1, random_start=True)
+    """FGSM with random start ("fast" adversarial training): one step of `alpha`, by default FGSM_STEP * eps."""
+    return PGD(eps, AttackConfig("fgsm", eps, alpha, 1).step_size, steps=1, random_start=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +140,7 @@ def fgsm_rs(eps: float, alpha: float | None = None) -> PGD:
 class AttackConfig:
     kind: Literal["pgd", "fgsm"]
     eps: float                  # fraction of the pixel range (convert flags with eps_from_flag)
-    alpha: float | None         # step size, same units; None only for fgsm (1.25 * eps)
+    alpha: float | None         # step size, same units; None only for fgsm (FGSM_STEP * eps)
     steps: int                  # pgd: number of steps; fgsm: must be 1
     random_start: bool = True
 
@@ -149,9 +158,14 @@ class AttackConfig:
         if self.kind == "fgsm" and self.steps != 1:
             raise ConfigError(f"an fgsm attack takes exactly 1 step, got {self.steps}")
 
+    @property
+    def step_size(self) -> float:
+        """alpha; for fgsm without one, FGSM_STEP * eps."""
+        return FGSM_STEP * self.eps if self.alpha is None else self.alpha
+
     def describe(self) -> str:
         """One line for logs, with eps and alpha in both 1/255 units and fractions."""
-        alpha = 1.25 * self.eps if self.alpha is None else self.alpha
+        alpha = self.step_size
         name = f"PGD-{self.steps}" if self.kind == "pgd" else "FGSM"
         start = "random start" if self.random_start else "no random start"
         return (f"{name} L-inf eps={self.eps * 255:.4g}/255 ({self.eps:.5f}) "
@@ -164,44 +178,55 @@ def build_attack(cfg: AttackConfig | None, loss: str = "mean") -> PGD | None:
         raise ConfigError(f"--attack-loss {loss!r}: choose one of {', '.join(LOSSES)}")
     if cfg is None:
         return None
-    alpha = 1.25 * cfg.eps if cfg.alpha is None else cfg.alpha
-    return PGD(cfg.eps, alpha, cfg.steps, random_start=cfg.random_start, loss_fn=LOSSES[loss])
+    return PGD(cfg.eps, cfg.step_size, cfg.steps, random_start=cfg.random_start, loss_fn=LOSSES[loss])
 
 
 # ---------------------------------------------------------------------------------------------
-# advertorch-compatible front end for code ported from the original.
+# Flags -> config, the same for both stages.
 
 
-class LinfPGDAttack:
-    """advertorch 0.2.3's `LinfPGDAttack` interface (scalar eps only) on top of `PGD`.
+@dataclass(frozen=True)
+class AttackFlags:
+    """The flags of one attack, --<prefix>_eps/_step/_gamma (with `kinds`, also --attack pgd|fgsm; with
+    `randinit`, the original IMP's --train_randinit), and their one conversion into an `AttackConfig`. fgsm is
+    one step of FGSM_STEP * eps: the step flags apply to pgd only (so the scripts' pgd values stay harmless)."""
+    prefix: str                 # "train" or "test"
+    steps: int                  # pgd's defaults
+    gamma: float
+    eps: float = 8 / 255
+    kinds: bool = False
+    randinit: bool = False
 
-    Its defaults are advertorch's, the summed loss included: pass `loss_fn=F.cross_entropy` as the original
-    did to get its attack. Unlike advertorch it leaves parameters' `.grad` untouched. Attributes are read at each
-    `perturb`, so editing them after construction works as in advertorch.
-    """
+    def flags(self) -> tuple[Flag, ...]:
+        p, name = f"--{self.prefix}", self.prefix
+        out = [Flag((f"{p}_eps",), f"eps (default: {fraction_text(self.eps)})", type=parse_fraction,
+                    dest=f"{name}_eps", default=self.eps, metavar="EPS"),
+               Flag((f"{p}_step",), f"PGD steps (default: {self.steps})", type=int, dest=f"{name}_step",
+                    default=self.steps, metavar="N"),
+               Flag((f"{p}_gamma",), f"PGD step size (default: {fraction_text(self.gamma)})", type=parse_fraction,
+                    dest=f"{name}_gamma", default=self.gamma, metavar="ALPHA")]
+        if self.kinds:
+            out.insert(0, Flag(("--attack",), f"pgd: {p}_step steps of {p}_gamma; fgsm: one step of "
+                               f"{FGSM_STEP:g} * eps from a random start ('fast' adversarial training)",
+                               choices=("pgd", "fgsm"), dest="attack_kind", default="pgd"))
+        if self.randinit:
+            out.append(Flag(("--train_randinit",), "turn the attack's random start OFF (the original's flag: random "
+                            "start is on by default and passing this flag disables it)", action="store_false",
+                            dest="train_randinit", default=True))
+        return tuple(out)
 
-    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], loss_fn: LossFn | None = None,
-                 eps: float = 0.3, nb_iter: int = 40, eps_iter: float = 0.01, rand_init: bool = True,
-                 clip_min: float = 0.0, clip_max: float = 1.0, targeted: bool = False):
-        self.predict = model
-        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss(reduction="sum")  # advertorch's
-        self.eps, self.nb_iter, self.eps_iter = eps, nb_iter, eps_iter
-        self.rand_init, self.clip_min, self.clip_max, self.targeted = rand_init, clip_min, clip_max, targeted
+    def build(self, values: Mapping[str, Any]) -> AttackConfig:
+        """The attack of the parsed flags, eps and step sizes checked in the flags' units."""
+        p, name = f"--{self.prefix}", self.prefix
+        eps = eps_from_flag(values[f"{name}_eps"], flag=f"{p}_eps")
+        steps, gamma = values[f"{name}_step"], eps_from_flag(values[f"{name}_gamma"], flag=f"{p}_gamma")
+        if steps < 1:
+            raise ConfigError(f"{p}_step {steps} must be at least 1")
+        random_start = values.get(f"{name}_randinit", True)
+        if self.kinds and values["attack_kind"] == "fgsm":
+            return AttackConfig("fgsm", eps, None, 1, random_start)
+        return AttackConfig("pgd", eps, gamma, steps, random_start)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Adversarial x; y None means the model's predictions (untargeted only), like advertorch."""
-        if y is None:
-            if self.targeted:
-                raise ValueError("a targeted attack needs the target labels y")
-            with torch.no_grad():
-                y = torch.max(self.predict(x), dim=1)[1]
-        loss_fn = self.loss_fn
-        if self.targeted:
-            def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-                return -self.loss_fn(out, target)
-        attack = PGD(self.eps, self.eps_iter, self.nb_iter, random_start=self.rand_init,
-                     clip_min=self.clip_min, clip_max=self.clip_max, loss_fn=loss_fn)
-        return attack(self.predict, x, y)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.perturb(x, y)
+    def default(self) -> AttackConfig:
+        """The attack of the flags' defaults, pgd."""
+        return AttackConfig("pgd", self.eps, self.gamma, self.steps)

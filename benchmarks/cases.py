@@ -19,7 +19,7 @@ import models
 from training import optimizer as optimizer_lib
 import pruning_utils
 from training import runner
-from attacks import PGD, fgsm_rs
+from attacks import FGSM_STEP, PGD, fgsm_rs
 from infra.distributed import DistEnv
 
 EPS = 8 / 255
@@ -109,7 +109,7 @@ def build_step(section: str, variant: str, cfg: BenchConfig) -> Callable[[], Non
     if section == "eval":
         attack_kw = dict(eps=EPS, alpha=cfg.eval_alpha, steps=cfg.eval_steps)
     elif section == "fgsm":
-        attack_kw = dict(eps=EPS, alpha=1.25 * EPS, steps=1)
+        attack_kw = dict(eps=EPS, alpha=FGSM_STEP * EPS, steps=1)
     else:
         attack_kw = dict(eps=EPS, alpha=cfg.train_alpha, steps=cfg.train_steps)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from infra.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")  # dataset.DATASETS less imagenet (a test
-# keeps them equal)
+# transfer.config.DATASETS, written out: the campaign tool imports no training code (torch); a test keeps them equal
+DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")
 MODES = ("std", "adv")
 IMP_KINDS = ("std", "adv")
 TOP_KEYS = {"root", "data", "overrides", "std_overrides", "adv_overrides", "init"}
@@ -144,6 +144,7 @@ def load(path: str) -> Campaign:
 
 
 def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, names: set[str]) -> list[Run]:
+    """The runs of one [[init]]: its IMP stages, then a transfer run per dataset x fraction x ticket x mode x seed."""
     if not isinstance(init, dict):
         raise r.fail(f"{where[:-1]} must be a table")
     r.keys(init, INIT_KEYS, where)
@@ -154,39 +155,13 @@ def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, name
     weights = _abs(r.get(init, "weights", str, where, required=True))
     if not os.path.isfile(weights):
         raise r.fail(f"{where}weights: file {weights} not found")
-    datasets = r.get(init, "datasets", str, where, required=True)
-    for d in datasets:
-        if d not in DATASETS:
-            raise r.fail(f"{where}datasets: unknown dataset {d!r} (known: {', '.join(DATASETS)})")
-    modes = r.get(init, "modes", str, where, default=list(MODES))
-    for m in modes:
-        if m not in MODES:
-            raise r.fail(f"{where}modes: unknown mode {m!r} (known: {', '.join(MODES)})")
+    datasets = _choices(r, r.get(init, "datasets", str, where, required=True), DATASETS, f"{where}datasets", "dataset")
+    modes = _choices(r, r.get(init, "modes", str, where, default=list(MODES)), MODES, f"{where}modes", "mode")
     fractions = r.get(init, "fractions", (int, float), where, default=[1])
     if not all(0 < f <= 1 for f in fractions):
         raise r.fail(f"{where}fractions = {fractions!r}: each must be in (0, 1]")
     seeds = r.get(init, "seeds", int, where, default=[1])
-    dense = r.get(init, "dense", bool, where, default=True)
-    runs: list[Run] = []
-    tickets: list[tuple[str, str | None]] = [("dense", None)] if dense else []
-    for j, t in enumerate(init.get("tickets", [])):
-        tw = f"{where}tickets[{j}]."
-        if not isinstance(t, dict):
-            raise r.fail(f"{tw[:-1]} must be a table")
-        r.keys(t, TICKET_KEYS, tw)
-        tname = r.get(t, "name", str, tw, required=True)
-        folder = _abs(r.get(t, "dir", str, tw, required=True))
-        files = [os.path.join(folder, f"{k}-ticket.pth.tar") for k in _levels(r, t, tw)]
-        if "imp" in t:
-            runs.append(_imp_run(r, t["imp"], f"{tw}imp.", f"imp:{name}/{tname}", weights, folder, files))
-        else:
-            missing = next((f for f in files if not os.path.isfile(f)), None)
-            if missing:
-                raise r.fail(f"{tw}levels: ticket {missing} does not exist and no [init.tickets.imp] stage makes "
-                             "it: add one, or drop that level")
-        tickets += [(f"{tname}-{os.path.basename(f).split('-')[0]}", f) for f in files]
-    if not tickets:
-        raise r.fail(f"{where}: no tickets and dense = false: nothing to run")
+    runs, tickets = _tickets(r, init, where, name, weights)
     for d in datasets:
         root_d = data.get(d) if isinstance(data, dict) else data
         if not isinstance(root_d, str):
@@ -205,6 +180,39 @@ def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, name
                                *extra]
                         runs.append(Run(rid, "transfer", save, tuple(cmd), needs=ticket, dataset=d, mode=mode))
     return runs
+
+
+def _choices(r: _Reader, values: list[str], known: tuple[str, ...], where: str, what: str) -> list[str]:
+    for v in values:
+        if v not in known:
+            raise r.fail(f"{where}: unknown {what} {v!r} (known: {', '.join(known)})")
+    return values
+
+
+def _tickets(r: _Reader, init: dict, where: str, name: str,
+             weights: str) -> tuple[list[Run], list[tuple[str, str | None]]]:
+    """The IMP runs of an [[init]]'s [[init.tickets]] and the (tag, ticket file) pairs to transfer (dense: None)."""
+    runs: list[Run] = []
+    tickets: list[tuple[str, str | None]] = [("dense", None)] if r.get(init, "dense", bool, where, default=True) else []
+    for j, t in enumerate(init.get("tickets", [])):
+        tw = f"{where}tickets[{j}]."
+        if not isinstance(t, dict):
+            raise r.fail(f"{tw[:-1]} must be a table")
+        r.keys(t, TICKET_KEYS, tw)
+        tname = r.get(t, "name", str, tw, required=True)
+        folder = _abs(r.get(t, "dir", str, tw, required=True))
+        files = [os.path.join(folder, f"{k}-ticket.pth.tar") for k in _levels(r, t, tw)]
+        if "imp" in t:
+            runs.append(_imp_run(r, t["imp"], f"{tw}imp.", f"imp:{name}/{tname}", weights, folder, files))
+        else:
+            missing = next((f for f in files if not os.path.isfile(f)), None)
+            if missing:
+                raise r.fail(f"{tw}levels: ticket {missing} does not exist and no [init.tickets.imp] stage makes "
+                             "it: add one, or drop that level")
+        tickets += [(f"{tname}-{os.path.basename(f).split('-')[0]}", f) for f in files]
+    if not tickets:
+        raise r.fail(f"{where}: no tickets and dense = false: nothing to run")
+    return runs, tickets
 
 
 def _imp_run(r: _Reader, imp, where: str, rid: str, weights: str, folder: str, files: list[str]) -> Run:

@@ -107,7 +107,7 @@ def find_tickets(cfg: DemoConfig, kind: str) -> None:
     epochs_per_level = 1 if cfg.quick else 2
     cmd = ["bash", os.path.join(ROOT, "script", "imp_pretrain", script), init, save, data,
            "-a", "resnet_tiny", *COMMON, "-b", "64", "-j", "0", "--lr", "0.01", "--rate", "0.5",
-           "--prune_epoch", str(epochs_per_level), "--epochs", str(epochs_per_level * cfg.levels), "-p", "0",
+           "--prune_epoch", str(epochs_per_level), "--epochs", str(epochs_per_level * cfg.levels), "--no-progress",
            "--seed", str(cfg.seed + 1)]
     say(f"  {'A-IMP' if kind == 'robust' else 'IMP'} from the {kind} model: {cfg.levels} levels, rate 0.5 "
         f"(the paper: 0.2), {epochs_per_level} epoch(s) per level -> {save}")
@@ -126,7 +126,7 @@ def transfer_overrides(cfg: DemoConfig) -> tuple[list[str], list[str], list[str]
     epochs = 2 if cfg.quick else 6
     milestones = ",".join(str(m) for m in sorted({epochs // 2, 3 * epochs // 4}))
     common = ["--arch", "resnet_tiny", *COMMON, "--epochs", str(epochs), "--decreasing_lr", milestones,
-              "--test_step", "10", "--print_freq", "0", "-j", "0"]
+              "--test_step", "10", "--no-progress", "-j", "0"]
     std = ["--lr", "0.01", "--batch_size", "32"]
     adv = ["--lr", "0.02", "--batch_size", "32", "--eval_from", "0", "--train_step", "3", "--train_gamma", "4/255"]
     return common, std, adv

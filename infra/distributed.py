@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from infra.errors import UserError, one_line
+from infra.flags import flag
 from infra.hardware import cuda_usable
 
 
@@ -36,15 +37,26 @@ class DistEnv:
         return f"rank {self.rank}/{self.world_size} on {self.device} ({self.backend})"
 
 
+LAUNCH_GROUP = "distributed (the original's flags; torchrun works too)"
+
+
+def _launch_flag(names: str, default: Any, help: str, **options) -> Any:
+    return flag(names, default, help, group=LAUNCH_GROUP, result=False, **options)
+
+
 @dataclass(frozen=True)
 class Launch:
-    """What the original's distributed flags mean on this machine."""
-    gpu: int | None = None
-    dist_url: str = "env://"
-    dist_backend: str = "nccl"
-    world_size: int = -1
-    rank: int = -1
-    multiprocessing_distributed: bool = False
+    """What the original's distributed flags mean on this machine (the process layout: it changes no result)."""
+    gpu: int | None = _launch_flag("--gpu", None, "GPU id for a one-process run", type=int)
+    dist_url: str = _launch_flag("--dist-url", "env://", "url of the process group rendezvous")
+    dist_backend: str = _launch_flag("--dist-backend", "nccl", "nccl (gloo is used when no GPU is visible)")
+    world_size: int = _launch_flag("--world-size", -1, "number of nodes (processes without "
+                                   "--multiprocessing-distributed)", type=int)
+    rank: int = _launch_flag("--rank", -1, "node rank (process rank without --multiprocessing-distributed)",
+                             type=int)
+    multiprocessing_distributed: bool = _launch_flag(
+        "--multiprocessing-distributed", False, "one process per GPU on this node (one CPU process when no GPU "
+        "is visible)")
 
 
 # NCCL's default 10 minutes is shorter than rank 0's --download of a data set while the others wait in a barrier

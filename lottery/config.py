@@ -1,57 +1,62 @@
-"""The IMP run's settings: the frozen `IMPConfig` the CLI builds once, its plain-dict form, and which
-config.json keys may change between runs of one experiment."""
+"""The IMP run's settings: the frozen `IMPConfig`, each field declared with its flag (main_imp_*.py's parser is
+generated from it), checked on construction, and its plain-dict form."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from attacks import LOSSES, AttackConfig
+import models
+from attacks import LOSSES, AttackConfig, AttackFlags
 from infra.errors import ConfigError
+from infra.flags import REQUIRED, built, flag
+from training.runner import GENERAL, SPEED, RunSettings, optional_path
 
 PRUNE_METHODS = ("magnitude", "random")
-# config.json keys that may change between runs of one experiment, beside runner.VOLATILE: the process layout,
-# what the command does this time, and --epochs (a larger value continues a finished run with more levels)
-VOLATILE = ("epochs", "resume", "evaluate", "launch")
-# settings added after the first release beside runner.IMPLIED's, with the behaviour of runs started before them:
-# ticket finding always seeded its epochs as runner.epoch_seed does
-IMPLIED = {"epoch_seeds": "independent"}
+TRAINING, PRUNING, ATTACK = "training", "pruning", "attack (A-IMP; eps and step sizes as fractions of the pixel range)"
+TRAIN_ATTACK = AttackFlags("train", steps=3, gamma=16 / 765, kinds=True, randinit=True)  # the original A-IMP's
+ATTACK_FIELDS = ("attack", "attack_loss")  # main_imp_std.py trains clean: it has no attack flags
 
 
 @dataclass(frozen=True)
-class IMPConfig:
-    data: str                            # ImageNet layout: data/train/<class>/*, data/val/<class>/*
-    save_dir: str
-    init: str | None = None              # pre-trained weights; None: the arch's seeded random init
-    arch: str = "resnet50"
-    epochs: int = 570                    # in all: levels * prune_epoch
-    prune_epoch: int = 30                # epochs per level
-    batch_size: int = 2048               # global, over all processes
-    workers: int = 4                     # loader processes per rank
-    lr: float = 0.0005                   # constant, as the original
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    rate: float = 0.2                    # fraction of the surviving conv weights pruned per level
-    prune_method: str = "magnitude"      # "random": the paper's random-pruning baseline
-    seed: int = 1
-    attack: AttackConfig | None = None   # None: standard IMP (clean training)
-    attack_loss: str = "mean"            # the attack's loss (attacks.LOSSES): the original's mean cross-entropy
-    image_size: int = 224
-    resize_size: int = 256
-    small_input: bool = False
-    amp: str | None = None               # "bf16" | "fp16", CUDA only
-    channels_last: bool | None = None    # None: on CUDA only
-    fused_sgd: bool = True               # torch's fused SGD kernel (last-bit differences from the loop)
-    compile: bool = False                # nn.Module.compile() in place (parameter names kept)
-    deterministic: bool = False
-    tf32: bool = True                    # cuDNN TF32 in fp32 convolutions (the default; PyTorch 1.5 had none)
-    trust_pickle: bool = False
-    resume: str | None = None            # a checkpoint to continue from (ours or the original's)
-    evaluate: bool = False               # evaluate the loaded model, write evaluate.json, stop
-    omp_sparsity: float | None = None    # one-shot pruning of the init to this sparsity, no training
-    omp_level: int | None = None         # the level number the one-shot ticket is filed under
-    show_progress: bool = True
+class IMPConfig(RunSettings):
+    data: str = flag("data", REQUIRED, "dataset folder: DIR/train/<class>/*, DIR/val/<class>/*", group=GENERAL,
+                     metavar="DIR", result=False)
+    init: str | None = flag("--init", None, "pre-trained weights (loaded strictly)", group=GENERAL, metavar="PATH")
+    arch: str = flag("-a --arch", "resnet50", "model architecture", group=GENERAL, choices=list(models.ARCHS))
+    epochs: int = flag("--epochs", 570, "epochs in all (levels * --prune_epoch); a larger value continues a "
+                       "finished run with more levels", group=TRAINING, type=int, result=False)
+    prune_epoch: int = flag("--prune_epoch", 30, "epochs per level", group=TRAINING, type=int)
+    batch_size: int = flag("-b --batch-size", 2048, "global batch, split over all processes (the original split it "
+                           "over one node's GPUs, so its global batch was b x nodes: on N nodes pass N x its -b)",
+                           group=TRAINING, type=int)
+    lr: float = flag("--lr --learning-rate", 0.0005, "SGD lr (constant, as the original)", group=TRAINING, type=float)
+    momentum: float = flag("--momentum", 0.9, "SGD momentum", group=TRAINING, type=float)
+    weight_decay: float = flag("--wd --weight-decay", 1e-4, "weight decay", group=TRAINING, type=float)
+    rate: float = flag("--rate", 0.2, "fraction of the surviving conv weights pruned per level", group=PRUNING,
+                       type=float)
+    prune_method: str = flag("--prune-method", "magnitude", "global magnitude pruning, or random pruning (the "
+                             "paper's baseline)", group=PRUNING, choices=PRUNE_METHODS)
+    attack: AttackConfig | None = built(TRAIN_ATTACK.flags(), TRAIN_ATTACK.build, None, group=ATTACK)
+    attack_loss: str = flag("--attack-loss", "mean", "the attack's cross-entropy: mean over the batch (the "
+                            "original's) or sum (advertorch's default)", group=ATTACK, choices=list(LOSSES))
+    channels_last: bool | None = flag("--channels-last", None, "channels_last memory format (default: on with a "
+                                      "GPU)", group=SPEED)
+    resume: str | None = flag("--resume", None, "continue from this checkpoint (ours or the original's "
+                              "<level>-checkpoint.pth.tar); without it, re-running the same command resumes from "
+                              "SAVE_DIR", group=GENERAL, metavar="PATH", type=optional_path, result=False)
+    evaluate: bool = flag("-e --evaluate", False, "evaluate the unpruned init (or --resume's checkpoint, mask "
+                          "included) on DIR/val, write SAVE_DIR/evaluate.json and stop; the original evaluated the "
+                          "init after level 1's prune", group=GENERAL, result=False)
+    omp_sparsity: float | None = flag("--omp-sparsity", None, "one-shot (OMP): prune the init straight to sparsity "
+                                      "S, write 1-ticket.pth.tar, no training", group=PRUNING, type=float,
+                                      metavar="S")
+    omp_level: int | None = flag("--omp-level", None, "one-shot (OMP) to the sparsity of level K, 1-(1-rate)^K, "
+                                 "written as K-ticket.pth.tar", group=PRUNING, type=int, metavar="K")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.omp_level is not None and self.omp_level >= 1 and self.omp_sparsity is None:
+            object.__setattr__(self, "omp_sparsity", 1 - (1 - self.rate) ** self.omp_level)  # K's sparsity
         checks = [
             (self.prune_epoch >= 1, f"--prune_epoch must be >= 1, got {self.prune_epoch}"),
             (self.epochs >= self.prune_epoch and self.epochs % self.prune_epoch == 0,
@@ -59,14 +64,17 @@ class IMPConfig:
              "(every level trains --prune_epoch epochs)"),
             (0 < self.rate < 1, f"--rate must be a fraction in (0, 1), got {self.rate}"),
             (self.prune_method in PRUNE_METHODS, f"--prune-method must be one of {', '.join(PRUNE_METHODS)}"),
-            (self.batch_size >= 1 and self.workers >= 0, "-b must be >= 1 and -j >= 0"),
+            (self.batch_size >= 1, f"-b {self.batch_size} must be at least 1"),
             (self.lr >= 0 and self.weight_decay >= 0 and self.momentum >= 0, "--lr, --wd and --momentum must be >= 0"),
-            (self.image_size >= 1 and self.resize_size >= 1, "--image-size and --resize-size must be >= 1"),
-            (self.amp in (None, "bf16", "fp16"), f"--amp must be bf16 or fp16, got {self.amp!r}"),
             (self.attack_loss in LOSSES,
              f"--attack-loss must be one of {', '.join(LOSSES)}, got {self.attack_loss!r}"),
+            (self.omp_level is None or self.omp_level >= 1, f"--omp-level must be >= 1, got {self.omp_level}"),
+            (self.omp_level is None or self.omp_sparsity == 1 - (1 - self.rate) ** self.omp_level,
+             "--omp-sparsity and --omp-level both give the one-shot sparsity: pass one of them"),
             (self.omp_sparsity is None or 0 < self.omp_sparsity < 1,
              f"--omp-sparsity must be a fraction in (0, 1), got {self.omp_sparsity}"),
+            (self.omp_sparsity is None or not (self.evaluate or self.resume),
+             "--omp-sparsity/--omp-level prune once without training: drop -e/--resume"),
         ]
         for ok, message in checks:
             if not ok:
@@ -81,12 +89,6 @@ class IMPConfig:
         """How the tickets are made (the ticket meta's `source`, which report.py groups by)."""
         name = "omp" if self.omp_sparsity is not None else "aimp" if self.attack is not None else "imp"
         return name if self.prune_method == "magnitude" else f"{name}-random"
-
-
-def implied(cfg: IMPConfig) -> dict:
-    """IMPLIED for this run: A-IMP runs started before `attack_loss` was recorded attacked with the summed loss
-    (they continue with --attack-loss sum); standard IMP never attacks, so its older runs continue as they are."""
-    return {**IMPLIED, "attack_loss": "sum" if cfg.attack is not None else cfg.attack_loss}
 
 
 def config_dict(cfg: IMPConfig) -> dict:

@@ -18,7 +18,7 @@ from infra.checkpoint import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, 
 
 # ---------------------------------------------------------------------------- ticket finding
 TINY = ["-a", "resnet_tiny", "--small-input", "--image-size", "32", "--resize-size", "32", "-b", "4", "-j", "0",
-        "-p", "0"]
+        "--no-progress"]
 
 
 def imp_argv(data: str, init: str, save_dir: str, *extra: str) -> list[str]:
@@ -65,7 +65,7 @@ def argv(save_dir, data: str, name: str, init: str, *, mode: str = "std", ticket
     return ["--mode", mode, "--data", data, "--dataset", name, "--arch", "resnet_tiny", "--small-input",
             "--init", init, "--tickets_file", ticket, "--save_dir", str(save_dir), "--epochs", str(epochs),
             "--batch_size", "16", "--lr", "0.05", "--image-size", "16", "--resize-size", "16", "-j", "0",
-            "--train_step", "2", "--test_step", "2", "--print_freq", "0", "--no-channels-last", *extra]
+            "--train_step", "2", "--test_step", "2", "--no-progress", "--no-channels-last", *extra]
 
 
 def check_run(save_dir, mask, epochs: int) -> dict:

@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import models
-from attacks import LOSSES, PGD, AttackConfig, LinfPGDAttack, build_attack, eps_from_flag, fgsm_rs, parse_fraction
+from advertorch_api import LinfPGDAttack
+from attacks import LOSSES, PGD, AttackConfig, build_attack, eps_from_flag, fgsm_rs, parse_fraction
 from infra.errors import ConfigError, UserError
 
 EPS, ALPHA = 8 / 255, 2 / 255

@@ -16,6 +16,7 @@ from infra import checkpoint
 import dataset
 from infra import errors
 from campaign import cost, spec, state, status
+from transfer import config as transfer_config
 
 ROOT = kit.ROOT
 
@@ -32,7 +33,7 @@ def load(tmp_path, inputs, **kw):
 def test_file_names_and_datasets_agree_with_the_modules_that_own_them():
     assert (state.RESULTS, state.CHECKPOINT, state.METRICS, state.LOCK) == \
         (checkpoint.RESULTS, checkpoint.CHECKPOINT, checkpoint.METRICS, checkpoint.LOCK)
-    assert set(spec.DATASETS) == set(dataset.DATASETS) - {"imagenet"}
+    assert set(spec.DATASETS) == set(transfer_config.DATASETS) == set(dataset.DATASETS) - {"imagenet"}
 
 
 def test_runs_are_the_drivers_commands_with_the_documented_layout(tmp_path, inputs):

@@ -29,6 +29,7 @@ sys.path[:0] = [HERE, ROOT]  # for `python tests/test_faults.py --write`; pytest
 from infra import checkpoint  # noqa: E402
 from training import savedir  # noqa: E402
 from infra import errors  # noqa: E402
+from infra import flags  # noqa: E402
 from datafiles import fabricate  # noqa: E402
 from lottery import config as imp_config  # noqa: E402
 import main_imp_adv  # noqa: E402
@@ -50,7 +51,7 @@ BASE = {
         "--dataset", "folder", "--data", "{folder}", "--init", "{init}", "--tickets_file", "", "--save_dir",
         "{save}", "--arch", "resnet_tiny", "--small-input", "--image-size", "32", "--resize-size", "32",
         "--mode", "std", "--epochs", "2", "--decreasing_lr", "1", "--batch_size", "8", "--lr", "0.05",
-        "--test_step", "1", "-j", "0", "--print_freq", "0", "--no-channels-last", "--deterministic"),
+        "--test_step", "1", "-j", "0", "--no-progress", "--no-channels-last", "--deterministic"),
     "main_imp_std.py": (
         "--init", "{init3}", "--save_dir", "{save}", "-a", "resnet_tiny", "--small-input", "--image-size", "32",
         "--resize-size", "32", "-b", "4", "-j", "0", "-p", "0", "--epochs", "1", "--prune_epoch", "1",
@@ -352,7 +353,7 @@ BEFORE = {"transfer-done": "a finished transfer run", "imp-done": "a finished IM
           "imp-trapped": "an IMP run whose checkpoint is a pickle trap"}
 
 
-VOLATILE = set(runner.VOLATILE) | set(imp_config.VOLATILE) | set(transfer_config.VOLATILE)
+VOLATILE = flags.result_free(imp_config.IMPConfig) | flags.result_free(transfer_config.TransferConfig) | {"launch"}
 
 
 def snapshot(folder: str) -> dict[str, bytes | dict]:

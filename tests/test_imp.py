@@ -296,13 +296,16 @@ def test_bad_flags_are_one_line_errors(tiny, tmp_path, extra, message):
 
 def test_attack_flags_convert_once_from_fractions():
     parse = main_imp_adv.get_args_parser().parse_args
-    cfg = imp_cli.config_from_args(parse(["d", "--save_dir", "s", "--train_eps", "4/255", "--train_gamma", "0.01"]), True)
+    cfg = imp_cli.config_from_args(parse(["d", "--save_dir", "s", "--train_eps", "4/255", "--train_gamma", "0.01"]))
     assert cfg.attack == attacks.AttackConfig("pgd", 4 / 255, 0.01, 3, True)
-    cfg = imp_cli.config_from_args(parse(["d", "--save_dir", "s", "--attack", "fgsm", "--train_randinit"]), True)
+    cfg = imp_cli.config_from_args(parse(["d", "--save_dir", "s", "--attack", "fgsm", "--train_randinit"]))
     assert cfg.attack == attacks.AttackConfig("fgsm", 8 / 255, None, 1, False)
+    # the script's pgd values (--train_step 3 --train_gamma 16/765) do not apply to fgsm: one step of 1.25 * eps
+    cfg = imp_cli.config_from_args(parse(["d", "--save_dir", "s", "--train_step", "3", "--attack", "fgsm"]))
+    assert cfg.attack.step_size == attacks.FGSM_STEP * 8 / 255 and cfg.attack.steps == 1
     assert "random start is on by default" in main_imp_adv.get_args_parser().format_help().replace("\n", " ").replace("  ", " ")
     std = main_imp_std.get_args_parser()
-    assert imp_cli.config_from_args(std.parse_args(["d", "--save_dir", "s"]), False).attack is None
+    assert imp_cli.config_from_args(std.parse_args(["d", "--save_dir", "s"])).attack is None
     with pytest.raises(SystemExit):
         std.parse_args(["d", "--train_eps", "8/255"])  # clean IMP takes no attack flags
 
@@ -334,7 +337,7 @@ def test_script_argument_line_parses_with_its_entry_point(name, tmp_path):
     assert (args.lr, args.weight_decay, args.batch_size, args.rate) == (0.0005, 1e-4, 2048, 0.2)
     assert (args.prune_epoch, args.epochs, args.seed, args.multiprocessing_distributed) == (30, 570, 1, True)
     assert (args.dist_url, args.dist_backend, args.world_size, args.rank) == ("tcp://127.0.0.1:4356", "nccl", 1, 0)
-    cfg = imp_cli.config_from_args(args, adversarial)
+    cfg = imp_cli.config_from_args(args)
     assert cfg.levels == 19
     if adversarial:
         assert cfg.attack == attacks.AttackConfig("pgd", 8 / 255, 16 / (3 * 255), 3, True)
@@ -368,20 +371,16 @@ def test_compile_flag_compiles_in_place_and_checkpoints_keep_the_plain_names(tin
     assert json.load(open(os.path.join(save_dir, "config.json")))["compile"] is True
 
 
-def test_a_run_from_before_fused_sgd_continues_only_with_no_fused_sgd(tiny, tmp_path):
+def test_a_run_continues_only_with_its_settings_but_may_grow_and_report_differently(tiny, tmp_path):
     data, init = tiny
-    save_dir = str(tmp_path / "old")
-    args = imp_argv(data, init, save_dir, "--epochs", "1", "--prune_epoch", "1", "--lr", "0.05")
-    assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
-    path = os.path.join(save_dir, "config.json")
-    old = json.load(open(path))
-    # standard IMP never attacks, and ticket finding always seeded its epochs this way: no flag for those
-    del old["fused_sgd"], old["compile"], old["tf32"], old["attack_loss"], old["epoch_seeds"]
-    json.dump(old, open(path, "w"))
-    with pytest.raises(ConfigError, match=r"fused_sgd \(False -> True\) \(fused_sgd: not recorded by that older run"):
-        main_imp_std.main(args)
-    assert main_imp_std.main(args + ["--no-fused-sgd"]) == 0
-    assert json.load(open(path))["fused_sgd"] is False and json.load(open(path))["epoch_seeds"] == "independent"
+    save_dir = str(tmp_path / "run")
+    args = imp_argv(data, init, save_dir, "--prune_epoch", "1", "--lr", "0.05", "--no-fused-sgd")
+    assert main_imp_std.main(args + ["--epochs", "1"]) == 0
+    with pytest.raises(ConfigError, match=r"fused_sgd \(False -> True\).*--restart"):
+        main_imp_std.main([a for a in args if a != "--no-fused-sgd"] + ["--epochs", "1"])
+    # --epochs may grow (one more level), and progress display and workers may differ: they change no number
+    assert main_imp_std.main(args + ["--epochs", "2", "--progress", "-j", "1"]) == 0
+    assert len(list(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))) == 2
 
 
 def test_no_tf32_turns_cudnn_tf32_off_and_is_recorded(tiny, tmp_path, monkeypatch):
@@ -395,26 +394,23 @@ def test_no_tf32_turns_cudnn_tf32_off_and_is_recorded(tiny, tmp_path, monkeypatc
     assert main_imp_std.main(imp_argv(data, init, save_dir, "--epochs", "1", "--prune_epoch", "1", "--no-tf32")) == 0
     assert seen == [False] and torch.backends.cudnn.allow_tf32 is True  # for the run only
     assert json.load(open(os.path.join(save_dir, "config.json")))["tf32"] is False
-    assert imp_config.IMPConfig(data, save_dir).tf32 is True
+    assert imp_config.IMPConfig(data=data, save_dir=save_dir).tf32 is True
 
 
-def test_an_a_imp_run_from_before_attack_loss_continues_only_with_the_summed_loss(tiny, tmp_path, monkeypatch):
-    """A-IMP attacked with advertorch's summed loss before --attack-loss existed (the original: the mean)."""
+def test_an_a_imp_run_with_the_summed_attack_loss_continues_only_with_it(tiny, tmp_path, monkeypatch):
+    """--attack-loss sum (advertorch's default; the original: the mean) reaches the attack and is recorded."""
     data, init = tiny
-    save_dir = str(tmp_path / "old")
+    save_dir = str(tmp_path / "sum")
     args = imp_argv(data, init, save_dir, "--epochs", "2", "--prune_epoch", "1", "--train_step", "1")
     calls, summed = [], attacks.LOSSES["sum"]
     monkeypatch.setitem(attacks.LOSSES, "sum", lambda out, y: calls.append(len(y)) or summed(out, y))
     assert main_imp_adv.main(args + ["--attack-loss", "sum", "--epochs", "1"]) == 0
     assert calls, "--attack-loss sum must reach the training attack"
     path = os.path.join(save_dir, "config.json")
-    old = json.load(open(path))
-    assert old["attack_loss"] == "sum"
-    del old["attack_loss"]
-    json.dump(old, open(path, "w"))
-    with pytest.raises(ConfigError, match=r"attack_loss \('sum' -> 'mean'\) \(attack_loss: not recorded by that"):
+    assert json.load(open(path))["attack_loss"] == "sum"
+    with pytest.raises(ConfigError, match=r"attack_loss \('sum' -> 'mean'\)"):
         main_imp_adv.main(args)
-    assert imp_config.IMPConfig(data, save_dir).attack_loss == "mean"
+    assert imp_config.IMPConfig(data=data, save_dir=save_dir).attack_loss == "mean"
     assert main_imp_adv.main(args + ["--attack-loss", "sum"]) == 0  # continues with level 2
     assert json.load(open(path))["attack_loss"] == "sum"
     assert len(list(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))) == 2

@@ -187,9 +187,9 @@ def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, 
         cli.main(argv(crashed, image_folder_root, "folder", pretrained.init, **common) + ["--lr", "0.2"])
 
 
-def test_resume_flag_needs_a_checkpoint(tmp_path, image_folder_root, pretrained):
-    with pytest.raises(CheckpointError, match="--resume"):
-        cli.main(argv(tmp_path / "run", image_folder_root, "folder", pretrained.init, extra=("--resume",)))
+def test_require_checkpoint_flag_needs_a_checkpoint(tmp_path, image_folder_root, pretrained):
+    with pytest.raises(CheckpointError, match="--require-checkpoint"):
+        cli.main(argv(tmp_path / "run", image_folder_root, "folder", pretrained.init, extra=("--require-checkpoint",)))
 
 
 def test_warmup_is_linear_per_step_as_the_original():

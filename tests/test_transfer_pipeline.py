@@ -15,7 +15,6 @@ from torch import nn
 import attacks
 import dataset
 from transfer import pipeline
-from training import runner
 from transfer import cli
 import models
 import pruning_utils
@@ -23,6 +22,7 @@ from transfer import data as transfer_data
 from transfer import run as transfer_run
 from infra import reproducibility
 from infra.checkpoint import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST, load_file
+from infra import flags
 from infra.distributed import DistEnv
 from training.engine import Step, evaluate
 from infra.errors import ConfigError, run_cli
@@ -78,8 +78,7 @@ def test_flags_default_to_auto_and_fused_and_both_change_the_config():
     assert (cfg.pipeline, cfg.fused_sgd) == ("auto", True)
     cfg = cli.config_from_args(parse(base + ["--pipeline", "pil", "--no-fused-sgd"]))[0]
     assert (cfg.pipeline, cfg.fused_sgd) == ("pil", False)
-    volatile = set(cli.transfer_config.VOLATILE) | set(runner.VOLATILE)
-    assert not {"pipeline", "fused_sgd"} & volatile  # both change the numbers of a run
+    assert not {"pipeline", "fused_sgd"} & flags.result_free(cli.TransferConfig)  # both change a run's numbers
 
 
 def test_device_pipeline_with_folder_data_is_one_line_naming_the_flag(tmp_path, image_folder_root, pretrained, capsys):
@@ -239,14 +238,11 @@ def test_warmup_steps_the_lr_over_device_batches():
     assert seen == pytest.approx([0.1 * s / 6 for s in range(1, 7)])
 
 
-def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(tmp_path, cifar10_root, pretrained,
-                                                                               capsys, monkeypatch):
-    """config.json of an older run has no pipeline / fused_sgd / attack_loss: it ran the PIL loader, loop SGD and
-    summed-loss attacks. The new defaults would change its numbers mid-run, so they are refused with the implied
-    old values named; `--pipeline pil --no-fused-sgd --attack-loss sum` continues it (and records the keys). A
-    run from before the one seeding policy (no `epoch_seeds`) seeded its epochs from the loader's seed: no flag
-    brings that back, so it is refused with that named too."""
-    out = tmp_path / "old"
+def test_a_run_continues_only_with_the_flags_that_change_its_numbers(tmp_path, cifar10_root, pretrained, capsys,
+                                                                     monkeypatch):
+    """A run with --pipeline pil --no-fused-sgd --attack-loss sum (the summed loss reaching the PGD attack) is
+    refused when continued with the defaults, naming each differing setting; with its flags it continues."""
+    out = tmp_path / "run"
     args = argv(out, cifar10_root, "cifar10", pretrained.init, epochs=1)
     old_flags = ["--pipeline", "pil", "--no-fused-sgd", "--attack-loss", "sum"]
     calls, summed = [], attacks.LOSSES["sum"]
@@ -254,34 +250,19 @@ def test_a_run_started_before_these_flags_continues_only_with_its_old_behaviour(
     assert cli.main(args + old_flags) == 0
     assert calls, "--attack-loss sum must reach the PGD val/test attack"
     os.remove(os.path.join(out, RESULTS))  # stopped during its final test: a checkpoint, no results yet
-    path = os.path.join(out, CONFIG)
-    recorded = json.load(open(path))
-    assert recorded["epoch_seeds"] == "independent"
-
-    def refused(drop: tuple[str, ...]) -> str:
-        json.dump({k: v for k, v in recorded.items() if k not in drop}, open(path, "w"))
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as e:
-            run_cli(cli.main, args)
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "--restart" in err
-        assert not os.path.exists(os.path.join(out, RESULTS)) and "pipeline" not in json.load(open(path))
-        return err
-    older = ("pipeline", "fused_sgd", "attack_loss", "tf32")  # tf32: on before, on now
-    err = refused(older)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(cli.main, args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--restart" in err
     assert "pipeline ('pil' -> 'auto')" in err and "fused_sgd (False -> True)" in err
-    assert "attack_loss ('sum' -> 'mean')" in err and "not recorded by that older run" in err
-    assert "epoch_seeds" not in err and "tf32" not in err
-    err = refused((*older, "epoch_seeds"))
-    assert "epoch_seeds ('loader' -> 'independent')" in err and "cannot continue exactly" in err
-    with pytest.raises(ConfigError, match="epoch_seeds"):
-        cli.main(args + old_flags)
-    refused(older)
+    assert "attack_loss ('sum' -> 'mean')" in err
+    assert not os.path.exists(os.path.join(out, RESULTS))
+    assert json.load(open(os.path.join(out, CONFIG)))["pipeline"] == "pil"
     assert cli.main(args + old_flags) == 0
     results = json.load(open(os.path.join(out, RESULTS)))
     assert (results["pipeline"], results["attack_loss"]) == ("pil", "sum")
-    assert (json.load(open(path))["pipeline"], json.load(open(path))["attack_loss"]) == ("pil", "sum")
 
 
 @pytest.mark.slow

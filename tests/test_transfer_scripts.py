@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import attacks
 from transfer import cli
 from infra.errors import ConfigError, UserError
 
@@ -27,20 +28,20 @@ def recorder(tmp_path):
 
 
 def run_script(recorder, name: str, *args: str):
-    """(parsed args, converted config) of the command line the script runs."""
+    """The config of the command line the script runs."""
     exe, out = recorder
     subprocess.run(["bash", os.path.join(SCRIPTS, name), *args], check=True, env={**os.environ, "PYTHON": str(exe)})
     argv = json.load(open(out))
     assert argv[:2] == ["-u", os.path.join(ROOT, "main_train_downstream.py")]
-    parsed = cli.get_args_parser().parse_args(argv[2:])
-    return parsed, cli.config_from_args(parsed)[0]
+    return cli.config_from_args(cli.get_args_parser().parse_args(argv[2:]))[0]
 
 
 def test_adv_cifar_line(recorder):
-    a, cfg = run_script(recorder, "adv_cifar.sh", "cifar100", "init.pth", "runs/x", "runs/imp/9-ticket.pth.tar")
-    assert (a.mode, a.dataset, a.data, a.data_number, a.arch, a.init, a.seed) == \
+    cfg = run_script(recorder, "adv_cifar.sh", "cifar100", "init.pth", "runs/x", "runs/imp/9-ticket.pth.tar")
+    assert (cfg.mode, cfg.dataset, cfg.data, cfg.data_number, cfg.arch, cfg.init, cfg.seed) == \
         ("adv", "cifar100", "../data", 1.0, "resnet50", "init.pth", 1)
-    assert (a.batch_size, a.lr, a.momentum, a.weight_decay, a.epochs, a.warmup) == (128, 0.1, 0.9, 5e-4, 100, 0)
+    assert (cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.warmup) == \
+        (128, 0.1, 0.9, 5e-4, 100, 0)
     assert (cfg.milestones, cfg.scheduler, cfg.eval_from, cfg.save_dir, cfg.ticket) == \
         ((50, 75), "multistep", 45, "runs/x", "runs/imp/9-ticket.pth.tar")
     assert (cfg.train_attack.kind, cfg.train_attack.steps, cfg.train_attack.eps, cfg.train_attack.alpha) == \
@@ -50,35 +51,35 @@ def test_adv_cifar_line(recorder):
 
 
 def test_adv_svhn_line_uses_cosine(recorder):
-    a, cfg = run_script(recorder, "adv_svhn.sh", "init.pth", "runs/s", "t.pth.tar")
-    assert (a.dataset, a.lr, a.epochs, a.batch_size, a.init, a.save_dir, a.tickets_file) == \
+    cfg = run_script(recorder, "adv_svhn.sh", "init.pth", "runs/s", "t.pth.tar")
+    assert (cfg.dataset, cfg.lr, cfg.epochs, cfg.batch_size, cfg.init, cfg.save_dir, cfg.ticket) == \
         ("svhn", 0.01, 80, 128, "init.pth", "runs/s", "t.pth.tar")
     assert (cfg.scheduler, cfg.eval_from, cfg.mode, cfg.train_attack.steps) == ("cosine", 0, "adv", 10)
 
 
 def test_std_line_measures_ra_too(recorder):
-    a, cfg = run_script(recorder, "std.sh", "svhn", "init.pth", "runs/s", "t.pth.tar")
-    assert (a.mode, a.dataset, a.batch_size, a.lr, a.weight_decay, a.epochs) == \
+    cfg = run_script(recorder, "std.sh", "svhn", "init.pth", "runs/s", "t.pth.tar")
+    assert (cfg.mode, cfg.dataset, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.epochs) == \
         ("std", "svhn", 64, 0.001, 5e-4, 150)
     assert (cfg.milestones, cfg.eval_from, cfg.train_attack) == ((50, 100), 0, None)
     assert (cfg.test_attack.steps, cfg.test_attack.eps, cfg.test_attack.alpha) == (20, 8 / 255, 2 / 255)
     assert (cfg.data_number, cfg.attack_loss, cfg.tf32) == (1.0, "mean", True)  # data: the original's whole split
-    assert run_script(recorder, "std.sh", "svhn", "init.pth", "runs/s", "", "--no-tf32")[1].tf32 is False
+    assert run_script(recorder, "std.sh", "svhn", "init.pth", "runs/s", "", "--no-tf32").tf32 is False
 
 
 def test_std_line_takes_a_data_fraction_which_extends_the_original(recorder):
     """The original's standard transfer has no --data_number; ours keeps it for the data-limited double-win."""
-    _, cfg = run_script(recorder, "std.sh", "cifar10", "init.pth", "runs/s", "", "--data_number", "0.01")
+    cfg = run_script(recorder, "std.sh", "cifar10", "init.pth", "runs/s", "", "--data_number", "0.01")
     assert (cfg.mode, cfg.data_number) == ("std", 0.01)
     assert "extends the original" in open(os.path.join(SCRIPTS, "std.sh")).read()
 
 
 @pytest.mark.parametrize("ticket", ["", "none"])
 def test_empty_ticket_is_dense_and_extra_flags_override(recorder, ticket):
-    a, cfg = run_script(recorder, "adv_cifar.sh", "cifar10", "init.pth", "runs/d", ticket,
+    cfg = run_script(recorder, "adv_cifar.sh", "cifar10", "init.pth", "runs/d", ticket,
                         "--epochs", "3", "--eval_from", "0", "--data", "/datasets", "--lr", "0.02")
     assert cfg.ticket is None
-    assert (a.epochs, a.eval_from, a.data, a.lr, a.dataset) == (3, 0, "/datasets", 0.02, "cifar10")
+    assert (cfg.epochs, cfg.eval_from, cfg.data, cfg.lr, cfg.dataset) == (3, 0, "/datasets", 0.02, "cifar10")
 
 
 @pytest.mark.parametrize("name,args", [("adv_cifar.sh", ("cifar10", "w", "s")), ("adv_svhn.sh", ("w", "s")),
@@ -106,3 +107,10 @@ def test_flags_are_checked_once_at_the_edge():
         cli.config_from_args(parse(base + ["--autoattack-attacks", "apgd-ce"]))  # needs version custom
     fgsm = cli.config_from_args(parse(base + ["--attack", "fgsm"]))[0].train_attack
     assert (fgsm.kind, fgsm.steps, fgsm.eps, fgsm.alpha) == ("fgsm", 1, 8 / 255, None)
+
+
+def test_an_adv_script_with_fgsm_takes_one_step_whatever_its_pgd_lines_say(recorder):
+    """The scripts pass --train_step 10 --train_gamma 2/255 for PGD; with --attack fgsm they do not apply."""
+    cfg = run_script(recorder, "adv_cifar.sh", "cifar10", "init.pth", "runs/f", "", "--attack", "fgsm")
+    assert (cfg.train_attack.kind, cfg.train_attack.steps) == ("fgsm", 1)
+    assert cfg.train_attack.step_size == attacks.FGSM_STEP * 8 / 255

@@ -1,12 +1,14 @@
-"""The run skeleton that ticket finding (lottery/) and transfer (transfer/) share: the common flags, the launch
+"""The run skeleton that ticket finding (lottery/) and transfer (transfer/) share: the common settings, the launch
 and the rank-0 rule, preparing SAVE_DIR (temp files, --restart, config.json), the worker wrapper, the data
 loaders, the per-epoch seeds, the model's compile + DDP wrapping and the metrics trimming on resume."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -14,76 +16,92 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from infra import checkpoint
 from infra import distributed
+from infra import flags
 from infra import hardware
 from infra import reproducibility
 from infra import runlog
 from training import savedir
 from infra.distributed import DistEnv, Launch
-from infra.errors import ConfigError
-
-# settings added after the first release, with the behaviour of the runs started before them, which did not
-# record them (savedir.check_config): such a run continues with `--no-fused-sgd` (TF32: cuDNN's default, on)
-IMPLIED = {"fused_sgd": False, "compile": False, "tf32": True}
-# config.json keys that may differ between runs of one experiment: where things are, how the run reports
-VOLATILE = ("data", "save_dir", "workers", "show_progress", "trust_pickle")
-# how each epoch's global RNG is seeded (epoch_seed), recorded in config.json; no flag selects another way
-EPOCH_SEEDS = "independent"
-
+from infra.errors import ConfigError, OneLineParser
+from infra.flags import REQUIRED, Flag, flag
 
 # ---------------------------------------------------------------------------- flags
-def add_speed_flags(g: argparse._ActionsContainer, *, channels_last: bool | None) -> None:
-    """Input size, precision, memory format and kernels; `channels_last` is the entry point's default."""
-    g.add_argument("--image-size", default=224, type=int, help="train crop / eval centre crop")
-    g.add_argument("--resize-size", default=256, type=int, help="eval resize before the centre crop")
-    g.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem without max-pool (32 px images)")
-    g.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="mixed precision (GPU only)")
-    g.add_argument("--channels-last", default=channels_last, action=argparse.BooleanOptionalAction,
-                   help="channels_last memory format" + (" (default: on with a GPU)" if channels_last is None else ""))
-    g.add_argument("--fused-sgd", default=True, action=argparse.BooleanOptionalAction,
-                   help="one fused SGD kernel per step: the loop's update up to the last bit")
-    g.add_argument("--deterministic", action="store_true",
-                   help="deterministic kernels and cuBLAS (slower; exact resume except ops PyTorch warns about)")
-    g.add_argument("--tf32", default=True, action=argparse.BooleanOptionalAction,
-                   help="TF32 tensor cores for fp32 convolutions on Ampere+ GPUs (cuDNN's default); --no-tf32 "
-                        "computes them in full fp32, as the original's PyTorch 1.5 did")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model in place (GPU; slower on CPU; changes the last bits)")
-    g.add_argument("-j", "--workers", default=4, type=int, help="data loading workers per process")
+# help groups both stages use
+GENERAL = "general (the original's flags)"
+SPEED = "data, speed and safety"
 
 
-def add_safety_flags(g: argparse._ActionsContainer, *, restart: str) -> None:
-    g.add_argument("--restart", action="store_true", help=restart)
-    g.add_argument("--trust-pickle", action="store_true",
-                   help="allow full unpickling of the --init / ticket / --resume files you trust")
+def progress_from_freq(text: str) -> bool:
+    """The original's -p/--print_freq N: progress lines on for N > 0, off for 0."""
+    try:
+        return int(text) > 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def add_launch_flags(g: argparse._ActionsContainer) -> None:
-    """The original's distributed flags (torchrun works too)."""
-    g.add_argument("--world-size", default=-1, type=int,
-                   help="number of nodes (processes without --multiprocessing-distributed)")
-    g.add_argument("--rank", default=-1, type=int,
-                   help="node rank (process rank without --multiprocessing-distributed)")
-    g.add_argument("--dist-url", default="env://", help="url of the process group rendezvous")
-    g.add_argument("--dist-backend", default="nccl", help="nccl (gloo is used when no GPU is visible)")
-    g.add_argument("--gpu", default=None, type=int, help="GPU id for a one-process run")
-    g.add_argument("--multiprocessing-distributed", action="store_true",
-                   help="one process per GPU on this node (one CPU process when no GPU is visible)")
+def optional_path(text: str) -> str | None:
+    """A path flag where '' or none means no file (a dense model, a random init, no checkpoint)."""
+    return None if text.strip() in ("", "none", "None") else text
 
 
-def common_settings(args: argparse.Namespace) -> dict:
-    """The config fields both stages take from the shared flags, checked once."""
-    hardware.check_amp(args.amp)
-    if args.workers < 0:
-        raise ConfigError(f"--workers {args.workers} must be at least 0")
-    return dict(save_dir=args.save_dir, seed=args.seed, workers=args.workers, image_size=args.image_size,
-                resize_size=args.resize_size, small_input=args.small_input, amp=args.amp,
-                channels_last=args.channels_last, fused_sgd=args.fused_sgd, compile=args.compile,
-                deterministic=args.deterministic, tf32=args.tf32, trust_pickle=args.trust_pickle)
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The settings both stages share (a stage's config subclasses it): where the run goes, its seed, input size,
+    precision, kernels, and the safety switches. Each field is its flag (infra.flags)."""
+    save_dir: str = flag("--save_dir", REQUIRED, "where the run's files go", group=GENERAL, metavar="DIR",
+                         result=False)
+    seed: int = flag("--seed", 1, "seed of data order, augmentation and attack starts", group=GENERAL, type=int)
+    image_size: int = flag("--image-size", 224, "train crop / eval centre crop", group=SPEED, type=int)
+    resize_size: int = flag("--resize-size", 256, "eval resize before the centre crop", group=SPEED, type=int)
+    small_input: bool = flag("--small-input", False, "3x3 stride-1 stem without max-pool (32 px images)", group=SPEED)
+    amp: str | None = flag("--amp", None, "mixed precision (GPU only)", group=SPEED, choices=("bf16", "fp16"))
+    fused_sgd: bool = flag("--fused-sgd", True, "one fused SGD kernel per step: the loop's update up to the last bit",
+                           group=SPEED)
+    deterministic: bool = flag("--deterministic", False, "deterministic kernels and cuBLAS (slower; exact resume "
+                               "except ops PyTorch warns about)", group=SPEED)
+    tf32: bool = flag("--tf32", True, "TF32 tensor cores for fp32 convolutions on Ampere+ GPUs (cuDNN's default); "
+                      "--no-tf32 computes them in full fp32, as the original's PyTorch 1.5 did", group=SPEED)
+    compile: bool = flag("--compile", False, "torch.compile the model in place (GPU; slower on CPU; changes the "
+                         "last bits)", group=SPEED)
+    workers: int = flag("-j --workers", 4, "data loading workers per process", group=SPEED, type=int, result=False)
+    show_progress: bool = flag(
+        "--progress", True, "in-epoch progress lines", group=SPEED, result=False,
+        also=[Flag(("-p", "--print_freq", "--print-freq"), "the original's spelling: N > 0 shows the progress "
+                   "lines, 0 = --no-progress", type=progress_from_freq, metavar="N")])
+    trust_pickle: bool = flag("--trust-pickle", False, "allow full unpickling of the --init, ticket or checkpoint "
+                              "files you name (trust them)", group=SPEED, result=False)
+    restart: bool = flag("--restart", False, "start over: delete the earlier run's files in SAVE_DIR (checkpoints, "
+                         "tickets, metrics) and its config.json", group=SPEED, result=False)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.workers >= 0, f"--workers {self.workers} must be at least 0"),
+            (self.image_size >= 1 and self.resize_size >= 1, "--image-size and --resize-size must be >= 1"),
+            (self.amp in (None, "bf16", "fp16"), f"--amp must be bf16 or fp16, got {self.amp!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def parser(description: str, *settings: type, skip: Iterable[str] = ()) -> OneLineParser:
+    """The command line of an entry point: the flags of each settings dataclass (a stage's config, then
+    distributed.Launch), less the fields in `skip`."""
+    p = OneLineParser(description=description)
+    for cls in settings:
+        flags.add_flags(p, cls, skip=skip)
+    return p
+
+
+def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """A stage's config from its parsed flags, checked (by the config itself, and --amp against this machine)."""
+    cfg = flags.from_args(cls, args)
+    hardware.check_amp(cfg.amp)
+    return cfg
 
 
 def launch_from_args(args: argparse.Namespace) -> Launch:
-    return Launch(gpu=args.gpu, dist_url=args.dist_url, dist_backend=args.dist_backend, world_size=args.world_size,
-                  rank=args.rank, multiprocessing_distributed=args.multiprocessing_distributed)
+    return flags.from_args(Launch, args)
 
 
 # ---------------------------------------------------------------------------- before the workers start
@@ -98,19 +116,19 @@ def claim_save_dir(save_dir: str) -> None:
     savedir.hold_save_dir(save_dir)
 
 
-def prepare_save_dir(save_dir: str, config: dict, *, restart: bool, clear: Callable[[str], list[str]],
-                     started: bool, volatile: Iterable[str], implied: dict) -> None:
+def prepare_save_dir(cfg: RunSettings, opts: Launch, *, clear: Callable[[str], list[str]], started: bool) -> None:
     """On the first process, after `claim_save_dir` and before any worker writes: temp files of a killed write
     gone, --restart's removal of the earlier run's files (before config.json changes, so that a kill in between never
-    pairs old files with new settings), then config.json checked against the run's settings (with `epoch_seeds`,
-    the seeding policy). A folder without progress (`started` false: e.g. an attempt that stopped at a bad flag)
-    takes the new settings."""
-    savedir.remove_temp_files(save_dir)
-    if restart:
-        removed = clear(save_dir)
-        print(f"--restart: removed {len(removed)} files of the earlier run in {save_dir}", flush=True)
-    savedir.check_config(save_dir, {**config, "epoch_seeds": EPOCH_SEEDS}, restart=restart or not started,
-                         volatile=(*VOLATILE, *volatile), implied={**IMPLIED, **implied}, fixed=("epoch_seeds",))
+    pairs old files with new settings), then config.json checked against the run's settings: the fields that can
+    change a result must agree. A folder without progress (`started` false: e.g. an attempt that stopped at a bad
+    flag) takes the new settings."""
+    savedir.remove_temp_files(cfg.save_dir)
+    if cfg.restart:
+        removed = clear(cfg.save_dir)
+        print(f"--restart: removed {len(removed)} files of the earlier run in {cfg.save_dir}", flush=True)
+    config = {**dataclasses.asdict(cfg), "launch": dataclasses.asdict(opts)}
+    savedir.check_config(cfg.save_dir, config, restart=cfg.restart or not started,
+                         free=flags.result_free(type(cfg)) | {"launch"})
 
 
 def start(worker: Callable[[DistEnv, Any], None], cfg: Any, opts: Launch) -> str:

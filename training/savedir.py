@@ -13,6 +13,8 @@ from typing import Iterable
 from infra.checkpoint import CONFIG, LOCK, atomic_write_json, to_json
 from infra.errors import CheckpointError, ConfigError, UserError
 
+FORMAT = 2  # of the run folder (config.json and the files beside it); a folder of another format is refused
+
 
 def writable_dir(path: str, *, flag: str = "--save_dir") -> None:
     """Create `path` if needed and prove a file can be written there, before any work is done."""
@@ -68,18 +70,15 @@ def hold_save_dir(save_dir: str) -> None:
     _HELD[key] = f
 
 
-def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterable[str] = (),
-                 implied: dict | None = None, fixed: Iterable[str] = ()) -> None:
+def check_config(save_dir: str, config: dict, *, restart: bool, free: Iterable[str] = ()) -> None:
     """Refuse to mix configurations in one SAVE_DIR; `restart` (the --restart flag) overwrites config.json.
 
-    Keys in `volatile` (e.g. print frequency, worker count) may differ between runs of the same experiment.
-    `implied` gives, for settings added after a run may have started, the value such a run had without
-    recording it (e.g. {"fused_sgd": False}): an older run then continues when given the flags that reproduce
-    its behaviour, and is refused otherwise, with that value named in the message. Keys in `fixed` are recorded
-    behaviour no flag selects (e.g. how each epoch is seeded): an older run that differs there cannot continue.
+    config.json records the run-folder FORMAT: a folder of another format is refused whole. Keys in `free`
+    (settings that cannot change a result: progress display, worker count, the process layout...) may differ
+    between runs of one experiment; any other difference is refused, naming each differing setting.
     """
     path = os.path.join(save_dir, CONFIG)
-    config = json.loads(json.dumps(config, default=to_json))
+    config = json.loads(json.dumps({"format": FORMAT, **config}, default=to_json))
     if os.path.exists(path) and not restart:
         with open(path) as f:
             try:
@@ -87,20 +86,13 @@ def check_config(save_dir: str, config: dict, *, restart: bool, volatile: Iterab
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ConfigError(f"{path} is not valid JSON ({e}), so the run's settings are unknown: repair it, "
                                   "or pass --restart to start over there") from None
-        if isinstance(old, dict):
-            skip = set(volatile)
-            unrecorded = sorted(k for k in (implied or {}) if k not in old)
-            old = {**(implied or {}), **old}
-            keys = sorted(k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k))
-            if keys:
-                shown = ", ".join(f"{k} ({old.get(k)!r} -> {config.get(k)!r})" for k in keys[:6])
-                older = [k for k in keys if k in unrecorded and k not in set(fixed)]
-                frozen = [k for k in keys if k in set(fixed)]
-                hint = f" ({', '.join(older)}: not recorded by that older run, which ran as shown; give the " \
-                       "flags that select those values to continue it)" if older else ""
-                hint += f" ({', '.join(frozen)}: no flag selects the earlier behaviour, so that run cannot " \
-                        "continue exactly)" if frozen else ""
-                raise ConfigError(
-                    f"{save_dir} holds a run with other settings: {shown}{hint}; use another --save_dir, "
-                    "or pass --restart to start over there")
+        if not isinstance(old, dict) or old.get("format") != FORMAT:
+            raise ConfigError(f"{save_dir} holds a run of an older run-folder format (not {FORMAT}), which this "
+                              "version cannot continue: pass --restart to start over there, or use another --save_dir")
+        skip = set(free)
+        keys = sorted(k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k))
+        if keys:
+            shown = ", ".join(f"{k} ({old.get(k)!r} -> {config.get(k)!r})" for k in keys)
+            raise ConfigError(f"{save_dir} holds a run with other settings: {shown}; use another --save_dir, "
+                              "or pass --restart to start over there")
     atomic_write_json(path, config)

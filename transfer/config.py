@@ -1,74 +1,106 @@
-"""The transfer run's settings: the frozen `TransferConfig` the CLI builds once, the choices it allows, and which
-config.json keys may change between runs of one experiment."""
+"""The transfer run's settings: the frozen `TransferConfig`, each field declared with its flag
+(main_train_downstream.py's parser is generated from it), checked on construction, and the choices it allows."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from attacks import AttackConfig
+from dataset import DATASETS as DATASET_TABLE, SUBSETS
+from attacks import LOSSES, AttackConfig, AttackFlags
+from infra.errors import ConfigError
+from infra.flags import built, flag
+from infra.distributed import LAUNCH_GROUP
+from training.runner import GENERAL, SPEED, RunSettings, optional_path
 
-DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")  # the last two: original variants
+DATASETS = tuple(name for name in DATASET_TABLE if name != "imagenet")  # imagenet is IMP's
 SCHEDULERS = ("multistep", "cosine")
 PIPELINES = ("auto", "device", "pil")
 DEVICE_DATASETS = ("cifar10", "cifar100", "svhn")  # held as one uint8 array: the device pipeline serves them
+AA_VERSIONS = ("standard", "plus", "rand", "custom")
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+TRAINING, TICKET, DETAILS = "training", "ticket", "data and model details"
+ATTACKS = "attacks (eps and step sizes as fractions of the pixel range, as the original: 8/255 or 0.0314)"
+TRAIN_ATTACK = AttackFlags("train", steps=10, gamma=2 / 255, kinds=True)   # the original's PGD-10 training
+TEST_ATTACK = AttackFlags("test", steps=20, gamma=2 / 255)                  # and PGD-20 test
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--decreasing_lr {text!r}: expected comma-separated epochs, e.g. 50,75") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
 @dataclass(frozen=True)
-class TransferConfig:
-    save_dir: str
-    dataset: str
-    data: str = "../data"
-    data_number: float = 1.0             # fraction of the training split kept (data-limited transfer)
-    subset: str = "first"                # first: the original's first N; balanced: seeded class-balanced draw
-    image_size: int = 224
-    resize_size: int = 256
-    download: bool = False
-    workers: int = 4
-    arch: str = "resnet50"
-    small_input: bool = False
-    init: str | None = None              # None: random initialisation (warned about)
-    ticket: str | None = None            # None: the dense model
-    trust_pickle: bool = False
-    mode: str = "adv"                    # "std": clean training; "adv": training on train_attack examples
-    train_attack: AttackConfig | None = None
-    test_attack: AttackConfig = field(default_factory=lambda: AttackConfig("pgd", 8 / 255, 2 / 255, 20))
-    attack_loss: str = "mean"            # both attacks' loss (attacks.LOSSES): the original's mean cross-entropy
-    seed: int = 1
-    batch_size: int = 128                # global batch, split over the ranks
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = 100
-    warmup: int = 0                      # epochs of per-step linear lr warm-up (the original's warmup_lr)
-    milestones: tuple[int, ...] = (50, 75)
-    scheduler: str = "multistep"         # multistep (x0.1 at milestones) or cosine over all epochs
-    eval_from: int = 0                   # first (0-based) epoch validated; the original's CIFAR adv code used 45
-    autoattack: int = 0                  # test images evaluated with AutoAttack; 0 = off
-    autoattack_version: str = "standard"
-    autoattack_attacks: tuple[str, ...] = ()   # only with version "custom"
-    save_all: bool = False
-    require_checkpoint: bool = False     # --resume: fail unless there is a checkpoint to continue
-    deterministic: bool = False
-    tf32: bool = True                    # cuDNN TF32 in fp32 convolutions (the default; PyTorch 1.5 had none)
-    sync_bn: bool = False                # SyncBatchNorm over the ranks (multi-GPU; the original is single-GPU)
-    amp: str | None = None
-    test_amp: bool = False               # final test under --amp too (default: fp32, whatever the training's amp)
-    channels_last: bool = True
-    pipeline: str = "auto"               # where batches are augmented: auto, device or pil (resolve_pipeline)
-    fused_sgd: bool = True               # one fused SGD kernel (the same update up to the last bit: FMA)
-    compile: bool = False                # nn.Module.compile() in place (parameter names kept)
-    show_progress: bool = True
+class TransferConfig(RunSettings):
+    dataset: str = flag("--dataset", "cifar100", "", group=GENERAL, choices=DATASETS)
+    data: str = flag("--data", "../data", "dataset root", group=GENERAL, result=False)
+    data_number: float = flag("--data_number", 1.0, "fraction of the training split used, (0, 1]", group=GENERAL,
+                              type=float)
+    arch: str = flag("--arch", "resnet50", "model architecture", group=GENERAL)
+    init: str | None = flag("--init", None, "pre-trained weights; '' or none: random init (warned)", group=GENERAL,
+                            type=optional_path, required=True)
+    save_all: bool = flag("--save_all", False, "also keep epoch<N>.pth.tar after every epoch", group=GENERAL,
+                          result=False)
+    require_checkpoint: bool = flag("--require-checkpoint", False, "fail unless SAVE_DIR holds a checkpoint.pth.tar "
+                                    "to continue (re-running resumes anyway)", group=GENERAL, result=False)
+    mode: str = flag("--mode", "adv", "standard or adversarial fine-tuning", group=TRAINING, choices=("std", "adv"))
+    batch_size: int = flag("--batch_size", 128, "global batch size", group=TRAINING, type=int)
+    lr: float = flag("--lr", 0.1, "initial learning rate", group=TRAINING, type=float)
+    momentum: float = flag("--momentum", 0.9, "", group=TRAINING, type=float)
+    weight_decay: float = flag("--weight_decay", 5e-4, "", group=TRAINING, type=float)
+    epochs: int = flag("--epochs", 100, "", group=TRAINING, type=int)
+    warmup: int = flag("--warmup", 0, "epochs of linear per-step lr warm-up", group=TRAINING, type=int)
+    milestones: tuple[int, ...] = flag("--decreasing_lr", (50, 75), "epochs where multistep multiplies the lr by "
+                                       "0.1", group=TRAINING, type=_milestones, show="50,75")
+    scheduler: str = flag("--scheduler", "multistep", "multistep (--decreasing_lr) or cosine annealing over "
+                          "--epochs", group=TRAINING, choices=SCHEDULERS)
+    eval_from: int = flag("--eval_from", 0, "first (0-based) epoch with validation SA/RA (the original's CIFAR adv "
+                          "code: 45)", group=TRAINING, type=int)
+    train_attack: AttackConfig | None = built(TRAIN_ATTACK.flags(), TRAIN_ATTACK.build, TRAIN_ATTACK.default(),
+                                              group=ATTACKS)  # None with --mode std
+    test_attack: AttackConfig = built(TEST_ATTACK.flags(), TEST_ATTACK.build, TEST_ATTACK.default(), group=ATTACKS)
+    attack_loss: str = flag("--attack-loss", "mean", "both attacks' cross-entropy: mean over the batch (the "
+                            "original's) or sum (advertorch's default)", group=ATTACKS, choices=list(LOSSES))
+    autoattack: int = flag("--autoattack", 0, "also evaluate AutoAttack RA on the first N test images (0: off)",
+                           group=ATTACKS, type=int, metavar="N", result=False)
+    autoattack_version: str = flag("--autoattack-version", "standard", "", group=ATTACKS, choices=AA_VERSIONS,
+                                   result=False)
+    autoattack_attacks: tuple[str, ...] = flag("--autoattack-attacks", (), "with version custom: a comma list of "
+                                               f"{', '.join(AA_ATTACKS)}", group=ATTACKS, type=_names,
+                                               result=False)
+    ticket: str | None = flag("--tickets_file", None, "ticket or IMP checkpoint with masks; '' or none: dense",
+                              group=TICKET, type=optional_path, metavar="FILE")
+    subset: str = flag("--subset", "first", "data_number keeps the first images (as the original) or a seeded "
+                       "class-balanced draw", group=DETAILS, choices=SUBSETS)
+    download: bool = flag("--download", False, "download CIFAR/SVHN when missing", group=DETAILS, result=False)
+    pipeline: str = flag("--pipeline", "auto", "where CIFAR/SVHN batches are augmented: device (uint8 images kept on "
+                         "the GPU, or CPU, and cropped there), pil (DataLoader workers, torchvision's PIL "
+                         "transforms); auto: device for cifar10/cifar100/svhn, pil for folder", group=DETAILS,
+                         choices=PIPELINES)
+    channels_last: bool = flag("--channels-last", True, "channels_last memory format", group=SPEED)
+    test_amp: bool = flag("--test-amp", False, "final test SA/RA under --amp too (default: fp32)", group=SPEED,
+                          result=False)
+    sync_bn: bool = flag("--sync-bn", False, "with several GPUs, BatchNorm statistics over the global batch "
+                         "(SyncBatchNorm), so training and the train-mode attack see all --batch_size images as on "
+                         "the original's one GPU; without it each GPU normalises its own batch_size / GPUs images",
+                         group=LAUNCH_GROUP)
 
-
-AA_VERSIONS = ("standard", "plus", "rand", "custom")
-AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-# config.json keys that may change between runs of one experiment, beside runner.VOLATILE: how it reports, what
-# is tested extra, the process layout (recorded flat); pipeline and fused_sgd are not among them: they change
-# the numbers (other random crops, last-bit updates)
-VOLATILE = ("download", "print_freq", "save_all", "require_checkpoint", "autoattack", "autoattack_version",
-            "autoattack_attacks", "test_amp", "gpu", "dist_url", "dist_backend", "world_size", "rank",
-            "multiprocessing_distributed")
-# settings added after the first release beside runner.IMPLIED's, with the behaviour of runs started before them:
-# such a run continues with `--pipeline pil --no-fused-sgd --attack-loss sum` (no SyncBatchNorm), except that
-# transfer runs started before 2026-11-29 seeded each epoch's global RNG with the seed of the loader's order
-# generator (`loader`), which no flag selects
-IMPLIED = {"pipeline": "pil", "attack_loss": "sum", "sync_bn": False, "epoch_seeds": "loader"}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode == "std":
+            object.__setattr__(self, "train_attack", None)  # standard fine-tuning trains on clean images
+        at_least = [("--epochs", self.epochs, 1), ("--batch_size", self.batch_size, 1), ("--warmup", self.warmup, 0),
+                    ("--eval_from", self.eval_from, 0), ("--autoattack", self.autoattack, 0)]
+        for name, value, low in at_least:
+            if value < low:
+                raise ConfigError(f"{name} {value} must be at least {low}")
+        if self.restart and self.require_checkpoint:
+            raise ConfigError("--restart starts over and --require-checkpoint continues: pass one of them")
+        unknown = [a for a in self.autoattack_attacks if a not in AA_ATTACKS]
+        if unknown or bool(self.autoattack_attacks) != (self.autoattack_version == "custom"):
+            raise ConfigError(f"--autoattack-attacks {','.join(self.autoattack_attacks)!r}: give a comma list of "
+                              f"{', '.join(AA_ATTACKS)} together with --autoattack-version custom, and only then")

@@ -41,7 +41,7 @@ def attack_dict(cfg) -> dict | None:
     """An AttackConfig with eps and step size both as fractions of the pixel range and in 1/255 units."""
     if cfg is None:
         return None
-    alpha = 1.25 * cfg.eps if cfg.alpha is None else cfg.alpha
+    alpha = cfg.step_size
     return {"kind": cfg.kind, "steps": cfg.steps, "random_start": cfg.random_start, "eps": cfg.eps,
             "eps_255": cfg.eps * 255, "alpha": alpha, "alpha_255": alpha * 255, "describe": cfg.describe()}
 

@@ -97,7 +97,7 @@ def resume(cfg, is_main: bool, run: Training) -> dict:
     path = os.path.join(cfg.save_dir, CHECKPOINT)
     if not os.path.exists(path):
         if cfg.require_checkpoint:
-            raise CheckpointError(f"--resume: {path} not found; drop --resume to start this run")
+            raise CheckpointError(f"--require-checkpoint: {path} not found; drop it to start this run")
         if is_main:  # rows of an attempt that died in its first epoch
             runner.truncate_metrics(cfg.save_dir, 0)
         return dict(FRESH)
