@@ -164,34 +164,58 @@ def _doc_params(text: str) -> list[str]:
     return [n for n in names if n and n != "..." and n.isidentifier()]
 
 
+def _implicit(node: ast.FunctionDef) -> tuple[str, ...]:
+    """The parameter a call never passes: self, or cls of a classmethod."""
+    classmethod_ = any(isinstance(d, ast.Name) and d.id == "classmethod" for d in node.decorator_list)
+    return ("self", "cls") if classmethod_ else ("self",)
+
+
+def _params_problem(node: ast.FunctionDef, params: str) -> bool:
+    """True when a documented parameter list names a parameter the function lacks or leaves out a required one."""
+    a = node.args
+    real = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in _implicit(node)]
+    positional = [p.arg for p in a.posonlyargs + a.args if p.arg not in _implicit(node)]
+    required = positional[:len(positional) - len(a.defaults)] + [
+        p.arg for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
+    named = _doc_params(params)
+    wrong = [p for p in named if p not in real and not (a.vararg or a.kwarg)]
+    missing = [p for p in required if p not in named] if named else []
+    return bool(wrong or missing)
+
+
+def _real(node: ast.FunctionDef) -> str:
+    a = node.args
+    return ", ".join(p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in _implicit(node))
+
+
+def _check_call(module: str, name: str, params: str, where: str) -> list[str]:
+    node = _function(module, name)
+    if node is None and name in definitions(module_file(module)):
+        return []  # imported there from another module (e.g. models' builders): its own page describes it
+    if node is None:
+        return [f"{where}: {module} defines no {name}"]
+    if isinstance(node, ast.ClassDef) or "..." in params or not params.strip():
+        return []
+    return [f"{where}: {name}({params}) does not match {name}({_real(node)})"] if _params_problem(node, params) else []
+
+
 def signature_problems(text: str) -> list[str]:
     """Under a `## path/to/module.py` heading, each `name(params)` must be defined in that module (or one of its
-    classes) and name real parameters, the required ones included."""
+    classes) and name real parameters, the required ones included; anywhere, so must `module.name(params)`."""
     out = []
     for heading, body in re.findall(r"^## (\S+\.py)\b[^\n]*\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M):
         module = heading[:-3].replace("/", ".")
         if module_file(module) is None:
             out.append(f"section {heading}: no such module")
             continue
-        # qualified names (`attacks.build_attack(...)`) are another module's: the dotted-name rule checks them
+        # qualified names (`attacks.build_attack(...)`) are checked below, wherever they stand
         for name, params in re.findall(r"`([A-Za-z_]\w*)\(([^`]*?)\)(?: -> [^`]*)?`", body):
-            node = _function(module, name)
-            if node is None:
-                out.append(f"section {heading}: {module} defines no {name}")
-                continue
-            if isinstance(node, ast.ClassDef) or "..." in params:
-                continue
-            a = node.args
-            real = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
-            n_defaults = len(a.defaults)
-            positional = [p.arg for p in a.posonlyargs + a.args if p.arg not in ("self", "cls")]
-            required = positional[:len(positional) - n_defaults] + [
-                p.arg for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
-            named = _doc_params(params)
-            wrong = [p for p in named if p not in real and not (a.vararg or a.kwarg)]
-            missing = [p for p in required if p not in named] if named else []
-            if wrong or missing:
-                out.append(f"section {heading}: {name}({params}) does not match {name}({', '.join(real)})")
+            out += _check_call(module, name, params, f"section {heading}")
+    for dotted, params in re.findall(r"`([A-Za-z_][\w.]*\.[A-Za-z_]\w*)\(([^`]*?)\)(?: -> [^`]*)?`", text):
+        parts = dotted.split(".")
+        owners = [i for i in range(1, len(parts)) if module_file(".".join(parts[:i]))]
+        if owners and dotted_problem(dotted) is None:
+            out += _check_call(".".join(parts[:max(owners)]), parts[-1], params, dotted)
     return out
 
 
