@@ -15,7 +15,7 @@ import models
 from attacks import PGD
 from infra.checkpoint import METRICS, RESULTS, read_jsonl
 from infra.errors import ConfigError
-from test_transfer import argv
+from recipes import argv
 from transfer import results as transfer_results
 
 EPS = 1 / 255

@@ -180,3 +180,17 @@ def test_the_size_check_sees_long_functions_and_long_parameter_lists():
               "    def wide(self, a, b, c, d, e, f, g, *rest, **named):\n        def inner(): pass\n")
     assert oversized(ast.parse(source), "m") == {"m.long": f"{MAX_LINES + 1} lines, 0 parameters",
                                                  "m.C.wide": "2 lines, 9 parameters"}
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in conftest.py or helper modules (recipes, readers, ...), never in a test_*.py file,
+    whose import would also collect its tests twice."""
+    tests = os.path.join(ROOT, "tests")
+    bad = []
+    for name in sorted(n for n in os.listdir(tests) if n.startswith("test_") and n.endswith(".py")):
+        tree = ast.parse(open(os.path.join(tests, name)).read())
+        for node in ast.walk(tree):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{name} imports {t}" for t in targets if t.split(".")[-1].startswith("test_")]
+    assert bad == []
