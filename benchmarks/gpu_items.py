@@ -171,7 +171,7 @@ def ddp(check: Check, ctx: Context, limit: float) -> None:
     first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     rc, took = check.run([sys.executable, "main_imp_std.py", data, "--save_dir", out, "-a", "resnet_tiny",
                           "--small-input", "--image-size", "32", "--resize-size", "32", "--epochs", "1",
-                          "--prune_epoch", "1", "-b", "20", "-j", "0", "-p", "0", "--multiprocessing-distributed",
+                          "--prune_epoch", "1", "-b", "20", "-j", "0", "--no-progress", "--multiprocessing-distributed",
                           "--world-size", "1", "--rank", "0", "--dist-url", f"tcp://127.0.0.1:{_free_port()}",
                           "--dist-backend", "nccl"], log, limit - took, env={"CUDA_VISIBLE_DEVICES": first})
     if rc != 0:
@@ -189,7 +189,7 @@ def aimp(check: Check, ctx: Context, limit: float) -> None:
     out, log = os.path.join(ctx.work, "aimp"), check.log("aimp")
     rc, took = check.run([sys.executable, "main_imp_adv.py", data, "--save_dir", out, "-b", str(args.imp_batch),
                           "-j", str(min(8, os.cpu_count() or 1)), "--epochs", str(args.imp_epochs),
-                          "--prune_epoch", "2", "--lr", "0.01", "-p", "0", *_model_flags(args)], log,
+                          "--prune_epoch", "2", "--lr", "0.01", "--no-progress", *_model_flags(args)], log,
                          limit - made)
     item = f"aimp: {args.arch} {args.size} px {args.amp} (PGD-3)"
     if rc != 0:
@@ -223,7 +223,7 @@ def _transfer(check: Check, ctx: Context, limit: float, amp: str, name: str, epo
     out, log = os.path.join(ctx.work, name), check.log(name)
     rc, took = check.run([sys.executable, script, "--data", ctx.made["cifar"], "--dataset", "cifar10", "--init", "",
                           "--save_dir", out, "--mode", "adv", "--epochs", str(epochs), "--batch_size", "128",
-                          "--train_step", "3", "--test_step", "5", "--pipeline", "device", "--print_freq", "0",
+                          "--train_step", "3", "--test_step", "5", "--pipeline", "device", "--no-progress",
                           *_model_flags(args, amp)], log, limit)
     item = f"{name}: {args.arch} {args.size} px, device pipeline, PGD-3 training, {amp}"
     if rc != 0:

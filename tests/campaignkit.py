@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, PYTHONHASHSEED="0")
 TINY = ["--arch", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "--epochs", "1",
         "--batch_size", "8", "--lr", "0.05", "-j", "0", "--train_step", "2", "--test_step", "2", "--eval_from", "0",
-        "--print_freq", "0", "--no-channels-last", "--deterministic"]
+        "--no-progress", "--no-channels-last", "--deterministic"]
 VOLATILE = ("wall_time_s",)  # keys of results.json that differ between two identical runs
 
 
