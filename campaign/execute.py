@@ -14,6 +14,22 @@ from infra.checkpoint import atomic_write_json
 from campaign.state import LAUNCH, OUTPUT
 
 BUSY = "is in use by"  # the entry points' refusal when another process trains into the same SAVE_DIR
+# signals that stop a run from outside (Ctrl-C, scancel, a node going down gracefully): it resumes when launched
+# again; any other signal (SIGKILL of an OOM killer or a memory limit, SIGSEGV, SIGABRT of an NCCL watchdog) is a
+# failure that launching the same run again with the same resources would meet again
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+CAUSES = {signal.SIGKILL: "out of memory? the kernel's OOM killer and the scheduler's memory limit send SIGKILL",
+          signal.SIGSEGV: "a crash in native code", signal.SIGABRT: "an abort in native code, e.g. an NCCL watchdog",
+          signal.SIGBUS: "a bus error: a full /dev/shm or a file that vanished under a memory map"}
+
+
+def signal_death(sig: int) -> str:
+    """The error line of a run killed by `sig`, with its likely cause."""
+    try:
+        s = signal.Signals(sig)
+    except ValueError:
+        return f"killed by signal {sig}"
+    return f"killed by {s.name}" + (f" ({CAUSES[s]})" if s in CAUSES else "")
 
 
 def last_error(path: str) -> str:
@@ -52,6 +68,7 @@ class Execution:
         self.out.flush()
         self.proc = subprocess.Popen(run.command, stdout=self.out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                      start_new_session=True)
+        self.stopping = False  # set by terminate(): a signal death after it is our stop, not a failure
 
     def poll(self) -> int | None:
         code = self.proc.poll()
@@ -63,6 +80,7 @@ class Execution:
     def terminate(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds (the run resumes from its last checkpoint)."""
         if self.proc.poll() is None:
+            self.stopping = True
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(grace)
@@ -76,8 +94,10 @@ class Execution:
             error = last_error(os.path.join(self.run.save_dir, OUTPUT)) if code else None
             if error and BUSY in error:
                 return code  # another process trains there: its record, not ours
-            if code < 0:  # stopped by a signal (requeue, Ctrl-C): interrupted, resumes when launched again
+            if code < 0 and (self.stopping or -code in STOPS):  # requeue, Ctrl-C: resumes when launched again
                 self.record.update(interrupted=-code, end=time.time())
+            elif code < 0:  # died of a signal nobody sent to stop it: failed, with the likely cause
+                self.record.update(exit=128 - code, error=signal_death(-code), end=time.time())
             else:
                 self.record.update(exit=code, error=error, end=time.time())
             atomic_write_json(os.path.join(self.run.save_dir, LAUNCH), self.record)

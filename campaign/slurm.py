@@ -32,7 +32,7 @@ class SlurmOptions:
     account: str | None = None
     qos: str | None = None
     max_requeue: int = 10        # requeues after a time limit (preemptions are not counted)
-    signal_delay_s: int = 120    # USR1 this long before the time limit: submitit requeues the run
+    signal_delay_s: int = 120    # submitit's USR2 this long before the time limit: it requeues the run
     extra: dict = field(default_factory=dict)  # further sbatch options, e.g. {"constraint": "h100"}
 
 
@@ -41,7 +41,7 @@ class RunFailed(Exception):
 
 
 class Task:
-    """What one array element runs: the run's bash driver; on USR1 (time limit, preemption) submitit calls
+    """What one array element runs: the run's bash driver; on USR2 (time limit, preemption) submitit calls
     `checkpoint`, which stops the driver and requeues a fresh Task: the re-run resumes from SAVE_DIR."""
 
     def __init__(self, run: Run, threads: int | None) -> None:
@@ -53,7 +53,7 @@ class Task:
             return 0  # someone else trains there (a second submission): nothing to do here
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         self.execution = Execution(self.run, child_env(threads))
-        # poll rather than wait(): submitit's USR1 handler runs `checkpoint` in this thread, and its own wait()
+        # poll rather than wait(): submitit's USR2 handler runs `checkpoint` in this thread, and its own wait()
         # on the child would deadlock inside a blocking one
         while (code := self.execution.poll()) is None:
             time.sleep(0.5)
@@ -168,7 +168,8 @@ def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, p
               retries: int = 2, say: Callable[[str], None] = print) -> int:
     """Submit what is left; with `follow`, stay until nothing is queued and nothing more can start, submitting
     transfer runs as their tickets appear and a run whose job died (cancelled, node failure, exit other than 2)
-    again, up to `retries` times. Returns the number of failed runs (0 when all went well)."""
+    again, up to `retries` times. Returns the number of runs that failed or were given up on (0 when all went
+    well): `sweep.py run --follow` exits non-zero while any run cannot make progress."""
     if not shutil.which("sbatch"):
         raise UserError("--slurm: sbatch not found on this machine: run where SLURM is installed, or use --local")
     tries: dict[str, int] = {}
@@ -184,5 +185,6 @@ def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, p
         if not follow or (not busy and not [r for r in state.launchable(rows) if r.id not in again]):
             c = state.counts(rows)
             say(", ".join(f"{k} {v}" for k, v in c.items() if v))
-            return c["failed"] if follow else 0
+            stuck = {r.run.id for r in rows if r.state == "failed" or (r.run.id in again and r.state != "done")}
+            return len(stuck) if follow else 0
         time.sleep(poll)

@@ -173,8 +173,8 @@ def launch(worker: Callable[[DistEnv, Any], None], payload: Any, opts: Launch) -
             torch.multiprocessing.spawn(_spawned, nprocs=ngpus,
                                         args=(worker, payload, ngpus, world, max(opts.rank, 0), opts))
         except torch.multiprocessing.ProcessExitedException as e:
-            if e.exit_code == 2:  # a user error, already reported as one line by the rank that met it
-                raise SystemExit(2) from None
+            if e.exit_code in (2, 3):  # a user or node error, already reported as one line by the rank that met it
+                raise SystemExit(e.exit_code) from None
             raise
         return f"--multiprocessing-distributed: {ngpus} GPU processes on this node, {world} in all"
     if opts.world_size > 1:
@@ -189,9 +189,9 @@ def _spawned(i: int, worker, payload, ngpus: int, world: int, node_rank: int, op
     env = _init(node_rank * ngpus + i, world, i, opts.dist_url, opts.dist_backend, i)
     try:
         worker(env, payload)
-    except UserError as e:  # one line and exit 2, as errors.run_cli does in a single process
+    except UserError as e:  # one line and exit 2 (3: NodeError), as errors.run_cli does in a single process
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(e.exit_status)
     finally:
         cleanup(env)
 

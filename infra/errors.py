@@ -1,6 +1,7 @@
 """User-facing errors and the CLI wrapper that turns them into one-line messages.
 
-Bad input raises a `UserError` subclass; `run_cli` prints `error: <message>` and exits 2.
+Bad input raises a `UserError` subclass; `run_cli` prints `error: <message>` and exits 2 (3 for a `NodeError`:
+the machine, not the input, is at fault).
 """
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from typing import Callable, NoReturn
 
 
 class UserError(Exception):
-    """Bad input from the user: reported as one line, without a traceback."""
+    """Bad input from the user: reported as one line, without a traceback, and exit status 2."""
+
+    exit_status = 2
+
+
+class NodeError(UserError):
+    """This machine cannot run what was asked of it (a GPU it was given that CUDA cannot use): one line, exit
+    status 3, so that a scheduler tries the run again elsewhere rather than calling the input wrong."""
+
+    exit_status = 3
 
 
 class DataError(UserError):
@@ -38,7 +48,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         code = main(argv)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_status)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code or 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import campaignkit as kit
 from infra import checkpoint
 import dataset
 from infra import errors
-from campaign import cost, spec, state, status
+from campaign import cost, execute, spec, state, status
 from transfer import config as transfer_config
 
 ROOT = kit.ROOT
@@ -195,7 +196,7 @@ def test_a_worker_error_reaches_run_cli_as_one_line():
 
 
 def test_slurm_task_checkpoint_stops_the_run_and_requeues_a_fresh_task(tmp_path):
-    """What submitit calls on USR1 (time limit, preemption): the driver stops (recorded as interrupted, so the run
+    """What submitit calls on USR2 (time limit, preemption): the driver stops (recorded as interrupted, so the run
     is partial, not failed) and the resubmitted task runs the same command again (it resumes from SAVE_DIR)."""
     import threading
 
@@ -274,3 +275,41 @@ def test_a_corrupt_test_image_keeps_the_last_checkpoint_and_a_fixed_file_resumes
         f.write(good)
     assert transfer(save).returncode == 0  # resumes: only the final test is left
     assert kit.results(save) == kit.results(reference)
+
+
+@pytest.mark.parametrize("sig, state_name, cause", [
+    (signal.SIGKILL, "failed", "killed by SIGKILL (out of memory?"),   # an OOM kill never reads as a preemption
+    (signal.SIGSEGV, "failed", "killed by SIGSEGV (a crash in native code)"),
+    (signal.SIGABRT, "failed", "killed by SIGABRT (an abort in native code"),
+    (signal.SIGTERM, "pending", None),                                  # stopped from outside: resumes
+])
+def test_a_run_killed_by_a_signal_nobody_sent_to_stop_it_is_failed_with_the_cause(tmp_path, sig, state_name, cause):
+    save = str(tmp_path / "run")
+    run = spec.Run("r", "transfer", save, ("bash", "-c", f"echo started; kill -{int(sig)} $$"))
+    code = execute.execute(run)
+    assert code == -sig
+    record = json.load(open(os.path.join(save, "launch.json")))
+    row = state.state_of(run)
+    assert row.state == state_name
+    if cause:
+        assert record["exit"] == 128 + sig and row.detail.startswith(cause) and row.exit == 128 + sig
+    else:
+        assert record["exit"] is None and record["interrupted"] == sig
+
+
+def test_our_own_stop_is_an_interruption_even_when_it_ends_in_sigkill(tmp_path):
+    """terminate(): SIGTERM, then SIGKILL after the grace period; either way the run was stopped, not failed."""
+    save = str(tmp_path / "run")
+    ignore_term = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('started', flush=True); "
+                   "time.sleep(30)")
+    run = spec.Run("r", "transfer", save, (sys.executable, "-c", ignore_term))
+    ex = execute.Execution(run, execute.child_env())
+    deadline = time.time() + 20
+    while "started\n" not in open(os.path.join(save, "stdout.txt")).read().splitlines(keepends=True):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    ex.terminate(grace=0.5)
+    assert ex.wait() == -signal.SIGKILL
+    record = json.load(open(os.path.join(save, "launch.json")))
+    assert record["exit"] is None and record["interrupted"] == signal.SIGKILL
+    assert state.state_of(run).state == "pending"

@@ -1,9 +1,12 @@
 """CUDA-path checks that CPU PyTorch can show with monkeypatched torch.cuda: more local processes than GPUs is refused
-in one line naming both counts, --amp bf16 is checked on each rank's own GPU, and IMP --evaluate measures in fp32."""
+in one line naming both counts, --amp bf16 is checked on each rank's own GPU, IMP --evaluate measures in fp32, and
+a run given a GPU that CUDA cannot use stops at once (exit 3) instead of training on the CPU."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,8 +14,8 @@ import torch
 import main_imp_adv
 from infra import checkpoint, distributed, hardware
 from infra.distributed import DistEnv, Launch
-from infra.errors import ConfigError, UserError
-from recipes import imp_argv, write_init
+from infra.errors import ConfigError, NodeError, UserError
+from recipes import argv, imp_argv, write_init
 from training import engine, runner
 
 TORCHRUN = {"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}
@@ -89,3 +92,38 @@ def test_imp_evaluate_measures_in_fp32_under_amp(_fake_files, tmp_path, monkeypa
     assert main_imp_adv.main(imp_argv(_fake_files("folder"), init, str(out), "-e", "--amp", "bf16")) == 0
     assert calls == [("eval", None), ("eval (attack)", None)]
     assert set(json.load(open(os.path.join(out, checkpoint.EVALUATION)))) >= {"sa_top1", "ra_top1"}
+
+
+@pytest.mark.parametrize("environ, gpu, given", [
+    ({"CUDA_VISIBLE_DEVICES": "0"}, None, "CUDA_VISIBLE_DEVICES=0"),
+    ({"SLURM_JOB_GPUS": "2,3"}, None, "SLURM_JOB_GPUS=2,3"),
+    ({}, 1, "--gpu 1"),
+    ({"CUDA_VISIBLE_DEVICES": "0", hardware.PIN: "cpu"}, None, None),   # the CPU asked for on purpose
+    ({"CUDA_VISIBLE_DEVICES": ""}, None, None),                         # GPUs hidden: a CPU run
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, None, None),
+    ({}, None, None),
+])
+def test_a_gpu_given_but_unusable_is_a_node_error(monkeypatch, environ, gpu, given):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if given is None:
+        hardware.check_gpus_given(environ, gpu)
+        return
+    with pytest.raises(NodeError, match=f"given a GPU \\({given}\\) but CUDA cannot use it.*not train on the CPU"):
+        hardware.check_gpus_given(environ, gpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    hardware.check_gpus_given(environ, gpu)  # a working GPU: nothing to say
+
+
+@pytest.mark.slow
+def test_a_run_given_a_gpu_that_is_not_there_stops_in_one_line_with_exit_3(tmp_path, cifar10_root, pretrained):
+    """GPU 99 exists on no machine: the run stops before touching SAVE_DIR, with one line and the node-error
+    status that tells a scheduler to try elsewhere, instead of training for hours on the CPU."""
+    save = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != hardware.PIN}
+    cmd = [sys.executable, "main_train_downstream.py", *argv(str(save), cifar10_root, "cifar10", pretrained.init)]
+    out = subprocess.run(cmd, env={**env, "CUDA_VISIBLE_DEVICES": "99"}, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)
+    assert out.returncode == 3, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: this process was given a GPU (CUDA_VISIBLE_DEVICES=99)")
+    assert not save.exists()

@@ -101,7 +101,11 @@ def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def launch_from_args(args: argparse.Namespace) -> Launch:
-    return flags.from_args(Launch, args)
+    """The launch flags, once this node is known to run them: a GPU it was given works (else NodeError, exit 3,
+    before SAVE_DIR is touched)."""
+    opts = flags.from_args(Launch, args)
+    hardware.check_gpus_given(os.environ, opts.gpu)
+    return opts
 
 
 # ---------------------------------------------------------------------------- before the workers start
