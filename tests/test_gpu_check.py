@@ -141,8 +141,8 @@ def test_the_run_items_give_verdicts(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("PASS  aimp: resnet_tiny 32 px none") and "1 level(s), tickets at 20.0%, 36.0%," in out[0]
     assert out[1].startswith("PASS  transfer: resnet_tiny") and "test in fp32" in out[1]
-    # without a GPU the spawn path falls back to one CPU process, which the ddp item must not pass
-    assert out[2].startswith("FAIL  ddp: one process on cpu")
+    # without a usable GPU the ddp item's run, given GPU 0, refuses to train on the CPU: the item must not pass
+    assert out[2].startswith("FAIL  ddp: exit 3") and "CUDA cannot use it" in out[2]
 
 
 def test_fabricated_folder_is_an_imagenet_layout(tmp_path):
