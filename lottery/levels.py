@@ -196,7 +196,7 @@ class Levels:
         at.best = va["top1"] if is_best else at.best
         row = runner.metrics_row(epoch, optimizer.param_groups[0]["lr"], tr, level=at.level,
                                  sparsity=pruning_utils.sparsity(at.mask), train_top5=tr["top5"],
-                                 val_loss=va["loss"], val_sa=va["top1"], val_sa_top5=va["top5"],
+                                 val_loss=va["loss"], val_sa=va["top1"], val_ra=None, val_sa_top5=va["top5"],
                                  best_val_sa=at.best, time=time.time() - start)
         if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
             files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)

@@ -21,6 +21,10 @@ TINY = ["-a", "resnet_tiny", "--small-input", "--image-size", "32", "--resize-si
         "--no-progress"]
 
 
+# the metrics.jsonl keys both stages write in every row (training.runner.metrics_row)
+ROW_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_sa", "val_ra", "time"}
+
+
 def imp_argv(data: str, init: str, save_dir: str, *extra: str) -> list[str]:
     return [data, "--init", init, "--save_dir", save_dir, *TINY, *extra]
 

@@ -23,7 +23,7 @@ from infra.checkpoint import CHECKPOINT, INDICES, METRICS, RA_BEST, RESULTS, SA_
 from infra.distributed import DistEnv
 from training.engine import Step, evaluate
 from infra.errors import CheckpointError, ConfigError, run_cli
-from recipes import argv, check_run
+from recipes import ROW_KEYS, argv, check_run
 
 def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root, pretrained):
     out = tmp_path / "run"
@@ -56,6 +56,7 @@ def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, pretrain
                          "--seed", "3")))
     res = check_run(out, None, 2)
     rows = [json.loads(line) for line in open(out / METRICS)]
+    assert all(ROW_KEYS <= r.keys() for r in rows)  # the one schema of both stages
     assert rows[0]["val_sa"] is None and rows[0]["val_ra"] is None and rows[1]["val_sa"] is not None
     assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05 * (1 + math.cos(math.pi / 2)) / 2])
     assert res["ticket"] is None and res["sparsity"] == 0.0
