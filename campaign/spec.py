@@ -24,6 +24,16 @@ IMP_KEYS = {"kind", "data", "gpus", "overrides"}
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What the scheduler gives an IMP stage (per GPU where it scales with them); None: the campaign's option
+    (`sweep.py run --time`, `--partition`)."""
+    cpus_per_gpu: int = 6         # a rank and its data loader workers
+    mem_gb_per_gpu: int = 40      # a rank, its ImageNet loader workers and pinned batches
+    time_min: int | None = None
+    partition: str | None = None
+
+
+@dataclass(frozen=True)
 class Run:
     """One run: its id (SAVE_DIR relative to ROOT, or imp:<init>/<tickets>), folder and command."""
     id: str
@@ -35,6 +45,8 @@ class Run:
     gpus: int = 1
     dataset: str = ""
     mode: str = ""
+    inputs: tuple[str, ...] = ()  # files and folders the run reads (weights, data, ticket): a node must see them
+    resources: Resources | None = None  # an IMP stage's own sizing; None: a transfer run, the campaign's options
 
 
 @dataclass(frozen=True)
