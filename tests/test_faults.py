@@ -362,7 +362,7 @@ def snapshot(folder: str) -> dict[str, bytes | dict]:
     if not os.path.isdir(folder):
         return {}
     out: dict[str, bytes | dict] = {}
-    for name in sorted(set(os.listdir(folder)) - {checkpoint.LOG, checkpoint.LOCK}):
+    for name in sorted(set(os.listdir(folder)) - {checkpoint.LOG, checkpoint.LEASE}):
         out[name] = open(os.path.join(folder, name), "rb").read()
         if name == checkpoint.CONFIG:
             try:

@@ -113,9 +113,9 @@ first_process = distributed.first_process  # the rank-0 rule before ranks exist,
 
 
 def claim_save_dir(save_dir: str) -> None:
-    """On the first process: SAVE_DIR exists and is writable, and this process holds its lock for the whole run
-    (the OS releases it when the process ends, however it ends); a second process on it refuses with one line.
-    Processes that --multiprocessing-distributed spawns run under the parent's lock."""
+    """On the first process: SAVE_DIR exists and is writable, and this process holds its lease for the whole run
+    (`savedir.hold_save_dir`); a second process on it refuses with one line. Processes that
+    --multiprocessing-distributed spawns run under the parent's lease."""
     savedir.writable_dir(save_dir)
     savedir.hold_save_dir(save_dir)
 
