@@ -301,7 +301,7 @@ def acquire(path: str, *, scope: str | None = None, inherit: bool = False) -> "L
     holder = me(beat_s, stale_s)
     data = (json.dumps(asdict(holder), indent=1, sort_keys=True) + "\n").encode()
     seen = None
-    for attempt in range(20):
+    for attempt in range(10):  # a winner needs milliseconds: the others then see its live lease
         if _link_new(path, data, holder.token):
             break
         seen = look(path)
