@@ -11,7 +11,8 @@ and an atomic rename.
 - A thread of the holder touches it every `beat_s` seconds. Its age is judged on the filesystem's own clock (its
   mtime against a probe file created now in the same folder), so clock skew between nodes does not matter.
 - Stale: no heartbeat for longer than the holder's bound (`DOUBLEWIN_LEASE_STALE_S`, default 600 s), or, on this
-  machine, its process gone (or its pid reused). A stale lease is taken over atomically, with one winner however
+  machine, its process gone (or its pid reused), or found in another folder than its own (a copied run folder:
+  the folder's inode differs). A stale lease is taken over atomically, with one winner however
   many processes try at once: the taker first creates `<lease>.take-<stale token>.<n>` exclusively, then checks,
   under it, that the lease is still the same stale one (by token) before renaming its own over it. A takeover file
   older than `TAKE_S` (a taker that died half-way) is passed by creating the next `n`.
@@ -58,6 +59,8 @@ class Holder:
     token: str
     beat_s: float
     stale_s: float
+    dir_ino: int | None  # the inode of the lease's folder (the same on every client): a copied folder's lease is
+                         # not about that copy
 
     def describe(self) -> str:
         """e.g. "pid 123 on n2 (job 45_3, since 2024-05-01 12:00:00)"."""
@@ -138,10 +141,11 @@ def slurm_job() -> str | None:
     return env.get("SLURM_JOB_ID") or None
 
 
-def me(beat_s: float, stale_s: float) -> Holder:
+def me(beat_s: float, stale_s: float, folder: str) -> Holder:
+    """This process as the holder of a lease in `folder`."""
     return Holder(socket.gethostname(), os.getpid(), _pid_start(os.getpid()),
                   _read("/proc/sys/kernel/random/boot_id"), _pidns(), slurm_job(), time.time(),
-                  secrets.token_hex(16), beat_s, stale_s)
+                  secrets.token_hex(16), beat_s, stale_s, os.stat(folder).st_ino)
 
 
 def _clock() -> float:
@@ -201,11 +205,20 @@ def look(path: str) -> Seen | None:
     stale_s = holder.stale_s if holder else STALE_S
     alive = _alive_here(holder) if holder else None
     ident = holder.token if holder else f"ino{st.st_ino}"
+    if holder and holder.dir_ino not in (None, _ino(os.path.dirname(path) or ".")):
+        return Seen(holder, age, True, "it was copied here from another folder", ident)
     if alive is False:
         return Seen(holder, age, True, f"its process (pid {holder.pid}) is gone", ident)
     if age > stale_s:
         return Seen(holder, age, True, f"no heartbeat for {_duration(age)}", ident)
     return Seen(holder, age, False, "", ident)
+
+
+def _ino(folder: str) -> int | None:
+    try:
+        return os.stat(folder).st_ino
+    except OSError:
+        return None
 
 
 def _duration(s: float) -> str:
@@ -298,9 +311,8 @@ def acquire(path: str, *, scope: str | None = None, inherit: bool = False) -> "L
         _HELD[key].count += 1
         return _HELD[key]
     beat_s, stale_s = bounds()
-    holder = me(beat_s, stale_s)
+    holder = me(beat_s, stale_s, os.path.dirname(key))
     data = (json.dumps(asdict(holder), indent=1, sort_keys=True) + "\n").encode()
-    seen = None
     for attempt in range(10):  # a winner needs milliseconds: the others then see its live lease
         if _link_new(path, data, holder.token):
             break
@@ -438,7 +450,7 @@ def _inherited() -> dict[str, Lease]:
         if pid != os.getpid() and path not in _HELD:
             h = _INHERITED.get(path)
             if h is None or h.holder.token != token:
-                holder = Holder("", pid, None, None, None, None, 0.0, token, BEAT_S, STALE_S)
+                holder = Holder("", pid, None, None, None, None, 0.0, token, BEAT_S, STALE_S, None)
                 h = _INHERITED[path] = Lease(path, holder, scope, pid)
             out[path] = h
     return out

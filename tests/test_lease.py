@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,30 @@ try:
     l = lease.acquire(sys.argv[1]); print('won', os.getpid(), flush=True); time.sleep(3)
 except lease.LeaseHeld as e:
     print('refused', e, flush=True)"""
+
+
+# a holder of SAVE_DIR argv[1] with a rank started as --multiprocessing-distributed starts its ranks (spawn): the
+# rank writes under the holder's lease, then again once the file argv[2] exists
+SPAWN = f"""import multiprocessing, os, sys, time
+sys.path.insert(0, {kit.ROOT!r})
+from infra import checkpoint
+from training import savedir
+
+
+def rank(save_dir, go):
+    checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 1}})
+    print("rank", os.getpid(), flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 2}})
+
+
+if __name__ == "__main__":
+    savedir.hold_save_dir(sys.argv[1])
+    p = multiprocessing.get_context("spawn").Process(target=rank, args=sys.argv[1:])
+    p.start()
+    p.join()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +157,22 @@ def test_a_killed_holder_here_is_stale_at_once_and_plan_says_so(tmp_path, inputs
     assert [r.id for r in state.launchable([row])] == [run.id]
 
 
+def test_a_copied_run_folder_does_not_carry_its_live_lease_along(tmp_path):
+    first, copy = tmp_path / "run", tmp_path / "copy"
+    first.mkdir()
+    proc = holding(str(first / ".lease"))
+    try:
+        shutil.copytree(first, copy)
+        seen = lease.look(str(copy / ".lease"))
+        assert seen.stale and seen.why == "it was copied here from another folder"
+        held = lease.acquire(str(copy / ".lease"))
+        held.release()
+        assert not lease.look(str(first / ".lease")).stale
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_bounds_come_from_the_environment_and_a_bad_one_is_one_line(monkeypatch):
     monkeypatch.setenv(lease.STALE_ENV, "4")
     monkeypatch.setenv(lease.BEAT_ENV, "0.5")
@@ -191,6 +232,40 @@ def test_of_many_takers_of_a_stale_lease_exactly_one_wins(tmp_path, how):
     winner = won[0].split()[1]
     assert all(ln.startswith(f"refused {path} is held by pid {winner} on ") for ln in lines if ln not in won), lines
     assert sorted(os.listdir(tmp_path)) == ["go"]  # the winner released it at its exit, no takeover file left
+
+
+@pytest.mark.slow
+def test_spawned_ranks_write_under_the_parents_lease_and_stop_once_it_is_taken_over(tmp_path):
+    save, go, script = str(tmp_path / "run"), str(tmp_path / "go"), str(tmp_path / "spawn.py")
+    os.makedirs(save)
+    with open(script, "w") as f:
+        f.write(SPAWN)
+    env = dict(ENV, **{lease.STALE_ENV: "2", lease.BEAT_ENV: "0.5"})
+    parent = subprocess.Popen([sys.executable, script, save, go], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    line = parent.stdout.readline()
+    assert line.startswith("rank "), line + parent.stderr.read()
+    rank = int(line.split()[1])
+    os.kill(parent.pid, signal.SIGSTOP)  # the holder freezes; its rank goes on
+    path = os.path.join(save, state.LEASE)
+    while not lease.look(path).stale:
+        time.sleep(0.1)
+    taken = lease.acquire(path)
+    try:
+        open(go, "w").close()
+        deadline = time.time() + 60
+        while lease._pid_start(rank) and time.time() < deadline:  # gone, or a zombie of the frozen parent
+            time.sleep(0.05)
+        os.kill(parent.pid, signal.SIGCONT)
+        _, err = parent.communicate(timeout=60)
+        assert json.load(open(os.path.join(save, "rank.json"))) == {"write": 1}, err
+        assert [ln for ln in os.listdir(save) if ln.endswith(".tmp")] == []
+        lines = err.splitlines()
+        assert len(lines) == 2 and all(ln.startswith(f"error: {save} was taken over by pid {os.getpid()} on ")
+                                       for ln in lines), err  # the rank, then the holder's own heartbeat
+        assert parent.returncode == lease.LOST_EXIT
+    finally:
+        taken.release()
 
 
 # ---------------------------------------------------------------------------- trainers
