@@ -400,12 +400,15 @@ class Lease:
     def lost(self, leftover: str | None = None) -> None:
         seen = look(self.path)
         by = seen.who() if seen and seen.holder and seen.ident != self.holder.token else "another process"
+        if self.pid == os.getpid():
+            why = f"this process (pid {self.pid}) gave no heartbeat for over {self.holder.stale_s:g} s"
+        else:
+            why = f"pid {self.pid}, which this process (pid {os.getpid()}) runs under, gave no heartbeat in time"
         with _EXITING:
             if leftover:
                 _unlink(leftover)
-            print(f"error: {self.scope} was taken over by {by}: this process (pid {os.getpid()}) gave no heartbeat "
-                  f"for over {self.holder.stale_s:g} s (frozen, or cut off from the filesystem), so it stops here "
-                  "without writing anything more", file=sys.stderr, flush=True)
+            print(f"error: {self.scope} was taken over by {by}: {why} (frozen, or cut off from the filesystem), so "
+                  "it stops here without writing anything more", file=sys.stderr, flush=True)
             os._exit(LOST_EXIT)
 
     def release(self) -> None:
@@ -418,10 +421,12 @@ class Lease:
         _export()
         if self.pid == os.getpid():
             try:
-                if self.owned():
-                    os.unlink(self.path)
+                owned = self.owned()
             except OSError:
-                pass
+                return
+            if not owned:
+                self.lost()  # taken over while we held it: we may have written after that, say so
+            _unlink(self.path)
 
 
 _HELD: dict[str, Lease] = {}  # realpath of the lease -> what this process holds
