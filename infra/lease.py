@@ -40,7 +40,8 @@ from infra.errors import UserError
 
 STALE_ENV, BEAT_ENV = "DOUBLEWIN_LEASE_STALE_S", "DOUBLEWIN_LEASE_BEAT_S"
 STALE_S, BEAT_S = 600.0, 30.0  # defaults: 20 heartbeats may be missed (a slow metadata server) before a takeover
-HELD_ENV = "DOUBLEWIN_LEASE_HELD"  # {lease path: [scope, token, pid]}: what --multiprocessing-distributed ranks run under
+# {lease path: [scope, token, holder pid]}: the leases the --multiprocessing-distributed ranks run under
+HELD_ENV = "DOUBLEWIN_LEASE_HELD"
 TAKE_S = 30.0  # a takeover takes milliseconds: a takeover file this old belongs to a taker that died
 CHECK_S = 1.0  # a write within this long of the last confirmation does not read the lease again
 LOST_EXIT = 3  # the node (frozen, cut off), not the input, is at fault
