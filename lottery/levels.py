@@ -16,6 +16,7 @@ from infra import checkpoint as files
 import dataset
 from infra import distributed
 from training import engine
+from training import ledger
 from infra import hardware
 import models
 from training import optimizer as optimizer_lib
@@ -77,15 +78,27 @@ def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, 
     return new
 
 
+def level_costs(save_dir: str, level: int) -> tuple[dict, dict]:
+    """(the cost of every level before `level`, the cost of level `level - 1` alone): the ledger of ticket
+    `level` from the metrics.jsonl rows of the epochs that made it."""
+    rows = [r for r in files.read_jsonl(os.path.join(save_dir, files.METRICS))
+            if isinstance(r, dict) and isinstance(r.get("cost"), dict) and isinstance(r.get("level"), int)]
+    return (ledger.total([r["cost"] for r in rows if r["level"] < level]),
+            ledger.total([r["cost"] for r in rows if r["level"] == level - 1]))
+
+
 def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str) -> None:
-    """`<level>-ticket.pth.tar` (masks + level, sparsity, source init, config) and `<level>-sparsity.json`."""
+    """`<level>-ticket.pth.tar` (masks + level, sparsity, source init, config, the cumulative cost of the levels
+    that made it) and `<level>-sparsity.json` (the same cost, and the last level's own)."""
     s, layers = pruning_utils.sparsity(mask), pruning_utils.layer_sparsity(mask)
+    cost, last = level_costs(cfg.save_dir, level)
     meta = {"level": level, "sparsity": s, "source": cfg.source, "init": cfg.init, "arch": cfg.arch,
-            "mask_digest": digest, "config": config_dict(cfg)}
+            "mask_digest": digest, "config": config_dict(cfg), "cost": cost}
     pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
     files.atomic_write_json(files.imp_sparsity(cfg.save_dir, level), {
         "level": level, "sparsity": s, "source": cfg.source, "mask_digest": digest, "layers": layers,
-        "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values())})
+        "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values()),
+        "cost": cost, "level_cost": last})
 
 
 # ---------------------------------------------------------------------------- data and model
@@ -159,7 +172,7 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     optimizer = _sgd(model, cfg, at.optimizer, path or "")
     scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if at.optimizer is not None else None)
     levels = Levels(cfg, net, model, train_loader, val_loader,
-                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress), scaler)
+                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress, ledger.FlopTable(net)), scaler)
     while at.level <= cfg.levels:
         for epoch in range(at.done, at.level * cfg.prune_epoch):
             levels.epoch(epoch, at, optimizer)
@@ -198,6 +211,7 @@ class Levels:
                                  sparsity=pruning_utils.sparsity(at.mask), train_top5=tr["top5"],
                                  val_loss=va["loss"], val_sa=va["top1"], val_ra=None, val_sa_top5=va["top5"],
                                  best_val_sa=at.best, time=time.time() - start)
+        row["cost"] = ledger.epoch_cost(tr, [va], row["time"], device=env.device, devices=env.world_size, amp=cfg.amp)
         if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
             files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
             state = checkpoint_dict(self.net, at, optimizer, self.scaler, cfg)

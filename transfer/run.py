@@ -25,6 +25,7 @@ from attacks import build_attack
 from infra.checkpoint import CURVES, INDICES, METRICS, read_jsonl
 from dataset import DataFraction, Splits, build_datasets, write_indices
 from infra.distributed import DistEnv, barrier
+from training import ledger
 from training.engine import Step, evaluate, train_one_epoch
 from infra.errors import ConfigError, MaskError
 from infra.reproducibility import seed_all, seed_epoch
@@ -137,7 +138,7 @@ def _run(env: DistEnv, cfg: TransferConfig) -> None:
     state = transfer_state.resume(cfg, env.is_main, run)
     net = runner.wrap(model, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
     step = Step(env, cfg.amp, cfg.channels_last, build_attack(cfg.train_attack, cfg.attack_loss), mask,
-                cfg.show_progress)
+                cfg.show_progress, ledger.FlopTable(model))
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
@@ -174,12 +175,15 @@ class Epochs:
                                 desc=f"train {epoch + 1}/{cfg.epochs}")
         self.run.scheduler.step()
         row = runner.metrics_row(epoch, lr, stats, val_sa=None, val_ra=None)
+        evals = []
         if epoch >= self.eval_from:
             val = replace(self.train, attack=None, mask=None)
-            row["val_sa"] = evaluate(self.net, self.data.val, val, desc="val SA")["top1"]
-            row["val_ra"] = evaluate(self.net, self.data.val, replace(val, attack=self.test_attack),
-                                     desc="val RA")["top1"]
+            evals = [evaluate(self.net, self.data.val, val, desc="val SA"),
+                     evaluate(self.net, self.data.val, replace(val, attack=self.test_attack), desc="val RA")]
+            row["val_sa"], row["val_ra"] = evals[0]["top1"], evals[1]["top1"]
         improved = transfer_state.record_epoch(state, row, time.time() - start)
+        row["cost"] = ledger.epoch_cost(stats, evals, row["time"], device=env.device, devices=env.world_size,
+                                        amp=cfg.amp)
         log.info(f"epoch {epoch}: lr {lr:.4g} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f} "
                  f"| val SA {pct(row['val_sa'])} RA {pct(row['val_ra'])} | best SA {pct(state['best_sa'])} "
                  f"RA {pct(state['best_ra'])} | {row['time']:.0f}s")
