@@ -2,7 +2,7 @@
 
     python tickets.py inspect 5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
     python tickets.py compare imp/5-ticket.pth.tar aimp/5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
-    python tickets.py export SAVE_DIR/5-checkpoint.pth.tar 5-ticket.pth.tar      # mask-only ticket file
+    python tickets.py export SAVE_DIR/5-ticket.pth.tar shared-5.pth.tar          # compact: bit-packed masks
     python tickets.py convert resnet50_l2_eps3.ckpt resnet50_l2_eps3.pth          # plain torchvision state dict
 
 inspect/compare/export read our tickets, our checkpoints and the original's checkpoints; convert reads every
@@ -19,7 +19,7 @@ from infra.errors import OneLineParser, UserError, run_cli
 from pruning_utils import load_ticket, save_ticket, sparsity
 from training.weights import read_weights
 
-_RESERVED = ("format", "version", "state_dict")  # save_ticket writes these itself
+_RESERVED = ("format", "version", "state_dict", "packed")  # save_ticket writes these itself
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,9 +40,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     common(p, outputs=True)
-    p = sub.add_parser("export", help="write the mask of a checkpoint as a mask-only ticket file")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("export", help="write the mask of a ticket or checkpoint as a compact ticket to share "
+                       "(masks bit-packed, its metadata kept)")
+    p.add_argument("checkpoint", help="ticket, IMP checkpoint (ours or the original's) or any file with weight_mask")
     p.add_argument("out")
+    p.add_argument("--unpacked", action="store_true",
+                   help="bool masks instead (4x the size), in the format the original's downstream script reads")
     common(p, outputs=False)
     p = sub.add_parser("convert", help="write pre-trained weights of any known format as a torchvision state dict")
     p.add_argument("init")
@@ -73,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_overwrite(args.checkpoint, args.out)
         mask, meta = load_ticket(args.checkpoint, trusted=trusted)
         meta = {k: v for k, v in meta.items() if k not in _RESERVED}
-        meta.update(source=args.checkpoint, sparsity=sparsity(mask))
-        save_ticket(args.out, mask, meta)
-        print(f"wrote {args.out}: mask of {len(mask)} layers at sparsity {100 * meta['sparsity']:.2f}%, "
-              f"from {args.checkpoint}")
+        meta.setdefault("source", args.checkpoint)  # a ticket's family stays; a bare checkpoint is its own source
+        meta.update(exported_from=args.checkpoint, sparsity=sparsity(mask))
+        save_ticket(args.out, mask, meta, packed=not args.unpacked)
+        size = os.path.getsize(args.out) / 2 ** 20
+        print(f"wrote {args.out} ({size:.1f} MiB{', packed' if not args.unpacked else ''}): mask of {len(mask)} "
+              f"layers at sparsity {100 * meta['sparsity']:.2f}%, from {args.checkpoint}")
     else:
         _refuse_overwrite(args.init, args.out)
         weights = read_weights(args.init, trusted=trusted)

@@ -72,7 +72,7 @@ def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, 
     digest = _agree(new, env, f"level {level}")
     pruning_utils.rewind(net, init_state, new)
     if env.is_main:
-        write_level_files(cfg, level, new, digest)
+        write_level_files(cfg, level, new, digest, pruning_utils.weights_digest(init_state, new))
     log.info(f"level {level}: sparsity {100 * pruning_utils.sparsity(new):.2f}% of the conv weights "
              f"({cfg.source}), survivors rewound to the init")
     return new
@@ -87,13 +87,14 @@ def level_costs(save_dir: str, level: int) -> tuple[dict, dict]:
             ledger.total([r["cost"] for r in rows if r["level"] == level - 1]))
 
 
-def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str) -> None:
-    """`<level>-ticket.pth.tar` (masks + level, sparsity, source init, config, the cumulative cost of the levels
-    that made it) and `<level>-sparsity.json` (the same cost, and the last level's own)."""
+def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_digest: str) -> None:
+    """`<level>-ticket.pth.tar` (masks + level, sparsity, family (`source`), the init and the digest of its
+    weights, config, the cumulative cost of the levels that made it) and `<level>-sparsity.json` (the same cost,
+    and the last level's own)."""
     s, layers = pruning_utils.sparsity(mask), pruning_utils.layer_sparsity(mask)
     cost, last = level_costs(cfg.save_dir, level)
     meta = {"level": level, "sparsity": s, "source": cfg.source, "init": cfg.init, "arch": cfg.arch,
-            "mask_digest": digest, "config": config_dict(cfg), "cost": cost}
+            "mask_digest": digest, "init_digest": init_digest, "config": config_dict(cfg), "cost": cost}
     pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
     files.atomic_write_json(files.imp_sparsity(cfg.save_dir, level), {
         "level": level, "sparsity": s, "source": cfg.source, "mask_digest": digest, "layers": layers,
@@ -233,7 +234,7 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: s
     mask, init_state = restore(net, obj, path, init_state)
     log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
     if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
-        write_level_files(cfg, level, mask, mask_digest(mask))
+        write_level_files(cfg, level, mask, mask_digest(mask), pruning_utils.weights_digest(init_state, mask))
     if done == level * cfg.prune_epoch:
         return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done)
     best = obj.get("best_acc1")

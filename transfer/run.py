@@ -62,12 +62,30 @@ def build_model(cfg: TransferConfig, splits: Splits) -> tuple[nn.Module, pruning
             pruning_utils.validate_mask(mask, model)
         except MaskError as e:
             raise MaskError(f"ticket {cfg.ticket} does not fit --arch {cfg.arch}: {e}") from None
+        _check_ticket_init(cfg, meta, pruning_utils.weights_digest(model.state_dict(), mask))
         pruning_utils.apply_mask(model, mask)
         info["ticket_meta"] = {k: v for k, v in meta.items() if transfer_results.plain(v)}
     info["ticket_sparsity"] = pruning_utils.sparsity(mask) if mask is not None else 0.0
     log.info(f"ticket: {cfg.ticket or 'none (dense model)'}, sparsity {100 * info['ticket_sparsity']:.2f}% "
              "of the conv weights")
     return model, mask, info
+
+
+def _check_ticket_init(cfg: TransferConfig, meta: dict, digest: str) -> None:
+    """A ticket is a mask for the weights it was found in: refuse (one line) a ticket whose init digest is not
+    that of --init's weights, unless --any-ticket-init asks for that experiment. Tickets without a digest (the
+    original's, hand-made ones) are not checked."""
+    found = meta.get("init_digest")
+    if found is None or found == digest:
+        return
+    where = f" ({meta['init']})" if meta.get("init") else ""
+    if cfg.any_ticket_init:
+        log.warning(f"WARNING: ticket {cfg.ticket} was found in other init weights{where} than --init "
+                    f"{cfg.init} (digest {found} != {digest}): applied anyway (--any-ticket-init)")
+        return
+    raise MaskError(f"ticket {cfg.ticket} was found in other weights{where}, not in --init {cfg.init or '(random)'} "
+                    f"(weights digest {found} != {digest}): pass the init it was found in, or --any-ticket-init "
+                    "to apply it to these weights on purpose")
 
 
 # ---------------------------------------------------------------------------- data
