@@ -235,12 +235,14 @@ def weights_digest(state: Mapping[str, torch.Tensor], keys) -> str:
     return h.hexdigest()[:16]
 
 
-def _pack(masks: dict[str, torch.Tensor]) -> dict[str, dict]:
+def pack_masks(masks: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Bool masks as {name: {"shape", "bits"}}, 8 bits a byte (weights_only-safe)."""
     return {k: {"shape": list(v.shape), "bits": torch.from_numpy(np.packbits(v.cpu().numpy().ravel()))}
             for k, v in masks.items()}
 
 
-def _unpack(packed: dict, path: str) -> dict[str, torch.Tensor]:
+def unpack_masks(packed: dict, path: str) -> dict[str, torch.Tensor]:
+    """The inverse of `pack_masks`; a CheckpointError naming `path` for a damaged one."""
     out = {}
     for k, e in packed.items():
         try:
@@ -263,7 +265,7 @@ def save_ticket(path: str, mask: Mask, meta: dict, *, packed: bool = False) -> N
     masks = {k: v.cpu() for k, v in mask_to_state_dict(mask, dtype=torch.bool).items()}
     head = {"format": TICKET_FORMAT, "version": TICKET_VERSION}
     if packed:
-        atomic_save({**head, "packed": True, "state_dict": _pack(masks), **meta}, path)
+        atomic_save({**head, "packed": True, "state_dict": pack_masks(masks), **meta}, path)
         return
     # legacy serialisation: the original downstream script runs on PyTorch 1.5, which cannot read zip files
     atomic_save({**head, "state_dict": masks, **meta}, path, legacy_format=True)
@@ -285,7 +287,7 @@ def load_ticket(path: str, *, trusted: bool = False) -> tuple[Mask, dict]:
                               f"version {TICKET_VERSION}: re-create it with this code")
     state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
     if ours and obj.get("packed") is True:
-        state = _unpack(state, path)
+        state = unpack_masks(state, path)
     try:
         mask = extract_mask(state)
     except MaskError as e:

@@ -52,6 +52,12 @@ class IMPConfig(RunSettings):
                                       metavar="S")
     omp_level: int | None = flag("--omp-level", None, "one-shot (OMP) to the sparsity of level K, 1-(1-rate)^K, "
                                  "written as K-ticket.pth.tar", group=PRUNING, type=int, metavar="K")
+    early_bird: float | None = flag("--early-bird", None, "early-bird levels: stop a level's training once the mask "
+                                    "it would prune to stays within normalised Hamming distance D of the newest "
+                                    "for --early-bird-window epochs (e.g. 0.02)", group=PRUNING, type=float,
+                                    metavar="D")
+    early_bird_window: int = flag("--early-bird-window", 3, "epochs of masks compared by --early-bird (>= 2)",
+                                  group=PRUNING, type=int, metavar="W")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,6 +81,12 @@ class IMPConfig(RunSettings):
              f"--omp-sparsity must be a fraction in (0, 1), got {self.omp_sparsity}"),
             (self.omp_sparsity is None or not (self.evaluate or self.resume),
              "--omp-sparsity/--omp-level prune once without training: drop -e/--resume"),
+            (self.early_bird is None or 0 < self.early_bird < 1,
+             f"--early-bird must be a distance in (0, 1), e.g. 0.02, got {self.early_bird}"),
+            (self.early_bird_window >= 2, f"--early-bird-window must be at least 2, got {self.early_bird_window}"),
+            (self.early_bird is None or (self.prune_method == "magnitude" and self.omp_sparsity is None),
+             "--early-bird watches the magnitude masks of trained levels: drop it with --prune-method random "
+             "or --omp-sparsity/--omp-level"),
         ]
         for ok, message in checks:
             if not ok:
@@ -86,8 +98,10 @@ class IMPConfig(RunSettings):
 
     @property
     def source(self) -> str:
-        """How the tickets are made (the ticket meta's `source`, which report.py groups by)."""
+        """How the tickets are made, the ticket family (the ticket meta's `source`, which report.py groups by):
+        imp, aimp, omp; -eb for early-bird levels, -random for random pruning."""
         name = "omp" if self.omp_sparsity is not None else "aimp" if self.attack is not None else "imp"
+        name += "-eb" if self.early_bird is not None else ""
         return name if self.prune_method == "magnitude" else f"{name}-random"
 
 

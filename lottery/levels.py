@@ -28,6 +28,7 @@ from attacks import build_attack
 from infra.distributed import DistEnv
 from infra.runlog import LOGGER
 from lottery.config import IMPConfig, config_dict
+from lottery.early_bird import Watch
 from lottery.state import Position, checkpoint_dict, find_resume, level_of, restore
 from pruning_utils import Mask
 
@@ -79,12 +80,13 @@ def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, 
 
 
 def level_costs(save_dir: str, level: int) -> tuple[dict, dict]:
-    """(the cost of every level before `level`, the cost of level `level - 1` alone): the ledger of ticket
-    `level` from the metrics.jsonl rows of the epochs that made it."""
+    """(the cost of every level before `level`, the cost of level `level - 1` alone, with its `epochs` trained):
+    the ledger of ticket `level` from the metrics.jsonl rows of the epochs that made it."""
     rows = [r for r in files.read_jsonl(os.path.join(save_dir, files.METRICS))
             if isinstance(r, dict) and isinstance(r.get("cost"), dict) and isinstance(r.get("level"), int)]
+    last = [r for r in rows if r["level"] == level - 1]
     return (ledger.total([r["cost"] for r in rows if r["level"] < level]),
-            ledger.total([r["cost"] for r in rows if r["level"] == level - 1]))
+            {**ledger.total([r["cost"] for r in last]), "epochs": len(last)})
 
 
 def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_digest: str) -> None:
@@ -175,10 +177,10 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     levels = Levels(cfg, net, model, train_loader, val_loader,
                     engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress, ledger.FlopTable(net)), scaler)
     while at.level <= cfg.levels:
-        for epoch in range(at.done, at.level * cfg.prune_epoch):
-            levels.epoch(epoch, at, optimizer)
+        while at.done < at.level * cfg.prune_epoch:  # an early-bird level that stops counts all its epochs done
+            levels.epoch(at.done, at, optimizer)
         at.mask = begin_level(net, at.init_state, at.mask, at.level + 1, cfg, env)
-        at.level, at.best, optimizer = at.level + 1, None, _sgd(model, cfg)
+        at.level, at.best, optimizer, at.watch = at.level + 1, None, _sgd(model, cfg), new_watch(cfg)
     log.info(f"IMP done: {cfg.levels} levels trained; tickets 1..{cfg.levels + 1} in {cfg.save_dir}")
 
 
@@ -213,6 +215,8 @@ class Levels:
                                  val_loss=va["loss"], val_sa=va["top1"], val_ra=None, val_sa_top5=va["top5"],
                                  best_val_sa=at.best, time=time.time() - start)
         row["cost"] = ledger.epoch_cost(tr, [va], row["time"], device=env.device, devices=env.world_size, amp=cfg.amp)
+        if at.watch is not None:
+            row["mask_distance"], row["early_bird_stop"] = self.early_bird(at)
         if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
             files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
             state = checkpoint_dict(self.net, at, optimizer, self.scaler, cfg)
@@ -222,6 +226,20 @@ class Levels:
         log.info(f"level {at.level} epoch {at.done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
                  f"val top1 {va['top1']:.2f} top5 {va['top5']:.2f} (best {at.best:.2f}) | {row['time']:.0f}s")
 
+    def early_bird(self, at: Position) -> tuple[float | None, bool]:
+        """--early-bird after an epoch: the mask the level would prune to now joins the window; when the level
+        stops (rank 0 decides, every rank follows), all its epochs count as done. Returns (the distance to the
+        previous epoch's mask, whether the level stops)."""
+        cfg, env = self.cfg, self.train.env
+        previous, stop = at.watch.observe(prune(self.net, at.mask, cfg.rate, cfg, at.level), at.mask)
+        stop = bool(distributed.broadcast_(torch.tensor(int(stop), device=env.device), env).item())
+        if stop:
+            trained = at.done - (at.level - 1) * cfg.prune_epoch
+            at.done = at.level * cfg.prune_epoch
+            log.info(f"level {at.level}: early-bird ticket after {trained} of {cfg.prune_epoch} epochs (the last "
+                     f"{cfg.early_bird_window} masks within {cfg.early_bird:g} of each other): pruning now")
+        return previous, stop
+
 
 def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: str | None,
                     obj: dict | None) -> Position:
@@ -229,16 +247,26 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: s
     moves on to the next one, pruned from its trained weights), with the checkpoint's optimizer state and best
     val SA when the level goes on."""
     if obj is None:
-        return Position(begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env), init_state, 1)
+        return Position(begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env), init_state, 1,
+                        watch=new_watch(cfg))
     level, done = level_of(obj, path, cfg)
     mask, init_state = restore(net, obj, path, init_state)
     log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
     if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
         write_level_files(cfg, level, mask, mask_digest(mask), pruning_utils.weights_digest(init_state, mask))
     if done == level * cfg.prune_epoch:
-        return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done)
-    best = obj.get("best_acc1")
-    return Position(mask, init_state, level, done, None if best is None else float(best), obj.get("optimizer"))
+        return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done,
+                        watch=new_watch(cfg))
+    best, watch = obj.get("best_acc1"), new_watch(cfg)
+    if watch is not None:
+        watch.load(obj.get("early_bird") or [], env.device, path)
+    return Position(mask, init_state, level, done, None if best is None else float(best), obj.get("optimizer"),
+                    watch)
+
+
+def new_watch(cfg: IMPConfig) -> Watch | None:
+    """A level's empty early-bird window (None without --early-bird)."""
+    return None if cfg.early_bird is None else Watch(cfg.early_bird, cfg.early_bird_window)
 
 
 def _evaluate_only(env: DistEnv, cfg: IMPConfig, net, val_loader, mask: Mask | None, source: str | None,
