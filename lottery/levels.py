@@ -147,10 +147,12 @@ def worker(env: DistEnv, cfg: IMPConfig) -> None:
 def _run(env: DistEnv, cfg: IMPConfig) -> None:
     log.info(f"process layout: {env.describe()}" + ("" if hardware.cuda_usable() else " (no GPU in use)"))
     reproducibility.seed_all(cfg.seed)
-    splits = dataset.build_datasets("imagenet", cfg.data, dataset.DataFraction(seed=cfg.seed),
+    splits = dataset.build_datasets("imagenet", cfg.data, dataset.DataFraction(cfg.data_number, cfg.subset, cfg.seed),
                                     image_size=cfg.image_size, resize_size=cfg.resize_size)
-    log.info(f"data {cfg.data}: {len(splits.train)} train / {len(splits.val)} val images, "
-             f"{splits.num_classes} classes")
+    log.info(f"data {cfg.data}: {len(splits.train)} train" + (f" ({cfg.data_number:g} of the split, {cfg.subset})"
+             if cfg.data_number < 1 else "") + f" / {len(splits.val)} val images, {splits.num_classes} classes")
+    if env.is_main and cfg.data_number < 1:  # the data diet's images, as transfer records its fraction's
+        dataset.write_indices(os.path.join(cfg.save_dir, files.INDICES), splits.train_indices)
     net, init_state = _build_model(cfg, splits.num_classes, env)
     cl = cfg.channels_last if cfg.channels_last is not None else env.device.type == "cuda"
     if cl:

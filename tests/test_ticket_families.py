@@ -1,6 +1,7 @@
-"""Early-bird levels: a window that never fills runs every epoch and yields the plain IMP tickets bit for bit; a
+"""Cheap ticket families. Early-bird levels: a window that never fills runs every epoch and yields the plain IMP tickets bit for bit; a
 threshold met at once stops each level after the window, with the sparsity 1 - (1 - rate)^k; a run killed in the
-middle of an early-bird level resumes to the same tickets and rows (the window travels in the checkpoint)."""
+middle of an early-bird level resumes to the same tickets and rows (the window travels in the checkpoint). Data
+diet: IMP on a seeded class-balanced fraction of the data, its indices recorded."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import re
 
 import pytest
 import torch
+import torchvision
 
 import main_imp_std
 import pruning_utils
@@ -56,6 +58,7 @@ def test_a_window_that_never_fills_gives_the_plain_imp_tickets(tiny, tmp_path):
         assert same_masks(ticket(tmp_path / "eb", level), ticket(tmp_path / "plain", level))
     meta = pruning_utils.load_ticket(checkpoint.imp_ticket(str(tmp_path / "eb"), 3))[1]
     assert meta["source"] == "imp-eb" and meta["config"]["early_bird"] == 0.5
+    assert not os.path.exists(tmp_path / "plain" / checkpoint.INDICES)  # all the data: no indices to record
 
 
 def test_a_threshold_met_at_once_stops_each_level_after_the_window(tiny, tmp_path):
@@ -102,3 +105,17 @@ def test_bad_early_bird_flags_are_refused(tiny, tmp_path, flags, message):
     data, init = tiny
     with pytest.raises(ConfigError, match=re.escape(message)):
         main_imp_std.main(imp_argv(data, init, str(tmp_path / "x"), *flags))
+
+
+def test_a_data_diet_finds_tickets_on_a_recorded_balanced_fraction(tiny, tmp_path):
+    rows = _imp(tiny, tmp_path / "diet", "--epochs", "1", "--prune_epoch", "1", "--data_number", "0.5",
+                "--seed", "3")
+    chosen = json.load(open(tmp_path / "diet" / checkpoint.INDICES))
+    targets = [t for _, t in sorted(torchvision.datasets.ImageFolder(os.path.join(tiny[0], "train")).samples)]
+    assert len(chosen) == 6 and sorted(targets[i] for i in chosen) == [0, 0, 1, 1, 2, 2]  # 2 of 4 per class
+    assert rows[0]["cost"]["train_images"] == 6
+    meta = pruning_utils.load_ticket(checkpoint.imp_ticket(str(tmp_path / "diet"), 2))[1]
+    assert meta["source"] == "imp-diet0.5" and meta["config"]["data_number"] == 0.5
+    again = _imp(tiny, tmp_path / "diet-again", "--epochs", "1", "--prune_epoch", "1", "--data_number", "0.5",
+                 "--seed", "3")
+    assert json.load(open(tmp_path / "diet-again" / checkpoint.INDICES)) == chosen and untimed(again) == untimed(rows)
