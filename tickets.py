@@ -4,6 +4,7 @@
     python tickets.py compare imp/5-ticket.pth.tar aimp/5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
     python tickets.py export SAVE_DIR/5-ticket.pth.tar shared-5.pth.tar          # compact: bit-packed masks
     python tickets.py convert resnet50_l2_eps3.ckpt resnet50_l2_eps3.pth          # plain torchvision state dict
+    python tickets.py overlap ROOT [--reference aimp]     # mask IoU between ticket families, for the report
 
 inspect/compare/export read our tickets, our checkpoints and the original's checkpoints; convert reads every
 format training/weights.py knows. Add --trust-pickle only for a file you trust that holds more than tensors.
@@ -14,7 +15,7 @@ import argparse
 import os
 
 from infra import checkpoint
-from lottery import ticket_stats
+from lottery import overlap, ticket_stats
 from infra.errors import OneLineParser, UserError, run_cli
 from pruning_utils import load_ticket, save_ticket, sparsity
 from training.weights import read_weights
@@ -24,7 +25,7 @@ _RESERVED = ("format", "version", "state_dict", "packed")  # save_ticket writes 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description="Inspect, compare and export lottery tickets; convert weights.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{inspect,compare,export,convert}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{inspect,compare,export,convert,overlap}")
 
     def common(p: argparse.ArgumentParser, outputs: bool) -> None:
         p.add_argument("--trust-pickle", action="store_true",
@@ -50,6 +51,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="write pre-trained weights of any known format as a torchvision state dict")
     p.add_argument("init")
     p.add_argument("out")
+    common(p, outputs=False)
+    p = sub.add_parser("overlap", help="mask IoU of every ticket family's tickets with a reference family's at the "
+                       "same sparsity, over the runs under ROOT: ROOT/ticket_overlap.json, read by report.py")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--reference", default=None, metavar="FAMILY",
+                   help="the family compared against (default: aimp, else imp, else the one with most tickets)")
     common(p, outputs=False)
     return parser
 
@@ -82,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         size = os.path.getsize(args.out) / 2 ** 20
         print(f"wrote {args.out} ({size:.1f} MiB{', packed' if not args.unpacked else ''}): mask of {len(mask)} "
               f"layers at sparsity {100 * meta['sparsity']:.2f}%, from {args.checkpoint}")
+    elif args.command == "overlap":
+        overlap.write_overlap(args.root, args.reference, trusted=trusted)
     else:
         _refuse_overwrite(args.init, args.out)
         weights = read_weights(args.init, trusted=trusted)
