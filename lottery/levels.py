@@ -17,6 +17,7 @@ import dataset
 from infra import distributed
 from training import engine
 from training import ledger
+from training.board import Board
 from infra import hardware
 import models
 from training import optimizer as optimizer_lib
@@ -176,13 +177,18 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     model = runner.wrap(net, env, compile=cfg.compile)
     optimizer = _sgd(model, cfg, at.optimizer, path or "")
     scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if at.optimizer is not None else None)
+    board = Board(cfg.save_dir, files.read_jsonl(os.path.join(cfg.save_dir, files.METRICS)), at.done) \
+        if cfg.tensorboard and env.is_main else None
     levels = Levels(cfg, net, model, train_loader, val_loader,
-                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress, ledger.FlopTable(net)), scaler)
+                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress, ledger.FlopTable(net)), scaler,
+                    board)
     while at.level <= cfg.levels:
         while at.done < at.level * cfg.prune_epoch:  # an early-bird level that stops counts all its epochs done
             levels.epoch(at.done, at, optimizer)
         at.mask = begin_level(net, at.init_state, at.mask, at.level + 1, cfg, env)
         at.level, at.best, optimizer, at.watch = at.level + 1, None, _sgd(model, cfg), new_watch(cfg)
+    if board is not None:
+        board.close()
     log.info(f"IMP done: {cfg.levels} levels trained; tickets 1..{cfg.levels + 1} in {cfg.save_dir}")
 
 
@@ -197,6 +203,7 @@ class Levels:
     val_loader: DataLoader
     train: engine.Step
     scaler: torch.amp.GradScaler | None
+    board: Board | None = None  # --tensorboard (rank 0)
 
     def epoch(self, epoch: int, at: Position, optimizer: torch.optim.Optimizer) -> None:
         """Train and validate one epoch of level `at.level`, then (rank 0) its metrics row, best and checkpoint
@@ -225,6 +232,8 @@ class Levels:
             if is_best:
                 files.atomic_save(state, files.imp_best(cfg.save_dir, at.level))
             files.atomic_save(state, files.imp_checkpoint(cfg.save_dir, at.level))
+            if self.board is not None:
+                self.board.add(row)
         log.info(f"level {at.level} epoch {at.done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
                  f"val top1 {va['top1']:.2f} top5 {va['top5']:.2f} (best {at.best:.2f}) | {row['time']:.0f}s")
 

@@ -26,6 +26,7 @@ from infra.checkpoint import CURVES, INDICES, METRICS, read_jsonl
 from dataset import DataFraction, Splits, build_datasets, write_indices
 from infra.distributed import DistEnv, barrier
 from training import ledger
+from training.board import Board
 from training.engine import Step, evaluate, train_one_epoch
 from infra.errors import ConfigError, MaskError
 from infra.reproducibility import seed_all, seed_epoch
@@ -161,9 +162,13 @@ def _run(env: DistEnv, cfg: TransferConfig) -> None:
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
         (f"ticket at {100 * info['ticket_sparsity']:.1f}% sparsity" if mask is not None else "dense")
-    loop = Epochs(cfg, net, run, data, step, build_attack(cfg.test_attack, cfg.attack_loss), eval_from, title)
+    board = Board(cfg.save_dir, read_jsonl(os.path.join(cfg.save_dir, METRICS)), state["epoch"]) \
+        if cfg.tensorboard and env.is_main else None
+    loop = Epochs(cfg, net, run, data, step, build_attack(cfg.test_attack, cfg.attack_loss), eval_from, title, board)
     for epoch in range(state["epoch"], cfg.epochs):
         loop.epoch(epoch, state)
+    if board is not None:
+        board.close()
     transfer_results.finish(env, cfg, run, data, info, state)
 
 
@@ -179,6 +184,7 @@ class Epochs:
     test_attack: Callable | None
     eval_from: int
     title: str
+    board: Board | None = None  # --tensorboard (rank 0)
 
     def epoch(self, epoch: int, state: dict) -> None:
         """Train one epoch, validate SA and RA from --eval_from on, log, and (rank 0) save its files."""
@@ -207,6 +213,8 @@ class Epochs:
                  f"RA {pct(state['best_ra'])} | {row['time']:.0f}s")
         if env.is_main:
             transfer_state.save_epoch(cfg, self.run, state, row, improved)
+            if self.board is not None:
+                self.board.add(row)
             transfer_results.plot_curves(read_jsonl(os.path.join(cfg.save_dir, METRICS)),
                                          os.path.join(cfg.save_dir, CURVES), cfg.mode, self.title)
         barrier(env)
