@@ -41,6 +41,7 @@ import report  # noqa: E402
 from training import runner  # noqa: E402
 from transfer import config as transfer_config  # noqa: E402
 from transfer import run as transfer_run  # noqa: E402
+from recipes import untimed  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "FAULTS.md")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny runs: a second intra-op thread only adds contention
@@ -405,8 +406,7 @@ def untimed(save: str) -> tuple[dict, list[dict]]:
     """results.json and the metrics rows of a transfer run without their timings (all else must reproduce)."""
     res = json.load(open(os.path.join(save, checkpoint.RESULTS)))
     rows = checkpoint.read_jsonl(os.path.join(save, checkpoint.METRICS))
-    return ({k: v for k, v in res.items() if k != "wall_time_s"},
-            [{k: v for k, v in r.items() if k != "time"} for r in rows])
+    return untimed(res), untimed(rows)
 
 
 def _check_nan(save: str, **_) -> None:

@@ -15,7 +15,7 @@ import torch
 from infra import checkpoint
 from lottery import levels as imp_levels
 import pruning_utils
-from recipes import TINY, same_masks, ticket, tiny_model, write_init
+from recipes import TINY, same_masks, ticket, tiny_model, untimed, write_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,8 +82,7 @@ def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path
     assert "resuming from" in open(os.path.join(killed, checkpoint.LOG)).read()
 
     def untimed(save_dir):
-        return [{k: v for k, v in r.items() if k != "time"}
-                for r in checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS))]
+        return untimed(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))
     assert untimed(killed) == untimed(whole) and len(untimed(whole)) == 4
     for level in (1, 2, 3):
         assert same_masks(ticket(killed, level), ticket(whole, level))
