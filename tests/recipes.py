@@ -13,7 +13,8 @@ from torch import nn
 from infra import checkpoint
 import models
 import pruning_utils
-from infra.checkpoint import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
+from infra.checkpoint import (CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file,
+                              read_jsonl)
 
 
 # ---------------------------------------------------------------------------- ticket finding
@@ -34,6 +35,12 @@ def untimed(value):
     if isinstance(value, list):
         return [untimed(v) for v in value]
     return value
+
+
+def run_untimed(save_dir) -> tuple[dict, list[dict]]:
+    """results.json and the metrics rows of a transfer run without their timings (all else must reproduce)."""
+    res = json.load(open(os.path.join(save_dir, RESULTS)))
+    return untimed(res), untimed(read_jsonl(os.path.join(save_dir, METRICS)))
 
 
 def imp_argv(data: str, init: str, save_dir: str, *extra: str) -> list[str]:

@@ -81,9 +81,9 @@ def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
     assert "resuming from" in open(os.path.join(killed, checkpoint.LOG)).read()
 
-    def untimed(save_dir):
+    def rows(save_dir):
         return untimed(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))
-    assert untimed(killed) == untimed(whole) and len(untimed(whole)) == 4
+    assert rows(killed) == rows(whole) and len(rows(whole)) == 4
     for level in (1, 2, 3):
         assert same_masks(ticket(killed, level), ticket(whole, level))
     assert pruning_utils.load_ticket(checkpoint.imp_ticket(killed, 3))[1]["source"] == "aimp"
