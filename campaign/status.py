@@ -42,8 +42,9 @@ def by_host(failed_on: dict[str, tuple[str, str]], excluded: list[str] = ()) -> 
         hosts[host][reason] += 1
     lines = []
     for host, reasons in sorted(hosts.items(), key=lambda kv: -sum(kv[1].values())):
-        parts = ", ".join(f"{r} x{n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
-        lines.append(f"failed on {host}: {sum(reasons.values())} runs: {parts}")
+        parts = ", ".join(r + (f" x{n}" if n > 1 else "") for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        n = sum(reasons.values())
+        lines.append(f"failed on {host}: {n} run{'s' if n > 1 else ''}: {parts}")
     if excluded:
         lines.append(f"excluded hosts (failures of the node, not the runs): {', '.join(excluded)}")
     return lines
