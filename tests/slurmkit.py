@@ -33,7 +33,7 @@ def slurm_reachable() -> str | None:
 
 
 @pytest.fixture
-def slurm():
+def slurm_cluster():
     why = slurm_reachable()
     if why:
         if os.environ.get("DOUBLEWIN_REQUIRE_SLURM") == "1":
@@ -42,7 +42,7 @@ def slurm():
 
 
 @pytest.fixture
-def two_nodes(slurm):
+def two_nodes(slurm_cluster):
     """script/slurm_up.sh's nodes n1 and n2 (other clusters: skipped); both resumed after the test."""
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
     if sorted(set(nodes)) != ["n1", "n2"]:

@@ -16,7 +16,7 @@ import pytest
 import campaignkit as kit
 import slurmkit
 from campaign import spec, state
-from slurmkit import slurm, two_nodes  # noqa: F401  (fixtures)
+from slurmkit import slurm_cluster, two_nodes  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_slurm_requeue_lands_on_the_other_node_and_matches_the_local_run(two_nod
 
 
 @pytest.mark.slow
-def test_sbatch_refusal_is_one_line_naming_the_option(slurm, inputs, tmp_path):
+def test_sbatch_refusal_is_one_line_naming_the_option(slurm_cluster, inputs, tmp_path):
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",))
     done = kit.sweep("run", path, "--slurm", "--partition", "nosuchpartition", "--gpus-per-run", "0")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
@@ -143,7 +143,7 @@ def test_sbatch_refusal_is_one_line_naming_the_option(slurm, inputs, tmp_path):
 
 
 @pytest.mark.slow
-def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm, inputs, tmp_path):
+def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm_cluster, inputs, tmp_path):
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",),
                           tickets="", extra='std_overrides = ["--lr", "x"]')
     done = kit.sweep("run", path, "--slurm", "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "5",

@@ -16,7 +16,7 @@ import pytest
 import campaignkit as kit
 import slurmkit
 from campaign import scheduler, slurm, slurmstate, spec, state, status
-from slurmkit import slurm as slurm_cluster, two_nodes  # noqa: F401  (fixtures)
+from slurmkit import slurm_cluster, two_nodes  # noqa: F401  (fixtures)
 
 OPTS = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=1, time_min=5)
 
