@@ -38,6 +38,9 @@ class SlurmOptions:
     max_in_flight: int | None = None  # campaign-wide cap on runs queued or running (None: no cap)
 
 
+SETTLE_S = 60  # how long a job squeue no longer lists may stay unrecorded in accounting before it counts as ended
+
+
 class RunFailed(Exception):
     """A run's command failed: the job ends FAILED and is not requeued."""
 
@@ -211,10 +214,10 @@ def submit(campaign: Campaign, runs: list[Run], opts: SlurmOptions, say: Callabl
     return new
 
 
-def _to_submit(view: View, tries: dict[str, int], retries: int) -> tuple[list[Run], set[str]]:
+def _to_submit(view: View, tries: dict[str, int], retries: int, hold: set[str]) -> tuple[list[Run], set[str]]:
     """(runs to submit now, runs given up on). A run tried in this invocation is submitted again only when its
     job ended without a verdict (partial, pending) or the node is blamed (exit 3, NODE_FAIL), at most `retries`
-    more times; a user error (exit 2) or any other failure is left for the user."""
+    more times; a user error (exit 2) or any other failure is left for the user. `hold`: not yet."""
     gave_up = set()
     for r in view.rows:
         rid = r.run.id
@@ -222,7 +225,7 @@ def _to_submit(view: View, tries: dict[str, int], retries: int) -> tuple[list[Ru
             continue
         if tries[rid] > retries or (r.state == "failed" and rid not in view.node_fault):
             gave_up.add(rid)
-    return [r for r in state.launchable(view.rows) if r.id not in gave_up], gave_up
+    return [r for r in state.launchable(view.rows) if r.id not in gave_up | hold], gave_up
 
 
 def _room(view: View, opts: SlurmOptions) -> int | None:
@@ -241,6 +244,7 @@ def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, p
     if not shutil.which("sbatch"):
         raise UserError("--slurm: sbatch not found on this machine: run where SLURM is installed, or use --local")
     tries: dict[str, int] = {}
+    settling_since: dict[str, float] = {}
     while True:
         try:
             view = slurmstate.observe(campaign)
@@ -250,7 +254,9 @@ def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, p
             say(f"{e}: asking again in {poll:g} s")
             time.sleep(poll)
             continue
-        todo, gave_up = _to_submit(view, tries, retries)
+        now = time.time()  # a job's end that accounting has not recorded in SETTLE_S is taken as ended
+        hold = {rid for rid in view.settling if now - settling_since.setdefault(rid, now) < SETTLE_S}
+        todo, gave_up = _to_submit(view, tries, retries, hold)
         room = _room(view, opts)
         held = len(todo) - room if room is not None and len(todo) > room else 0
         todo = todo[:room] if room is not None else todo
@@ -263,7 +269,7 @@ def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, p
                 why = "a submit limit" if len(todo) > len(new) else "--max-in-flight"
                 say(f"{left} runs wait, not submitted ({why}): run again, or add --follow")
             return left
-        busy = any(r.state in ("queued", "running") for r in view.rows)
+        busy = hold or any(r.state in ("queued", "running") for r in view.rows)
         if not busy and not todo and not left:
             say(", ".join(f"{k} {v}" for k, v in state.counts(view.rows).items() if v))
             return sum(r.state == "failed" or (r.run.id in gave_up and r.state != "done") for r in view.rows)

@@ -75,6 +75,7 @@ class View:
     excluded: list[str] = field(default_factory=list)
     note: str | None = None
     node_fault: set[str] = field(default_factory=set)  # failed runs the node is blamed for: retried elsewhere
+    settling: set[str] = field(default_factory=set)    # job gone from squeue, its end not yet in accounting
 
 
 def _launch(run_dir: str) -> dict:
@@ -89,9 +90,10 @@ def _short(launch: dict) -> str:
     return f"exit {code}" + (" (node)" if code == NODE_EXIT else "")
 
 
-def _ended(campaign: Campaign, rows: list[RunState], jobs: dict[str, list[str]]) -> dict:
+def _ended(campaign: Campaign, rows: list[RunState], jobs: dict[str, list[str]]) -> tuple[dict, set[str]]:
     """failures.json brought up to date: sacct asked about the newest job of each run that is not done, running
-    or queued and has no record for that job yet."""
+    or queued and has no record for that job yet; also the runs whose job squeue no longer lists but accounting
+    has not recorded ended (its end is on its way to slurmdbd: not to be resubmitted on a guess)."""
     known = _read(_path(campaign, "failures.json"))
     ask = {jobs[r.run.id][-1]: r.run.id for r in rows if r.state in state.TODO and r.run.id in jobs
            and (known.get(r.run.id) or {}).get("job") != jobs[r.run.id][-1]}
@@ -104,7 +106,9 @@ def _ended(campaign: Campaign, rows: list[RunState], jobs: dict[str, list[str]])
             changed = True
     if changed:
         _write(_path(campaign, "failures.json"), known)
-    return known
+    settling = set() if ended is None else {rid for job, rid in ask.items()
+                                            if job not in ended or ended[job].state in scheduler.ALIVE}
+    return known, settling
 
 
 def _note_infrastructure(campaign: Campaign, blamed: dict[str, str]) -> list[str]:
@@ -161,7 +165,7 @@ def observe(campaign: Campaign, strict: bool = True) -> View:
         alive, note = set(), f"{e}: runs it holds show as their files say"
     queued = {rid for rid, js in jobs.items() if any(j in alive for j in js)}
     rows = state.states(campaign, queued)
-    known = _ended(campaign, rows, jobs) if jobs and note is None else {}
-    view = View(rows, note=note)
+    known, settling = _ended(campaign, rows, jobs) if jobs and note is None else ({}, set())
+    view = View(rows, note=note, settling=settling)
     view.excluded = _note_infrastructure(campaign, _apply(rows, jobs, known, view))
     return view

@@ -254,9 +254,8 @@ def test_a_killed_run_and_a_cancelled_job_are_failed_with_their_reason(slurm_clu
         return ("bash", "-c", "sleep 120")
     c = slurmkit.campaign(str(tmp_path), 2, command)
     t, said, result = _follow(c)
-    job = slurmkit.wait_until("r1 to run", lambda: (slurmkit.read_json(os.path.join(c.runs[1].save_dir,
-                                                                                     "launch.json")) or {})
-                              .get("slurm_job"), 120)
+    slurmkit.wait_until("r1 to run", lambda: os.path.exists(os.path.join(c.runs[1].save_dir, "launch.json")), 120)
+    job = _jobs(c)["r1"][-1]  # its array element (its SLURM_JOB_ID may be the whole array's id)
     subprocess.run(["scancel", job], check=True)
     t.join(180)
     assert result == [2], said  # both failed: --follow exits non-zero, neither retried
