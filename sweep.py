@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in campaign.runs:
             print(shlex.join(run.command))
         return 0
+    state.hold_campaign(campaign)  # one `run` per campaign at a time, until this process ends
     if args.local:
         if args.jobs < 1:
             raise UserError(f"--jobs {args.jobs}: at least 1")

@@ -2,8 +2,9 @@
 
     python tickets.py inspect 5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
     python tickets.py compare imp/5-ticket.pth.tar aimp/5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
-    python tickets.py export SAVE_DIR/5-checkpoint.pth.tar 5-ticket.pth.tar      # mask-only ticket file
+    python tickets.py export SAVE_DIR/5-ticket.pth.tar shared-5.pth.tar          # compact: bit-packed masks
     python tickets.py convert resnet50_l2_eps3.ckpt resnet50_l2_eps3.pth          # plain torchvision state dict
+    python tickets.py overlap ROOT [--reference aimp]     # mask IoU between ticket families, for the report
 
 inspect/compare/export read our tickets, our checkpoints and the original's checkpoints; convert reads every
 format training/weights.py knows. Add --trust-pickle only for a file you trust that holds more than tensors.
@@ -14,17 +15,17 @@ import argparse
 import os
 
 from infra import checkpoint
-from lottery import ticket_stats
+from lottery import overlap, ticket_stats
 from infra.errors import OneLineParser, UserError, run_cli
 from pruning_utils import load_ticket, save_ticket, sparsity
 from training.weights import read_weights
 
-_RESERVED = ("format", "version", "state_dict")  # save_ticket writes these itself
+_RESERVED = ("format", "version", "state_dict", "packed")  # save_ticket writes these itself
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description="Inspect, compare and export lottery tickets; convert weights.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{inspect,compare,export,convert}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{inspect,compare,export,convert,overlap}")
 
     def common(p: argparse.ArgumentParser, outputs: bool) -> None:
         p.add_argument("--trust-pickle", action="store_true",
@@ -40,13 +41,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     common(p, outputs=True)
-    p = sub.add_parser("export", help="write the mask of a checkpoint as a mask-only ticket file")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("export", help="write the mask of a ticket or checkpoint as a compact ticket to share "
+                       "(masks bit-packed, its metadata kept)")
+    p.add_argument("checkpoint", help="ticket, IMP checkpoint (ours or the original's) or any file with weight_mask")
     p.add_argument("out")
+    p.add_argument("--unpacked", action="store_true",
+                   help="bool masks instead (4x the size), in the format the original's downstream script reads")
     common(p, outputs=False)
     p = sub.add_parser("convert", help="write pre-trained weights of any known format as a torchvision state dict")
     p.add_argument("init")
     p.add_argument("out")
+    common(p, outputs=False)
+    p = sub.add_parser("overlap", help="mask IoU of every ticket family's tickets with a reference family's at the "
+                       "same sparsity, over the runs under ROOT: ROOT/ticket_overlap.json, read by report.py")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--reference", default=None, metavar="FAMILY",
+                   help="the family compared against (default: aimp, else imp, else the one with most tickets)")
     common(p, outputs=False)
     return parser
 
@@ -73,10 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_overwrite(args.checkpoint, args.out)
         mask, meta = load_ticket(args.checkpoint, trusted=trusted)
         meta = {k: v for k, v in meta.items() if k not in _RESERVED}
-        meta.update(source=args.checkpoint, sparsity=sparsity(mask))
-        save_ticket(args.out, mask, meta)
-        print(f"wrote {args.out}: mask of {len(mask)} layers at sparsity {100 * meta['sparsity']:.2f}%, "
-              f"from {args.checkpoint}")
+        meta.setdefault("source", args.checkpoint)  # a ticket's family stays; a bare checkpoint is its own source
+        meta.update(exported_from=args.checkpoint, sparsity=sparsity(mask))
+        save_ticket(args.out, mask, meta, packed=not args.unpacked)
+        size = os.path.getsize(args.out) / 2 ** 20
+        print(f"wrote {args.out} ({size:.1f} MiB{', packed' if not args.unpacked else ''}): mask of {len(mask)} "
+              f"layers at sparsity {100 * meta['sparsity']:.2f}%, from {args.checkpoint}")
+    elif args.command == "overlap":
+        overlap.write_overlap(args.root, args.reference, trusted=trusted)
     else:
         _refuse_overwrite(args.init, args.out)
         weights = read_weights(args.init, trusted=trusted)

@@ -243,6 +243,12 @@ def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, p
     of runs that failed or were given up on with `follow`, else the number left unsubmitted (0: all went well)."""
     if not shutil.which("sbatch"):
         raise UserError("--slurm: sbatch not found on this machine: run where SLURM is installed, or use --local")
+    with state.campaign_lease(campaign):  # one `run` per campaign: the job-id file's read-modify-write is ours
+        return _run(campaign, opts, follow, poll, retries, say)
+
+
+def _run(campaign: Campaign, opts: SlurmOptions, follow: bool, poll: float, retries: int,
+         say: Callable[[str], None]) -> int:
     tries: dict[str, int] = {}
     settling_since: dict[str, float] = {}
     while True:

@@ -1,27 +1,33 @@
-"""The state of every run of a campaign, read from its files only: done, running, queued, failed, partial,
-pending or waiting (for a ticket an IMP stage has not made yet)."""
+"""The state of every run of a campaign, read from its files only: done, running, stale (its lease's holder gave
+no heartbeat for too long, or died), queued, failed, partial, pending or waiting (for a ticket an IMP stage has
+not made yet); and the campaign's own lease (one `sweep.py run` at a time)."""
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 from campaign.spec import Campaign, Run
+from infra import lease
+from infra.errors import UserError
 
 # file names a run writes (infra/checkpoint.py owns them; a test keeps these equal)
-RESULTS, CHECKPOINT, METRICS, LOCK = "results.json", "checkpoint.pth.tar", "metrics.jsonl", ".lock"
+RESULTS, CHECKPOINT, METRICS, LEASE = "results.json", "checkpoint.pth.tar", "metrics.jsonl", ".lease"
 # files the campaign writes next to a run's own
 LAUNCH, OUTPUT = "launch.json", "stdout.txt"
-STATES = ("done", "running", "queued", "failed", "partial", "pending", "waiting")
-TODO = ("failed", "partial", "pending")  # what `run` launches (waiting runs once their ticket exists)
+RUN_LEASE = "run.lease"  # ROOT/.campaign/run.lease: held by the one `sweep.py run --local/--slurm` of a campaign
+STATES = ("done", "running", "stale", "queued", "failed", "partial", "pending", "waiting")
+TODO = ("stale", "failed", "partial", "pending")  # what `run` launches (waiting runs once their ticket exists)
 
 
 @dataclass(frozen=True)
 class RunState:
     run: Run
     state: str
-    detail: str = ""   # failed: the last error line; running: the lock holder; waiting: the missing ticket
+    # failed: the last error line; running: the holder; stale: the holder and why; waiting: the missing ticket
+    detail: str = ""
     epochs_done: int = 0
     exit: int | None = None  # failed: the exit status
 
@@ -34,21 +40,23 @@ def _json(path: str):
         return None
 
 
+def lease_of(save_dir: str) -> lease.Seen | None:
+    """SAVE_DIR's lease as it is now (None: nobody holds it). Reads files only: never raises, whatever the
+    filesystem does with flock."""
+    return lease.look(os.path.join(save_dir, LEASE))
+
+
 def lock_holder(save_dir: str) -> str | None:
-    """Who holds SAVE_DIR/.lock (the entry points take it for the whole run), or None when nobody does."""
-    path = os.path.join(save_dir, LOCK)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        with open(path) as f:
-            return f.read().strip() or "another process"
-    finally:
-        os.close(fd)  # closing drops a lock we took
-    return None
+    """Who trains into SAVE_DIR now (the entry points hold its lease for the whole run), e.g. "pid 123 on n2 (job
+    45_3, since ...)", or None when nobody does or the lease is stale (its holder's heartbeat stopped)."""
+    seen = lease_of(save_dir)
+    return seen.who() if seen is not None and not seen.stale else None
+
+
+def stale_text(seen: lease.Seen) -> str:
+    """What `plan` shows for a stale lease, e.g. "stale lease: pid 123 on n2 (job 45_3, since ...), no heartbeat
+    for 14 min: the next launch takes it over"."""
+    return f"stale lease: {seen.who()}, {seen.why}: the next launch takes it over"
 
 
 def _epochs(save_dir: str) -> int:
@@ -72,11 +80,13 @@ def state_of(run: Run, queued: set[str] = frozenset()) -> RunState:
         done = isinstance(res, dict) and res.get("complete") is True
     if done:
         return RunState(run, "done", epochs_done=_epochs(d))
-    holder = lock_holder(d)
-    if holder:
-        return RunState(run, "running", holder, _epochs(d))
+    seen = lease_of(d)
+    if seen is not None and not seen.stale:
+        return RunState(run, "running", seen.who(), _epochs(d))
     if run.id in queued:
         return RunState(run, "queued", "submitted to SLURM", _epochs(d))
+    if seen is not None:
+        return RunState(run, "stale", stale_text(seen), _epochs(d))
     launch = _json(os.path.join(d, LAUNCH))
     if isinstance(launch, dict) and launch.get("exit") not in (0, None):
         return RunState(run, "failed", str(launch.get("error") or f"exit {launch['exit']}"), _epochs(d),
@@ -99,3 +109,35 @@ def counts(rows: list[RunState]) -> dict[str, int]:
 def launchable(rows: list[RunState]) -> list[Run]:
     """Runs to start now: not done, running or queued, and with their ticket in place."""
     return [r.run for r in rows if r.state in TODO and not (r.run.needs and not os.path.isfile(r.run.needs))]
+
+
+def _campaign_lease(campaign: Campaign) -> lease.Lease:
+    folder = os.path.join(campaign.root, ".campaign")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return lease.acquire(os.path.join(folder, RUN_LEASE))
+    except lease.LeaseHeld as e:
+        holder = e.seen.who() if e.seen else "another process, which is taking over its stale lease right now"
+        raise UserError(f"another `sweep.py run` is launching the runs of {campaign.path} (root {campaign.root}): "
+                        f"{holder}; wait for it or stop it (one left by a killed process is taken over once stale)") \
+            from None
+    except OSError as e:
+        raise UserError(f"{folder} cannot be written ({e.strerror or type(e).__name__}): the campaign's root must be "
+                        "writable") from None
+
+
+@contextlib.contextmanager
+def campaign_lease(campaign: Campaign) -> Iterator[lease.Lease]:
+    """Hold the campaign's lease (ROOT/.campaign/run.lease, heartbeat while held) for the `with` block: one
+    `sweep.py run --local/--slurm` per campaign at a time; another is refused with one line naming the holder.
+    Re-entrant in one process (the block inside a `run` that holds it already just goes on)."""
+    held = _campaign_lease(campaign)
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+def hold_campaign(campaign: Campaign) -> lease.Lease:
+    """Hold the campaign's lease (see `campaign_lease`) for the rest of this process."""
+    return _campaign_lease(campaign)

@@ -11,13 +11,14 @@ import tempfile
 import zipfile
 from typing import Any
 
+from infra import lease
 from infra.errors import CheckpointError
 
 # ---------------------------------------------------------------------------- file names
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LOG = "log.txt"
-LOCK = ".lock"  # held (flock) by the process that trains into SAVE_DIR
+LEASE = ".lease"  # held (infra.lease) by the process that trains into SAVE_DIR
 EVALUATION = "evaluate.json"  # IMP -e/--evaluate: the loaded model's SA (and RA)
 # downstream transfer
 CHECKPOINT = "checkpoint.pth.tar"
@@ -88,6 +89,7 @@ def _write_failed(path: str, e: OSError) -> CheckpointError:
 def _atomic(path: str, write, mode: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
+    lease.check_write(path)  # a run whose folder was taken over writes nothing more
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
@@ -96,6 +98,7 @@ def _atomic(path: str, write, mode: str) -> None:
             f.flush()
             os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
+        lease.check_write(path, leftover=tmp)
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
@@ -138,6 +141,7 @@ def append_jsonl(path: str, row: dict) -> None:
     """Append one JSON line and fsync it. A torn last line (a crash mid-write) is skipped by `read_jsonl`, and
     the next row starts on a line of its own rather than being glued to the torn one."""
     line = json.dumps(row, sort_keys=True, default=to_json) + "\n"
+    lease.check_write(path)
     try:
         with open(path, "a+b") as f:
             if f.seek(0, os.SEEK_END) > 0:

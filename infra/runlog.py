@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
+from infra import lease
 from infra.checkpoint import LOG
 
 T = TypeVar("T")
@@ -34,6 +35,7 @@ def setup_log(save_dir: str | None, is_main: bool) -> logging.Logger:
     if save_dir and is_main:
         os.makedirs(save_dir, exist_ok=True)
         fh = logging.FileHandler(os.path.join(save_dir, LOG))
+        fh.addFilter(lambda record: lease.check_write(fh.baseFilename) or True)  # nothing more once taken over
         fh.setFormatter(fmt)
         log.addHandler(fh)
     return log

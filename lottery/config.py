@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import dataset
 import models
 from attacks import LOSSES, AttackConfig, AttackFlags
 from infra.errors import ConfigError
@@ -22,6 +23,12 @@ class IMPConfig(RunSettings):
     data: str = flag("data", REQUIRED, "dataset folder: DIR/train/<class>/*, DIR/val/<class>/*", group=GENERAL,
                      metavar="DIR", result=False)
     init: str | None = flag("--init", None, "pre-trained weights (loaded strictly)", group=GENERAL, metavar="PATH")
+    data_number: float = flag("--data_number", 1.0, "data diet: find tickets on this fraction of the training images "
+                              "(0, 1], a seeded class-balanced draw unless --subset first; its indices go to "
+                              "SAVE_DIR/train_indices.json", group=GENERAL, type=float, metavar="F")
+    subset: str = flag("--subset", "balanced", "how --data_number draws: balanced (seeded, every class alike) or the "
+                       "first images of the split (ImageFolder orders them by class)", group=GENERAL,
+                       choices=dataset.SUBSETS)
     arch: str = flag("-a --arch", "resnet50", "model architecture", group=GENERAL, choices=list(models.ARCHS))
     epochs: int = flag("--epochs", 570, "epochs in all (levels * --prune_epoch); a larger value continues a "
                        "finished run with more levels", group=TRAINING, type=int, result=False)
@@ -52,6 +59,12 @@ class IMPConfig(RunSettings):
                                       metavar="S")
     omp_level: int | None = flag("--omp-level", None, "one-shot (OMP) to the sparsity of level K, 1-(1-rate)^K, "
                                  "written as K-ticket.pth.tar", group=PRUNING, type=int, metavar="K")
+    early_bird: float | None = flag("--early-bird", None, "early-bird levels: stop a level's training once the mask "
+                                    "it would prune to stays within normalised Hamming distance D of the newest "
+                                    "for --early-bird-window epochs (e.g. 0.02)", group=PRUNING, type=float,
+                                    metavar="D")
+    early_bird_window: int = flag("--early-bird-window", 3, "epochs of masks compared by --early-bird (>= 2)",
+                                  group=PRUNING, type=int, metavar="W")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,6 +88,13 @@ class IMPConfig(RunSettings):
              f"--omp-sparsity must be a fraction in (0, 1), got {self.omp_sparsity}"),
             (self.omp_sparsity is None or not (self.evaluate or self.resume),
              "--omp-sparsity/--omp-level prune once without training: drop -e/--resume"),
+            (0 < self.data_number <= 1, f"--data_number must be a fraction in (0, 1], got {self.data_number}"),
+            (self.early_bird is None or 0 < self.early_bird < 1,
+             f"--early-bird must be a distance in (0, 1), e.g. 0.02, got {self.early_bird}"),
+            (self.early_bird_window >= 2, f"--early-bird-window must be at least 2, got {self.early_bird_window}"),
+            (self.early_bird is None or (self.prune_method == "magnitude" and self.omp_sparsity is None),
+             "--early-bird watches the magnitude masks of trained levels: drop it with --prune-method random "
+             "or --omp-sparsity/--omp-level"),
         ]
         for ok, message in checks:
             if not ok:
@@ -86,8 +106,12 @@ class IMPConfig(RunSettings):
 
     @property
     def source(self) -> str:
-        """How the tickets are made (the ticket meta's `source`, which report.py groups by)."""
+        """How the tickets are made, the ticket family (the ticket meta's `source`, which report.py groups by):
+        imp, aimp, omp; -eb for early-bird levels, -diet<F> on a fraction F of the data, -random for random
+        pruning."""
         name = "omp" if self.omp_sparsity is not None else "aimp" if self.attack is not None else "imp"
+        name += "-eb" if self.early_bird is not None else ""
+        name += f"-diet{self.data_number:g}" if self.data_number < 1 else ""
         return name if self.prune_method == "magnitude" else f"{name}-random"
 
 

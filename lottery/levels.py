@@ -16,6 +16,8 @@ from infra import checkpoint as files
 import dataset
 from infra import distributed
 from training import engine
+from training import ledger
+from training.board import Board
 from infra import hardware
 import models
 from training import optimizer as optimizer_lib
@@ -27,6 +29,7 @@ from attacks import build_attack
 from infra.distributed import DistEnv
 from infra.runlog import LOGGER
 from lottery.config import IMPConfig, config_dict
+from lottery.early_bird import Watch
 from lottery.state import Position, checkpoint_dict, find_resume, level_of, restore
 from pruning_utils import Mask
 
@@ -71,21 +74,35 @@ def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, 
     digest = _agree(new, env, f"level {level}")
     pruning_utils.rewind(net, init_state, new)
     if env.is_main:
-        write_level_files(cfg, level, new, digest)
+        write_level_files(cfg, level, new, digest, pruning_utils.weights_digest(init_state, new))
     log.info(f"level {level}: sparsity {100 * pruning_utils.sparsity(new):.2f}% of the conv weights "
              f"({cfg.source}), survivors rewound to the init")
     return new
 
 
-def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str) -> None:
-    """`<level>-ticket.pth.tar` (masks + level, sparsity, source init, config) and `<level>-sparsity.json`."""
+def level_costs(save_dir: str, level: int) -> tuple[dict, dict]:
+    """(the cost of every level before `level`, the cost of level `level - 1` alone, with its `epochs` trained):
+    the ledger of ticket `level` from the metrics.jsonl rows of the epochs that made it."""
+    rows = [r for r in files.read_jsonl(os.path.join(save_dir, files.METRICS))
+            if isinstance(r, dict) and isinstance(r.get("cost"), dict) and isinstance(r.get("level"), int)]
+    last = [r for r in rows if r["level"] == level - 1]
+    return (ledger.total([r["cost"] for r in rows if r["level"] < level]),
+            {**ledger.total([r["cost"] for r in last]), "epochs": len(last)})
+
+
+def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_digest: str) -> None:
+    """`<level>-ticket.pth.tar` (masks + level, sparsity, family (`source`), the init and the digest of its
+    weights, config, the cumulative cost of the levels that made it) and `<level>-sparsity.json` (the same cost,
+    and the last level's own)."""
     s, layers = pruning_utils.sparsity(mask), pruning_utils.layer_sparsity(mask)
+    cost, last = level_costs(cfg.save_dir, level)
     meta = {"level": level, "sparsity": s, "source": cfg.source, "init": cfg.init, "arch": cfg.arch,
-            "mask_digest": digest, "config": config_dict(cfg)}
+            "mask_digest": digest, "init_digest": init_digest, "config": config_dict(cfg), "cost": cost}
     pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
     files.atomic_write_json(files.imp_sparsity(cfg.save_dir, level), {
         "level": level, "sparsity": s, "source": cfg.source, "mask_digest": digest, "layers": layers,
-        "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values())})
+        "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values()),
+        "cost": cost, "level_cost": last})
 
 
 # ---------------------------------------------------------------------------- data and model
@@ -131,10 +148,12 @@ def worker(env: DistEnv, cfg: IMPConfig) -> None:
 def _run(env: DistEnv, cfg: IMPConfig) -> None:
     log.info(f"process layout: {env.describe()}" + ("" if hardware.cuda_usable() else " (no GPU in use)"))
     reproducibility.seed_all(cfg.seed)
-    splits = dataset.build_datasets("imagenet", cfg.data, dataset.DataFraction(seed=cfg.seed),
+    splits = dataset.build_datasets("imagenet", cfg.data, dataset.DataFraction(cfg.data_number, cfg.subset, cfg.seed),
                                     image_size=cfg.image_size, resize_size=cfg.resize_size)
-    log.info(f"data {cfg.data}: {len(splits.train)} train / {len(splits.val)} val images, "
-             f"{splits.num_classes} classes")
+    log.info(f"data {cfg.data}: {len(splits.train)} train" + (f" ({cfg.data_number:g} of the split, {cfg.subset})"
+             if cfg.data_number < 1 else "") + f" / {len(splits.val)} val images, {splits.num_classes} classes")
+    if env.is_main and cfg.data_number < 1:  # the data diet's images, as transfer records its fraction's
+        dataset.write_indices(os.path.join(cfg.save_dir, files.INDICES), splits.train_indices)
     net, init_state = _build_model(cfg, splits.num_classes, env)
     cl = cfg.channels_last if cfg.channels_last is not None else env.device.type == "cuda"
     if cl:
@@ -158,13 +177,18 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     model = runner.wrap(net, env, compile=cfg.compile)
     optimizer = _sgd(model, cfg, at.optimizer, path or "")
     scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if at.optimizer is not None else None)
+    board = Board(cfg.save_dir, files.read_jsonl(os.path.join(cfg.save_dir, files.METRICS)), at.done) \
+        if cfg.tensorboard and env.is_main else None
     levels = Levels(cfg, net, model, train_loader, val_loader,
-                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress), scaler)
+                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress, ledger.FlopTable(net)), scaler,
+                    board)
     while at.level <= cfg.levels:
-        for epoch in range(at.done, at.level * cfg.prune_epoch):
-            levels.epoch(epoch, at, optimizer)
+        while at.done < at.level * cfg.prune_epoch:  # an early-bird level that stops counts all its epochs done
+            levels.epoch(at.done, at, optimizer)
         at.mask = begin_level(net, at.init_state, at.mask, at.level + 1, cfg, env)
-        at.level, at.best, optimizer = at.level + 1, None, _sgd(model, cfg)
+        at.level, at.best, optimizer, at.watch = at.level + 1, None, _sgd(model, cfg), new_watch(cfg)
+    if board is not None:
+        board.close()
     log.info(f"IMP done: {cfg.levels} levels trained; tickets 1..{cfg.levels + 1} in {cfg.save_dir}")
 
 
@@ -179,6 +203,7 @@ class Levels:
     val_loader: DataLoader
     train: engine.Step
     scaler: torch.amp.GradScaler | None
+    board: Board | None = None  # --tensorboard (rank 0)
 
     def epoch(self, epoch: int, at: Position, optimizer: torch.optim.Optimizer) -> None:
         """Train and validate one epoch of level `at.level`, then (rank 0) its metrics row, best and checkpoint
@@ -198,14 +223,33 @@ class Levels:
                                  sparsity=pruning_utils.sparsity(at.mask), train_top5=tr["top5"],
                                  val_loss=va["loss"], val_sa=va["top1"], val_ra=None, val_sa_top5=va["top5"],
                                  best_val_sa=at.best, time=time.time() - start)
+        row["cost"] = ledger.epoch_cost(tr, [va], row["time"], device=env.device, devices=env.world_size, amp=cfg.amp)
+        if at.watch is not None:
+            row["mask_distance"], row["early_bird_stop"] = self.early_bird(at)
         if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
             files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
             state = checkpoint_dict(self.net, at, optimizer, self.scaler, cfg)
             if is_best:
                 files.atomic_save(state, files.imp_best(cfg.save_dir, at.level))
             files.atomic_save(state, files.imp_checkpoint(cfg.save_dir, at.level))
+            if self.board is not None:
+                self.board.add(row)
         log.info(f"level {at.level} epoch {at.done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
                  f"val top1 {va['top1']:.2f} top5 {va['top5']:.2f} (best {at.best:.2f}) | {row['time']:.0f}s")
+
+    def early_bird(self, at: Position) -> tuple[float | None, bool]:
+        """--early-bird after an epoch: the mask the level would prune to now joins the window; when the level
+        stops (rank 0 decides, every rank follows), all its epochs count as done. Returns (the distance to the
+        previous epoch's mask, whether the level stops)."""
+        cfg, env = self.cfg, self.train.env
+        previous, stop = at.watch.observe(prune(self.net, at.mask, cfg.rate, cfg, at.level), at.mask)
+        stop = bool(distributed.broadcast_(torch.tensor(int(stop), device=env.device), env).item())
+        if stop:
+            trained = at.done - (at.level - 1) * cfg.prune_epoch
+            at.done = at.level * cfg.prune_epoch
+            log.info(f"level {at.level}: early-bird ticket after {trained} of {cfg.prune_epoch} epochs (the last "
+                     f"{cfg.early_bird_window} masks within {cfg.early_bird:g} of each other): pruning now")
+        return previous, stop
 
 
 def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: str | None,
@@ -214,16 +258,26 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: s
     moves on to the next one, pruned from its trained weights), with the checkpoint's optimizer state and best
     val SA when the level goes on."""
     if obj is None:
-        return Position(begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env), init_state, 1)
+        return Position(begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env), init_state, 1,
+                        watch=new_watch(cfg))
     level, done = level_of(obj, path, cfg)
     mask, init_state = restore(net, obj, path, init_state)
     log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
     if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
-        write_level_files(cfg, level, mask, mask_digest(mask))
+        write_level_files(cfg, level, mask, mask_digest(mask), pruning_utils.weights_digest(init_state, mask))
     if done == level * cfg.prune_epoch:
-        return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done)
-    best = obj.get("best_acc1")
-    return Position(mask, init_state, level, done, None if best is None else float(best), obj.get("optimizer"))
+        return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done,
+                        watch=new_watch(cfg))
+    best, watch = obj.get("best_acc1"), new_watch(cfg)
+    if watch is not None:
+        watch.load(obj.get("early_bird") or [], env.device, path)
+    return Position(mask, init_state, level, done, None if best is None else float(best), obj.get("optimizer"),
+                    watch)
+
+
+def new_watch(cfg: IMPConfig) -> Watch | None:
+    """A level's empty early-bird window (None without --early-bird)."""
+    return None if cfg.early_bird is None else Watch(cfg.early_bird, cfg.early_bird_window)
 
 
 def _evaluate_only(env: DistEnv, cfg: IMPConfig, net, val_loader, mask: Mask | None, source: str | None,

@@ -16,20 +16,23 @@ from training import weights
 from infra.distributed import DistEnv
 from infra.errors import CheckpointError, ConfigError
 from lottery.config import IMPConfig, config_dict
+from lottery.early_bird import Watch
 from pruning_utils import Mask
 
 
 @dataclass
 class Position:
     """Where a ticket-finding run stands: the level being trained and its mask, the rewind point (`init_state`),
-    epochs done over all levels, the level's best val SA so far, and the optimizer state to continue from (None:
-    a fresh optimizer)."""
+    epochs done over all levels (an early-bird level that stopped counts all of its --prune_epoch epochs done),
+    the level's best val SA so far, the optimizer state to continue from (None: a fresh optimizer) and, with
+    --early-bird, the level's window of candidate masks."""
     mask: Mask
     init_state: dict
     level: int
     done: int = 0
     best: float | None = None
     optimizer: dict | None = None
+    watch: Watch | None = None  # --early-bird: the level's window of candidate masks
 
 
 def clear_outputs(save_dir: str) -> list[str]:
@@ -133,4 +136,6 @@ def checkpoint_dict(net, at: Position, optimizer, scaler, cfg: IMPConfig) -> dic
            "sparsity": pruning_utils.sparsity(at.mask), "config": config_dict(cfg)}
     if scaler is not None:
         out["scaler"] = scaler.state_dict()
+    if at.watch is not None:
+        out["early_bird"] = at.watch.state_dict()
     return out

@@ -4,9 +4,11 @@ adversarial transfer. It reads results.json files through reporting.runs, never 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from reporting.runs import WATCH, Options, Problem, Run, column_name, match_columns, scan
+
+from reporting.runs import (WATCH, Options, Overlap, Problem, Run, column_name, match_columns, read_overlap,
+                            scan)
 
 SLACK = 1e-9  # float slack: a ticket exactly on the threshold matches
 
@@ -35,6 +37,8 @@ class Row:
     cells: dict             # (mode, metric) -> Cell
     match: dict             # (mode, metric) -> bool | None, for the four matching columns (empty when dense)
     failures: tuple[str, ...]  # why the row is not double-win
+    ticket_hours: float | None = None  # device-hours that found the row's ticket (None: dense, or not recorded)
+    transfer_hours: float = 0.0        # device-hours of the row's transfer runs
 
     @property
     def dense(self) -> bool:
@@ -75,6 +79,7 @@ class Report:
     groups: tuple[Group, ...]
     problems: tuple[Problem, ...]
     runs_read: int
+    overlap: Overlap = Overlap(None, ())  # mask IoU between ticket families (tickets.py overlap ROOT)
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -101,6 +106,13 @@ def _judge(sparsity: float, source: str, cells: dict, dense: dict, margins: dict
     return Row(sparsity, source, cells, match, tuple(failures))
 
 
+def _costed(row: Row, spent: list[tuple[float | None, float | None]]) -> Row:
+    """The row with its ticket's finding cost (the largest its runs record) and its transfer runs' cost."""
+    found = [t for t, _ in spent if t is not None]
+    return replace(row, ticket_hours=max(found) if found else None,
+                   transfer_hours=sum(h for _, h in spent if h is not None))
+
+
 def analyse(runs: list[Run], opts: Options) -> list[Group]:
     """Group runs by (init, dataset, data_number, *group_by); one row per (sparsity, source), dense first."""
     by_group: dict[tuple, list[Run]] = {}
@@ -110,7 +122,9 @@ def analyse(runs: list[Run], opts: Options) -> list[Group]:
     for key in sorted(by_group):
         members = by_group[key]
         values: dict[tuple, dict] = {}
+        spent: dict[tuple, list] = {}
         for r in members:
+            spent.setdefault((r.sparsity, r.source), []).append((r.ticket_hours, r.run_hours))
             row = values.setdefault((r.sparsity, r.source), {})
             for metric, v in r.values.items():
                 if v is not None:
@@ -118,7 +132,8 @@ def analyse(runs: list[Run], opts: Options) -> list[Group]:
         cells = {rk: {c: Cell(tuple(v)) for c, v in row.items()} for rk, row in values.items()}
         dense = cells.get((0.0, "dense"), {})
         margins = {c: _margin(dense.get(c), opts.tolerance) for c in match_columns(opts)}
-        rows = tuple(_judge(sp, src, cells[(sp, src)], dense, margins, opts) for sp, src in sorted(cells))
+        rows = tuple(_costed(_judge(sp, src, cells[(sp, src)], dense, margins, opts), spent[(sp, src)])
+                     for sp, src in sorted(cells))
         notes = [f"runs differ in {k} ({', '.join(sorted({r.settings[k] for r in members}))}); "
                  f"split them with --group-by {k}" for k in WATCH if len({r.settings[k] for r in members}) > 1]
         if not dense:
@@ -129,4 +144,4 @@ def analyse(runs: list[Run], opts: Options) -> list[Group]:
 
 def collect(root: str, opts: Options) -> Report:
     runs, problems = scan(root, opts)
-    return Report(root, opts, tuple(analyse(runs, opts)), tuple(problems), len(runs))
+    return Report(root, opts, tuple(analyse(runs, opts)), tuple(problems), len(runs), read_overlap(root))

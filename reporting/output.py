@@ -28,6 +28,8 @@ def write_report(report: Report, out: str, *, plots: bool = True) -> list[str]:
         jobs = [(g.key, _slug(*g.key), report_plots.plot_group, g) for g in report.groups]
         jobs += [(("overview", *k), _slug("overview", *k), report_plots.plot_overview, gs)
                  for k, gs in sorted(by_data.items()) if len(gs) > 1]
+        if report_plots.plot_costs(list(report.groups), report.overlap, os.path.join(out, "cost.png")):
+            figures[("cost",)] = "cost.png"
         for key, stem, plot, what in jobs:
             name, i = stem + ".png", 1
             while name in taken:  # two labels that slug alike

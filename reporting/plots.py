@@ -12,6 +12,7 @@ from reporting.runs import LABELS, REGIMES, Options, match_columns, pairing
 
 if TYPE_CHECKING:
     from reporting.analysis import Group
+    from reporting.runs import Overlap
 
 COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:cyan")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -114,3 +115,30 @@ def plot_overview(groups: list[Group], opts: Options, path: str) -> None:
     g0 = groups[0]
     fig.suptitle(f"{g0.key[1]}, data_number {g0.key[2]:g}; {pairing(opts, short=True)}", fontsize=9)
     _save(fig, path)
+
+
+def plot_costs(groups: list[Group], overlap: Overlap, path: str) -> bool:
+    """Highest double-win sparsity against the device-hours measured finding each family's tickets (log x):
+    a point per (group x ticket family), a colour per group, open where no ticket of the family is double-win
+    (drawn at 0). Returns False (nothing drawn) where no ticket records its cost."""
+    from reporting.costs import family_costs
+    points = [(k, c) for k, g in enumerate(groups) for c in family_costs(g, overlap) if c.find_hours]
+    if not points:
+        return False
+    fig, axes = _figure(1, 1, (7.5, 4.8))
+    ax = axes[0][0]
+    for k, g in enumerate(groups):
+        ax.scatter([], [], color=COLORS[k % len(COLORS)], label=g.title)
+    for k, c in points:
+        color = COLORS[k % len(COLORS)]
+        y = 100 * c.highest if c.highest is not None else 0.0
+        ax.scatter([c.find_hours], [y], s=40, color=color if c.highest is not None else "none", edgecolors=color,
+                   marker=MARKERS[k % len(MARKERS)], zorder=3)
+        ax.annotate(c.family, (c.find_hours, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set(title="double-win sparsity against what finding the tickets cost", ylabel="highest double-win sparsity (%)",
+           xlabel="device-hours measured finding the family's tickets (log)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    _save(fig, path)
+    return True

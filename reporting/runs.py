@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass
 
 from infra import checkpoint
@@ -50,6 +51,8 @@ class Run:
     seed: object
     values: dict           # metric -> accuracy in percent, or None
     settings: dict         # WATCH key -> JSON text of its value
+    ticket_hours: float | None = None  # device-hours that found its ticket (the ticket's cumulative cost)
+    run_hours: float | None = None     # device-hours of this transfer run (its results.json cost)
 
 
 def match_columns(opts: Options) -> list[tuple[str, str]]:
@@ -145,8 +148,13 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
     settings = {k: json.dumps(_dotted(data, k), sort_keys=True) for k in WATCH}
     seed = data.get("seed") if isinstance(data.get("seed"), (int, str)) else None  # None: cannot spot duplicates
     run = Run(rel, (init_label(data), data["dataset"], data_number, *extra), mode, sparsity, source, seed, values,
-              settings)
+              settings, hours(meta.get("cost")), hours(data.get("cost")))
     return run, problems
+
+
+def hours(cost) -> float | None:
+    """Device-hours of a cost ledger (training.ledger's), None where the file has none."""
+    return _number(cost.get("device_hours"), 0) if isinstance(cost, dict) else None
 
 
 def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
@@ -179,3 +187,28 @@ def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
     return runs, problems
 
 
+# ---------------------------------------------------------------------------- ticket overlap
+OVERLAP = "ticket_overlap.json"  # in ROOT, written by tickets.py overlap
+SPARSITY_SLACK = 5e-4  # two families' tickets of one level differ in the 4th decimal (per-level rounding)
+
+
+@dataclass(frozen=True)
+class Overlap:
+    reference: str | None
+    pairs: tuple[dict, ...]      # {"init", "family", "sparsity", "iou", "iou_random", ...}
+
+    def iou(self, init: str, family: str, sparsities: list[float]) -> tuple[float | None, int]:
+        found = [p["iou"] for p in self.pairs if p["init"] == init and p["family"] == family
+                 and any(abs(p["sparsity"] - s) <= SPARSITY_SLACK for s in sparsities)]
+        return (statistics.fmean(found), len(found)) if found else (None, 0)
+
+
+def read_overlap(root: str) -> Overlap:
+    """ROOT/ticket_overlap.json, or an empty Overlap where it is missing or unreadable (the IoU column is empty)."""
+    try:
+        with open(os.path.join(root, OVERLAP)) as f:
+            data = json.load(f)
+        pairs = tuple(p for p in data["pairs"] if isinstance(p, dict) and isinstance(p.get("iou"), (int, float)))
+        return Overlap(data.get("reference"), pairs)
+    except (OSError, ValueError, KeyError, TypeError):
+        return Overlap(None, ())

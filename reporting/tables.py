@@ -8,6 +8,7 @@ import csv
 import io
 from typing import TYPE_CHECKING
 
+from reporting import costs
 from reporting.runs import METRICS, REGIMES, Options, column_name, match_columns, pairing
 
 if TYPE_CHECKING:
@@ -81,7 +82,9 @@ def render_text(report: Report) -> str:
     for g in report.groups:
         out += ["", f"== {g.title} ({g.runs} runs; {pairing(report.opts, short=True)})", margin_line(g),
                 *_fixed(*table(g, report.opts)),
-                f"highest double-win sparsity: {headline(g)}", *(f"note: {n}" for n in g.notes)]
+                f"highest double-win sparsity: {headline(g)}", *(f"note: {n}" for n in g.notes),
+                "ticket families, the verdict against what it cost (device-hours measured):",
+                *("  " + line for line in _fixed(*costs.cost_table(g, report.overlap)))]
     out += ["", f"runs with problems ({len(report.problems)}):" if report.problems else "runs with problems: none"]
     out += [f"  {p.path}: {p.reason}" for p in report.problems]
     return "\n".join(out) + "\n"
@@ -99,12 +102,17 @@ def render_markdown(report: Report, figures: dict[tuple, str]) -> str:
            _md_row(["---"] * (4 + len(report.opts.group_by)))]
     out += [_md_row([g.key[0], g.key[1], f"{g.key[2]:g}", *g.key[3:], headline(g)]) for g in report.groups]
     out += [f"\n![{k[1]} data_number {k[2]:g}]({name})" for k, name in sorted(figures.items()) if k[0] == "overview"]
+    out += [f"\n![double-win sparsity against the cost of finding the tickets]({figures[('cost',)]})"] \
+        if ("cost",) in figures else []
     for g in report.groups:
         header, rows = table(g, report.opts)
         out += ["", f"## {g.title}", "", f"{g.runs} runs; test numbers: {pairing(report.opts)}; {margin_line(g)}",
                 "", _md_row(header),
                 _md_row(["---"] * len(header)), *map(_md_row, rows), "",
                 f"Highest double-win sparsity: **{headline(g)}**", *(f"\n> note: {n}" for n in g.notes)]
+        header, rows = costs.cost_table(g, report.overlap)
+        out += ["", "Ticket families, the verdict against what it cost (device-hours measured):", "",
+                _md_row(header), _md_row(["---"] * len(header)), *map(_md_row, rows)]
         if g.key in figures:
             out += ["", f"![{g.title}]({figures[g.key]})"]
     out += ["", "## Runs with problems", ""]
@@ -120,7 +128,8 @@ def render_csv(report: Report) -> str:
     """One line per group x (sparsity, source): every cell's mean/std/n/match (1/0, empty when not judged)."""
     metric_cols = [f"{m}_{k}_{f}" for m, k in ALL_COLUMNS for f in ("mean", "std", "n", "match")]
     header = ["init", "dataset", "data_number", *report.opts.group_by, "source", "sparsity", "remaining",
-              *metric_cols, "double_win", "status", "checkpoint", "ra", "tolerance"]
+              *metric_cols, "double_win", "status", "ticket_device_hours", "transfer_device_hours", "checkpoint",
+              "ra", "tolerance"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -132,8 +141,8 @@ def render_csv(report: Report) -> str:
                 cells += [_num(cell.mean), _num(cell.std), cell.n] if cell else ["", "", 0]
                 cells.append("" if match is None else int(match))
             w.writerow([g.key[0], g.key[1], f"{g.key[2]:g}", *g.key[3:], r.source, f"{r.sparsity:.4f}",
-                        f"{1 - r.sparsity:.4f}", *cells, int(r.double_win), r.status, report.opts.checkpoint,
-                        report.opts.ra, report.opts.tolerance])
+                        f"{1 - r.sparsity:.4f}", *cells, int(r.double_win), r.status, _num(r.ticket_hours),
+                        _num(r.transfer_hours), report.opts.checkpoint, report.opts.ra, report.opts.tolerance])
     return buf.getvalue()
 
 
@@ -141,7 +150,7 @@ def _row_json(r: Row) -> dict:
     cells = {column_name(c): {"mean": cell.mean, "std": cell.std, "n": cell.n, "values": list(cell.values),
                               "match": r.match.get(c)} for c, cell in sorted(r.cells.items())}
     return {"sparsity": r.sparsity, "source": r.source, "double_win": r.double_win, "status": r.status,
-            "cells": cells}
+            "cells": cells, "ticket_device_hours": r.ticket_hours, "transfer_device_hours": r.transfer_hours}
 
 
 def summary(report: Report) -> dict:
@@ -155,8 +164,9 @@ def summary(report: Report) -> dict:
             "runs": g.runs, "highest_double_win": {"sparsity": top.sparsity, "source": top.source} if top else None,
             "highest_double_win_by_source": best, "notes": list(g.notes),
             "margins": {column_name(c): {"value": m, "rule": why} for c, (m, why) in g.margins.items()},
-            "rows": [_row_json(r) for r in g.rows]})
+            "rows": [_row_json(r) for r in g.rows], "families": costs.costs_json(g, report.overlap)})
     o = report.opts
     return {"root": report.root, "checkpoint": o.checkpoint, "ra": o.ra, "tolerance": o.tolerance,
+            "overlap_reference": report.overlap.reference,
             "group_by": list(o.group_by), "runs_read": report.runs_read,
             "problems": [{"path": p.path, "reason": p.reason} for p in report.problems], "groups": groups}

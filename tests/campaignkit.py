@@ -11,6 +11,7 @@ import torch
 
 from datafiles import fabricate
 import models
+import recipes
 import pruning_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +19,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, PYTHONHASHSEE
 TINY = ["--arch", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "--epochs", "1",
         "--batch_size", "8", "--lr", "0.05", "-j", "0", "--train_step", "2", "--test_step", "2", "--eval_from", "0",
         "--no-progress", "--no-channels-last", "--deterministic"]
-VOLATILE = ("wall_time_s",)  # keys of results.json that differ between two identical runs
 
 
 def make_inputs(d: str) -> dict[str, str]:
@@ -74,11 +74,11 @@ def sweep(*args: str, timeout: float = 600, check: bool = False) -> subprocess.C
 
 
 def results(root: str) -> dict[str, dict]:
-    """results.json of every run under root, by run id, less the keys that differ between identical runs."""
+    """results.json of every run under root, by run id, less the timings (which differ between identical runs)."""
     out = {}
     for folder, _, files in os.walk(root):
         if "results.json" in files:
             with open(os.path.join(folder, "results.json")) as f:
                 data = json.load(f)
-            out[os.path.relpath(folder, root)] = {k: v for k, v in data.items() if k not in VOLATILE}
+            out[os.path.relpath(folder, root)] = recipes.untimed(data)
     return out

@@ -13,7 +13,8 @@ from torch import nn
 from infra import checkpoint
 import models
 import pruning_utils
-from infra.checkpoint import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
+from infra.checkpoint import (CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file,
+                              read_jsonl)
 
 
 # ---------------------------------------------------------------------------- ticket finding
@@ -21,8 +22,25 @@ TINY = ["-a", "resnet_tiny", "--small-input", "--image-size", "32", "--resize-si
         "--no-progress"]
 
 
-# the metrics.jsonl keys both stages write in every row (training.runner.metrics_row)
-ROW_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_sa", "val_ra", "time"}
+# the metrics.jsonl keys both stages write in every row (training.runner.metrics_row, and the ledger's cost)
+ROW_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_sa", "val_ra", "time", "cost"}
+# timings, in results.json, metrics rows and their cost ledgers: every other value must reproduce exactly
+TIMED = {"time", "wall_time_s", "wall_s", "device_s", "device_hours"}
+
+
+def untimed(value):
+    """`value` (a results.json, a metrics row, a list of them) without its timings, at any depth."""
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items() if k not in TIMED}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+def run_untimed(save_dir) -> tuple[dict, list[dict]]:
+    """results.json and the metrics rows of a transfer run without their timings (all else must reproduce)."""
+    res = json.load(open(os.path.join(save_dir, RESULTS)))
+    return untimed(res), untimed(read_jsonl(os.path.join(save_dir, METRICS)))
 
 
 def imp_argv(data: str, init: str, save_dir: str, *extra: str) -> list[str]:

@@ -41,6 +41,7 @@ import report  # noqa: E402
 from training import runner  # noqa: E402
 from transfer import config as transfer_config  # noqa: E402
 from transfer import run as transfer_run  # noqa: E402
+from recipes import run_untimed  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "FAULTS.md")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny runs: a second intra-op thread only adds contention
@@ -362,7 +363,7 @@ def snapshot(folder: str) -> dict[str, bytes | dict]:
     if not os.path.isdir(folder):
         return {}
     out: dict[str, bytes | dict] = {}
-    for name in sorted(set(os.listdir(folder)) - {checkpoint.LOG, checkpoint.LOCK}):
+    for name in sorted(set(os.listdir(folder)) - {checkpoint.LOG, checkpoint.LEASE}):
         out[name] = open(os.path.join(folder, name), "rb").read()
         if name == checkpoint.CONFIG:
             try:
@@ -401,14 +402,6 @@ INJECT = {"nan": _inject_nan, "disk-full": _inject_disk_full}
 
 
 # ---------------------------------------------------------------------------- checks after a case
-def untimed(save: str) -> tuple[dict, list[dict]]:
-    """results.json and the metrics rows of a transfer run without their timings (all else must reproduce)."""
-    res = json.load(open(os.path.join(save, checkpoint.RESULTS)))
-    rows = checkpoint.read_jsonl(os.path.join(save, checkpoint.METRICS))
-    return ({k: v for k, v in res.items() if k != "wall_time_s"},
-            [{k: v for k, v in r.items() if k != "time"} for r in rows])
-
-
 def _check_nan(save: str, **_) -> None:
     ck = checkpoint.load_file(os.path.join(save, checkpoint.CHECKPOINT))
     assert ck["epoch"] == 1 and all(bool(torch.isfinite(v).all()) for v in ck["state_dict"].values()
@@ -421,7 +414,7 @@ def _check_disk_full(save: str, argv: list[str], finished: dict[str, str], capsy
     assert checkpoint.load_file(os.path.join(save, checkpoint.CHECKPOINT))["epoch"] == 1
     assert not [n for n in os.listdir(save) if n.endswith(".tmp")]
     assert run_in_process(T, argv, capsys)[0] == 0  # space freed: the same command again
-    (res_a, rows_a), (res_b, rows_b) = untimed(finished[T]), untimed(save)
+    (res_a, rows_a), (res_b, rows_b) = run_untimed(finished[T]), run_untimed(save)
     assert res_a == res_b and rows_a == rows_b and len(rows_a) == 2
 
 
@@ -510,7 +503,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     assert reference.wait(timeout=120) == 0, reference.stderr.read()[-3000:]
     assert f"resuming from {first}: {done} of 5 epochs done" in open(os.path.join(killed, checkpoint.LOG)).read()
-    (res_a, rows_a), (res_b, rows_b) = untimed(whole), untimed(killed)
+    (res_a, rows_a), (res_b, rows_b) = run_untimed(whole), run_untimed(killed)
     assert rows_a == rows_b and len(rows_a) == 5
     assert res_a == res_b
     a, b = (checkpoint.load_file(os.path.join(d, checkpoint.CHECKPOINT)) for d in (whole, killed))

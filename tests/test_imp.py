@@ -149,6 +149,15 @@ def test_run_leaves_the_original_files_and_ours(tiny, run):
         meta = pruning_utils.load_ticket(checkpoint.imp_ticket(run, level))[1]
         assert (meta["level"], meta["init"], meta["source"]) == (level, tiny[1], "imp")
         assert meta["config"]["rate"] == RATE and meta["mask_digest"] == imp_levels.mask_digest(ticket(run, level))
+        # the ticket's cost: every epoch of the levels before it (ticket 1 is pruned from the init: nothing)
+        made = [r["cost"] for r in rows if r["level"] < level]
+        assert meta["cost"]["train_images"] == sum(c["train_images"] for c in made) == 12 * (level - 1)
+        assert meta["cost"]["flop"] == sum(c["flop"] for c in made) and (level == 1) == (meta["cost"]["flop"] == 0)
+        record = json.load(open(checkpoint.imp_sparsity(run, level)))
+        assert record["cost"] == meta["cost"] and record["level_cost"]["train_images"] == 12 * (level > 1)
+    for c in (r["cost"] for r in rows):  # clean IMP: one forward per image, one backward per training image
+        assert c["eval_images"] > 0 and c["forward_passes"] == c["train_images"] + c["eval_images"]
+        assert c["backward_passes"] == c["train_images"] == 12 and c["precision"] == "fp32" and c["devices"] == 1
     assert os.path.getsize(checkpoint.imp_ticket(run, 1)) < os.path.getsize(checkpoint.imp_checkpoint(run, 1)) / 3
     assert not os.path.exists(checkpoint.imp_checkpoint(run, 4))
     config = json.load(open(os.path.join(run, checkpoint.CONFIG)))
@@ -237,7 +246,7 @@ def test_one_shot_to_a_level_or_a_sparsity_without_training(tiny, tmp_path):
     assert same_masks(ticket(out, 3), torch_global_l1(state, None, 1 - 0.8 ** 3))
     assert pruning_utils.load_ticket(checkpoint.imp_ticket(out, 3))[1]["source"] == "omp"
     assert json.load(open(checkpoint.imp_sparsity(out, 3)))["sparsity"] == pytest.approx(1 - 0.8 ** 3, abs=1e-4)
-    assert sorted(os.listdir(out)) == [".lock", "3-sparsity.json", "3-ticket.pth.tar", "config.json", "log.txt"]
+    assert sorted(os.listdir(out)) == [".lease", "3-sparsity.json", "3-ticket.pth.tar", "config.json", "log.txt"]
     rand = str(tmp_path / "random")
     assert main_imp_std.main(imp_argv(data, init, rand, "--omp-sparsity", "0.5", "--prune-method", "random")) == 0
     mask = ticket(rand, 1)

@@ -15,7 +15,7 @@ import torch
 from infra import checkpoint
 from lottery import levels as imp_levels
 import pruning_utils
-from recipes import TINY, same_masks, ticket, tiny_model, write_init
+from recipes import TINY, same_masks, ticket, tiny_model, untimed, write_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,10 +81,9 @@ def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
     assert "resuming from" in open(os.path.join(killed, checkpoint.LOG)).read()
 
-    def untimed(save_dir):
-        return [{k: v for k, v in r.items() if k != "time"}
-                for r in checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS))]
-    assert untimed(killed) == untimed(whole) and len(untimed(whole)) == 4
+    def rows(save_dir):
+        return untimed(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))
+    assert rows(killed) == rows(whole) and len(rows(whole)) == 4
     for level in (1, 2, 3):
         assert same_masks(ticket(killed, level), ticket(whole, level))
     assert pruning_utils.load_ticket(checkpoint.imp_ticket(killed, 3))[1]["source"] == "aimp"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import models
 import pruning_utils
 from lottery import ticket_stats
 import tickets
+from infra import errors
 from infra.errors import run_cli
 from fakeweights import half_mask, original_imp, robustness, source, state_of
 
@@ -95,22 +97,44 @@ def test_inspect_reads_every_layout(tmp_path, capsys, layout):
     assert layer_rows == list(mask)
 
 
-def test_export_writes_a_mask_only_ticket(tmp_path, capsys):
+def test_export_writes_a_compact_mask_only_ticket(tmp_path, capsys):
     src = source()
     mask = half_mask(src)
     ckpt, out = str(tmp_path / "2-checkpoint.pth.tar"), str(tmp_path / "2-ticket.pth.tar")
     torch.save(original_imp(src, mask), ckpt)
     code, stdout, _ = _cli(["export", ckpt, out], capsys)
-    assert code == 0 and stdout.startswith(f"wrote {out}")
+    assert code == 0 and stdout.startswith(f"wrote {out}") and "packed" in stdout
     raw = torch.load(out, weights_only=True)
-    assert set(raw["state_dict"]) == {k + "_mask" for k in mask}  # masks only: no weights, no optimizer
+    assert set(raw["state_dict"]) == {k + "_mask" for k in mask} and raw["packed"] is True  # masks only
     assert "init" not in raw and "optimizer" not in raw
     got, meta = pruning_utils.load_ticket(out)
-    assert all(torch.equal(got[k], mask[k]) for k in mask)
-    assert meta["source"] == ckpt and meta["state_prune"] == 2
+    assert all(torch.equal(got[k], mask[k]) and got[k].dtype == torch.bool for k in mask)
+    assert meta["source"] == meta["exported_from"] == ckpt and meta["state_prune"] == 2 and "packed" not in meta
     assert meta["sparsity"] == pytest.approx(pruning_utils.sparsity(mask))
     code, _, err = _cli(["export", ckpt, ckpt], capsys)
     assert code == 2 and "input file itself" in err
+    plain = str(tmp_path / "plain.pth.tar")  # --unpacked: bool masks, the original's downstream script reads them
+    assert _cli(["export", out, plain, "--unpacked"], capsys)[0] == 0
+    raw = torch.load(plain, weights_only=True)
+    assert "packed" not in raw and all(torch.equal(raw["state_dict"][k + "_mask"], mask[k]) for k in mask)
+    assert pruning_utils.load_ticket(plain)[1]["source"] == ckpt  # a ticket's family (source) is kept
+
+
+def test_a_packed_resnet50_ticket_is_an_eighth_of_the_bool_one(tmp_path):
+    torch.manual_seed(0)
+    net = models.resnet50(1000)
+    mask = pruning_utils.magnitude_prune(net, pruning_utils.full_mask(net), 0.8)
+    bools, packed = str(tmp_path / "bool.pth.tar"), str(tmp_path / "packed.pth.tar")
+    pruning_utils.save_ticket(bools, mask, {"level": 8})
+    pruning_utils.save_ticket(packed, mask, {"level": 8}, packed=True)
+    assert os.path.getsize(packed) < 3.2 * 2 ** 20 < 20 * 2 ** 20 < os.path.getsize(bools)
+    got, meta = pruning_utils.load_ticket(packed)
+    assert meta["level"] == 8 and all(torch.equal(got[k], mask[k]) for k in mask)
+    obj = torch.load(packed, weights_only=True)
+    obj["state_dict"]["conv1.weight_mask"]["bits"] = obj["state_dict"]["conv1.weight_mask"]["bits"][:10]
+    torch.save(obj, packed)
+    with pytest.raises(errors.CheckpointError, match="packed ticket whose masks cannot be unpacked"):
+        pruning_utils.load_ticket(packed)
 
 
 def test_convert_output_loads_strictly_into_torchvision(tmp_path, capsys):

@@ -23,7 +23,7 @@ from infra.checkpoint import CHECKPOINT, INDICES, METRICS, RA_BEST, RESULTS, SA_
 from infra.distributed import DistEnv
 from training.engine import Step, evaluate
 from infra.errors import CheckpointError, ConfigError, run_cli
-from recipes import ROW_KEYS, argv, check_run
+from recipes import ROW_KEYS, argv, check_run, untimed
 
 def test_std_cifar10_ticket_files_zeros_and_test_numbers(tmp_path, cifar10_root, pretrained):
     out = tmp_path / "run"
@@ -66,6 +66,11 @@ def test_adv_svhn_dense_cosine_and_late_validation(tmp_path, svhn_root, pretrain
     assert res["train_attack"]["eps"] == 8 / 255 and res["train_attack"]["alpha_255"] == pytest.approx(2)
     assert (res["train_attack"]["kind"], res["train_attack"]["steps"]) == ("pgd", 2)
     assert res["best_sa"]["epoch"] == res["best_ra"]["epoch"] == 1
+    # the ledger: PGD-2 training, 3 passes per image; validation from epoch 1; the last epoch tested (SA, RA)
+    assert [(r["cost"]["train_images"], r["cost"]["eval_images"]) for r in rows] == [(28, 0), (28, 2 * res["n_val"])]
+    assert rows[0]["cost"]["forward_passes"] == rows[0]["cost"]["backward_passes"] == 28 * 3
+    assert res["cost"]["train_images"] == 56 and res["cost"]["eval_images"] == 2 * res["n_val"] + 2 * res["n_test"]
+    assert res["cost"]["flop"] > sum(r["cost"]["flop"] for r in rows) > 0
 
 
 def test_adv_folder_ticket_with_autoattack(tmp_path, image_folder_root, pretrained):
@@ -174,8 +179,7 @@ def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, 
 
     a, b = (json.load(open(d / RESULTS)) for d in (whole, crashed))
     assert (a["best_sa"], a["best_ra"], a["last"]) == (b["best_sa"], b["best_ra"], b["last"])
-    rows = [[{k: v for k, v in json.loads(line).items() if k != "time"} for line in open(d / METRICS)]
-            for d in (whole, crashed)]
+    rows = [untimed([json.loads(line) for line in open(d / METRICS)]) for d in (whole, crashed)]
     assert rows[0] == rows[1]
     sd_a, sd_b = (load_file(str(d / CHECKPOINT))["state_dict"] for d in (whole, crashed))
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)

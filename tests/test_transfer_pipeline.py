@@ -26,17 +26,9 @@ from infra import flags
 from infra.distributed import DistEnv
 from training.engine import Step, evaluate
 from infra.errors import ConfigError, run_cli
-from recipes import argv, check_run
+from recipes import argv, check_run, run_untimed as untimed
 
 CPU = torch.device("cpu")
-
-
-def untimed(save_dir) -> tuple[dict, list[dict]]:
-    """results.json and the metrics rows without their timings (everything else must reproduce)."""
-    res = json.load(open(os.path.join(save_dir, RESULTS)))
-    rows = [json.loads(line) for line in open(os.path.join(save_dir, METRICS))]
-    return ({k: v for k, v in res.items() if k != "wall_time_s"},
-            [{k: v for k, v in r.items() if k != "time"} for r in rows])
 
 
 def device_data(root: str, *, seed: int = 1, rank: int = 0, world_size: int = 1, pipeline: str = "device"):

@@ -20,6 +20,7 @@ import pruning_utils
 from infra.distributed import DistEnv, all_reduce_sum, broadcast_buffers, unwrap
 from infra.errors import NonFiniteLossError
 from infra.runlog import progress
+from training.ledger import Counted, FlopTable, Tally
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The attack's precision under each --amp: fp16 has no loss scaling for the attack, so the input gradient of a
@@ -40,6 +41,7 @@ class Step:
     attack: Callable | None = None
     mask: dict[str, torch.Tensor] | None = None
     show_progress: bool = True
+    flops: FlopTable | None = None  # the model's FLOP counts for the ledger (None: passes counted, FLOPs not)
 
     @property
     def device(self) -> torch.device:
@@ -113,7 +115,8 @@ def _running(acc: torch.Tensor) -> str:
 
 def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, run: Step = Step(), *,
                     scaler=None, epoch: int = 0, desc: str = "train") -> dict:
-    """One epoch of (adversarial) training. Returns {"loss", "top1", "top5", "n", "time", "images_per_s"}.
+    """One epoch of (adversarial) training. Returns {"loss", "top1", "top5", "n", "time", "images_per_s", "cost"}
+    ("cost": images, forward and backward passes and FLOPs over every rank, see training.ledger).
 
     Adversarial examples are made with the model in train mode, as the original did. With `run.mask`, gradients
     of pruned weights are zeroed after backward and the mask is re-applied after each optimizer step (the one
@@ -126,12 +129,15 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     device, amp = run.device, run.amp
     acc = torch.zeros(4, device=device, dtype=torch.float64)
     bad = torch.zeros((), device=device, dtype=torch.bool)
+    tally, seen = Tally(run.flops), Counted(net)
     start = time.time()
     shown = progress(loader, desc=desc, enabled=run.show_progress and run.env.is_main, stats=lambda: _running(acc))
     for step, (x, y) in enumerate(shown):
         x, y = _to_device(x, y, device, run.channels_last)
+        seen.calls = 0
         if run.attack is not None:
-            x = adversarial(run.attack, net, x, y, device=device, amp=amp)
+            x = adversarial(run.attack, seen, x, y, device=device, amp=amp)
+        tally.batch("train", tuple(x.shape), seen.calls)
         with autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -159,6 +165,7 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     out = _summary(acc, run.env)
     out["time"] = time.time() - start
     out["images_per_s"] = out["n"] / max(out["time"], 1e-9)
+    out["cost"] = tally.summed(device, lambda t: all_reduce_sum(t, run.env))
     return out
 
 
@@ -171,13 +178,18 @@ def evaluate(model: torch.nn.Module, loader, run: Step = Step(), *, desc: str = 
     broadcast_buffers(net, run.env)
     device, amp = run.device, run.amp
     acc = torch.zeros(4, device=device, dtype=torch.float64)
+    tally, seen = Tally(run.flops), Counted(net)
     shown = progress(loader, desc=desc, enabled=run.show_progress and run.env.is_main, stats=lambda: _running(acc))
     for x, y in shown:
         x, y = _to_device(x, y, device, run.channels_last)
+        seen.calls = 0
         if run.attack is not None:
-            x = adversarial(run.attack, net, x, y, device=device, amp=amp)
+            x = adversarial(run.attack, seen, x, y, device=device, amp=amp)
+        tally.batch("eval", tuple(x.shape), seen.calls)
         with torch.no_grad(), autocast(device, amp):
             logits = net(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
         _accumulate(acc, loss, logits, y)
-    return _summary(acc, run.env)
+    out = _summary(acc, run.env)
+    out["cost"] = tally.summed(device, lambda t: all_reduce_sum(t, run.env))
+    return out

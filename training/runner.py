@@ -70,11 +70,16 @@ class RunSettings:
                    "lines, 0 = --no-progress", type=progress_from_freq, metavar="N")])
     trust_pickle: bool = flag("--trust-pickle", False, "allow full unpickling of the --init, ticket or checkpoint "
                               "files you name (trust them)", group=SPEED, result=False)
+    tensorboard: bool = flag("--tensorboard", False, "also write each epoch's metrics and compute ledger as "
+                             "TensorBoard scalars in SAVE_DIR/tensorboard (needs the optional tensorboard package)",
+                             group=GENERAL, result=False)
     restart: bool = flag("--restart", False, "start over: delete the earlier run's files in SAVE_DIR (checkpoints, "
                          "tickets, metrics) and its config.json", group=SPEED, result=False)
 
     def __post_init__(self) -> None:
         checks = [
+            (not self.tensorboard or tensorboard_installed(), "--tensorboard needs the optional tensorboard "
+             "package, which is not installed: pip install tensorboard, or drop --tensorboard"),
             (self.workers >= 0, f"--workers {self.workers} must be at least 0"),
             (self.image_size >= 1 and self.resize_size >= 1, "--image-size and --resize-size must be >= 1"),
             (self.amp in (None, "bf16", "fp16"), f"--amp must be bf16 or fp16, got {self.amp!r}"),
@@ -82,6 +87,11 @@ class RunSettings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+def tensorboard_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def parser(description: str, *settings: type, skip: Iterable[str] = ()) -> OneLineParser:
@@ -113,9 +123,9 @@ first_process = distributed.first_process  # the rank-0 rule before ranks exist,
 
 
 def claim_save_dir(save_dir: str) -> None:
-    """On the first process: SAVE_DIR exists and is writable, and this process holds its lock for the whole run
-    (the OS releases it when the process ends, however it ends); a second process on it refuses with one line.
-    Processes that --multiprocessing-distributed spawns run under the parent's lock."""
+    """On the first process: SAVE_DIR exists and is writable, and this process holds its lease for the whole run
+    (`savedir.hold_save_dir`); a second process on it refuses with one line. Processes that
+    --multiprocessing-distributed spawns run under the parent's lease."""
     savedir.writable_dir(save_dir)
     savedir.hold_save_dir(save_dir)
 

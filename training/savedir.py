@@ -1,16 +1,14 @@
 """A run's SAVE_DIR before the run writes: writable, the temp files of writes a kill cut short gone, config.json
-checked against the run's settings, and the lock that keeps a second process out for the whole run."""
+checked against the run's settings, and the lease that keeps a second process out for the whole run."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import socket
 import tempfile
-import time
 from typing import Iterable
 
-from infra.checkpoint import CONFIG, LOCK, atomic_write_json, to_json
+from infra import lease
+from infra.checkpoint import CONFIG, LEASE, atomic_write_json, to_json
 from infra.errors import CheckpointError, ConfigError, UserError
 
 FORMAT = 2  # of the run folder (config.json and the files beside it); a folder of another format is refused
@@ -39,35 +37,24 @@ def remove_temp_files(save_dir: str) -> list[str]:
     return names
 
 
-_HELD: dict[str, object] = {}  # realpath -> open lock file, kept open for the life of the process
-
-
 def hold_save_dir(save_dir: str) -> None:
-    """Take SAVE_DIR/.lock (flock) for the rest of this process's life, or refuse with one line naming the
-    holder: two processes never train into one folder. The OS drops the lock when the process dies, so a run
-    re-started after a crash or a requeue takes it normally. Idempotent within one process."""
-    key = os.path.realpath(save_dir)
-    if key in _HELD:
+    """Hold SAVE_DIR's lease (`infra.lease`, file SAVE_DIR/.lease) for the rest of this process's life, or refuse
+    with one line naming the holder: two processes never train into one folder, whatever the filesystem does
+    with flock. The processes --multiprocessing-distributed spawns run under it. A lease left by a killed run is
+    taken over by the next launch: at once on the same machine, else once its heartbeat is older than its bound.
+    Idempotent within one process."""
+    path = os.path.join(save_dir, LEASE)
+    if os.path.realpath(path) in lease.held():
         return
-    path = os.path.join(save_dir, LOCK)
-    f = open(path, "a+")
-    for attempt in range(5):  # a few tries: `sweep.py status` probes the lock for an instant
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            time.sleep(0.1 * (attempt < 4))
-    else:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise UserError(f"{save_dir} is in use by {holder}: a run is already training there (wait for it, or "
-                        "stop it first; a killed run releases it)") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
-    _HELD[key] = f
+    try:
+        lease.acquire(path, inherit=True)
+    except lease.LeaseHeld as e:
+        holder = e.seen.who() if e.seen else "another process, which is taking over its stale lease right now"
+        raise UserError(f"{save_dir} is in use by {holder}: a run is already training there (wait for it, or stop "
+                        "it first; the lease of a killed run is taken over by the next launch)") from None
+    except OSError as e:
+        raise CheckpointError(f"{save_dir}: its lease {LEASE} cannot be written ({e.strerror or type(e).__name__})"
+                              ": choose a folder you can write to") from None
 
 
 def check_config(save_dir: str, config: dict, *, restart: bool, free: Iterable[str] = ()) -> None:

@@ -74,6 +74,9 @@ class TransferConfig(RunSettings):
                                                result=False)
     ticket: str | None = flag("--tickets_file", None, "ticket or IMP checkpoint with masks; '' or none: dense",
                               group=TICKET, type=optional_path, metavar="FILE")
+    any_ticket_init: bool = flag("--any-ticket-init", False, "apply a ticket found in other init weights than --init "
+                                 "(refused by default: a ticket is a mask for the weights it was found in)",
+                                 group=TICKET, result=False)
     subset: str = flag("--subset", "first", "data_number keeps the first images (as the original) or a seeded "
                        "class-balanced draw", group=DETAILS, choices=SUBSETS)
     download: bool = flag("--download", False, "download CIFAR/SVHN when missing", group=DETAILS, result=False)

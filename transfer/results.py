@@ -18,10 +18,12 @@ from torch import nn
 
 import pruning_utils
 from attacks import build_attack
-from infra.checkpoint import RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own
+from infra.checkpoint import (METRICS, RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own,
+                              read_jsonl)
 from infra.distributed import DistEnv, ShardSampler, all_reduce_sum
 from infra.reproducibility import seed_epoch
 from infra.runlog import LOGGER
+from training import ledger
 from training.engine import Step, evaluate
 from transfer.state import Training, restore
 
@@ -129,16 +131,17 @@ def finish(env: DistEnv, cfg, run: Training, data, info: dict, state: dict) -> d
     seed_epoch(cfg.seed, cfg.epochs, env.rank)
     precision = final_precision(cfg)
     step = Step(env, amp=None if precision == "fp32" else precision, channels_last=cfg.channels_last,
-                show_progress=cfg.show_progress)
+                show_progress=cfg.show_progress, flops=ledger.FlopTable(run.model))
     attack = build_attack(cfg.test_attack, cfg.attack_loss)
+    passes: list[dict] = []  # the tests' stats, for the ledger
 
     def test(where: str) -> dict:
         bad = pruned_nonzero(run.model, run.mask)
         if bad:
             raise RuntimeError(f"{where}: {bad} pruned weights are not zero")
-        sa = evaluate(run.model, data.test, step, desc="test SA")
-        return {"test_sa": sa["top1"], "test_ra": evaluate(run.model, data.test, replace(step, attack=attack),
-                                                           desc="test RA")["top1"], "test_images": sa["n"]}
+        passes.append(evaluate(run.model, data.test, step, desc="test SA"))
+        passes.append(evaluate(run.model, data.test, replace(step, attack=attack), desc="test RA"))
+        return {"test_sa": passes[-2]["top1"], "test_ra": passes[-1]["top1"], "test_images": passes[-2]["n"]}
 
     # The last epoch first, before the best checkpoints replace its weights (the original's standard transfer
     # printed its test SA; its RA costs one PGD test pass, about 1% of a run's compute, and is kept too).
@@ -148,7 +151,11 @@ def finish(env: DistEnv, cfg, run: Training, data, info: dict, state: dict) -> d
     best = _test_best(env, cfg, run, data, last, test)
     results = {**_settings(env, cfg, data, info), "test_precision": precision, **best, "last": last,
                "wall_time_s": state["wall_time_s"] + time.time() - start}
-    if env.is_main:
+    tests = ledger.epoch_cost(None, passes, time.time() - start, device=env.device, devices=env.world_size,
+                              amp=None if precision == "fp32" else precision)
+    if env.is_main:  # every epoch's ledger (metrics.jsonl) and the tests' (AutoAttack's passes are not counted)
+        rows = read_jsonl(os.path.join(cfg.save_dir, METRICS))
+        results["cost"] = ledger.total([r["cost"] for r in rows if isinstance(r.get("cost"), dict)] + [tests])
         atomic_write_json(os.path.join(cfg.save_dir, RESULTS), results)
         log.info(f"wrote {os.path.join(cfg.save_dir, RESULTS)}")
     return results

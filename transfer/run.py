@@ -25,6 +25,8 @@ from attacks import build_attack
 from infra.checkpoint import CURVES, INDICES, METRICS, read_jsonl
 from dataset import DataFraction, Splits, build_datasets, write_indices
 from infra.distributed import DistEnv, barrier
+from training import ledger
+from training.board import Board
 from training.engine import Step, evaluate, train_one_epoch
 from infra.errors import ConfigError, MaskError
 from infra.reproducibility import seed_all, seed_epoch
@@ -61,12 +63,30 @@ def build_model(cfg: TransferConfig, splits: Splits) -> tuple[nn.Module, pruning
             pruning_utils.validate_mask(mask, model)
         except MaskError as e:
             raise MaskError(f"ticket {cfg.ticket} does not fit --arch {cfg.arch}: {e}") from None
+        _check_ticket_init(cfg, meta, pruning_utils.weights_digest(model.state_dict(), mask))
         pruning_utils.apply_mask(model, mask)
         info["ticket_meta"] = {k: v for k, v in meta.items() if transfer_results.plain(v)}
     info["ticket_sparsity"] = pruning_utils.sparsity(mask) if mask is not None else 0.0
     log.info(f"ticket: {cfg.ticket or 'none (dense model)'}, sparsity {100 * info['ticket_sparsity']:.2f}% "
              "of the conv weights")
     return model, mask, info
+
+
+def _check_ticket_init(cfg: TransferConfig, meta: dict, digest: str) -> None:
+    """A ticket is a mask for the weights it was found in: refuse (one line) a ticket whose init digest is not
+    that of --init's weights, unless --any-ticket-init asks for that experiment. Tickets without a digest (the
+    original's, hand-made ones) are not checked."""
+    found = meta.get("init_digest")
+    if found is None or found == digest:
+        return
+    where = f" ({meta['init']})" if meta.get("init") else ""
+    if cfg.any_ticket_init:
+        log.warning(f"WARNING: ticket {cfg.ticket} was found in other init weights{where} than --init "
+                    f"{cfg.init} (digest {found} != {digest}): applied anyway (--any-ticket-init)")
+        return
+    raise MaskError(f"ticket {cfg.ticket} was found in other weights{where}, not in --init {cfg.init or '(random)'} "
+                    f"(weights digest {found} != {digest}): pass the init it was found in, or --any-ticket-init "
+                    "to apply it to these weights on purpose")
 
 
 # ---------------------------------------------------------------------------- data
@@ -137,14 +157,18 @@ def _run(env: DistEnv, cfg: TransferConfig) -> None:
     state = transfer_state.resume(cfg, env.is_main, run)
     net = runner.wrap(model, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
     step = Step(env, cfg.amp, cfg.channels_last, build_attack(cfg.train_attack, cfg.attack_loss), mask,
-                cfg.show_progress)
+                cfg.show_progress, ledger.FlopTable(model))
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
         (f"ticket at {100 * info['ticket_sparsity']:.1f}% sparsity" if mask is not None else "dense")
-    loop = Epochs(cfg, net, run, data, step, build_attack(cfg.test_attack, cfg.attack_loss), eval_from, title)
+    board = Board(cfg.save_dir, read_jsonl(os.path.join(cfg.save_dir, METRICS)), state["epoch"]) \
+        if cfg.tensorboard and env.is_main else None
+    loop = Epochs(cfg, net, run, data, step, build_attack(cfg.test_attack, cfg.attack_loss), eval_from, title, board)
     for epoch in range(state["epoch"], cfg.epochs):
         loop.epoch(epoch, state)
+    if board is not None:
+        board.close()
     transfer_results.finish(env, cfg, run, data, info, state)
 
 
@@ -160,6 +184,7 @@ class Epochs:
     test_attack: Callable | None
     eval_from: int
     title: str
+    board: Board | None = None  # --tensorboard (rank 0)
 
     def epoch(self, epoch: int, state: dict) -> None:
         """Train one epoch, validate SA and RA from --eval_from on, log, and (rank 0) save its files."""
@@ -174,17 +199,22 @@ class Epochs:
                                 desc=f"train {epoch + 1}/{cfg.epochs}")
         self.run.scheduler.step()
         row = runner.metrics_row(epoch, lr, stats, val_sa=None, val_ra=None)
+        evals = []
         if epoch >= self.eval_from:
             val = replace(self.train, attack=None, mask=None)
-            row["val_sa"] = evaluate(self.net, self.data.val, val, desc="val SA")["top1"]
-            row["val_ra"] = evaluate(self.net, self.data.val, replace(val, attack=self.test_attack),
-                                     desc="val RA")["top1"]
+            evals = [evaluate(self.net, self.data.val, val, desc="val SA"),
+                     evaluate(self.net, self.data.val, replace(val, attack=self.test_attack), desc="val RA")]
+            row["val_sa"], row["val_ra"] = evals[0]["top1"], evals[1]["top1"]
         improved = transfer_state.record_epoch(state, row, time.time() - start)
+        row["cost"] = ledger.epoch_cost(stats, evals, row["time"], device=env.device, devices=env.world_size,
+                                        amp=cfg.amp)
         log.info(f"epoch {epoch}: lr {lr:.4g} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f} "
                  f"| val SA {pct(row['val_sa'])} RA {pct(row['val_ra'])} | best SA {pct(state['best_sa'])} "
                  f"RA {pct(state['best_ra'])} | {row['time']:.0f}s")
         if env.is_main:
             transfer_state.save_epoch(cfg, self.run, state, row, improved)
+            if self.board is not None:
+                self.board.add(row)
             transfer_results.plot_curves(read_jsonl(os.path.join(cfg.save_dir, METRICS)),
                                          os.path.join(cfg.save_dir, CURVES), cfg.mode, self.title)
         barrier(env)

@@ -1,0 +1,72 @@
+"""A ticket carries where it came from: the digest of the init weights it was found in (transfer refuses it, in
+one line, on other weights unless --any-ticket-init), its family and cost; an exported (bit-packed) ticket gives
+the transfer numbers of the file it was exported from."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import main_imp_std
+import pruning_utils
+import tickets
+from infra import checkpoint
+from infra.errors import MaskError
+from recipes import TINY, argv, untimed, write_init
+from transfer import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def found(_fake_files, tmp_path_factory):
+    """Ticket 2 of a one-shot prune (OMP) of init A (a 3-class head, as IMP on the folder data), and init B."""
+    d, image_folder_root = tmp_path_factory.mktemp("provenance"), _fake_files("folder")
+    init_a, init_b = write_init(str(d / "a.pth"), seed=0), write_init(str(d / "b.pth"), seed=1)
+    save = str(d / "omp")
+    assert main_imp_std.main([image_folder_root, "--init", init_a, "--save_dir", save, *TINY,
+                              "--omp-level", "2"]) == 0
+    return init_a, init_b, checkpoint.imp_ticket(save, 2)
+
+
+def test_a_ticket_records_its_init_family_and_cost(found):
+    init_a, _, ticket = found
+    mask, meta = pruning_utils.load_ticket(ticket)
+    assert (meta["init"], meta["source"], meta["level"]) == (init_a, "omp", 2)
+    assert meta["init_digest"] == pruning_utils.weights_digest(checkpoint.load_file(init_a), mask)
+    assert meta["cost"]["flop"] == 0 and meta["cost"]["train_images"] == 0  # one-shot: no training
+
+
+def test_a_ticket_on_other_weights_is_refused_in_one_line(found, image_folder_root, tmp_path):
+    init_a, init_b, ticket = found
+    with pytest.raises(MaskError) as e:
+        cli.main(argv(tmp_path / "b", image_folder_root, "folder", init_b, ticket=ticket, epochs=1))
+    assert f"ticket {ticket} was found in other weights ({init_a}), not in --init {init_b}" in str(e.value)
+    assert "--any-ticket-init" in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "b" / checkpoint.CHECKPOINT)  # refused before any training
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main_train_downstream.py"),
+                           *argv(tmp_path / "b2", image_folder_root, "folder", init_b, ticket=ticket, epochs=1)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("error: ticket ") and done.stderr.count("\n") == 1
+    cli.main(argv(tmp_path / "any", image_folder_root, "folder", init_b, ticket=ticket, epochs=1,
+                  extra=("--any-ticket-init",)))
+    assert "found in other init weights" in open(tmp_path / "any" / checkpoint.LOG).read()
+
+
+def test_an_exported_ticket_transfers_to_the_same_numbers(found, image_folder_root, tmp_path, capsys):
+    init_a, _, ticket = found
+    shared = str(tmp_path / "shared.pth.tar")
+    assert tickets.main(["export", ticket, shared]) == 0
+    assert os.path.getsize(shared) < os.path.getsize(ticket)
+    for name, t in (("file", ticket), ("exported", shared)):
+        cli.main(argv(tmp_path / name, image_folder_root, "folder", init_a, ticket=t, epochs=1))
+    a, b = (untimed(json.load(open(tmp_path / n / checkpoint.RESULTS))) for n in ("file", "exported"))
+    assert (a["best_sa"], a["best_ra"], a["last"], a["sparsity"]) == (b["best_sa"], b["best_ra"], b["last"],
+                                                                     b["sparsity"])
+    assert b["ticket_meta"]["exported_from"] == ticket and b["ticket_meta"]["init_digest"] == \
+        a["ticket_meta"]["init_digest"]
+    rows = [untimed(checkpoint.read_jsonl(str(tmp_path / n / checkpoint.METRICS))) for n in ("file", "exported")]
+    assert rows[0] == rows[1]
