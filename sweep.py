@@ -10,14 +10,14 @@ transfer mode x seed, run as the bash drivers a user would type, on this machine
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import sys
 
 from infra import errors
-from campaign import datacheck, local, slurm, spec, state, status
+from campaign import datacheck, local, slurm, slurmstate, spec, state, status
+from infra.checkpoint import atomic_write_json
 from infra.errors import OneLineParser, UserError
 
 
@@ -76,7 +76,10 @@ def get_args_parser() -> OneLineParser:
     g.add_argument("--time", default="24:00:00", help="time limit per job; a run that hits it is requeued")
     g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of each transfer run (0: CPU)")
     g.add_argument("--cpus-per-run", type=int, default=None, help="CPUs of each run (OMP_NUM_THREADS too)")
-    g.add_argument("--array-parallelism", type=int, default=256, metavar="K", help="array jobs running at once")
+    g.add_argument("--array-parallelism", type=int, default=256, metavar="K",
+                   help="elements of one job array running at once (per array; --max-in-flight caps the campaign)")
+    g.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                   help="runs queued or running at once, campaign-wide; --follow submits more as runs end")
     g.add_argument("--account", default=None)
     g.add_argument("--qos", default=None)
     g.add_argument("--max-requeue", type=int, default=10, help="requeues after a time limit, per run")
@@ -89,21 +92,27 @@ def get_args_parser() -> OneLineParser:
     return p
 
 
+def _show(campaign: spec.Campaign, args) -> int:
+    """plan / status: the runs as their files and SLURM say (a queue SLURM cannot tell is said, not guessed)."""
+    view = slurmstate.observe(campaign, strict=False)
+    if view.note:
+        print(f"warning: {view.note}", file=sys.stderr)
+    if args.command == "status":
+        print(status.status_text(campaign, view.rows, view.failed_on, view.excluded))
+        return 0
+    print(status.plan_text(campaign, view.rows, failed_on=view.failed_on, excluded=view.excluded))
+    if args.json:
+        atomic_write_json(args.json, status.summary(campaign, view.rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.command == "check-data":
         return datacheck.main_check(args.dirs)
     campaign = spec.load(args.spec)
-    if args.command == "plan":
-        rows = state.states(campaign, slurm.queued(campaign))
-        print(status.plan_text(campaign, rows))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(status.summary(campaign, rows), f, indent=2)
-        return 0
-    if args.command == "status":
-        print(status.status_text(campaign, state.states(campaign, slurm.queued(campaign))))
-        return 0
+    if args.command in ("plan", "status"):
+        return _show(campaign, args)
     if args.command == "report":
         cmd = [sys.executable, os.path.join(spec.REPO, "report.py"), campaign.root, *args.report_args]
         return subprocess.call(cmd)
@@ -120,10 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = state.states(campaign)
         print(status.counts_line(rows))
         return 1 if any(exits.values()) else 0
+    if args.max_in_flight is not None and args.max_in_flight < 1:
+        raise UserError(f"--max-in-flight {args.max_in_flight}: at least 1")
     opts = slurm.SlurmOptions(partition=args.partition, time_min=_time_min(args.time), gpus_per_run=args.gpus_per_run,
                               cpus_per_run=args.cpus_per_run, array_parallelism=args.array_parallelism,
                               account=args.account, qos=args.qos, max_requeue=args.max_requeue,
-                              signal_delay_s=args.signal_delay, extra=_extra(args.sbatch))
+                              signal_delay_s=args.signal_delay, extra=_extra(args.sbatch),
+                              max_in_flight=args.max_in_flight)
     return 1 if slurm.run_slurm(campaign, opts, follow=args.follow, poll=args.poll) else 0
 
 

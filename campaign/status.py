@@ -33,7 +33,25 @@ def counts_line(rows: list[RunState]) -> str:
     return "  ".join(f"{k} {v}" for k, v in c.items())
 
 
-def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = False) -> str:
+def by_host(failed_on: dict[str, tuple[str, str]], excluded: list[str] = ()) -> list[str]:
+    """Failures grouped by host, most first ("failed on n2: 7 runs: OUT_OF_MEMORY x5, exit 3 (node) x2"), so one
+    bad node shows at a glance; then the hosts the campaign no longer submits to."""
+    hosts: dict[str, dict[str, int]] = {}
+    for host, reason in failed_on.values():
+        hosts.setdefault(host, {}).setdefault(reason, 0)
+        hosts[host][reason] += 1
+    lines = []
+    for host, reasons in sorted(hosts.items(), key=lambda kv: -sum(kv[1].values())):
+        parts = ", ".join(r + (f" x{n}" if n > 1 else "") for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        n = sum(reasons.values())
+        lines.append(f"failed on {host}: {n} run{'s' if n > 1 else ''}: {parts}")
+    if excluded:
+        lines.append(f"excluded hosts (failures of the node, not the runs): {', '.join(excluded)}")
+    return lines
+
+
+def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = False,
+              failed_on: dict[str, tuple[str, str]] | None = None, excluded: list[str] = ()) -> str:
     s = summary(campaign, rows)
     width = max((len(r.run.id) for r in rows), default=10)
     lines = [f"{'run':{width}s}  {'state':8s}  detail"]
@@ -42,13 +60,14 @@ def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = Fal
             continue
         detail = r.detail or (f"{r.epochs_done} epochs done" if r.epochs_done else "")
         lines.append(f"{r.run.id:{width}s}  {r.state:8s}  {detail}".rstrip())
-    lines += ["", f"{len(rows)} runs: {counts_line(rows)}",
+    lines += ["", *by_host(failed_on or {}, excluded), f"{len(rows)} runs: {counts_line(rows)}",
               f"left: ~{s['left_gpu_hours_bf16']:.1f} GPU-hours in bf16, ~{s['left_gpu_hours_fp32']:.1f} in fp32 "
               "(estimated from FLOP counts, not measured; see README)"]
     return "\n".join(lines)
 
 
-def status_text(campaign: Campaign, rows: list[RunState]) -> str:
+def status_text(campaign: Campaign, rows: list[RunState], failed_on: dict[str, tuple[str, str]] | None = None,
+                excluded: list[str] = ()) -> str:
     """A table per init x dataset-fraction (runs done of all, states) and the campaign's progress bar."""
     groups: dict[str, list[RunState]] = {}
     for r in rows:
@@ -64,6 +83,7 @@ def status_text(campaign: Campaign, rows: list[RunState]) -> str:
     lines += [f"  failed {r.run.id}: {r.detail}" for r in failed[:10]]
     if len(failed) > 10:
         lines.append(f"  ... and {len(failed) - 10} more failed (sweep.py plan SPEC lists them)")
+    lines += by_host(failed_on or {}, excluded)
     done = sum(r.state == "done" for r in rows)
     lines += ["", bar(done, len(rows)), counts_line(rows)]
     if done == len(rows):

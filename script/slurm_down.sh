@@ -11,7 +11,9 @@ stop() {  # pid file, name
   fi
   rm -f "$1"
 }
-stop /run/doublewin-slurm/slurmd.pid slurmd
+stop /run/doublewin-slurm/slurmd.pid slurmd  # the single node of an earlier version of slurm_up.sh
+stop /run/doublewin-slurm/slurmd-n1.pid slurmd-n1
+stop /run/doublewin-slurm/slurmd-n2.pid slurmd-n2
 stop /run/doublewin-slurm/slurmctld.pid slurmctld
 stop /run/doublewin-slurm/slurmdbd.pid slurmdbd
 stop /run/doublewin-mysql/mysqld.pid mariadbd

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on this machine, for CI and for trying the campaign's --slurm path: as root,
+# A real two-node SLURM cluster on this machine, for CI and for trying the campaign's --slurm path: as root,
 # installs Debian's slurmctld, slurmd, slurmdbd, munge and MariaDB when missing, and starts them without
-# systemd (facts in ../shared/SLURM.md). Stop it with script/slurm_down.sh (by pid file). Idempotent.
+# systemd. Nodes n1 and n2 are two slurmd (ports 17001, 17002, one CPU each); n2 runs in UTS and mount
+# namespaces of its own, so its jobs see `hostname` n2 and an empty $SPOOL/mount (a mount that node lacks: the
+# file on-n1-only exists for n1's jobs only). MaxArraySize=8 and the QOS limit MaxSubmitJobsPerUser=14 are
+# small on purpose: the campaign's chunking and submit-limit paths run against them. Stop it with
+# script/slurm_down.sh (by pid file). Idempotent.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "error: script/slurm_up.sh must run as root (it installs and starts daemons)" >&2; exit 2; }
 RUN=/run/doublewin-slurm; SPOOL=/var/spool/doublewin-slurm; LOG=/var/log/doublewin-slurm
@@ -29,7 +33,8 @@ wait_for() {  # seconds, description, test command...
   for _ in $(seq $((n * 4))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
   echo "error: $what did not come up in ${n}s (logs in $LOG)" >&2; exit 1
 }
-mkdir -p "$RUN" "$SPOOL/ctld" "$SPOOL/d" "$LOG" "$CONF" "$DBRUN"
+mkdir -p "$RUN" "$SPOOL/ctld" "$SPOOL/mount" "$LOG" "$CONF" "$DBRUN"
+touch "$SPOOL/mount/on-n1-only"
 
 # munge: Debian made the key; the run folder is ours to make
 mkdir -p /run/munge && chown munge:munge /run/munge
@@ -49,7 +54,7 @@ fi
 mysql --no-defaults -S "$SOCK" -u root -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'doublewin-ci';
   GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
 
-cpus=$(nproc); mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
+mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 20 ))  # each node: 45% of the memory
 cat > "$CONF/slurm.conf" <<CONFEOF
 $MARK
 ClusterName=ci
@@ -66,6 +71,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
+AccountingStorageEnforce=associations,limits,qos
 JobCompType=jobcomp/none
 MailProg=/bin/true
 SelectType=select/cons_tres
@@ -73,16 +79,17 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 ReturnToService=2
 MinJobAge=600
+MaxArraySize=8
 SlurmctldPort=6817
-SlurmdPort=6818
 StateSaveLocation=$SPOOL/ctld
-SlurmdSpoolDir=$SPOOL/d
+SlurmdSpoolDir=$SPOOL/spool-%n
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
+SlurmdPidFile=$RUN/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+SlurmdLogFile=$LOG/slurmd-%n.log
+NodeName=n1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001 CPUs=1 RealMemory=$mem State=UNKNOWN
+NodeName=n2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17002 CPUs=1 RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 CONFEOF
 cat > "$CONF/slurmdbd.conf" <<CONFEOF
 $MARK
@@ -103,7 +110,14 @@ chmod 600 "$CONF/slurmdbd.conf"
 
 alive "$RUN/slurmdbd.pid" || /usr/sbin/slurmdbd
 wait_for 30 "slurmdbd" bash -c "echo > /dev/tcp/127.0.0.1/6819"
-alive "$RUN/slurmctld.pid" || /usr/sbin/slurmctld
-alive "$RUN/slurmd.pid" || /usr/sbin/slurmd -N localhost
-wait_for 60 "the node" bash -c "sinfo -h -o %T | grep -qx idle"
-echo "SLURM up in $(( $(date +%s) - start )) s: partition debug, $cpus CPUs (script/slurm_down.sh stops it)" >&2
+alive "$RUN/slurmctld.pid" || /usr/sbin/slurmctld -f "$CONF/slurm.conf"
+wait_for 30 "slurmctld" scontrol ping
+# the per-user submit limit lives in the accounting database: slurmctld registered cluster ci and root's
+# association (QOS normal) when it started
+wait_for 30 "the accounting association of root" bash -c "sacctmgr -n -P show assoc user=root format=qos | grep -q normal"
+sacctmgr -i modify qos normal set MaxSubmitJobsPerUser=14 >/dev/null
+alive "$RUN/slurmd-n1.pid" || /usr/sbin/slurmd -f "$CONF/slurm.conf" -N n1
+alive "$RUN/slurmd-n2.pid" || unshare --uts --mount --propagation private sh -c \
+  "hostname n2 && mount -t tmpfs -o size=1m doublewin-n2 '$SPOOL/mount' && exec /usr/sbin/slurmd -f '$CONF/slurm.conf' -N n2"
+wait_for 60 "nodes n1 and n2" bash -c "[ \"\$(sinfo -h -N -r -o %N | sort -u | tr '\n' ' ')\" = 'n1 n2 ' ]"
+echo "SLURM up in $(( $(date +%s) - start )) s: partition debug, nodes n1 n2 (script/slurm_down.sh stops it)" >&2

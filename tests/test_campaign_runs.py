@@ -1,12 +1,12 @@
 """The campaign for real: the local queue (1 worker and 2 give the same files; an IMP stage feeds transfer runs
 while it goes on) and a real SLURM cluster (a job array with a job requeued mid-run completes with the results
-a local run gives, then the report). SLURM tests skip with one line where no cluster answers, unless
+a local run gives, then the report; on the two-node CI cluster the requeued run lands on the other node). SLURM
+tests skip with one line where no cluster answers, unless
 DOUBLEWIN_REQUIRE_SLURM=1 (CI, after script/slurm_up.sh), where they fail instead."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +14,9 @@ import time
 import pytest
 
 import campaignkit as kit
+import slurmkit
 from campaign import spec, state
+from slurmkit import slurm_cluster, two_nodes  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -75,68 +77,64 @@ def test_an_imp_stage_feeds_transfer_runs_while_it_goes_on(inputs, tmp_path):
 
 
 # ---------------------------------------------------------------------------- SLURM
-def slurm_reachable() -> str | None:
-    """None when a SLURM controller answers, else why not."""
-    if not shutil.which("sbatch") or not shutil.which("sinfo"):
-        return "sbatch/sinfo not found"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"sinfo failed ({e})"
-    if out.returncode != 0 or not out.stdout.strip():
-        return f"sinfo: {(out.stderr or 'no nodes').strip().splitlines()[0]}"
-    return None
+def _node_of(job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True).stdout.strip()
+    return out if out in ("n1", "n2") else ""
 
 
-@pytest.fixture
-def slurm():
-    why = slurm_reachable()
-    if why:
-        if os.environ.get("DOUBLEWIN_REQUIRE_SLURM") == "1":
-            pytest.fail(f"DOUBLEWIN_REQUIRE_SLURM=1 but no SLURM cluster answers ({why}): run script/slurm_up.sh")
-        pytest.skip(f"no SLURM cluster here ({why}); script/slurm_up.sh starts one (root)")
-
-
-def _requeue_one_mid_run(root: str, deadline: float) -> str:
-    """Wait for a run to have finished an epoch... or at least to be training (lock held), then requeue its job."""
+def _requeue_one_mid_run(root: str, deadline: float) -> tuple[str, str]:
+    """Wait for a run to be training (lock held), drain its node, requeue its job: (its folder, the node)."""
     while time.time() < deadline:
         for folder, _, files in os.walk(root):
             if "launch.json" in files and "results.json" not in files and state.lock_holder(folder):
                 with open(os.path.join(folder, "launch.json")) as f:
                     job = json.load(f).get("slurm_job")
+                node = _node_of(job) if job else ""
+                if not node:
+                    continue
+                slurmkit.drain(node)  # its other jobs go on; the requeued one can only start on the other node
                 for _ in range(20):  # "Job is pending execution" for a second after a start: retry
-                    if job and subprocess.run(["scontrol", "requeue", job], capture_output=True).returncode == 0:
-                        return folder
+                    if subprocess.run(["scontrol", "requeue", job], capture_output=True).returncode == 0:
+                        return folder, node
                     time.sleep(0.5)
+                slurmkit.resume(node)
         time.sleep(0.2)
     raise AssertionError("no run was seen training")
 
 
+def _starts(folder: str) -> list[str]:
+    """The hosts a run started on, in order (its stdout.txt's `== DATE on HOST: command` lines)."""
+    with open(os.path.join(folder, "stdout.txt")) as f:
+        return [line.split(" on ", 1)[1].split(":", 1)[0] for line in f if line.startswith("== ")]
+
+
 @pytest.mark.slow
-def test_slurm_job_array_survives_a_requeue_and_matches_the_local_run(slurm, local_two, inputs, tmp_path):
+def test_slurm_requeue_lands_on_the_other_node_and_matches_the_local_run(two_nodes, local_two, inputs, tmp_path):
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"))
     sweep = subprocess.Popen([sys.executable, os.path.join(kit.ROOT, "sweep.py"), "run", path, "--slurm",
                               "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "10", "--follow", "--poll",
                               "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kit.ENV,
                              cwd=kit.ROOT)
     try:
-        victim = _requeue_one_mid_run(str(tmp_path / "runs"), time.time() + 120)
+        victim, node = _requeue_one_mid_run(str(tmp_path / "runs"), time.time() + 120)
+        slurmkit.wait_until("the requeued run to start again", lambda: len(_starts(victim)) >= 2, 200)
+        slurmkit.resume(node)
         out, err = sweep.communicate(timeout=400)
     finally:
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 0, out[-2000:] + err[-2000:]
-    assert "submitted 12 runs" in out
+    assert "submitted 12 runs: jobs " in out  # arrays of at most MaxArraySize (8 on the CI cluster)
     assert _counts(path) == {"done": 12}
-    with open(os.path.join(victim, "stdout.txt")) as f:
-        assert sum(line.startswith("== ") for line in f) >= 2  # started twice: requeued, then resumed
+    hosts = _starts(victim)
+    assert len(hosts) >= 2 and hosts[0] != hosts[1], hosts  # requeued, then resumed on the other node
     assert kit.results(str(tmp_path / "runs")) == kit.results(local_two[1])
     report = kit.sweep("report", path, check=True)
     assert "highest double-win sparsity" in report.stdout.lower()
 
 
 @pytest.mark.slow
-def test_sbatch_refusal_is_one_line_naming_the_option(slurm, inputs, tmp_path):
+def test_sbatch_refusal_is_one_line_naming_the_option(slurm_cluster, inputs, tmp_path):
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",))
     done = kit.sweep("run", path, "--slurm", "--partition", "nosuchpartition", "--gpus-per-run", "0")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
@@ -145,7 +143,7 @@ def test_sbatch_refusal_is_one_line_naming_the_option(slurm, inputs, tmp_path):
 
 
 @pytest.mark.slow
-def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm, inputs, tmp_path):
+def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm_cluster, inputs, tmp_path):
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",),
                           tickets="", extra='std_overrides = ["--lr", "x"]')
     done = kit.sweep("run", path, "--slurm", "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "5",

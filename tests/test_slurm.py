@@ -1,0 +1,292 @@
+"""The campaign on SLURM: what it makes of squeue, scontrol, sacct and sbatch (fast: their real texts, and fake
+commands on PATH only for what cannot exist here: a scheduler that fails, GPUs), and live against
+script/slurm_up.sh's two-node cluster (slow): arrays chunked to MaxArraySize, a submit limit waited out,
+--max-in-flight, a queue SLURM cannot tell never guessed, failures shown with their reason and host, a node that
+cannot see an input retried elsewhere and excluded."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import campaignkit as kit
+import slurmkit
+from campaign import scheduler, slurm, slurmstate, spec, state, status
+from slurmkit import slurm_cluster, two_nodes  # noqa: F401  (fixtures)
+
+OPTS = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=1, time_min=5)
+
+
+# ---------------------------------------------------------------------------- parsing (fast)
+@pytest.mark.parametrize("text, option", [
+    ("sbatch: error: Batch job submission failed: Invalid partition name specified", "--partition"),
+    ("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+     "--account"),
+    ("sbatch: error: Batch job submission failed: Invalid qos specification", "--qos"),
+    ("sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds some limit)",
+     "--time"),
+    ("sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification", "--gpus-per-run"),
+    ("sbatch: error: Memory specification can not be satisfied\nsbatch: error: Batch job submission failed: "
+     "Memory required by task is not available", "the memory asked"),
+    ("sbatch: error: Batch job submission failed: Requested node configuration is not available",
+     "the CPUs, GPUs and memory asked together"),
+    ("sbatch: error: Batch job submission failed: Invalid job array specification", "MaxArraySize"),
+    # a word such as "time" or "partition" elsewhere in the text names nothing
+    ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure) at this time",
+     "the SLURM options"),
+])
+def test_an_sbatch_refusal_names_the_option_sbatch_complained_about(text, option):
+    said, hint = scheduler.refusal(text)
+    assert option in hint and said.startswith("Batch job submission failed: ") and "\n" not in said
+    assert not scheduler.is_limit(text)
+
+
+@pytest.mark.parametrize("text", [
+    "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch job submission failed: Job violates "
+    "accounting/QOS policy (job submit limit, user's size and/or time limits)",
+    "sbatch: error: AssocMaxSubmitJobLimit\nsbatch: error: Batch job submission failed: Job violates accounting/QOS "
+    "policy (job submit limit, user's size and/or time limits)",
+    "sbatch: error: Batch job submission failed: Resource temporarily unavailable",
+])
+def test_a_submit_limit_is_told_from_a_bad_option(text):
+    assert scheduler.is_limit(text)
+    assert scheduler.limit_name(text) in text
+
+
+def test_max_array_size_is_read_from_scontrol_show_config():
+    text = "Configuration data as of 2026-12-01T10:00:00\nMaxArraySize            = 8\nMaxJobCount  = 10000\n"
+    assert scheduler.parse_max_array_size(text) == 8
+    assert scheduler.parse_max_array_size("MaxJobCount = 10000\n") is None
+
+
+def test_sacct_output_gives_each_job_its_end_and_node():
+    text = ("12_0|OUT_OF_MEMORY|n2\n12_1|COMPLETED|n1\n12_[2-3,5]|CANCELLED by 0|None assigned\n13|NODE_FAIL|n2\n"
+            "14|CANCELLED by 1001|n1\n15|TIMEOUT|n1\n")
+    ended = scheduler.parse_sacct(text)
+    assert ended["12_0"] == scheduler.Ended("OUT_OF_MEMORY", "n2")
+    assert [ended[f"12_{i}"].reason() for i in (2, 3, 5)] == ["CANCELLED by uid 0"] * 3 and "12_4" not in ended
+    assert ended["13"].state in scheduler.NODE_FAULTS and ended["14"].reason() == "CANCELLED by uid 1001"
+    assert {j for j, e in ended.items() if e.state in scheduler.FAILURES} == {"12_0", "12_2", "12_3", "12_5", "13",
+                                                                               "14"}  # TIMEOUT: submitit requeues
+
+
+def test_squeue_array_ranges_are_expanded():
+    text = "20_[3-5%2] PENDING\n20_1 RUNNING\n20_0 COMPLETED\n21 CONFIGURING\n"
+    assert scheduler.parse_alive(text) == {"20_3", "20_4", "20_5", "20_1", "21"}
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("slurm_cli")
+    inputs = kit.make_inputs(str(d))
+    return kit.write_spec(str(d / "c.toml"), inputs, str(d / "runs"), seeds=(1,), modes=("std",))
+
+
+def _sweep(args: list[str], path_dirs: list[str]) -> subprocess.CompletedProcess:
+    env = dict(kit.ENV, PATH=os.pathsep.join(path_dirs))
+    return subprocess.run([sys.executable, os.path.join(kit.ROOT, "sweep.py"), *args], capture_output=True,
+                          text=True, env=env, cwd=kit.ROOT, timeout=120)
+
+
+@pytest.mark.parametrize("squeue", ["echo 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2; "
+                                    "exit 1", None])
+def test_a_queue_slurm_cannot_tell_submits_nothing_in_one_line(spec_file, squeue, tmp_path):
+    c = spec.load(spec_file)
+    slurmstate.record_jobs(c, {c.runs[0].id: "4242_0"})
+    before = open(slurmstate.jobs_file(c)).read()
+    bin_ = str(tmp_path / "bin")
+    slurmkit.fake(bin_, "sbatch", f"touch {tmp_path}/sbatch-called; echo 'Submitted batch job 1'")
+    if squeue:
+        slurmkit.fake(bin_, "squeue", squeue)
+    done = _sweep(["run", spec_file, "--slurm", "--gpus-per-run", "0"], [bin_, "/usr/bin", "/bin"] if squeue
+                  else [bin_])
+    assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
+    why = "squeue failed (slurm_load_jobs error: Socket timed out" if squeue else "squeue not found"
+    assert done.stderr.startswith(f"error: {why}") and done.stderr.endswith("nothing submitted\n")
+    assert not os.path.exists(tmp_path / "sbatch-called") and open(slurmstate.jobs_file(c)).read() == before
+    plan = _sweep(["plan", spec_file], [bin_, "/usr/bin", "/bin"] if squeue else [bin_])
+    assert plan.returncode == 0 and plan.stderr.startswith("warning: ") and "3 runs: " in plan.stdout
+
+
+def test_a_corrupt_job_id_file_is_an_empty_record(tmp_path):
+    c = slurmkit.campaign(str(tmp_path), 1)
+    os.makedirs(os.path.dirname(slurmstate.jobs_file(c)))
+    with open(slurmstate.jobs_file(c), "w") as f:
+        f.write('{"r0": ["1_0"')
+    assert slurmstate.recorded_jobs(c) == {}
+    slurmstate.record_jobs(c, {"r0": "7"})
+    slurmstate.record_jobs(c, {"r0": "9_1"})
+    assert slurmstate.recorded_jobs(c) == {"r0": ["7", "9_1"]}  # every job a run has had, newest last
+
+
+def _fake_cluster(bin_: str, max_array: int) -> None:
+    """sbatch that keeps the script it is given and answers with a new job id; scontrol with MaxArraySize."""
+    slurmkit.fake(bin_, "sbatch", f'n=$(cat {bin_}/n 2>/dev/null || echo 100); echo $((n + 1)) > {bin_}/n\n'
+                                  f'echo "Submitted batch job $n"')
+    slurmkit.fake(bin_, "scontrol", f"echo 'MaxArraySize            = {max_array}'")
+
+
+def _scripts(root: str) -> list[str]:
+    folder = os.path.join(root, ".campaign", "slurm")
+    found = []
+    jobs = [j for j in os.listdir(folder) if os.path.isdir(os.path.join(folder, j))]
+    for job in sorted(jobs, key=lambda j: int(j.split("_")[0])):
+        for name in os.listdir(os.path.join(folder, job)):
+            if name.endswith("_submission.sh"):
+                with open(os.path.join(folder, job, name)) as f:
+                    found.append(f.read())
+    return found
+
+
+def test_an_imp_stage_is_sized_for_its_gpus_and_arrays_are_chunked(tmp_path, monkeypatch):
+    """The sbatch scripts submitit writes (ROOT/.campaign/slurm/): GPUs cannot exist here, so sbatch is a fake
+    that keeps them; the campaign, submitit and the scripts are real."""
+    bin_ = str(tmp_path / "bin")
+    _fake_cluster(bin_, 3)
+    monkeypatch.setenv("PATH", bin_ + os.pathsep + os.environ["PATH"])
+    scheduler.max_array_size.cache_clear()
+    c = slurmkit.campaign(str(tmp_path / "root"), 7)
+    imp = spec.Run("imp:tiny/aimp", "imp", str(tmp_path / "imp"), ("bash", "-c", "true"), gpus=4,
+                   resources=spec.Resources(cpus_per_gpu=3, mem_gb_per_gpu=5, time_min=17, partition="big"))
+    opts = slurm.SlurmOptions(partition="small", time_min=30, gpus_per_run=1, cpus_per_run=2,
+                              extra={"exclude": "n9"})
+    try:
+        new = slurm.submit(c, [imp, *c.runs], opts, say=lambda s: None, exclude=("n2",))
+    finally:
+        scheduler.max_array_size.cache_clear()
+    assert new[imp.id] == "100" and [new[f"r{i}"] for i in range(7)] == ["101_0", "101_1", "101_2", "102_0",
+                                                                         "102_1", "102_2", "103"]
+    first, *arrays = _scripts(c.root)
+    for line in ("--cpus-per-task=12", "--mem=20GB", "--time=17", "--partition=big", "--gpus-per-node=4",
+                 "--exclude=n2,n9"):
+        assert f"#SBATCH {line}\n" in first, first
+    assert len(arrays) == 3 and "#SBATCH --array=0-2%3\n" in arrays[0] and "--array" not in arrays[2]
+    for line in ("--cpus-per-task=2", "--time=30", "--partition=small", "--gpus-per-node=1", "--exclude=n2,n9"):
+        assert all(f"#SBATCH {line}\n" in a for a in arrays), arrays[0]
+    assert slurmstate.recorded_jobs(c)["r6"] == ["103"]
+
+
+def test_failures_are_grouped_by_host():
+    failed_on = {f"r{i}": ("n2", "OUT_OF_MEMORY") for i in range(5)}
+    failed_on.update(a=("n2", "exit 3 (node)"), b=("n2", "exit 3 (node)"), c=("vm", "killed by SIGKILL"))
+    lines = status.by_host(failed_on, ["n2"])
+    assert lines[0] == "failed on n2: 7 runs: OUT_OF_MEMORY x5, exit 3 (node) x2"
+    assert lines[1] == "failed on vm: 1 run: killed by SIGKILL" and lines[2].endswith(": n2")
+
+
+# ---------------------------------------------------------------------------- live (slow)
+def _jobs(c) -> dict[str, list[str]]:
+    return slurmstate.recorded_jobs(c)
+
+
+def _arrays(c) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for jobs in _jobs(c).values():
+        for j in jobs:
+            sizes[j.split("_")[0]] = sizes.get(j.split("_")[0], 0) + 1
+    return sizes
+
+
+@pytest.mark.slow
+def test_more_runs_than_max_array_size_and_the_submit_limit_all_get_done(slurm_cluster, tmp_path):
+    c = slurmkit.campaign(str(tmp_path), 18)
+    said: list[str] = []
+    left = slurm.run_slurm(c, OPTS, say=said.append)  # no --follow: the rest is said and the exit is non-zero
+    assert 0 < left < 18 and said[-1].startswith(f"{left} runs wait, not submitted (a submit limit)"), said
+    assert any("submit limit reached (QOSMaxSubmitJobPerUserLimit)" in s for s in said), said
+    assert slurm.run_slurm(c, OPTS, follow=True, poll=1, say=said.append) == 0, said
+    assert {r.state for r in state.states(c)} == {"done"}
+    assert all(len(js) == 1 for js in _jobs(c).values()) and len(_jobs(c)) == 18  # each submitted once
+    size = scheduler.max_array_size()
+    assert len(_arrays(c)) >= 3 and max(_arrays(c).values()) <= size, _arrays(c)
+
+
+@pytest.mark.slow
+def test_max_in_flight_caps_the_campaign(slurm_cluster, tmp_path):
+    c = slurmkit.campaign(str(tmp_path), 5)
+    opts = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=1, time_min=5, max_in_flight=2)
+    said: list[str] = []
+    assert slurm.run_slurm(c, opts, follow=True, poll=1, say=said.append) == 0, said
+    assert {r.state for r in state.states(c)} == {"done"}
+    subs = [s for s in said if s.startswith("submitted ")]
+    assert len(subs) >= 3 and all(int(s.split()[1]) <= 2 for s in subs), said
+
+
+@pytest.mark.slow
+def test_a_failing_squeue_while_jobs_are_pending_resubmits_nothing(slurm_cluster, tmp_path, monkeypatch):
+    c = slurmkit.campaign(str(tmp_path / "root"), 2, lambda d: slurmkit.finishing(d, 3))
+    assert slurm.run_slurm(c, OPTS, say=lambda s: None) == 0
+    first = _jobs(c)
+    bin_ = str(tmp_path / "bin")
+    real = subprocess.run(["bash", "-c", "command -v squeue"], capture_output=True, text=True).stdout.strip()
+    # fails its first 3 calls ("slurmctld busy"), then answers as the real one
+    slurmkit.fake(bin_, "squeue", f'n=$(cat {bin_}/n 2>/dev/null || echo 0); echo $((n + 1)) > {bin_}/n\n'
+                                  f'[ "$n" -ge 3 ] && exec {real} "$@"\n'
+                                  'echo "squeue: error: slurm_load_jobs error: Socket timed out" >&2; exit 1')
+    monkeypatch.setenv("PATH", bin_ + os.pathsep + os.environ["PATH"])
+    with pytest.raises(scheduler.SchedulerError, match=r"^squeue failed .*: nothing submitted$"):
+        slurm.run_slurm(c, OPTS, say=lambda s: None)
+    said: list[str] = []
+    assert slurm.run_slurm(c, OPTS, follow=True, poll=1, say=said.append) == 0, said
+    assert sum("asking again in 1 s" in s for s in said) == 2 and not any("submitted" in s for s in said), said
+    assert _jobs(c) == first and {r.state for r in state.states(c)} == {"done"}
+
+
+def _follow(c, opts=OPTS, retries: int = 2):
+    """run_slurm(follow) in a thread: (thread, its said lines, its result list)."""
+    said: list[str] = []
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(slurm.run_slurm(c, opts, follow=True, poll=1, retries=retries,
+                                                                      say=said.append)), daemon=True)
+    t.start()
+    return t, said, result
+
+
+@pytest.mark.slow
+def test_a_killed_run_and_a_cancelled_job_are_failed_with_their_reason(slurm_cluster, tmp_path):
+    def command(d):  # r0 is SIGKILLed (as by an OOM killer); r1 trains until its job is cancelled
+        if d.endswith("r0"):
+            return ("bash", "-c", "sleep 1; kill -9 $$")
+        return ("bash", "-c", "sleep 120")
+    c = slurmkit.campaign(str(tmp_path), 2, command)
+    t, said, result = _follow(c)
+    slurmkit.wait_until("r1 to run", lambda: os.path.exists(os.path.join(c.runs[1].save_dir, "launch.json")), 120)
+    job = _jobs(c)["r1"][-1]  # its array element (its SLURM_JOB_ID may be the whole array's id)
+    subprocess.run(["scancel", job], check=True)
+    t.join(180)
+    assert result == [2], said  # both failed: --follow exits non-zero, neither retried
+    assert all(len(js) == 1 for js in _jobs(c).values())
+    view = slurmstate.observe(c)
+    rows = {r.run.id: r for r in view.rows}
+    assert rows["r0"].state == "failed" and rows["r0"].detail.startswith("killed by SIGKILL (out of memory?")
+    assert rows["r1"].state == "failed" and rows["r1"].detail.startswith("CANCELLED by uid 0 on n"), rows["r1"]
+    assert view.failed_on["r0"][1] == "killed by SIGKILL" and view.failed_on["r1"][1] == "CANCELLED"
+    assert slurmkit.read_json(os.path.join(c.runs[1].save_dir, "launch.json")).get("exit") is None  # not said there
+    assert "r1" in slurmkit.read_json(os.path.join(c.root, ".campaign", "failures.json"))
+
+
+@pytest.mark.slow
+def test_a_node_that_cannot_see_an_input_is_retried_elsewhere_and_excluded(two_nodes, tmp_path):
+    """n2's jobs see script/slurm_up.sh's mount folder empty (a mount n2 lacks): with n1 drained both runs meet
+    it on n2 (exit 3), n2 is excluded after two distinct runs, and they are done on n1 once it is back."""
+    assert os.path.exists(slurmkit.ON_N1_ONLY)
+    c = slurmkit.campaign(str(tmp_path), 2, inputs=(slurmkit.ON_N1_ONLY,))
+    slurmkit.drain("n1")
+    t, said, result = _follow(c, retries=6)
+    slurmkit.wait_until("n2 excluded", lambda: slurmstate.excluded_hosts(c) == ["n2"], 120)
+    slurmkit.resume("n1")
+    t.join(180)
+    assert result == [0], said
+    assert {r.state for r in state.states(c)} == {"done"}
+    assert any("(not on n2)" in s for s in said), said
+    hosts = slurmkit.read_json(os.path.join(c.root, ".campaign", "hosts.json"))
+    assert sorted(hosts["infrastructure_failures"]["n2"]) == ["r0", "r1"] and hosts["excluded"] == ["n2"]
+    with open(os.path.join(c.runs[0].save_dir, "stdout.txt")) as f:
+        text = f.read()
+    assert f"error: {slurmkit.ON_N1_ONLY} not found on n2 (a mount missing on this node?)" in text
+    assert "excluded hosts (failures of the node, not the runs): n2" in status.status_text(
+        c, state.states(c), {}, slurmstate.excluded_hosts(c))
