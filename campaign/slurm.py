@@ -45,6 +45,9 @@ class RunFailed(Exception):
     """A run's command failed: the job ends FAILED and is not requeued."""
 
 
+HOLDER_POLL_S = 10.0  # a job waiting for a live lease holder reads the lease this often
+
+
 class Task:
     """What one array element runs: the run's bash driver; on USR2 (time limit, preemption) submitit calls
     `checkpoint`, which stops the driver and requeues a fresh Task: the re-run resumes from SAVE_DIR."""
@@ -53,9 +56,8 @@ class Task:
         self.run, self.threads, self.execution = run, threads, None
 
     def __call__(self) -> int:
-        holder = state.lock_holder(self.run.save_dir)
-        if holder:
-            return 0  # someone else trains there (a second submission): nothing to do here
+        if not self.wait_for_holder():
+            return 0  # the holder finished the run meanwhile: nothing left to do here
         missing = next((p for p in self.run.inputs if not os.path.exists(p)), None)
         if missing:
             raise RunFailed(_unseen_input(self.run, missing))
@@ -69,6 +71,16 @@ class Task:
             _note_node(self.run)
             raise RunFailed(f"{self.run.id}: exit {code}: {self.execution.record.get('error')}")
         return code
+
+    def wait_for_holder(self, poll: float = HOLDER_POLL_S) -> bool:
+        """While SAVE_DIR's lease has a live holder, wait (a requeue can land while the old job's process still
+        beats; on a node that died with it the heartbeat has stopped, and the lease goes stale within its bound):
+        True once the lease is released or stale (the run resumes here), False once the run is done."""
+        while state.lock_holder(self.run.save_dir):
+            if state.state_of(self.run).state == "done":
+                return False
+            time.sleep(poll)
+        return state.state_of(self.run).state != "done"
 
     def checkpoint(self, *args, **kwargs):
         import submitit

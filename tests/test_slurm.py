@@ -290,3 +290,34 @@ def test_a_node_that_cannot_see_an_input_is_retried_elsewhere_and_excluded(two_n
     assert f"error: {slurmkit.ON_N1_ONLY} not found on n2 (a mount missing on this node?)" in text
     assert "excluded hosts (failures of the node, not the runs): n2" in status.status_text(
         c, state.states(c), {}, slurmstate.excluded_hosts(c))
+
+
+def _holding(save_dir: str, then: str) -> subprocess.Popen:
+    """A process holding SAVE_DIR's lease (as a running entry point does) until told on stdin, then `then`."""
+    code = (f"import sys; sys.path.insert(0, {kit.ROOT!r}); from training import savedir; "
+            f"savedir.hold_save_dir({save_dir!r}); print('held', flush=True); sys.stdin.readline(); {then}")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=kit.ENV)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+@pytest.mark.parametrize("end, launch", [("os.kill(os.getpid(), 9)", True), ("finish()", False)])
+def test_a_job_waits_while_the_lease_has_a_live_holder(tmp_path, end, launch):
+    """A requeued job that finds a live holder waits: once the holder dies (its lease stale) it launches the run,
+    once the holder has finished the run it launches nothing."""
+    save = str(tmp_path / "run")
+    os.makedirs(save)
+    finish = (f"open({os.path.join(save, state.RESULTS)!r}, 'w').write('{{\"complete\": true}}')")
+    holder = _holding(save, f"import os\ndef finish(): {finish}\n{end}")
+    task = slurm.Task(spec.Run("r", "transfer", save, ("true",)), None)
+    answer: list[bool] = []
+    waiting = threading.Thread(target=lambda: answer.append(task.wait_for_holder(poll=0.05)))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and not answer  # the holder is alive: the job waits
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    holder.wait(30)
+    waiting.join(30)
+    assert answer == [launch]
