@@ -1,10 +1,10 @@
-"""What `plan` and `status` print: one line per run with its state, counts per state, a progress bar and the
-estimated GPU-hours of what is left."""
+"""What `plan` and `status` print: one line per run with its state, counts per state, a progress bar, the
+estimated GPU-hours of what is left and the device-hours measured so far (campaign/spent.py)."""
 from __future__ import annotations
 
 import os
 
-from campaign import cost, state
+from campaign import cost, spent, state
 from campaign.spec import Campaign
 from campaign.state import RunState
 
@@ -19,6 +19,7 @@ def summary(campaign: Campaign, rows: list[RunState]) -> dict:
     return {"spec": campaign.path, "root": campaign.root, "runs": len(rows), "counts": state.counts(rows),
             "left_gpu_hours_bf16": round(cost.gpu_hours(flop, amp=True), 2),
             "left_gpu_hours_fp32": round(cost.gpu_hours(flop, amp=False), 2),
+            "measured_device_hours": spent.summary(rows),
             "states": [{"id": r.run.id, "state": r.state, "detail": r.detail, "save_dir": r.run.save_dir}
                        for r in rows]}
 
@@ -63,6 +64,8 @@ def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = Fal
     lines += ["", *by_host(failed_on or {}, excluded), f"{len(rows)} runs: {counts_line(rows)}",
               f"left: ~{s['left_gpu_hours_bf16']:.1f} GPU-hours in bf16, ~{s['left_gpu_hours_fp32']:.1f} in fp32 "
               "(estimated from FLOP counts, not measured; see README)"]
+    spent_lines = spent.table(rows)
+    lines += ["", "device-hours measured so far (the runs' compute ledgers):", *spent_lines] if spent_lines else []
     return "\n".join(lines)
 
 
@@ -85,6 +88,8 @@ def status_text(campaign: Campaign, rows: list[RunState], failed_on: dict[str, t
         lines.append(f"  ... and {len(failed) - 10} more failed (sweep.py plan SPEC lists them)")
     lines += by_host(failed_on or {}, excluded)
     done = sum(r.state == "done" for r in rows)
+    spent_lines = spent.table(rows)
+    lines += ["", "device-hours measured so far (the runs' compute ledgers):", *spent_lines] if spent_lines else []
     lines += ["", bar(done, len(rows)), counts_line(rows)]
     if done == len(rows):
         rel = os.path.relpath(campaign.path)

@@ -51,9 +51,12 @@ def test_local_queue_two_workers_give_the_files_of_one(local_two, inputs, tmp_pa
     assert len(one) == 2 and all(one[k] == two[k] for k in one)  # dense and level 2, adv, seed 2
     again = kit.sweep("run", path, "--local", "--jobs", "2", check=True)  # nothing left: nothing launched
     assert "start" not in again.stdout and kit.results(root) == two
+    plan = kit.sweep("plan", path, check=True).stdout  # the measured cost beside the estimate, per family
+    assert any(ln.startswith("tiny aimp") and ln.endswith("(8 done)") for ln in plan.splitlines()), plan
     report = kit.sweep("report", path, check=True)
     assert "highest double-win sparsity" in report.stdout.lower()
     assert os.path.exists(os.path.join(root, "report", "report.json"))
+    assert os.path.exists(os.path.join(root, "ticket_overlap.json"))  # sweep.py report ran tickets.py overlap
 
 
 @pytest.mark.slow
