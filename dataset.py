@@ -17,7 +17,7 @@ from torchvision import transforms as T
 
 from datafiles import formats
 from infra.checkpoint import atomic_write_json
-from infra.errors import DataError, UserError
+from infra.errors import DataError, UserError, node_error
 from infra.reproducibility import subset_generator
 
 SUBSETS = ("first", "balanced")
@@ -68,7 +68,8 @@ class SplitView(Dataset):
         except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for a truncated or broken image file
             if not hasattr(self.dataset, "samples"):
                 raise
-            raise unreadable_image(self.dataset.samples[self.indices[i]][0], self.dataset.root, e) from None
+            path = self.dataset.samples[self.indices[i]][0]
+            raise node_error(path, e, "reading") or unreadable_image(path, self.dataset.root, e) from None
         return self.transform(image), int(target)
 
     @property

@@ -78,15 +78,26 @@ class Execution:
         return self._finish(self.proc.wait())
 
     def terminate(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds (the run resumes from its last checkpoint)."""
-        if self.proc.poll() is None:
-            self.stopping = True
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Stop the run's whole process group (see `terminate_all`); it resumes from its last checkpoint."""
+        terminate_all([self], grace)
+
+    def group_alive(self) -> bool:
+        """Whether a process of the run's group is left (the driver, the ranks or loader workers it started:
+        `start_new_session` made the driver the leader of a group of its own)."""
+        self.proc.poll()  # reap the driver itself, so that its own zombie does not count
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _finish(self, code: int) -> int:
         if not self.out.closed:
@@ -102,6 +113,26 @@ class Execution:
                 self.record.update(exit=code, error=error, end=time.time())
             atomic_write_json(os.path.join(self.run.save_dir, LAUNCH), self.record)
         return code
+
+
+def terminate_all(executions: list[Execution], grace: float = 10.0, reap: float = 5.0) -> None:
+    """SIGTERM to the process group of every run at once (an IMP stage's ranks and every loader worker, not just
+    the driver), SIGKILL to the groups still there after `grace` seconds, then wait for them to go (up to `reap`
+    more seconds for the ones the kernel is still tearing down)."""
+    live = [ex for ex in executions if ex.group_alive()]
+    for ex in live:
+        ex.stopping = True
+        ex.signal_group(signal.SIGTERM)
+    for sig, wait in ((signal.SIGKILL, grace), (None, reap)):
+        deadline = time.time() + wait
+        while live and time.time() < deadline:
+            live = [ex for ex in live if ex.group_alive()]
+            time.sleep(0.02)
+        for ex in live:
+            if sig is not None:
+                ex.signal_group(sig)
+    for ex in executions:
+        ex.proc.wait()
 
 
 def execute(run: Run, env: dict[str, str] | None = None) -> int:

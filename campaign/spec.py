@@ -16,11 +16,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")
 MODES = ("std", "adv")
 IMP_KINDS = ("std", "adv")
-TOP_KEYS = {"root", "data", "overrides", "std_overrides", "adv_overrides", "init"}
+TOP_KEYS = {"root", "data", "overrides", "std_overrides", "adv_overrides", "imp_overrides", "init"}
 INIT_KEYS = {"name", "weights", "datasets", "modes", "fractions", "seeds", "dense", "tickets", "overrides",
-             "std_overrides", "adv_overrides"}
+             "std_overrides", "adv_overrides", "imp_overrides"}
 TICKET_KEYS = {"name", "dir", "levels", "imp"}
-IMP_KEYS = {"kind", "data", "gpus", "overrides"}
+IMP_KEYS = {"kind", "data", "gpus", "overrides", "cpus_per_gpu", "mem_gb_per_gpu", "time", "partition"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,12 @@ class Resources:
     mem_gb_per_gpu: int = 40      # a rank, its ImageNet loader workers and pinned batches
     time_min: int | None = None
     partition: str | None = None
+
+    def cpus(self, gpus: int) -> int:
+        return self.cpus_per_gpu * gpus
+
+    def mem_gb(self, gpus: int) -> int:
+        return self.mem_gb_per_gpu * gpus
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,31 @@ class Campaign:
 
 class SpecError(UserError):
     """A mistake in the campaign spec."""
+
+
+def parse_time_min(text: str | int, where: str) -> int:
+    """SLURM's time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS; an int: minutes) -> whole minutes;
+    a bad value is a UserError naming `where` (the flag or the spec key)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        raise UserError(f"{where} {text!r}: expected minutes, HH:MM:SS or D-HH:MM:SS")
+    try:
+        days, sep, rest = text.rpartition("-")
+        p = [int(x) for x in rest.split(":")]
+        if sep and not days.isdigit():
+            raise ValueError(text)
+        if days:
+            h, m, sec = (p + [0, 0])[:3]
+            seconds = int(days) * 86400 + h * 3600 + m * 60 + sec
+        else:
+            seconds = {1: lambda: p[0] * 60, 2: lambda: p[0] * 60 + p[1],
+                       3: lambda: p[0] * 3600 + p[1] * 60 + p[2]}[len(p)]()
+    except (ValueError, KeyError):
+        raise UserError(f"{where} {text!r}: expected minutes, HH:MM:SS or D-HH:MM:SS") from None
+    if seconds < 60 or min(p) < 0:
+        raise UserError(f"{where} {text!r}: at least one minute")
+    return -(-seconds // 60)
 
 
 def _abs(path: str) -> str:
@@ -173,7 +204,8 @@ def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, name
     if not all(0 < f <= 1 for f in fractions):
         raise r.fail(f"{where}fractions = {fractions!r}: each must be in (0, 1]")
     seeds = r.get(init, "seeds", int, where, default=[1])
-    runs, tickets = _tickets(r, init, where, name, weights)
+    imp_flags = [*r.flags(spec, "imp_overrides", ""), *r.flags(init, "imp_overrides", where)]
+    runs, tickets = _tickets(r, init, where, name, weights, imp_flags)
     for d in datasets:
         root_d = data.get(d) if isinstance(data, dict) else data
         if not isinstance(root_d, str):
@@ -190,7 +222,8 @@ def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, name
                         cmd = ["bash", script, *([d] if takes_dataset else []), weights, save, ticket or "",
                                "--data", _abs(root_d), "--data_number", fraction_tag(frac), "--seed", str(seed),
                                *extra]
-                        runs.append(Run(rid, "transfer", save, tuple(cmd), needs=ticket, dataset=d, mode=mode))
+                        runs.append(Run(rid, "transfer", save, tuple(cmd), needs=ticket, dataset=d, mode=mode,
+                                        inputs=(weights, _abs(root_d), *([ticket] if ticket else []))))
     return runs
 
 
@@ -201,9 +234,10 @@ def _choices(r: _Reader, values: list[str], known: tuple[str, ...], where: str, 
     return values
 
 
-def _tickets(r: _Reader, init: dict, where: str, name: str,
-             weights: str) -> tuple[list[Run], list[tuple[str, str | None]]]:
-    """The IMP runs of an [[init]]'s [[init.tickets]] and the (tag, ticket file) pairs to transfer (dense: None)."""
+def _tickets(r: _Reader, init: dict, where: str, name: str, weights: str,
+             imp_flags: list[str]) -> tuple[list[Run], list[tuple[str, str | None]]]:
+    """The IMP runs of an [[init]]'s [[init.tickets]] (`imp_flags`: the campaign's and the init's
+    imp_overrides, before each stage's own) and the (tag, ticket file) pairs to transfer (dense: None)."""
     runs: list[Run] = []
     tickets: list[tuple[str, str | None]] = [("dense", None)] if r.get(init, "dense", bool, where, default=True) else []
     for j, t in enumerate(init.get("tickets", [])):
@@ -215,7 +249,8 @@ def _tickets(r: _Reader, init: dict, where: str, name: str,
         folder = _abs(r.get(t, "dir", str, tw, required=True))
         files = [os.path.join(folder, f"{k}-ticket.pth.tar") for k in _levels(r, t, tw)]
         if "imp" in t:
-            runs.append(_imp_run(r, t["imp"], f"{tw}imp.", f"imp:{name}/{tname}", weights, folder, files))
+            runs.append(_imp_run(r, t["imp"], f"{tw}imp.", f"imp:{name}/{tname}", (weights, folder, files),
+                                 imp_flags))
         else:
             missing = next((f for f in files if not os.path.isfile(f)), None)
             if missing:
@@ -227,7 +262,11 @@ def _tickets(r: _Reader, init: dict, where: str, name: str,
     return runs, tickets
 
 
-def _imp_run(r: _Reader, imp, where: str, rid: str, weights: str, folder: str, files: list[str]) -> Run:
+def _imp_run(r: _Reader, imp, where: str, rid: str, paths: tuple[str, str, list[str]],
+             imp_flags: list[str]) -> Run:
+    """An IMP stage: (weights, ticket folder, ticket files) in `paths`; its flags are the drivers' defaults, then
+    `imp_flags`, then the stage's own overrides (argparse keeps the last value)."""
+    weights, folder, files = paths
     if not isinstance(imp, dict):
         raise r.fail(f"{where[:-1]} must be a table")
     r.keys(imp, IMP_KEYS, where)
@@ -239,5 +278,26 @@ def _imp_run(r: _Reader, imp, where: str, rid: str, weights: str, folder: str, f
     if gpus < 1:
         raise r.fail(f"{where}gpus = {gpus}: at least 1")
     script = os.path.join(REPO, "script", "imp_pretrain", f"imp_{kind}.sh")
-    cmd = ("bash", script, weights, folder, data, *r.flags(imp, "overrides", where))
-    return Run(rid, "imp", folder, cmd, makes=tuple(files), gpus=gpus, mode=kind)
+    cmd = ("bash", script, weights, folder, data, *imp_flags, *r.flags(imp, "overrides", where))
+    return Run(rid, "imp", folder, cmd, makes=tuple(files), gpus=gpus, mode=kind, inputs=(weights, data),
+               resources=_resources(r, imp, where))
+
+
+def _resources(r: _Reader, imp: dict, where: str) -> Resources:
+    """An IMP stage's sizing: per-GPU CPUs and memory (defaults: `Resources`'), its own time limit and
+    partition (default: the campaign's)."""
+    out = {}
+    for key in ("cpus_per_gpu", "mem_gb_per_gpu"):
+        v = r.get(imp, key, int, where, default=getattr(Resources, key))
+        if v < 1:
+            raise r.fail(f"{where}{key} = {v}: at least 1")
+        out[key] = v
+    if "time" in imp:
+        try:
+            out["time_min"] = parse_time_min(imp["time"], f"{where}time =")
+        except UserError as e:
+            raise r.fail(str(e)) from None
+    partition = r.get(imp, "partition", str, where)
+    if partition is not None and not partition.strip():
+        raise r.fail(f"{where}partition = {partition!r}: a partition name, or leave the key out")
+    return Resources(**out, partition=partition)

@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from infra.errors import DataError
+from infra.checkpoint import exists
+from infra.errors import DataError, node_error
 
 VAL_SIZE = 5000  # images held out of the official training file for validation (CIFAR and SVHN)
 
@@ -44,6 +45,9 @@ def _open_torchvision(make: Callable[[], Dataset], name: str, path: str, layout:
     from scipy.io.matlab import MatReadError
     try:
         return make()
+    except OSError as e:  # a stale handle, an I/O error: the machine's; anything else: the files'
+        raise node_error(path, e, "reading") or DataError(f"{name} data in {path} cannot be read ({e}): expected "
+                                                           f"{layout}") from None
     except RuntimeError as e:
         if "not found or corrupted" not in str(e):
             raise
@@ -55,7 +59,7 @@ def _open_torchvision(make: Callable[[], Dataset], name: str, path: str, layout:
 
 
 def _check_files(name: str, root: str, folder: str, files: Sequence[str], layout: str) -> None:
-    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    missing = [f for f in files if not exists(os.path.join(folder, f))]
     if missing:
         raise DataError(f"{name} data not found in {root}: expected {layout} (missing {missing[0]}). "
                         "Pass --download to fetch it, or --data DIR")
@@ -87,16 +91,18 @@ def svhn(root: str, download: bool) -> RawSplits:
 
 
 def _image_folder(name: str, path: str, layout: str) -> tvd.ImageFolder:
-    if not os.path.isdir(path):
+    if not exists(path, "dir"):
         root = os.path.dirname(path)
         hint = f"{root} looks like one split: pass its parent folder" \
-            if os.path.isdir(root) and os.path.basename(os.path.normpath(root)) in ("train", "val", "test") \
+            if exists(root, "dir") and os.path.basename(os.path.normpath(root)) in ("train", "val", "test") \
             else "Folder datasets are never downloaded: pass the folder that holds train/ (--data, or DIR for IMP)"
         raise DataError(f"{name} data not found: {path} is not a folder; expected {layout}. {hint}")
     try:
         return tvd.ImageFolder(path)
     except FileNotFoundError as e:  # no class folders, or a class folder without images
         raise DataError(f"{name} data in {path} is malformed ({e}): expected {layout}") from None
+    except OSError as e:  # listing the folder failed: a stale handle, an I/O error (the machine's), a permission
+        raise node_error(path, e, "reading") or DataError(f"{name} data in {path} cannot be listed ({e})") from None
 
 
 def _same_classes(name: str, train: tvd.ImageFolder, other: tvd.ImageFolder) -> None:
@@ -119,7 +125,7 @@ def folder(root: str, download: bool) -> RawSplits:
     layout = f"{root}/train/<class>/<image> and {root}/val/ and/or {root}/test/ with the same class folders"
     train = _image_folder("folder", os.path.join(root, "train"), layout)
     found = {s: _image_folder("folder", os.path.join(root, s), layout)
-             for s in ("val", "test") if os.path.isdir(os.path.join(root, s))}
+             for s in ("val", "test") if exists(os.path.join(root, s), "dir")}
     if not found:
         raise DataError(f"folder data in {root} has no val/ or test/ folder: expected {layout}")
     for other in found.values():

@@ -6,13 +6,14 @@ import functools
 import json
 import os
 import pickle
+import stat
 import sys
 import tempfile
 import zipfile
 from typing import Any
 
 from infra import lease
-from infra.errors import CheckpointError
+from infra.errors import CheckpointError, UserError, node_error
 
 # ---------------------------------------------------------------------------- file names
 CONFIG = "config.json"
@@ -81,9 +82,30 @@ def _file_mode(path: str) -> int:
         return 0o666 & ~_umask()
 
 
-def _write_failed(path: str, e: OSError) -> CheckpointError:
-    return CheckpointError(f"could not write {path} ({e.strerror or type(e).__name__}); the previous version, if "
-                           "any, is intact: free space or fix the folder, then re-run the same command to resume")
+def _write_failed(path: str, e: OSError) -> UserError:
+    """A full disk or quota, a failing mount or server, a filesystem gone read-only: the machine's (NodeError,
+    exit 3); any other (a folder removed or made unwritable): the user's to fix."""
+    intact = "the previous version, if any, is intact; then re-run the same command to resume"
+    return node_error(path, e, "writing", was_writable=True, after=intact) or CheckpointError(
+        f"could not write {path} ({e.strerror or type(e).__name__}); the previous version, if any, is intact: "
+        "fix the folder, then re-run the same command to resume")
+
+
+def _read_failed(path: str, e: OSError) -> UserError | None:
+    return node_error(path, e, "reading")
+
+
+def exists(path: str, kind: str = "file") -> bool:
+    """os.path.isfile / isdir (`kind` "file" or "dir") that does not hide the machine's faults: a stale handle
+    or an I/O error is a NodeError naming the path, not a file that seems missing."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        err = _read_failed(path, e)
+        if err is not None:
+            raise err from None
+        return False
+    return stat.S_ISDIR(st.st_mode) if kind == "dir" else stat.S_ISREG(st.st_mode)
 
 
 def _atomic(path: str, write, mode: str) -> None:
@@ -103,7 +125,7 @@ def _atomic(path: str, write, mode: str) -> None:
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError):  # disk full, folder gone or read-only: the user's to fix, not a bug
+        if isinstance(e, OSError):  # the machine's (a full disk, a failing mount) or the user's to fix, never a bug
             raise _write_failed(path, e) from None
         raise
     try:  # make the rename itself durable
@@ -157,14 +179,17 @@ def append_jsonl(path: str, row: dict) -> None:
 
 def read_jsonl(path: str) -> list[dict]:
     rows = []
-    if not os.path.exists(path):
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # torn final line from a crash
+    except FileNotFoundError:
         return rows
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # torn final line from a crash
+    except OSError as e:
+        raise _read_failed(path, e) or e from None
     return rows
 
 
@@ -193,7 +218,7 @@ def load_own(path: str, *, map_location: Any = "cpu") -> Any:
 def _load(path: str, trusted: bool, map_location: Any, *, own: bool) -> Any:
     import torch
 
-    if not path or not os.path.isfile(path):
+    if not path or not exists(path):
         raise CheckpointError(f"{path!r} not found: check the path (a file written by torch.save is expected)")
     remedy = "pass --restart to start this run over" if own else "re-create or re-download it"
     try:
@@ -207,7 +232,9 @@ def _load(path: str, trusted: bool, map_location: Any, *, own: bool) -> Any:
                 f"{path} holds Python objects beyond tensors and plain values, so it was not unpickled; "
                 "if you trust this file, pass --trust-pickle to load it fully") from None
         raise CheckpointError(f"{path} is corrupt or not a torch file ({_first_line(e)}); {remedy}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except OSError as e:
+        raise _read_failed(path, e) or CheckpointError(f"{path} cannot be read ({_first_line(e)}); {remedy}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}); {remedy}") from None
 
 

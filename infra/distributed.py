@@ -6,7 +6,7 @@ import datetime
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -48,7 +48,9 @@ def _launch_flag(names: str, default: Any, help: str, **options) -> Any:
 class Launch:
     """What the original's distributed flags mean on this machine (the process layout: it changes no result)."""
     gpu: int | None = _launch_flag("--gpu", None, "GPU id for a one-process run", type=int)
-    dist_url: str = _launch_flag("--dist-url", "env://", "url of the process group rendezvous")
+    dist_url: str = _launch_flag("--dist-url", "auto", "url of the process group rendezvous; auto: chosen per run "
+                                 "(one node: a free port of this node; several nodes under SLURM: the first node "
+                                 "and a port derived from the job id; torchrun and srun: their own)")
     dist_backend: str = _launch_flag("--dist-backend", "nccl", "nccl (gloo is used when no GPU is visible)")
     world_size: int = _launch_flag("--world-size", -1, "number of nodes (processes without "
                                    "--multiprocessing-distributed)", type=int)
@@ -58,6 +60,8 @@ class Launch:
         "--multiprocessing-distributed", False, "one process per GPU on this node (one CPU process when no GPU "
         "is visible)")
 
+
+AUTO = "auto"  # --dist-url: the rendezvous chosen per run (`rendezvous`), so two runs on one node never collide
 
 # NCCL's default 10 minutes is shorter than rank 0's --download of a data set while the others wait in a barrier
 TIMEOUT = datetime.timedelta(minutes=60)
@@ -142,23 +146,29 @@ def _device(local_rank: int | None, *, flag: str | None = None, local_world: int
 
 
 def _init(rank: int, world: int, local_rank: int, url: str, backend: str, device_gpu: int | None,
-          local_world: int | None = None) -> DistEnv:
+          local_world: int | None = None, hosted: bool = False) -> DistEnv:
+    """Join the process group at `url`; `hosted`: a tcp:// rendezvous the spawning parent holds, which every
+    rank joins as a client (rank 0 would otherwise try to host it on the same port)."""
     backend = _backend(backend)
     dev = _device(device_gpu, local_world=local_world)
-    dist.init_process_group(backend=backend, init_method=url, world_size=world, rank=rank, timeout=TIMEOUT,
-                            device_id=dev if backend == "nccl" else None)
+    where: dict[str, Any] = {"init_method": url}
+    if hosted:
+        host, port = url.removeprefix("tcp://").rsplit(":", 1)
+        where = {"store": dist.TCPStore(host, int(port), world, is_master=False, timeout=TIMEOUT)}
+    dist.init_process_group(backend=backend, world_size=world, rank=rank, timeout=TIMEOUT,
+                            device_id=dev if backend == "nccl" else None, **where)
     return DistEnv(rank, world, local_rank, dev, True, backend)
 
 
 def launch(worker: Callable[[DistEnv, Any], None], payload: Any, opts: Launch) -> str:
     """Run `worker(env, payload)` in the process layout the flags ask for; returns a one-line description."""
     ranks = ranks_from_env(os.environ)
-    if ranks is not None and (ranks.launcher == "srun" or opts.dist_url == "env://"
+    if ranks is not None and (ranks.launcher == "srun" or opts.dist_url in ("env://", AUTO)
                               or "TORCHELASTIC_RUN_ID" in os.environ):
         if ranks.world_size == 1:
             worker(DistEnv(device=_device(ranks.local_rank)), payload)
             return f"{ranks.launcher} with one process"
-        url = ranks.url if ranks.launcher == "torchrun" or opts.dist_url == "env://" else opts.dist_url
+        url = ranks.url if ranks.launcher == "torchrun" or opts.dist_url in ("env://", AUTO) else opts.dist_url
         worker(_init(ranks.rank, ranks.world_size, ranks.local_rank, url, opts.dist_backend, ranks.local_rank,
                      ranks.local_world), payload)
         return f"{ranks.launcher}: {ranks.world_size} processes"
@@ -168,25 +178,54 @@ def launch(worker: Callable[[DistEnv, Any], None], payload: Any, opts: Launch) -
             worker(DistEnv(), payload)
             return "--multiprocessing-distributed asked for one process per GPU, but no GPU is visible: one CPU process"
         nodes = max(opts.world_size, 1)
-        world = ngpus * nodes
-        try:
-            torch.multiprocessing.spawn(_spawned, nprocs=ngpus,
-                                        args=(worker, payload, ngpus, world, max(opts.rank, 0), opts))
-        except torch.multiprocessing.ProcessExitedException as e:
-            if e.exit_code in (2, 3):  # a user or node error, already reported as one line by the rank that met it
-                raise SystemExit(e.exit_code) from None
-            raise
-        return f"--multiprocessing-distributed: {ngpus} GPU processes on this node, {world} in all"
+        _spawn(worker, payload, opts, ngpus, nodes)
+        return f"--multiprocessing-distributed: {ngpus} GPU processes on this node, {ngpus * nodes} in all"
     if opts.world_size > 1:
         local = opts.gpu if opts.gpu is not None else 0
-        worker(_init(opts.rank, opts.world_size, local, opts.dist_url, opts.dist_backend, opts.gpu), payload)
+        url = rendezvous(opts, opts.world_size, os.environ)
+        worker(_init(opts.rank, opts.world_size, local, url, opts.dist_backend, opts.gpu), payload)
         return f"process {opts.rank} of {opts.world_size}"
     worker(DistEnv(device=_device(opts.gpu, flag="--gpu")), payload)
     return "one process on " + ("GPU" if cuda_usable() else "CPU")
 
 
-def _spawned(i: int, worker, payload, ngpus: int, world: int, node_rank: int, opts: Launch) -> None:
-    env = _init(node_rank * ngpus + i, world, i, opts.dist_url, opts.dist_backend, i)
+def rendezvous(opts: Launch, nodes: int, environ: Mapping[str, str]) -> str | None:
+    """The url the processes of a run started without a launcher meet at: `--dist-url` as given, or for `auto`
+    None on one node (the parent hosts the rendezvous on a free port: `_spawn`), `slurm_rendezvous` on several
+    nodes of a SLURM job (every node derives the same one); elsewhere several nodes need an explicit url."""
+    if opts.dist_url != AUTO:
+        return opts.dist_url
+    if nodes <= 1:
+        return None
+    if "SLURM_JOB_ID" in environ:
+        return slurm_rendezvous(environ)
+    raise UserError(f"--dist-url auto cannot choose a rendezvous that {nodes} nodes agree on outside SLURM: pass "
+                    "--dist-url tcp://HOST:PORT (node 0's address and a free port), or start the run with torchrun")
+
+
+def _spawn(worker, payload, opts: Launch, ngpus: int, nodes: int) -> None:
+    """One process per GPU of this node (torch.multiprocessing.spawn). On one node with `--dist-url auto`, this
+    process hosts the rendezvous on a port the OS chooses (held from before the ranks start until they end, so a
+    second run on the node cannot take it) and the ranks join it."""
+    url, store = rendezvous(opts, nodes, os.environ), None
+    if url is None:
+        store = dist.TCPStore("127.0.0.1", 0, ngpus, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
+        url = f"tcp://127.0.0.1:{store.port}"
+    try:
+        torch.multiprocessing.spawn(_spawned, nprocs=ngpus, args=(worker, payload, ngpus, ngpus * nodes,
+                                                                  max(opts.rank, 0), replace(opts, dist_url=url),
+                                                                  store is not None))
+    except torch.multiprocessing.ProcessExitedException as e:
+        if e.exit_code in (2, 3):  # a user or node error, already reported as one line by the rank that met it
+            raise SystemExit(e.exit_code) from None
+        raise
+    finally:
+        del store
+
+
+def _spawned(i: int, worker, payload, ngpus: int, world: int, node_rank: int, opts: Launch,
+             hosted: bool = False) -> None:
+    env = _init(node_rank * ngpus + i, world, i, opts.dist_url, opts.dist_backend, i, hosted=hosted)
     try:
         worker(env, payload)
     except UserError as e:  # one line and exit 2 (3: NodeError), as errors.run_cli does in a single process

@@ -6,6 +6,7 @@ the machine, not the input, is at fault).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Callable, NoReturn
 
@@ -17,10 +18,48 @@ class UserError(Exception):
 
 
 class NodeError(UserError):
-    """This machine cannot run what was asked of it (a GPU it was given that CUDA cannot use): one line, exit
-    status 3, so that a scheduler tries the run again elsewhere rather than calling the input wrong."""
+    """This machine cannot run what was asked of it (a GPU it was given that CUDA cannot use, a disk or file
+    server that fails, a full disk): one line, exit status 3, so that a scheduler tries the run again elsewhere
+    rather than calling the input wrong."""
 
     exit_status = 3
+
+
+# errno values that report a fault of the machine (its disks, mounts, file servers), never of the input, with
+# what to do about them; everything else (a missing file, a permission) is the input's
+_SERVER = "the disk, mount or file server failed, not the input: have it checked or run elsewhere"
+MACHINE_ERRNOS = {
+    errno.ESTALE: "the file server no longer knows the file: remount, or run elsewhere",
+    **dict.fromkeys((errno.EIO, errno.ENOTCONN, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN,
+                     errno.ENETUNREACH, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOLINK,
+                     errno.ECOMM, errno.EREMOTEIO), _SERVER),
+    errno.ENOSPC: "the disk is full: free space",
+    errno.EDQUOT: "the disk quota is used up: free space or raise the quota",
+}
+# a read-only filesystem is the machine's fault only where the run could write before (a mount that went
+# read-only after disk errors); a folder that never was writable is the user's choice of folder
+READ_ONLY = "the filesystem went read-only (often after disk errors): have it fixed or write elsewhere"
+
+
+def machine_fault(e: BaseException, *, was_writable: bool = False) -> str | None:
+    """What fault of the machine an OSError reports, with what to do (one clause), or None when it is not the
+    machine's. `was_writable`: the path was written before, so a read-only filesystem (EROFS) is a fault too."""
+    if not isinstance(e, OSError) or e.errno is None:
+        return None
+    if e.errno == errno.EROFS:
+        return READ_ONLY if was_writable else None
+    return MACHINE_ERRNOS.get(e.errno)
+
+
+def node_error(path: str, e: BaseException, doing: str, *, was_writable: bool = False,
+               after: str = "then re-run the same command to resume") -> NodeError | None:
+    """The one-line NodeError for an OSError met `doing` something to `path` ("reading", "writing") that is the
+    machine's fault: it names the path, the fault and what to do; None when the fault is not the machine's."""
+    fault = machine_fault(e, was_writable=was_writable)
+    if fault is None:
+        return None
+    return NodeError(f"{doing} {path} failed ({e.strerror or errno.errorcode.get(e.errno, e.errno)}): {fault}; "
+                     f"{after}")
 
 
 class DataError(UserError):

@@ -314,3 +314,128 @@ def test_our_own_stop_is_an_interruption_even_when_it_ends_in_sigkill(tmp_path):
     record = json.load(open(os.path.join(save, "launch.json")))
     assert record["exit"] is None and record["interrupted"] == signal.SIGKILL
     assert state.state_of(run).state == "pending"
+
+
+# ---------------------------------------------------------------------------- IMP stages: sizing, flags, inputs
+def _imp_spec(tmp_path, inputs, stage: str = "", extra: str = "") -> spec.Campaign:
+    imp = f'\n[init.tickets.imp]\nkind = "adv"\ndata = "{inputs["data"]}"\ngpus = 4\n{stage}'
+    return load(tmp_path, inputs, extra=extra,
+                tickets=f'[[init.tickets]]\nname = "aimp"\ndir = "{tmp_path}/t"\nlevels = [1, 2]\n{imp}')
+
+
+def test_an_imp_stage_carries_its_sizing_its_inputs_and_the_campaigns_imp_flags(tmp_path, inputs):
+    c = _imp_spec(tmp_path, inputs, 'cpus_per_gpu = 8\nmem_gb_per_gpu = 60\ntime = "1-12:00:00"\n'
+                  'partition = "big"\noverrides = ["--epochs", "30"]\n', extra='imp_overrides = ["--amp", "bf16"]')
+    imp = next(r for r in c.runs if r.kind == "imp")
+    assert imp.resources == spec.Resources(8, 60, 36 * 60, "big") and imp.gpus == 4
+    assert (imp.resources.cpus(imp.gpus), imp.resources.mem_gb(imp.gpus)) == (32, 240)
+    # the drivers' defaults, the campaign's imp_overrides, then the stage's own (argparse keeps the last value)
+    assert imp.command[5:] == ("--amp", "bf16", "--epochs", "30")
+    assert imp.inputs == (inputs["init"], inputs["data"])
+    transfer = next(r for r in c.runs if r.id == "tiny/folder-1/aimp-2/adv/s1")
+    assert transfer.resources is None and "bf16" not in transfer.command  # imp_overrides reach IMP stages only
+    assert transfer.inputs == (inputs["init"], inputs["data"], f"{tmp_path}/t/2-ticket.pth.tar")
+    assert next(r for r in c.runs if r.id == "tiny/folder-1/dense/std/s1").inputs == (inputs["init"], inputs["data"])
+    default = next(r for r in _imp_spec(tmp_path, inputs).runs if r.kind == "imp")
+    assert default.resources == spec.Resources() and default.resources.cpus(4) == 4 * spec.Resources.cpus_per_gpu
+
+
+def test_init_imp_overrides_come_after_the_campaigns(tmp_path, inputs):
+    imp = f'\n[init.tickets.imp]\nkind = "std"\ndata = "{inputs["data"]}"\noverrides = ["--lr", "0.1"]\n'
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), extra='imp_overrides = ["-b", "64"]',
+                          tickets=f'imp_overrides = ["-b", "32"]\n[[init.tickets]]\nname = "imp"\n'
+                                  f'dir = "{tmp_path}/t"\nlevels = [1]\n{imp}')
+    run = next(r for r in spec.load(path).runs if r.kind == "imp")
+    assert run.command[5:] == ("-b", "64", "-b", "32", "--lr", "0.1")
+
+
+@pytest.mark.parametrize("text, minutes", [("90", 90), (90, 90), ("1:30", 2), ("02:00:00", 120), ("1-12", 36 * 60),
+                                           ("1-0:30", 24 * 60 + 30), ("2-00:00:01", 2 * 1440 + 1)])
+def test_slurm_time_formats_are_read_as_whole_minutes(text, minutes):
+    assert spec.parse_time_min(text, "--time") == minutes
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "0:30", "1:2:3:4", "", "-5", True])
+def test_a_bad_time_is_one_line_naming_where(text):
+    with pytest.raises(errors.UserError, match=r"^x\.time ="):
+        spec.parse_time_min(text, "x.time =")
+
+
+@pytest.mark.parametrize("stage, message", [
+    ('time = "soon"\n', "init[0].tickets[0].imp.time = 'soon': expected minutes, HH:MM:SS or D-HH:MM:SS"),
+    ("cpus_per_gpu = 0\n", "init[0].tickets[0].imp.cpus_per_gpu = 0: at least 1"),
+    ('mem_gb_per_gpu = "lots"\n', "init[0].tickets[0].imp.mem_gb_per_gpu = 'lots': expected int"),
+    ('partition = ""\n', "init[0].tickets[0].imp.partition = '': a partition name"),
+    ("partition = 3\n", "init[0].tickets[0].imp.partition = 3: expected str"),
+    ('cpus = 4\n', "unknown key init[0].tickets[0].imp.'cpus'"),
+])
+def test_a_bad_imp_sizing_key_is_one_line_naming_it(tmp_path, inputs, stage, message):
+    with pytest.raises(spec.SpecError) as info:
+        _imp_spec(tmp_path, inputs, stage)
+    assert str(info.value) == f"{tmp_path / 'c.toml'}: {message}" or \
+        str(info.value).startswith(f"{tmp_path / 'c.toml'}: {message}"), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_imp_overrides_must_be_a_list_of_flags(tmp_path, inputs):
+    with pytest.raises(spec.SpecError, match=r"imp_overrides = '--amp bf16': expected a list of flags"):
+        _imp_spec(tmp_path, inputs, extra='imp_overrides = "--amp bf16"')
+
+
+def _readme_toml() -> str:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    return text.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_block_is_the_example_spec():
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    with open(os.path.join(ROOT, "campaign", "example.toml"), "rb") as f:
+        assert tomllib.loads(_readme_toml()) == tomllib.load(f)
+
+
+def _recorded_argv(command: tuple[str, ...], tmp_path) -> list[str]:
+    """The argv an IMP stage's driver hands its entry point (PYTHON is a recorder that trains nothing)."""
+    record, recorder = tmp_path / "argv.json", tmp_path / "python"
+    recorder.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    recorder.chmod(0o755)
+    done = subprocess.run(list(command), env={**kit.ENV, "PYTHON": str(recorder)}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    with open(record) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_the_example_imp_stage_makes_every_ticket_it_transfers(tmp_path, monkeypatch, inputs):
+    """The example's A-IMP flags, as its driver passes them, parsed by main_imp_adv.py; then the real levels loop
+    at tiny scale with the same number of levels (--prune_epoch 1): the tickets it writes are exactly the levels
+    the spec transfers, and the campaign's bf16 reaches the stage."""
+    import main_imp_adv
+    from lottery import cli as imp_cli
+    monkeypatch.chdir(tmp_path)
+    open("robust_linf_eps4.ckpt", "w").close()
+    c = spec.load(os.path.join(ROOT, "campaign", "example.toml"))
+    stage = next(r for r in c.runs if r.kind == "imp")
+    argv = _recorded_argv(stage.command, tmp_path)
+    args = main_imp_adv.get_args_parser().parse_args(argv[2:])
+    assert args.amp == "bf16" and (args.train_step, args.prune_epoch) == (3, 30)
+    args.amp = None  # a CPU machine runs no bf16; the number of levels does not depend on it
+    levels = imp_cli.config_from_args(args).levels
+    wanted = {int(os.path.basename(f).split("-")[0]) for f in stage.makes}
+    transferred = {int(r.needs.split("/")[-1].split("-")[0]) for r in c.runs if r.kind == "transfer" and r.needs}
+    assert wanted == transferred == set(range(1, 13))
+    save = str(tmp_path / "aimp")
+    init = os.path.join(str(tmp_path), "init3.pth")
+    import shutil
+    shutil.copy(inputs["init3"], init)
+    cmd = [sys.executable, os.path.join(ROOT, "main_imp_adv.py"), inputs["data"], "--init", init, "--save_dir", save,
+           "-a", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "-b", "12", "-j", "0",
+           "--no-progress", "--train_step", "1", "--epochs", str(levels), "--prune_epoch", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    made = {int(n.split("-")[0]) for n in os.listdir(save) if n.endswith("-ticket.pth.tar")}
+    assert made == transferred  # every ticket it transfers, and no level trained for a ticket nobody uses

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import socket
+import subprocess
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from training import engine
 from infra import hardware
 import models
 from infra.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _bad_worker(env, payload):
@@ -178,3 +181,45 @@ def test_validation_on_two_ranks_measures_rank_0s_model(tmp_path):
     whole = engine.evaluate(net, torch.utils.data.DataLoader(data, batch_size=4), engine.Step(show_progress=False))
     assert ranks[0] == ranks[1] and ranks[0]["n"] == 11
     assert ranks[0]["top1"] == whole["top1"] and ranks[0]["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- the rendezvous of a spawned run
+def test_auto_rendezvous_is_chosen_per_run():
+    auto = distributed.Launch(multiprocessing_distributed=True)
+    assert auto.dist_url == distributed.AUTO
+    assert distributed.rendezvous(auto, 1, {}) is None  # one node: the parent hosts it on a free port
+    assert distributed.rendezvous(auto, 1, SRUN) is None  # also inside a SLURM job: another job may share the node
+    job = {"SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    assert distributed.rendezvous(auto, 2, job) == "tcp://gpu07:23456"  # every node derives the same one
+    given = distributed.Launch(dist_url="tcp://head:29500")
+    assert distributed.rendezvous(given, 2, {}) == distributed.rendezvous(given, 1, job) == "tcp://head:29500"
+    with pytest.raises(UserError, match="--dist-url auto cannot choose a rendezvous that 2 nodes agree on"):
+        distributed.rendezvous(auto, 2, {})
+
+
+@pytest.mark.slow
+def test_two_imp_stages_started_at_once_on_one_node_both_complete(image_folder_root, tmp_path):
+    """Two IMP drivers started together on this machine, each spawning two ranks (`--multiprocessing-distributed`
+    with two counted GPUs; the ranks run on the CPU with gloo): each run's rendezvous is its own, so both end
+    (with the drivers' former fixed tcp://127.0.0.1:4356 the second stage's ranks met the first's and hung)."""
+    import fakegpus
+    from recipes import TINY, write_init
+    init = write_init(str(tmp_path / "init.pth"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": fakegpus.wrapper(str(tmp_path / "python"), 2)}
+    script = os.path.join(ROOT, "script", "imp_pretrain", "imp_std.sh")
+    procs = [subprocess.Popen(["bash", script, init, str(tmp_path / f"stage{i}"), image_folder_root, *TINY,
+                               "--epochs", "1", "--prune_epoch", "1"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for i in (1, 2)]
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
+    for i, (p, out) in enumerate(zip(procs, outputs), 1):
+        assert p.returncode == 0, out[-3000:]
+        log = open(tmp_path / f"stage{i}" / "log.txt").read()
+        assert "--multiprocessing-distributed: 2 GPU processes on this node" in log
+        assert "rank 0/2 on cpu (gloo)" in log and "level 2: mask digest" in log and "on rank(s) 0, 1" in log
+        assert os.path.exists(tmp_path / f"stage{i}" / "2-ticket.pth.tar")

@@ -196,9 +196,10 @@ FAULTS = [
           (IS, "{folder}", "…", "--lr", "1e30"), ("training loss became NaN/inf in epoch 0", "lower --lr"),
           "stops in the first epoch; no checkpoint written (level 1's ticket, pruned from the init, is valid)"),
     Fault("disk-full", "disk full while writing the 2nd epoch's checkpoint", (T, "…"),
-          ("could not write {save}/checkpoint.pth.tar (No space left on device)", "previous version", "is intact"),
-          "stops; epoch 1's checkpoint intact, no temp file left; re-running the same command finishes with "
-          "the numbers of an uninterrupted run", inject="disk-full", check="disk-full"),
+          ("writing {save}/checkpoint.pth.tar failed (No space left on device)", "previous version", "is intact"),
+          "stops (the machine's fault: exit 3); epoch 1's checkpoint intact, no temp file left; re-running the same "
+          "command finishes with the numbers of an uninterrupted run", code=3, inject="disk-full",
+          check="disk-full"),
     Fault("killed-transfer", "transfer killed with SIGKILL mid-run, then the same command re-run",
           does="resumes at the last completed epoch; results.json equals an uninterrupted run's",
           code=0, proof="tests/test_faults.py::test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results"),
@@ -575,9 +576,9 @@ def test_a_failed_write_keeps_the_previous_file_and_its_permissions(tmp_path, mo
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(errors.CheckpointError, match="could not write .*results.json \\(No space left on device\\)"):
+    with pytest.raises(errors.NodeError, match="writing .*results.json failed \\(No space left on device\\)"):
         checkpoint.atomic_write_json(path, {"v": 2})
-    with pytest.raises(errors.CheckpointError, match="No space left"):
+    with pytest.raises(errors.NodeError, match="No space left"):
         checkpoint.append_jsonl(str(tmp_path / "m.jsonl"), {"v": 2})
     monkeypatch.undo()
     assert open(path, "rb").read() == old and sorted(os.listdir(tmp_path)) == ["m.jsonl", "results.json"]

@@ -344,7 +344,7 @@ def test_script_argument_line_parses_with_its_entry_point(name, tmp_path):
     assert (args.init, args.save_dir, args.data, args.arch) == ("W.pth", "SAVE", "DATA", "resnet50")
     assert (args.lr, args.weight_decay, args.batch_size, args.rate) == (0.0005, 1e-4, 2048, 0.2)
     assert (args.prune_epoch, args.epochs, args.seed, args.multiprocessing_distributed) == (30, 570, 1, True)
-    assert (args.dist_url, args.dist_backend, args.world_size, args.rank) == ("tcp://127.0.0.1:4356", "nccl", 1, 0)
+    assert (args.dist_url, args.dist_backend, args.world_size, args.rank) == ("auto", "nccl", 1, 0)
     cfg = imp_cli.config_from_args(args)
     assert cfg.levels == 19
     if adversarial:

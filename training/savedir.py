@@ -9,7 +9,7 @@ from typing import Iterable
 
 from infra import lease
 from infra.checkpoint import CONFIG, LEASE, atomic_write_json, to_json
-from infra.errors import CheckpointError, ConfigError, UserError
+from infra.errors import CheckpointError, ConfigError, UserError, node_error
 
 FORMAT = 2  # of the run folder (config.json and the files beside it); a folder of another format is refused
 
@@ -21,9 +21,10 @@ def writable_dir(path: str, *, flag: str = "--save_dir") -> None:
         fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
         os.close(fd)
         os.unlink(probe)
-    except OSError as e:
-        raise CheckpointError(f"{flag} {path} cannot be written ({e.strerror or type(e).__name__}): "
-                              "choose a folder you can write to") from None
+    except OSError as e:  # a full disk, a failing mount: the machine's (exit 3); a read-only folder: the user's
+        raise node_error(path, e, f"{flag}: writing to", after="then re-run the same command") or CheckpointError(
+            f"{flag} {path} cannot be written ({e.strerror or type(e).__name__}): choose a folder you can write "
+            "to") from None
 
 
 def remove_temp_files(save_dir: str) -> list[str]:

@@ -14,7 +14,7 @@ for i in 1 2 3; do [ -n "${!i}" ] || usage "${names[i-1]} (argument $i) is empty
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 args=(
   -a resnet50
-  --dist-url tcp://127.0.0.1:4356   # one node; torchrun also works (it sets the rendezvous itself)
+  --dist-url auto                   # chosen per run: a free port of this node (torchrun, srun: their own)
   --dist-backend nccl               # gloo is used when no GPU is visible
   --multiprocessing-distributed     # one process per GPU; one CPU process without a GPU
   --world-size 1                    # nodes

@@ -1,0 +1,109 @@
+"""The machine's faults are exit 3, the input's exit 2: a full disk while a checkpoint is written, a data folder on
+a stale mount, an image that meets an I/O error, a SAVE_DIR that cannot take a file. Each is reproduced with an
+LD_PRELOAD shim (tests/shimkit.py) under the real transfer entry point at tiny settings: one `error:` line naming
+the path and what to do, and the previous checkpoint intact and loadable."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+import pytest
+
+import campaignkit as kit
+import shimkit
+from infra import checkpoint, errors
+
+ROOT = kit.ROOT
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return kit.make_inputs(str(tmp_path_factory.mktemp("faults")))
+
+
+def transfer(inputs, save: str, *extra: str, env: dict | None = None, data: str | None = None):
+    cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
+           "--data", data or inputs["data"], *kit.TINY, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or kit.ENV, timeout=300)
+
+
+def shimmed(source: str, name: str, path: str, code: int, **more: str) -> dict:
+    env = shimkit.env_with(shimkit.build(name, source), kit.ENV)
+    env.update(SHIM_PATH=path, SHIM_ERRNO=str(code), **more)
+    return env
+
+
+def one_error_line(done: subprocess.CompletedProcess, status: int, start: str) -> str:
+    assert done.returncode == status, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(start), done.stderr[-3000:]
+    return done.stderr
+
+
+@pytest.mark.parametrize("code", [errno.ESTALE, errno.EIO, errno.ENOTCONN, errno.EHOSTDOWN, errno.ETIMEDOUT,
+                                  errno.ENOSPC, errno.EDQUOT])
+def test_the_machines_faults_are_node_errors_naming_the_path(code):
+    err = errors.node_error("/nfs/run/x", OSError(code, os.strerror(code)), "writing")
+    assert isinstance(err, errors.NodeError) and err.exit_status == 3
+    assert str(err).startswith(f"writing /nfs/run/x failed ({os.strerror(code)}): ") and "\n" not in str(err)
+
+
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR])
+def test_the_inputs_faults_are_not(code):
+    assert errors.node_error("/x", OSError(code, os.strerror(code)), "reading") is None
+    assert errors.machine_fault(ValueError("x")) is None
+
+
+def test_a_read_only_filesystem_is_the_machines_only_where_it_was_writable():
+    e = OSError(errno.EROFS, os.strerror(errno.EROFS))
+    assert errors.node_error("/x", e, "writing") is None  # a folder the user chose that never was writable
+    assert "went read-only" in str(errors.node_error("/x", e, "writing", was_writable=True))
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_a_checkpoint_is_written_exits_3_and_keeps_the_previous_one(inputs, tmp_path):
+    save = str(tmp_path / "run")
+    # the first checkpoint (epoch 1) is written; the disk is full when the second is
+    env = shimmed(shimkit.WRITE_FAILS, "writefails", os.path.join(save, ".checkpoint.pth.tar."), errno.ENOSPC,
+                  SHIM_AFTER="1")
+    done = transfer(inputs, save, "--epochs", "2", env=env)
+    ckpt = os.path.join(save, checkpoint.CHECKPOINT)
+    line = one_error_line(done, 3, f"error: writing {ckpt} failed (No space left on device): the disk is full")
+    assert "the previous version, if any, is intact" in line and "re-run the same command" in line
+    assert checkpoint.load_own(ckpt)["epoch"] == 1  # the previous checkpoint, loadable
+    assert not [n for n in os.listdir(save) if n.endswith(".tmp")]  # no half-written temp file left
+    again = transfer(inputs, save, "--epochs", "2")  # space freed: the same command resumes and finishes
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert checkpoint.load_own(ckpt)["epoch"] == 2 and "resum" in open(os.path.join(save, "log.txt")).read()
+
+
+@pytest.mark.slow
+def test_a_stale_data_folder_exits_3_and_a_missing_one_exits_2(inputs, tmp_path):
+    data = inputs["data"]
+    done = transfer(inputs, str(tmp_path / "stale"), env=shimmed(shimkit.PATH_FAILS, "pathfails", data,
+                                                                  errno.ESTALE))
+    line = one_error_line(done, 3, f"error: reading {data}")
+    assert "(Stale file handle): the file server no longer knows the file" in line
+    done = transfer(inputs, str(tmp_path / "missing"), data=str(tmp_path / "nowhere"))
+    one_error_line(done, 2, f"error: folder data not found: {tmp_path / 'nowhere'}/train is not a folder")
+
+
+@pytest.mark.slow
+def test_an_io_error_on_one_image_exits_3_naming_it(inputs, tmp_path):
+    image = os.path.join(inputs["data"], "train", "bee", "00005.png")
+    done = transfer(inputs, str(tmp_path / "run"), env=shimmed(shimkit.PATH_FAILS, "pathfails", image, errno.EIO))
+    line = one_error_line(done, 3, f"error: reading {image} failed (Input/output error): the disk, mount or file "
+                                   "server failed, not the input")
+    assert "cannot be decoded" not in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("code, status, start", [
+    (errno.ENOSPC, 3, "error: --save_dir: writing to {save} failed (No space left on device): the disk is full"),
+    (errno.EROFS, 2, "error: --save_dir {save} cannot be written (Read-only file system): choose a folder"),
+])
+def test_a_save_dir_that_cannot_take_a_file(inputs, tmp_path, code, status, start):
+    save = str(tmp_path / "run")
+    done = transfer(inputs, save, env=shimmed(shimkit.PATH_FAILS, "pathfails", os.path.join(save, ".write-test."),
+                                              code))
+    one_error_line(done, status, start.format(save=save))
