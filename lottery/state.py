@@ -60,7 +60,7 @@ def _fit(net: torch.nn.Module, state: dict, where: str) -> None:
 
 
 def _own_latest(save_dir: str) -> int | None:
-    if not os.path.isdir(save_dir):
+    if not files.exists(save_dir, "dir"):  # a stale handle is the node's fault (exit 3), not a fresh start
         return None
     found = [k for f in os.listdir(save_dir)
              if (k := files.imp_file_level(f)) is not None and f == os.path.basename(files.imp_checkpoint("", k))]

@@ -12,6 +12,7 @@ from torch import nn
 from training import optimizer as optimizer_lib
 import pruning_utils
 from training import runner
+from infra.checkpoint import exists as checkpoint_exists
 from infra.checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
     epoch_file, is_epoch_file, load_own, strip_prefix
 from infra.errors import CheckpointError
@@ -95,7 +96,7 @@ def resume(cfg, is_main: bool, run: Training) -> dict:
     exactly on every rank (the checkpoint's `rng` records rank 0's state for inspection only).
     """
     path = os.path.join(cfg.save_dir, CHECKPOINT)
-    if not os.path.exists(path):
+    if not checkpoint_exists(path):  # a stale handle is the node's fault (exit 3), not a run to start over
         if cfg.require_checkpoint:
             raise CheckpointError(f"--require-checkpoint: {path} not found; drop it to start this run")
         if is_main:  # rows of an attempt that died in its first epoch
