@@ -1,10 +1,10 @@
 """The whole double-win pipeline on built-in data, offline on a CPU, through the same bash scripts as on GPUs.
 
-    bash script/demo.sh                 # about 5 minutes on 2 cores; files under demo_out/
+    bash script/demo.sh                 # about 6 minutes on 2 cores; files under demo_out/
     bash script/demo.sh --quick         # the shortened version the test suite runs
 
 Stages: make data -> pre-train a small ResNet (standard and adversarial; stands in for downloaded ImageNet
-weights) -> A-IMP / IMP tickets -> standard and adversarial transfer of the dense model and every ticket ->
+weights) -> A-IMP, early-bird A-IMP, OMP / IMP tickets -> standard and adversarial transfer of the dense model and every ticket ->
 double-win report. Re-running skips finished stages (every stage resumes from its files).
 """
 from __future__ import annotations
@@ -35,6 +35,10 @@ class DemoConfig:
     @property
     def levels(self) -> int:
         return 3
+
+    @property
+    def epochs_per_level(self) -> int:
+        return 2 if self.quick else 3
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -99,26 +103,55 @@ def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
     checkpoint.atomic_save(model.state_dict(), path)
 
 
-def find_tickets(cfg: DemoConfig, kind: str) -> None:
-    script = "imp_adv.sh" if kind == "robust" else "imp_std.sh"
-    save = os.path.join(cfg.out, "tickets", kind)
-    init = os.path.join(cfg.out, "pretrained", f"{kind}.pth")
+@dataclass(frozen=True)
+class Family:
+    """One way of finding tickets from one pre-trained model: its folder under tickets/, the IMP script's extra
+    flags, and the levels whose tickets are transferred (a family's level 1 is the plain one's: pruned from the
+    init before any training, so it is not transferred twice)."""
+    kind: str       # the pre-training kind it starts from
+    name: str       # the ticket family (its tickets' `source`, and the campaign's ticket folder name)
+    folder: str
+    flags: tuple[str, ...]
+    levels: tuple[int, ...]
+    title: str
+
+
+def families(cfg: DemoConfig) -> list[Family]:
+    """A-IMP, early-bird A-IMP and one-shot (OMP) from the robust model; IMP from the standard one."""
+    every = tuple(range(1, cfg.levels + 2))
+    later = (cfg.levels + 1,) if cfg.quick else every[1:]
+    out = [Family("robust", "aimp", "robust", (), every, "A-IMP"),
+           Family("robust", "aimp-eb", "robust-eb", ("--early-bird", "0.01", "--early-bird-window", "2"), later,
+                  "early-bird A-IMP (a level stops once its mask moves less than 1% between epochs)"),
+           Family("robust", "omp", "robust-omp", (), (cfg.levels + 1,),
+                  "one-shot magnitude pruning of the robust model (OMP), no training")]
+    out += [Family("standard", "imp", "standard", (), every, "IMP")] if "standard" in cfg.kinds else []
+    return out
+
+
+def find_tickets(cfg: DemoConfig, fam: Family) -> None:
+    script = "imp_adv.sh" if fam.kind == "robust" else "imp_std.sh"
+    save = os.path.join(cfg.out, "tickets", fam.folder)
+    init = os.path.join(cfg.out, "pretrained", f"{fam.kind}.pth")
     data = os.path.join(cfg.out, "data", "pretrain")
-    epochs_per_level = 1 if cfg.quick else 2
-    cmd = ["bash", os.path.join(ROOT, "script", "imp_pretrain", script), init, save, data,
-           "-a", "resnet_tiny", *COMMON, "-b", "64", "-j", "0", "--lr", "0.01", "--rate", "0.5",
-           "--prune_epoch", str(epochs_per_level), "--epochs", str(epochs_per_level * cfg.levels), "--no-progress",
-           "--seed", str(cfg.seed + 1)]
-    say(f"  {'A-IMP' if kind == 'robust' else 'IMP'} from the {kind} model: {cfg.levels} levels, rate 0.5 "
-        f"(the paper: 0.2), {epochs_per_level} epoch(s) per level -> {save}")
-    run(cmd, os.path.join(save, "demo-stdout.txt"))
+    base = ["bash", os.path.join(ROOT, "script", "imp_pretrain", script), init, save, data, "-a", "resnet_tiny",
+            *COMMON, "-b", "64", "-j", "0", "--lr", "0.01", "--rate", "0.5", "--no-progress",
+            "--seed", str(cfg.seed + 1)]
+    if fam.name == "omp":
+        say(f"  {fam.title}: level {fam.levels[0]}'s sparsity at once -> {save}")
+        run([*base, "--omp-level", str(fam.levels[0])], os.path.join(save, "demo-stdout.txt"))
+        return
+    epochs_per_level = cfg.epochs_per_level
+    say(f"  {fam.title} from the {fam.kind} model: {cfg.levels} levels, rate 0.5 (the paper: 0.2), "
+        f"{epochs_per_level} epochs per level -> {save}")
+    run([*base, "--prune_epoch", str(epochs_per_level), "--epochs", str(epochs_per_level * cfg.levels),
+         *fam.flags], os.path.join(save, "demo-stdout.txt"))
 
 
-def tickets_of(cfg: DemoConfig, kind: str) -> list[str]:
+def tickets_of(cfg: DemoConfig, fam: Family) -> list[str]:
     from infra import checkpoint
-    save = os.path.join(cfg.out, "tickets", kind)
-    return [checkpoint.imp_ticket(save, k) for k in range(1, cfg.levels + 2)
-            if os.path.exists(checkpoint.imp_ticket(save, k))]
+    save = os.path.join(cfg.out, "tickets", fam.folder)
+    return [checkpoint.imp_ticket(save, k) for k in fam.levels if os.path.exists(checkpoint.imp_ticket(save, k))]
 
 
 def transfer_overrides(cfg: DemoConfig) -> tuple[list[str], list[str], list[str]]:
@@ -141,12 +174,13 @@ def write_campaign(cfg: DemoConfig) -> str:
             f"data = {json.dumps(os.path.join(cfg.out, 'data', 'downstream'))}",
             f"overrides = {flags(common)}", f"std_overrides = {flags(std)}", f"adv_overrides = {flags(adv)}"]
     for kind in cfg.kinds:
-        levels = [int(os.path.basename(t).split("-")[0]) for t in tickets_of(cfg, kind)]
         text += ["", "[[init]]", f"name = {json.dumps(kind)}",
                  f"weights = {json.dumps(os.path.join(cfg.out, 'pretrained', f'{kind}.pth'))}",
-                 'datasets = ["folder"]', 'modes = ["std", "adv"]', f"seeds = [{cfg.seed + 1}]",
-                 "", "[[init.tickets]]", f"name = {json.dumps('aimp' if kind == 'robust' else 'imp')}",
-                 f"dir = {json.dumps(os.path.join(cfg.out, 'tickets', kind))}", f"levels = {levels}"]
+                 'datasets = ["folder"]', 'modes = ["std", "adv"]', f"seeds = [{cfg.seed + 1}]"]
+        for fam in (f for f in families(cfg) if f.kind == kind):
+            levels = [int(os.path.basename(t).split("-")[0]) for t in tickets_of(cfg, fam)]
+            text += ["", "[[init.tickets]]", f"name = {json.dumps(fam.name)}",
+                     f"dir = {json.dumps(os.path.join(cfg.out, 'tickets', fam.folder))}", f"levels = {levels}"]
     path = os.path.join(cfg.out, "campaign.toml")
     with open(path, "w") as f:
         f.write("\n".join(text) + "\n")
@@ -154,10 +188,10 @@ def write_campaign(cfg: DemoConfig) -> str:
 
 
 def transfer_all(cfg: DemoConfig) -> str:
-    """Every transfer run through the campaign tool's local queue, one run at a time (as typed by hand)."""
+    """Every transfer run through the campaign tool's local queue, two at a time with a core each."""
     spec = write_campaign(cfg)
     env = dict(os.environ, PYTHON=sys.executable, PYTHONHASHSEED="0")
-    code = subprocess.call([sys.executable, os.path.join(ROOT, "sweep.py"), "run", spec, "--local", "--jobs", "1"],
+    code = subprocess.call([sys.executable, os.path.join(ROOT, "sweep.py"), "run", spec, "--local", "--jobs", "2"],
                            env=env, cwd=ROOT)
     if code != 0:
         raise SystemExit(f"demo step failed: python sweep.py run {spec} --local (the FAILED lines above name the "
@@ -171,6 +205,28 @@ def summary_line(save: str) -> str:
         r = json.load(f)
     b = r["best_sa"]
     return f"sparsity {100 * r.get('sparsity', 0):5.1f}%  test SA {b['test_sa']:5.1f}  RA {b['test_ra']:5.1f}"
+
+
+def cost_table(cfg: DemoConfig) -> str:
+    """What finding each family's tickets cost on this CPU (the ledger its deepest transferred ticket carries:
+    every level that made it), beside the family's highest double-win sparsity from the report."""
+    import pruning_utils
+    with open(os.path.join(cfg.out, "report", "report.json")) as f:
+        groups = json.load(f)["groups"]
+    best = {(g["init"], c["family"]): c["highest"] for g in groups for c in g["families"]}
+    lines = ["ticket finding, measured on this CPU (the cumulative ledger of each family's deepest ticket):",
+             f"  {'init':8s}  {'family':8s}  {'epochs':>6s}  {'seconds':>8s}  {'GFLOP':>9s}  highest double-win"]
+    for fam in families(cfg):
+        found = tickets_of(cfg, fam)
+        if not found:
+            continue
+        cost = pruning_utils.load_ticket(found[-1])[1].get("cost") or {}
+        epochs = len([1 for line in open(os.path.join(cfg.out, "tickets", fam.folder, "metrics.jsonl"))]) \
+            if os.path.exists(os.path.join(cfg.out, "tickets", fam.folder, "metrics.jsonl")) else 0
+        h = best.get((fam.kind, fam.name))
+        lines.append(f"  {fam.kind:8s}  {fam.name:8s}  {epochs:>6d}  {cost.get('device_s', 0):>8.1f}  "
+                     f"{cost.get('flop', 0) / 1e9:>9.1f}  {'none' if h is None else f'{100 * h:.2f}%'}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- main
@@ -194,28 +250,29 @@ def main(argv: list[str] | None = None) -> int:
         pretrain(cfg, pre, kind, os.path.join(cfg.out, "pretrained", f"{kind}.pth"))
 
     say("[3/5] finding tickets")
-    for kind in cfg.kinds:
-        find_tickets(cfg, kind)
+    for fam in families(cfg):
+        find_tickets(cfg, fam)
 
     say("[4/5] transferring the dense model and every ticket (standard and adversarial fine-tuning), "
         "through the campaign tool's local queue")
     spec = transfer_all(cfg)
     seed = cfg.seed + 1
     for kind in cfg.kinds:
-        for ticket in [None, *tickets_of(cfg, kind)]:
-            tag = "dense" if ticket is None else f"{'aimp' if kind == 'robust' else 'imp'}-" + \
-                os.path.basename(ticket).split("-")[0]
+        tags = ["dense"] + [f"{f.name}-{os.path.basename(t).split('-')[0]}" for f in families(cfg) if f.kind == kind
+                            for t in tickets_of(cfg, f)]
+        for tag in tags:
             for regime in ("std", "adv"):
                 save = os.path.join(cfg.out, "transfer", kind, "folder-1", tag, regime, f"s{seed}")
-                name = "dense" if ticket is None else os.path.basename(ticket)
-                say(f"  {kind:8s} {name:20s} {regime}: {summary_line(save)}")
+                say(f"  {kind:8s} {tag:12s} {regime}: {summary_line(save)}")
 
-    say("[5/5] the double-win report")
+    say("[5/5] the double-win report, and what the tickets cost")
     report_dir = os.path.join(cfg.out, "report")
-    code = subprocess.call(["bash", os.path.join(ROOT, "script", "report.sh"), os.path.join(cfg.out, "transfer"),
-                            "--out", report_dir], env=dict(os.environ, PYTHON=sys.executable), cwd=ROOT)
+    env = dict(os.environ, PYTHON=sys.executable)
+    code = subprocess.call([sys.executable, os.path.join(ROOT, "sweep.py"), "report", spec, "--", "--out",
+                            report_dir], env=env, cwd=ROOT)
     if code != 0:
         raise SystemExit("the report failed (see above)")
+    say(cost_table(cfg))
     say(f"\nDone in {time.time() - start:.0f} s. Files: {cfg.out}/")
     say(f"  report: {report_dir}/report.md, report.csv, *.png;  tickets: {cfg.out}/tickets/;  "
         f"runs: {cfg.out}/transfer/<kind>/folder-1/<ticket>/<std|adv>/s{seed}/results.json")

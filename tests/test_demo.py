@@ -51,7 +51,12 @@ def test_quick_demo_runs_end_to_end_and_replays_a_run_exactly(tmp_path):
     tickets = sorted(f for f in os.listdir(os.path.join(out, "tickets", "robust")) if f.endswith("-ticket.pth.tar"))
     assert len(tickets) >= 3  # A-IMP for at least 3 levels
     runs = os.path.join(out, "transfer", "robust", "folder-1")  # the campaign's layout (the transfer stage is one)
-    assert sorted(os.listdir(runs)) == sorted(["dense"] + [f"aimp-{t.split('-')[0]}" for t in tickets])
+    last = tickets[-1].split("-")[0]  # early-bird A-IMP and OMP: their deepest ticket
+    assert sorted(os.listdir(runs)) == sorted(["dense", f"aimp-eb-{last}", f"omp-{last}"] +
+                                              [f"aimp-{t.split('-')[0]}" for t in tickets])
+    costs = first.stdout[first.stdout.index("ticket finding, measured on this CPU"):].splitlines()
+    eb, omp = (next(ln.split() for ln in costs if ln.split()[1:2] == [name]) for name in ("aimp-eb", "omp"))
+    assert int(eb[2]) > 0 and float(eb[4]) > 0 and (omp[2], omp[3], omp[4]) == ("0", "0.0", "0.0")  # OMP: no training
     assert "--slurm" in first.stdout  # the SLURM command of the same campaign at paper scale
 
     # Determinism: remove one finished run, re-run the demo: finished stages are skipped, the removed run is
