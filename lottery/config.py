@@ -59,6 +59,9 @@ class IMPConfig(RunSettings):
                                       metavar="S")
     omp_level: int | None = flag("--omp-level", None, "one-shot (OMP) to the sparsity of level K, 1-(1-rate)^K, "
                                  "written as K-ticket.pth.tar", group=PRUNING, type=int, metavar="K")
+    family: str | None = flag("--family", None, "the ticket family's name, in each ticket's metadata (`source`) and "
+                              "the report (default: derived from the recipe: imp, aimp, aimp-fgsm, omp, with -eb, "
+                              "-diet<F>, -random)", group=PRUNING, metavar="NAME")
     early_bird: float | None = flag("--early-bird", None, "early-bird levels: stop a level's training once the mask "
                                     "it would prune to stays within normalised Hamming distance D of the newest "
                                     "for --early-bird-window epochs (e.g. 0.02)", group=PRUNING, type=float,
@@ -89,6 +92,9 @@ class IMPConfig(RunSettings):
             (self.omp_sparsity is None or not (self.evaluate or self.resume),
              "--omp-sparsity/--omp-level prune once without training: drop -e/--resume"),
             (0 < self.data_number <= 1, f"--data_number must be a fraction in (0, 1], got {self.data_number}"),
+            (self.family is None or (self.family.strip() == self.family and self.family
+                                     and self.family not in ("dense", "ticket")),
+             f"--family {self.family!r}: a name without surrounding spaces, not dense or ticket"),
             (self.early_bird is None or 0 < self.early_bird < 1,
              f"--early-bird must be a distance in (0, 1), e.g. 0.02, got {self.early_bird}"),
             (self.early_bird_window >= 2, f"--early-bird-window must be at least 2, got {self.early_bird_window}"),
@@ -107,9 +113,12 @@ class IMPConfig(RunSettings):
     @property
     def source(self) -> str:
         """How the tickets are made, the ticket family (the ticket meta's `source`, which report.py groups by):
-        imp, aimp, omp; -eb for early-bird levels, -diet<F> on a fraction F of the data, -random for random
-        pruning."""
+        --family, else imp, aimp (aimp-fgsm with FGSM-RS), omp; -eb for early-bird levels, -diet<F> on a fraction
+        F of the data, -random for random pruning."""
+        if self.family is not None:
+            return self.family
         name = "omp" if self.omp_sparsity is not None else "aimp" if self.attack is not None else "imp"
+        name += "-fgsm" if name == "aimp" and self.attack.kind == "fgsm" else ""
         name += "-eb" if self.early_bird is not None else ""
         name += f"-diet{self.data_number:g}" if self.data_number < 1 else ""
         return name if self.prune_method == "magnitude" else f"{name}-random"

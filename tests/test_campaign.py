@@ -242,11 +242,15 @@ def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths are relative to where sweep.py runs
     open("robust_linf_eps4.ckpt", "w").close()
     c = spec.load(os.path.join(ROOT, "campaign", "example.toml"))
-    assert len(c.runs) == 1 + 3 * 3 * 13 * 2 * 3  # an A-IMP stage; 3 datasets x 3 fractions x (dense + 12) x 2 x 3
+    cells = 3 * 3 * 2 * 3  # 3 datasets x 3 fractions x 2 modes x 3 seeds
+    tickets = {"aimp": 12, "imp": 12, "aimp-eb": 5, "aimp-short": 5, "aimp-diet": 5, "aimp-fgsm": 5, "omp": 1}
+    assert len(c.runs) == len(tickets) + cells * (1 + sum(tickets.values()))  # an IMP stage per family; dense too
+    paper = [r for r in c.runs if r.kind == "transfer" and r.id.split("/")[2].rsplit("-", 1)[0] in ("dense", "aimp")]
+    assert len(paper) == cells * 13  # the paper's campaign: dense + A-IMP tickets 1-12
     assert c.root == str(tmp_path / "sweep")
     rows = state.states(c)
-    assert state.counts(rows)["waiting"] == 3 * 3 * 12 * 2 * 3
-    assert 300 < status.summary(c, rows)["left_gpu_hours_bf16"] < 600
+    assert state.counts(rows)["waiting"] == cells * sum(tickets.values())
+    assert 1200 < status.summary(c, rows)["left_gpu_hours_bf16"] < 1800
 
 
 @pytest.mark.slow
@@ -409,25 +413,40 @@ def _recorded_argv(command: tuple[str, ...], tmp_path) -> list[str]:
         return json.load(f)
 
 
-@pytest.mark.slow
-def test_the_example_imp_stage_makes_every_ticket_it_transfers(tmp_path, monkeypatch, inputs):
-    """The example's A-IMP flags, as its driver passes them, parsed by main_imp_adv.py; then the real levels loop
-    at tiny scale with the same number of levels (--prune_epoch 1): the tickets it writes are exactly the levels
-    the spec transfers, and the campaign's bf16 reaches the stage."""
+def _stage_levels(stage, tmp_path) -> tuple[set[int], object]:
+    """The tickets an example IMP stage's flags make (as its driver passes them to its entry point), and its
+    parsed config."""
     import main_imp_adv
+    import main_imp_std
     from lottery import cli as imp_cli
+    argv = _recorded_argv(stage.command, tmp_path)
+    entry = main_imp_adv if stage.mode == "adv" else main_imp_std
+    args = entry.get_args_parser().parse_args(argv[2:])
+    assert args.amp == "bf16"  # the campaign's imp_overrides reach every stage
+    args.amp = None  # a CPU machine runs no bf16; the number of levels does not depend on it
+    cfg = imp_cli.config_from_args(args)
+    return ({cfg.omp_level} if cfg.omp_sparsity is not None else set(range(1, cfg.levels + 2))), cfg
+
+
+@pytest.mark.slow
+def test_the_example_imp_stages_make_every_ticket_they_transfer(tmp_path, monkeypatch, inputs):
+    """Each IMP stage's flags, as its driver passes them, parsed by its entry point: the deepest ticket it makes is
+    the deepest its family transfers (no level trained for a ticket nobody uses); the families are the seven of
+    the question. Then A-IMP's levels loop for real at tiny scale with the same number of levels (--prune_epoch 1):
+    the tickets it writes are exactly the levels the spec transfers."""
     monkeypatch.chdir(tmp_path)
     open("robust_linf_eps4.ckpt", "w").close()
     c = spec.load(os.path.join(ROOT, "campaign", "example.toml"))
-    stage = next(r for r in c.runs if r.kind == "imp")
-    argv = _recorded_argv(stage.command, tmp_path)
-    args = main_imp_adv.get_args_parser().parse_args(argv[2:])
-    assert args.amp == "bf16" and (args.train_step, args.prune_epoch) == (3, 30)
-    args.amp = None  # a CPU machine runs no bf16; the number of levels does not depend on it
-    levels = imp_cli.config_from_args(args).levels
-    wanted = {int(os.path.basename(f).split("-")[0]) for f in stage.makes}
-    transferred = {int(r.needs.split("/")[-1].split("-")[0]) for r in c.runs if r.kind == "transfer" and r.needs}
-    assert wanted == transferred == set(range(1, 13))
+    families = {}
+    for stage in (r for r in c.runs if r.kind == "imp"):
+        made, cfg = _stage_levels(stage, tmp_path)
+        wanted = {int(os.path.basename(f).split("-")[0]) for f in stage.makes}
+        transferred = {int(os.path.basename(r.needs).split("-")[0]) for r in c.runs
+                       if r.kind == "transfer" and r.needs and os.path.dirname(r.needs) == stage.save_dir}
+        assert wanted == transferred and transferred <= made and max(made) == max(transferred), stage.id
+        families[cfg.source] = made
+    assert set(families) == {"aimp", "imp", "aimp-eb", "aimp-short", "aimp-diet0.1", "aimp-fgsm", "omp"}
+    levels = max(families["aimp"]) - 1
     save = str(tmp_path / "aimp")
     init = os.path.join(str(tmp_path), "init3.pth")
     import shutil
@@ -438,4 +457,4 @@ def test_the_example_imp_stage_makes_every_ticket_it_transfers(tmp_path, monkeyp
     done = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     made = {int(n.split("-")[0]) for n in os.listdir(save) if n.endswith("-ticket.pth.tar")}
-    assert made == transferred  # every ticket it transfers, and no level trained for a ticket nobody uses
+    assert made == families["aimp"] == set(range(1, 13))  # every ticket it transfers, and no more

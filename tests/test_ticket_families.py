@@ -16,6 +16,7 @@ import main_imp_std
 import pruning_utils
 from infra import checkpoint
 from infra.errors import ConfigError
+from lottery import cli as imp_cli
 from lottery import early_bird
 from lottery import levels as imp_levels
 from recipes import imp_argv, same_masks, ticket, untimed, write_init
@@ -119,3 +120,19 @@ def test_a_data_diet_finds_tickets_on_a_recorded_balanced_fraction(tiny, tmp_pat
     again = _imp(tiny, tmp_path / "diet-again", "--epochs", "1", "--prune_epoch", "1", "--data_number", "0.5",
                  "--seed", "3")
     assert json.load(open(tmp_path / "diet-again" / checkpoint.INDICES)) == chosen and untimed(again) == untimed(rows)
+
+
+@pytest.mark.parametrize("flags, family", [
+    ((), "aimp"), (("--attack", "fgsm"), "aimp-fgsm"), (("--early-bird", "0.02"), "aimp-eb"),
+    (("--data_number", "0.1"), "aimp-diet0.1"), (("--prune-method", "random"), "aimp-random"),
+    (("--omp-level", "3"), "omp"), (("--family", "aimp-short", "--prune_epoch", "10"), "aimp-short"),
+])
+def test_each_recipe_names_its_family(flags, family):
+    args = imp_cli.get_args_parser(adversarial=True).parse_args(["d", "--save_dir", "s", *flags])
+    assert imp_cli.config_from_args(args).source == family
+
+
+def test_a_bad_family_name_is_refused():
+    args = imp_cli.get_args_parser(adversarial=False).parse_args(["d", "--save_dir", "s", "--family", "dense"])
+    with pytest.raises(ConfigError, match="--family 'dense'"):
+        imp_cli.config_from_args(args)
