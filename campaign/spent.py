@@ -50,6 +50,8 @@ def family(run: Run) -> str:
     if run.kind == "imp":
         return run.id
     parts = run.id.split("/")
+    if len(parts) < 3:  # not a spec's run id (<init>/<dataset>-<fraction>/<ticket>/<mode>/s<seed>)
+        return run.id
     return f"{parts[0]} {parts[2].rsplit('-', 1)[0] if parts[2] != 'dense' else 'dense'}"
 
 

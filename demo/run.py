@@ -34,7 +34,7 @@ class DemoConfig:
 
     @property
     def levels(self) -> int:
-        return 3
+        return 2 if self.quick else 3
 
     @property
     def epochs_per_level(self) -> int:

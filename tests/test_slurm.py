@@ -321,3 +321,32 @@ def test_a_job_waits_while_the_lease_has_a_live_holder(tmp_path, end, launch):
     holder.wait(30)
     waiting.join(30)
     assert answer == [launch]
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_campaign_at_once_submit_one_array(slurm_cluster, tmp_path):
+    """The second `sweep.py run --slurm` while the first follows is refused in one line; the campaign's runs go
+    out once, as one array."""
+    inputs = kit.make_inputs(str(tmp_path))
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1, 2), modes=("std",),
+                          tickets="")
+    cmd = [sys.executable, os.path.join(kit.ROOT, "sweep.py"), "run", path, "--slurm", "--gpus-per-run", "0",
+           "--cpus-per-run", "1", "--time", "5"]
+    first = subprocess.Popen([*cmd, "--follow", "--poll", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=kit.ENV, cwd=kit.ROOT)
+    try:
+        c = spec.load(path)
+        slurmkit.wait_until("the first run to submit", lambda: bool(_jobs(c)), 120)
+        second = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, cwd=kit.ROOT, timeout=120)
+        out, err = first.communicate(timeout=400)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert second.stderr.startswith("error: another `sweep.py run` is launching the runs of ") and \
+        f"pid {first.pid} on " in second.stderr
+    assert first.returncode == 0, out[-2000:] + err[-2000:]
+    jobs = _jobs(c)
+    assert sorted(jobs) == sorted(r.id for r in c.runs) and all(len(js) == 1 for js in jobs.values())
+    assert len(_arrays(c)) == 1  # one array, submitted once
+    assert {r.state for r in state.states(c)} == {"done"}

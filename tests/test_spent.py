@@ -38,6 +38,7 @@ def test_measured_hours_come_from_the_ledger(tmp_path):
     assert spent.measured_hours(a, True) == 1.1 and spent.measured_hours(b, False) == 1.0
     assert spent.measured_hours(c, False) is None
     assert spent.family(a) == "robust aimp" and spent.family(c) == "robust dense"
+    assert spent.family(spec.Run("r0", "transfer", "/x", ("true",))) == "r0"  # ids not made by a spec
     lines = spent.table(rows)
     (line,) = [ln for ln in lines if ln.startswith("robust aimp")]
     estimate = spent.estimated_hours(a)  # bf16 rate: the run passes --amp bf16
