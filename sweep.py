@@ -21,24 +21,6 @@ from infra.checkpoint import atomic_write_json
 from infra.errors import OneLineParser, UserError
 
 
-def _time_min(text: str) -> int:
-    """SLURM's time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) -> whole minutes."""
-    try:
-        days, _, rest = text.rpartition("-")
-        p = [int(x) for x in rest.split(":")]
-        if days:
-            h, m, sec = (p + [0, 0])[:3]
-            seconds = int(days) * 86400 + h * 3600 + m * 60 + sec
-        else:
-            seconds = {1: lambda: p[0] * 60, 2: lambda: p[0] * 60 + p[1],
-                       3: lambda: p[0] * 3600 + p[1] * 60 + p[2]}[len(p)]()
-    except (ValueError, KeyError):
-        raise UserError(f"--time {text!r}: expected minutes, HH:MM:SS or D-HH:MM:SS") from None
-    if seconds < 60:
-        raise UserError(f"--time {text!r}: at least one minute")
-    return -(-seconds // 60)
-
-
 def _extra(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -133,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if any(exits.values()) else 0
     if args.max_in_flight is not None and args.max_in_flight < 1:
         raise UserError(f"--max-in-flight {args.max_in_flight}: at least 1")
-    opts = slurm.SlurmOptions(partition=args.partition, time_min=_time_min(args.time), gpus_per_run=args.gpus_per_run,
-                              cpus_per_run=args.cpus_per_run, array_parallelism=args.array_parallelism,
+    opts = slurm.SlurmOptions(partition=args.partition, time_min=spec.parse_time_min(args.time, "--time"),
+                              gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run, array_parallelism=args.array_parallelism,
                               account=args.account, qos=args.qos, max_requeue=args.max_requeue,
                               signal_delay_s=args.signal_delay, extra=_extra(args.sbatch),
                               max_in_flight=args.max_in_flight)
