@@ -225,14 +225,25 @@ def unmask_state_dict(state_dict: dict) -> tuple[dict[str, Any], Mask | None]:
 
 
 # ---------------------------------------------------------------------------- ticket files
-def weights_digest(state: Mapping[str, torch.Tensor], keys) -> str:
-    """A short fingerprint of the weights named `keys` (a mask's: the prunable layers) in `state`, equal exactly
-    when their names and values are equal; the head and the normalisation do not enter it."""
+def digest(state: Mapping[str, torch.Tensor], keys, dtype: torch.dtype) -> str:
+    """A short fingerprint of the tensors named `keys` in `state` as `dtype`, equal exactly when their names and
+    values are equal."""
     h = hashlib.sha256()
     for name in sorted(keys):
         h.update(name.encode())
-        h.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        h.update(state[name].detach().to("cpu", dtype).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def mask_digest(mask: Mask) -> str:
+    """A mask's fingerprint (names and bits)."""
+    return digest(mask, mask, torch.bool)
+
+
+def weights_digest(state: Mapping[str, torch.Tensor], keys) -> str:
+    """The fingerprint of the weights named `keys` (a mask's: the prunable layers) in `state`; the head and the
+    normalisation do not enter it."""
+    return digest(state, keys, torch.float32)
 
 
 def pack_masks(masks: dict[str, torch.Tensor]) -> dict[str, dict]:

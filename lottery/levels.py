@@ -2,7 +2,6 @@
 `prune_epoch` epochs, then prunes `rate` of its survivors into mask k + 1; re-running resumes where it stopped."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -37,15 +36,6 @@ log = logging.getLogger(LOGGER)
 
 
 # ---------------------------------------------------------------------------- masks
-def mask_digest(mask: Mask) -> str:
-    """A short fingerprint of a mask (names and bits), equal exactly when the masks are equal."""
-    h = hashlib.sha256()
-    for name in sorted(mask):
-        h.update(name.encode())
-        h.update(mask[name].detach().to("cpu", torch.bool).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def prune(net: torch.nn.Module, mask: Mask, rate: float, cfg: IMPConfig, level: int) -> Mask:
     """Remove `rate` of the weights `mask` keeps, judged on the weights `net` holds now."""
     if cfg.prune_method == "random":
@@ -55,7 +45,7 @@ def prune(net: torch.nn.Module, mask: Mask, rate: float, cfg: IMPConfig, level: 
 
 def _agree(mask: Mask, env: DistEnv, what: str) -> str:
     """Every rank fingerprints the mask it holds; all must be equal (a real check that broadcasting worked)."""
-    digest = mask_digest(mask)
+    digest = pruning_utils.mask_digest(mask)
     table = torch.zeros(env.world_size, 8, dtype=torch.int64, device=env.device)
     table[env.rank] = torch.tensor(list(bytes.fromhex(digest)), dtype=torch.int64)
     rows = [bytes(r).hex() for r in distributed.all_reduce_sum(table, env).tolist()]
@@ -264,7 +254,8 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: s
     mask, init_state = restore(net, obj, path, init_state)
     log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
     if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
-        write_level_files(cfg, level, mask, mask_digest(mask), pruning_utils.weights_digest(init_state, mask))
+        write_level_files(cfg, level, mask, pruning_utils.mask_digest(mask),
+                          pruning_utils.weights_digest(init_state, mask))
     if done == level * cfg.prune_epoch:
         return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done,
                         watch=new_watch(cfg))

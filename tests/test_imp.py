@@ -148,7 +148,7 @@ def test_run_leaves_the_original_files_and_ours(tiny, run):
     for level in range(1, 5):
         meta = pruning_utils.load_ticket(checkpoint.imp_ticket(run, level))[1]
         assert (meta["level"], meta["init"], meta["source"]) == (level, tiny[1], "imp")
-        assert meta["config"]["rate"] == RATE and meta["mask_digest"] == imp_levels.mask_digest(ticket(run, level))
+        assert meta["config"]["rate"] == RATE and meta["mask_digest"] == pruning_utils.mask_digest(ticket(run, level))
         # the ticket's cost: every epoch of the levels before it (ticket 1 is pruned from the init: nothing)
         made = [r["cost"] for r in rows if r["level"] < level]
         assert meta["cost"]["train_images"] == sum(c["train_images"] for c in made) == 12 * (level - 1)

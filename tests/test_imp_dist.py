@@ -47,7 +47,7 @@ def test_two_gloo_ranks_hold_the_same_masks(tiny, tmp_path):
     logged = dict(re.findall(r"level (\d+): mask digest ([0-9a-f]{16}) on rank\(s\) 0, 1\n", log))
     assert sorted(logged) == ["1", "2", "3"]
     for level, digest in logged.items():
-        assert digest == imp_levels.mask_digest(ticket(save_dir, int(level)))
+        assert digest == pruning_utils.mask_digest(ticket(save_dir, int(level)))
     # Level 1 prunes the init, so it is the one-process mask too; later levels follow the 2-rank training.
     net = tiny_model()
     net.load_state_dict(torch.load(init, weights_only=True))
