@@ -55,18 +55,26 @@ def family(run: Run) -> str:
     return f"{parts[0]} {parts[2].rsplit('-', 1)[0] if parts[2] != 'dense' else 'dense'}"
 
 
-def table(rows: list[RunState]) -> list[str]:
-    """Lines: per cost group, runs with a ledger, device-hours measured, the estimate for those runs, and the
-    measured/estimated ratio over the runs that are done."""
-    groups: dict[str, list] = {}
+def measure(rows: list[RunState]) -> list[tuple[RunState, float]]:
+    """(row, device-hours) of every run whose files record a cost, each run's files read once; runs with no
+    epoch done and not done have none (their files are not opened)."""
+    out = []
     for r in rows:
-        hours = measured_hours(r.run, r.state == "done")
+        if r.state == "done" or r.epochs_done:
+            hours = measured_hours(r.run, r.state == "done")
+            if hours is not None:
+                out.append((r, hours))
+    return out
+
+
+def table(measured: list[tuple[RunState, float]]) -> list[str]:
+    """Lines: per cost group, runs with a ledger, device-hours measured, the estimate for those runs, and the
+    measured/estimated ratio over the runs that are done (`measured`: from `measure`)."""
+    groups: dict[str, list] = {}
+    for r, hours in measured:
         groups.setdefault(family(r.run), []).append((r, hours))
     out = [f"{'compute':28s}  {'runs':>5s}  {'measured':>10s}  {'estimated':>10s}  measured/estimated (done runs)"]
-    for key, members in groups.items():
-        seen = [(r, h) for r, h in members if h is not None]
-        if not seen:
-            continue
+    for key, seen in groups.items():
         done = [(h, estimated_hours(r.run)) for r, h in seen if r.state == "done"]
         ratio = f"{sum(h for h, _ in done) / sum(e for _, e in done):.2f}" if done and sum(e for _, e in done) \
             else "-"
@@ -75,11 +83,9 @@ def table(rows: list[RunState]) -> list[str]:
     return out if len(out) > 1 else []
 
 
-def summary(rows: list[RunState]) -> dict:
-    """Measured device-hours per cost group (plan --json)."""
+def summary(measured: list[tuple[RunState, float]]) -> dict:
+    """Measured device-hours per cost group (plan --json); `measured`: from `measure`."""
     out: dict[str, float] = {}
-    for r in rows:
-        h = measured_hours(r.run, r.state == "done")
-        if h is not None:
-            out[family(r.run)] = out.get(family(r.run), 0.0) + h
+    for r, h in measured:
+        out[family(r.run)] = out.get(family(r.run), 0.0) + h
     return out

@@ -13,13 +13,13 @@ def left_flop(rows: list[RunState]) -> float:
     return sum(cost.run_flop(r.run, r.epochs_done) for r in rows if r.state != "done")
 
 
-def summary(campaign: Campaign, rows: list[RunState]) -> dict:
+def summary(campaign: Campaign, rows: list[RunState], measured: list | None = None) -> dict:
     """Counts per state and the estimate, as plain values (`plan --json`)."""
     flop = left_flop(rows)
     return {"spec": campaign.path, "root": campaign.root, "runs": len(rows), "counts": state.counts(rows),
             "left_gpu_hours_bf16": round(cost.gpu_hours(flop, amp=True), 2),
             "left_gpu_hours_fp32": round(cost.gpu_hours(flop, amp=False), 2),
-            "measured_device_hours": spent.summary(rows),
+            "measured_device_hours": spent.summary(spent.measure(rows) if measured is None else measured),
             "states": [{"id": r.run.id, "state": r.state, "detail": r.detail, "save_dir": r.run.save_dir}
                        for r in rows]}
 
@@ -53,7 +53,8 @@ def by_host(failed_on: dict[str, tuple[str, str]], excluded: list[str] = ()) -> 
 
 def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = False,
               failed_on: dict[str, tuple[str, str]] | None = None, excluded: list[str] = ()) -> str:
-    s = summary(campaign, rows)
+    measured = spent.measure(rows)
+    s = summary(campaign, rows, measured)
     width = max((len(r.run.id) for r in rows), default=10)
     lines = [f"{'run':{width}s}  {'state':8s}  detail"]
     for r in rows:
@@ -64,7 +65,7 @@ def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = Fal
     lines += ["", *by_host(failed_on or {}, excluded), f"{len(rows)} runs: {counts_line(rows)}",
               f"left: ~{s['left_gpu_hours_bf16']:.1f} GPU-hours in bf16, ~{s['left_gpu_hours_fp32']:.1f} in fp32 "
               "(estimated from FLOP counts, not measured; see README)"]
-    spent_lines = spent.table(rows)
+    spent_lines = spent.table(measured)
     lines += ["", "device-hours measured so far (the runs' compute ledgers):", *spent_lines] if spent_lines else []
     return "\n".join(lines)
 
@@ -88,7 +89,7 @@ def status_text(campaign: Campaign, rows: list[RunState], failed_on: dict[str, t
         lines.append(f"  ... and {len(failed) - 10} more failed (sweep.py plan SPEC lists them)")
     lines += by_host(failed_on or {}, excluded)
     done = sum(r.state == "done" for r in rows)
-    spent_lines = spent.table(rows)
+    spent_lines = spent.table(spent.measure(rows))
     lines += ["", "device-hours measured so far (the runs' compute ledgers):", *spent_lines] if spent_lines else []
     lines += ["", bar(done, len(rows)), counts_line(rows)]
     if done == len(rows):

@@ -34,17 +34,19 @@ def test_measured_hours_come_from_the_ledger(tmp_path):
     a, b, c = (_run(tmp_path, f"robust/cifar10-1/{t}/std/s1") for t in ("aimp-1", "aimp-2", "dense"))
     _write(a, [1800.0, 1800.0], total_h=1.1)  # done: results.json's total (epochs and final tests)
     _write(b, [3600.0])                        # partial: its epochs so far
-    rows = [RunState(a, "done"), RunState(b, "partial"), RunState(c, "pending")]
+    rows = [RunState(a, "done", epochs_done=2), RunState(b, "partial", epochs_done=1), RunState(c, "pending")]
     assert spent.measured_hours(a, True) == 1.1 and spent.measured_hours(b, False) == 1.0
     assert spent.measured_hours(c, False) is None
     assert spent.family(a) == "robust aimp" and spent.family(c) == "robust dense"
     assert spent.family(spec.Run("r0", "transfer", "/x", ("true",))) == "r0"  # ids not made by a spec
-    lines = spent.table(rows)
+    measured = spent.measure(rows)
+    assert [(r.run.id, h) for r, h in measured] == [(a.id, 1.1), (b.id, 1.0)]  # c: no epoch, nothing recorded
+    lines = spent.table(measured)
     (line,) = [ln for ln in lines if ln.startswith("robust aimp")]
     estimate = spent.estimated_hours(a)  # bf16 rate: the run passes --amp bf16
     assert estimate > 0 and f"{1.1 / estimate:.2f} (1 done)" in line and " 2 " in line
     assert not any(ln.startswith("robust dense") for ln in lines)  # nothing recorded yet
-    assert spent.summary(rows) == {"robust aimp": pytest.approx(2.1)}
+    assert spent.summary(measured) == {"robust aimp": pytest.approx(2.1)}
     campaign = spec.Campaign(str(tmp_path / "c.toml"), str(tmp_path), (a, b, c))
     assert "device-hours measured so far" in status.plan_text(campaign, rows)
     assert "device-hours measured so far" in status.status_text(campaign, rows)
