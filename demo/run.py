@@ -211,6 +211,7 @@ def cost_table(cfg: DemoConfig) -> str:
     """What finding each family's tickets cost on this CPU (the ledger its deepest transferred ticket carries:
     every level that made it), beside the family's highest double-win sparsity from the report."""
     import pruning_utils
+    from infra import checkpoint
     with open(os.path.join(cfg.out, "report", "report.json")) as f:
         groups = json.load(f)["groups"]
     best = {(g["init"], c["family"]): c["highest"] for g in groups for c in g["families"]}
@@ -221,8 +222,7 @@ def cost_table(cfg: DemoConfig) -> str:
         if not found:
             continue
         cost = pruning_utils.load_ticket(found[-1])[1].get("cost") or {}
-        epochs = len([1 for line in open(os.path.join(cfg.out, "tickets", fam.folder, "metrics.jsonl"))]) \
-            if os.path.exists(os.path.join(cfg.out, "tickets", fam.folder, "metrics.jsonl")) else 0
+        epochs = len(checkpoint.read_jsonl(os.path.join(cfg.out, "tickets", fam.folder, checkpoint.METRICS)))
         h = best.get((fam.kind, fam.name))
         lines.append(f"  {fam.kind:8s}  {fam.name:8s}  {epochs:>6d}  {cost.get('device_s', 0):>8.1f}  "
                      f"{cost.get('flop', 0) / 1e9:>9.1f}  {'none' if h is None else f'{100 * h:.2f}%'}")
