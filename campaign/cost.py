@@ -1,18 +1,32 @@
-"""GPU-hours of what is left, estimated from FLOP counts as the README's table (not measured): a forward pass
-of ResNet-50 at 224 px is 4.1 GFLOP, forward + backward about 3x that, 150 TFLOP/s in bf16, 3x less in fp32."""
+"""What is left to run, estimated (not measured): the images each run's own settings pass through each kind of
+pass, times the FLOPs per image that the compute ledger's own counter gives (`models.flops`, 2 FLOPs per
+multiply-add), and GPU-hours at an assumed sustained rate. torch is imported only when a count is first needed."""
 from __future__ import annotations
 
 import functools
 import os
 import re
+from dataclasses import dataclass
 
 from campaign.spec import Run
 
-GFLOP = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 4.1, "resnet101": 7.8, "resnet152": 11.5}
+UNIT = "FLOP (2 per multiply-add, as the compute ledger counts)"
+RATE = {"bf16": 150e12, "fp32": 50e12}  # FLOP/s assumed sustained on one H100-class card; see the README
 TRAIN_IMAGES = {"cifar10": 45000, "cifar10_2": 45000, "cifar100": 45000, "svhn": 68257}
 VAL_IMAGES = {"cifar10": 5000, "cifar10_2": 5000, "cifar100": 5000, "svhn": 5000}
-IMAGENET = 1281167
-BF16, FP32 = 150e12, 50e12  # FLOP/s sustained on one H100-class card
+TEST_IMAGES = {"cifar10": 10000, "cifar10_2": 10000, "cifar100": 10000, "svhn": 26032}
+CLASSES = {"cifar10": 10, "cifar10_2": 10, "cifar100": 100, "svhn": 10}
+IMAGENET_TRAIN, IMAGENET_VAL = 1281167, 50000  # the ILSVRC-2012 split sizes, where the IMP folder is not readable
+FINAL_TESTS = 3  # a transfer run tests its last, best-SA and best-RA models (fewer when two are the same epoch)
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Images left through each kind of pass (an attack step counts one image through "attack")."""
+    train: float = 0.0
+    attack: float = 0.0
+    eval: float = 0.0
+    note: str = ""  # what the estimate assumes beyond the flags (early-bird: its full schedule)
 
 
 @functools.cache
@@ -45,37 +59,74 @@ def _num(v: str | None, default: float) -> float:
         return default
 
 
-def _folder_images(root: str, split: str) -> int:
+@functools.cache
+def folder_images(root: str, split: str) -> int:
+    """Files under root/split (0 where it is not a folder): walked once per process, then cached."""
     folder = os.path.join(root, split)
     if not os.path.isdir(folder):
         return 0
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
-def run_flop(run: Run, epochs_done: int = 0) -> float:
-    """FLOP of the epochs of `run` not done yet (training with its attack, validation with the test attack)."""
+def _attack_steps(f: dict[str, str], adv: bool) -> float:
+    if not adv:
+        return 0.0
+    return 1.0 if f.get("--attack") == "fgsm" else _num(f.get("--train_step"), 3)
+
+
+def imp_passes(run: Run, f: dict[str, str], epochs_done: int) -> Passes:
+    """An IMP stage: each epoch trains on --data_number of the train split (with the attack's steps) and
+    validates SA on the val split; one-shot pruning (--omp-level/--omp-sparsity) trains nothing."""
+    if "--omp-level" in f or "--omp-sparsity" in f:
+        return Passes(note="one-shot pruning: no training")
+    data = run.command[4]
+    images = (folder_images(data, "train") or IMAGENET_TRAIN) * _num(f.get("--data_number"), 1)
+    val = folder_images(data, "val") or IMAGENET_VAL
+    epochs = max(0.0, _num(f.get("--epochs"), 570) - epochs_done)
+    note = "early-bird: at most its full schedule (levels may stop sooner)" if "--early-bird" in f else ""
+    return Passes(images * epochs, images * epochs * _attack_steps(f, run.mode == "adv"), val * epochs, note)
+
+
+def transfer_passes(run: Run, f: dict[str, str], epochs_done: int) -> Passes:
+    """A transfer run: training (with the attack's steps under adv), validation SA and RA (--test_step) from
+    --eval_from on, then the final tests' SA and RA."""
+    data = f.get("--data", "")
+    n = (TRAIN_IMAGES.get(run.dataset) or folder_images(data, "train")) * _num(f.get("--data_number"), 1)
+    n_val = VAL_IMAGES.get(run.dataset) or folder_images(data, "val") or folder_images(data, "validation")
+    n_test = TEST_IMAGES.get(run.dataset) or folder_images(data, "test")
+    epochs = _num(f.get("--epochs"), 100)
+    steps, test_steps = _attack_steps(f, run.mode == "adv"), _num(f.get("--test_step"), 20)
+    train_epochs = max(0.0, epochs - epochs_done)
+    val_epochs = max(0.0, epochs - max(_num(f.get("--eval_from"), 0), epochs_done))
+    checked = val_epochs * n_val + FINAL_TESTS * n_test  # each through SA (eval) and RA (attack steps + eval)
+    return Passes(n * train_epochs, n * train_epochs * steps + checked * test_steps, 2 * checked)
+
+
+def passes(run: Run, epochs_done: int = 0) -> Passes:
+    f = flags(run)
+    return imp_passes(run, f, epochs_done) if run.kind == "imp" else transfer_passes(run, f, epochs_done)
+
+
+def per_image(run: Run) -> dict[str, float]:
+    """FLOPs per image of each kind of pass for the run's model, counted by the compute ledger's counter (once per
+    architecture, image size and kind in this process)."""
+    from models import flops
     f = flags(run)
     arch = f.get("--arch", f.get("-a", "resnet50"))
-    size = _num(f.get("--image-size"), 224)
-    per_pass = 3 * GFLOP.get(arch, 4.1) * 1e9 * (size / 224) ** 2
-    if run.kind == "imp":
-        data = run.command[4]
-        images = _folder_images(data, "train") or IMAGENET
-        epochs = _num(f.get("--epochs"), 570)
-        passes = 1 + (_num(f.get("--train_step"), 3) if run.mode == "adv" else 0)
-        return images * max(0.0, epochs - epochs_done) * passes * per_pass
-    data = f.get("--data", "")
-    n = TRAIN_IMAGES.get(run.dataset) or _folder_images(data, "train")
-    n_val = VAL_IMAGES.get(run.dataset) or _folder_images(data, "val") or _folder_images(data, "validation")
-    n *= _num(f.get("--data_number"), 1)
-    epochs = _num(f.get("--epochs"), 100)
-    steps = _num(f.get("--train_step"), 10) if run.mode == "adv" else 0
-    test_steps = _num(f.get("--test_step"), 20)
-    eval_epochs = max(0.0, epochs - max(_num(f.get("--eval_from"), 0), epochs_done))
-    train = n * max(0.0, epochs - epochs_done) * (1 + steps)
-    val = n_val * eval_epochs * (1 + test_steps)
-    return (train + val) * per_pass
+    size = int(_num(f.get("--image-size"), 224))
+    classes = 1000 if run.kind == "imp" else CLASSES.get(run.dataset, 10)
+    small = "--small-input" in run.command
+    return {k: flops.per_image(arch, size, k, num_classes=classes, small_input=small) for k in flops.KINDS}
+
+
+def run_flop(run: Run, epochs_done: int = 0) -> float:
+    """FLOPs of what is left of `run` (its epochs not done yet; a transfer run's final tests too)."""
+    p = passes(run, epochs_done)
+    if not (p.train or p.attack or p.eval):
+        return 0.0
+    per = per_image(run)
+    return p.train * per["train"] + p.attack * per["attack"] + p.eval * per["eval"]
 
 
 def gpu_hours(flop: float, amp: bool = True) -> float:
-    return flop / (BF16 if amp else FP32) / 3600
+    return flop / RATE["bf16" if amp else "fp32"] / 3600

@@ -9,18 +9,20 @@ from campaign.spec import Campaign
 from campaign.state import RunState
 
 
-def left_flop(rows: list[RunState]) -> float:
-    return sum(cost.run_flop(r.run, r.epochs_done) for r in rows if r.state != "done")
-
-
 def summary(campaign: Campaign, rows: list[RunState], measured: list | None = None) -> dict:
-    """Counts per state and the estimate, as plain values (`plan --json`)."""
-    flop = left_flop(rows)
+    """Counts per state and the estimate, as plain values (`plan --json`): FLOPs left in all and per run, in
+    `flop_unit`, and GPU-hours at the assumed rates."""
+    left = {r.run.id: cost.run_flop(r.run, r.epochs_done) for r in rows if r.state != "done"}
+    flop = sum(left.values())
+    notes = {r.run.id: cost.passes(r.run, r.epochs_done).note for r in rows if r.state != "done"}
     return {"spec": campaign.path, "root": campaign.root, "runs": len(rows), "counts": state.counts(rows),
+            "left_flop": flop, "flop_unit": cost.UNIT, "assumed_flop_per_s": dict(cost.RATE),
             "left_gpu_hours_bf16": round(cost.gpu_hours(flop, amp=True), 2),
             "left_gpu_hours_fp32": round(cost.gpu_hours(flop, amp=False), 2),
             "measured_device_hours": spent.summary(spent.measure(rows) if measured is None else measured),
-            "states": [{"id": r.run.id, "state": r.state, "detail": r.detail, "save_dir": r.run.save_dir}
+            "states": [{"id": r.run.id, "state": r.state, "detail": r.detail, "save_dir": r.run.save_dir,
+                        "left_flop": left.get(r.run.id, 0.0), **({"estimate_note": notes[r.run.id]}
+                                                                 if notes.get(r.run.id) else {})}
                        for r in rows]}
 
 
@@ -63,8 +65,11 @@ def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = Fal
         detail = r.detail or (f"{r.epochs_done} epochs done" if r.epochs_done else "")
         lines.append(f"{r.run.id:{width}s}  {r.state:8s}  {detail}".rstrip())
     lines += ["", *by_host(failed_on or {}, excluded), f"{len(rows)} runs: {counts_line(rows)}",
-              f"left: ~{s['left_gpu_hours_bf16']:.1f} GPU-hours in bf16, ~{s['left_gpu_hours_fp32']:.1f} in fp32 "
-              "(estimated from FLOP counts, not measured; see README)"]
+              f"left: {s['left_flop'] / 1e15:.4g} PFLOP (2 FLOPs per multiply-add, counted as the compute ledger "
+              f"counts), ~{s['left_gpu_hours_bf16']:.1f} GPU-hours at an assumed {cost.RATE['bf16'] / 1e12:g} "
+              f"TFLOP/s in bf16, ~{s['left_gpu_hours_fp32']:.1f} at {cost.RATE['fp32'] / 1e12:g} in fp32 (estimated, "
+              "not measured; see README)",
+              *sorted({f"  note: {st['id']}: {st['estimate_note']}" for st in s["states"] if "estimate_note" in st})]
     spent_lines = spent.table(measured)
     lines += ["", "device-hours measured so far (the runs' compute ledgers):", *spent_lines] if spent_lines else []
     return "\n".join(lines)

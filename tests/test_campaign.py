@@ -159,8 +159,8 @@ def test_the_estimate_follows_the_readme_table():
                                                                         "adv_cifar.sh"), "cifar10", "w", "s", ""),
                    dataset="cifar10", mode="adv")
     hours = cost.gpu_hours(cost.run_flop(run))
-    assert 1.0 < hours < 1.5  # README: ~1.2 h in bf16 for 100 epochs of PGD-10 on CIFAR
-    assert cost.run_flop(run, epochs_done=100) == 0
+    assert 1.5 < hours < 2.0  # README: ~1.8 h in bf16 for 100 epochs of PGD-10 on CIFAR (and its tests)
+    assert 0 < cost.run_flop(run, epochs_done=100) < 0.02 * cost.run_flop(run)  # left: the final tests only
     assert status.bar(3, 12).endswith("3/12 done (25%)")
 
 
@@ -250,7 +250,7 @@ def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
     assert c.root == str(tmp_path / "sweep")
     rows = state.states(c)
     assert state.counts(rows)["waiting"] == cells * sum(tickets.values())
-    assert 1200 < status.summary(c, rows)["left_gpu_hours_bf16"] < 1800
+    assert 1800 < status.summary(c, rows)["left_gpu_hours_bf16"] < 2300
 
 
 @pytest.mark.slow

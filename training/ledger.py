@@ -4,9 +4,9 @@ Every pass over a batch is tallied where it happens (`training.engine`): images,
 (an attack's steps included: PGD-k training costs k + 1 forward and k + 1 backward passes per image, k of the
 backward passes for the input gradient only) and FLOPs. FLOPs are counted, not estimated: for each distinct
 batch shape and kind of pass, `torch.utils.flop_counter` runs the pass once on a copy of the model on the `meta`
-device (no memory, no arithmetic, no change to the real model), and the count is multiplied by how often the pass
-ran. They are the FLOPs of the dense kernels the run executes: a ticket's zeroed weights are multiplied all the
-same.
+device (no memory, no arithmetic, no change to the real model; `models.flops`, which the campaign's estimate uses
+too), and the count is multiplied by how often the pass ran. They are the FLOPs of the dense kernels the run
+executes (2 per multiply-add): a ticket's zeroed weights are multiplied all the same.
 
 A stage adds the wall seconds, the device (name and count) and the precision per epoch (`epoch_cost`, the
 `cost` of each metrics.jsonl row); `total` sums rows into a run's cost (results.json, an IMP level's record, a
@@ -14,19 +14,20 @@ ticket's metadata). Device-seconds are wall seconds x devices: what a GPU-hour b
 """
 from __future__ import annotations
 
-import copy
 import platform
 
 import torch
-import torch.nn.functional as F
 
-KINDS = ("train", "attack", "eval")  # forward + full backward; forward + input gradient; forward only
+from models import flops
+
+KINDS = flops.KINDS  # forward + full backward; forward + input gradient; forward only
 COUNTS = ("images", "forward_passes", "backward_passes", "flop")
 SUMMED = ("train_images", "eval_images", "forward_passes", "backward_passes", "flop", "wall_s", "device_s")
 
 
 class FlopTable:
-    """FLOPs of one pass of each kind, per batch shape, for one model: counted once per shape on a meta copy."""
+    """FLOPs of one pass of each kind, per batch shape, for one model: counted once per shape on a meta copy
+    (`models.flops`: SyncBatchNorm counted as plain BatchNorm; attack and eval passes in eval mode)."""
 
     def __init__(self, net: torch.nn.Module) -> None:
         self.net = net
@@ -36,30 +37,10 @@ class FlopTable:
     def flop(self, kind: str, shape: tuple[int, ...]) -> int:
         key = (kind, tuple(shape))
         if key not in self._counts:
-            self._counts[key] = self._count(kind, tuple(shape))
+            if self._meta is None:
+                self._meta = flops.meta_copy(self.net)
+            self._counts[key] = flops.count(self._meta, kind, tuple(shape))
         return self._counts[key]
-
-    def _model(self) -> torch.nn.Module:
-        if self._meta is None:
-            meta = copy.deepcopy(self.net).to("meta")
-            if getattr(meta, "_compiled_call_impl", None) is not None:  # nn.Module.compile(): count eager ops
-                meta._compiled_call_impl = None
-            self._meta = meta
-        return self._meta
-
-    def _count(self, kind: str, shape: tuple[int, ...]) -> int:
-        from torch.utils.flop_counter import FlopCounterMode
-        meta = self._model()
-        meta.train(kind != "eval")
-        for p in meta.parameters():
-            p.requires_grad_(kind == "train")
-        x = torch.zeros(shape, device="meta", requires_grad=kind == "attack")
-        with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(kind != "eval"):
-            logits = meta(x * 1 if kind == "attack" else x)  # a non-leaf input: the counter's hooks need one
-            loss = F.cross_entropy(logits, torch.zeros(shape[0], dtype=torch.long, device="meta"))
-            if kind != "eval":
-                loss.backward()
-        return int(counter.get_total_flops())
 
 
 class Tally:
