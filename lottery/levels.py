@@ -164,7 +164,7 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     at = _starting_point(net, init_state, cfg, env, path, obj)
     if env.is_main:
         runner.truncate_metrics(cfg.save_dir, at.done)
-    model = runner.wrap(net, env, compile=cfg.compile)
+    model = runner.wrap(net, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
     optimizer = _sgd(model, cfg, at.optimizer, path or "")
     scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if at.optimizer is not None else None)
     board = Board(cfg.save_dir, files.read_jsonl(os.path.join(cfg.save_dir, files.METRICS)), at.done) \

@@ -20,8 +20,8 @@ from infra import flags
 from infra import hardware
 from infra import reproducibility
 from infra import runlog
-from training import savedir
-from infra.distributed import DistEnv, Launch
+from training import savedir, syncbn
+from infra.distributed import LAUNCH_GROUP, DistEnv, Launch
 from infra.errors import ConfigError, OneLineParser
 from infra.flags import REQUIRED, Flag, flag
 
@@ -61,6 +61,9 @@ class RunSettings:
                                "except ops PyTorch warns about)", group=SPEED)
     tf32: bool = flag("--tf32", True, "TF32 tensor cores for fp32 convolutions on Ampere+ GPUs (cuDNN's default); "
                       "--no-tf32 computes them in full fp32, as the original's PyTorch 1.5 did", group=SPEED)
+    sync_bn: bool = flag("--sync-bn", False, "with several processes, BatchNorm statistics over the global batch "
+                         "(SyncBatchNorm), so training and the train-mode attack see the whole batch as on one "
+                         "device; without it each process normalises its own share", group=LAUNCH_GROUP)
     compile: bool = flag("--compile", False, "torch.compile the model in place (GPU; slower on CPU; changes the "
                          "last bits)", group=SPEED)
     workers: int = flag("-j --workers", 4, "data loading workers per process", group=SPEED, type=int, result=False)
@@ -213,9 +216,7 @@ def wrap(model: torch.nn.Module, env: DistEnv, *, compile: bool, sync_bn: bool =
     stay the plain model's), then wrapped in DDP when there are several ranks. Files keep being written from
     `model`."""
     if sync_bn:
-        if env.distributed and env.device.type != "cuda":
-            raise ConfigError("--sync-bn needs one GPU per process (SyncBatchNorm syncs CUDA tensors): drop it here")
-        converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        converted = syncbn.convert(model, env.device)
         assert converted is model  # a ResNet's BatchNorms are children: replaced in place, the optimizer keeps them
     if compile:
         model.compile()

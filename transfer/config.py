@@ -8,7 +8,6 @@ from dataset import DATASETS as DATASET_TABLE, SUBSETS
 from attacks import LOSSES, AttackConfig, AttackFlags
 from infra.errors import ConfigError
 from infra.flags import built, flag
-from infra.distributed import LAUNCH_GROUP
 from training.runner import GENERAL, SPEED, RunSettings, optional_path
 
 DATASETS = tuple(name for name in DATASET_TABLE if name != "imagenet")  # imagenet is IMP's
@@ -87,10 +86,6 @@ class TransferConfig(RunSettings):
     channels_last: bool = flag("--channels-last", True, "channels_last memory format", group=SPEED)
     test_amp: bool = flag("--test-amp", False, "final test SA/RA under --amp too (default: fp32)", group=SPEED,
                           result=False)
-    sync_bn: bool = flag("--sync-bn", False, "with several GPUs, BatchNorm statistics over the global batch "
-                         "(SyncBatchNorm), so training and the train-mode attack see all --batch_size images as on "
-                         "the original's one GPU; without it each GPU normalises its own batch_size / GPUs images",
-                         group=LAUNCH_GROUP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
