@@ -14,6 +14,7 @@ import torch
 
 from infra import checkpoint
 from lottery import levels as imp_levels
+import main_imp_adv
 import pruning_utils
 from recipes import TINY, same_masks, ticket, tiny_model, untimed, write_init
 
@@ -105,3 +106,31 @@ def test_unchanged_script_runs_on_a_machine_without_gpu(tiny, tmp_path):
     log = open(os.path.join(save_dir, checkpoint.LOG)).read()
     assert "--multiprocessing-distributed asked for one process per GPU, but no GPU is visible: one CPU process" in log
     assert os.path.exists(checkpoint.imp_best(save_dir, 1)) and os.path.exists(checkpoint.imp_ticket(save_dir, 2))
+
+
+COUNTED = ("train_images", "eval_images", "forward_passes", "backward_passes", "flop")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_with_sync_bn_count_what_one_process_counts(tiny, tmp_path):
+    """A-IMP with --sync-bn on two gloo ranks (each trains and validates half of every batch, BatchNorm over
+    both halves): each epoch's ledger holds the sum over the ranks, equal to one process's counts for the same
+    images (12 train, 12 val: no padding), with 2 devices and device-seconds = wall seconds x 2."""
+    data, init = tiny
+    flags = ("--epochs", "2", "--prune_epoch", "1", "--lr", "0.05", "--train_step", "1", "--sync-bn")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert main_imp_adv.main(command("main_imp_adv.py", data, init, one, *flags)[2:]) == 0
+    cmd = command("main_imp_adv.py", data, init, two, *flags)
+    cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "rank 0/2 on cpu (gloo)" in open(os.path.join(two, checkpoint.LOG)).read()
+    rows = {d: checkpoint.read_jsonl(os.path.join(d, checkpoint.METRICS)) for d in (one, two)}
+    assert len(rows[one]) == len(rows[two]) == 2
+    for a, b in zip(rows[one], rows[two]):
+        assert {k: b["cost"][k] for k in COUNTED} == {k: a["cost"][k] for k in COUNTED}
+        assert (a["cost"]["train_images"], a["cost"]["eval_images"], a["cost"]["backward_passes"]) == (12, 12, 24)
+        assert (a["cost"]["devices"], b["cost"]["devices"]) == (1, 2)
+        assert b["cost"]["device_s"] == pytest.approx(2 * b["cost"]["wall_s"])
+    tickets = [pruning_utils.load_ticket(checkpoint.imp_ticket(d, 3))[1]["cost"] for d in (one, two)]
+    assert {k: tickets[1][k] for k in COUNTED} == {k: tickets[0][k] for k in COUNTED} and tickets[0]["flop"] > 0

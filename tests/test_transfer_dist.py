@@ -93,3 +93,40 @@ def test_two_gloo_ranks_on_the_device_pipeline_report_exact_whole_split_accuraci
         whole = evaluate(model, pipeline.DeviceBatches(*pipeline.uint8_tensors(split), 5, transform=resize),
                          Step(show_progress=False))
         assert whole["top1"] == pytest.approx(res["best_sa"][key], abs=1e-9), key
+
+
+COUNTED = ("train_images", "eval_images", "forward_passes", "backward_passes", "flop")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_with_sync_bn_count_what_one_process_counts(tmp_path):
+    """Adversarial transfer with --sync-bn on two gloo ranks (12 images per split: no padding): every epoch's
+    ledger and results.json's total (the final tests too) hold the sum over the ranks, equal to one process's
+    counts, with 2 devices and device-seconds = wall seconds x 2."""
+    from transfer import cli
+    data = fabricate.make_image_folder(str(tmp_path / "data"), n_per_class=4, splits=("train", "val", "test"))
+    pre = write_pretrained(str(tmp_path), 0.5)
+    flags = ("--batch_size", "4", "--sync-bn")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(argv(one, data, "folder", pre.init, mode="adv", ticket=pre.ticket, extra=flags)) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(ROOT, "main_train_downstream.py"),
+           *argv(two, data, "folder", pre.init, mode="adv", ticket=pre.ticket, extra=flags)]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "rank 0/2 on cpu (gloo)" in open(two / LOG).read()
+    rows = {d: [json.loads(line) for line in open(d / "metrics.jsonl")] for d in (one, two)}
+    for a, b in zip(rows[one], rows[two], strict=True):
+        assert {k: b["cost"][k] for k in COUNTED} == {k: a["cost"][k] for k in COUNTED}
+        assert a["cost"]["train_images"] == 12 and (a["cost"]["devices"], b["cost"]["devices"]) == (1, 2)
+        assert b["cost"]["device_s"] == pytest.approx(2 * b["cost"]["wall_s"])
+
+    def per_test(d) -> dict:
+        """results.json's total less the epochs': the final tests, per model tested (the last epoch's, and the
+        best-SA and best-RA checkpoints' where they are other epochs: each run picks its own)."""
+        res = json.load(open(d / RESULTS))
+        tested = len({res[k]["epoch"] for k in ("last", "best_sa", "best_ra")})
+        return {k: (res["cost"][k] - sum(r["cost"][k] for r in rows[d])) / tested for k in COUNTED}
+    assert per_test(two) == per_test(one)
+    assert per_test(one)["eval_images"] == 24 and per_test(one)["flop"] > 0  # 12 test images, SA and RA

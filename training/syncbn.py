@@ -24,16 +24,21 @@ class _AllReduceSum(torch.autograd.Function):
         return out, None
 
 
-class CpuSyncBatchNorm(nn.SyncBatchNorm):
-    """SyncBatchNorm that also synchronises CPU tensors (one process per rank over gloo): in training, the mean
-    and the biased variance of the global batch through differentiable all-reduces (so the gradients are those
-    of one BatchNorm over the whole batch), and the running statistics updated as BatchNorm does (unbiased
-    variance). Elsewhere (eval mode, one rank, a GPU tensor) it is torch's SyncBatchNorm."""
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """SyncBatchNorm for CPU tensors (one process per rank over gloo; not a torch SyncBatchNorm, which DDP refuses
+    on CPU): in training, the mean and the biased variance of the global batch through differentiable all-reduces
+    (so the gradients are those of one BatchNorm over the whole batch), and the running statistics updated as
+    BatchNorm does (unbiased variance). In eval mode, or on one rank, it is plain BatchNorm."""
+
+    process_group = None  # the whole world (SyncBatchNorm's attribute, kept by `convert`)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         group = self.process_group or dist.group.WORLD
-        if not (self.training and input.device.type == "cpu" and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size(group) > 1):
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
             return super().forward(input)
         self._check_input_dim(input)
         dims = [0, *range(2, input.dim())]
