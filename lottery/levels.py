@@ -70,13 +70,16 @@ def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, 
     return new
 
 
-def level_costs(save_dir: str, level: int) -> tuple[dict, dict]:
+def level_costs(save_dir: str, level: int, trained: bool = True) -> tuple[dict, dict]:
     """(the cost of every level before `level`, the cost of level `level - 1` alone, with its `epochs` trained):
-    the ledger of ticket `level` from the metrics.jsonl rows of the epochs that made it."""
+    the ledger of ticket `level` from the metrics.jsonl rows of the epochs that made it. Where levels that
+    `trained` had no rows here (a run resumed from another folder), the cost names them: it is not complete."""
     rows = [r for r in files.read_jsonl(os.path.join(save_dir, files.METRICS))
             if isinstance(r, dict) and isinstance(r.get("cost"), dict) and isinstance(r.get("level"), int)]
     last = [r for r in rows if r["level"] == level - 1]
-    return (ledger.total([r["cost"] for r in rows if r["level"] < level]),
+    missing = sorted(set(range(1, level)) - {r["level"] for r in rows}) if trained else []
+    return ({**ledger.total([r["cost"] for r in rows if r["level"] < level]),
+             **({"not_recorded_levels": missing} if missing else {})},
             {**ledger.total([r["cost"] for r in last]), "epochs": len(last)})
 
 
@@ -85,7 +88,7 @@ def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_
     weights, config, the cumulative cost of the levels that made it) and `<level>-sparsity.json` (the same cost,
     and the last level's own)."""
     s, layers = pruning_utils.sparsity(mask), pruning_utils.layer_sparsity(mask)
-    cost, last = level_costs(cfg.save_dir, level)
+    cost, last = level_costs(cfg.save_dir, level, trained=cfg.omp_sparsity is None)
     meta = {"level": level, "sparsity": s, "source": cfg.source, "init": cfg.init, "arch": cfg.arch,
             "mask_digest": digest, "init_digest": init_digest, "config": config_dict(cfg), "cost": cost}
     pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)

@@ -39,6 +39,8 @@ class Row:
     failures: tuple[str, ...]  # why the row is not double-win
     ticket_hours: float | None = None  # device-hours that found the row's ticket (None: dense, or not recorded)
     transfer_hours: float = 0.0        # device-hours of the row's transfer runs
+    ticket_flop: float | None = None   # ... in FLOPs (None: dense, or not recorded)
+    transfer_flop: float | None = None
 
     @property
     def dense(self) -> bool:
@@ -106,11 +108,14 @@ def _judge(sparsity: float, source: str, cells: dict, dense: dict, margins: dict
     return Row(sparsity, source, cells, match, tuple(failures))
 
 
-def _costed(row: Row, spent: list[tuple[float | None, float | None]]) -> Row:
-    """The row with its ticket's finding cost (the largest its runs record) and its transfer runs' cost."""
-    found = [t for t, _ in spent if t is not None]
+def _costed(row: Row, spent: list[tuple[float | None, ...]]) -> Row:
+    """The row with its ticket's finding cost (the largest its runs record) and its transfer runs' cost, in
+    device-hours and FLOPs (`spent`: ticket hours, run hours, ticket FLOPs, run FLOPs per run)."""
+    found, flops = [t for t, *_ in spent if t is not None], [s[2] for s in spent if s[2] is not None]
+    runs = [s[3] for s in spent if s[3] is not None]
     return replace(row, ticket_hours=max(found) if found else None,
-                   transfer_hours=sum(h for _, h in spent if h is not None))
+                   transfer_hours=sum(s[1] for s in spent if s[1] is not None),
+                   ticket_flop=max(flops) if flops else None, transfer_flop=sum(runs) if runs else None)
 
 
 def analyse(runs: list[Run], opts: Options) -> list[Group]:
@@ -124,7 +129,8 @@ def analyse(runs: list[Run], opts: Options) -> list[Group]:
         values: dict[tuple, dict] = {}
         spent: dict[tuple, list] = {}
         for r in members:
-            spent.setdefault((r.sparsity, r.source), []).append((r.ticket_hours, r.run_hours))
+            spent.setdefault((r.sparsity, r.source), []).append((r.ticket_hours, r.run_hours, r.ticket_flop,
+                                                                 r.run_flop))
             row = values.setdefault((r.sparsity, r.source), {})
             for metric, v in r.values.items():
                 if v is not None:

@@ -117,28 +117,44 @@ def plot_overview(groups: list[Group], opts: Options, path: str) -> None:
     _save(fig, path)
 
 
-def plot_costs(groups: list[Group], overlap: Overlap, path: str) -> bool:
-    """Highest double-win sparsity against the device-hours measured finding each family's tickets (log x):
-    a point per (group x ticket family), a colour per group, open where no ticket of the family is double-win
-    (drawn at 0). Returns False (nothing drawn) where no ticket records its cost."""
-    from reporting.costs import family_costs
-    points = [(k, c) for k, g in enumerate(groups) for c in family_costs(g, overlap) if c.find_hours]
-    if not points:
-        return False
-    fig, axes = _figure(1, 1, (7.5, 4.8))
-    ax = axes[0][0]
-    for k, g in enumerate(groups):
-        ax.scatter([], [], color=COLORS[k % len(COLORS)], label=g.title)
-    for k, c in points:
+def _cost_panel(ax, points: list, value, xlabel: str) -> list[str]:
+    """One panel of cost.png: a point per (group x family) at x = `value(c)` (symlog, so one-shot's 0 shows), y =
+    the highest double-win sparsity (open and at 0 where none; "≥" where the family wins at its sparsest
+    transferred ticket). Returns the families left out (no recorded cost)."""
+    shown = [(k, c) for k, c in points if value(c) is not None]
+    positive = [value(c) for _, c in shown if value(c) > 0]
+    if positive:
+        ax.set_xscale("symlog", linthresh=min(positive) / 2)
+    for k, c in shown:
         color = COLORS[k % len(COLORS)]
-        y = 100 * c.highest if c.highest is not None else 0.0
-        ax.scatter([c.find_hours], [y], s=40, color=color if c.highest is not None else "none", edgecolors=color,
+        x, y = value(c), 100 * c.highest if c.highest is not None else 0.0
+        ax.scatter([x], [y], s=40, color=color if c.highest is not None else "none", edgecolors=color,
                    marker=MARKERS[k % len(MARKERS)], zorder=3)
-        ax.annotate(c.family, (c.find_hours, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set(title="double-win sparsity against what finding the tickets cost", ylabel="highest double-win sparsity (%)",
-           xlabel="device-hours measured finding the family's tickets (log)")
+        ax.annotate(("≥ " if c.deepest else "") + c.family, (x, y), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set(xlabel=xlabel, ylabel="highest double-win sparsity (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    return [c.family for k, c in points if value(c) is None]
+
+
+def plot_costs(groups: list[Group], overlap: Overlap, path: str) -> bool:
+    """Highest double-win sparsity against what finding each family's tickets cost, measured: FLOPs (the same on
+    any hardware) and device-hours, each on a symlog axis (one-shot pruning's 0 is drawn), a colour per group.
+    A family whose ledgers record no cost is left out and named under the figure. Returns False (nothing drawn)
+    where no ticket records its cost."""
+    from reporting.costs import family_costs
+    points = [(k, c) for k, g in enumerate(groups) for c in family_costs(g, overlap)]
+    if not any(c.find_hours is not None or c.find_flop is not None for _, c in points):
+        return False
+    fig, axes = _figure(1, 2, (12, 4.8))
+    for k, g in enumerate(groups):
+        axes[0][0].scatter([], [], color=COLORS[k % len(COLORS)], label=g.title)
+    left = _cost_panel(axes[0][0], points, lambda c: c.find_flop, "FLOPs measured finding the family's tickets")
+    left += _cost_panel(axes[0][1], points, lambda c: c.find_hours, "device-hours measured finding them")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("double-win sparsity against what finding the tickets cost (≥: double-win at the sparsest ticket "
+                 "transferred)", fontsize=9)
+    if left:
+        fig.text(0.01, 0.01, f"not recorded, left out: {', '.join(sorted(set(left)))}", fontsize=7)
     _save(fig, path)
     return True

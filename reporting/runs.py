@@ -53,6 +53,8 @@ class Run:
     settings: dict         # WATCH key -> JSON text of its value
     ticket_hours: float | None = None  # device-hours that found its ticket (the ticket's cumulative cost)
     run_hours: float | None = None     # device-hours of this transfer run (its results.json cost)
+    ticket_flop: float | None = None   # ... and in FLOPs (None: not recorded)
+    run_flop: float | None = None
 
 
 def match_columns(opts: Options) -> list[tuple[str, str]]:
@@ -148,13 +150,20 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
     settings = {k: json.dumps(_dotted(data, k), sort_keys=True) for k in WATCH}
     seed = data.get("seed") if isinstance(data.get("seed"), (int, str)) else None  # None: cannot spot duplicates
     run = Run(rel, (init_label(data), data["dataset"], data_number, *extra), mode, sparsity, source, seed, values,
-              settings, hours(meta.get("cost")), hours(data.get("cost")))
+              settings, hours(meta.get("cost")), hours(data.get("cost")), flop(meta.get("cost")),
+              flop(data.get("cost")))
     return run, problems
 
 
 def hours(cost) -> float | None:
-    """Device-hours of a cost ledger (training.ledger's), None where the file has none."""
-    return _number(cost.get("device_hours"), 0) if isinstance(cost, dict) else None
+    """Device-hours of a cost ledger (training.ledger's), None where the file has none or only part of one."""
+    return _number(cost.get("device_hours"), 0) if isinstance(cost, dict) and "not_recorded_levels" not in cost \
+        else None
+
+
+def flop(cost) -> float | None:
+    """FLOPs of a cost ledger, None where the file has none or only part of one."""
+    return _number(cost.get("flop"), 0) if isinstance(cost, dict) and "not_recorded_levels" not in cost else None
 
 
 def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:

@@ -19,15 +19,18 @@ from reporting.costs import family_costs
 from reporting.runs import OVERLAP, Options
 
 
-def _run(root, name, *, mode, sparsity, acc, family, hours, seed=1, ticket=None, run_hours=0.01):
-    """A finished transfer run whose ticket cost `hours` device-hours to find (its ledger in ticket_meta)."""
+def _run(root, name, *, mode, sparsity, acc, family, hours, seed=1, ticket=None, run_hours=0.01, ticket_cost=None):
+    """A finished transfer run whose ticket cost `hours` device-hours and `hours` PFLOP to find (its ledger in
+    ticket_meta; `ticket_cost`: that ledger as given, "none": no ledger), its transfer 0.01 h and 1 TFLOP."""
+    cost = {"device_hours": hours, "flop": None if hours is None else hours * 1e15}
+    cost = cost if ticket_cost is None else ticket_cost
+    meta = {"source": family, **({} if cost == "none" else {"cost": cost})}
     best = {"epoch": 1, "val_sa": acc, "val_ra": acc / 2, "test_sa": acc, "test_ra": acc / 2}
     dense = sparsity == 0
     data = {"complete": True, "dataset": "cifar10", "data_number": 1.0, "mode": mode, "seed": seed,
             "init": "/inits/robust.pth", "sparsity": sparsity, "best_sa": best, "best_ra": best,
             "ticket": None if dense else ticket or f"/t/{family}-{sparsity}.pth.tar",
-            "ticket_meta": {} if dense else {"source": family, "cost": {"device_hours": hours}},
-            "cost": {"device_hours": run_hours}}
+            "ticket_meta": {} if dense else meta, "cost": {"device_hours": run_hours, "flop": 1e12}}
     folder = os.path.join(str(root), name)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "results.json"), "w") as f:
@@ -50,6 +53,9 @@ def tree(tmp_path):
     for s, h in ((0.2, 0.2), (0.36, 0.4)):
         _cells(root, f"eb-{s}", s, 80.0, "aimp-eb", h)
     _cells(root, "omp-0.2", 0.2, 60.0, "omp", 0.0)
+    _cells(root, "old-0.2", 0.2, 80.0, "old", None, ticket_cost="none")  # a ticket without a ledger
+    _cells(root, "moved-0.36", 0.36, 80.0, "moved", None,  # resumed from another folder: levels 1-2 not here
+           ticket_cost={"device_hours": 0.0, "flop": 0, "not_recorded_levels": [1, 2]})
     return root
 
 
@@ -62,17 +68,26 @@ def test_the_cost_table_per_family(tree):
     rep = analysis.collect(str(tree), Options())
     (group,) = rep.groups
     costs = {c.family: c for c in family_costs(group, rep.overlap)}
-    assert set(costs) == {"aimp", "aimp-eb", "omp"}
+    assert set(costs) == {"aimp", "aimp-eb", "omp", "old", "moved"}
     aimp, eb, omp = costs["aimp"], costs["aimp-eb"], costs["omp"]
     assert (aimp.highest, aimp.find_hours, aimp.reach_hours, aimp.tickets) == (0.36, 3.0, 2.0, 3)
-    assert (eb.highest, eb.find_hours, eb.reach_hours) == (0.36, 0.4, 0.4)
+    assert (aimp.find_flop, aimp.reach_flop, aimp.transfer_flop) == (3e15, 2e15, 6e12)
+    assert not aimp.deepest and eb.deepest  # aimp's 48.8% ticket fails; eb wins at its sparsest, 36%
+    assert (eb.highest, eb.find_hours, eb.reach_hours, eb.find_flop) == (0.36, 0.4, 0.4, 0.4e15)
     assert eb.iou == pytest.approx(0.8) and eb.iou_n == 2 and aimp.iou is None  # the reference itself: no IoU
-    assert omp.highest is None and omp.find_hours == 0.0 and omp.iou is None
+    assert omp.highest is None and omp.find_hours == 0.0 and omp.find_flop == 0 and omp.iou is None
     assert aimp.transfer_hours == pytest.approx(6 * 0.01)
+    for family in ("old", "moved"):  # not recorded: None, never 0
+        assert (costs[family].find_hours, costs[family].find_flop, costs[family].reach_flop) == (None, None, None)
     text = report.report_tables.render_text(rep)
     assert "ticket families, the verdict against what it cost" in text
-    line = next(ln for ln in text.splitlines() if ln.strip().startswith("aimp-eb "))
-    assert "36.00%" in line and "0.4" in line and "0.800 (n=2)" in line
+    lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip() and ln.split()[0] in costs}
+    assert lines["aimp-eb"].split()[:6] == ["aimp-eb", "2", "≥36.00%", "400", "T", "0.4"]
+    assert "0.800 (n=2)" in lines["aimp-eb"]
+    assert lines["aimp"].split()[:6] == ["aimp", "3", "36.00%", "3", "P", "3"]
+    assert lines["omp"].split()[:5] == ["omp", "1", "none", "0", "0"]
+    assert lines["old"].split()[:5] == ["old", "1", "≥20.00%", "n/r", "n/r"]
+    assert lines["moved"].split()[:5] == ["moved", "1", "≥36.00%", "n/r", "n/r"]
 
 
 def test_the_report_files_carry_the_costs_and_the_plot(tree, capsys):
@@ -115,3 +130,19 @@ def test_tickets_overlap_compares_real_tickets_of_one_sparsity(tmp_path, capsys)
     assert json.load(open(root / OVERLAP))["reference"] == "omp"
     with pytest.raises(tickets.UserError, match="--reference nope: no tickets of that family"):
         tickets.main(["overlap", str(root), "--reference", "nope"])
+
+
+def test_cost_png_draws_one_shot_at_zero_and_leaves_out_what_is_not_recorded(tree):
+    from matplotlib.figure import Figure
+    from reporting import plots
+    rep = analysis.collect(str(tree), Options())
+    points = [(0, c) for c in family_costs(rep.groups[0], rep.overlap)]
+    for value in (lambda c: c.find_flop, lambda c: c.find_hours):
+        ax = Figure().subplots()
+        left = plots._cost_panel(ax, points, value, "x")
+        assert sorted(left) == ["moved", "old"]
+        drawn = {t.get_text(): tuple(t.xy) for t in ax.texts}
+        assert set(drawn) == {"aimp", "≥ aimp-eb", "omp"}
+        assert drawn["omp"] == (0.0, 0.0) and ax.get_xscale() == "symlog"  # free, and no double-win ticket
+        assert drawn["≥ aimp-eb"][1] == 36.0
+    assert plots.plot_costs(list(rep.groups), rep.overlap, str(tree / "cost.png"))
