@@ -77,13 +77,15 @@ def _highest(c: FamilyCost) -> str:
 
 
 def cost_table(group: Group, overlap: Overlap) -> tuple[list[str], list[list[str]]]:
-    """The family table: FLOPs (hardware-independent) beside device-hours; "n/r": not recorded; "≥": double-win
-    at the family's sparsest transferred ticket (sparser ones untested)."""
+    """The family table: FLOPs (hardware-independent) beside device-hours; "n/r": not recorded; "-": no
+    double-win ticket to reach; "≥": double-win at the family's sparsest transferred ticket (sparser ones
+    untested)."""
     ref = overlap.reference or "reference"
     header = ["family", "tickets", "highest double-win", "FLOP finding all", "device-h finding all",
               "FLOP to highest", "device-h to highest", "FLOP transfer", "device-h transfer", f"IoU vs {ref}"]
     rows = [[c.family, str(c.tickets), _highest(c), flop_text(c.find_flop), _hours(c.find_hours),
-             flop_text(c.reach_flop), _hours(c.reach_hours), flop_text(c.transfer_flop), _hours(c.transfer_hours),
+             *(["-", "-"] if c.highest is None else [flop_text(c.reach_flop), _hours(c.reach_hours)]),
+             flop_text(c.transfer_flop), _hours(c.transfer_hours),
              "-" if c.iou is None else f"{c.iou:.3f} (n={c.iou_n})"] for c in family_costs(group, overlap)]
     return header, rows
 

@@ -93,3 +93,22 @@ def test_epoch_costs_add_up_and_list_mixed_devices():
         (8, 1200, 5.0, [2, 1], ["bf16", "fp32"])
     assert t["device_hours"] == pytest.approx(5.0 / 3600)
     assert ledger.total([])["flop"] == 0
+
+
+def test_a_tickets_cost_names_the_levels_whose_rows_are_not_here(tmp_path):
+    """A run resumed from another folder has no rows for its earlier levels: its ticket's cost says so (the report
+    shows it as not recorded, not as free); one-shot pruning trains nothing, so its zero is complete."""
+    import json
+    from lottery.levels import level_costs
+    rows = [{"level": 2, "cost": {"device_s": 7.0, "flop": 5}}, {"level": 3, "cost": {"device_s": 1.0, "flop": 2}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cost, last = level_costs(str(tmp_path), 4)
+    assert (cost["flop"], cost["device_s"], cost["not_recorded_levels"]) == (7, 8.0, [1])
+    assert (last["flop"], last["epochs"]) == (2, 1) and "not_recorded_levels" not in last
+    assert "not_recorded_levels" not in level_costs(str(tmp_path), 1)[0]  # ticket 1: the init pruned, no training
+    assert level_costs(str(tmp_path), 2)[0]["not_recorded_levels"] == [1]
+    empty = tmp_path / "omp"
+    empty.mkdir()
+    cost, _ = level_costs(str(empty), 8, trained=False)
+    assert cost["flop"] == 0 and "not_recorded_levels" not in cost
+    assert level_costs(str(empty), 8)[0]["not_recorded_levels"] == list(range(1, 8))

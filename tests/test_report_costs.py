@@ -85,7 +85,7 @@ def test_the_cost_table_per_family(tree):
     assert lines["aimp-eb"].split()[:6] == ["aimp-eb", "2", "≥36.00%", "400", "T", "0.4"]
     assert "0.800 (n=2)" in lines["aimp-eb"]
     assert lines["aimp"].split()[:6] == ["aimp", "3", "36.00%", "3", "P", "3"]
-    assert lines["omp"].split()[:5] == ["omp", "1", "none", "0", "0"]
+    assert lines["omp"].split()[:9] == ["omp", "1", "none", "0", "0", "-", "-", "2", "T"]  # transfer: 2 x 1 TFLOP
     assert lines["old"].split()[:5] == ["old", "1", "≥20.00%", "n/r", "n/r"]
     assert lines["moved"].split()[:5] == ["moved", "1", "≥36.00%", "n/r", "n/r"]
 
