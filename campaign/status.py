@@ -65,10 +65,10 @@ def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = Fal
         detail = r.detail or (f"{r.epochs_done} epochs done" if r.epochs_done else "")
         lines.append(f"{r.run.id:{width}s}  {r.state:8s}  {detail}".rstrip())
     lines += ["", *by_host(failed_on or {}, excluded), f"{len(rows)} runs: {counts_line(rows)}",
-              f"left: {s['left_flop'] / 1e15:.4g} PFLOP (2 FLOPs per multiply-add, counted as the compute ledger "
-              f"counts), ~{s['left_gpu_hours_bf16']:.1f} GPU-hours at an assumed {cost.RATE['bf16'] / 1e12:g} "
-              f"TFLOP/s in bf16, ~{s['left_gpu_hours_fp32']:.1f} at {cost.RATE['fp32'] / 1e12:g} in fp32 (estimated, "
-              "not measured; see README)",
+              f"left: {s['left_flop']:.3g} FLOP (2 per multiply-add, counted as the compute ledger counts), "
+              f"~{s['left_gpu_hours_bf16']:.1f} GPU-hours at an assumed {cost.RATE['bf16'] / 1e12:g} TFLOP/s in bf16, "
+              f"~{s['left_gpu_hours_fp32']:.1f} at {cost.RATE['fp32'] / 1e12:g} in fp32 (estimated, not measured; "
+              "see README)",
               *sorted({f"  note: {st['id']}: {st['estimate_note']}" for st in s["states"] if "estimate_note" in st})]
     spent_lines = spent.table(measured)
     lines += ["", "device-hours measured so far (the runs' compute ledgers):", *spent_lines] if spent_lines else []

@@ -103,7 +103,7 @@ def test_plan_counts_are_exact_at_each_stage(tmp_path, inputs):
 
     def counts() -> dict:
         done = kit.sweep("plan", spec_path, "--json", str(tmp_path / "plan.json"), check=True)
-        assert "left: ~" in done.stdout
+        assert "left: " in done.stdout and " FLOP (2 per multiply-add, counted as the compute ledger" in done.stdout
         with open(tmp_path / "plan.json") as f:
             return {k: v for k, v in json.load(f)["counts"].items() if v}
     assert counts() == {"pending": 12}

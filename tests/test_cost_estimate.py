@@ -79,7 +79,7 @@ def test_fgsm_rs_costs_about_0_55_of_pgd_3_a_diet_a_tenth_and_one_shot_nothing(p
     assert plan["flop_unit"].startswith("FLOP (2 per multiply-add")
     assert plan["left_flop"] == pytest.approx(sum(s["left_flop"] for s in plan["states"]))
     assert plan["left_gpu_hours_bf16"] == pytest.approx(plan["left_flop"] / cost.RATE["bf16"] / 3600, abs=0.01)
-    assert "PFLOP (2 FLOPs per multiply-add" in plans["aimp"]["printed"]
+    assert " FLOP (2 per multiply-add, counted as the compute ledger counts)" in plans["aimp"]["printed"]
     assert "note: imp:robust/omp: one-shot pruning: no training" in plans["omp"]["printed"]
 
 
