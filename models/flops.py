@@ -65,5 +65,8 @@ def per_image(arch: str, image_size: int, kind: str, *, num_classes: int = 1000,
 
 @functools.cache
 def _meta_model(arch: str, num_classes: int, small_input: bool) -> nn.Module:
+    """The arch on the meta device with a `num_classes` head (built once per arch: the head is swapped there)."""
     import models
-    return meta_copy(models.build(arch, num_classes, small_input=small_input))
+    if num_classes == 1000:
+        return meta_copy(models.build(arch, 1000, small_input=small_input))
+    return models.replace_head(copy.deepcopy(_meta_model(arch, 1000, small_input)), num_classes)

@@ -104,3 +104,14 @@ def test_image_counts_are_read_once_per_process(tmp_path, monkeypatch):
     assert cost.folder_images(str(tmp_path), "train") == 3
     monkeypatch.setattr(os, "walk", lambda *a, **k: pytest.fail("walked the folder again"))
     assert cost.folder_images(str(tmp_path), "train") == 3
+
+
+@pytest.mark.parametrize("classes", [1000, 10])
+def test_per_image_counts_are_the_ledgers_counts_on_a_real_model(classes):
+    import models
+    from models import flops
+    from training import ledger
+    table = ledger.FlopTable(models.build("resnet_tiny", classes, small_input=True))
+    for kind in flops.KINDS:
+        per = flops.per_image("resnet_tiny", 32, kind, num_classes=classes, small_input=True)
+        assert table.flop(kind, (4, 3, 32, 32)) == 4 * per > 0, kind
