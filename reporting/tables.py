@@ -83,7 +83,7 @@ def render_text(report: Report) -> str:
         out += ["", f"== {g.title} ({g.runs} runs; {pairing(report.opts, short=True)})", margin_line(g),
                 *_fixed(*table(g, report.opts)),
                 f"highest double-win sparsity: {headline(g)}", *(f"note: {n}" for n in g.notes),
-                "ticket families, the verdict against what it cost (device-hours measured):",
+                "ticket families, the verdict against what it cost (FLOPs and device-hours measured):",
                 *("  " + line for line in _fixed(*costs.cost_table(g, report.overlap)))]
     out += ["", f"runs with problems ({len(report.problems)}):" if report.problems else "runs with problems: none"]
     out += [f"  {p.path}: {p.reason}" for p in report.problems]
@@ -111,7 +111,7 @@ def render_markdown(report: Report, figures: dict[tuple, str]) -> str:
                 _md_row(["---"] * len(header)), *map(_md_row, rows), "",
                 f"Highest double-win sparsity: **{headline(g)}**", *(f"\n> note: {n}" for n in g.notes)]
         header, rows = costs.cost_table(g, report.overlap)
-        out += ["", "Ticket families, the verdict against what it cost (device-hours measured):", "",
+        out += ["", "Ticket families, the verdict against what it cost (FLOPs and device-hours measured):", "",
                 _md_row(header), _md_row(["---"] * len(header)), *map(_md_row, rows)]
         if g.key in figures:
             out += ["", f"![{g.title}]({figures[g.key]})"]
