@@ -116,9 +116,12 @@ def table(measured: list[tuple[RunState, Measured]]) -> list[str]:
     return out if len(out) > 1 else []
 
 
-def summary(measured: list[tuple[RunState, Measured]]) -> dict:
-    """Measured device-hours per cost group (plan --json); `measured`: from `measure`."""
+def summary(measured: list[tuple[RunState, Measured]], what: str = "hours") -> dict:
+    """Measured device-hours (`what` = "flop": FLOPs, over the runs whose ledgers count them) per cost group
+    (plan --json); `measured`: from `measure`."""
     out: dict[str, float] = {}
     for r, m in measured:
-        out[family(r.run)] = out.get(family(r.run), 0.0) + m.hours
+        value = getattr(m, what)
+        if value is not None:
+            out[family(r.run)] = out.get(family(r.run), 0.0) + value
     return out

@@ -12,6 +12,7 @@ from campaign.state import RunState
 def summary(campaign: Campaign, rows: list[RunState], measured: list | None = None) -> dict:
     """Counts per state and the estimate, as plain values (`plan --json`): FLOPs left in all and per run, in
     `flop_unit`, and GPU-hours at the assumed rates."""
+    measured = spent.measure(rows) if measured is None else measured
     left = {r.run.id: cost.run_flop(r.run, r.epochs_done) for r in rows if r.state != "done"}
     flop = sum(left.values())
     notes = {r.run.id: cost.passes(r.run, r.epochs_done).note for r in rows if r.state != "done"}
@@ -19,7 +20,7 @@ def summary(campaign: Campaign, rows: list[RunState], measured: list | None = No
             "left_flop": flop, "flop_unit": cost.UNIT, "assumed_flop_per_s": dict(cost.RATE),
             "left_gpu_hours_bf16": round(cost.gpu_hours(flop, amp=True), 2),
             "left_gpu_hours_fp32": round(cost.gpu_hours(flop, amp=False), 2),
-            "measured_device_hours": spent.summary(spent.measure(rows) if measured is None else measured),
+            "measured_device_hours": spent.summary(measured), "measured_flop": spent.summary(measured, "flop"),
             "states": [{"id": r.run.id, "state": r.state, "detail": r.detail, "save_dir": r.run.save_dir,
                         "left_flop": left.get(r.run.id, 0.0), **({"estimate_note": notes[r.run.id]}
                                                                  if notes.get(r.run.id) else {})}

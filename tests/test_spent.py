@@ -49,6 +49,7 @@ def test_measured_hours_come_from_the_ledger(tmp_path):
     assert f"0.90, {1.1 / estimate:.2f} (1 done)" in line and " 2 " in line  # FLOPs like with like; then hours
     assert not any(ln.startswith("robust dense") for ln in lines)  # nothing recorded yet
     assert spent.summary(measured) == {"robust aimp": pytest.approx(2.1)}
+    assert spent.summary(measured, "flop") == {"robust aimp": pytest.approx(0.9 * flop + 1e15)}
     _write(a, [1800.0], total_h=1.1)  # a ledger without FLOPs (null): its FLOP ratio is not made up
     (line,) = [ln for ln in spent.table(spent.measure(rows)) if ln.startswith("robust aimp")]
     assert f"-, {1.1 / estimate:.2f} (1 done)" in line
@@ -56,3 +57,4 @@ def test_measured_hours_come_from_the_ledger(tmp_path):
     assert "device-hours measured so far" in status.plan_text(campaign, rows)
     assert "device-hours measured so far" in status.status_text(campaign, rows)
     assert status.summary(campaign, rows)["measured_device_hours"] == {"robust aimp": pytest.approx(2.1)}
+    assert status.summary(campaign, rows)["measured_flop"] == {"robust aimp": 1e15}  # a's ledger has no FLOPs now
