@@ -115,13 +115,20 @@ class IMPConfig(RunSettings):
         """How the tickets are made, the ticket family (the ticket meta's `source`, which report.py groups by):
         --family, else imp, aimp (aimp-fgsm with FGSM-RS), omp; -eb for early-bird levels, -diet<F> on a fraction
         F of the data, -random for random pruning."""
-        if self.family is not None:
-            return self.family
-        name = "omp" if self.omp_sparsity is not None else "aimp" if self.attack is not None else "imp"
-        name += "-fgsm" if name == "aimp" and self.attack.kind == "fgsm" else ""
-        name += "-eb" if self.early_bird is not None else ""
-        name += f"-diet{self.data_number:g}" if self.data_number < 1 else ""
-        return name if self.prune_method == "magnitude" else f"{name}-random"
+        return family_of(config_dict(self))
+
+
+def family_of(config: dict) -> str:
+    """The ticket family a run's settings make (its `source`), from their plain form (`config_dict`, or the
+    `config` an IMP checkpoint holds)."""
+    if config.get("family") is not None:
+        return config["family"]
+    attack = config.get("attack")
+    name = "omp" if config.get("omp_sparsity") is not None else "aimp" if attack is not None else "imp"
+    name += "-fgsm" if name == "aimp" and attack.get("kind") == "fgsm" else ""
+    name += "-eb" if config.get("early_bird") is not None else ""
+    name += f"-diet{config['data_number']:g}" if config.get("data_number", 1.0) < 1 else ""
+    return name if config.get("prune_method", "magnitude") == "magnitude" else f"{name}-random"
 
 
 def config_dict(cfg: IMPConfig) -> dict:
