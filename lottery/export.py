@@ -8,7 +8,7 @@ import os
 from infra import checkpoint as files
 from infra.flags import spec
 from lottery.config import IMPConfig, family_of
-from lottery.levels import level_costs
+from lottery.level_files import level_costs
 from pruning_utils import Mask, load_ticket, mask_digest, sparsity, weights_digest
 from training.weights import split_normalization
 
