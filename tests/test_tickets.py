@@ -109,7 +109,8 @@ def test_export_writes_a_compact_mask_only_ticket(tmp_path, capsys):
         assert set(f.keys()) == {k + "_mask" for k in mask}  # masks only
         assert all(f.get_tensor(k).dtype.name == "uint8" for k in f.keys())
         header = {k: json.loads(v) for k, v in f.metadata().items()}
-    assert (header["format"], header["version"]) == ("doublewin-packed-ticket", 2) and "row-major" in header["bit_order"]
+    assert (header["format"], header["version"]) == ("doublewin-packed-ticket", 2)
+    assert "row-major" in header["bit_order"] and "most significant" in header["bit_order"]
     assert "init" not in header and "optimizer" not in header
     got, meta = pruning_utils.load_ticket(out)
     assert all(torch.equal(got[k], mask[k]) and got[k].dtype == torch.bool for k in mask)
@@ -119,6 +120,10 @@ def test_export_writes_a_compact_mask_only_ticket(tmp_path, capsys):
     assert meta["sparsity"] == pytest.approx(pruning_utils.sparsity(mask))
     assert meta["mask_digest"] == pruning_utils.mask_digest(mask)
     assert str(tmp_path).encode() not in open(out, "rb").read()
+    code, stdout, _ = _cli(["inspect", out], capsys)  # every reader takes the packed format
+    assert code == 0 and "kind      packed ticket (safetensors, version 2; mask digest verified)" in stdout
+    code, stdout, _ = _cli(["compare", ckpt, out], capsys)
+    assert code == 0 and "IoU of kept weights  1.0000" in stdout
     code, _, err = _cli(["export", ckpt, ckpt], capsys)
     assert code == 2 and "input file itself" in err
     plain = str(tmp_path / "plain.pth.tar")  # --unpacked: bool masks, the original's downstream script reads them
