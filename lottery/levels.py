@@ -217,8 +217,8 @@ class Levels:
                  + f" | {row['time']:.0f}s")
         if passes and robust_val.collapsed(at.val_ra, ra["val_ra"]):
             log.warning(f"WARNING: level {at.level} epoch {at.done}: robust accuracy on the validation slice fell "
-                        f"from {at.val_ra:.2f} to {ra['val_ra']:.2f} (clean {ra['val_slice_sa']:.2f}): the attack "
-                        "training uses may have stopped working (catastrophic overfitting, FGSM-RS's known failure)")
+                        f"from {at.val_ra:.2f} to {ra['val_ra']:.2f} (clean {ra['val_slice_sa']:.2f}): adversarial "
+                        "training may have stopped working (catastrophic overfitting, FGSM-RS's known failure)")
         at.val_ra = ra["val_ra"]
 
     def watch(self, at: Position) -> tuple[float | None, bool]:
