@@ -7,6 +7,7 @@ import os
 
 from infra import checkpoint as files
 from infra.flags import spec
+from lottery import shared_ticket
 from lottery.config import IMPConfig, family_of
 from lottery.level_files import level_costs
 from pruning_utils import Mask, load_ticket, mask_digest, sparsity, weights_digest
@@ -37,6 +38,8 @@ def checkpoint_provenance(path: str, mask: Mask, *, trusted: bool = False) -> di
     same level when it holds the same mask; else the family (from its config), the digest of its init weights
     and the cost of the levels before it (from the run's metrics.jsonl beside it, when every such level is there;
     left out when not recorded)."""
+    if shared_ticket.is_packed_file(path):  # a packed ticket holds its meta: load_ticket gave all there is
+        return {}
     obj = files.load_file(path, trusted=trusted)
     if not isinstance(obj, dict):
         return {}

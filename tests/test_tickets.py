@@ -172,6 +172,11 @@ def test_a_ticket_with_one_flipped_byte_is_refused_in_one_line(tmp_path, capsys)
         code, out, err = _cli(argv, capsys)
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and packed in err
     assert not os.path.exists(tmp_path / "x")
+    intact = str(tmp_path / "intact.safetensors")  # a packed ticket without provenance exports as it is
+    pruning_utils.save_ticket(intact, mask, {}, packed=True)
+    assert _cli(["export", intact, str(tmp_path / "again.safetensors")], capsys)[0] == 0
+    meta = pruning_utils.load_ticket(str(tmp_path / "again.safetensors"))[1]
+    assert (meta["source"], meta["exported_from"], "init_digest" in meta) == ("intact.safetensors",) * 2 + (False,)
     # the unpacked format is checked alike: one mask entry changed behind the recorded digest
     plain = str(tmp_path / "t.pth.tar")
     pruning_utils.save_ticket(plain, mask, {"level": 2})
