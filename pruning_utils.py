@@ -9,23 +9,23 @@ The one mask mechanism: weights stay plain parameters (no torch-prune reparametr
 included). Files use torch prune's names (`<module>.weight_orig` + `<module>.weight_mask`) so tickets and
 checkpoints interoperate with the original code: checkpoints keep torch prune's float 0/1 masks; ticket
 files store bool masks (4x smaller), which the original's `prune.custom_from_mask` accepts as they are, or, packed
-(`tickets.py export`), 8 masks bits per byte (ResNet-50: ~3 MB instead of ~24 MB), which only this code reads.
-A ticket records the digest of the init weights it was found in (`weights_digest`), so that transfer can refuse
-a ticket applied to other weights.
+for sharing (`tickets.py export`, lottery/shared_ticket.py), 8 mask bits a byte in a safetensors file (ResNet-50:
+~3 MB instead of ~24 MB). A ticket records its mask's digest, which every read recomputes, and the digest of the
+init weights it was found in (`weights_digest`), so that transfer can refuse a ticket applied to other weights.
 """
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from infra.checkpoint import atomic_save, load_file, strip_prefix
 from infra.distributed import unwrap
 from infra.errors import CheckpointError, ConfigError, MaskError
+from lottery import shared_ticket
+from lottery.shared_ticket import pack_masks, unpack_masks  # noqa: F401  (the bit-packing lives with the format)
 
 Mask = dict[str, torch.Tensor]
 
@@ -246,48 +246,35 @@ def weights_digest(state: Mapping[str, torch.Tensor], keys) -> str:
     return digest(state, keys, torch.float32)
 
 
-def pack_masks(masks: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Bool masks as {name: {"shape", "bits"}}, 8 bits a byte (weights_only-safe)."""
-    return {k: {"shape": list(v.shape), "bits": torch.from_numpy(np.packbits(v.cpu().numpy().ravel()))}
-            for k, v in masks.items()}
-
-
-def unpack_masks(packed: dict, path: str) -> dict[str, torch.Tensor]:
-    """The inverse of `pack_masks`; a CheckpointError naming `path` for a damaged one."""
-    out = {}
-    for k, e in packed.items():
-        try:
-            n, bits = math.prod(e["shape"]), e["bits"].numpy()
-            if bits.dtype != np.uint8 or bits.size != -(-n // 8):  # unpackbits would pad a short one with zeros
-                raise ValueError(f"{k}: {bits.size} bytes of {bits.dtype} for {n} mask bits")
-            out[k] = torch.from_numpy(np.unpackbits(bits, count=n).astype(bool)).reshape(e["shape"])
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise CheckpointError(f"{path}: a packed ticket whose masks cannot be unpacked ({err}): export it "
-                                  "again") from None
-    return out
-
-
 def save_ticket(path: str, mask: Mask, meta: dict, *, packed: bool = False) -> None:
-    """Write `{"format", "version", "state_dict": bool <module>.weight_mask entries, **meta}` atomically;
-    `packed`: the masks' bits packed 8 to a byte (`"packed": true`), for sharing."""
-    clash = {"format", "version", "state_dict", "packed"} & set(meta)
+    """Write a ticket atomically: `{"format", "version", "state_dict": bool <module>.weight_mask entries, **meta}`
+    as a torch file (legacy serialisation, which the original's downstream script on PyTorch 1.5 reads), or with
+    `packed`, the shared format (lottery/shared_ticket.py). The mask's digest goes into the meta as `mask_digest`."""
+    clash = {"format", "version", "state_dict", "packed", *shared_ticket.HEADER} & set(meta)
     if clash:
         raise ValueError(f"ticket meta may not set {sorted(clash)}")
     masks = {k: v.cpu() for k, v in mask_to_state_dict(mask, dtype=torch.bool).items()}
-    head = {"format": TICKET_FORMAT, "version": TICKET_VERSION}
+    meta = {**meta, "mask_digest": mask_digest(mask)}
     if packed:
-        atomic_save({**head, "packed": True, "state_dict": pack_masks(masks), **meta}, path)
+        shared_ticket.write(path, masks, meta)
         return
-    # legacy serialisation: the original downstream script runs on PyTorch 1.5, which cannot read zip files
-    atomic_save({**head, "state_dict": masks, **meta}, path, legacy_format=True)
+    atomic_save({"format": TICKET_FORMAT, "version": TICKET_VERSION, "state_dict": masks, **meta}, path,
+                legacy_format=True)
 
 
 def load_ticket(path: str, *, trusted: bool = False) -> tuple[Mask, dict]:
-    """Mask and meta from our ticket, our checkpoint, the original's checkpoint, or a bare state dict with masks.
+    """Mask and meta from our ticket (unpacked or packed), our checkpoint, the original's checkpoint, or a bare
+    state dict with masks; a ticket whose masks do not give the `mask_digest` it records is refused.
 
     Meta is every top-level entry but `state_dict` for our tickets; for other files only plain values
     (epoch, accuracy...), not optimizer states or weights.
     """
+    if shared_ticket.is_packed_file(path):
+        state, meta = shared_ticket.read(path)
+        if "mask_digest" not in meta:
+            raise CheckpointError(f"{path} is a packed ticket without a mask_digest, so it cannot be verified: "
+                                  "export it again with tickets.py export")
+        return _checked(path, _masks_of(path, state), meta), meta
     obj = load_file(path, trusted=trusted)
     if not isinstance(obj, dict):
         raise MaskError(f"{path} holds a {type(obj).__name__}, not a ticket: pass a *-ticket.pth.tar file or "
@@ -297,8 +284,15 @@ def load_ticket(path: str, *, trusted: bool = False) -> tuple[Mask, dict]:
         raise CheckpointError(f"{path} is a ticket of format version {obj.get('version')!r}; this code reads "
                               f"version {TICKET_VERSION}: re-create it with this code")
     state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
-    if ours and obj.get("packed") is True:
+    if ours and obj.get("packed") is True:  # packed tickets written before the safetensors format
         state = unpack_masks(state, path)
+    mask = _masks_of(path, state)
+    meta = {k: v for k, v in obj.items() if k not in ("state_dict", "packed") and (ours or _plain(v))} \
+        if isinstance(obj.get("state_dict"), dict) else {}
+    return _checked(path, mask, meta), meta
+
+
+def _masks_of(path: str, state: dict) -> Mask:
     try:
         mask = extract_mask(state)
     except MaskError as e:
@@ -306,9 +300,16 @@ def load_ticket(path: str, *, trusted: bool = False) -> tuple[Mask, dict]:
     if not mask:
         raise MaskError(f"{path} holds no pruning masks (no '<module>.weight_mask' entries): pass a ticket "
                         "or an IMP checkpoint")
-    meta = {k: v for k, v in obj.items() if k not in ("state_dict", "packed") and (ours or _plain(v))} \
-        if isinstance(obj.get("state_dict"), dict) else {}
-    return mask, meta
+    return mask
+
+
+def _checked(path: str, mask: Mask, meta: dict) -> Mask:
+    """`mask`, when it gives the `mask_digest` that `meta` records (if any); else a one-line CheckpointError."""
+    recorded = meta.get("mask_digest")
+    if recorded is not None and mask_digest(mask) != recorded:
+        raise CheckpointError(f"{path}: its masks do not give the mask_digest it records ({recorded}, found "
+                              f"{mask_digest(mask)}): the file was changed or damaged; copy or export it again")
+    return mask
 
 
 def _plain(value: Any) -> bool:

@@ -2,12 +2,13 @@
 
     python tickets.py inspect 5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
     python tickets.py compare imp/5-ticket.pth.tar aimp/5-ticket.pth.tar [--json OUT.json] [--png OUT.png]
-    python tickets.py export SAVE_DIR/5-ticket.pth.tar shared-5.pth.tar          # compact: bit-packed masks
+    python tickets.py export SAVE_DIR/5-ticket.pth.tar aimp-5.safetensors         # to share: bit-packed masks
     python tickets.py convert resnet50_l2_eps3.ckpt resnet50_l2_eps3.pth          # plain torchvision state dict
     python tickets.py overlap ROOT [--reference aimp]     # mask IoU between ticket families, for the report
 
-inspect/compare/export read our tickets, our checkpoints and the original's checkpoints; convert reads every
-format training/weights.py knows. Add --trust-pickle only for a file you trust that holds more than tensors.
+inspect/compare/export read our tickets (packed or not), our checkpoints and the original's checkpoints, and refuse
+a ticket whose masks do not give the digest it records; convert reads every format training/weights.py knows.
+Add --trust-pickle only for a file you trust that holds more than tensors. The packed format: docs/TICKETS.md.
 """
 from __future__ import annotations
 
@@ -15,12 +16,10 @@ import argparse
 import os
 
 from infra import checkpoint
-from lottery import overlap, ticket_stats
+from lottery import export, overlap, ticket_stats
 from infra.errors import OneLineParser, UserError, run_cli
-from pruning_utils import load_ticket, save_ticket, sparsity
+from pruning_utils import load_ticket, save_ticket
 from training.weights import read_weights
-
-_RESERVED = ("format", "version", "state_dict", "packed")  # save_ticket writes these itself
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,12 +40,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     common(p, outputs=True)
-    p = sub.add_parser("export", help="write the mask of a ticket or checkpoint as a compact ticket to share "
-                       "(masks bit-packed, its metadata kept)")
+    p = sub.add_parser("export", help="write the mask of a ticket or IMP checkpoint as a ticket to share: bit-packed "
+                       "masks in a safetensors file (pickle-free), its family, init-weights digest and cost in the "
+                       "header, no local path")
     p.add_argument("checkpoint", help="ticket, IMP checkpoint (ours or the original's) or any file with weight_mask")
     p.add_argument("out")
     p.add_argument("--unpacked", action="store_true",
-                   help="bool masks instead (4x the size), in the format the original's downstream script reads")
+                   help="a torch file of bool masks instead (4x the size), the format the original's downstream "
+                   "script reads")
     common(p, outputs=False)
     p = sub.add_parser("convert", help="write pre-trained weights of any known format as a torchvision state dict")
     p.add_argument("init")
@@ -82,13 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "export":
         _refuse_overwrite(args.checkpoint, args.out)
         mask, meta = load_ticket(args.checkpoint, trusted=trusted)
-        meta = {k: v for k, v in meta.items() if k not in _RESERVED}
-        meta.setdefault("source", args.checkpoint)  # a ticket's family stays; a bare checkpoint is its own source
-        meta.update(exported_from=args.checkpoint, sparsity=sparsity(mask))
+        meta = export.shareable_meta(args.checkpoint, mask, meta, trusted=trusted)
         save_ticket(args.out, mask, meta, packed=not args.unpacked)
         size = os.path.getsize(args.out) / 2 ** 20
         print(f"wrote {args.out} ({size:.1f} MiB{', packed' if not args.unpacked else ''}): mask of {len(mask)} "
-              f"layers at sparsity {100 * meta['sparsity']:.2f}%, from {args.checkpoint}")
+              f"layers at sparsity {100 * meta['sparsity']:.2f}%, family {meta['source']}, init digest "
+              f"{meta.get('init_digest', 'not recorded')}, from {args.checkpoint}")
     elif args.command == "overlap":
         overlap.write_overlap(args.root, args.reference, trusted=trusted)
     else:

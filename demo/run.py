@@ -122,7 +122,7 @@ def families(cfg: DemoConfig) -> list[Family]:
     later = (cfg.levels + 1,) if cfg.quick else every[1:]
     out = [Family("robust", "aimp", "robust", (), every, "A-IMP"),
            Family("robust", "aimp-eb", "robust-eb", ("--early-bird", "0.01", "--early-bird-window", "2"), later,
-                  "early-bird A-IMP (a level stops once its mask moves less than 1% between epochs)"),
+                  "early-bird A-IMP (a level stops once less than 1% of what it prunes changes between epochs)"),
            Family("robust", "omp", "robust-omp", (), (cfg.levels + 1,),
                   "one-shot magnitude pruning of the robust model (OMP), no training")]
     out += [Family("standard", "imp", "standard", (), every, "IMP")] if "standard" in cfg.kinds else []
@@ -146,6 +146,39 @@ def find_tickets(cfg: DemoConfig, fam: Family) -> None:
         f"{epochs_per_level} epochs per level -> {save}")
     run([*base, "--prune_epoch", str(epochs_per_level), "--epochs", str(epochs_per_level * cfg.levels),
          *fam.flags], os.path.join(save, "demo-stdout.txt"))
+
+
+def early_bird_summary(cfg: DemoConfig, fam: Family) -> str:
+    """What the early-bird rule did in each level of `fam` (from its metrics rows): a detection is a stop after the
+    distances fell under the threshold; a stop at the first epoch the window allows, with every distance already
+    under it, is only a shorter level."""
+    from infra import checkpoint
+    rows = checkpoint.read_jsonl(os.path.join(cfg.out, "tickets", fam.folder, checkpoint.METRICS))
+    flags = dict(zip(fam.flags[::2], fam.flags[1::2]))
+    threshold, window, full = float(flags["--early-bird"]), int(flags["--early-bird-window"]), cfg.epochs_per_level
+    levels = sorted({r["level"] for r in rows})
+    lines, saved, detected = [], 0, 0
+    for level in levels:
+        mine = [r for r in rows if r["level"] == level]
+        shown = ", ".join(f"{r['mask_distance']:.4f}" for r in mine if r.get("mask_distance") is not None)
+        saved += full - len(mine)
+        if len(mine) >= full or not any(r.get("early_bird_stop") for r in mine):
+            how = f"trained all {full} epochs"
+        elif len(mine) == window:
+            how = f"stopped after {len(mine)} of {full} epochs, as early as a window of {window} allows"
+        else:
+            how, detected = f"stopped after {len(mine)} of {full} epochs: detected", detected + 1
+        lines.append(f"    level {level}: distances {shown or '-'}; {how}")
+    total = full * len(levels)
+    if detected:
+        verdict = f"early-bird detected in {detected} of {len(levels)} levels, saving {saved} of {total} epochs"
+    elif saved:
+        verdict = (f"early-bird detected nothing: where it stopped, the distances were under {threshold:g} from the "
+                   f"start, so it saved {saved} of {total} epochs only as shorter levels (--prune_epoch {window}) do")
+    else:
+        verdict = "early-bird saved no epoch: every level trained its full schedule, as A-IMP's do"
+    return "\n".join([f"  {fam.title}: distance between consecutive epochs' masks (0 same, 1 disjoint), threshold "
+                      f"{threshold:g}, window {window}:", *lines, "  " + verdict])
 
 
 def tickets_of(cfg: DemoConfig, fam: Family) -> list[str]:
@@ -252,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     say("[3/5] finding tickets")
     for fam in families(cfg):
         find_tickets(cfg, fam)
+        if "--early-bird" in fam.flags:
+            say(early_bird_summary(cfg, fam))
 
     say("[4/5] transferring the dense model and every ticket (standard and adversarial fine-tuning), "
         "through the campaign tool's local queue")

@@ -15,7 +15,7 @@ from training.runner import GENERAL, SPEED, RunSettings, optional_path
 PRUNE_METHODS = ("magnitude", "random")
 TRAINING, PRUNING, ATTACK = "training", "pruning", "attack (A-IMP; eps and step sizes as fractions of the pixel range)"
 TRAIN_ATTACK = AttackFlags("train", steps=3, gamma=16 / 765, kinds=True, randinit=True)  # the original A-IMP's
-ATTACK_FIELDS = ("attack", "attack_loss")  # main_imp_std.py trains clean: it has no attack flags
+ATTACK_FIELDS = ("attack", "attack_loss", "robust_val", "robust_val_images")  # main_imp_std.py: no attack flags
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,13 @@ class IMPConfig(RunSettings):
     attack: AttackConfig | None = built(TRAIN_ATTACK.flags(), TRAIN_ATTACK.build, None, group=ATTACK)
     attack_loss: str = flag("--attack-loss", "mean", "the attack's cross-entropy: mean over the batch (the "
                             "original's) or sum (advertorch's default)", group=ATTACK, choices=list(LOSSES))
+    robust_val: int | None = flag("--robust-val", None, "robust validation: every epoch, PGD-K accuracy (--train_eps, "
+                                  "step 2.5 eps / K, random start) and clean accuracy on a fixed slice of DIR/val, "
+                                  "in the metrics rows (val_ra, val_slice_sa) and each <k>-sparsity.json, with a "
+                                  "warning when it collapses (FGSM-RS's catastrophic overfitting); the tickets do not "
+                                  "change", group=ATTACK, type=int, metavar="K", result=False)
+    robust_val_images: int = flag("--robust-val-images", 1000, "images in --robust-val's slice, evenly spaced over "
+                                  "DIR/val (every class in it)", group=ATTACK, type=int, metavar="N", result=False)
     channels_last: bool | None = flag("--channels-last", None, "channels_last memory format (default: on with a "
                                       "GPU)", group=SPEED)
     resume: str | None = flag("--resume", None, "continue from this checkpoint (ours or the original's "
@@ -62,10 +69,14 @@ class IMPConfig(RunSettings):
     family: str | None = flag("--family", None, "the ticket family's name, in each ticket's metadata (`source`) and "
                               "the report (default: derived from the recipe: imp, aimp, aimp-fgsm, omp, with -eb, "
                               "-diet<F>, -random)", group=PRUNING, metavar="NAME")
-    early_bird: float | None = flag("--early-bird", None, "early-bird levels: stop a level's training once the mask "
-                                    "it would prune to stays within normalised Hamming distance D of the newest "
-                                    "for --early-bird-window epochs (e.g. 0.02)", group=PRUNING, type=float,
-                                    metavar="D")
+    early_bird: float | None = flag("--early-bird", None, "early-bird levels: stop a level's training once the masks "
+                                    "it would prune to in the last --early-bird-window epochs are all within "
+                                    "distance D of the newest. The distance (each metrics row's mask_distance) is "
+                                    "the Hamming distance over the level's surviving weights divided by its "
+                                    "maximum, 2 min(k, n - k) for k of n pruned: 1 at most whatever --rate; at "
+                                    "--rate <= 0.5, the fraction of the weights a level prunes that two masks "
+                                    "choose differently (e.g. 0.05; docs/EARLY_BIRD.md)", group=PRUNING,
+                                    type=float, metavar="D")
     early_bird_window: int = flag("--early-bird-window", 3, "epochs of masks compared by --early-bird (>= 2)",
                                   group=PRUNING, type=int, metavar="W")
 
@@ -96,8 +107,13 @@ class IMPConfig(RunSettings):
                                      and self.family not in ("dense", "ticket")),
              f"--family {self.family!r}: a name without surrounding spaces, not dense or ticket"),
             (self.early_bird is None or 0 < self.early_bird < 1,
-             f"--early-bird must be a distance in (0, 1), e.g. 0.02, got {self.early_bird}"),
+             f"--early-bird must be a distance in (0, 1), e.g. 0.05, got {self.early_bird}"),
             (self.early_bird_window >= 2, f"--early-bird-window must be at least 2, got {self.early_bird_window}"),
+            (self.robust_val is None or self.robust_val >= 1,
+             f"--robust-val must be at least 1, got {self.robust_val}"),
+            (self.robust_val is None or self.attack is not None,
+             "--robust-val attacks at A-IMP's --train_eps: use main_imp_adv.py (imp_adv.sh)"),
+            (self.robust_val_images >= 1, f"--robust-val-images must be at least 1, got {self.robust_val_images}"),
             (self.early_bird is None or (self.prune_method == "magnitude" and self.omp_sparsity is None),
              "--early-bird watches the magnitude masks of trained levels: drop it with --prune-method random "
              "or --omp-sparsity/--omp-level"),
@@ -115,13 +131,20 @@ class IMPConfig(RunSettings):
         """How the tickets are made, the ticket family (the ticket meta's `source`, which report.py groups by):
         --family, else imp, aimp (aimp-fgsm with FGSM-RS), omp; -eb for early-bird levels, -diet<F> on a fraction
         F of the data, -random for random pruning."""
-        if self.family is not None:
-            return self.family
-        name = "omp" if self.omp_sparsity is not None else "aimp" if self.attack is not None else "imp"
-        name += "-fgsm" if name == "aimp" and self.attack.kind == "fgsm" else ""
-        name += "-eb" if self.early_bird is not None else ""
-        name += f"-diet{self.data_number:g}" if self.data_number < 1 else ""
-        return name if self.prune_method == "magnitude" else f"{name}-random"
+        return family_of(config_dict(self))
+
+
+def family_of(config: dict) -> str:
+    """The ticket family a run's settings make (its `source`), from their plain form (`config_dict`, or the
+    `config` an IMP checkpoint holds)."""
+    if config.get("family") is not None:
+        return config["family"]
+    attack = config.get("attack")
+    name = "omp" if config.get("omp_sparsity") is not None else "aimp" if attack is not None else "imp"
+    name += "-fgsm" if name == "aimp" and attack.get("kind") == "fgsm" else ""
+    name += "-eb" if config.get("early_bird") is not None else ""
+    name += f"-diet{config['data_number']:g}" if config.get("data_number", 1.0) < 1 else ""
+    return name if config.get("prune_method", "magnitude") == "magnitude" else f"{name}-random"
 
 
 def config_dict(cfg: IMPConfig) -> dict:

@@ -27,8 +27,10 @@ from training import weights
 from attacks import build_attack
 from infra.distributed import DistEnv
 from infra.runlog import LOGGER
-from lottery.config import IMPConfig, config_dict
+from lottery.config import IMPConfig
+from lottery import robust_val
 from lottery.early_bird import Watch
+from lottery.level_files import write_level_files
 from lottery.state import Position, checkpoint_dict, find_resume, level_of, restore
 from pruning_utils import Mask
 
@@ -70,42 +72,18 @@ def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, 
     return new
 
 
-def level_costs(save_dir: str, level: int, trained: bool = True) -> tuple[dict, dict]:
-    """(the cost of every level before `level`, the cost of level `level - 1` alone, with its `epochs` trained):
-    the ledger of ticket `level` from the metrics.jsonl rows of the epochs that made it. Where levels that
-    `trained` had no rows here (a run resumed from another folder), the cost names them: it is not complete."""
-    rows = [r for r in files.read_jsonl(os.path.join(save_dir, files.METRICS))
-            if isinstance(r, dict) and isinstance(r.get("cost"), dict) and isinstance(r.get("level"), int)]
-    last = [r for r in rows if r["level"] == level - 1]
-    missing = sorted(set(range(1, level)) - {r["level"] for r in rows}) if trained else []
-    return ({**ledger.total([r["cost"] for r in rows if r["level"] < level]),
-             **({"not_recorded_levels": missing} if missing else {})},
-            {**ledger.total([r["cost"] for r in last]), "epochs": len(last)})
-
-
-def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_digest: str) -> None:
-    """`<level>-ticket.pth.tar` (masks + level, sparsity, family (`source`), the init and the digest of its
-    weights, config, the cumulative cost of the levels that made it) and `<level>-sparsity.json` (the same cost,
-    and the last level's own)."""
-    s, layers = pruning_utils.sparsity(mask), pruning_utils.layer_sparsity(mask)
-    cost, last = level_costs(cfg.save_dir, level, trained=cfg.omp_sparsity is None)
-    meta = {"level": level, "sparsity": s, "source": cfg.source, "init": cfg.init, "arch": cfg.arch,
-            "mask_digest": digest, "init_digest": init_digest, "config": config_dict(cfg), "cost": cost}
-    pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
-    files.atomic_write_json(files.imp_sparsity(cfg.save_dir, level), {
-        "level": level, "sparsity": s, "source": cfg.source, "mask_digest": digest, "layers": layers,
-        "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values()),
-        "cost": cost, "level_cost": last})
-
-
 # ---------------------------------------------------------------------------- data and model
 def _loaders(cfg: IMPConfig, env: DistEnv, splits: dataset.Splits):
     batch = runner.per_rank_batch(cfg.batch_size, env, flag="-b")
     val = runner.eval_loader(splits.val, batch, env=env, workers=cfg.workers)
+    robust = robust_val.build(cfg.robust_val, cfg.robust_val_images, cfg.attack.eps if cfg.attack else 0.0,
+                              cfg.attack_loss, splits.val, batch, env, cfg.workers)
+    if robust is not None:
+        log.info(f"robust validation each epoch: {robust_val.describe(robust.attack, robust.images)}")
 
     def train(epoch: int) -> DataLoader:
         return runner.train_loader(splits.train, batch, seed=cfg.seed, epoch=epoch, env=env, workers=cfg.workers)
-    return train, val
+    return train, val, robust
 
 
 def _build_model(cfg: IMPConfig, num_classes: int, env: DistEnv) -> tuple[torch.nn.Module, dict]:
@@ -156,7 +134,7 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
         begin_level(net, init_state, pruning_utils.full_mask(net), level, cfg, env, rate=cfg.omp_sparsity)
         log.info(f"one-shot ticket: {files.imp_ticket(cfg.save_dir, level)}")
         return
-    train_loader, val_loader = _loaders(cfg, env, splits)
+    train_loader, val_loader, robust = _loaders(cfg, env, splits)
     attack = build_attack(cfg.attack, cfg.attack_loss)
     if cfg.attack is not None:
         log.info(f"training attack: {cfg.attack.describe()}")
@@ -174,7 +152,7 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
         if cfg.tensorboard and env.is_main else None
     levels = Levels(cfg, net, model, train_loader, val_loader,
                     engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress, ledger.FlopTable(net)), scaler,
-                    board)
+                    board, robust)
     while at.level <= cfg.levels:
         while at.done < at.level * cfg.prune_epoch:  # an early-bird level that stops counts all its epochs done
             levels.epoch(at.done, at, optimizer)
@@ -197,6 +175,7 @@ class Levels:
     train: engine.Step
     scaler: torch.amp.GradScaler | None
     board: Board | None = None  # --tensorboard (rank 0)
+    robust: robust_val.RobustVal | None = None  # --robust-val
 
     def epoch(self, epoch: int, at: Position, optimizer: torch.optim.Optimizer) -> None:
         """Train and validate one epoch of level `at.level`, then (rank 0) its metrics row, best and checkpoint
@@ -209,16 +188,21 @@ class Levels:
                                     replace(self.train, mask=at.mask), scaler=self.scaler, epoch=epoch,
                                     desc=f"level {at.level} epoch {epoch + 1}")
         va = engine.evaluate(self.model, self.val_loader, replace(self.train, attack=None), desc="val")
+        ra, passes = self.robust.measure(self.model, self.train) if self.robust else ({"val_ra": None}, [])
         at.done = epoch + 1
         is_best = at.best is None or va["top1"] > at.best  # the first epoch of a level is always its best so far
         at.best = va["top1"] if is_best else at.best
         row = runner.metrics_row(epoch, optimizer.param_groups[0]["lr"], tr, level=at.level,
                                  sparsity=pruning_utils.sparsity(at.mask), train_top5=tr["top5"],
-                                 val_loss=va["loss"], val_sa=va["top1"], val_ra=None, val_sa_top5=va["top5"],
-                                 best_val_sa=at.best, time=time.time() - start)
-        row["cost"] = ledger.epoch_cost(tr, [va], row["time"], device=env.device, devices=env.world_size, amp=cfg.amp)
+                                 val_loss=va["loss"], val_sa=va["top1"], val_sa_top5=va["top5"],
+                                 best_val_sa=at.best, time=time.time() - start, **ra)
+        row["cost"] = ledger.epoch_cost(tr, [va, *passes], row["time"], device=env.device, devices=env.world_size,
+                                        amp=cfg.amp)
+        row["mask_distance"] = None  # random pruning: its masks do not follow the weights
         if at.watch is not None:
-            row["mask_distance"], row["early_bird_stop"] = self.early_bird(at)
+            row["mask_distance"], stop = self.watch(at)
+            if cfg.early_bird is not None:
+                row["early_bird_stop"] = stop
         if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
             files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
             state = checkpoint_dict(self.net, at, optimizer, self.scaler, cfg)
@@ -228,14 +212,23 @@ class Levels:
             if self.board is not None:
                 self.board.add(row)
         log.info(f"level {at.level} epoch {at.done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
-                 f"val top1 {va['top1']:.2f} top5 {va['top5']:.2f} (best {at.best:.2f}) | {row['time']:.0f}s")
+                 f"val top1 {va['top1']:.2f} top5 {va['top5']:.2f} (best {at.best:.2f})" + (
+                     f" | val slice SA {ra['val_slice_sa']:.2f} RA {ra['val_ra']:.2f}" if passes else "")
+                 + f" | {row['time']:.0f}s")
+        if passes and robust_val.collapsed(at.val_ra, ra["val_ra"]):
+            log.warning(f"WARNING: level {at.level} epoch {at.done}: robust accuracy on the validation slice fell "
+                        f"from {at.val_ra:.2f} to {ra['val_ra']:.2f} (clean {ra['val_slice_sa']:.2f}): adversarial "
+                        "training may have stopped working (catastrophic overfitting, FGSM-RS's known failure)")
+        at.val_ra = ra["val_ra"]
 
-    def early_bird(self, at: Position) -> tuple[float | None, bool]:
-        """--early-bird after an epoch: the mask the level would prune to now joins the window; when the level
-        stops (rank 0 decides, every rank follows), all its epochs count as done. Returns (the distance to the
-        previous epoch's mask, whether the level stops)."""
+    def watch(self, at: Position) -> tuple[float | None, bool]:
+        """After an epoch: the mask the level would prune to now joins the level's window; with --early-bird,
+        when the level stops (rank 0 decides, every rank follows), all its epochs count as done. Returns (the
+        distance to the previous epoch's mask, whether the level stops)."""
         cfg, env = self.cfg, self.train.env
         previous, stop = at.watch.observe(prune(self.net, at.mask, cfg.rate, cfg, at.level), at.mask)
+        if cfg.early_bird is None:
+            return previous, False
         stop = bool(distributed.broadcast_(torch.tensor(int(stop), device=env.device), env).item())
         if stop:
             trained = at.done - (at.level - 1) * cfg.prune_epoch
@@ -263,15 +256,18 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: s
         return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done,
                         watch=new_watch(cfg))
     best, watch = obj.get("best_acc1"), new_watch(cfg)
-    if watch is not None:
-        watch.load(obj.get("early_bird") or [], env.device, path)
+    if watch is not None:  # "early_bird": the key before every run kept its window
+        watch.load(obj.get("candidate_masks", obj.get("early_bird")) or [], env.device, path)
     return Position(mask, init_state, level, done, None if best is None else float(best), obj.get("optimizer"),
                     watch)
 
 
 def new_watch(cfg: IMPConfig) -> Watch | None:
-    """A level's empty early-bird window (None without --early-bird)."""
-    return None if cfg.early_bird is None else Watch(cfg.early_bird, cfg.early_bird_window)
+    """A level's empty window of candidate masks: --early-bird's, else the previous epoch's alone (for the
+    metrics rows' `mask_distance`); None for random pruning."""
+    if cfg.prune_method != "magnitude":
+        return None
+    return Watch(cfg.early_bird, cfg.early_bird_window if cfg.early_bird is not None else 2)
 
 
 def _evaluate_only(env: DistEnv, cfg: IMPConfig, net, val_loader, mask: Mask | None, source: str | None,

@@ -24,15 +24,16 @@ from pruning_utils import Mask
 class Position:
     """Where a ticket-finding run stands: the level being trained and its mask, the rewind point (`init_state`),
     epochs done over all levels (an early-bird level that stopped counts all of its --prune_epoch epochs done),
-    the level's best val SA so far, the optimizer state to continue from (None: a fresh optimizer) and, with
-    --early-bird, the level's window of candidate masks."""
+    the level's best val SA so far, the optimizer state to continue from (None: a fresh optimizer) and the
+    level's window of candidate masks (for `mask_distance` and --early-bird; None with random pruning)."""
     mask: Mask
     init_state: dict
     level: int
     done: int = 0
     best: float | None = None
     optimizer: dict | None = None
-    watch: Watch | None = None  # --early-bird: the level's window of candidate masks
+    watch: Watch | None = None
+    val_ra: float | None = None  # --robust-val: the last epoch's, for the collapse warning (not checkpointed)
 
 
 def clear_outputs(save_dir: str) -> list[str]:
@@ -137,5 +138,5 @@ def checkpoint_dict(net, at: Position, optimizer, scaler, cfg: IMPConfig) -> dic
     if scaler is not None:
         out["scaler"] = scaler.state_dict()
     if at.watch is not None:
-        out["early_bird"] = at.watch.state_dict()
+        out["candidate_masks"] = at.watch.state_dict()
     return out

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from infra.checkpoint import atomic_write_bytes
 from infra.errors import MaskError
+from lottery.shared_ticket import PACKED_FORMAT
 from pruning_utils import TICKET_FORMAT, Mask, layer_sparsity, sparsity
 
 
@@ -19,6 +20,8 @@ def summarize(mask: Mask, meta: dict) -> dict[str, Any]:
     level = meta.get("level", meta.get("state_prune"))  # the original calls its round `state_prune`
     if meta.get("format") == TICKET_FORMAT:
         kind = f"ticket (version {meta.get('version')})"
+    elif meta.get("format") == PACKED_FORMAT:
+        kind = f"packed ticket (safetensors, version {meta.get('version')}; mask digest verified)"
     elif "state_prune" in meta:
         kind = "the original's IMP checkpoint"
     else:

@@ -18,6 +18,34 @@ def _demo(out: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 
+def test_the_early_bird_summary_tells_a_detection_from_a_shorter_level(tmp_path):
+    from demo import run as demo
+    from infra import checkpoint
+
+    class Long(demo.DemoConfig):
+        epochs_per_level = 6
+    cfg = Long(out=str(tmp_path))
+    fam = demo.Family("robust", "aimp-eb", "eb", ("--early-bird", "0.01", "--early-bird-window", "2"), (2, 3, 4), "EB")
+    levels = {1: [None, 0.004], 2: [None, 0.03, 0.02, 0.005], 3: [None, 0.05, 0.04, 0.03, 0.02, 0.02]}
+    os.makedirs(tmp_path / "tickets" / "eb")
+    for level, distances in levels.items():
+        for i, d in enumerate(distances):
+            stop = level < 3 and i == len(distances) - 1
+            checkpoint.append_jsonl(str(tmp_path / "tickets" / "eb" / checkpoint.METRICS),
+                                    {"level": level, "epoch": 6 * (level - 1) + i, "mask_distance": d,
+                                     "early_bird_stop": stop})
+    text = demo.early_bird_summary(cfg, fam)
+    assert "level 1: distances 0.0040; stopped after 2 of 6 epochs, as early as a window of 2 allows" in text
+    assert "level 2: distances 0.0300, 0.0200, 0.0050; stopped after 4 of 6 epochs: detected" in text
+    assert "level 3: distances 0.0500, 0.0400, 0.0300, 0.0200, 0.0200; trained all 6 epochs" in text
+    assert text.endswith("early-bird detected in 1 of 3 levels, saving 6 of 18 epochs")
+    with open(tmp_path / "tickets" / "eb" / checkpoint.METRICS, "w") as f:  # only the window's stop
+        f.write(json.dumps({"level": 1, "epoch": 0, "mask_distance": None}) + "\n" +
+                json.dumps({"level": 1, "epoch": 1, "mask_distance": 0.002, "early_bird_stop": True}) + "\n")
+    assert "early-bird detected nothing: where it stopped, the distances were under 0.01 from the start, so it saved " \
+        "4 of 6 epochs only as shorter levels (--prune_epoch 2) do" in demo.early_bird_summary(cfg, fam)
+
+
 COST = "ticket families, the verdict against what it cost"  # its device-hours are measured: they differ per run
 
 
@@ -58,6 +86,7 @@ def test_quick_demo_runs_end_to_end_and_replays_a_run_exactly(tmp_path):
     eb, omp = (next(ln.split() for ln in costs if ln.split()[1:2] == [name]) for name in ("aimp-eb", "omp"))
     assert int(eb[2]) > 0 and float(eb[4]) > 0 and (omp[2], omp[3], omp[4]) == ("0", "0.0", "0.0")  # OMP: no training
     assert "--slurm" in first.stdout  # the SLURM command of the same campaign at paper scale
+    assert "early-bird saved no epoch" in first.stdout  # 2-epoch levels, a window of 2: nothing to save, and said
 
     # Determinism: remove one finished run, re-run the demo: finished stages are skipped, the removed run is
     # redone with the same seed, and the same numbers and the same table come out.

@@ -79,6 +79,7 @@ PLACEHOLDERS = {
     "ticket_r18": "a ticket of a ResNet-18 layout (other layer names)",
     "ticket_7x7": "a ticket of resnet_tiny with the 7x7 stem (other conv1 shape)",
     "ticket_truncated": "the first half of a valid ticket",
+    "ticket_changed": "a packed ticket (`tickets.py export`) with one byte of its masks changed",
     "evil_runs": "a runs tree whose results.json and *.pth.tar are pickles that would create a marker file",
 }
 
@@ -140,6 +141,9 @@ FAULTS = [
           ("'conv1.weight' has shape (16, 3, 7, 7) but the model's weight has shape (16, 3, 3, 3)",)),
     Fault("ticket-truncated", "--tickets_file truncated", (T, "…", "--tickets_file", "{ticket_truncated}"),
           ("{ticket_truncated} is truncated or corrupt",)),
+    Fault("ticket-changed", "--tickets_file changed on the way (one byte)",
+          (T, "…", "--tickets_file", "{ticket_changed}"),
+          ("{ticket_changed}: its masks do not give the mask_digest it records",)),
     Fault("ticket-no-masks", "--tickets_file holding weights, not masks", (T, "…", "--tickets_file", "{init}"),
           ("{init} holds no pruning masks",)),
     # ---------------------------------------------------------------- flags
@@ -287,6 +291,11 @@ def shared(_fake_files, tmp_path_factory) -> dict[str, str]:
     ticket = str(d / "ticket.pth.tar")
     pruning_utils.save_ticket(ticket, pruning_utils.full_mask(tiny), {})
     p["ticket_truncated"] = _truncated(ticket, str(d / "ticket_truncated.pth.tar"))
+    p["ticket_changed"] = str(d / "ticket_changed.safetensors")
+    pruning_utils.save_ticket(p["ticket_changed"], pruning_utils.full_mask(tiny), {}, packed=True)
+    changed = bytearray(open(p["ticket_changed"], "rb").read())
+    changed[8 + int.from_bytes(changed[:8], "little")] ^= 0x01  # the first mask byte, after the header
+    open(p["ticket_changed"], "wb").write(bytes(changed))
     evil = d / "evil_runs" / "c10_run"
     evil.mkdir(parents=True)
     (evil / checkpoint.CONFIG).write_text("{}")

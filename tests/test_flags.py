@@ -44,7 +44,8 @@ def test_a_field_added_to_a_config_is_a_flag_with_its_default_and_help_and_reach
 @pytest.mark.parametrize("cls, parser, skip", [
     (TransferConfig, transfer_cli.get_args_parser(), ()),
     (IMPConfig, imp_cli.get_args_parser(adversarial=True), ()),
-    (IMPConfig, imp_cli.get_args_parser(adversarial=False), ("attack", "attack_loss")),
+    (IMPConfig, imp_cli.get_args_parser(adversarial=False), ("attack", "attack_loss", "robust_val",
+                                                               "robust_val_images")),  # A-IMP's only
     (Launch, transfer_cli.get_args_parser(), ()),
 ])
 def test_every_field_has_a_flag(cls, parser, skip):

@@ -99,7 +99,7 @@ def test_a_tickets_cost_names_the_levels_whose_rows_are_not_here(tmp_path):
     """A run resumed from another folder has no rows for its earlier levels: its ticket's cost says so (the report
     shows it as not recorded, not as free); one-shot pruning trains nothing, so its zero is complete."""
     import json
-    from lottery.levels import level_costs
+    from lottery.level_files import level_costs
     rows = [{"level": 2, "cost": {"device_s": 7.0, "flop": 5}}, {"level": 3, "cost": {"device_s": 1.0, "flop": 2}}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cost, last = level_costs(str(tmp_path), 4)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import main_imp_std
 import pruning_utils
@@ -66,7 +67,39 @@ def test_an_exported_ticket_transfers_to_the_same_numbers(found, image_folder_ro
     a, b = (untimed(json.load(open(tmp_path / n / checkpoint.RESULTS))) for n in ("file", "exported"))
     assert (a["best_sa"], a["best_ra"], a["last"], a["sparsity"]) == (b["best_sa"], b["best_ra"], b["last"],
                                                                      b["sparsity"])
-    assert b["ticket_meta"]["exported_from"] == ticket and b["ticket_meta"]["init_digest"] == \
+    assert b["ticket_meta"]["exported_from"] == os.path.basename(ticket) and b["ticket_meta"]["init_digest"] == \
         a["ticket_meta"]["init_digest"]
     rows = [untimed(checkpoint.read_jsonl(str(tmp_path / n / checkpoint.METRICS))) for n in ("file", "exported")]
     assert rows[0] == rows[1]
+
+
+def test_an_export_of_an_imp_checkpoint_keeps_its_provenance_and_no_local_path(_fake_files, image_folder_root,
+                                                                             tmp_path, capsys):
+    """Two IMP levels of one epoch: 2-checkpoint.pth.tar exported alone (no ticket or metrics beside it), with its
+    metrics.jsonl, and beside its own ticket; each export is refused on other init weights."""
+    init_a, init_b = write_init(str(tmp_path / "a.pth"), seed=0), write_init(str(tmp_path / "b.pth"), seed=1)
+    save = str(tmp_path / "imp")
+    assert main_imp_std.main([image_folder_root, "--init", init_a, "--save_dir", save, *TINY, "--epochs", "2",
+                              "--prune_epoch", "1", "--family", "imp-test"]) == 0
+    mask, meta = pruning_utils.load_ticket(checkpoint.imp_ticket(save, 2))
+    alone, with_rows = tmp_path / "alone", tmp_path / "rows"
+    for folder, files in ((alone, ()), (with_rows, (checkpoint.METRICS,))):
+        folder.mkdir()
+        for name in ("2-checkpoint.pth.tar", *files):
+            (folder / name).write_bytes(open(os.path.join(save, name), "rb").read())
+    for src, cost in ((str(alone / "2-checkpoint.pth.tar"), None),
+                      (str(with_rows / "2-checkpoint.pth.tar"), meta["cost"]),
+                      (checkpoint.imp_checkpoint(save, 2), meta["cost"])):
+        out = str(tmp_path / "shared.safetensors")
+        assert tickets.main(["export", src, out]) == 0
+        got, shared = pruning_utils.load_ticket(out)
+        assert all(torch.equal(got[k], mask[k]) for k in mask)
+        assert (shared["source"], shared["init_digest"], shared["level"]) == ("imp-test", meta["init_digest"], 2)
+        assert shared.get("cost") == cost  # not recorded: left out, not 0
+        assert shared["init"] == "a.pth" and shared["config"]["save_dir"] == "imp"
+        raw = open(out, "rb").read()
+        assert not any(p.encode() in raw for p in (str(tmp_path), image_folder_root, os.path.dirname(init_a)))
+        with pytest.raises(MaskError, match=r"was found in other weights \(a.pth\), not in --init"):
+            cli.main(argv(tmp_path / "b", image_folder_root, "folder", init_b, ticket=out, epochs=1))
+        os.remove(out)
+    capsys.readouterr()

@@ -417,7 +417,8 @@ def test_our_ticket_loads_the_way_the_original_downstream_script_loads_it(tmp_pa
         assert torch.equal(down(x), model(x))
 
     back, meta = pu.load_ticket(path)
-    assert meta == {"format": pu.TICKET_FORMAT, "version": pu.TICKET_VERSION, "level": 2, "arch": "resnet_tiny"}
+    assert meta == {"format": pu.TICKET_FORMAT, "version": pu.TICKET_VERSION, "level": 2, "arch": "resnet_tiny",
+                    "mask_digest": pu.mask_digest(mask)}  # every ticket written carries its digest
     assert all(torch.equal(back[n], mask[n]) for n in mask)
 
     float_path = str(tmp_path / "float.pth.tar")

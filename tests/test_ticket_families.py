@@ -48,13 +48,26 @@ def test_distance_counts_disagreements_among_the_alive_weights():
     assert len(watch.masks) == 3
 
 
+def test_the_distance_reaches_1_at_every_rate():
+    """Two masks that prune as differently as they can are 1 apart, whether the level prunes 1/4, 1/2 or 3/4."""
+    alive = {"w": torch.tensor([True] * 8 + [False] * 2)}
+    for pruned_a, pruned_b, expected in (({0, 1}, {2, 3}, 1.0), ({0, 1}, {0, 2}, 0.5),          # rate 0.25
+                                         ({0, 1, 2, 3}, {4, 5, 6, 7}, 1.0),                     # rate 0.5
+                                         ({0, 1, 2, 3, 4, 5}, {2, 3, 4, 5, 6, 7}, 1.0),         # rate 0.75
+                                         ({0, 1, 2, 3, 4, 5}, {1, 2, 3, 4, 5, 6}, 0.5)):
+        a, b = ({"w": torch.tensor([i not in p and i < 8 for i in range(10)])} for p in (pruned_a, pruned_b))
+        assert early_bird.distance(a, b, alive) == expected == early_bird.distance(b, a, alive)
+
+
 def test_a_window_that_never_fills_gives_the_plain_imp_tickets(tiny, tmp_path):
     plain = _imp(tiny, tmp_path / "plain", "--epochs", "4", "--prune_epoch", "2")
     eb = _imp(tiny, tmp_path / "eb", "--epochs", "4", "--prune_epoch", "2", "--early-bird", "0.5",
               "--early-bird-window", "3")
     assert [r["epoch"] for r in eb] == [0, 1, 2, 3] and not any(r["early_bird_stop"] for r in eb)
     assert eb[0]["mask_distance"] is None and eb[1]["mask_distance"] is not None
-    assert untimed([{k: v for k, v in r.items() if k not in EB_KEYS} for r in eb]) == untimed(plain)
+    # every IMP run records the distance: the same numbers with or without --early-bird
+    assert untimed([{k: v for k, v in r.items() if k != "early_bird_stop"} for r in eb]) == untimed(plain)
+    assert [r["mask_distance"] is None for r in plain] == [True, False, True, False] and "early_bird_stop" not in plain[0]
     for level in (1, 2, 3):
         assert same_masks(ticket(tmp_path / "eb", level), ticket(tmp_path / "plain", level))
     meta = pruning_utils.load_ticket(checkpoint.imp_ticket(str(tmp_path / "eb"), 3))[1]

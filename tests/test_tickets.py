@@ -98,43 +98,126 @@ def test_inspect_reads_every_layout(tmp_path, capsys, layout):
 
 
 def test_export_writes_a_compact_mask_only_ticket(tmp_path, capsys):
+    from safetensors import safe_open
     src = source()
     mask = half_mask(src)
-    ckpt, out = str(tmp_path / "2-checkpoint.pth.tar"), str(tmp_path / "2-ticket.pth.tar")
+    ckpt, out = str(tmp_path / "2-checkpoint.pth.tar"), str(tmp_path / "2-ticket.safetensors")
     torch.save(original_imp(src, mask), ckpt)
     code, stdout, _ = _cli(["export", ckpt, out], capsys)
     assert code == 0 and stdout.startswith(f"wrote {out}") and "packed" in stdout
-    raw = torch.load(out, weights_only=True)
-    assert set(raw["state_dict"]) == {k + "_mask" for k in mask} and raw["packed"] is True  # masks only
-    assert "init" not in raw and "optimizer" not in raw
+    with safe_open(out, framework="numpy") as f:  # pickle-free: safetensors and numpy read it
+        assert set(f.keys()) == {k + "_mask" for k in mask}  # masks only
+        assert all(f.get_tensor(k).dtype.name == "uint8" for k in f.keys())
+        header = {k: json.loads(v) for k, v in f.metadata().items()}
+    assert (header["format"], header["version"]) == ("doublewin-packed-ticket", 2)
+    assert "row-major" in header["bit_order"] and "most significant" in header["bit_order"]
+    assert "init" not in header and "optimizer" not in header
     got, meta = pruning_utils.load_ticket(out)
     assert all(torch.equal(got[k], mask[k]) and got[k].dtype == torch.bool for k in mask)
-    assert meta["source"] == meta["exported_from"] == ckpt and meta["state_prune"] == 2 and "packed" not in meta
+    # the original's checkpoint: its level, and the digest of the init weights it holds; no local path
+    assert meta["source"] == meta["exported_from"] == "2-checkpoint.pth.tar" and meta["state_prune"] == 2
+    assert meta["init_digest"] == pruning_utils.weights_digest(state_of(src), mask) and "packed" not in meta
     assert meta["sparsity"] == pytest.approx(pruning_utils.sparsity(mask))
+    assert meta["mask_digest"] == pruning_utils.mask_digest(mask)
+    assert str(tmp_path).encode() not in open(out, "rb").read()
+    code, stdout, _ = _cli(["inspect", out], capsys)  # every reader takes the packed format
+    assert code == 0 and "kind      packed ticket (safetensors, version 2; mask digest verified)" in stdout
+    code, stdout, _ = _cli(["compare", ckpt, out], capsys)
+    assert code == 0 and "IoU of kept weights  1.0000" in stdout
     code, _, err = _cli(["export", ckpt, ckpt], capsys)
     assert code == 2 and "input file itself" in err
     plain = str(tmp_path / "plain.pth.tar")  # --unpacked: bool masks, the original's downstream script reads them
     assert _cli(["export", out, plain, "--unpacked"], capsys)[0] == 0
     raw = torch.load(plain, weights_only=True)
     assert "packed" not in raw and all(torch.equal(raw["state_dict"][k + "_mask"], mask[k]) for k in mask)
-    assert pruning_utils.load_ticket(plain)[1]["source"] == ckpt  # a ticket's family (source) is kept
+    assert (raw["format"], raw["version"]) == ("doublewin-ticket", 1)  # the unpacked format's own version
+    assert pruning_utils.load_ticket(plain)[1]["source"] == "2-checkpoint.pth.tar"  # the family is kept
 
 
 def test_a_packed_resnet50_ticket_is_an_eighth_of_the_bool_one(tmp_path):
     torch.manual_seed(0)
     net = models.resnet50(1000)
     mask = pruning_utils.magnitude_prune(net, pruning_utils.full_mask(net), 0.8)
-    bools, packed = str(tmp_path / "bool.pth.tar"), str(tmp_path / "packed.pth.tar")
+    bools, packed = str(tmp_path / "bool.pth.tar"), str(tmp_path / "packed.safetensors")
     pruning_utils.save_ticket(bools, mask, {"level": 8})
     pruning_utils.save_ticket(packed, mask, {"level": 8}, packed=True)
     assert os.path.getsize(packed) < 3.2 * 2 ** 20 < 20 * 2 ** 20 < os.path.getsize(bools)
     got, meta = pruning_utils.load_ticket(packed)
     assert meta["level"] == 8 and all(torch.equal(got[k], mask[k]) for k in mask)
-    obj = torch.load(packed, weights_only=True)
-    obj["state_dict"]["conv1.weight_mask"]["bits"] = obj["state_dict"]["conv1.weight_mask"]["bits"][:10]
-    torch.save(obj, packed)
-    with pytest.raises(errors.CheckpointError, match="packed ticket whose masks cannot be unpacked"):
+    data = open(packed, "rb").read()
+    open(packed, "wb").write(data[:-10])  # cut short
+    with pytest.raises(errors.CheckpointError, match=f"^{packed}: a damaged packed ticket .*: copy or export it"):
         pruning_utils.load_ticket(packed)
+
+
+def _flip_a_mask_byte(path: str) -> None:
+    """XOR one bit of the first byte of the packed masks (the data after the safetensors header)."""
+    data = bytearray(open(path, "rb").read())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_ticket_with_one_flipped_byte_is_refused_in_one_line(tmp_path, capsys):
+    src = source()
+    mask = half_mask(src)
+    packed = str(tmp_path / "t.safetensors")
+    pruning_utils.save_ticket(packed, mask, {"level": 2, "source": "aimp"}, packed=True)
+    _flip_a_mask_byte(packed)
+    with pytest.raises(errors.CheckpointError) as e:
+        pruning_utils.load_ticket(packed)
+    digest = pruning_utils.mask_digest(mask)
+    assert str(e.value).startswith(f"{packed}: its masks do not give the mask_digest it records ({digest}, found ")
+    for argv in (["inspect", packed], ["compare", packed, packed], ["export", packed, str(tmp_path / "x")]):
+        code, out, err = _cli(argv, capsys)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and packed in err
+    assert not os.path.exists(tmp_path / "x")
+    intact = str(tmp_path / "intact.safetensors")  # a packed ticket without provenance exports as it is
+    pruning_utils.save_ticket(intact, mask, {}, packed=True)
+    assert _cli(["export", intact, str(tmp_path / "again.safetensors")], capsys)[0] == 0
+    meta = pruning_utils.load_ticket(str(tmp_path / "again.safetensors"))[1]
+    assert (meta["source"], meta["exported_from"], "init_digest" in meta) == ("intact.safetensors",) * 2 + (False,)
+    # the unpacked format is checked alike: one mask entry changed behind the recorded digest
+    plain = str(tmp_path / "t.pth.tar")
+    pruning_utils.save_ticket(plain, mask, {"level": 2})
+    obj = torch.load(plain, weights_only=True)
+    name = next(iter(obj["state_dict"]))
+    obj["state_dict"][name].view(-1)[0] ^= True
+    torch.save(obj, plain)
+    with pytest.raises(errors.CheckpointError, match="its masks do not give the mask_digest it records"):
+        pruning_utils.load_ticket(plain)
+
+
+def test_the_packed_format_reads_with_numpy_and_safetensors_as_documented(tmp_path):
+    """The recipe in docs/TICKETS.md, run as written: masks and digest from numpy, hashlib and safetensors."""
+    src = source()
+    mask = half_mask(src)
+    path = str(tmp_path / "t.safetensors")
+    pruning_utils.save_ticket(path, mask, {"level": 2, "source": "aimp"}, packed=True)
+    text = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "TICKETS.md")).read()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    scope = {"PATH": path}
+    exec(compile(code, "docs/TICKETS.md", "exec"), scope)
+    assert set(scope["masks"]) == set(mask) and all(
+        (scope["masks"][k] == mask[k].numpy()).all() and scope["masks"][k].shape == tuple(mask[k].shape) for k in mask)
+    assert scope["meta"]["source"] == "aimp" and scope["digest"] == scope["meta"]["mask_digest"]
+
+
+def test_an_old_packed_torch_ticket_still_reads_and_is_verified(tmp_path):
+    """Packed tickets written before the safetensors format: a torch file with "packed": true."""
+    src = source()
+    mask = half_mask(src)
+    old = str(tmp_path / "old.pth.tar")
+    masks = pruning_utils.mask_to_state_dict(mask, dtype=torch.bool)
+    obj = {"format": "doublewin-ticket", "version": 1, "packed": True, "state_dict": pruning_utils.pack_masks(masks),
+           "level": 2, "mask_digest": pruning_utils.mask_digest(mask)}
+    torch.save(obj, old)
+    got, meta = pruning_utils.load_ticket(old)
+    assert all(torch.equal(got[k], mask[k]) for k in mask) and meta["level"] == 2
+    obj["state_dict"][next(iter(masks))]["bits"][0] ^= 0x80
+    torch.save(obj, old)
+    with pytest.raises(errors.CheckpointError, match="its masks do not give the mask_digest"):
+        pruning_utils.load_ticket(old)
 
 
 def test_convert_output_loads_strictly_into_torchvision(tmp_path, capsys):
