@@ -1,0 +1,185 @@
+"""The statistical double-win verdict (reporting/verdict.py through the report): known calls on hand-made
+results.json trees, replicated ticket finding counted and never taken for duplicates, and a simulation showing
+that false "double-win" calls stay at or under the stated level."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import report
+from infra.errors import run_cli
+from reporting import analysis, verdict
+from reporting import tables as report_tables
+from reporting.runs import Options
+
+COLUMNS = (("std", "sa"), ("std", "ra"), ("adv", "sa"), ("adv", "ra"))
+
+
+def write_run(root, name, *, mode, sparsity, acc, seed=1, imp_seed=1, images=None, correct=None, family="aimp"):
+    """A finished transfer run with SA = RA = `acc` on `images` test images (correct: packed per-image bits)."""
+    best = {"epoch": 9, "val_sa": acc, "val_ra": acc, "test_sa": acc, "test_ra": acc}
+    if images is not None:
+        best["test_images"] = images
+    if correct is not None:
+        best["test_sa_correct"] = best["test_ra_correct"] = correct
+    meta = {} if sparsity == 0 else {"level": 3, "source": family, "config": {"seed": imp_seed}}
+    data = {"complete": True, "dataset": "cifar10", "data_number": 1.0, "mode": mode, "arch": "resnet50",
+            "seed": seed, "epochs": 150, "init": "/inits/robust.pth", "sparsity": sparsity,
+            "ticket": None if sparsity == 0 else f"/imp/s{imp_seed}/3-ticket.pth.tar", "ticket_meta": meta,
+            "best_sa": best, "best_ra": best}
+    folder = os.path.join(str(root), name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(data, f)
+
+
+def write_cell(root, tag, sparsity, acc, **kw):
+    for mode in ("std", "adv"):
+        write_run(root, f"{tag}/{mode}", mode=mode, sparsity=sparsity, acc=acc, **kw)
+
+
+def the_row(root, **opts):
+    (group,) = analysis.collect(str(root), Options(**opts)).groups
+    (row,) = [r for r in group.rows if not r.dense]
+    return row
+
+
+def test_one_seed_one_image_of_120_below_is_inconclusive(tmp_path):
+    dense = np.arange(120) < 108                       # 90.00%
+    ticket = dense.copy()
+    ticket[0] = False                                   # one image fewer: 89.17%
+    write_cell(tmp_path, "dense", 0.0, 90.0, images=120, correct=verdict.pack(dense))
+    write_cell(tmp_path, "t", 0.5, 100 * 107 / 120, images=120, correct=verdict.pack(ticket))
+    row = the_row(tmp_path)
+    assert not row.double_win and row.call == verdict.OPEN
+    assert {t.call for t in row.tests.values()} == {verdict.OPEN} and all(t.paired for t in row.tests.values())
+    test = row.tests[("std", "sa")]
+    assert test.lower < -1 < test.upper and test.diff == pytest.approx(-100 / 120)
+    assert "crosses -1" in test.why and "seeds per side" in test.why
+    assert row.status.startswith("inconclusive: std-SA CI ")
+    unpaired = tmp_path / "unpaired"
+    write_cell(unpaired, "dense", 0.0, 90.0, images=120)
+    write_cell(unpaired, "t", 0.5, 100 * 107 / 120, images=120)
+    assert the_row(unpaired).call == verdict.OPEN and not the_row(unpaired).tests[("adv", "ra")].paired
+    assert the_row(tmp_path, verdict="point").status == "fails std-SA, std-RA, adv-SA, adv-RA"  # the older rule
+
+
+@pytest.mark.parametrize("offset, call", [(-8.0, verdict.LOSS), (1.5, verdict.WIN)])
+def test_five_seeds_on_10000_images(tmp_path, offset, call):
+    spread = (-0.4, -0.2, 0.0, 0.2, 0.4)
+    for seed, d in enumerate(spread, 1):
+        write_cell(tmp_path, f"dense/s{seed}", 0.0, 90.0 + d, seed=seed, images=10_000)
+        write_cell(tmp_path, f"t/s{seed}", 0.5, 90.0 + offset - d, seed=seed, images=10_000)
+    row = the_row(tmp_path)
+    assert row.call == call and row.double_win == (call == verdict.WIN)
+    assert {t.call for t in row.tests.values()} == {call}
+    test = row.tests[("adv", "sa")]
+    assert test.diff == pytest.approx(offset) and (test.lower > -1 if offset > 0 else test.upper < -1)
+    assert row.status == ("double-win" if offset > 0 else
+                          f"not double-win: std-SA upper bound {test.upper:+.2f} < -1; std-RA upper bound "
+                          f"{test.upper:+.2f} < -1; adv-SA upper bound {test.upper:+.2f} < -1; adv-RA upper bound "
+                          f"{test.upper:+.2f} < -1")
+
+
+def test_a_wider_margin_or_lower_confidence_can_settle_a_cell(tmp_path):
+    for seed, d in enumerate((-0.5, 0.0, 0.5), 1):
+        write_cell(tmp_path, f"dense/s{seed}", 0.0, 90.0 + d, seed=seed, images=10_000)
+        write_cell(tmp_path, f"t/s{seed}", 0.5, 89.0 + d, seed=seed, images=10_000)
+    assert the_row(tmp_path).call == verdict.OPEN  # exactly one point below: on the default margin
+    assert "no number of seeds" in the_row(tmp_path).tests[("std", "sa")].why
+    assert the_row(tmp_path, margin=3.0).call == verdict.WIN
+    assert the_row(tmp_path, margin=0.0).call == verdict.OPEN  # -1 +- ~1.3: could still be 0
+    assert the_row(tmp_path, margin=0.0, confidence=0.6).call == verdict.LOSS
+
+
+def test_two_imp_seeds_are_replicates_not_duplicates(tmp_path):
+    write_cell(tmp_path, "dense", 0.0, 90.0, images=10_000)
+    for imp_seed in (1, 2):
+        write_cell(tmp_path, f"aimp-s{imp_seed}", 0.5, 90.0, imp_seed=imp_seed, images=10_000)
+    rep = analysis.collect(str(tmp_path), Options())
+    assert rep.problems == ()
+    row = [r for r in rep.groups[0].rows if not r.dense][0]
+    cell = row.cells[("std", "sa")]
+    assert cell.n == 2 and cell.imp_seeds == 2 and cell.replicates == "n=2 (2 IMP seeds x 1 transfer seeds)"
+    assert "n=2 (2 IMP seeds x 1 transfer seeds)" in report_tables.render_text(rep)
+    write_cell(tmp_path, "aimp-s2-again", 0.5, 80.0, imp_seed=2, images=10_000)  # a real duplicate
+    rep = analysis.collect(str(tmp_path), Options())
+    assert {p.path for p in rep.problems} == {"aimp-s2-again/std", "aimp-s2-again/adv"}
+    assert all("IMP seed 2, transfer seed 1 as aimp-s2/" in p.reason for p in rep.problems)
+
+
+def test_imp_seeds_by_transfer_seeds_are_counted_and_clustered(tmp_path):
+    for seed in (1, 2, 3):
+        write_cell(tmp_path, f"dense/s{seed}", 0.0, 90.0 + seed / 10, seed=seed, images=10_000)
+        for imp_seed in (1, 2):
+            write_cell(tmp_path, f"t{imp_seed}/s{seed}", 0.5, 90.0 + imp_seed + seed / 10, seed=seed,
+                       imp_seed=imp_seed, images=10_000)
+    row = the_row(tmp_path)
+    assert row.cells[("adv", "ra")].replicates == "n=6 (2 IMP seeds x 3 transfer seeds)"
+    test = row.tests[("adv", "ra")]
+    # the two IMP seeds' means (91.2, 92.2) are the ticket's units: their spread, on one degree of freedom
+    assert test.diff == pytest.approx(1.5) and test.df < 3
+
+
+def test_report_flags(tmp_path, capsys):
+    write_cell(tmp_path, "dense", 0.0, 90.0, images=10_000)
+    write_cell(tmp_path, "t", 0.5, 95.0, images=10_000)
+    assert report.main([str(tmp_path), "--no-plots", "--margin", "2", "--confidence", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "one-sided 90% bounds" in out and "lower bound > -2 (--margin" in out and "95.00 n=1 yes" in out
+    summary = json.load(open(tmp_path / "report" / "report.json"))
+    assert (summary["verdict"], summary["margin"], summary["confidence"]) == ("stat", 2.0, 0.9)
+    cell = summary["groups"][0]["rows"][1]["cells"]["std-SA"]
+    assert cell["test"]["call"] == "double-win" and cell["test"]["lower"] > -2
+    for flag, value in (("--confidence", "1.5"), ("--margin", "-1"), ("--verdict", "vote")):
+        with pytest.raises(SystemExit) as e:
+            run_cli(report.main, [str(tmp_path), flag, value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and flag in err and err.count("\n") == 1
+
+
+def test_pack_round_trip_and_bit_order():
+    bits = np.array([1, 0, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    text = verdict.pack(bits)
+    assert list(np.frombuffer(__import__("base64").b64decode(text), np.uint8)) == [128, 128]  # big-endian
+    assert (verdict.unpack(text, 9) == bits).all()
+    assert verdict.unpack(text, 17) is None and verdict.unpack("not base64!", 9) is None
+
+
+def _false_win_rate(rng, *, reps, images, dense_seeds, imp_seeds, transfer_seeds, seed_sd, imp_sd, paired,
+                    margin=1.0, confidence=0.95):
+    """Tickets whose true accuracy is exactly `margin` points below dense: how often is it called double-win?
+    Each repetition draws a fresh test set (per-image difficulty u) and fresh seeds (accuracy offsets)."""
+    wins = 0
+    p_dense, p_ticket = 0.80, 0.80 - margin / 100
+    for _ in range(reps):
+        u = rng.random(images)
+
+        def run(p, **ids):
+            correct = u < p + rng.normal(0, seed_sd / 100)
+            return verdict.Sample(100 * correct.mean(), images=images,
+                                  bits=verdict.pack(correct) if paired else None, **ids)
+        dense = [run(p_dense, seed=s) for s in range(dense_seeds)]
+        ticket = []
+        for i in range(imp_seeds):
+            p_imp = p_ticket + rng.normal(0, imp_sd / 100)
+            ticket += [run(p_imp, imp_seed=i, seed=s) for s in range(transfer_seeds)]
+        wins += verdict.compare(ticket, dense, margin, confidence).call == verdict.WIN
+    return wins / reps
+
+
+@pytest.mark.parametrize("design", [
+    dict(images=1000, dense_seeds=1, imp_seeds=1, transfer_seeds=1, seed_sd=0.0, imp_sd=0.0, paired=True),
+    dict(images=1000, dense_seeds=1, imp_seeds=1, transfer_seeds=1, seed_sd=0.0, imp_sd=0.0, paired=False),
+    dict(images=2000, dense_seeds=3, imp_seeds=1, transfer_seeds=3, seed_sd=0.8, imp_sd=0.0, paired=True),
+    dict(images=2000, dense_seeds=5, imp_seeds=1, transfer_seeds=5, seed_sd=0.5, imp_sd=0.0, paired=False),
+    dict(images=2000, dense_seeds=3, imp_seeds=3, transfer_seeds=2, seed_sd=0.3, imp_sd=0.8, paired=True),
+], ids=["1v1-paired", "1v1-binomial", "3v3-paired", "5v5-binomial", "3imp-x2-paired"])
+def test_false_double_win_rate_stays_at_the_stated_level(design):
+    """At confidence 0.95 at most 5% false calls are allowed; 600 repetitions estimate the rate to about +-0.9%,
+    so the bound checked is 5% plus two and a half standard errors of that estimate."""
+    rate = _false_win_rate(np.random.default_rng(0), reps=600, **design)
+    assert rate <= 0.05 + 2.5 * (0.05 * 0.95 / 600) ** 0.5, rate
