@@ -51,7 +51,8 @@ def cost_table(group: Group, overlap: Overlap) -> tuple[list[str], list[list[str
               "device-h transfer", f"IoU vs {ref}"]
     rows = [[c.family, str(c.tickets), "none" if c.highest is None else f"{100 * c.highest:.2f}%",
              _hours(c.find_hours), _hours(c.reach_hours), _hours(c.transfer_hours),
-             "-" if c.iou is None else f"{c.iou:.3f} (n={c.iou_n})"] for c in family_costs(group, overlap)]
+             overlap.judged(group.key[0], c.family, [r.sparsity for r in group.rows if r.source == c.family])]
+            for c in family_costs(group, overlap)]
     return header, rows
 
 

@@ -183,3 +183,58 @@ def test_false_double_win_rate_stays_at_the_stated_level(design):
     so the bound checked is 5% plus two and a half standard errors of that estimate."""
     rate = _false_win_rate(np.random.default_rng(0), reps=600, **design)
     assert rate <= 0.05 + 2.5 * (0.05 * 0.95 / 600) ** 0.5, rate
+
+
+def test_overlap_is_judged_against_its_noise_floors(tmp_path, capsys):
+    """A-IMP from two IMP seeds, an early-bird family as close to A-IMP as its seeds are to each other, a family
+    no closer than OMP, and OMP: ticket_overlap.json holds the floors and the report words the judgement."""
+    import models
+    import pruning_utils
+    import tickets
+    import torch
+    from reporting.runs import OVERLAP, read_overlap
+
+    torch.manual_seed(0)
+    net = models.resnet_tiny(10)
+    base = {n: p.detach().clone() for n, p in net.named_parameters()}
+    made = {}
+    for name, family, imp_seed, noise in (("a1", "aimp", 1, 0.02), ("a2", "aimp", 2, 0.02), ("eb", "aimp-eb", 1, 0.02),
+                                          ("mid", "mid", 1, 0.15), ("far", "far", 1, 3.0),
+                                          ("omp", "omp", 1, 0.5)):
+        gen = torch.Generator().manual_seed(len(made))
+        for n, p in net.named_parameters():
+            p.data = base[n] + noise * torch.randn(p.shape, generator=gen) * base[n].std()
+        mask = pruning_utils.magnitude_prune(net, pruning_utils.full_mask(net), 0.5)
+        path = str(tmp_path / f"{name}.pth.tar")
+        pruning_utils.save_ticket(path, mask, {"source": family, "config": {"seed": imp_seed}})
+        made[name] = (path, family, imp_seed, round(pruning_utils.sparsity(mask), 4))
+    root = tmp_path / "runs"
+    write_cell(root, "dense", 0.0, 80.0, images=1000)
+    for name, (path, family, imp_seed, s) in made.items():
+        for mode in ("std", "adv"):
+            write_run(root, f"{name}/{mode}", mode=mode, sparsity=s, acc=80.0, imp_seed=imp_seed, images=1000,
+                      family=family)
+            res = root / name / mode / "results.json"
+            data = json.loads(res.read_text())
+            data["ticket"] = path
+            res.write_text(json.dumps(data))
+    assert tickets.main(["overlap", str(root)]) == 0
+    data = json.load(open(root / OVERLAP))
+    assert data["reference"] == "aimp" and [r["family"] for r in data["replicates"]] == ["aimp"]
+    rep = data["replicates"][0]
+    assert rep["comparisons"] == 1 and 0.8 < rep["iou"] == rep["iou_min"] < 1
+    pairs = {p["family"]: p for p in data["pairs"]}
+    assert set(pairs) == {"aimp-eb", "mid", "far", "omp"} and pairs["aimp-eb"]["comparisons"] == 2
+    assert pairs["omp"]["iou_omp"] is None and pairs["far"]["iou_omp"] == pytest.approx(pairs["omp"]["iou"])
+    assert pairs["far"]["iou"] < pairs["omp"]["iou"] < rep["iou"] and 0.3 < pairs["far"]["iou_random"] < 0.4
+    overlap = read_overlap(str(root))
+    s = [made["a1"][3]]
+    eb = overlap.judged("robust", "aimp-eb", s)
+    assert eb.startswith(f"{pairs['aimp-eb']['iou']:.3f} (n=1); seed-to-seed {rep['iou']:.3f}, OMP ")
+    assert eb.endswith("indistinguishable from another IMP seed of aimp")
+    assert pairs["omp"]["iou"] < pairs["mid"]["iou"] < rep["iou_min"]
+    assert overlap.judged("robust", "mid", s).endswith("below the seed-to-seed floor: a different mask, closer than OMP")
+    assert overlap.judged("robust", "far", s).endswith("no closer to aimp than OMP")
+    assert overlap.judged("robust", "aimp", s) == f"seed-to-seed {rep['iou']:.3f} (n=1)"
+    text = report_tables.render_text(analysis.collect(str(root), Options()))
+    assert "no closer to aimp than OMP" in text and "n=2 (2 IMP seeds x 1 transfer seeds)" in text
