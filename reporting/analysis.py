@@ -151,6 +151,7 @@ def _test(sparsity: float, source: str, cells: dict, dense: dict, opts: Options)
     losses = [c for c in cols if calls.get(c) == verdict.LOSS]
     opens = [c for c in cols if calls.get(c) == verdict.OPEN]
     failures = [f"{column_name(c)} {tests[c].why}" for c in (losses or opens)]
+    failures += [verdict.settle([tests[c] for c in opens])] if opens and not losses else []
     failures += [f"{what} {', '.join(column_name(c) for c in chosen)}"
                  for what, chosen in (("missing", missing), ("no dense run for", no_dense)) if chosen]
     call = verdict.LOSS if losses else verdict.OPEN if failures else verdict.WIN

@@ -168,7 +168,8 @@ def _test_json(test) -> dict | None:
         return None
     finite = {k: (v if abs(v) != float("inf") else None) for k, v in
               (("diff", test.diff), ("lower", test.lower), ("upper", test.upper), ("se", test.se), ("df", test.df))}
-    return {"call": test.call, **finite, "paired": test.paired, "why": test.why, "seeds_to_settle": test.seeds}
+    return {"call": test.call, **finite, "paired": test.paired, "why": test.why, "seeds_to_settle": test.seeds,
+            "advice": test.advice}
 
 
 def _row_json(r: Row) -> dict:

@@ -34,8 +34,9 @@ class Test:
     se: float                 # standard error of diff (points)
     df: float                 # degrees of freedom of the t quantile
     paired: bool              # per-image correctness compared on the same images
-    why: str                  # the bound that decided, or why it is open
+    why: str                  # the bound that decided, or the interval that crosses the margin
     seeds: int | None = None  # inconclusive: about how many seeds per side would settle it (None: seeds alone won't)
+    advice: str = ""          # inconclusive: what would settle it, in words
 
 
 def unpack(bits: str, n: int) -> np.ndarray | None:
@@ -72,10 +73,10 @@ def _seed_part(ticket: Sequence[Sample], dense: Sequence[Sample]) -> tuple[float
     if vt is not None and vd is not None:
         return diff, [(vt / nt, nt - 1), (vd / nd, nd - 1)], vt + vd, ""
     if vt is None and vd is None:
-        return diff, [], math.nan, "one seed per side: seed-to-seed variance unknown, test-set sampling only"
+        return diff, [], math.nan, ""
     known, n_known = (vt, nt) if vt is not None else (vd, nd)  # one side's variance stands for both
     return diff, [(known * (1 / nt + 1 / nd), n_known - 1)], 2 * known, \
-        f"one side has one seed: the other side's seed variance stands for both"
+        "one side has one seed: the other side's seed variance stands for both"
 
 
 def _same_images(samples: Sequence[Sample]) -> int | None:
@@ -131,32 +132,40 @@ def compare(ticket: Sequence[Sample], dense: Sequence[Sample], margin: float, co
     diff, parts, unit_var, note = _seed_part(ticket, dense)
     test = _test_part(ticket, dense, margin)
     if test is None:
-        why = "no test_images in results.json: the test set's size is unknown (rerun the final test)"
-        return Test(OPEN, diff, -math.inf, math.inf, math.inf, 0.0, False, why)
+        why = "has no test_images in results.json (the test set's size is unknown)"
+        return Test(OPEN, diff, -math.inf, math.inf, math.inf, 0.0, False, why, None, "rerun the final tests")
     df = _df(parts) if parts else test[1]
     se = math.sqrt(sum(v for v, _ in parts) + test[0])
     q = _quantile(confidence, df)
     lower, upper = diff - q * se, diff + q * se
-    bounds = f"{lower:+.2f}..{upper:+.2f}"
     if lower > -margin:
-        return Test(WIN, diff, lower, upper, se, df, test[2], f"lower bound {lower:+.2f} > -{margin:g}")
+        return Test(WIN, diff, lower, upper, se, df, test[2], f"lower bound {lower:+.1f} > -{margin:g}")
     if upper < -margin:
-        return Test(LOSS, diff, lower, upper, se, df, test[2], f"upper bound {upper:+.2f} < -{margin:g}")
+        return Test(LOSS, diff, lower, upper, se, df, test[2], f"upper bound {upper:+.1f} < -{margin:g}")
     seeds, advice = _seeds_needed(abs(diff + margin), unit_var, test[0], confidence)
-    why = f"CI {bounds} crosses -{margin:g}; {advice}" + (f" ({note})" if note else "")
-    return Test(OPEN, diff, lower, upper, se, df, test[2], why, seeds)
+    why = f"CI {lower:+.1f}..{upper:+.1f} crosses -{margin:g}"
+    return Test(OPEN, diff, lower, upper, se, df, test[2], why, seeds, advice + (f" ({note})" if note else ""))
+
+
+def settle(tests: Sequence[Test]) -> str:
+    """What would settle a row's inconclusive columns: the most seeds any of them needs, or the first reason
+    seeds alone cannot."""
+    open_ = [t for t in tests if t.call == OPEN]
+    stuck = next((t.advice for t in open_ if t.seeds is None), None)
+    return stuck if stuck else f"~{max(t.seeds for t in open_)} seeds per side would settle it" if open_ else ""
 
 
 def _seeds_needed(gap: float, unit_var: float, test_var: float, confidence: float) -> tuple[int | None, str]:
     """About how many seeds per side bring the bound past the margin, if the estimate and the observed variances
     stay as they are (the test-set part does not shrink with seeds: the same images are reused)."""
     if math.isnan(unit_var):
-        return None, "run >= 3 seeds per side to measure the seed-to-seed variance"
+        return None, "one seed per side (test-set sampling only): run >= 3 seeds per side to measure the " \
+            "seed-to-seed variance"
     if gap < 1e-9:
         return None, "the estimate sits on the margin: no number of seeds settles it"
     from scipy.stats import t
     n = np.arange(2, MAX_SEEDS + 1)
-    settles = t.ppf(confidence, 2 * n - 2) * np.sqrt(unit_var / n + test_var) < gap
+    settles = t.ppf(confidence, n - 1) * np.sqrt(unit_var / n + test_var) < gap  # df as `_df` takes it
     if settles.any():
         return int(n[settles.argmax()]), f"~{int(n[settles.argmax()])} seeds per side would settle it"
     return None, "seeds alone will not settle it: the test set is too small for this margin"

@@ -58,8 +58,10 @@ def test_one_seed_one_image_of_120_below_is_inconclusive(tmp_path):
     assert {t.call for t in row.tests.values()} == {verdict.OPEN} and all(t.paired for t in row.tests.values())
     test = row.tests[("std", "sa")]
     assert test.lower < -1 < test.upper and test.diff == pytest.approx(-100 / 120)
-    assert "crosses -1" in test.why and "seeds per side" in test.why
-    assert row.status.startswith("inconclusive: std-SA CI ")
+    assert test.why == "CI -2.8..+1.1 crosses -1" and "run >= 3 seeds per side" in test.advice
+    assert row.status == ("inconclusive: std-SA CI -2.8..+1.1 crosses -1; std-RA CI -2.8..+1.1 crosses -1; adv-SA CI "
+                          "-2.8..+1.1 crosses -1; adv-RA CI -2.8..+1.1 crosses -1; one seed per side (test-set "
+                          "sampling only): run >= 3 seeds per side to measure the seed-to-seed variance")
     unpaired = tmp_path / "unpaired"
     write_cell(unpaired, "dense", 0.0, 90.0, images=120)
     write_cell(unpaired, "t", 0.5, 100 * 107 / 120, images=120)
@@ -79,9 +81,9 @@ def test_five_seeds_on_10000_images(tmp_path, offset, call):
     test = row.tests[("adv", "sa")]
     assert test.diff == pytest.approx(offset) and (test.lower > -1 if offset > 0 else test.upper < -1)
     assert row.status == ("double-win" if offset > 0 else
-                          f"not double-win: std-SA upper bound {test.upper:+.2f} < -1; std-RA upper bound "
-                          f"{test.upper:+.2f} < -1; adv-SA upper bound {test.upper:+.2f} < -1; adv-RA upper bound "
-                          f"{test.upper:+.2f} < -1")
+                          f"not double-win: std-SA upper bound {test.upper:+.1f} < -1; std-RA upper bound "
+                          f"{test.upper:+.1f} < -1; adv-SA upper bound {test.upper:+.1f} < -1; adv-RA upper bound "
+                          f"{test.upper:+.1f} < -1")
 
 
 def test_a_wider_margin_or_lower_confidence_can_settle_a_cell(tmp_path):
@@ -89,7 +91,7 @@ def test_a_wider_margin_or_lower_confidence_can_settle_a_cell(tmp_path):
         write_cell(tmp_path, f"dense/s{seed}", 0.0, 90.0 + d, seed=seed, images=10_000)
         write_cell(tmp_path, f"t/s{seed}", 0.5, 89.0 + d, seed=seed, images=10_000)
     assert the_row(tmp_path).call == verdict.OPEN  # exactly one point below: on the default margin
-    assert "no number of seeds" in the_row(tmp_path).tests[("std", "sa")].why
+    assert "no number of seeds" in the_row(tmp_path).tests[("std", "sa")].advice
     assert the_row(tmp_path, margin=3.0).call == verdict.WIN
     assert the_row(tmp_path, margin=0.0).call == verdict.OPEN  # -1 +- ~1.3: could still be 0
     assert the_row(tmp_path, margin=0.0, confidence=0.6).call == verdict.LOSS
@@ -238,3 +240,22 @@ def test_overlap_is_judged_against_its_noise_floors(tmp_path, capsys):
     assert overlap.judged("robust", "aimp", s) == f"seed-to-seed {rep['iou']:.3f} (n=1)"
     text = report_tables.render_text(analysis.collect(str(root), Options()))
     assert "no closer to aimp than OMP" in text and "n=2 (2 IMP seeds x 1 transfer seeds)" in text
+
+
+def _seeds(root, n, sd, dense_mean, ticket_mean):
+    z = np.arange(n) - (n - 1) / 2
+    z = z / z.std(ddof=1)
+    for seed in range(1, n + 1):
+        write_cell(root, f"dense/s{seed}", 0.0, dense_mean + sd * z[seed - 1], seed=seed, images=10_000)
+        write_cell(root, f"t/s{seed}", 0.5, ticket_mean - sd * z[seed - 1], seed=seed, images=10_000)
+
+
+def test_the_seeds_it_asks_for_settle_the_cell_when_the_variance_stays(tmp_path):
+    _seeds(tmp_path / "few", 3, 1.5, 90.0, 90.3)
+    row = the_row(tmp_path / "few")
+    (n,) = {t.seeds for t in row.tests.values()}
+    assert row.call == verdict.OPEN and n > 3 and row.status.endswith(f"~{n} seeds per side would settle it")
+    _seeds(tmp_path / "enough", n, 1.5, 90.0, 90.3)
+    assert the_row(tmp_path / "enough").call == verdict.WIN
+    _seeds(tmp_path / "one_less", n - 1, 1.5, 90.0, 90.3)
+    assert the_row(tmp_path / "one_less").call == verdict.OPEN
