@@ -132,8 +132,11 @@ def compare(ticket: Sequence[Sample], dense: Sequence[Sample], margin: float, co
     diff, parts, unit_var, note = _seed_part(ticket, dense)
     test = _test_part(ticket, dense, margin)
     if test is None:
-        why = "has no test_images in results.json (the test set's size is unknown)"
-        return Test(OPEN, diff, -math.inf, math.inf, math.inf, 0.0, False, why, None, "rerun the final tests")
+        if any(x.images is None for x in (*ticket, *dense)):
+            why, advice = "has no test_images in results.json (the test set's size is unknown)", "rerun the final tests"
+        else:
+            why, advice = "mixes runs tested on different numbers of images", "split them with --group-by"
+        return Test(OPEN, diff, -math.inf, math.inf, math.inf, 0.0, False, why, None, advice)
     df = _df(parts) if parts else test[1]
     se = math.sqrt(sum(v for v, _ in parts) + test[0])
     q = _quantile(confidence, df)

@@ -66,6 +66,13 @@ def test_one_seed_one_image_of_120_below_is_inconclusive(tmp_path):
     write_cell(unpaired, "dense", 0.0, 90.0, images=120)
     write_cell(unpaired, "t", 0.5, 100 * 107 / 120, images=120)
     assert the_row(unpaired).call == verdict.OPEN and not the_row(unpaired).tests[("adv", "ra")].paired
+    write_cell(tmp_path, "t", 0.5, 100 * 107 / 120, images=None)  # an older results.json: no test size
+    assert the_row(tmp_path).tests[("std", "ra")].why == "has no test_images in results.json (the test set's size " \
+        "is unknown)" and the_row(tmp_path).status.endswith("; rerun the final tests")
+    write_cell(tmp_path, "t", 0.5, 100 * 107 / 120, images=100)  # unpaired: each side's own test size
+    assert not the_row(tmp_path).tests[("adv", "sa")].paired and the_row(tmp_path).call == verdict.OPEN
+    write_cell(tmp_path, "dense2", 0.0, 90.0, seed=2, images=100)
+    assert the_row(tmp_path).tests[("adv", "sa")].why == "mixes runs tested on different numbers of images"
     assert the_row(tmp_path, verdict="point").status == "fails std-SA, std-RA, adv-SA, adv-RA"  # the older rule
 
 
