@@ -28,7 +28,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ra", choices=("pgd", "aa"), default="pgd",
                    help="robust accuracy that decides matching: PGD (test_ra) or AutoAttack (test_aa_ra)")
     p.add_argument("--tolerance", type=float, default=0.5,
-                   help="accuracy points a ticket may lose when the dense model has one seed (else its std is used)")
+                   help="--verdict point: accuracy points a ticket may lose when the dense model has one seed (else its "
+                        "std is used)")
     p.add_argument("--verdict", choices=VERDICTS, default="stat",
                    help="stat: a one-sided non-inferiority test per column (double-win / not double-win / "
                         "inconclusive; docs/VERDICT.md); point: the older rule (ticket mean >= dense mean - std)")
