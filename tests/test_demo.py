@@ -81,8 +81,7 @@ def test_the_demo_prints_each_ticket_cells_call_with_its_reason(tmp_path):
     from demo.run import verdict_lines
     from reporting import analysis, tables
     from reporting.runs import Options
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from test_verdict import write_cell
+    from verdictkit import write_cell
 
     write_cell(tmp_path, "dense", 0.0, 90.0, images=120)
     write_cell(tmp_path, "close", 0.5, 89.0, images=120)

@@ -4,7 +4,6 @@ that false "double-win" calls stay at or under the stated level."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,31 +13,9 @@ from infra.errors import run_cli
 from reporting import analysis, verdict
 from reporting import tables as report_tables
 from reporting.runs import Options
+from verdictkit import write_cell, write_run
 
 COLUMNS = (("std", "sa"), ("std", "ra"), ("adv", "sa"), ("adv", "ra"))
-
-
-def write_run(root, name, *, mode, sparsity, acc, seed=1, imp_seed=1, images=None, correct=None, family="aimp"):
-    """A finished transfer run with SA = RA = `acc` on `images` test images (correct: packed per-image bits)."""
-    best = {"epoch": 9, "val_sa": acc, "val_ra": acc, "test_sa": acc, "test_ra": acc}
-    if images is not None:
-        best["test_images"] = images
-    if correct is not None:
-        best["test_sa_correct"] = best["test_ra_correct"] = correct
-    meta = {} if sparsity == 0 else {"level": 3, "source": family, "config": {"seed": imp_seed}}
-    data = {"complete": True, "dataset": "cifar10", "data_number": 1.0, "mode": mode, "arch": "resnet50",
-            "seed": seed, "epochs": 150, "init": "/inits/robust.pth", "sparsity": sparsity,
-            "ticket": None if sparsity == 0 else f"/imp/s{imp_seed}/3-ticket.pth.tar", "ticket_meta": meta,
-            "best_sa": best, "best_ra": best}
-    folder = os.path.join(str(root), name)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "results.json"), "w") as f:
-        json.dump(data, f)
-
-
-def write_cell(root, tag, sparsity, acc, **kw):
-    for mode in ("std", "adv"):
-        write_run(root, f"{tag}/{mode}", mode=mode, sparsity=sparsity, acc=acc, **kw)
 
 
 def the_row(root, **opts):
@@ -242,7 +219,8 @@ def test_overlap_is_judged_against_its_noise_floors(tmp_path, capsys):
     assert eb.startswith(f"{pairs['aimp-eb']['iou']:.3f} (n=1); seed-to-seed {rep['iou']:.3f}, OMP ")
     assert eb.endswith("indistinguishable from another IMP seed of aimp")
     assert pairs["omp"]["iou"] < pairs["mid"]["iou"] < rep["iou_min"]
-    assert overlap.judged("robust", "mid", s).endswith("below the seed-to-seed floor: a different mask, closer than OMP")
+    assert overlap.judged("robust", "mid", s).endswith(
+        "below the seed-to-seed floor: a different mask, closer than OMP")
     assert overlap.judged("robust", "far", s).endswith("no closer to aimp than OMP")
     assert overlap.judged("robust", "aimp", s) == f"seed-to-seed {rep['iou']:.3f} (n=1)"
     text = report_tables.render_text(analysis.collect(str(root), Options()))

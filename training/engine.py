@@ -174,7 +174,8 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     return out
 
 
-def evaluate(model: torch.nn.Module, loader, run: Step = Step(), *, desc: str = "eval", per_image: bool = False) -> dict:
+def evaluate(model: torch.nn.Module, loader, run: Step = Step(), *, desc: str = "eval",
+             per_image: bool = False) -> dict:
     """Accuracy in eval mode: SA without `run.attack`, RA with it (examples made against the eval-mode model;
     `run.mask` is not used: the weights already hold it). Under DDP every rank first takes rank 0's buffers
     (BatchNorm statistics), as validating through DDP did: the numbers are those of the model rank 0 saves.
