@@ -244,3 +244,16 @@ def test_the_seeds_it_asks_for_settle_the_cell_when_the_variance_stays(tmp_path)
     assert the_row(tmp_path / "enough").call == verdict.WIN
     _seeds(tmp_path / "one_less", n - 1, 1.5, 90.0, 90.3)
     assert the_row(tmp_path / "one_less").call == verdict.OPEN
+
+
+def test_one_ticket_seed_borrows_the_dense_seeds_variance(tmp_path):
+    for seed, d in enumerate((-0.5, 0.0, 0.5), 1):
+        write_cell(tmp_path, f"dense/s{seed}", 0.0, 90.0 + d, seed=seed, images=10_000)
+    write_cell(tmp_path, "t", 0.5, 89.5, images=10_000)
+    test = the_row(tmp_path).tests[("std", "sa")]
+    # seed part 0.25 * (1/1 + 1/3) on the dense side's 2 degrees of freedom; test part binomial on 10,000 images
+    p_t, p_d = (0.895 * 10_000 + 1) / 10_002, (0.90 * 10_000 + 1) / 10_002
+    se = (0.25 * 4 / 3 + 1e4 * (p_t * (1 - p_t) + p_d * (1 - p_d)) / 10_002) ** 0.5
+    assert test.df == 2 and test.se == pytest.approx(se) and test.call == verdict.OPEN
+    assert test.lower == pytest.approx(-0.5 - 2.919986 * se, abs=1e-4)
+    assert "one side has one seed: the other side's seed variance stands for both" in test.advice
