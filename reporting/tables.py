@@ -70,6 +70,9 @@ def headline(group: Group) -> str:
 
 
 def margin_line(group: Group) -> str:
+    if len(set(group.margins.values())) == 1 and next(iter(group.margins.values()))[0] is not None:
+        m, why = next(iter(group.margins.values()))
+        return f"margin in every column: {m:.2f} ({why})"
     parts = [f"{column_name(c)} " + (f"{m:.2f} ({why})" if m is not None else f"- ({why})")
              for c, (m, why) in group.margins.items()]
     return "margins: " + ", ".join(parts)
