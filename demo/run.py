@@ -234,7 +234,7 @@ def verdict_lines(report_json: str) -> str:
     with open(report_json) as f:
         rep = json.load(f)
     lines = [f"the verdict per ticket (report.py --verdict {rep['verdict']}: one-sided "
-             f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {rep['margin']:g} points; "
+             f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {rep['margin']:g} accuracy points; "
              "see docs/VERDICT.md):"]
     for g in rep["groups"]:
         for r in (r for r in g["rows"] if r["sparsity"] > 0):
