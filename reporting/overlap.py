@@ -37,7 +37,9 @@ class Overlap:
             return "-"
         iou, rand = _mean(mine, "iou"), _mean(mine, "iou_random")
         omp = [p for p in mine if isinstance(p.get("iou_omp"), (int, float))]
+        own = self._at(self.replicates, init, family, [p["sparsity"] for p in mine])
         floors = ([f"seed-to-seed {_mean(seeds, 'iou'):.3f}"] if seeds else []) + \
+            ([f"its own seeds {_mean(own, 'iou'):.3f}"] if own else []) + \
             ([f"OMP {_mean(omp, 'iou_omp'):.3f}"] if omp else []) + ([f"random {rand:.3f}"] if rand is not None else [])
         if seeds and iou >= _mean(seeds, "iou_min") - SLACK:
             word = f"indistinguishable from another IMP seed of {self.reference}"

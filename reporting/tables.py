@@ -195,7 +195,9 @@ def summary(report: Report) -> dict:
             "runs": g.runs, "highest_double_win": {"sparsity": top.sparsity, "source": top.source} if top else None,
             "highest_double_win_by_source": best, "notes": list(g.notes),
             "margins": {column_name(c): {"value": m, "rule": why} for c, (m, why) in g.margins.items()},
-            "rows": [_row_json(r) for r in g.rows], "families": costs.costs_json(g, report.overlap)})
+            "rows": [_row_json(r) for r in g.rows], "families": costs.costs_json(g, report.overlap),
+            "overlap": {f: report.overlap.judged(g.key[0], f, [r.sparsity for r in g.rows if r.source == f])
+                        for f in sorted({r.source for r in g.rows if not r.dense})}})
     o = report.opts
     return {"root": report.root, "checkpoint": o.checkpoint, "ra": o.ra, "tolerance": o.tolerance,
             "verdict": o.verdict, "margin": o.margin, "confidence": o.confidence,

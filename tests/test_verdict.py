@@ -223,8 +223,10 @@ def test_overlap_is_judged_against_its_noise_floors(tmp_path, capsys):
         "below the seed-to-seed floor: a different mask, closer than OMP")
     assert overlap.judged("robust", "far", s).endswith("no closer to aimp than OMP")
     assert overlap.judged("robust", "aimp", s) == f"seed-to-seed {rep['iou']:.3f} (n=1)"
-    text = report_tables.render_text(analysis.collect(str(root), Options()))
+    rep = analysis.collect(str(root), Options())
+    text = report_tables.render_text(rep)
     assert "no closer to aimp than OMP" in text and "n=2 (2 IMP seeds x 1 transfer seeds)" in text
+    assert report_tables.summary(rep)["groups"][0]["overlap"]["aimp-eb"] == eb
 
 
 def _seeds(root, n, sd, dense_mean, ticket_mean):
@@ -257,3 +259,23 @@ def test_one_ticket_seed_borrows_the_dense_seeds_variance(tmp_path):
     assert test.df == 2 and test.se == pytest.approx(se) and test.call == verdict.OPEN
     assert test.lower == pytest.approx(-0.5 - 2.919986 * se, abs=1e-4)
     assert "one side has one seed: the other side's seed variance stands for both" in test.advice
+
+
+def test_overlap_wording_on_hand_made_floors():
+    from reporting.overlap import Overlap
+
+    def pair(family, iou, omp=0.96):
+        return {"init": "r", "family": family, "sparsity": 0.75, "iou": iou, "iou_random": 0.15, "iou_omp": omp}
+    seeds = {"init": "r", "family": "aimp", "sparsity": 0.75, "iou": 0.99, "iou_min": 0.985}
+    own = {"init": "r", "family": "eb", "sparsity": 0.75, "iou": 0.97, "iou_min": 0.97}
+    ov = Overlap("aimp", (pair("eb", 0.986), pair("mid", 0.97), pair("low", 0.95)), (seeds, own))
+    assert ov.judged("r", "eb", [0.75]) == ("0.986 (n=1); seed-to-seed 0.990, its own seeds 0.970, OMP 0.960, random "
+                                           "0.150: indistinguishable from another IMP seed of aimp")
+    assert ov.judged("r", "mid", [0.75]).endswith("OMP 0.960, random 0.150: below the seed-to-seed floor: a different "
+                                                  "mask, closer than OMP")
+    assert ov.judged("r", "low", [0.75]).endswith(": no closer to aimp than OMP")
+    assert ov.judged("r", "aimp", [0.75]) == "seed-to-seed 0.990 (n=1)"
+    assert ov.judged("r", "eb", [0.5]) == "-" and ov.judged("other", "eb", [0.75]) == "-"
+    lone = Overlap("aimp", (pair("eb", 0.986, None),))
+    assert ov.iou("r", "eb", [0.75]) == (0.986, 1)
+    assert lone.judged("r", "eb", [0.75]) == "0.986 (n=1); random 0.150: one IMP seed of aimp: no seed-to-seed floor"
