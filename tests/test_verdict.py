@@ -4,6 +4,7 @@ that false "double-win" calls stay at or under the stated level."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -279,3 +280,30 @@ def test_overlap_wording_on_hand_made_floors():
     lone = Overlap("aimp", (pair("eb", 0.986, None),))
     assert ov.iou("r", "eb", [0.75]) == (0.986, 1)
     assert lone.judged("r", "eb", [0.75]) == "0.986 (n=1); random 0.150: one IMP seed of aimp: no seed-to-seed floor"
+
+
+@pytest.mark.slow
+def test_a_campaign_with_two_imp_seeds_reports_them_as_replicates(tmp_path):
+    """Real IMP stages, one per seed, through the campaign's local queue: the report pools their tickets at one
+    sparsity (n=2, 2 IMP seeds), lists no duplicate, and the overlap holds the seeds' IoU."""
+    import campaignkit as kit
+    from reporting.runs import OVERLAP
+
+    inputs = kit.make_inputs(str(tmp_path))
+    flags = ["-a", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "-b", "8", "-j", "0",
+             "--epochs", "1", "--prune_epoch", "1", "-p", "0", "--deterministic"]
+    imp = (f'[[init.tickets]]\nname = "imp"\ndir = "{tmp_path / "imp"}"\nlevels = [2]\n[init.tickets.imp]\n'
+           f'kind = "std"\ndata = "{inputs["data"]}"\nseeds = [1, 2]\noverrides = {kit.toml_list(flags)}\n')
+    root = tmp_path / "runs"
+    path = kit.write_spec(str(tmp_path / "c.toml"), {**inputs, "init": inputs["init3"]}, str(root), seeds=(1,),
+                          tickets=imp)
+    kit.sweep("run", path, "--local", "--jobs", "2", check=True)
+    assert sorted(os.listdir(root / "tiny" / "folder-1")) == ["dense", "imp-seed1-2", "imp-seed2-2"]
+    done = kit.sweep("report", path, check=True)
+    rep = json.load(open(root / "report" / "report.json"))
+    (group,) = rep["groups"]
+    (row,) = [r for r in group["rows"] if r["sparsity"] > 0]
+    assert row["source"] == "imp" and row["cells"]["std-SA"]["replicates"] == "n=2 (2 IMP seeds x 1 transfer seeds)"
+    assert rep["problems"] == [] and "counted once" not in done.stdout
+    (seeds,) = json.load(open(root / OVERLAP))["replicates"]
+    assert seeds["family"] == "imp" and seeds["tickets"] == 2 and 0 < seeds["iou"] <= 1
