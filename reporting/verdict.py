@@ -161,14 +161,15 @@ def settle(tests: Sequence[Test]) -> str:
 def _seeds_needed(gap: float, unit_var: float, test_var: float, confidence: float) -> tuple[int | None, str]:
     """About how many seeds per side bring the bound past the margin, if the estimate and the observed variances
     stay as they are (the test-set part does not shrink with seeds: the same images are reused)."""
-    if math.isnan(unit_var):
-        return None, "one seed per side (test-set sampling only): run >= 3 seeds per side to measure the " \
-            "seed-to-seed variance"
     if gap < 1e-9:
         return None, "the estimate sits on the margin: no number of seeds settles it"
+    small = "seeds alone will not settle it: the test set is too small for this margin"
+    if math.isnan(unit_var):  # then the interval is the test set's alone: seeds add variance, and measure it
+        return None, "one seed per side: test-set sampling only, seed-to-seed variance unknown; more test " \
+            "images narrow it, >= 3 seeds per side measure the rest"
     from scipy.stats import t
     n = np.arange(2, MAX_SEEDS + 1)
     settles = t.ppf(confidence, n - 1) * np.sqrt(unit_var / n + test_var) < gap  # df as `_df` takes it
     if settles.any():
         return int(n[settles.argmax()]), f"~{int(n[settles.argmax()])} seeds per side would settle it"
-    return None, "seeds alone will not settle it: the test set is too small for this margin"
+    return None, small

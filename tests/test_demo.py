@@ -84,7 +84,7 @@ def test_the_demo_prints_each_ticket_cells_call_with_its_reason(tmp_path):
     from verdictkit import write_cell
 
     write_cell(tmp_path, "dense", 0.0, 90.0, images=120)
-    write_cell(tmp_path, "close", 0.5, 89.0, images=120)
+    write_cell(tmp_path, "close", 0.5, 89.5, images=120)
     rep = analysis.collect(str(tmp_path), Options())
     path = tmp_path / "report.json"
     path.write_text(json.dumps(tables.summary(rep)))
