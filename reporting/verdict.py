@@ -155,7 +155,7 @@ def settle(tests: Sequence[Test]) -> str:
     seeds alone cannot."""
     open_ = [t for t in tests if t.call == OPEN]
     stuck = next((t.advice for t in open_ if t.seeds is None), None)
-    return stuck if stuck else f"~{max(t.seeds for t in open_)} seeds per side would settle it" if open_ else ""
+    return stuck if stuck else max(open_, key=lambda t: t.seeds).advice if open_ else ""
 
 
 def _seeds_needed(gap: float, unit_var: float, test_var: float, confidence: float) -> tuple[int | None, str]:
