@@ -2,7 +2,8 @@
 in --out. The data model is reporting/analysis.py (reading: reporting/runs.py), the renderers
 reporting/tables.py and reporting/plots.py, the files reporting/output.py.
 
-    python report.py ROOT [--out DIR] [--checkpoint sa|ra|each] [--ra pgd|aa] [--tolerance 0.5] [--group-by KEY,...]
+    python report.py ROOT [--out DIR] [--checkpoint sa|ra|each] [--ra pgd|aa] [--verdict stat|point] [--margin 1] [--confidence 0.95]
+                     [--tolerance 0.5] [--group-by KEY,...]
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from infra.errors import OneLineParser, UserError, run_cli
 from reporting import tables as report_tables
 from reporting.analysis import collect
 from reporting.output import write_report
-from reporting.runs import CHECKPOINTS, Options
+from reporting.runs import CHECKPOINTS, VERDICTS, Options
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ra", choices=("pgd", "aa"), default="pgd",
                    help="robust accuracy that decides matching: PGD (test_ra) or AutoAttack (test_aa_ra)")
     p.add_argument("--tolerance", type=float, default=0.5,
-                   help="accuracy points a ticket may lose when the dense model has one seed (else its std is used)")
+                   help="--verdict point: accuracy points a ticket may lose when the dense model has one seed (else its "
+                        "std is used)")
+    p.add_argument("--verdict", choices=VERDICTS, default="stat",
+                   help="stat: a one-sided non-inferiority test per column (double-win / not double-win / "
+                        "inconclusive; docs/VERDICT.md); point: the older rule (ticket mean >= dense mean - std)")
+    p.add_argument("--margin", type=float, default=Options.margin,
+                   help="accuracy points a ticket may lose and still match the dense model (--verdict stat)")
+    p.add_argument("--confidence", type=float, default=Options.confidence,
+                   help="confidence of each one-sided bound (--verdict stat), between 0.5 and 1")
     p.add_argument("--group-by", default="", metavar="KEY[,KEY]",
                    help="extra results.json keys (dotted for nested, e.g. subset,test_attack.eps_255) that split "
                         "groups beyond init/dataset/data_number")
@@ -39,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise UserError(f"--tolerance {args.tolerance} must be a number >= 0 (accuracy points)")
-    opts = Options(checkpoint=args.checkpoint, ra=args.ra, tolerance=args.tolerance,
+    opts = Options(checkpoint=args.checkpoint, ra=args.ra, tolerance=args.tolerance, verdict=args.verdict,
+                   margin=args.margin, confidence=args.confidence,
                    group_by=tuple(k.strip() for k in args.group_by.split(",") if k.strip()))
     report = collect(args.root, opts)
     print(report_tables.render_text(report), end="")

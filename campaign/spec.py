@@ -20,7 +20,7 @@ TOP_KEYS = {"root", "data", "overrides", "std_overrides", "adv_overrides", "imp_
 INIT_KEYS = {"name", "weights", "datasets", "modes", "fractions", "seeds", "dense", "tickets", "overrides",
              "std_overrides", "adv_overrides", "imp_overrides"}
 TICKET_KEYS = {"name", "dir", "levels", "imp"}
-IMP_KEYS = {"kind", "data", "gpus", "overrides", "cpus_per_gpu", "mem_gb_per_gpu", "time", "partition"}
+IMP_KEYS = {"kind", "data", "gpus", "overrides", "cpus_per_gpu", "mem_gb_per_gpu", "time", "partition", "seeds"}
 
 
 @dataclass(frozen=True)
@@ -247,25 +247,41 @@ def _tickets(r: _Reader, init: dict, where: str, name: str, weights: str,
         r.keys(t, TICKET_KEYS, tw)
         tname = r.get(t, "name", str, tw, required=True)
         folder = _abs(r.get(t, "dir", str, tw, required=True))
-        files = [os.path.join(folder, f"{k}-ticket.pth.tar") for k in _levels(r, t, tw)]
-        if "imp" in t:
-            runs.append(_imp_run(r, t["imp"], f"{tw}imp.", f"imp:{name}/{tname}", (weights, folder, files),
-                                 imp_flags))
-        else:
-            missing = next((f for f in files if not os.path.isfile(f)), None)
-            if missing:
-                raise r.fail(f"{tw}levels: ticket {missing} does not exist and no [init.tickets.imp] stage makes "
-                             "it: add one, or drop that level")
-        tickets += [(f"{tname}-{os.path.basename(f).split('-')[0]}", f) for f in files]
+        levels = _levels(r, t, tw)
+        for tag, sub, seed in _replicates(r, t, tw, tname, folder):
+            files = [os.path.join(sub, f"{k}-ticket.pth.tar") for k in levels]
+            if "imp" in t:
+                rid = f"imp:{name}/{tname}" + (f"/seed{seed}" if seed is not None else "")
+                runs.append(_imp_run(r, t["imp"], f"{tw}imp.", rid, (weights, sub, files), imp_flags, seed))
+            else:
+                missing = next((f for f in files if not os.path.isfile(f)), None)
+                if missing:
+                    raise r.fail(f"{tw}levels: ticket {missing} does not exist and no [init.tickets.imp] stage "
+                                 "makes it: add one, or drop that level")
+            tickets += [(f"{tag}-{os.path.basename(f).split('-')[0]}", f) for f in files]
     if not tickets:
         raise r.fail(f"{where}: no tickets and dense = false: nothing to run")
     return runs, tickets
 
 
+def _replicates(r: _Reader, t: dict, where: str, tname: str, folder: str) -> list[tuple[str, str, int | None]]:
+    """(ticket tag, ticket folder, IMP seed) per replicate of ticket finding: one, in `dir` (seed None: the
+    stage's own --seed), or with `imp.seeds = [1, 2, ...]` one IMP stage per seed, its tickets in dir/seed<k>."""
+    imp = t.get("imp")
+    if not isinstance(imp, dict) or "seeds" not in imp:
+        return [(tname, folder, None)]
+    seeds = r.get(imp, "seeds", int, f"{where}imp.", default=[])
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise r.fail(f"{where}imp.seeds = {seeds!r}: distinct IMP seeds >= 0, e.g. [1, 2, 3]")
+    if "--seed" in r.flags(imp, "overrides", f"{where}imp."):
+        raise r.fail(f"{where}imp.overrides: --seed and seeds = {seeds!r} both set; keep one")
+    return [(f"{tname}-seed{k}", os.path.join(folder, f"seed{k}"), k) for k in seeds]
+
+
 def _imp_run(r: _Reader, imp, where: str, rid: str, paths: tuple[str, str, list[str]],
-             imp_flags: list[str]) -> Run:
+             imp_flags: list[str], seed: int | None = None) -> Run:
     """An IMP stage: (weights, ticket folder, ticket files) in `paths`; its flags are the drivers' defaults, then
-    `imp_flags`, then the stage's own overrides (argparse keeps the last value)."""
+    `imp_flags`, then the stage's own overrides (argparse keeps the last value), then `--seed` of a replicate."""
     weights, folder, files = paths
     if not isinstance(imp, dict):
         raise r.fail(f"{where[:-1]} must be a table")
@@ -278,7 +294,8 @@ def _imp_run(r: _Reader, imp, where: str, rid: str, paths: tuple[str, str, list[
     if gpus < 1:
         raise r.fail(f"{where}gpus = {gpus}: at least 1")
     script = os.path.join(REPO, "script", "imp_pretrain", f"imp_{kind}.sh")
-    cmd = ("bash", script, weights, folder, data, *imp_flags, *r.flags(imp, "overrides", where))
+    cmd = ("bash", script, weights, folder, data, *imp_flags, *r.flags(imp, "overrides", where),
+           *(("--seed", str(seed)) if seed is not None else ()))
     return Run(rid, "imp", folder, cmd, makes=tuple(files), gpus=gpus, mode=kind, inputs=(weights, data),
                resources=_resources(r, imp, where))
 

@@ -262,6 +262,25 @@ def cost_table(cfg: DemoConfig) -> str:
     return "\n".join(lines)
 
 
+def verdict_lines(report_json: str) -> str:
+    """Each ticket cell's call from the report (double-win / not double-win / inconclusive) with its reason."""
+    with open(report_json) as f:
+        rep = json.load(f)
+    lines = [f"the verdict per ticket (report.py --verdict {rep['verdict']}: one-sided "
+             f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {rep['margin']:g} accuracy points; "
+             "see docs/VERDICT.md):"]
+    for g in rep["groups"]:
+        for r in (r for r in g["rows"] if r["sparsity"] > 0):
+            call = r.get("call") or ("double-win" if r["double_win"] else "not double-win")
+            if r["double_win"]:
+                why = "; ".join(f"{name} {c['test']['why']}" for name, c in sorted(r["cells"].items())
+                                if c.get("test"))
+            else:
+                why = r["status"].removeprefix(f"{call}: ")
+            lines.append(f"  {g['init']:8s}  {r['source']:8s}  {100 * r['sparsity']:6.2f}%  {call}: {why}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -307,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                             report_dir], env=env, cwd=ROOT)
     if code != 0:
         raise SystemExit("the report failed (see above)")
+    say(verdict_lines(os.path.join(report_dir, "report.json")))
     say(cost_table(cfg))
     say(f"\nDone in {time.time() - start:.0f} s. Files: {cfg.out}/")
     say(f"  report: {report_dir}/report.md, report.csv, *.png;  tickets: {cfg.out}/tickets/;  "

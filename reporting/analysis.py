@@ -1,12 +1,14 @@
 """The double-win report's data model: runs grouped by (init, dataset, data_number), one row per ticket
-sparsity, and a ticket marked double-win when it matches the dense model on SA and RA after both standard and
-adversarial transfer. It reads results.json files through reporting.runs, never a model."""
+sparsity (its runs pooled over IMP seeds and transfer seeds), and a ticket called double-win when it matches the
+dense model on SA and RA after both standard and adversarial transfer (reporting.verdict's test, or the older
+point rule). It reads results.json files through reporting.runs, never a model."""
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, replace
 
 
+from reporting import verdict
 from reporting.runs import (WATCH, Options, Overlap, Problem, Run, column_name, match_columns, read_overlap,
                             scan)
 
@@ -16,10 +18,28 @@ SLACK = 1e-9  # float slack: a ticket exactly on the threshold matches
 @dataclass(frozen=True)
 class Cell:
     values: tuple[float, ...]
+    samples: tuple[verdict.Sample, ...] = ()  # the same values with their seeds and test images
 
     @property
     def n(self) -> int:
         return len(self.values)
+
+    @property
+    def imp_seeds(self) -> int:
+        """Distinct IMP seeds behind the cell's tickets (0: dense, or none recorded)."""
+        return len({s.imp_seed for s in self.samples if s.imp_seed is not None})
+
+    @property
+    def replicates(self) -> str:
+        """n and what it counts, e.g. "n=6 (2 IMP seeds x 3 transfer seeds)"."""
+        if self.imp_seeds < 2:
+            return f"n={self.n}"
+        per = {}
+        for s in self.samples:
+            per.setdefault(s.imp_seed, set()).add(s.seed)
+        counts = sorted({len(v) for v in per.values()})
+        each = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        return f"n={self.n} ({self.imp_seeds} IMP seeds x {each} transfer seeds)"
 
     @property
     def mean(self) -> float:
@@ -35,12 +55,15 @@ class Row:
     sparsity: float
     source: str
     cells: dict             # (mode, metric) -> Cell
-    match: dict             # (mode, metric) -> bool | None, for the four matching columns (empty when dense)
+    match: dict             # (mode, metric) -> bool | None, for the four matching columns (empty when dense);
+    #                         with --verdict stat: True double-win, False not double-win, None inconclusive/missing
     failures: tuple[str, ...]  # why the row is not double-win
     ticket_hours: float | None = None  # device-hours that found the row's ticket (None: dense, or not recorded)
     transfer_hours: float = 0.0        # device-hours of the row's transfer runs
     ticket_flop: float | None = None   # ... in FLOPs (None: dense, or not recorded)
     transfer_flop: float | None = None
+    tests: dict | None = None          # (mode, metric) -> verdict.Test (--verdict stat)
+    call: str = ""                     # --verdict stat: verdict.WIN / LOSS / OPEN for the row
 
     @property
     def dense(self) -> bool:
@@ -52,7 +75,11 @@ class Row:
 
     @property
     def status(self) -> str:
-        return "dense reference" if self.dense else "double-win" if not self.failures else "; ".join(self.failures)
+        if self.dense:
+            return "dense reference"
+        if not self.failures:
+            return "double-win"
+        return f"{self.call}: " + "; ".join(self.failures) if self.call else "; ".join(self.failures)
 
 
 @dataclass(frozen=True)
@@ -85,9 +112,12 @@ class Report:
 
 
 # ---------------------------------------------------------------------------- analysis
-def _margin(cell: Cell | None, tolerance: float) -> tuple[float | None, str]:
+def _margin(cell: Cell | None, opts: Options) -> tuple[float | None, str]:
     if cell is None:
         return None, "no dense run"
+    if opts.verdict == "stat":
+        return opts.margin, f"--margin, one-sided {100 * opts.confidence:g}% bounds"
+    tolerance = opts.tolerance
     if cell.n >= 2:
         return cell.std, f"std of {cell.n} dense seeds"
     return tolerance, "tolerance, 1 dense seed"
@@ -96,6 +126,8 @@ def _margin(cell: Cell | None, tolerance: float) -> tuple[float | None, str]:
 def _judge(sparsity: float, source: str, cells: dict, dense: dict, margins: dict, opts: Options) -> Row:
     if sparsity == 0:
         return Row(sparsity, source, cells, {}, ())
+    if opts.verdict == "stat":
+        return _test(sparsity, source, cells, dense, opts)
     cols = match_columns(opts)
     match = {c: None if c not in cells or c not in dense
              else cells[c].mean >= dense[c].mean - margins[c][0] - SLACK for c in cols}
@@ -106,6 +138,32 @@ def _judge(sparsity: float, source: str, cells: dict, dense: dict, margins: dict
         if chosen:
             failures.append(f"{what} {', '.join(column_name(c) for c in chosen)}")
     return Row(sparsity, source, cells, match, tuple(failures))
+
+
+def _test(sparsity: float, source: str, cells: dict, dense: dict, opts: Options) -> Row:
+    """The statistical call: per column a non-inferiority test; the row is double-win when all four columns are,
+    not double-win when any column is, else inconclusive (the reasons name the columns)."""
+    cols = match_columns(opts)
+    tests = {c: verdict.compare(cells[c].samples, dense[c].samples, opts.margin, opts.confidence)
+             for c in cols if c in cells and c in dense}
+    calls = {c: t.call for c, t in tests.items()}
+    match = {c: {verdict.WIN: True, verdict.LOSS: False}.get(calls.get(c)) for c in cols}
+    missing = [c for c in cols if c not in cells]
+    no_dense = [c for c in cols if c in cells and c not in dense]
+    losses = [c for c in cols if calls.get(c) == verdict.LOSS]
+    opens = [c for c in cols if calls.get(c) == verdict.OPEN]
+    failures = [f"{column_name(c)} {tests[c].why}" for c in (losses or opens)]
+    failures += [verdict.settle([tests[c] for c in opens])] if opens and not losses else []
+    failures += [f"{what} {', '.join(column_name(c) for c in chosen)}"
+                 for what, chosen in (("missing", missing), ("no dense run for", no_dense)) if chosen]
+    call = verdict.LOSS if losses else verdict.OPEN if failures else verdict.WIN
+    return Row(sparsity, source, cells, match, tuple(failures), tests=tests, call=call)
+
+
+def _cell(runs: list[Run], metric: str) -> Cell | None:
+    samples = tuple(verdict.Sample(r.values[metric], r.imp_seed, r.seed, (r.images or {}).get(metric),
+                                   (r.correct or {}).get(metric)) for r in runs if r.values[metric] is not None)
+    return Cell(tuple(s.value for s in samples), samples) if samples else None
 
 
 def _costed(row: Row, spent: list[tuple[float | None, ...]]) -> Row:
@@ -126,18 +184,18 @@ def analyse(runs: list[Run], opts: Options) -> list[Group]:
     groups = []
     for key in sorted(by_group):
         members = by_group[key]
-        values: dict[tuple, dict] = {}
+        by_cell: dict[tuple, list[Run]] = {}
         spent: dict[tuple, list] = {}
         for r in members:
             spent.setdefault((r.sparsity, r.source), []).append((r.ticket_hours, r.run_hours, r.ticket_flop,
                                                                  r.run_flop))
-            row = values.setdefault((r.sparsity, r.source), {})
-            for metric, v in r.values.items():
-                if v is not None:
-                    row.setdefault((r.mode, metric), []).append(v)
-        cells = {rk: {c: Cell(tuple(v)) for c, v in row.items()} for rk, row in values.items()}
+            by_cell.setdefault((r.sparsity, r.source, r.mode), []).append(r)
+        cells: dict[tuple, dict] = {}
+        for (sp, src, mode), rs in by_cell.items():
+            row = cells.setdefault((sp, src), {})
+            row.update({(mode, m): c for m in rs[0].values if (c := _cell(rs, m)) is not None})
         dense = cells.get((0.0, "dense"), {})
-        margins = {c: _margin(dense.get(c), opts.tolerance) for c in match_columns(opts)}
+        margins = {c: _margin(dense.get(c), opts) for c in match_columns(opts)}
         rows = tuple(_costed(_judge(sp, src, cells[(sp, src)], dense, margins, opts), spent[(sp, src)])
                      for sp, src in sorted(cells))
         notes = [f"runs differ in {k} ({', '.join(sorted({r.settings[k] for r in members}))}); "

@@ -86,7 +86,8 @@ def cost_table(group: Group, overlap: Overlap) -> tuple[list[str], list[list[str
     rows = [[c.family, str(c.tickets), _highest(c), flop_text(c.find_flop), _hours(c.find_hours),
              *(["-", "-"] if c.highest is None else [flop_text(c.reach_flop), _hours(c.reach_hours)]),
              flop_text(c.transfer_flop), _hours(c.transfer_hours),
-             "-" if c.iou is None else f"{c.iou:.3f} (n={c.iou_n})"] for c in family_costs(group, overlap)]
+             overlap.judged(group.key[0], c.family, [r.sparsity for r in group.rows if r.source == c.family])]
+            for c in family_costs(group, overlap)]
     return header, rows
 
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 from dataclasses import dataclass
 
 from infra import checkpoint
 from infra.errors import UserError
+from reporting.overlap import OVERLAP, SPARSITY_SLACK, Overlap, read_overlap  # noqa: F401 (re-exported)
 
 REGIMES = ("std", "adv")                                          # standard / adversarial transfer
 METRICS = {"sa": "test_sa", "ra": "test_ra", "aa": "test_aa_ra"}  # our name -> key inside best_sa / best_ra
+IMAGES = {"sa": "test_images", "ra": "test_images", "aa": "aa_images"}  # ... its number of test images
+CORRECT = {"sa": "test_sa_correct", "ra": "test_ra_correct"}  # ... its per-image correctness (verdict.pack)
+VERDICTS = ("stat", "point")  # --verdict: the non-inferiority test, or the older point comparison
 LABELS = {"sa": "SA", "ra": "RA", "aa": "AA-RA"}
 # --checkpoint: which checkpoint's test numbers a cell takes. The original printed all four numbers (SA and RA of
 # the best-SA and of the best-RA checkpoint); "each" pairs SA of the best-SA one with RA of the best-RA one.
@@ -33,6 +36,18 @@ class Options:
     ra: str = "pgd"          # RA that decides matching: PGD ("pgd", test_ra) or AutoAttack ("aa", test_aa_ra)
     tolerance: float = 0.5   # accuracy points a ticket may lose when the dense cell has a single seed
     group_by: tuple[str, ...] = ()  # extra results.json keys (dotted for nested) that split groups
+    verdict: str = "stat"    # a VERDICTS name
+    margin: float = 1.0      # accuracy points a ticket may lose and still match (the non-inferiority margin)
+    confidence: float = 0.95  # of each one-sided bound
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise UserError(f"--verdict {self.verdict}: one of {', '.join(VERDICTS)}")
+        for flag, v in (("--tolerance", self.tolerance), ("--margin", self.margin)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise UserError(f"{flag} {v}: must be a number >= 0 (accuracy points)")
+        if not (isinstance(self.confidence, float) and 0.5 < self.confidence < 1):
+            raise UserError(f"--confidence {self.confidence}: must be between 0.5 and 1 (e.g. 0.95)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,9 @@ class Run:
     run_hours: float | None = None     # device-hours of this transfer run (its results.json cost)
     ticket_flop: float | None = None   # ... and in FLOPs (None: not recorded)
     run_flop: float | None = None
+    imp_seed: object = None            # the IMP seed that found its ticket (None: dense, or not recorded)
+    images: dict | None = None         # metric -> test images behind its value (None: not recorded)
+    correct: dict | None = None        # metric -> per-image correctness, base64 packbits text (verdict.unpack)
 
 
 def match_columns(opts: Options) -> list[tuple[str, str]]:
@@ -149,10 +167,19 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
     source = "dense" if sparsity == 0 else str(meta.get("source") or "ticket")
     settings = {k: json.dumps(_dotted(data, k), sort_keys=True) for k in WATCH}
     seed = data.get("seed") if isinstance(data.get("seed"), (int, str)) else None  # None: cannot spot duplicates
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    imp_seed = config.get("seed") if sparsity and isinstance(config.get("seed"), (int, str)) else None
+    images = {m: _count(data[blocks[m]].get(IMAGES[m])) for m in METRICS}
+    correct = {m: data[blocks[m]].get(CORRECT[m]) if isinstance(data[blocks[m]].get(CORRECT[m]), str) else None
+               for m in CORRECT}
     run = Run(rel, (init_label(data), data["dataset"], data_number, *extra), mode, sparsity, source, seed, values,
               settings, hours(meta.get("cost")), hours(data.get("cost")), flop(meta.get("cost")),
-              flop(data.get("cost")))
+              flop(data.get("cost")), imp_seed, images, correct)
     return run, problems
+
+
+def _count(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
 def hours(cost) -> float | None:
@@ -181,9 +208,11 @@ def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
         problems += probs
         if run is None:
             continue
-        twin = (run.group, run.mode, run.sparsity, run.source, run.seed)
+        twin = (run.group, run.mode, run.sparsity, run.source, run.imp_seed, run.seed, tuple(run.settings.items()))
         if run.seed is not None and twin in seen:
-            problems.append(Problem(run.path, f"same settings and seed {run.seed} as {seen[twin]}; counted once"))
+            imp = "" if run.imp_seed is None else f"IMP seed {run.imp_seed}, "
+            problems.append(Problem(run.path, f"same settings, {imp}transfer seed {run.seed} as {seen[twin]}; "
+                                              "counted once"))
             continue
         seen[twin] = run.path
         runs.append(run)
@@ -194,30 +223,3 @@ def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
         if runs and all(r.group[3 + i] == "?" for r in runs):
             raise UserError(f"--group-by {key}: no results.json under {root} has this key; check its spelling")
     return runs, problems
-
-
-# ---------------------------------------------------------------------------- ticket overlap
-OVERLAP = "ticket_overlap.json"  # in ROOT, written by tickets.py overlap
-SPARSITY_SLACK = 5e-4  # two families' tickets of one level differ in the 4th decimal (per-level rounding)
-
-
-@dataclass(frozen=True)
-class Overlap:
-    reference: str | None
-    pairs: tuple[dict, ...]      # {"init", "family", "sparsity", "iou", "iou_random", ...}
-
-    def iou(self, init: str, family: str, sparsities: list[float]) -> tuple[float | None, int]:
-        found = [p["iou"] for p in self.pairs if p["init"] == init and p["family"] == family
-                 and any(abs(p["sparsity"] - s) <= SPARSITY_SLACK for s in sparsities)]
-        return (statistics.fmean(found), len(found)) if found else (None, 0)
-
-
-def read_overlap(root: str) -> Overlap:
-    """ROOT/ticket_overlap.json, or an empty Overlap where it is missing or unreadable (the IoU column is empty)."""
-    try:
-        with open(os.path.join(root, OVERLAP)) as f:
-            data = json.load(f)
-        pairs = tuple(p for p in data["pairs"] if isinstance(p, dict) and isinstance(p.get("iou"), (int, float)))
-        return Overlap(data.get("reference"), pairs)
-    except (OSError, ValueError, KeyError, TypeError):
-        return Overlap(None, ())

@@ -23,10 +23,19 @@ def rule_lines(report: Report) -> list[str]:
     ra = "PGD (test_ra)" if o.ra == "pgd" else "AutoAttack (test_aa_ra)"
     return [f"{report.runs_read} runs read under {report.root}; {len(report.problems)} problem(s) listed below",
             f"test numbers: {pairing(o)}",
-            f"robust accuracy deciding the match: {ra} (--ra {o.ra})",
-            "match: ticket mean >= dense mean - margin; margin = sample std (ddof=1) of the dense seeds when the "
-            f"dense cell has >= 2 seeds, else --tolerance {o.tolerance:g} accuracy points",
+            f"robust accuracy deciding the match: {ra} (--ra {o.ra})", *verdict_lines(o),
             "double-win: matches the dense model on SA and RA after both standard and adversarial transfer"]
+
+
+def verdict_lines(o: Options) -> list[str]:
+    if o.verdict == "point":
+        return ["match (--verdict point): ticket mean >= dense mean - margin; margin = sample std (ddof=1) of the "
+                f"dense seeds when the dense cell has >= 2 seeds, else --tolerance {o.tolerance:g} accuracy points"]
+    c = f"{100 * o.confidence:g}%"
+    return [f"match (--verdict stat): per column, one-sided {c} bounds on ticket - dense (seed-to-seed variance, "
+            "IMP seeds as units where a ticket has several, plus the test set's sampling; paired per image where "
+            "runs stored it); yes: lower bound > "
+            f"-{o.margin:g} (--margin, accuracy points); no: upper bound < -{o.margin:g}; ?: inconclusive"]
 
 
 def shown_columns(group: Group, opts: Options) -> list[tuple[str, str]]:
@@ -40,10 +49,13 @@ def percent(sparsity: float) -> str:
     return f"{100 * sparsity:.2f}%"
 
 
-def cell_text(cell: Cell | None, match: bool | None) -> str:
+def cell_text(cell: Cell | None, match: bool | None, judged: bool = False, stat: bool = False) -> str:
+    """mean+-std n=..., then yes / - (point rule) or yes / no / ? (the test; ? when judged but inconclusive)."""
     if cell is None:
         return "missing"
-    text = f"{cell.mean:.2f}" + (f"+-{cell.std:.2f}" if cell.std is not None else "") + f" n={cell.n}"
+    text = f"{cell.mean:.2f}" + (f"+-{cell.std:.2f}" if cell.std is not None else "") + f" {cell.replicates}"
+    if stat:
+        return text + ({True: " yes", False: " no"}[match] if match is not None else " ?" if judged else "")
     return text + {True: " yes", False: " -", None: ""}[match]
 
 
@@ -58,6 +70,9 @@ def headline(group: Group) -> str:
 
 
 def margin_line(group: Group) -> str:
+    if len(set(group.margins.values())) == 1 and next(iter(group.margins.values()))[0] is not None:
+        m, why = next(iter(group.margins.values()))
+        return f"margin in every column: {m:.2f} ({why})"
     parts = [f"{column_name(c)} " + (f"{m:.2f} ({why})" if m is not None else f"- ({why})")
              for c, (m, why) in group.margins.items()]
     return "margins: " + ", ".join(parts)
@@ -67,7 +82,8 @@ def table(group: Group, opts: Options) -> tuple[list[str], list[list[str]]]:
     cols = shown_columns(group, opts)
     header = ["sparsity", "remaining", "source", *map(column_name, cols), "double-win", "status"]
     rows = [[percent(r.sparsity), percent(1 - r.sparsity), r.source,
-             *(cell_text(r.cells.get(c), r.match.get(c)) for c in cols),
+             *(cell_text(r.cells.get(c), r.match.get(c), c in (r.tests or {}), opts.verdict == "stat")
+               for c in cols),
              "yes" if r.double_win else "-", r.status] for r in group.rows]
     return header, rows
 
@@ -121,15 +137,16 @@ def render_markdown(report: Report, figures: dict[tuple, str]) -> str:
 
 
 def _num(v: float | None) -> str:
-    return "" if v is None else f"{v:.4f}"
+    return "" if v is None or v != v else f"{v:.4f}"
 
 
 def render_csv(report: Report) -> str:
     """One line per group x (sparsity, source): every cell's mean/std/n/match (1/0, empty when not judged)."""
-    metric_cols = [f"{m}_{k}_{f}" for m, k in ALL_COLUMNS for f in ("mean", "std", "n", "match")]
+    metric_cols = [f"{m}_{k}_{f}" for m, k in ALL_COLUMNS
+                   for f in ("mean", "std", "n", "match", "imp_seeds", "lower", "upper", "call")]
     header = ["init", "dataset", "data_number", *report.opts.group_by, "source", "sparsity", "remaining",
-              *metric_cols, "double_win", "status", "ticket_device_hours", "transfer_device_hours", "checkpoint",
-              "ra", "tolerance"]
+              *metric_cols, "double_win", "call", "status", "ticket_device_hours", "transfer_device_hours",
+              "checkpoint", "ra", "verdict", "tolerance", "margin", "confidence"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -137,19 +154,33 @@ def render_csv(report: Report) -> str:
         for r in g.rows:
             cells = []
             for c in ALL_COLUMNS:
-                cell, match = r.cells.get(c), r.match.get(c)
+                cell, match, test = r.cells.get(c), r.match.get(c), (r.tests or {}).get(c)
                 cells += [_num(cell.mean), _num(cell.std), cell.n] if cell else ["", "", 0]
                 cells.append("" if match is None else int(match))
+                cells += [cell.imp_seeds if cell else 0, *((_num(test.lower), _num(test.upper), test.call)
+                                                            if test else ("", "", ""))]
+            o = report.opts
             w.writerow([g.key[0], g.key[1], f"{g.key[2]:g}", *g.key[3:], r.source, f"{r.sparsity:.4f}",
-                        f"{1 - r.sparsity:.4f}", *cells, int(r.double_win), r.status, _num(r.ticket_hours),
-                        _num(r.transfer_hours), report.opts.checkpoint, report.opts.ra, report.opts.tolerance])
+                        f"{1 - r.sparsity:.4f}", *cells, int(r.double_win), r.call, r.status, _num(r.ticket_hours),
+                        _num(r.transfer_hours), o.checkpoint, o.ra, o.verdict, o.tolerance, o.margin, o.confidence])
     return buf.getvalue()
+
+
+def _test_json(test) -> dict | None:
+    if test is None:
+        return None
+    finite = {k: (v if abs(v) != float("inf") else None) for k, v in
+              (("diff", test.diff), ("lower", test.lower), ("upper", test.upper), ("se", test.se), ("df", test.df))}
+    return {"call": test.call, **finite, "paired": test.paired, "why": test.why, "seeds_to_settle": test.seeds,
+            "advice": test.advice}
 
 
 def _row_json(r: Row) -> dict:
     cells = {column_name(c): {"mean": cell.mean, "std": cell.std, "n": cell.n, "values": list(cell.values),
-                              "match": r.match.get(c)} for c, cell in sorted(r.cells.items())}
-    return {"sparsity": r.sparsity, "source": r.source, "double_win": r.double_win, "status": r.status,
+                              "imp_seeds": cell.imp_seeds, "replicates": cell.replicates, "match": r.match.get(c),
+                              "test": _test_json((r.tests or {}).get(c))} for c, cell in sorted(r.cells.items())}
+    return {"sparsity": r.sparsity, "source": r.source, "double_win": r.double_win, "call": r.call,
+            "status": r.status,
             "cells": cells, "ticket_device_hours": r.ticket_hours, "transfer_device_hours": r.transfer_hours}
 
 
@@ -164,9 +195,12 @@ def summary(report: Report) -> dict:
             "runs": g.runs, "highest_double_win": {"sparsity": top.sparsity, "source": top.source} if top else None,
             "highest_double_win_by_source": best, "notes": list(g.notes),
             "margins": {column_name(c): {"value": m, "rule": why} for c, (m, why) in g.margins.items()},
-            "rows": [_row_json(r) for r in g.rows], "families": costs.costs_json(g, report.overlap)})
+            "rows": [_row_json(r) for r in g.rows], "families": costs.costs_json(g, report.overlap),
+            "overlap": {f: report.overlap.judged(g.key[0], f, [r.sparsity for r in g.rows if r.source == f])
+                        for f in sorted({r.source for r in g.rows if not r.dense})}})
     o = report.opts
     return {"root": report.root, "checkpoint": o.checkpoint, "ra": o.ra, "tolerance": o.tolerance,
+            "verdict": o.verdict, "margin": o.margin, "confidence": o.confidence,
             "overlap_reference": report.overlap.reference,
             "group_by": list(o.group_by), "runs_read": report.runs_read,
             "problems": [{"path": p.path, "reason": p.reason} for p in report.problems], "groups": groups}

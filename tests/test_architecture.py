@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = {"main_imp_adv", "main_imp_std", "main_train_downstream", "report", "tickets", "sweep"}
 # the double-win report: it reads results.json files, never a model or a checkpoint
 REPORT = {"report", "reporting.runs", "reporting.analysis", "reporting.tables", "reporting.plots",
-          "reporting.output", "reporting.costs"}
+          "reporting.output", "reporting.costs", "reporting.verdict", "reporting.overlap"}
 
 
 def project_modules() -> dict[str, str]:

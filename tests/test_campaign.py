@@ -381,6 +381,31 @@ def test_a_bad_imp_sizing_key_is_one_line_naming_it(tmp_path, inputs, stage, mes
     assert "\n" not in str(info.value)
 
 
+def test_a_family_with_several_imp_seeds_gets_a_stage_and_a_ticket_folder_per_seed(tmp_path, inputs):
+    c = _imp_spec(tmp_path, inputs, 'seeds = [1, 2]\noverrides = ["--epochs", "30"]\n')
+    stages = [r for r in c.runs if r.kind == "imp"]
+    assert [r.id for r in stages] == ["imp:tiny/aimp/seed1", "imp:tiny/aimp/seed2"]
+    for k, stage in enumerate(stages, 1):
+        assert stage.save_dir == f"{tmp_path}/t/seed{k}"
+        assert stage.command[5:] == ("--epochs", "30", "--seed", str(k))  # the seed last: argparse keeps it
+        assert stage.makes == (f"{tmp_path}/t/seed{k}/1-ticket.pth.tar", f"{tmp_path}/t/seed{k}/2-ticket.pth.tar")
+    transfer = next(r for r in c.runs if r.id == "tiny/folder-1/aimp-seed2-1/std/s2")
+    assert transfer.needs == f"{tmp_path}/t/seed2/1-ticket.pth.tar"
+    assert len([r for r in c.runs if r.kind == "transfer"]) == (1 + 2 * 2) * 2 * 2  # dense + 2 seeds x 2 levels
+    assert "--seed" not in next(r for r in _imp_spec(tmp_path, inputs).runs if r.kind == "imp").command
+
+
+@pytest.mark.parametrize("stage, message", [
+    ("seeds = []\n", "init[0].tickets[0].imp.seeds = []: expected a non-empty list of int"),
+    ("seeds = [1, 1]\n", "init[0].tickets[0].imp.seeds = [1, 1]: distinct IMP seeds >= 0"),
+    ('seeds = [1, 2]\noverrides = ["--seed", "3"]\n', "init[0].tickets[0].imp.overrides: --seed and seeds"),
+])
+def test_bad_imp_seeds_are_one_line_naming_the_key(tmp_path, inputs, stage, message):
+    with pytest.raises(spec.SpecError) as info:
+        _imp_spec(tmp_path, inputs, stage)
+    assert str(info.value).startswith(f"{tmp_path / 'c.toml'}: {message}") and "\n" not in str(info.value)
+
+
 def test_imp_overrides_must_be_a_list_of_flags(tmp_path, inputs):
     with pytest.raises(spec.SpecError, match=r"imp_overrides = '--amp bf16': expected a list of flags"):
         _imp_spec(tmp_path, inputs, extra='imp_overrides = "--amp bf16"')

@@ -102,3 +102,22 @@ def test_quick_demo_runs_end_to_end_and_replays_a_run_exactly(tmp_path):
     for key in ("best_sa", "best_ra", "sparsity"):
         assert after[key] == before[key], key
     assert _table(second.stdout) == _table(first.stdout)
+
+
+def test_the_demo_prints_each_ticket_cells_call_with_its_reason(tmp_path):
+    """The demo's verdict lines come from the report's own machinery (its report.json), one per ticket cell."""
+    sys.path.insert(0, ROOT)
+    from demo.run import verdict_lines
+    from reporting import analysis, tables
+    from reporting.runs import Options
+    from verdictkit import write_cell
+
+    write_cell(tmp_path, "dense", 0.0, 90.0, images=120)
+    write_cell(tmp_path, "close", 0.5, 89.5, images=120)
+    rep = analysis.collect(str(tmp_path), Options())
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(tables.summary(rep)))
+    lines = verdict_lines(str(path)).splitlines()
+    assert lines[0].startswith("the verdict per ticket (report.py --verdict stat: one-sided 95% bounds")
+    assert len(lines) == 2 and lines[1].split()[:4] == ["robust", "aimp", "50.00%", "inconclusive:"]
+    assert "std-SA CI " in lines[1] and "crosses -1" in lines[1] and "seeds per side" in lines[1]

@@ -1,6 +1,8 @@
 """engine.train_one_epoch / evaluate: exact metrics, one loop for clean and adversarial work, masks, NaN stop."""
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,22 @@ def test_evaluate_equals_a_manual_pass_over_uneven_batches():
     assert got["n"] == want["n"] == 40
     assert got["top1"] == pytest.approx(want["top1"]) and got["top5"] == pytest.approx(want["top5"])
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_per_image_correctness_in_the_split_order_over_ranks():
+    """Each image's top-1 hit, in order; two shards taking every other image (as ShardSampler does on two ranks)
+    fill in the positions of their own images."""
+    model, ds = _model(), _data()
+    got = engine.evaluate(model, DataLoader(ds, batch_size=7), engine.Step(show_progress=False), per_image=True)
+    x, y = ds.tensors
+    with torch.no_grad():
+        want = (model(x).argmax(1) == y).tolist()
+    assert got["correct"] == want and sum(want) == round(got["top1"] * 40 / 100)
+    shards = []
+    for rank in (0, 1):
+        env = types.SimpleNamespace(rank=rank, world_size=2, distributed=False)
+        shards.append(engine._per_image([torch.tensor(want[rank::2])], 40, env))
+    assert [a or b for a, b in zip(*shards)] == want and not any(a and b for a, b in zip(*shards))
 
 
 def test_robust_accuracy_is_below_standard_accuracy_and_eval_mode_is_used():

@@ -71,7 +71,7 @@ def rows_by_sparsity(rep):
 
 
 def test_known_double_win(paper_tree):
-    rep = analysis.collect(str(paper_tree), Options())
+    rep = analysis.collect(str(paper_tree), Options(verdict="point"))
     (group,) = rep.groups
     assert group.key == ("adv_r50", "cifar10", 1.0) and group.runs == 12 and rep.runs_read == 12
     assert [r.sparsity for r in group.rows] == [0.0, 0.2, 0.488, 0.672, 0.832]
@@ -86,7 +86,7 @@ def test_known_double_win(paper_tree):
     assert all(m == pytest.approx(S) and "std of 2 dense seeds" in why for m, why in group.margins.values())
     text = report_tables.render_text(rep)
     assert "highest double-win sparsity: 67.20% (imp)" in text
-    assert "best-SA" in text and "--tolerance 0.5" in text and "12 runs read" in text
+    assert "best-SA" in text and "--tolerance 0.5" in text and "--verdict point" in text and "12 runs read" in text
 
 
 def test_std_rule_overrides_tolerance(tmp_path):
@@ -96,7 +96,7 @@ def test_std_rule_overrides_tolerance(tmp_path):
     write_cell(tmp_path, "inside", 0.5, 89.30, 49.30, 84.30, 54.30)   # 0.70 below
     write_cell(tmp_path, "outside", 0.6, 89.27, 49.27, 84.27, 54.27)  # 0.73 below
     for tol in (0.0, 5.0):
-        rows = rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=tol)))
+        rows = rows_by_sparsity(analysis.collect(str(tmp_path), Options(verdict="point", tolerance=tol)))
         assert rows[0.5].double_win and not rows[0.6].double_win
         assert rows[0.6].status == "fails std-SA, std-RA, adv-SA, adv-RA"
 
@@ -105,28 +105,28 @@ def test_tolerance_rule_single_seed(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_cell(tmp_path, "below", 0.5, 89.6, 49.6, 84.6, 54.6)   # 0.4 below
     write_cell(tmp_path, "above", 0.9, 91.0, 51.0, 86.0, 56.0)   # better counts
-    loose = rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.5)))
-    tight = rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.3)))
+    loose = rows_by_sparsity(analysis.collect(str(tmp_path), Options(verdict="point", tolerance=0.5)))
+    tight = rows_by_sparsity(analysis.collect(str(tmp_path), Options(verdict="point", tolerance=0.3)))
     assert loose[0.5].double_win and not tight[0.5].double_win
     assert loose[0.9].double_win and tight[0.9].double_win
-    assert rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.4)))[0.5].double_win
-    (group,) = analysis.collect(str(tmp_path), Options(tolerance=0.3)).groups
+    assert rows_by_sparsity(analysis.collect(str(tmp_path), Options(verdict="point", tolerance=0.4)))[0.5].double_win
+    (group,) = analysis.collect(str(tmp_path), Options(verdict="point", tolerance=0.3)).groups
     assert group.margins[("std", "sa")] == (0.3, "tolerance, 1 dense seed")
 
 
 def test_threshold_is_inclusive_despite_float_rounding(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 50.1, 55.7, 50.1, 55.7)
     write_cell(tmp_path, "ticket", 0.5, 49.8, 55.3, 49.8, 55.3)  # 50.1 - 0.3 == 49.800000000000004 in floats
-    rows = rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.3)))
+    rows = rows_by_sparsity(analysis.collect(str(tmp_path), Options(verdict="point", tolerance=0.3)))
     assert rows[0.5].match == {("std", "sa"): True, ("std", "ra"): False, ("adv", "sa"): True, ("adv", "ra"): False}
-    assert rows_by_sparsity(analysis.collect(str(tmp_path), Options(tolerance=0.4)))[0.5].double_win
+    assert rows_by_sparsity(analysis.collect(str(tmp_path), Options(verdict="point", tolerance=0.4)))[0.5].double_win
 
 
 def test_incomplete_rows_are_not_double_win(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_run(tmp_path, "std_only", mode="std", sparsity=0.5, sa=95.0, ra=55.0)
     write_cell(tmp_path, "other/t", 0.5, 95.0, 55.0, 95.0, 55.0, init="/w/other.pth")
-    rep = analysis.collect(str(tmp_path), Options())
+    rep = analysis.collect(str(tmp_path), Options(verdict="point"))
     (row,) = [r for r in rep.groups[0].rows if not r.dense]
     assert not row.double_win and row.status == "missing adv-SA, adv-RA"
     assert row.match == {("std", "sa"): True, ("std", "ra"): True, ("adv", "sa"): None, ("adv", "ra"): None}
@@ -142,8 +142,8 @@ def test_checkpoint_choice(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0,
                best_ra={"epoch": 5, "test_sa": 88.0, "test_ra": 53.0})
     write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0, best_ra=low)
-    by_sa = rows_by_sparsity(analysis.collect(str(tmp_path), Options(checkpoint="sa")))
-    rep = analysis.collect(str(tmp_path), Options(checkpoint="ra"))
+    by_sa = rows_by_sparsity(analysis.collect(str(tmp_path), Options(verdict="point", checkpoint="sa")))
+    rep = analysis.collect(str(tmp_path), Options(verdict="point", checkpoint="ra"))
     by_ra = rows_by_sparsity(rep)
     assert by_sa[0.5].double_win and by_sa[0.0].cells[("std", "sa")].mean == 90.0
     assert by_ra[0.0].cells[("std", "sa")].mean == 88.0 and by_ra[0.0].cells[("adv", "ra")].mean == 53.0
@@ -159,7 +159,7 @@ def test_each_checkpoint_pairs_sa_of_best_sa_with_ra_of_best_ra(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0,
                best_ra={"epoch": 5, "test_sa": 88.0, "test_ra": 53.0, "test_aa_ra": 51.0})
     write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0, best_ra={"epoch": 3, "test_sa": 80.0, "test_ra": 52.6})
-    rep = analysis.collect(str(tmp_path), Options(checkpoint="each"))
+    rep = analysis.collect(str(tmp_path), Options(verdict="point", checkpoint="each"))
     rows = rows_by_sparsity(rep)
     assert {c: cell.mean for c, cell in rows[0.0].cells.items()} == {
         ("std", "sa"): 90.0, ("std", "ra"): 53.0, ("std", "aa"): 51.0,
@@ -174,17 +174,17 @@ def test_each_checkpoint_pairs_sa_of_best_sa_with_ra_of_best_ra(tmp_path):
     assert report_tables.summary(rep)["checkpoint"] == "each"
     assert {r["checkpoint"] for r in csv.DictReader(report_tables.render_csv(rep).splitlines())} == {"each"}
     write_run(tmp_path, "old", mode="std", sparsity=0.2, sa=90.0, ra=50.0, best_ra="gone")
-    (problem,) = analysis.collect(str(tmp_path), Options(checkpoint="each")).problems
+    (problem,) = analysis.collect(str(tmp_path), Options(verdict="point", checkpoint="each")).problems
     assert (problem.path, problem.reason) == ("old", "missing or bad keys: best_ra")
-    assert not analysis.collect(str(tmp_path), Options(checkpoint="sa")).problems  # best-SA alone needs no best_ra
+    assert not analysis.collect(str(tmp_path), Options(verdict="point", checkpoint="sa")).problems  # best-SA alone needs no best_ra
 
 
 def test_autoattack_column(tmp_path):
     """--ra aa matches on test_aa_ra; with --ra pgd the AA numbers are shown but do not decide."""
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0, aa=48.0)
     write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0, aa=45.0)
-    pgd = analysis.collect(str(tmp_path), Options(ra="pgd"))
-    aa = analysis.collect(str(tmp_path), Options(ra="aa"))
+    pgd = analysis.collect(str(tmp_path), Options(verdict="point", ra="pgd"))
+    aa = analysis.collect(str(tmp_path), Options(verdict="point", ra="aa"))
     assert rows_by_sparsity(pgd)[0.5].double_win
     assert rows_by_sparsity(aa)[0.5].status == "fails std-AA-RA, adv-AA-RA"
     header, _ = report_tables.table(pgd.groups[0], pgd.opts)
@@ -209,7 +209,7 @@ def test_problem_runs_listed(paper_tree, tmp_path):
     (root / "imp" / "config.json").write_text("{}")
     (root / "imp" / "0-checkpoint.pth.tar").write_bytes(b"")
 
-    rep = analysis.collect(str(root), Options())
+    rep = analysis.collect(str(root), Options(verdict="point"))
     reasons = {p.path: p.reason for p in rep.problems}
     assert set(reasons) == {"crashed", "corrupt", "unfinished", "nomode", "partial"}
     assert "no results.json" in reasons["crashed"] and "unfinished" in reasons["crashed"]
@@ -231,14 +231,14 @@ def test_problem_runs_listed(paper_tree, tmp_path):
 def test_outputs_written_and_deterministic(paper_tree, tmp_path):
     write_cell(paper_tree, "std_init/dense", 0.0, 91.0, 10.0, 80.0, 45.0, init="/inits/std_r50.pth.tar")
     write_cell(paper_tree, "std_init/t20", 0.2, 91.0, 10.0, 80.0, 40.0, init="/inits/std_r50.pth.tar")
-    rep = analysis.collect(str(paper_tree), Options())
+    rep = analysis.collect(str(paper_tree), Options(verdict="point"))
     assert [g.key[0] for g in rep.groups] == ["adv_r50", "std_r50"]
     first = output.write_report(rep, str(tmp_path / "a"))
-    output.write_report(analysis.collect(str(paper_tree), Options()), str(tmp_path / "b"), plots=False)
+    output.write_report(analysis.collect(str(paper_tree), Options(verdict="point")), str(tmp_path / "b"), plots=False)
     names = sorted(os.path.basename(p) for p in first)
     assert names == ["adv_r50_cifar10_1.png", "overview_cifar10_1.png", "report.csv", "report.json",
                      "report.md", "std_r50_cifar10_1.png"]
-    again = analysis.collect(str(paper_tree), Options())
+    again = analysis.collect(str(paper_tree), Options(verdict="point"))
     assert report_tables.render_text(again) == report_tables.render_text(rep)
     for name in ("report.csv", "report.json"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
@@ -265,7 +265,7 @@ def test_runs_attacked_with_another_loss_are_flagged(tmp_path):
     """Runs from before --attack-loss (no key: the summed loss) beside runs with the original's mean: a note."""
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0, attack_loss="mean")
     write_cell(tmp_path, "ticket", 0.5, 90.0, 50.0, 85.0, 55.0)
-    (group,) = analysis.collect(str(tmp_path), Options()).groups
+    (group,) = analysis.collect(str(tmp_path), Options(verdict="point")).groups
     assert any(n.startswith('runs differ in attack_loss ("mean", null)') for n in group.notes), group.notes
 
 
@@ -275,22 +275,22 @@ def test_sources_and_group_by(tmp_path):
     write_cell(tmp_path, "omp", 0.5, 80.0, 50.0, 85.0, 55.0, source="omp")
     write_cell(tmp_path, "aimp", 0.3, 90.0, 50.0, 85.0, 55.0, ticket_meta={"level": 2, "source": "aimp"})
     write_cell(tmp_path, "bal/dense", 0.0, 90.0, 50.0, 85.0, 55.0, subset="balanced")
-    rep = analysis.collect(str(tmp_path), Options())
+    rep = analysis.collect(str(tmp_path), Options(verdict="point"))
     (group,) = rep.groups
     assert [(r.sparsity, r.source) for r in group.rows] == [(0.0, "dense"), (0.3, "aimp"), (0.5, "imp"),
                                                             (0.5, "omp")]
     assert report_tables.headline(group) == "50.00% (imp); by source: aimp 30.00%, imp 50.00%, omp none"
     assert any("runs differ in subset" in n and "--group-by subset" in n for n in group.notes)
-    split = analysis.collect(str(tmp_path), Options(group_by=("subset",)))
+    split = analysis.collect(str(tmp_path), Options(verdict="point", group_by=("subset",)))
     assert [g.key[3] for g in split.groups] == ["balanced", "first"] and not split.groups[1].notes
     with pytest.raises(UserError, match="--group-by subsett"):
-        analysis.collect(str(tmp_path), Options(group_by=("subsett",)))
+        analysis.collect(str(tmp_path), Options(verdict="point", group_by=("subsett",)))
 
 
 def test_duplicate_seed_counted_once(tmp_path):
     write_cell(tmp_path, "dense", 0.0, 90.0, 50.0, 85.0, 55.0)
     write_cell(tmp_path, "dense_again", 0.0, 80.0, 40.0, 75.0, 45.0)
-    rep = analysis.collect(str(tmp_path), Options())
+    rep = analysis.collect(str(tmp_path), Options(verdict="point"))
     assert rows_by_sparsity(rep)[0.0].cells[("std", "sa")].values == (90.0,)
     assert {p.path for p in rep.problems} == {"dense_again/std_s1", "dense_again/adv_s1"}
 
@@ -321,7 +321,7 @@ def test_cli(paper_tree, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(report.main, [str(paper_tree), "--tolerance", "-1"])
     assert e.value.code == 2 and "--tolerance" in capsys.readouterr().err
-    assert report.main([str(paper_tree), "--no-plots"]) == 0
+    assert report.main([str(paper_tree), "--no-plots", "--verdict", "point"]) == 0
     out = capsys.readouterr().out
     assert "highest double-win sparsity: 67.20% (imp)" in out and os.path.exists(paper_tree / "report" / "report.md")
 

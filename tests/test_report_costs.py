@@ -65,7 +65,7 @@ def test_the_cost_table_per_family(tree):
             {"init": "robust", "family": "aimp-eb", "sparsity": 0.2, "iou": 0.9, "iou_random": 0.6},
             {"init": "robust", "family": "aimp-eb", "sparsity": 0.36, "iou": 0.7, "iou_random": 0.4},
             {"init": "other", "family": "aimp-eb", "sparsity": 0.2, "iou": 0.1, "iou_random": 0.6}]}, f)
-    rep = analysis.collect(str(tree), Options())
+    rep = analysis.collect(str(tree), Options(verdict="point"))
     (group,) = rep.groups
     costs = {c.family: c for c in family_costs(group, rep.overlap)}
     assert set(costs) == {"aimp", "aimp-eb", "omp", "old", "moved"}
@@ -91,7 +91,7 @@ def test_the_cost_table_per_family(tree):
 
 
 def test_the_report_files_carry_the_costs_and_the_plot(tree, capsys):
-    assert report.main([str(tree)]) == 0
+    assert report.main([str(tree), "--verdict", "point"]) == 0
     out = tree / "report"
     with open(out / "cost.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

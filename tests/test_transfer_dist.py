@@ -3,11 +3,13 @@ and test accuracies are exact over the whole split (odd image counts over 2 rank
 one twice), and rank 0 alone writes the run's files."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +22,11 @@ from training.engine import Step, evaluate
 from recipes import argv, check_run, write_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def unpacked(text: str, n: int) -> list[bool]:
+    """results.json's per-image correctness (base64 numpy.packbits, big-endian bits) as a list."""
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8), count=n).astype(bool).tolist()
 
 
 @pytest.mark.slow
@@ -43,8 +50,10 @@ def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
     best = load_file(str(out / SA_BEST))
     model.load_state_dict(pruning_utils.unmask_state_dict(best["state_dict"])[0])
     for split, key in ((splits.val, "val_sa"), (splits.test, "test_sa")):
-        whole = evaluate(model, torch.utils.data.DataLoader(split, batch_size=5), Step(show_progress=False))
+        whole = evaluate(model, torch.utils.data.DataLoader(split, batch_size=5), Step(show_progress=False),
+                         per_image=True)
         assert whole["n"] == 9 and whole["top1"] == pytest.approx(res["best_sa"][key], abs=1e-9), key
+    assert unpacked(res["best_sa"]["test_sa_correct"], 9) == whole["correct"]  # both ranks' images, in order
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert rows[best["epoch"]]["val_sa"] == res["best_sa"]["val_sa"]
     assert json.load(open(out / RESULTS))["complete"] is True
@@ -91,8 +100,9 @@ def test_two_gloo_ranks_on_the_device_pipeline_report_exact_whole_split_accuraci
     resize = pipeline.DeviceEvalResize(16, 16, channels_last=False)
     for split, key in ((splits.val, "val_sa"), (splits.test, "test_sa")):
         whole = evaluate(model, pipeline.DeviceBatches(*pipeline.uint8_tensors(split), 5, transform=resize),
-                         Step(show_progress=False))
+                         Step(show_progress=False), per_image=True)
         assert whole["top1"] == pytest.approx(res["best_sa"][key], abs=1e-9), key
+    assert unpacked(res["best_sa"]["test_sa_correct"], 21) == whole["correct"]  # both ranks' images, in order
 
 
 COUNTED = ("train_images", "eval_images", "forward_passes", "backward_passes", "flop")

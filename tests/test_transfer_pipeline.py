@@ -4,9 +4,11 @@ AutoAttack the PGD test's pixels, and results.json records the choice; fused SGD
 CIFAR-10 with resnet_tiny at 16 px, as in test_transfer."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 
+import numpy as np
 import pytest
 import pyautoattack
 import torch
@@ -163,7 +165,12 @@ def test_device_test_numbers_and_autoattack_use_the_same_pixels(tmp_path, cifar1
     model = models.build("resnet_tiny", 10, small_input=True, mean=splits.mean, std=splits.std)
     model.load_state_dict(pruning_utils.unmask_state_dict(load_file(str(out / SA_BEST))["state_dict"])[0])
     batches = pipeline.DeviceBatches(images, labels, 7, transform=resize)
-    assert evaluate(model, batches, Step(show_progress=False))["top1"] == res["best_sa"]["test_sa"]
+    again = evaluate(model, batches, Step(show_progress=False), per_image=True)
+    assert again["top1"] == res["best_sa"]["test_sa"]
+    # per-image correctness, packed in the test split's order (big-endian bits), is the same test's
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(res["best_sa"]["test_sa_correct"]), np.uint8), count=20)
+    assert bits.astype(bool).tolist() == again["correct"] and 100 * bits.mean() == pytest.approx(again["top1"])
+    assert res["best_sa"]["test_ra_correct"] == res["last"]["test_ra_correct"]  # one epoch: the same model
 
 
 def test_pil_pipeline_on_cifar_is_recorded_and_unfused_sgd_runs(tmp_path, cifar10_root, pretrained):

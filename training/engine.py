@@ -70,19 +70,24 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
     return x, y
 
 
-def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    k = min(5, logits.shape[1])
-    pred = logits.topk(k, dim=1).indices
-    hit = pred.eq(y[:, None])
-    return hit[:, :1].sum(), hit.any(dim=1).sum()
-
-
-def _accumulate(acc: torch.Tensor, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+def _accumulate(acc: torch.Tensor, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """acc += (loss sum, top-1 hits, top-5 hits, n) on the device; no tensor is made from a host value (that would
-    be a blocking host-to-device copy, i.e. a sync, every step)."""
-    c1, c5 = _topk_correct(logits, y)
-    acc[:3] += torch.stack([loss_sum.double(), c1.double(), c5.double()])
+    be a blocking host-to-device copy, i.e. a sync, every step). Returns the batch's top-1 hits (bool)."""
+    hit = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
+    acc[:3] += torch.stack([loss_sum.double(), hit[:, :1].sum().double(), hit.any(dim=1).sum().double()])
     acc[3] += y.numel()
+    return hit[:, 0]
+
+
+def _per_image(hits: list[torch.Tensor], n: int, env: DistEnv) -> list[bool]:
+    """Every rank's top-1 hits, in the test split's order: rank r's shard holds images r, r+W, r+2W, ...
+    (ShardSampler and the device pipeline's evaluation order)."""
+    device = hits[0].device if hits else torch.device("cpu")
+    full = torch.zeros(n, dtype=torch.int32, device=device)
+    mine = torch.cat(hits).to(torch.int32) if hits else full[:0]
+    world, rank = (env.world_size, env.rank) if env is not None else (1, 0)
+    full[rank::world] = mine
+    return [bool(v) for v in all_reduce_sum(full, env).cpu().tolist()]
 
 
 def _mask_on_device(net: torch.nn.Module, mask: dict[str, torch.Tensor] | None):
@@ -129,7 +134,7 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     device, amp = run.device, run.amp
     acc = torch.zeros(4, device=device, dtype=torch.float64)
     bad = torch.zeros((), device=device, dtype=torch.bool)
-    tally, seen = Tally(run.flops), Counted(net)
+    tally, seen, hits = Tally(run.flops), Counted(net), []
     start = time.time()
     shown = progress(loader, desc=desc, enabled=run.show_progress and run.env.is_main, stats=lambda: _running(acc))
     for step, (x, y) in enumerate(shown):
@@ -169,16 +174,19 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     return out
 
 
-def evaluate(model: torch.nn.Module, loader, run: Step = Step(), *, desc: str = "eval") -> dict:
+def evaluate(model: torch.nn.Module, loader, run: Step = Step(), *, desc: str = "eval",
+             per_image: bool = False) -> dict:
     """Accuracy in eval mode: SA without `run.attack`, RA with it (examples made against the eval-mode model;
     `run.mask` is not used: the weights already hold it). Under DDP every rank first takes rank 0's buffers
-    (BatchNorm statistics), as validating through DDP did: the numbers are those of the model rank 0 saves."""
+    (BatchNorm statistics), as validating through DDP did: the numbers are those of the model rank 0 saves.
+    With `per_image`, out["correct"] lists each image's top-1 hit in the split's order (the loader must shard
+    as ShardSampler does)."""
     model.eval()
     net = unwrap(model)
     broadcast_buffers(net, run.env)
     device, amp = run.device, run.amp
     acc = torch.zeros(4, device=device, dtype=torch.float64)
-    tally, seen = Tally(run.flops), Counted(net)
+    tally, seen, hits = Tally(run.flops), Counted(net), []
     shown = progress(loader, desc=desc, enabled=run.show_progress and run.env.is_main, stats=lambda: _running(acc))
     for x, y in shown:
         x, y = _to_device(x, y, device, run.channels_last)
@@ -189,7 +197,11 @@ def evaluate(model: torch.nn.Module, loader, run: Step = Step(), *, desc: str = 
         with torch.no_grad(), autocast(device, amp):
             logits = net(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        _accumulate(acc, loss, logits, y)
+        hit = _accumulate(acc, loss, logits, y)
+        if per_image:
+            hits.append(hit)
     out = _summary(acc, run.env)
+    if per_image:
+        out["correct"] = _per_image(hits, out["n"], run.env)
     out["cost"] = tally.summed(device, lambda t: all_reduce_sum(t, run.env))
     return out

@@ -2,6 +2,7 @@
 and best-RA checkpoints, results.json, and the training-curve plot."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -80,6 +82,12 @@ def pruned_nonzero(model: nn.Module, mask: pruning_utils.Mask | None) -> int:
     return sum(int(params[k].detach()[~m.to(params[k].device).bool()].count_nonzero()) for k, m in (mask or {}).items())
 
 
+def packed(correct: Sequence[bool]) -> str:
+    """Per-image correctness for results.json: base64 of numpy.packbits in the test split's order, big-endian
+    bit order (image 0 is the most significant bit of byte 0), the last byte zero-padded."""
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii")
+
+
 # ---------------------------------------------------------------------------- AutoAttack
 Fetch = Callable[[Sequence[int]], tuple[torch.Tensor, torch.Tensor]]  # indices -> (x, y) as the test saw them
 
@@ -139,9 +147,11 @@ def finish(env: DistEnv, cfg, run: Training, data, info: dict, state: dict) -> d
         bad = pruned_nonzero(run.model, run.mask)
         if bad:
             raise RuntimeError(f"{where}: {bad} pruned weights are not zero")
-        passes.append(evaluate(run.model, data.test, step, desc="test SA"))
-        passes.append(evaluate(run.model, data.test, replace(step, attack=attack), desc="test RA"))
-        return {"test_sa": passes[-2]["top1"], "test_ra": passes[-1]["top1"], "test_images": passes[-2]["n"]}
+        passes.append(evaluate(run.model, data.test, step, desc="test SA", per_image=True))
+        passes.append(evaluate(run.model, data.test, replace(step, attack=attack), desc="test RA", per_image=True))
+        return {"test_sa": passes[-2]["top1"], "test_ra": passes[-1]["top1"], "test_images": passes[-2]["n"],
+                "test_sa_correct": packed(passes[-2].pop("correct")),
+                "test_ra_correct": packed(passes[-1].pop("correct"))}
 
     # The last epoch first, before the best checkpoints replace its weights (the original's standard transfer
     # printed its test SA; its RA costs one PGD test pass, about 1% of a run's compute, and is kept too).
@@ -171,7 +181,7 @@ def _test_best(env: DistEnv, cfg, run: Training, data, last: dict, test: Callabl
         ck = load_own(path)
         if ck["epoch"] not in tested:
             restore(run.model, ck["state_dict"], run.mask, path)
-            numbers = {k: last[k] for k in ("test_sa", "test_ra", "test_images")} if ck["epoch"] == last["epoch"] \
+            numbers = {k: v for k, v in last.items() if k != "epoch"} if ck["epoch"] == last["epoch"] \
                 else test(path)
             row = {"epoch": ck["epoch"], "val_sa": ck["val_sa"], "val_ra": ck["val_ra"], **numbers}
             if cfg.autoattack:
