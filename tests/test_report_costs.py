@@ -135,7 +135,7 @@ def test_tickets_overlap_compares_real_tickets_of_one_sparsity(tmp_path, capsys)
 def test_cost_png_draws_one_shot_at_zero_and_leaves_out_what_is_not_recorded(tree):
     from matplotlib.figure import Figure
     from reporting import plots
-    rep = analysis.collect(str(tree), Options())
+    rep = analysis.collect(str(tree), Options(verdict="point"))
     points = [(0, c) for c in family_costs(rep.groups[0], rep.overlap)]
     for value in (lambda c: c.find_flop, lambda c: c.find_hours):
         ax = Figure().subplots()
