@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 import campaignkit as kit
 import slurmkit
-from campaign import scheduler, slurm, slurmstate, spec, state, status
+from campaign import scheduler, slurm, slurmjob, slurmstate, spec, state, status
 from slurmkit import slurm_cluster, two_nodes  # noqa: F401  (fixtures)
 
 OPTS = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=1, time_min=5)
@@ -292,35 +294,147 @@ def test_a_node_that_cannot_see_an_input_is_retried_elsewhere_and_excluded(two_n
         c, state.states(c), {}, slurmstate.excluded_hosts(c))
 
 
-def _holding(save_dir: str, then: str) -> subprocess.Popen:
-    """A process holding SAVE_DIR's lease (as a running entry point does) until told on stdin, then `then`."""
+def _holding(save_dir: str, then: str, job: dict[str, str]) -> subprocess.Popen:
+    """A process of SLURM job `job` (its SLURM_* variables) holding SAVE_DIR's lease (as a running entry point
+    does) until told on stdin, then `then`."""
     code = (f"import sys; sys.path.insert(0, {kit.ROOT!r}); from training import savedir; "
             f"savedir.hold_save_dir({save_dir!r}); print('held', flush=True); sys.stdin.readline(); {then}")
+    env = {k: v for k, v in kit.ENV.items() if not k.startswith("SLURM_")}
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=kit.ENV)
+                            env={**env, **job})
     assert proc.stdout.readline() == "held\n"
     return proc
 
 
+def _as_job(monkeypatch, job: dict[str, str]) -> None:
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in job.items():
+        monkeypatch.setenv(name, value)
+
+
+ARRAY_ELEMENT = {"SLURM_JOB_ID": "46", "SLURM_ARRAY_JOB_ID": "45", "SLURM_ARRAY_TASK_ID": "3"}
+
+
+@pytest.mark.parametrize("job", [{"SLURM_JOB_ID": "77"}, ARRAY_ELEMENT])
 @pytest.mark.parametrize("end, launch", [("os.kill(os.getpid(), 9)", True), ("finish()", False)])
-def test_a_job_waits_while_the_lease_has_a_live_holder(tmp_path, end, launch):
-    """A requeued job that finds a live holder waits: once the holder dies (its lease stale) it launches the run,
-    once the holder has finished the run it launches nothing."""
+def test_a_requeued_job_waits_while_its_own_earlier_incarnation_holds_the_lease(tmp_path, monkeypatch, job, end,
+                                                                                launch):
+    """A requeue that finds its own job still holding the lease waits: once that holder dies (its lease stale) it
+    launches the run, once the holder has finished the run it launches nothing."""
     save = str(tmp_path / "run")
     os.makedirs(save)
     finish = (f"open({os.path.join(save, state.RESULTS)!r}, 'w').write('{{\"complete\": true}}')")
-    holder = _holding(save, f"import os\ndef finish(): {finish}\n{end}")
+    holder = _holding(save, f"import os\ndef finish(): {finish}\n{end}", job)
+    _as_job(monkeypatch, job)
     task = slurm.Task(spec.Run("r", "transfer", save, ("true",)), None)
     answer: list[bool] = []
-    waiting = threading.Thread(target=lambda: answer.append(task.wait_for_holder(poll=0.05)))
+    said: list[str] = []
+    waiting = threading.Thread(target=lambda: answer.append(task.wait_for_holder(poll=0.05, say=said.append)))
     waiting.start()
     waiting.join(0.5)
-    assert waiting.is_alive() and not answer  # the holder is alive: the job waits
+    assert waiting.is_alive() and not answer  # its own holder is alive: the job waits
     holder.stdin.write("go\n")
     holder.stdin.flush()
     holder.wait(30)
     waiting.join(30)
-    assert answer == [launch]
+    assert answer == [launch] and said == []
+
+
+@pytest.mark.parametrize("holder_job, mine, named", [
+    ({"SLURM_JOB_ID": "77"}, {"SLURM_JOB_ID": "78"}, "(job 77, since "),        # a duplicate job
+    ({"SLURM_JOB_ID": "45"}, ARRAY_ELEMENT, "(job 45, since "),                # another job, the same number's array
+    ({}, {"SLURM_JOB_ID": "78"}, " (since "),                                 # a run started by hand
+    ({}, {}, " (since "),                                                      # nobody's job: never "its own"
+])
+def test_a_job_leaves_at_once_a_run_that_another_job_or_process_trains(tmp_path, monkeypatch, holder_job, mine,
+                                                                        named):
+    """No idle duplicates: a job that finds the run trained by anyone but its own earlier incarnation says so in one
+    line and launches nothing (the campaign sees the run running, and submits it again only if that holder dies)."""
+    save = str(tmp_path / "run")
+    os.makedirs(save)
+    holder = _holding(save, "pass", holder_job)
+    try:
+        _as_job(monkeypatch, mine)
+        said: list[str] = []
+        started = time.monotonic()
+        assert slurm.Task(spec.Run("r", "transfer", save, ("true",)), None).wait_for_holder(
+            poll=60, say=said.append) is False
+        assert time.monotonic() - started < 10
+        me = slurmjob.lease.slurm_job() or "no SLURM job"
+        assert len(said) == 1 and said[0].startswith(f"r: trained by pid {holder.pid} on ") and named in said[0]
+        assert said[0].endswith(f", not this job ({me}): nothing to do here"), said
+    finally:
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        holder.wait(30)
+
+
+@pytest.mark.parametrize("env, asked", [({"SLURM_CPUS_PER_TASK": "2"}, 2),
+                                        ({"SLURM_JOB_CPUS_PER_NODE": "4(x2)"}, 4)])
+def test_a_step_that_sees_fewer_cpus_than_its_job_stops_with_exit_3(tmp_path, monkeypatch, env, asked):
+    """SLURM 22.05-23.02's srun binds a step to one core unless told the job's CPUs: the run is not started on it;
+    one line and exit 3 (the node's or the cluster's fault, retried elsewhere)."""
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_JOB_CPUS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**env, "SLURMD_NODENAME": "n7"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    save = str(tmp_path / "run")
+    task = slurm.Task(spec.Run("r", "transfer", save, ("touch", os.path.join(save, "started"))), None)
+    line = (f"error: this job step may use 1 of the {asked} CPUs its job has on n7 (the step was bound to fewer "
+            "cores: srun needs --cpus-per-task or SRUN_CPUS_PER_TASK)")
+    with pytest.raises(slurm.RunFailed) as failed:
+        task()
+    assert str(failed.value) == f"r: exit 3: {line}"
+    record = slurmkit.read_json(os.path.join(save, state.LAUNCH))
+    assert record["exit"] == 3 and record["error"] == line and record["node"] == "n7"
+    assert not os.path.exists(os.path.join(save, "started"))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(asked)))
+    assert task() == 0 and os.path.exists(os.path.join(save, "started"))  # every CPU: the run starts
+
+
+def test_the_scheduler_s_stop_signals_reach_the_run_which_releases_its_lease(tmp_path):
+    """Under cgroup process tracking SLURM signals only the step's task (the Task's process): SIGTERM (and
+    SIGINT, SIGHUP, SIGUSR1 as SIGTERM) is passed on to the run's process group, whose entry point releases its
+    lease at once; submitit's checkpoint signal (USR2) stays the Task's own and the run ignores it."""
+    save = str(tmp_path / "run")
+    run = spec.Run("r", "transfer", save, slurmkit.holding(save, 60))
+    task = slurm.Task(run, None)
+    before = {sig: signal.getsignal(sig) for sig in slurmjob.FORWARD}
+    outcome: list[BaseException] = []
+    try:
+        task._forward_signals()  # what __call__ does first when it runs in the main thread, as under submitit
+        assert {sig for sig in before if signal.getsignal(sig) == task._on_signal} == {
+            signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+        assert signal.getsignal(signal.SIGUSR2) != task._on_signal
+        thread = threading.Thread(target=lambda: outcome.append(_raised(task)))
+        thread.start()
+        slurmkit.wait_until("the run to hold its lease", lambda: slurmkit.starts(save), 30)
+        os.killpg(task.execution.proc.pid, signal.SIGUSR2)  # as process tracking by tree would deliver it
+        time.sleep(0.5)
+        assert task.execution.proc.poll() is None and state.lock_holder(save)  # ignored: the run trains on
+        os.kill(os.getpid(), signal.SIGTERM)  # scancel
+        slurmkit.wait_until("the lease released", lambda: not os.path.exists(os.path.join(save, ".lease")), 10)
+        thread.join(20)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if task.execution is not None and task.execution.proc.poll() is None:
+            task.execution.proc.kill()
+    assert [str(e) for e in outcome] == ["r: stopped by SIGTERM from outside (scancel, preemption, a node going "
+                                         "down): it resumes when launched again"]
+    record = slurmkit.read_json(os.path.join(save, state.LAUNCH))
+    assert record["exit"] is None and record["interrupted"] == signal.SIGTERM  # not a failure: resumes
+    assert state.state_of(run).state == "pending"
+
+
+def _raised(task) -> BaseException | None:
+    try:
+        task()
+    except BaseException as e:  # RunFailed
+        return e
+    return None
 
 
 @pytest.mark.slow
