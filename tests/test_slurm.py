@@ -464,3 +464,69 @@ def test_two_runs_of_one_campaign_at_once_submit_one_array(slurm_cluster, tmp_pa
     assert sorted(jobs) == sorted(r.id for r in c.runs) and all(len(js) == 1 for js in jobs.values())
     assert len(_arrays(c)) == 1  # one array, submitted once
     assert {r.state for r in state.states(c)} == {"done"}
+
+
+def _slurm_version() -> tuple[int, int]:
+    out = subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.split()[-1]
+    return tuple(int(x) for x in out.split(".")[:2])
+
+
+@pytest.mark.slow
+def test_a_job_step_gets_every_cpu_its_job_asked_for(two_nodes, tmp_path):
+    """script/slurm_up.sh's nodes bind tasks to the cores their step asked for: there a plain `srun` step of a
+    2-CPU job gets 1 CPU (srun of SLURM 22.05-23.02 does not read SLURM_CPUS_PER_TASK); the campaign's job
+    step gets both."""
+    plain = tmp_path / "plain.txt"
+    subprocess.run(["sbatch", "--wait", "-c", "2", "-o", str(plain), "--wrap", "srun nproc"], check=True,
+                   capture_output=True, timeout=120)
+    if (22, 5) <= _slurm_version() <= (23, 2):
+        assert plain.read_text().split() == ["1"]  # the fault the campaign's jobs must not meet
+    c = slurmkit.campaign(str(tmp_path / "root"), 1, lambda d: ("bash", "-c", f"nproc > {d}/cpus && echo "
+                                                                          f"'{{\"complete\": true}}' > {d}/results.json"))
+    opts = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=2, time_min=5)
+    said: list[str] = []
+    assert slurm.run_slurm(c, opts, follow=True, poll=1, say=said.append) == 0, said
+    with open(os.path.join(c.runs[0].save_dir, "cpus")) as f:
+        assert f.read().split() == ["2"]
+
+
+def _requeue(job: str) -> None:
+    """scontrol requeue, retried while SLURM still calls the job's start "pending execution"."""
+    for _ in range(20):
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        assert "pending execution" in done.stderr, done.stderr
+        time.sleep(0.5)
+    raise AssertionError(f"scontrol requeue {job} kept failing")
+
+
+@pytest.mark.slow
+def test_a_requeued_or_cancelled_job_releases_its_lease_and_its_requeue_elsewhere_starts_at_once(two_nodes,
+                                                                                                   tmp_path):
+    """Under cgroup process tracking SLURM's SIGTERM reaches only the job step's task; passed on, it makes the run
+    release its lease at once: a requeue on the other node starts within SLURM's requeue delay rather than after
+    the lease's stale bound (600 s: n2's processes are on another host for n1), and scancel leaves no lease."""
+    c = slurmkit.campaign(str(tmp_path), 1, lambda d: slurmkit.holding(d, 600))
+    save = c.runs[0].save_dir
+    lease_file = os.path.join(save, ".lease")
+    slurmkit.drain("n1")
+    job = slurm.submit(c, list(c.runs), OPTS, say=lambda s: None)["r0"]
+    try:
+        slurmkit.wait_until("the run to start on n2", lambda: slurmkit.starts(save), 120)
+        assert slurmkit.starts(save)[0][0] == "n2" and state.lease_of(save).holder.job == job
+        slurmkit.resume("n1")
+        slurmkit.drain("n2")
+        requeued = time.time()
+        _requeue(job)
+        slurmkit.wait_until("the lease released", lambda: not os.path.exists(lease_file), 8)
+        slurmkit.wait_until("the requeue to start on n1", lambda: len(slurmkit.starts(save)) == 2, 90)
+        node, started = slurmkit.starts(save)[1]
+        assert node == "n1" and started - requeued < 60
+        slurmkit.wait_until("the requeue to hold the lease", lambda: os.path.exists(lease_file), 10)
+        subprocess.run(["scancel", job], check=True)
+        slurmkit.wait_until("the lease released", lambda: not os.path.exists(lease_file), 8)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    record = slurmkit.read_json(os.path.join(save, state.LAUNCH))
+    assert record["exit"] is None and record["interrupted"] == signal.SIGTERM
