@@ -30,6 +30,11 @@ if [ -f "$CONF/slurm.conf" ] && ! grep -qF "$MARK" "$CONF/slurm.conf"; then
   echo "error: $CONF/slurm.conf exists and was not written by this script: not touching a real cluster's config" >&2
   exit 2
 fi
+for c in cpuset memory freezer devices; do  # cgroup.conf's CgroupPlugin=cgroup/v1 tracks jobs in these
+  grep -qE "^cgroup /sys/fs/cgroup/$c cgroup .*\b$c\b" /proc/mounts || {
+    echo "error: script/slurm_up.sh needs the cgroup v1 hierarchy /sys/fs/cgroup/$c (SLURM's cgroup/v1 plugin)" >&2
+    exit 2; }
+done
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 wait_for() {  # seconds, description, test command...
   local n=$1 what=$2; shift 2

@@ -170,6 +170,10 @@ def test_an_imp_stage_is_sized_for_its_gpus_and_arrays_are_chunked(tmp_path, mon
     for line in ("--cpus-per-task=2", "--time=30", "--partition=small", "--gpus-per-node=1", "--exclude=n2,n9"):
         assert all(f"#SBATCH {line}\n" in a for a in arrays), arrays[0]
     assert slurmstate.recorded_jobs(c)["r6"] == ["103"]
+    for script in (first, *arrays):  # the job step gets every CPU of the job, whatever srun's version
+        setup, srun = script.index("export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}\n"), \
+            script.index("srun ")
+        assert setup < srun, script
 
 
 def test_failures_are_grouped_by_host():
@@ -530,3 +534,26 @@ def test_a_requeued_or_cancelled_job_releases_its_lease_and_its_requeue_elsewher
         subprocess.run(["scancel", job], capture_output=True)
     record = slurmkit.read_json(os.path.join(save, state.LAUNCH))
     assert record["exit"] is None and record["interrupted"] == signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_a_duplicate_job_of_a_running_run_ends_at_once(slurm_cluster, tmp_path):
+    """A second job of a run that another job trains (a submission that was never recorded, say) does not idle
+    its allocation: it says who trains the run in one line of its log and ends; the first trains on."""
+    c = slurmkit.campaign(str(tmp_path), 1, lambda d: slurmkit.holding(d, 600))
+    save = c.runs[0].save_dir
+    first = slurm.submit(c, list(c.runs), OPTS, say=lambda s: None)["r0"]
+    second = None
+    try:
+        slurmkit.wait_until("the run to start", lambda: slurmkit.starts(save), 120)
+        second = slurm.submit(c, list(c.runs), OPTS, say=lambda s: None)["r0"]
+        slurmkit.wait_until("the second job to end", lambda: second not in scheduler.alive_jobs(), 60)
+        assert first in scheduler.alive_jobs() and len(slurmkit.starts(save)) == 1
+        assert state.lease_of(save).holder.job == first
+        folder = os.path.join(c.root, ".campaign", "slurm", second.split("_")[0])
+        log = "".join(open(os.path.join(folder, f)).read() for f in os.listdir(folder) if f.endswith("_log.out"))
+        lines = [ln for ln in log.splitlines() if "trained by" in ln]
+        assert len(lines) == 1 and lines[0].startswith("r0: trained by pid ") and f"(job {first}, since " in \
+            lines[0] and lines[0].endswith(f", not this job ({second}): nothing to do here"), log
+    finally:
+        subprocess.run(["scancel", first, *([second] if second else [])], capture_output=True)
