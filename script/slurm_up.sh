@@ -68,7 +68,7 @@ mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 20 ))  # each 
 cores=$(( $(nproc) / 2 ))
 [ "$cores" -ge 1 ] || { echo "error: script/slurm_up.sh needs at least 2 CPUs (this machine: $(nproc))" >&2; exit 2; }
 export HWLOC_SYNTHETIC="package:2 core:$cores pu:1"
-cat > "$CONF/slurm.conf" <<CONFEOF
+cat > "$CONF/slurm.conf.new" <<CONFEOF
 $MARK
 ClusterName=ci
 SlurmctldHost=localhost
@@ -105,13 +105,30 @@ NodeName=n1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001 CPUs=$((2 * cor
 NodeName=n2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17002 CPUs=$((2 * cores)) Sockets=2 CoresPerSocket=$cores ThreadsPerCore=1 CpuBind=cores RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 CONFEOF
-cat > "$CONF/cgroup.conf" <<CONFEOF
+cat > "$CONF/cgroup.conf.new" <<CONFEOF
 $MARK
 CgroupPlugin=cgroup/v1
 ConstrainCores=yes
 ConstrainRAMSpace=yes
 ConstrainDevices=yes
 CONFEOF
+# daemons started with other settings (an earlier version of this script) are restarted: process tracking and
+# the task plugins are read at start only
+changed=0
+for f in slurm.conf cgroup.conf; do
+  cmp -s "$CONF/$f.new" "$CONF/$f" || changed=1
+  mv "$CONF/$f.new" "$CONF/$f"
+done
+if [ "$changed" = 1 ]; then
+  for d in slurmd-n1 slurmd-n2 slurmctld; do
+    if alive "$RUN/$d.pid"; then
+      echo "== $d runs with other settings: restarting it" >&2
+      pid=$(cat "$RUN/$d.pid")
+      kill "$pid"
+      wait_for 20 "$d to stop" bash -c "! kill -0 $pid"
+    fi
+  done
+fi
 cat > "$CONF/slurmdbd.conf" <<CONFEOF
 $MARK
 AuthType=auth/munge
