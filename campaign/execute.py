@@ -53,9 +53,11 @@ def child_env(threads: int | None = None, gpus: str | None = None) -> dict[str, 
 
 
 class Execution:
-    """A started run; `wait()` records its end in launch.json."""
+    """A started run; `wait()` records its end in launch.json. `ignore`: signals the run's processes ignore (a
+    SLURM job's checkpoint signal, which is its launcher's to act on: under process tracking by tree it reaches
+    the run too, whose default action is to die of it, holding its lease)."""
 
-    def __init__(self, run: Run, env: dict[str, str]) -> None:
+    def __init__(self, run: Run, env: dict[str, str], ignore: tuple[int, ...] = ()) -> None:
         self.run = run
         os.makedirs(run.save_dir, exist_ok=True)
         self.record = {"id": run.id, "command": list(run.command), "host": socket.gethostname(),
@@ -67,7 +69,7 @@ class Execution:
                        f"{' '.join(run.command)}\n")
         self.out.flush()
         self.proc = subprocess.Popen(run.command, stdout=self.out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_ignoring(ignore) if ignore else None)
         self.stopping = False  # set by terminate(): a signal death after it is our stop, not a failure
 
     def poll(self) -> int | None:
@@ -113,6 +115,14 @@ class Execution:
                 self.record.update(exit=code, error=error, end=time.time())
             atomic_write_json(os.path.join(self.run.save_dir, LAUNCH), self.record)
         return code
+
+
+def _ignoring(signals: tuple[int, ...]):
+    """What the child runs before its command: `signals` ignored (a disposition exec keeps)."""
+    def ignore() -> None:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+    return ignore
 
 
 def terminate_all(executions: list[Execution], grace: float = 10.0, reap: float = 5.0) -> None:

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from campaign import scheduler, slurmstate, state
-from campaign.execute import Execution, child_env
 from campaign.scheduler import SchedulerError
+from campaign.slurmjob import RunFailed, Task  # noqa: F401  (what a job runs)
 from campaign.slurmstate import NODE_EXIT, View, jobs_file, recorded_jobs  # noqa: F401  (the campaign's records)
 from campaign.spec import REPO, Campaign, Run
-from infra.checkpoint import atomic_write_json
 from infra.errors import UserError
 
 
@@ -39,88 +36,6 @@ class SlurmOptions:
 
 
 SETTLE_S = 60  # how long a job squeue no longer lists may stay unrecorded in accounting before it counts as ended
-
-
-class RunFailed(Exception):
-    """A run's command failed: the job ends FAILED and is not requeued."""
-
-
-HOLDER_POLL_S = 10.0  # a job waiting for a live lease holder reads the lease this often
-
-
-class Task:
-    """What one array element runs: the run's bash driver; on USR2 (time limit, preemption) submitit calls
-    `checkpoint`, which stops the driver and requeues a fresh Task: the re-run resumes from SAVE_DIR."""
-
-    def __init__(self, run: Run, threads: int | None) -> None:
-        self.run, self.threads, self.execution = run, threads, None
-
-    def __call__(self) -> int:
-        if not self.wait_for_holder():
-            return 0  # the holder finished the run meanwhile: nothing left to do here
-        missing = next((p for p in self.run.inputs if not os.path.exists(p)), None)
-        if missing:
-            raise RunFailed(_unseen_input(self.run, missing))
-        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
-        self.execution = Execution(self.run, child_env(threads))
-        # poll rather than wait(): submitit's USR2 handler runs `checkpoint` in this thread, and its own wait()
-        # on the child would deadlock inside a blocking one
-        while (code := self.execution.poll()) is None:
-            time.sleep(0.5)
-        if code != 0:
-            _note_node(self.run)
-            raise RunFailed(f"{self.run.id}: exit {code}: {self.execution.record.get('error')}")
-        return code
-
-    def wait_for_holder(self, poll: float = HOLDER_POLL_S) -> bool:
-        """While SAVE_DIR's lease has a live holder, wait (a requeue can land while the old job's process still
-        beats; on a node that died with it the heartbeat has stopped, and the lease goes stale within its bound):
-        True once the lease is released or stale (the run resumes here), False once the run is done."""
-        while state.lock_holder(self.run.save_dir):
-            if state.state_of(self.run).state == "done":
-                return False
-            time.sleep(poll)
-        return state.state_of(self.run).state != "done"
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-        if self.execution is not None:
-            self.execution.terminate()
-        return submitit.helpers.DelayedSubmission(Task(self.run, self.threads))
-
-    def __getstate__(self) -> dict:
-        return {"run": self.run, "threads": self.threads, "execution": None}
-
-
-def _node() -> str:
-    """This node's SLURM name (what sbatch --exclude takes), else its hostname."""
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-
-
-def _unseen_input(run: Run, path: str) -> str:
-    """Record in launch.json (exit 3: the node is at fault) that this node cannot see an input of the run."""
-    error = f"error: {path} not found on {_node()} (a mount missing on this node?)"
-    os.makedirs(run.save_dir, exist_ok=True)
-    now = time.time()
-    atomic_write_json(os.path.join(run.save_dir, state.LAUNCH),
-                      {"id": run.id, "command": list(run.command), "host": socket.gethostname(), "node": _node(),
-                       "start": now, "end": now, "exit": NODE_EXIT, "error": error,
-                       "slurm_job": os.environ.get("SLURM_JOB_ID")})
-    with open(os.path.join(run.save_dir, state.OUTPUT), "a") as f:
-        f.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on {_node()}: {error}\n")
-    return f"{run.id}: exit {NODE_EXIT}: {error}"
-
-
-def _note_node(run: Run) -> None:
-    """Add this node's SLURM name to a failed run's launch.json: the host a later exclusion names."""
-    path = os.path.join(run.save_dir, state.LAUNCH)
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return
-    if isinstance(record, dict):
-        atomic_write_json(path, {**record, "node": _node()})
 
 
 def queued(campaign: Campaign) -> set[str]:
@@ -143,7 +58,10 @@ def _executor(campaign: Campaign, opts: SlurmOptions, run: Run | None = None, ex
     params = dict(slurm_job_name=f"{name}-imp" if run is not None else name, gpus_per_node=gpus, nodes=1,
                   timeout_min=(res.time_min if res and res.time_min else opts.time_min), tasks_per_node=1,
                   slurm_array_parallelism=opts.array_parallelism, slurm_signal_delay_s=opts.signal_delay_s,
-                  slurm_setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}", f"cd {REPO}"],
+                  slurm_setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}", f"cd {REPO}",
+                               # the step gets every CPU of the job (srun of SLURM 22.05-23.02 no longer reads
+                               # SLURM_CPUS_PER_TASK; the partition's default CPUs set only this one)
+                               "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}"],
                   slurm_additional_parameters={"requeue": True, **extra, **({"exclude": ",".join(hosts)}
                                                                             if hosts else {})})
     if res:

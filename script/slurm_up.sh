@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # A real two-node SLURM cluster on this machine, for CI and for trying the campaign's --slurm path: as root,
 # installs Debian's slurmctld, slurmd, slurmdbd, munge and MariaDB when missing, and starts them without
-# systemd. Nodes n1 and n2 are two slurmd (ports 17001, 17002, one CPU each); n2 runs in UTS and mount
-# namespaces of its own, so its jobs see `hostname` n2 and an empty $SPOOL/mount (a mount that node lacks: the
-# file on-n1-only exists for n1's jobs only). MaxArraySize=8 and the QOS limit MaxSubmitJobsPerUser=14 are
-# small on purpose: the campaign's chunking and submit-limit paths run against them. Stop it with
-# script/slurm_down.sh (by pid file). Idempotent.
+# systemd. Nodes n1 and n2 are two slurmd (ports 17001, 17002) that both declare every CPU of this machine (the
+# same cores: they oversubscribe them); n2 runs in UTS and mount namespaces of its own, so its jobs see `hostname`
+# n2 and an empty $SPOOL/mount (a mount that node lacks: the file on-n1-only exists for n1's jobs only). As on
+# production clusters: cgroup process tracking (a job's processes are its cgroup's; Slurm signals only a step's
+# tasks), tasks bound to the cores their step asked for (task/affinity, CpuBind=cores, cgroup cpusets), memory
+# enforced per job (CR_Core_Memory, ConstrainRAMSpace: OUT_OF_MEMORY) and accounting (slurmdbd).
+# MaxArraySize=8 and the QOS limit MaxSubmitJobsPerUser=14 are small on purpose: the campaign's chunking and
+# submit-limit paths run against them. Stop it with script/slurm_down.sh (by pid file). Idempotent.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "error: script/slurm_up.sh must run as root (it installs and starts daemons)" >&2; exit 2; }
 RUN=/run/doublewin-slurm; SPOOL=/var/spool/doublewin-slurm; LOG=/var/log/doublewin-slurm
@@ -27,6 +30,11 @@ if [ -f "$CONF/slurm.conf" ] && ! grep -qF "$MARK" "$CONF/slurm.conf"; then
   echo "error: $CONF/slurm.conf exists and was not written by this script: not touching a real cluster's config" >&2
   exit 2
 fi
+for c in cpuset memory freezer devices; do  # cgroup.conf's CgroupPlugin=cgroup/v1 tracks jobs in these
+  grep -qE "^cgroup /sys/fs/cgroup/$c cgroup .*\b$c\b" /proc/mounts || {
+    echo "error: script/slurm_up.sh needs the cgroup v1 hierarchy /sys/fs/cgroup/$c (SLURM's cgroup/v1 plugin)" >&2
+    exit 2; }
+done
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 wait_for() {  # seconds, description, test command...
   local n=$1 what=$2; shift 2
@@ -55,7 +63,12 @@ mysql --no-defaults -S "$SOCK" -u root -e "CREATE USER IF NOT EXISTS 'slurm'@'lo
   GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
 
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 20 ))  # each node: 45% of the memory
-cat > "$CONF/slurm.conf" <<CONFEOF
+# each node: this machine's CPUs as two sockets of single-thread cores (hwloc's synthetic topology, which slurmd
+# lays out and binds tasks by), so the layout is the same on every host CI runs on
+cores=$(( $(nproc) / 2 ))
+[ "$cores" -ge 1 ] || { echo "error: script/slurm_up.sh needs at least 2 CPUs (this machine: $(nproc))" >&2; exit 2; }
+export HWLOC_SYNTHETIC="package:2 core:$cores pu:1"
+cat > "$CONF/slurm.conf.new" <<CONFEOF
 $MARK
 ClusterName=ci
 SlurmctldHost=localhost
@@ -65,9 +78,9 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=cred_expire=10
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/affinity,task/cgroup
+JobAcctGatherType=jobacct_gather/cgroup
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
@@ -75,7 +88,8 @@ AccountingStorageEnforce=associations,limits,qos
 JobCompType=jobcomp/none
 MailProg=/bin/true
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$(( mem / (2 * cores) ))
 SchedulerType=sched/backfill
 ReturnToService=2
 MinJobAge=600
@@ -87,10 +101,34 @@ SlurmctldPidFile=$RUN/slurmctld.pid
 SlurmdPidFile=$RUN/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd-%n.log
-NodeName=n1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001 CPUs=1 RealMemory=$mem State=UNKNOWN
-NodeName=n2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17002 CPUs=1 RealMemory=$mem State=UNKNOWN
+NodeName=n1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001 CPUs=$((2 * cores)) Sockets=2 CoresPerSocket=$cores ThreadsPerCore=1 CpuBind=cores RealMemory=$mem State=UNKNOWN
+NodeName=n2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17002 CPUs=$((2 * cores)) Sockets=2 CoresPerSocket=$cores ThreadsPerCore=1 CpuBind=cores RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 CONFEOF
+cat > "$CONF/cgroup.conf.new" <<CONFEOF
+$MARK
+CgroupPlugin=cgroup/v1
+ConstrainCores=yes
+ConstrainRAMSpace=yes
+ConstrainDevices=yes
+CONFEOF
+# daemons started with other settings (an earlier version of this script) are restarted: process tracking and
+# the task plugins are read at start only
+changed=0
+for f in slurm.conf cgroup.conf; do
+  cmp -s "$CONF/$f.new" "$CONF/$f" || changed=1
+  mv "$CONF/$f.new" "$CONF/$f"
+done
+if [ "$changed" = 1 ]; then
+  for d in slurmd-n1 slurmd-n2 slurmctld; do
+    if alive "$RUN/$d.pid"; then
+      echo "== $d runs with other settings: restarting it" >&2
+      pid=$(cat "$RUN/$d.pid")
+      kill "$pid"
+      wait_for 20 "$d to stop" bash -c "! kill -0 $pid"
+    fi
+  done
+fi
 cat > "$CONF/slurmdbd.conf" <<CONFEOF
 $MARK
 AuthType=auth/munge

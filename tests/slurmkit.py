@@ -9,6 +9,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
@@ -64,6 +65,26 @@ def finishing(save_dir: str, seconds: float = 1) -> tuple[str, ...]:
     """A run's command that sleeps, then writes a complete results.json (the run is done)."""
     results = shlex.quote(os.path.join(save_dir, "results.json"))
     return ("bash", "-c", f"sleep {seconds} && echo trained && echo '{{\"complete\": true}}' > {results}")
+
+
+def holding(save_dir: str, seconds: float = 600) -> tuple[str, ...]:
+    """A run's command that holds SAVE_DIR's lease as a training entry point does (released at exit and at
+    SIGTERM/SIGHUP), appends "NODE TIME" to SAVE_DIR/starts.txt once it holds it, then trains for `seconds`."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import os, sys, time; sys.path.insert(0, {root!r}); from training import savedir; "
+            f"savedir.hold_save_dir({save_dir!r}); "
+            f"open(os.path.join({save_dir!r}, 'starts.txt'), 'a').write("
+            f"f\"{{os.environ.get('SLURMD_NODENAME', '-')}} {{time.time()}}\\n\"); time.sleep({seconds})")
+    return (sys.executable, "-c", code)
+
+
+def starts(save_dir: str) -> list[tuple[str, float]]:
+    """(node, time) of each start of a `holding` run."""
+    try:
+        with open(os.path.join(save_dir, "starts.txt")) as f:
+            return [(node, float(t)) for node, t in (line.split() for line in f if line.strip())]
+    except OSError:
+        return []
 
 
 def campaign(root: str, n: int, command=finishing, inputs: tuple[str, ...] = ()) -> spec.Campaign:

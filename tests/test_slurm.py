@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 import campaignkit as kit
 import slurmkit
-from campaign import scheduler, slurm, slurmstate, spec, state, status
+from campaign import scheduler, slurm, slurmjob, slurmstate, spec, state, status
 from slurmkit import slurm_cluster, two_nodes  # noqa: F401  (fixtures)
 
 OPTS = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=1, time_min=5)
@@ -168,6 +170,10 @@ def test_an_imp_stage_is_sized_for_its_gpus_and_arrays_are_chunked(tmp_path, mon
     for line in ("--cpus-per-task=2", "--time=30", "--partition=small", "--gpus-per-node=1", "--exclude=n2,n9"):
         assert all(f"#SBATCH {line}\n" in a for a in arrays), arrays[0]
     assert slurmstate.recorded_jobs(c)["r6"] == ["103"]
+    for script in (first, *arrays):  # the job step gets every CPU of the job, whatever srun's version
+        setup, srun = script.index("export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}\n"), \
+            script.index("srun ")
+        assert setup < srun, script
 
 
 def test_failures_are_grouped_by_host():
@@ -292,35 +298,150 @@ def test_a_node_that_cannot_see_an_input_is_retried_elsewhere_and_excluded(two_n
         c, state.states(c), {}, slurmstate.excluded_hosts(c))
 
 
-def _holding(save_dir: str, then: str) -> subprocess.Popen:
-    """A process holding SAVE_DIR's lease (as a running entry point does) until told on stdin, then `then`."""
+def _holding(save_dir: str, then: str, job: dict[str, str]) -> subprocess.Popen:
+    """A process of SLURM job `job` (its SLURM_* variables) holding SAVE_DIR's lease (as a running entry point
+    does) until told on stdin, then `then`."""
     code = (f"import sys; sys.path.insert(0, {kit.ROOT!r}); from training import savedir; "
             f"savedir.hold_save_dir({save_dir!r}); print('held', flush=True); sys.stdin.readline(); {then}")
+    env = {k: v for k, v in kit.ENV.items() if not k.startswith("SLURM_")}
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=kit.ENV)
+                            env={**env, **job})
     assert proc.stdout.readline() == "held\n"
     return proc
 
 
+def _as_job(monkeypatch, job: dict[str, str]) -> None:
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in job.items():
+        monkeypatch.setenv(name, value)
+
+
+ARRAY_ELEMENT = {"SLURM_JOB_ID": "46", "SLURM_ARRAY_JOB_ID": "45", "SLURM_ARRAY_TASK_ID": "3"}
+
+
+@pytest.mark.parametrize("job", [{"SLURM_JOB_ID": "77"}, ARRAY_ELEMENT])
 @pytest.mark.parametrize("end, launch", [("os.kill(os.getpid(), 9)", True), ("finish()", False)])
-def test_a_job_waits_while_the_lease_has_a_live_holder(tmp_path, end, launch):
-    """A requeued job that finds a live holder waits: once the holder dies (its lease stale) it launches the run,
-    once the holder has finished the run it launches nothing."""
+def test_a_requeued_job_waits_while_its_own_earlier_incarnation_holds_the_lease(tmp_path, monkeypatch, job, end,
+                                                                                launch):
+    """A requeue that finds its own job still holding the lease waits: once that holder dies (its lease stale) it
+    launches the run, once the holder has finished the run it launches nothing."""
     save = str(tmp_path / "run")
     os.makedirs(save)
     finish = (f"open({os.path.join(save, state.RESULTS)!r}, 'w').write('{{\"complete\": true}}')")
-    holder = _holding(save, f"import os\ndef finish(): {finish}\n{end}")
+    holder = _holding(save, f"import os\ndef finish(): {finish}\n{end}", job)
+    _as_job(monkeypatch, job)
     task = slurm.Task(spec.Run("r", "transfer", save, ("true",)), None)
     answer: list[bool] = []
-    waiting = threading.Thread(target=lambda: answer.append(task.wait_for_holder(poll=0.05)))
+    said: list[str] = []
+    waiting = threading.Thread(target=lambda: answer.append(task.wait_for_holder(poll=0.05, say=said.append)))
     waiting.start()
     waiting.join(0.5)
-    assert waiting.is_alive() and not answer  # the holder is alive: the job waits
+    assert waiting.is_alive() and not answer  # its own holder is alive: the job waits
     holder.stdin.write("go\n")
     holder.stdin.flush()
     holder.wait(30)
     waiting.join(30)
-    assert answer == [launch]
+    assert answer == [launch] and said == []
+
+
+@pytest.mark.parametrize("holder_job, mine, named", [
+    ({"SLURM_JOB_ID": "77"}, {"SLURM_JOB_ID": "78"}, "(job 77, since "),        # a duplicate job
+    ({"SLURM_JOB_ID": "45"}, ARRAY_ELEMENT, "(job 45, since "),                # another job, the same number's array
+    ({}, {"SLURM_JOB_ID": "78"}, " (since "),                                 # a run started by hand
+    ({}, {}, " (since "),                                                      # nobody's job: never "its own"
+])
+def test_a_job_leaves_at_once_a_run_that_another_job_or_process_trains(tmp_path, monkeypatch, holder_job, mine,
+                                                                        named):
+    """No idle duplicates: a job that finds the run trained by anyone but its own earlier incarnation says so in one
+    line and launches nothing (the campaign sees the run running, and submits it again only if that holder dies)."""
+    save = str(tmp_path / "run")
+    os.makedirs(save)
+    holder = _holding(save, "pass", holder_job)
+    try:
+        _as_job(monkeypatch, mine)
+        said: list[str] = []
+        answer: list[bool] = []
+        task = slurm.Task(spec.Run("r", "transfer", save, ("true",)), None)
+        waiting = threading.Thread(target=lambda: answer.append(task.wait_for_holder(poll=0.05, say=said.append)),
+                                   daemon=True)
+        waiting.start()
+        waiting.join(10)
+        assert answer == [False]  # at once, not after the holder
+        me = slurmjob.lease.slurm_job() or "no SLURM job"
+        assert len(said) == 1 and said[0].startswith(f"r: trained by pid {holder.pid} on ") and named in said[0]
+        assert said[0].endswith(f", not this job ({me}): nothing to do here"), said
+    finally:
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        holder.wait(30)
+
+
+@pytest.mark.parametrize("env, asked", [({"SLURM_CPUS_PER_TASK": "2"}, 2),
+                                        ({"SLURM_JOB_CPUS_PER_NODE": "4(x2)"}, 4)])
+def test_a_step_that_sees_fewer_cpus_than_its_job_stops_with_exit_3(tmp_path, monkeypatch, env, asked):
+    """SLURM 22.05-23.02's srun binds a step to one core unless told the job's CPUs: the run is not started on it;
+    one line and exit 3 (the node's or the cluster's fault, retried elsewhere)."""
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_JOB_CPUS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**env, "SLURMD_NODENAME": "n7"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    save = str(tmp_path / "run")
+    task = slurm.Task(spec.Run("r", "transfer", save, ("touch", os.path.join(save, "started"))), None)
+    line = (f"error: this job step may use 1 of the {asked} CPUs its job has on n7 (the step was bound to fewer "
+            "cores: srun needs --cpus-per-task or SRUN_CPUS_PER_TASK)")
+    with pytest.raises(slurm.RunFailed) as failed:
+        task()
+    assert str(failed.value) == f"r: exit 3: {line}"
+    record = slurmkit.read_json(os.path.join(save, state.LAUNCH))
+    assert record["exit"] == 3 and record["error"] == line and record["node"] == "n7"
+    assert not os.path.exists(os.path.join(save, "started"))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(asked)))
+    assert task() == 0 and os.path.exists(os.path.join(save, "started"))  # every CPU: the run starts
+
+
+def test_the_scheduler_s_stop_signals_reach_the_run_which_releases_its_lease(tmp_path):
+    """Under cgroup process tracking SLURM signals only the step's task (the Task's process): SIGTERM (and
+    SIGINT, SIGHUP, SIGUSR1 as SIGTERM) is passed on to the run's process group, whose entry point releases its
+    lease at once; submitit's checkpoint signal (USR2) stays the Task's own and the run ignores it."""
+    save = str(tmp_path / "run")
+    run = spec.Run("r", "transfer", save, slurmkit.holding(save, 60))
+    task = slurm.Task(run, None)
+    before = {sig: signal.getsignal(sig) for sig in slurmjob.FORWARD}
+    outcome: list[BaseException] = []
+    try:
+        task._forward_signals()  # what __call__ does first when it runs in the main thread, as under submitit
+        assert {sig for sig in before if signal.getsignal(sig) == task._on_signal} == {
+            signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+        assert signal.getsignal(signal.SIGUSR2) != task._on_signal
+        thread = threading.Thread(target=lambda: outcome.append(_raised(task)))
+        thread.start()
+        slurmkit.wait_until("the run to hold its lease", lambda: slurmkit.starts(save), 30)
+        os.killpg(task.execution.proc.pid, signal.SIGUSR2)  # as process tracking by tree would deliver it
+        time.sleep(0.5)
+        assert task.execution.proc.poll() is None and state.lock_holder(save)  # ignored: the run trains on
+        os.kill(os.getpid(), signal.SIGTERM)  # scancel
+        slurmkit.wait_until("the lease released", lambda: not os.path.exists(os.path.join(save, ".lease")), 10)
+        thread.join(20)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if task.execution is not None and task.execution.proc.poll() is None:
+            task.execution.proc.kill()
+    assert [str(e) for e in outcome] == ["r: stopped by SIGTERM from outside (scancel, preemption, a node going "
+                                         "down): it resumes when launched again"]
+    record = slurmkit.read_json(os.path.join(save, state.LAUNCH))
+    assert record["exit"] is None and record["interrupted"] == signal.SIGTERM  # not a failure: resumes
+    assert state.state_of(run).state == "pending"
+
+
+def _raised(task) -> BaseException | None:
+    try:
+        task()
+    except BaseException as e:  # RunFailed
+        return e
+    return None
 
 
 @pytest.mark.slow
@@ -350,3 +471,98 @@ def test_two_runs_of_one_campaign_at_once_submit_one_array(slurm_cluster, tmp_pa
     assert sorted(jobs) == sorted(r.id for r in c.runs) and all(len(js) == 1 for js in jobs.values())
     assert len(_arrays(c)) == 1  # one array, submitted once
     assert {r.state for r in state.states(c)} == {"done"}
+
+
+def _slurm_version() -> tuple[int, int]:
+    out = subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.split()[-1]
+    return tuple(int(x) for x in out.split(".")[:2])
+
+
+@pytest.mark.slow
+def test_a_job_step_gets_every_cpu_its_job_asked_for(two_nodes, tmp_path):
+    """script/slurm_up.sh's nodes bind tasks to the cores their step asked for: there a plain `srun` step of a
+    2-CPU job gets 1 CPU (srun of SLURM 22.05-23.02 does not read SLURM_CPUS_PER_TASK); the campaign's job
+    step gets both."""
+    plain = tmp_path / "plain.txt"
+    subprocess.run(["sbatch", "--wait", "-c", "2", "-o", str(plain), "--wrap", "srun nproc"], check=True,
+                   capture_output=True, timeout=120)
+    if (22, 5) <= _slurm_version() <= (23, 2):
+        assert plain.read_text().split() == ["1"]  # the fault the campaign's jobs must not meet
+    c = slurmkit.campaign(str(tmp_path / "root"), 1, lambda d: ("bash", "-c", f"nproc > {d}/cpus && echo "
+                                                                          f"'{{\"complete\": true}}' > {d}/results.json"))
+    opts = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=2, time_min=5)
+    said: list[str] = []
+    assert slurm.run_slurm(c, opts, follow=True, poll=1, say=said.append) == 0, said
+    with open(os.path.join(c.runs[0].save_dir, "cpus")) as f:
+        assert f.read().split() == ["2"]
+
+
+def _ended(save_dir: str) -> dict | None:
+    """The run's launch.json once it records the run's end."""
+    record = slurmkit.read_json(os.path.join(save_dir, state.LAUNCH))
+    return record if isinstance(record, dict) and record.get("end") else None
+
+
+def _requeue(job: str) -> None:
+    """scontrol requeue, retried while SLURM still calls the job's start "pending execution"."""
+    for _ in range(20):
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        assert "pending execution" in done.stderr, done.stderr
+        time.sleep(0.5)
+    raise AssertionError(f"scontrol requeue {job} kept failing")
+
+
+@pytest.mark.slow
+def test_a_requeued_or_cancelled_job_releases_its_lease_and_its_requeue_elsewhere_starts_at_once(two_nodes,
+                                                                                                   tmp_path):
+    """Under cgroup process tracking SLURM's SIGTERM reaches only the job step's task; passed on, it makes the run
+    release its lease at once: a requeue on the other node starts within SLURM's requeue delay rather than after
+    the lease's stale bound (600 s: n2's processes are on another host for n1), and scancel leaves no lease."""
+    c = slurmkit.campaign(str(tmp_path), 1, lambda d: slurmkit.holding(d, 600))
+    save = c.runs[0].save_dir
+    lease_file = os.path.join(save, ".lease")
+    slurmkit.drain("n1")
+    job = slurm.submit(c, list(c.runs), OPTS, say=lambda s: None)["r0"]
+    try:
+        slurmkit.wait_until("the run to start on n2", lambda: slurmkit.starts(save), 120)
+        assert slurmkit.starts(save)[0][0] == "n2" and state.lease_of(save).holder.job == job
+        slurmkit.resume("n1")
+        slurmkit.drain("n2")
+        requeued = time.time()
+        _requeue(job)
+        slurmkit.wait_until("the lease released", lambda: not os.path.exists(lease_file), 8)
+        slurmkit.wait_until("the requeue to start on n1", lambda: len(slurmkit.starts(save)) == 2, 90)
+        node, started = slurmkit.starts(save)[1]
+        assert node == "n1" and started - requeued < 60
+        slurmkit.wait_until("the requeue to hold the lease", lambda: os.path.exists(lease_file), 10)
+        subprocess.run(["scancel", job], check=True)
+        slurmkit.wait_until("the lease released", lambda: not os.path.exists(lease_file), 8)
+        record = slurmkit.wait_until("the run's end recorded", lambda: _ended(save), 10)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    assert record["exit"] is None and record["interrupted"] == signal.SIGTERM  # stopped, not failed: it resumes
+
+
+@pytest.mark.slow
+def test_a_duplicate_job_of_a_running_run_ends_at_once(slurm_cluster, tmp_path):
+    """A second job of a run that another job trains (a submission that was never recorded, say) does not idle
+    its allocation: it says who trains the run in one line of its log and ends; the first trains on."""
+    c = slurmkit.campaign(str(tmp_path), 1, lambda d: slurmkit.holding(d, 600))
+    save = c.runs[0].save_dir
+    first = slurm.submit(c, list(c.runs), OPTS, say=lambda s: None)["r0"]
+    second = None
+    try:
+        slurmkit.wait_until("the run to start", lambda: slurmkit.starts(save), 120)
+        second = slurm.submit(c, list(c.runs), OPTS, say=lambda s: None)["r0"]
+        slurmkit.wait_until("the second job to end", lambda: second not in scheduler.alive_jobs(), 60)
+        assert first in scheduler.alive_jobs() and len(slurmkit.starts(save)) == 1
+        assert state.lease_of(save).holder.job == first
+        folder = os.path.join(c.root, ".campaign", "slurm", second.split("_")[0])
+        log = "".join(open(os.path.join(folder, f)).read() for f in os.listdir(folder) if f.endswith("_log.out"))
+        lines = [ln for ln in log.splitlines() if "trained by" in ln]
+        assert len(lines) == 1 and lines[0].startswith("r0: trained by pid ") and f"(job {first}, since " in \
+            lines[0] and lines[0].endswith(f", not this job ({second}): nothing to do here"), log
+    finally:
+        subprocess.run(["scancel", first, *([second] if second else [])], capture_output=True)
