@@ -1,12 +1,14 @@
 """The stacks CI tests besides the pins (script/stacks.txt, made by script/stack.sh): .ci/run runs every one of
 them and no other, the README's versions section names each one and promises no PyTorch older than the oldest,
-and script/stack.sh refuses a stack or a Python it cannot have in one line (run in a temporary copy of script/)."""
+script/stack.sh refuses a stack or a Python it cannot have in one line (run in a temporary copy of script/), and
+script/test.sh runs what it is given: a file named runs that file, not the whole suite with it."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -79,3 +81,11 @@ def test_a_stack_whose_python_is_missing_is_refused_in_one_line(copy, tmp_path):
     assert done.stderr.startswith("error: stack 'future' needs Python 3.99: none found as python3.99 on PATH or "
                                   f"under {tmp_path / 'no-pyenv'}/versions")
     assert not (copy / ".stacks").exists()
+
+
+def test_test_sh_runs_only_the_tests_it_is_given():
+    done = subprocess.run([BASH, os.path.join(ROOT, "script", "test.sh"), "tests/test_stacks.py", "--collect-only",
+                           "--noconftest", "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DOUBLEWIN_PY": sys.executable})
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1].startswith("5 tests collected in "), \
+        done.stdout + done.stderr
