@@ -7,12 +7,13 @@ import json
 import os
 import pickle
 import stat
+import struct
 import sys
 import tempfile
 import zipfile
 from typing import Any
 
-from infra import lease
+from infra import lease, torchfiles
 from infra.errors import CheckpointError, UserError, node_error
 
 # ---------------------------------------------------------------------------- file names
@@ -224,7 +225,11 @@ def _load(path: str, trusted: bool, map_location: Any, *, own: bool) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as e:
-        if not trusted and "weights_only" in str(e):
+        refused = not trusted and "weights_only" in str(e)
+        if refused and not torchfiles.refused_an_object(e, path):  # a broken file, worded by torch as a refusal
+            raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e.__context__ or e)}); {remedy}") \
+                from None
+        if refused:
             if own:
                 raise CheckpointError(f"{path} holds Python objects beyond tensors and plain values, so this code "
                                       f"did not write it and it was not unpickled: {remedy}") from None
@@ -233,8 +238,12 @@ def _load(path: str, trusted: bool, map_location: Any, *, own: bool) -> Any:
                 "if you trust this file, pass --trust-pickle to load it fully") from None
         raise CheckpointError(f"{path} is corrupt or not a torch file ({_first_line(e)}); {remedy}") from None
     except OSError as e:
-        raise _read_failed(path, e) or CheckpointError(f"{path} cannot be read ({_first_line(e)}); {remedy}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        err = _read_failed(path, e)
+        if err is None:  # not the machine's fault: torch's zip reader meets a cut file this way too
+            broken = "cannot be read" if torchfiles.pickles_whole(path) else "is truncated or corrupt"
+            err = CheckpointError(f"{path} {broken} ({_first_line(e)}); {remedy}")
+        raise err from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, struct.error) as e:
         raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}); {remedy}") from None
 
 

@@ -5,4 +5,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DOUBLEWIN_NEEDS="pytest advertorch" source "$ROOT/script/env.sh"
 cd "$ROOT"
-exec "$DOUBLEWIN_PY" -m pytest tests "$@"
+exec "$DOUBLEWIN_PY" -m pytest "$@"  # no file or folder named: the whole suite (pyproject.toml's testpaths)

@@ -17,7 +17,7 @@ FILE_EXT = re.compile(r"\.(py|sh|md|toml|txt|cfg|ini|yml|yaml)$")
 OUTPUT_EXT = re.compile(r"\.(json|jsonl|csv|png|pdf|svg|tar|pth|log|out|err|mat|npz)$")  # what runs write
 DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 # words that stand for a place the user picks or a run writes, not a file of the repository
-PLACEHOLDER = re.compile(r"[<>{}*$~]|\.\.\.|^[A-Z][A-Z0-9_]*(/|$)|^(/|https?:|demo_out/|runs/|data/|\.venv)")
+PLACEHOLDER = re.compile(r"[<>{}*$~]|\.\.\.|^[A-Z][A-Z0-9_]*(/|$)|^(/|https?:|demo_out/|runs/|data/|\.venv|\.stacks/)")
 COMMAND = re.compile(r"^(?:\S+/)?(?:python3?(?:\.\d+)?|bash|sh)\s")
 
 

@@ -1,0 +1,91 @@
+"""The stacks CI tests besides the pins (script/stacks.txt, made by script/stack.sh): .ci/run runs every one of
+them and no other, the README's versions section names each one and promises no PyTorch older than the oldest,
+script/stack.sh refuses a stack or a Python it cannot have in one line (run in a temporary copy of script/), and
+script/test.sh runs what it is given: a file named runs that file, not the whole suite with it."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASH = shutil.which("bash")
+
+
+def stacks() -> dict[str, tuple[str, str, str]]:
+    """script/stacks.txt: name -> (python, torch, torchvision)."""
+    rows = {}
+    for line in open(os.path.join(ROOT, "script", "stacks.txt")):
+        fields = line.split("#")[0].split()
+        if fields:
+            assert len(fields) == 4, line
+            rows[fields[0]] = tuple(fields[1:])
+    return rows
+
+
+def readme_versions() -> str:
+    text = open(os.path.join(ROOT, "README.md")).read()
+    return text.split("## Supported versions", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.fixture
+def copy(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(ROOT, "script"), repo / "script")
+    for name in ("requirements.txt", "requirements-test.txt"):
+        shutil.copy(os.path.join(ROOT, name), repo / name)
+    return repo
+
+
+def stack_sh(repo, *args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([BASH, str(repo / "script" / "stack.sh"), *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
+
+
+def test_ci_runs_the_fast_subset_on_every_stack_and_no_other():
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    loop = re.search(r"^for stack in ([^;]+); do", ci, re.M)
+    assert loop, ".ci/run has no `for stack in ...; do` loop"
+    assert loop.group(1).split() == list(stacks()) and len(stacks()) >= 2
+    body = ci[loop.end():ci.index("\ndone", loop.end())]
+    assert 'bash script/stack.sh "$stack"' in body and 'DOUBLEWIN_PY="$py" bash script/test.sh -m "not slow"' in body
+
+
+def test_the_readme_names_each_stack_and_promises_no_older_pytorch():
+    section = readme_versions()
+    for name, (python, torch, vision) in stacks().items():
+        row = next((line for line in section.splitlines() if f"`{name}`" in line), None)
+        assert row is not None, f"README's Supported versions has no row for stack `{name}`"
+        assert [python, torch, vision] == [c.strip() for c in row.split("|")[2:5]], row
+    oldest = min(tuple(map(int, torch.split(".")[:2])) for _, torch, _ in stacks().values())
+    promised = re.search(r"PyTorch (\d+)\.(\d+) or newer", open(os.path.join(ROOT, "README.md")).read())
+    assert promised and tuple(map(int, promised.groups())) == oldest
+
+
+def test_an_unknown_stack_is_refused_in_one_line(copy):
+    done = stack_sh(copy, "nosuch")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"error: no stack 'nosuch' in script/stacks.txt (its stacks: {' '.join(stacks())})\n"
+    assert not (copy / ".stacks").exists()
+
+
+def test_a_stack_whose_python_is_missing_is_refused_in_one_line(copy, tmp_path):
+    with open(copy / "script" / "stacks.txt", "a") as f:
+        f.write("future  3.99  9.9.9  0.99.9\n")
+    done = stack_sh(copy, "future", PYENV_ROOT=str(tmp_path / "no-pyenv"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: stack 'future' needs Python 3.99: none found as python3.99 on PATH or "
+                                  f"under {tmp_path / 'no-pyenv'}/versions")
+    assert not (copy / ".stacks").exists()
+
+
+def test_test_sh_runs_only_the_tests_it_is_given():
+    done = subprocess.run([BASH, os.path.join(ROOT, "script", "test.sh"), "tests/test_stacks.py", "--collect-only",
+                           "--noconftest", "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DOUBLEWIN_PY": sys.executable})
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1].startswith("5 tests collected in "), \
+        done.stdout + done.stderr
