@@ -89,7 +89,7 @@ def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_
     meta = {"level": level, "sparsity": s, "source": cfg.source, "init": cfg.init, "arch": cfg.arch,
             "mask_digest": digest, "init_digest": init_digest, "config": config_dict(cfg), "cost": cost}
     pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
-    files.atomic_write_json(files.imp_sparsity(cfg.save_dir, level), {
+    runner.folder(cfg.save_dir).write_json(files.imp_sparsity(cfg.save_dir, level), {
         "level": level, "sparsity": s, "source": cfg.source, "mask_digest": digest, "layers": layers,
         "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values()),
         "cost": cost, "level_cost": last})
@@ -217,11 +217,11 @@ class Levels:
         if at.watch is not None:
             row["mask_distance"], row["early_bird_stop"] = self.early_bird(at)
         if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
-            files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
+            runner.folder(cfg.save_dir).append_row(os.path.join(cfg.save_dir, files.METRICS), row)
             state = checkpoint_dict(self.net, at, optimizer, self.scaler, cfg)
             if is_best:
-                files.atomic_save(state, files.imp_best(cfg.save_dir, at.level))
-            files.atomic_save(state, files.imp_checkpoint(cfg.save_dir, at.level))
+                runner.folder(cfg.save_dir).save(state, files.imp_best(cfg.save_dir, at.level))
+            runner.folder(cfg.save_dir).save(state, files.imp_checkpoint(cfg.save_dir, at.level))
             if self.board is not None:
                 self.board.add(row)
         log.info(f"level {at.level} epoch {at.done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
@@ -282,6 +282,6 @@ def _evaluate_only(env: DistEnv, cfg: IMPConfig, net, val_loader, mask: Mask | N
                                  desc="eval (attack)")
         out.update(ra_top1=robust["top1"], attack=cfg.attack.describe())
     if env.is_main:
-        files.atomic_write_json(os.path.join(cfg.save_dir, files.EVALUATION), out)
+        runner.folder(cfg.save_dir).write_json(os.path.join(cfg.save_dir, files.EVALUATION), out)
     log.info(f"evaluated {source or 'the random init'}: SA top1 {out['sa_top1']:.2f} top5 {out['sa_top5']:.2f}"
              + (f", RA {out['ra_top1']:.2f} ({out['attack']})" if "ra_top1" in out else ""))

@@ -18,12 +18,13 @@ from torch import nn
 
 import pruning_utils
 from attacks import build_attack
-from infra.checkpoint import (METRICS, RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own,
+from infra.checkpoint import (METRICS, RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, load_own,
                               read_jsonl)
 from infra.distributed import DistEnv, ShardSampler, all_reduce_sum
 from infra.reproducibility import seed_epoch
 from infra.runlog import LOGGER
 from training import ledger
+from training import runner
 from training.engine import Step, evaluate
 from transfer.state import Training, restore
 
@@ -156,7 +157,7 @@ def finish(env: DistEnv, cfg, run: Training, data, info: dict, state: dict) -> d
     if env.is_main:  # every epoch's ledger (metrics.jsonl) and the tests' (AutoAttack's passes are not counted)
         rows = read_jsonl(os.path.join(cfg.save_dir, METRICS))
         results["cost"] = ledger.total([r["cost"] for r in rows if isinstance(r.get("cost"), dict)] + [tests])
-        atomic_write_json(os.path.join(cfg.save_dir, RESULTS), results)
+        runner.folder(cfg.save_dir).write_json(os.path.join(cfg.save_dir, RESULTS), results)
         log.info(f"wrote {os.path.join(cfg.save_dir, RESULTS)}")
     return results
 
