@@ -276,7 +276,7 @@ def _copied(h: Holder, folder: str) -> bool:
 
 
 def duration(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+    return f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 # ---------------------------------------------------------------------------- taking a lease

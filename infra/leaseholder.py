@@ -67,20 +67,24 @@ class Lease:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.holder.beat_s):
-            with self.lock:
-                if self.stop.is_set():
-                    return  # released while this beat waited for the lock
-                t = protocol.clock()
-                try:
-                    if not self.owned():
-                        die(self.lost_text())
-                    self.ok = t
-                    os.utime(self.path)  # on NFS: the server's time
-                    self.touched, self.failing = t, None
-                except OSError as e:  # a filesystem hiccup: the next beat retries, up to the bound
-                    self.failing = e
-                    if protocol.clock() - self.touched > self.holder.stale_s:
-                        die(self.lost_text())
+            self.beat()
+
+    def beat(self) -> None:
+        """One heartbeat: the lease read (still ours?), then touched; never while a release is under way."""
+        with self.lock:
+            if self.stop.is_set():
+                return  # released while this beat waited for the lock
+            t = protocol.clock()  # before the I/O: a read or touch that blocks dates nothing after it
+            try:
+                if not self.owned():
+                    die(self.lost_text())
+                self.ok = t
+                os.utime(self.path)  # on NFS: the server's time
+                self.touched, self.failing = t, None
+            except OSError as e:  # a filesystem hiccup: the next beat retries, up to the bound
+                self.failing = e
+                if protocol.clock() - self.touched > self.holder.stale_s:
+                    die(self.lost_text())
 
     def check(self, *, fresh: bool = False) -> None:
         """Raise LeaseLost unless the lease is still ours; called before a write. `fresh`: confirmed by a read
