@@ -41,15 +41,20 @@ except lease.LeaseHeld as e:
 SPAWN = f"""import multiprocessing, os, sys, time
 sys.path.insert(0, {kit.ROOT!r})
 from infra import checkpoint
+from infra.errors import UserError
 from training import savedir
 
 
 def rank(save_dir, go):
-    checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 1}})
-    print("rank", os.getpid(), flush=True)
-    while not os.path.exists(go):
-        time.sleep(0.01)
-    checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 2}})
+    try:  # as a spawned rank reports an error: one line
+        checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 1}})
+        print("rank", os.getpid(), flush=True)
+        while not os.path.exists(go):
+            time.sleep(0.01)
+        checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 2}})
+    except UserError as e:
+        print(f"error: {{e}}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_status)
 
 
 if __name__ == "__main__":
