@@ -157,11 +157,18 @@ def _mkstemp(path: str, folder: str, fence: "leaseholder.Lease | None") -> tuple
 
 
 def _replace(tmp: str, path: str, fence: "leaseholder.Lease | None") -> None:
+    ino = None
     try:
+        ino = os.stat(tmp).st_ino
         os.replace(tmp, path)
     except FileNotFoundError:
         if fence is not None and not os.path.isdir(fence.tmp):
             raise fence.lost_error() from None  # our temp folder was renamed away: the lease is someone else's
+        try:
+            if ino is not None and os.stat(path).st_ino == ino:
+                return  # NFS: a retransmitted RENAME whose first one worked answers ENOENT
+        except OSError:
+            pass
         raise
 
 

@@ -114,3 +114,16 @@ def test_taking_a_lease_removes_the_temp_folders_of_earlier_holders_only(tmp_pat
     assert sorted(n for n in os.listdir(save) if n.startswith(".tmp")) == [lease.TEMP + folder.lease.holder.token]
     folder.write_text(os.path.join(save, "a.txt"), "a")
     assert os.listdir(folder.lease.tmp) == []  # the temp file was renamed into place
+
+
+def test_a_rename_that_worked_but_answered_enoent_is_a_write_done(tmp_path, monkeypatch):
+    """NFS: the RENAME's reply was lost and its retransmit answered ENOENT: the file is in place, no error."""
+    real = os.replace
+
+    def retransmitted(src, dst):
+        real(src, dst)
+        raise FileNotFoundError(2, "No such file or directory")
+    monkeypatch.setattr(checkpoint.os, "replace", retransmitted)
+    path = str(tmp_path / "results.json")
+    checkpoint.atomic_write_json(path, {"a": 1})
+    assert json.load(open(path)) == {"a": 1}
