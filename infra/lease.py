@@ -11,14 +11,15 @@ retransmitted LINK answered EEXIST is recognised as our own) and an atomic renam
 - The lease (JSON) names its holder: host, pid and the pid's start time (a reused pid is not the holder), boot
   and pid namespace, SLURM job, start time, a random token, the holder's heartbeat interval and stale bound, and
   its folder's path and inode. The holder touches it every `beat_s` seconds.
-- Stale: on this machine, its process gone (or its pid reused); a folder whose path and inode both differ from the
-  lease's own (a copied run folder: one alone changes when a folder is moved, or when Lustre migration, 32-bit
-  inode clients or FUSE renumber it); or no heartbeat for longer than the holder's bound
-  (`DOUBLEWIN_LEASE_STALE_S`, default 600 s) as THIS reader watched it: its content and mtime unchanged for that
-  long on the reader's own monotonic clock, so no node's clock matters. A reader that has not watched it yet
-  (`plan`, `status`) judges by the mtime against the filesystem's clock (a probe file), which can be wrong where
-  the filesystem stamps times with skewed client clocks (Lustre, GPFS): such a judgement is not `sure`, and a taker
-  watches the lease for the bound before it takes it over.
+- Stale: on this machine, its process gone (or its pid reused), or its heartbeat older than its bound (one
+  clock stamps both); a folder whose path and inode both differ from the lease's own (a copied run folder: one
+  alone changes when a folder is moved, or when Lustre migration, 32-bit inode clients or FUSE renumber it); or
+  no heartbeat for longer than the holder's bound (`DOUBLEWIN_LEASE_STALE_S`, default 600 s) as THIS reader
+  watched it: its content and mtime unchanged for that long on the reader's own monotonic clock, so no node's
+  clock matters. A reader that has not watched a lease from another node yet (`plan`, `status`) judges by its
+  mtime against the filesystem's clock (a probe file), which can be wrong where the filesystem stamps times with
+  skewed client clocks (Lustre, GPFS): such a judgement is not `sure`, and a taker watches the lease for the
+  bound before it takes it over.
 - A stale lease is taken over atomically, with one winner however many processes try at once: the taker first
   creates `<lease>.take-<stale token>.<n>` exclusively, then checks, under it, that the lease is still the same
   stale one (by token) before renaming its own over it. A takeover file older than `TAKE_S` (a taker that died
@@ -257,12 +258,10 @@ def look(path: str) -> Seen | None:
     alive = _alive_here(holder) if holder else None
     if alive is False:
         return seen(True, f"its process (pid {holder.pid}) is gone")
-    if alive:
-        return seen(False)
     if unchanged > stale_s:
         return seen(True, f"no heartbeat seen for {duration(unchanged)}")
-    if not changed and age > stale_s:
-        return seen(True, f"no heartbeat for {duration(age)}", sure=False)
+    if (alive or not changed) and age > stale_s:  # its mtime and our probe's: one clock when the holder runs here
+        return seen(True, f"no heartbeat for {duration(age)}", sure=bool(alive))
     return seen(False)
 
 

@@ -32,6 +32,18 @@ def progress() -> None:
     _last[0] = time.monotonic()
 
 
+@contextlib.contextmanager
+def forward_progress(model) -> Iterator[None]:
+    """Within the block, each forward pass of `model` is progress: for loops that are not ours (AutoAttack's)."""
+    import torch
+    hook = torch.compiler.disable(lambda module, args: progress())  # a plain call, never traced
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def stall_bound() -> float:
     """DOUBLEWIN_STALL_S (default 1800), refused in one line unless a number of seconds above 0."""
     text = os.environ.get(STALL_ENV, "")

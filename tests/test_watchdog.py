@@ -98,3 +98,15 @@ def test_the_watchdog_thread_is_one_per_process(tmp_path, monkeypatch, stalls):
         with watchdog.watching(None, None):
             pass
     assert sum(t.name == "progress watchdog" for t in threading.enumerate()) == 1
+
+
+def test_forward_passes_are_progress_within_the_block_only():
+    import torch
+    model = torch.nn.Linear(2, 2)
+    watchdog._last[0] = 0.0
+    with watchdog.forward_progress(model):
+        model(torch.zeros(1, 2))
+    assert watchdog._last[0] > 0.0
+    watchdog._last[0] = 0.0
+    model(torch.zeros(1, 2))
+    assert watchdog._last[0] == 0.0

@@ -22,6 +22,7 @@ from infra.checkpoint import (METRICS, RA_BEST, RESULTS, SA_BEST, atomic_write_b
                               read_jsonl)
 from infra.distributed import DistEnv, ShardSampler, all_reduce_sum
 from infra.reproducibility import seed_epoch
+from infra import watchdog
 from infra.runlog import LOGGER
 from training import ledger
 from training import runner
@@ -117,7 +118,8 @@ def autoattack_ra(model: nn.Module, dataset, cfg, env: DistEnv, *,
         fetch = fetch or partial(dataset_items, dataset)
         parts = [fetch(idx[k:k + batch]) for k in range(0, len(idx), batch)]
         x, y = torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
-        _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch)
+        with watchdog.forward_progress(model):  # its attacks' steps are progress
+            _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch)
         counts[0] = float((y_adv.cpu() == y).sum())
     robust, total = all_reduce_sum(counts, env).tolist()
     return 100.0 * robust / max(total, 1.0), int(total), list(aa.attacks_to_run)
