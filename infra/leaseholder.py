@@ -116,6 +116,9 @@ class Lease:
             return (f"{self.scope}: the heartbeat of {me} could not reach its lease {self.path} "
                     f"({self.failing.strerror or type(self.failing).__name__}) for over {self.holder.stale_s:g} s, "
                     f"so another process may take it over: {end}")
+        if seen is None and protocol.clock() - self.touched > self.holder.stale_s:  # we were silent: a taker's
+            return (f"{self.scope} was taken over by another process, which has released it since: {me} gave no "
+                    f"heartbeat for over {self.holder.stale_s:g} s (frozen, or cut off from the filesystem), {end}")
         if seen is None:
             return (f"{self.scope}: its lease {self.path} vanished while {me} held it (deleted, or its folder moved "
                     f"or removed), {end}")

@@ -201,13 +201,17 @@ def test_a_heartbeat_in_flight_when_the_lease_is_released_does_not_call_it_lost(
     assert no_exit == []
 
 
-@pytest.mark.parametrize("how", ["vanished", "taken", "silent"])
+@pytest.mark.parametrize("how", ["vanished", "taken", "taken and released", "silent"])
 def test_a_lost_lease_names_its_cause(tmp_path, monkeypatch, no_exit, how):
     path = str(tmp_path / ".lease")
     held = leaseholder.acquire(path)
     if how == "vanished":
         os.unlink(path)
         expected = f"^{tmp_path}: its lease {path} vanished while this process"
+    elif how == "taken and released":  # frozen past the bound meanwhile
+        os.unlink(path)
+        held.touched -= held.holder.stale_s + 1
+        expected = f"^{tmp_path} was taken over by another process, which has released it since: this process"
     elif how == "taken":
         write_lease(path, other(path))
         expected = f"^{tmp_path} was taken over by pid 4242 on othernode .*: this process .* gave no heartbeat"
