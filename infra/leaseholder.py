@@ -42,6 +42,7 @@ class Lease:
         self.pid = os.getpid() if pid is None else pid
         self.ok = self.touched = protocol.clock()  # last confirmed ours (a read), last heartbeat written
         self.failing: OSError | None = None  # the heartbeat's last error while it fails
+        self.reported = False  # a LeaseLost was raised: its one line is said
         self.stop = threading.Event()
         self.lock = threading.RLock()  # one heartbeat or one release at a time
         self.thread: threading.Thread | None = None
@@ -125,12 +126,13 @@ class Lease:
         return f"{self.scope} was taken over by {seen.who()} while {me} held it, {end}"
 
     def lost_error(self) -> LeaseLost:
-        self.stop.set()  # the heartbeat stays silent: this error is the one line
+        self.stop.set()  # the heartbeat (and the release) stay silent: this error is the one line
+        self.reported = True
         return LeaseLost(self.lost_text())
 
     def release(self) -> None:
         """Give the lease up once every acquire has released it; the file (and our temp folder) go only while it
-        is still ours."""
+        is still ours. Found lost: one line and exit LOST_EXIT, as the heartbeat would."""
         self.count -= 1
         if self.count > 0:
             return
@@ -146,6 +148,8 @@ class Lease:
             if owned:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 protocol._unlink(self.path)
+            elif not self.reported:  # lost before this release read it (not by it): say so, exit LOST_EXIT
+                die(self.lost_text())
 
 
 _HELD: dict[str, Lease] = {}  # realpath of the lease -> what this process holds

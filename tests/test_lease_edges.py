@@ -34,7 +34,7 @@ def no_exit(monkeypatch):
     yield died
     for held in list(leaseholder._HELD.values()):
         held.stop.set()
-        held.count = 1
+        held.count, held.reported = 1, True  # some were taken over here: no line at release
         held.release()
 
 
@@ -223,3 +223,13 @@ def test_a_lost_lease_names_its_cause(tmp_path, monkeypatch, no_exit, how):
         held.beat()
     assert len(no_exit) == 1 and __import__("re").match(expected, no_exit[0]), no_exit
     assert no_exit[0].endswith("so it stops here without writing anything more") or how == "silent"
+
+
+def test_a_release_that_finds_the_lease_taken_over_says_so(tmp_path, no_exit):
+    path = str(tmp_path / ".lease")
+    held = leaseholder.acquire(path)
+    write_lease(path, other(path))
+    with pytest.raises(Died):
+        held.release()
+    assert no_exit[0].startswith(f"{tmp_path} was taken over by pid 4242 on othernode") and len(no_exit) == 1
+    assert lease.look(path).holder.pid == 4242  # not ours to remove
