@@ -212,8 +212,8 @@ def _inherited() -> dict[str, Lease]:
         if pid != os.getpid() and path not in _HELD:
             h = _INHERITED.get(path)
             if h is None or h.holder.token != token:
-                holder = protocol.Holder("", pid, None, None, None, None, 0.0, token, protocol.BEAT_S,
-                                         protocol.STALE_S, None)
+                beat_s, stale_s = protocol.bounds()  # the parent's: it took them from the same environment
+                holder = protocol.Holder("", pid, None, None, None, None, 0.0, token, beat_s, stale_s, None)
                 h = _INHERITED[path] = Lease(path, holder, scope, pid)
             out[path] = h
     return out
