@@ -20,6 +20,7 @@ RESULTS, CHECKPOINT, METRICS, LEASE = "results.json", "checkpoint.pth.tar", "met
 LAUNCH, OUTPUT = "launch.json", "stdout.txt"
 RUN_LEASE = "run.lease"  # ROOT/.campaign/run.lease: held by the one `sweep.py run --local/--slurm` of a campaign
 STATES = ("done", "running", "stale", "queued", "failed", "partial", "pending", "waiting")
+NO_PROGRESS = "no progress for "  # a running run's detail starts so when it makes none (see `running_text`)
 TODO = ("stale", "failed", "partial", "pending")  # what `run` launches (waiting runs once their ticket exists)
 
 
@@ -68,7 +69,7 @@ def running_text(save_dir: str, seen: lease.Seen) -> str:
         quiet = seen.mtime - os.stat(os.path.join(save_dir, watchdog.PROGRESS)).st_mtime
     except OSError:
         quiet = 0.0
-    return f"no progress for {lease.duration(quiet)}: {seen.who()}" if quiet > watchdog.QUIET_S else seen.who()
+    return f"{NO_PROGRESS}{lease.duration(quiet)}: {seen.who()}" if quiet > watchdog.QUIET_S else seen.who()
 
 
 def _epochs(save_dir: str) -> int:

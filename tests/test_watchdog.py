@@ -1,6 +1,6 @@
 """The progress watchdog (infra/watchdog.py): a run whose data reads block (a FIFO among the images) stops after
 DOUBLEWIN_STALL_S with every thread's stack in its log, its lease released and exit 3; progress keeps a run
-alive; plan/status show a live holder that makes no progress."""
+alive; plan and status show a live holder that makes no progress."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ import time
 import pytest
 
 import campaignkit as kit
-from campaign import spec, state
+from campaign import spec, state, status
 from infra import leaseholder, watchdog
 from infra.errors import UserError
 
@@ -65,6 +65,8 @@ def test_plan_shows_a_live_holder_that_makes_no_progress(tmp_path, monkeypatch):
         os.utime(save / watchdog.PROGRESS, (old, old))
         row = state.state_of(run)
         assert row.state == "running" and row.detail.startswith(f"no progress for 60 min: pid {os.getpid()} on ")
+        shown = status.status_text(spec.Campaign(str(tmp_path / "c.toml"), str(tmp_path), (run,)), [row])
+        assert f"  running x/r, no progress for 60 min: pid {os.getpid()} on " in shown
     finally:
         held.release()
 
