@@ -132,7 +132,8 @@ class Lease:
 
     def release(self) -> None:
         """Give the lease up once every acquire has released it; the file (and our temp folder) go only while it
-        is still ours. Found lost: one line and exit LOST_EXIT, as the heartbeat would."""
+        is still ours. Found taken over: one line and exit LOST_EXIT, as the heartbeat would (found deleted: a
+        warning)."""
         self.count -= 1
         if self.count > 0:
             return
@@ -148,8 +149,13 @@ class Lease:
             if owned:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 protocol._unlink(self.path)
-            elif not self.reported:  # lost before this release read it (not by it): say so, exit LOST_EXIT
-                die(self.lost_text())
+            elif self.reported:
+                pass
+            elif os.path.lexists(self.path) or protocol.clock() - self.touched > self.holder.stale_s:
+                die(self.lost_text())  # taken over before this release read it (not by it): exit LOST_EXIT
+            else:  # deleted under a holder that beat and checked every write: the run's work stands
+                print(f"warning: {self.scope}: its lease {self.path} vanished before this process (pid {self.pid}) "
+                      "released it (deleted, or its folder moved or removed)", file=sys.stderr, flush=True)
 
 
 _HELD: dict[str, Lease] = {}  # realpath of the lease -> what this process holds

@@ -233,3 +233,13 @@ def test_a_release_that_finds_the_lease_taken_over_says_so(tmp_path, no_exit):
         held.release()
     assert no_exit[0].startswith(f"{tmp_path} was taken over by pid 4242 on othernode") and len(no_exit) == 1
     assert lease.look(path).holder.pid == 4242  # not ours to remove
+
+
+def test_a_release_that_finds_the_lease_deleted_warns_and_goes_on(tmp_path, no_exit, capsys):
+    path = str(tmp_path / ".lease")
+    held = leaseholder.acquire(path)
+    os.unlink(path)
+    held.release()
+    assert no_exit == [] and capsys.readouterr().err == (
+        f"warning: {tmp_path}: its lease {path} vanished before this process (pid {os.getpid()}) released it "
+        "(deleted, or its folder moved or removed)\n")
