@@ -28,19 +28,19 @@ def stalls(monkeypatch):
 
 
 def test_progress_keeps_a_run_alive_and_none_for_the_bound_is_a_stall(tmp_path, monkeypatch, stalls):
-    monkeypatch.setenv(watchdog.STALL_ENV, "0.5")
+    monkeypatch.setenv(watchdog.STALL_ENV, "2")
     with watchdog.watching(str(tmp_path), None):
         for _ in range(20):  # a batch every 0.05 s for a second
             watchdog.progress()
             time.sleep(0.05)
         assert stalls == []
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while not stalls and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert stalls and stalls[0] == 0.5
+    assert stalls and stalls[0] == 2
     assert os.path.exists(tmp_path / watchdog.PROGRESS)
     stalls.clear()
-    time.sleep(0.6)
+    time.sleep(0.5)
     assert stalls == []  # disarmed once the run's block has ended
 
 
@@ -79,11 +79,11 @@ def test_a_run_whose_data_reads_block_stops_with_its_stacks_in_the_log(tmp_path)
     cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
            "--data", inputs["data"], *kit.TINY]
     start = time.monotonic()
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**kit.ENV, watchdog.STALL_ENV: "4"}, timeout=120)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**kit.ENV, watchdog.STALL_ENV: "6"}, timeout=120)
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
-    assert time.monotonic() - start >= 4
+    assert time.monotonic() - start >= 6
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: the run made no training or evaluation progress for over 4 s (stacks in {save}/"
+    assert last.startswith(f"error: the run made no training or evaluation progress for over 6 s (stacks in {save}/"
                            "log.txt)"), last
     log = open(os.path.join(save, "log.txt")).read()
     assert "(DOUBLEWIN_STALL_S): the stack of every thread follows" in log
@@ -102,6 +102,7 @@ def test_the_watchdog_thread_is_one_per_process(tmp_path, monkeypatch, stalls):
     assert sum(t.name == "progress watchdog" for t in threading.enumerate()) == 1
 
 
+@pytest.mark.slow  # torch.compiler's import takes seconds
 def test_forward_passes_are_progress_within_the_block_only():
     import torch
     model = torch.nn.Linear(2, 2)
