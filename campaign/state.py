@@ -1,6 +1,7 @@
-"""The state of every run of a campaign, read from its files only: done, running, stale (its lease's holder gave
-no heartbeat for too long, or died), queued, failed, partial, pending or waiting (for a ticket an IMP stage has
-not made yet); and the campaign's own lease (one `sweep.py run` at a time)."""
+"""The state of every run of a campaign, read from its files only: done, running (and whether it still makes
+progress), stale (its lease's holder gave no heartbeat for too long, or died), queued, failed, partial, pending
+or waiting (for a ticket an IMP stage has not made yet); and the campaign's own lease (one `sweep.py run` at a
+time)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from campaign.spec import Campaign, Run
-from infra import lease
+from infra import lease, leaseholder, watchdog
 from infra.errors import UserError
 
 # file names a run writes (infra/checkpoint.py owns them; a test keeps these equal)
@@ -19,6 +20,7 @@ RESULTS, CHECKPOINT, METRICS, LEASE = "results.json", "checkpoint.pth.tar", "met
 LAUNCH, OUTPUT = "launch.json", "stdout.txt"
 RUN_LEASE = "run.lease"  # ROOT/.campaign/run.lease: held by the one `sweep.py run --local/--slurm` of a campaign
 STATES = ("done", "running", "stale", "queued", "failed", "partial", "pending", "waiting")
+NO_PROGRESS = "no progress for "  # a running run's detail starts so when it makes none (see `running_text`)
 TODO = ("stale", "failed", "partial", "pending")  # what `run` launches (waiting runs once their ticket exists)
 
 
@@ -59,6 +61,17 @@ def stale_text(seen: lease.Seen) -> str:
     return f"stale lease: {seen.who()}, {seen.why}: the next launch takes it over"
 
 
+def running_text(save_dir: str, seen: lease.Seen) -> str:
+    """What `plan` shows for a live holder: who, and "no progress for 40 min" when the run's last progress
+    (SAVE_DIR/.progress, touched by the run) lags its heartbeat by more than watchdog.QUIET_S (both stamped by the
+    holder's filesystem clock: no clock skew between nodes enters)."""
+    try:
+        quiet = seen.mtime - os.stat(os.path.join(save_dir, watchdog.PROGRESS)).st_mtime
+    except OSError:
+        quiet = 0.0
+    return f"{NO_PROGRESS}{lease.duration(quiet)}: {seen.who()}" if quiet > watchdog.QUIET_S else seen.who()
+
+
 def _epochs(save_dir: str) -> int:
     try:
         with open(os.path.join(save_dir, METRICS)) as f:
@@ -82,15 +95,16 @@ def state_of(run: Run, queued: set[str] = frozenset()) -> RunState:
         return RunState(run, "done", epochs_done=_epochs(d))
     seen = lease_of(d)
     if seen is not None and not seen.stale:
-        return RunState(run, "running", seen.who(), _epochs(d))
+        return RunState(run, "running", running_text(d, seen), _epochs(d))
     if run.id in queued:
         return RunState(run, "queued", "submitted to SLURM", _epochs(d))
+    launch = _json(os.path.join(d, LAUNCH))  # a recorded death first, whatever lease it left
+    if isinstance(launch, dict) and launch.get("exit") not in (0, None):
+        why = str(launch.get("error") or f"exit {launch['exit']}")
+        return RunState(run, "failed", why + (f" ({stale_text(seen)})" if seen is not None else ""), _epochs(d),
+                        launch["exit"])
     if seen is not None:
         return RunState(run, "stale", stale_text(seen), _epochs(d))
-    launch = _json(os.path.join(d, LAUNCH))
-    if isinstance(launch, dict) and launch.get("exit") not in (0, None):
-        return RunState(run, "failed", str(launch.get("error") or f"exit {launch['exit']}"), _epochs(d),
-                        launch["exit"])
     if run.kind == "transfer" and run.needs and not os.path.isfile(run.needs):
         return RunState(run, "waiting", f"for {run.needs}")
     started = os.path.exists(os.path.join(d, CHECKPOINT)) if run.kind == "transfer" else \
@@ -111,11 +125,11 @@ def launchable(rows: list[RunState]) -> list[Run]:
     return [r.run for r in rows if r.state in TODO and not (r.run.needs and not os.path.isfile(r.run.needs))]
 
 
-def _campaign_lease(campaign: Campaign) -> lease.Lease:
+def _campaign_lease(campaign: Campaign) -> leaseholder.Lease:
     folder = os.path.join(campaign.root, ".campaign")
     try:
         os.makedirs(folder, exist_ok=True)
-        return lease.acquire(os.path.join(folder, RUN_LEASE))
+        return leaseholder.acquire(os.path.join(folder, RUN_LEASE))  # its fence covers jobs.json and the rest
     except lease.LeaseHeld as e:
         holder = e.seen.who() if e.seen else "another process, which is taking over its stale lease right now"
         raise UserError(f"another `sweep.py run` is launching the runs of {campaign.path} (root {campaign.root}): "
@@ -127,7 +141,7 @@ def _campaign_lease(campaign: Campaign) -> lease.Lease:
 
 
 @contextlib.contextmanager
-def campaign_lease(campaign: Campaign) -> Iterator[lease.Lease]:
+def campaign_lease(campaign: Campaign) -> Iterator[leaseholder.Lease]:
     """Hold the campaign's lease (ROOT/.campaign/run.lease, heartbeat while held) for the `with` block: one
     `sweep.py run --local/--slurm` per campaign at a time; another is refused with one line naming the holder.
     Re-entrant in one process (the block inside a `run` that holds it already just goes on)."""
@@ -138,6 +152,6 @@ def campaign_lease(campaign: Campaign) -> Iterator[lease.Lease]:
         held.release()
 
 
-def hold_campaign(campaign: Campaign) -> lease.Lease:
+def hold_campaign(campaign: Campaign) -> leaseholder.Lease:
     """Hold the campaign's lease (see `campaign_lease`) for the rest of this process."""
     return _campaign_lease(campaign)

@@ -93,6 +93,7 @@ def status_text(campaign: Campaign, rows: list[RunState], failed_on: dict[str, t
     lines += [f"  failed {r.run.id}: {r.detail}" for r in failed[:10]]
     if len(failed) > 10:
         lines.append(f"  ... and {len(failed) - 10} more failed (sweep.py plan SPEC lists them)")
+    lines += [f"  running {r.run.id}, {r.detail}" for r in rows if r.state == "running" and r.detail.startswith(state.NO_PROGRESS)]
     lines += by_host(failed_on or {}, excluded)
     done = sum(r.state == "done" for r in rows)
     spent_lines = spent.table(spent.measure(rows))

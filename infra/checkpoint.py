@@ -13,14 +13,14 @@ import tempfile
 import zipfile
 from typing import Any
 
-from infra import lease, torchfiles
+from infra import leaseholder, torchfiles
 from infra.errors import CheckpointError, UserError, node_error
 
 # ---------------------------------------------------------------------------- file names
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LOG = "log.txt"
-LEASE = ".lease"  # held (infra.lease) by the process that trains into SAVE_DIR
+LEASE = ".lease"  # held (infra.leaseholder) by the process that trains into SAVE_DIR
 EVALUATION = "evaluate.json"  # IMP -e/--evaluate: the loaded model's SA (and RA)
 # downstream transfer
 CHECKPOINT = "checkpoint.pth.tar"
@@ -109,20 +109,27 @@ def exists(path: str, kind: str = "file") -> bool:
     return stat.S_ISDIR(st.st_mode) if kind == "dir" else stat.S_ISREG(st.st_mode)
 
 
-def _atomic(path: str, write, mode: str) -> None:
+def _atomic(path: str, write, mode: str, fence: "leaseholder.Lease | None" = None) -> None:
+    """Write through a temp file, fsync, rename. Inside the folder of a lease this process holds or runs under
+    (`fence`, else the one `leaseholder.covering` finds), the lease is checked first and the temp file goes in the
+    holder's own temp folder: once another process has taken the lease over, that folder is gone and the rename
+    fails, so the write raises LeaseLost (exit 3) and changes nothing."""
     folder = os.path.dirname(os.path.abspath(path))
+    fence = fence or leaseholder.covering(path)
     tmp = None
-    lease.check_write(path)  # a run whose folder was taken over writes nothing more
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        if fence is not None:
+            fence.check()
+        fd, tmp = _mkstemp(path, folder, fence)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
-        lease.check_write(path, leftover=tmp)
-        os.replace(tmp, path)
+        if fence is not None:
+            fence.check()
+        _replace(tmp, path, fence)
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -139,34 +146,65 @@ def _atomic(path: str, write, mode: str) -> None:
         pass
 
 
-def atomic_save(obj: Any, path: str, *, legacy_format: bool = False) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename: a crash never leaves half a file.
+def _mkstemp(path: str, folder: str, fence: "leaseholder.Lease | None") -> tuple[int, str]:
+    """A temp file for `path`: in the holder's temp folder under a lease (never re-created: fenced means lost)."""
+    prefix = f".{os.path.basename(path)}."
+    if fence is None:
+        return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    try:
+        return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=fence.tmp)
+    except FileNotFoundError:
+        raise fence.lost_error() from None
+
+
+def _replace(tmp: str, path: str, fence: "leaseholder.Lease | None") -> None:
+    ino = None
+    try:
+        ino = os.stat(tmp).st_ino
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        if fence is not None and not os.path.isdir(fence.tmp):
+            raise fence.lost_error() from None  # our temp folder was renamed away: the lease is someone else's
+        try:
+            if ino is not None and os.stat(path).st_ino == ino:
+                return  # NFS: a retransmitted RENAME whose first one worked answers ENOENT
+        except OSError:
+            pass
+        raise
+
+
+def atomic_save(obj: Any, path: str, *, legacy_format: bool = False, fence=None) -> None:
+    """torch.save to a temp file, fsync, rename: a crash never leaves half a file (see `_atomic`).
 
     `legacy_format` writes torch's pre-1.6 serialisation, which the original code's PyTorch 1.5 can read.
     """
     import torch
-    _atomic(path, lambda f: torch.save(obj, f, _use_new_zipfile_serialization=not legacy_format), "wb")
+    _atomic(path, lambda f: torch.save(obj, f, _use_new_zipfile_serialization=not legacy_format), "wb", fence)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    _atomic(path, lambda f: f.write(data), "wb")
+def atomic_write_bytes(path: str, data: bytes, *, fence=None) -> None:
+    _atomic(path, lambda f: f.write(data), "wb", fence)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    _atomic(path, lambda f: f.write(text), "w")
+def atomic_write_text(path: str, text: str, *, fence=None) -> None:
+    _atomic(path, lambda f: f.write(text), "w", fence)
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=to_json) + "\n")
+def atomic_write_json(path: str, obj: Any, *, fence=None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=to_json) + "\n", fence=fence)
 
 
-def append_jsonl(path: str, row: dict) -> None:
+def append_jsonl(path: str, row: dict, *, fence=None) -> None:
     """Append one JSON line and fsync it. A torn last line (a crash mid-write) is skipped by `read_jsonl`, and
-    the next row starts on a line of its own rather than being glued to the torn one."""
+    the next row starts on a line of its own rather than being glued to the torn one. Under a lease (`fence`,
+    else the one covering `path`) the file is opened first and the lease confirmed after: a taker replaces the
+    files appended to (`lease.refresh`), so a row of a holder that lost the lease lands in a file nobody reads."""
     line = json.dumps(row, sort_keys=True, default=to_json) + "\n"
-    lease.check_write(path)
+    fence = fence or leaseholder.covering(path)
     try:
         with open(path, "a+b") as f:
+            if fence is not None:
+                fence.check(fresh=True)
             if f.seek(0, os.SEEK_END) > 0:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":

@@ -1,38 +1,43 @@
-"""Exclusive ownership of a folder through a lease file, on any filesystem a cluster may give us.
+"""The lease protocol: exclusive ownership of a folder through a lease file, on any filesystem a cluster may give
+us; how a lease is written, read, judged stale, taken, and how a taker fences the holder it replaced. Holding a
+lease (its heartbeat, checks before writes, release) is `infra.leaseholder`'s.
 
 flock cannot decide who owns a run folder: on Lustre with `localflock`, NFS with `nolock` or `local_lock=flock`,
 or BeeGFS without global locks each node sees only its own locks; NFSv3 without lockd and Lustre `noflock` refuse
 it (ENOLCK, ENOSYS); and a dead node's NFS lock outlives it. A lease needs only what NFS and Lustre honour: a file
-created exclusively (its content written to a uniquely named file first, then `os.link`ed to the lease's name)
-and an atomic rename.
+created exclusively (its content written to a uniquely named file first, then `os.link`ed to the lease's name; a
+retransmitted LINK answered EEXIST is recognised as our own) and an atomic rename.
 
 - The lease (JSON) names its holder: host, pid and the pid's start time (a reused pid is not the holder), boot
-  and pid namespace, SLURM job, start time, a random token, and the holder's heartbeat interval and stale bound.
-- A thread of the holder touches it every `beat_s` seconds. Its age is judged on the filesystem's own clock (its
-  mtime against a probe file created now in the same folder), so clock skew between nodes does not matter.
-- Stale: no heartbeat for longer than the holder's bound (`DOUBLEWIN_LEASE_STALE_S`, default 600 s), or, on this
-  machine, its process gone (or its pid reused), or found in another folder than its own (a copied run folder:
-  the folder's inode differs). A stale lease is taken over atomically, with one winner however
-  many processes try at once: the taker first creates `<lease>.take-<stale token>.<n>` exclusively, then checks,
-  under it, that the lease is still the same stale one (by token) before renaming its own over it. A takeover file
-  older than `TAKE_S` (a taker that died half-way) is passed by creating the next `n`.
-- A holder whose lease was taken over (it was frozen, or cut off from the filesystem, past its bound) stops at
-  once with one line and exit status `LOST_EXIT`, writing nothing more: its heartbeat finds out within `beat_s`,
-  and every write of the run's files (`infra.checkpoint`, the log) calls `check_write` first.
-- Released on a normal exit and on SIGTERM/SIGHUP (a requeue), only while the token is still ours. SIGKILL leaves
-  it: the next launch on this machine takes it over at once, one elsewhere after the bound.
+  and pid namespace, SLURM job, start time, a random token, the holder's heartbeat interval and stale bound, and
+  its folder's path and inode. The holder touches it every `beat_s` seconds.
+- Stale: on this machine, its process gone (or its pid reused), or its heartbeat older than its bound (one
+  clock stamps both); a folder whose path and inode both differ from the lease's own (a copied run folder: one
+  alone changes when a folder is moved, or when Lustre migration, 32-bit inode clients or FUSE renumber it); or
+  no heartbeat for longer than the holder's bound (`DOUBLEWIN_LEASE_STALE_S`, default 600 s) as THIS reader
+  watched it: its content and mtime unchanged for that long on the reader's own monotonic clock, so no node's
+  clock matters. A reader that has not watched a lease from another node yet (`plan`, `status`) judges by its
+  mtime against the filesystem's clock (a probe file), which can be wrong where the filesystem stamps times with
+  skewed client clocks (Lustre, GPFS): such a judgement is not `sure`, and a taker watches the lease for the
+  bound before it takes it over.
+- A stale lease is taken over atomically, with one winner however many processes try at once: the taker first
+  creates `<lease>.take-<stale token>.<n>` exclusively, then checks, under it, that the lease is still the same
+  stale one (by token) before renaming its own over it. A takeover file older than `TAKE_S` (a taker that died
+  half-way) is passed by creating the next `n`.
+- The fence: a holder writes its temp files in `<scope>/.tmp-<its token>/` only (created when the lease is taken,
+  never re-created), and whoever takes the lease renames every other holder's temp folder away, so a stale holder
+  that wakes cannot rename a file into place (ENOENT); files it appends to are replaced by copies (`refresh`), so
+  a descriptor it kept open writes to a file nobody reads.
 """
 from __future__ import annotations
 
-import atexit
 import errno
 import json
 import os
 import secrets
-import signal
+import shutil
 import socket
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -40,11 +45,8 @@ from infra.errors import UserError
 
 STALE_ENV, BEAT_ENV = "DOUBLEWIN_LEASE_STALE_S", "DOUBLEWIN_LEASE_BEAT_S"
 STALE_S, BEAT_S = 600.0, 30.0  # defaults: 20 heartbeats may be missed (a slow metadata server) before a takeover
-# {lease path: [scope, token, holder pid]}: the leases the --multiprocessing-distributed ranks run under
-HELD_ENV = "DOUBLEWIN_LEASE_HELD"
 TAKE_S = 30.0  # a takeover takes milliseconds: a takeover file this old belongs to a taker that died
-CHECK_S = 1.0  # a write within this long of the last confirmation does not read the lease again
-LOST_EXIT = 3  # the node (frozen, cut off), not the input, is at fault
+TEMP = ".tmp-"  # <scope>/.tmp-<token>/: the holder's temp files (the fence)
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,8 @@ class Holder:
     token: str
     beat_s: float
     stale_s: float
-    dir_ino: int | None  # the inode of the lease's folder (the same on every client): a copied folder's lease is
-                         # not about that copy
+    dir_ino: int | None    # the inode of the lease's folder, and its real path: a folder that differs in both is
+    dir_path: str | None = None  # a copy, whose lease is not about it
 
     def describe(self) -> str:
         """e.g. "pid 123 on n2 (job 45_3, since 2024-05-01 12:00:00)"."""
@@ -72,12 +74,14 @@ class Holder:
 @dataclass(frozen=True)
 class Seen:
     """A lease as a reader finds it: its holder (None: unreadable), the age of its last heartbeat on the
-    filesystem's clock, and whether it is stale (with why)."""
+    filesystem's clock, whether it is stale (with why), and whether that judgement is sure (see the module)."""
     holder: Holder | None
     age_s: float
     stale: bool
-    why: str = ""   # stale: "no heartbeat for 14 min" or "its process is gone"
+    why: str = ""    # stale: "no heartbeat for 14 min" or "its process (pid 12) is gone"
     ident: str = ""  # the token, or the file's identity when unreadable: what a takeover re-checks
+    sure: bool = True
+    mtime: float = 0.0  # the lease file's mtime (its last heartbeat, on the holder's filesystem clock)
 
     def who(self) -> str:
         return self.holder.describe() if self.holder else "an unreadable lease"
@@ -146,11 +150,11 @@ def me(beat_s: float, stale_s: float, folder: str) -> Holder:
     """This process as the holder of a lease in `folder`."""
     return Holder(socket.gethostname(), os.getpid(), _pid_start(os.getpid()),
                   _read("/proc/sys/kernel/random/boot_id"), _pidns(), slurm_job(), time.time(),
-                  secrets.token_hex(16), beat_s, stale_s, os.stat(folder).st_ino)
+                  secrets.token_hex(16), beat_s, stale_s, os.stat(folder).st_ino, os.path.realpath(folder))
 
 
-def _clock() -> float:
-    """Seconds that also pass while the process is stopped or the machine sleeps."""
+def clock() -> float:
+    """This machine's seconds that also pass while the process is stopped or the machine sleeps."""
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 
 
@@ -158,7 +162,8 @@ def _clock() -> float:
 def _parse(text: str | None) -> Holder | None:
     try:
         data = json.loads(text or "")
-        return Holder(**{k: data[k] for k in Holder.__dataclass_fields__})
+        fields = Holder.__dataclass_fields__
+        return Holder(**{k: data[k] for k in fields if k in data or fields[k].default is not None})
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -194,36 +199,83 @@ def _alive_here(h: Holder) -> bool | None:
     return bool(start) and (h.pid_start is None or start == h.pid_start)
 
 
+# what this process has watched: lease realpath -> (its signature, reader clock when first seen so, seen to change)
+_WATCHED: dict[str, tuple[tuple, float, bool]] = {}
+
+
+def _watch(path: str, signature: tuple) -> tuple[float, bool]:
+    """(seconds on this reader's clock the lease has been seen unchanged, whether it was ever seen to change)."""
+    now, key = clock(), os.path.realpath(path)
+    old = _WATCHED.get(key)
+    if old is None or old[0] != signature:
+        _WATCHED[key] = (signature, now, old is not None)
+        return 0.0, old is not None
+    return now - old[1], old[2]
+
+
+def _open(path: str) -> tuple[os.stat_result, str | None] | None:
+    """The lease's attributes and text, opened first and then fstat'ed (fresh attributes on NFS: close-to-open),
+    None when there is none; the text is None when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            return os.stat(path), None
+        except OSError:
+            return None
+    try:
+        st = os.fstat(fd)
+        try:
+            with os.fdopen(os.dup(fd), "r") as f:
+                return st, f.read()
+        except (OSError, UnicodeDecodeError):
+            return st, None
+    finally:
+        os.close(fd)
+
+
 def look(path: str) -> Seen | None:
     """The lease at `path` as it is now, None when there is none. Never raises: a lease that cannot be read is
-    judged by its age alone (against the default bound)."""
-    try:
-        st = os.stat(path)
-    except OSError:
+    judged by its age alone (against the default bound). Each call also watches the lease (see the module)."""
+    found = _open(path)
+    if found is None:
         return None
-    holder = _parse(_read(path))
-    age = max(0.0, fs_now(os.path.dirname(path) or ".") - st.st_mtime)
+    st, text = found
+    folder = os.path.dirname(path) or "."
+    holder = _parse(text)
+    age = max(0.0, fs_now(folder) - st.st_mtime)
     stale_s = holder.stale_s if holder else STALE_S
-    alive = _alive_here(holder) if holder else None
     ident = holder.token if holder else f"ino{st.st_ino}"
-    if holder and holder.dir_ino not in (None, _ino(os.path.dirname(path) or ".")):
-        return Seen(holder, age, True, "it was copied here from another folder", ident)
+    unchanged, changed = _watch(path, (ident, st.st_ino, st.st_mtime_ns, st.st_size))
+
+    def seen(stale: bool, why: str = "", sure: bool = True) -> Seen:
+        return Seen(holder, age, stale, why, ident, sure, st.st_mtime)
+
+    if holder and _copied(holder, folder):
+        return seen(True, "it was copied here from another folder")
+    alive = _alive_here(holder) if holder else None
     if alive is False:
-        return Seen(holder, age, True, f"its process (pid {holder.pid}) is gone", ident)
-    if age > stale_s:
-        return Seen(holder, age, True, f"no heartbeat for {_duration(age)}", ident)
-    return Seen(holder, age, False, "", ident)
+        return seen(True, f"its process (pid {holder.pid}) is gone")
+    if unchanged > stale_s:
+        return seen(True, f"no heartbeat seen for {duration(unchanged)}")
+    if (alive or not changed) and age > stale_s:  # its mtime and our probe's: one clock when the holder runs here
+        return seen(True, f"no heartbeat for {duration(age)}", sure=bool(alive))
+    return seen(False)
 
 
-def _ino(folder: str) -> int | None:
+def _copied(h: Holder, folder: str) -> bool:
+    """Whether the lease's folder is a copy of the holder's: its inode AND its path differ from the lease's."""
     try:
-        return os.stat(folder).st_ino
+        ino, real = os.stat(folder).st_ino, os.path.realpath(folder)
     except OSError:
-        return None
+        return False
+    return h.dir_ino is not None and h.dir_path is not None and h.dir_ino != ino and h.dir_path != real
 
 
-def _duration(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+def duration(s: float) -> str:
+    return f"{s:.2g} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 # ---------------------------------------------------------------------------- taking a lease
@@ -236,6 +288,18 @@ def _write_new(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _ours(path: str, tmp: str, token: str) -> bool:
+    """After a failed LINK: whether it did link (NFS answers a retransmitted LINK whose first reply was lost with
+    EEXIST or another error): our temp file has 2 links, or the lease carries our token."""
+    try:
+        if os.stat(tmp).st_nlink == 2:
+            return True
+    except OSError:
+        pass
+    holder = _parse(_read(path))
+    return holder is not None and holder.token == token
+
+
 def _link_new(path: str, data: bytes, token: str) -> bool:
     """Create the lease with its whole content at once: True if it is ours, False if one exists."""
     tmp = f"{path}.{token}.new"
@@ -243,15 +307,15 @@ def _link_new(path: str, data: bytes, token: str) -> bool:
     try:
         os.link(tmp, path)
         return True
-    except FileExistsError:
-        return False
     except OSError as e:
-        if os.stat(tmp).st_nlink == 2:  # NFS: a retransmitted LINK answers an error though the first one worked
+        if _ours(path, tmp, token):
             return True
+        if isinstance(e, FileExistsError):
+            return False
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
             raise
     finally:
-        os.unlink(tmp)
+        _unlink(tmp)
     try:  # a filesystem without hard links: create-exclusive, content written just after
         _write_new(path, data)
         return True
@@ -302,22 +366,28 @@ def _unlink(path: str) -> None:
         pass
 
 
-def acquire(path: str, *, scope: str | None = None, inherit: bool = False) -> "Lease":
-    """The lease at `path` for this process, with its heartbeat running; raises LeaseHeld naming a live holder.
-    `scope`: the folder whose writes `check_write` guards (default: the lease's folder); `inherit`: processes
-    this one starts run under it (the ranks that --multiprocessing-distributed spawns). Re-entrant in one
-    process: each acquire needs its release."""
-    key = os.path.realpath(path)
-    if key in _HELD:
-        _HELD[key].count += 1
-        return _HELD[key]
-    beat_s, stale_s = bounds()
-    holder = me(beat_s, stale_s, os.path.dirname(key))
+def _watch_until_sure(path: str, seen: Seen) -> Seen | None:
+    """A lease stale by the filesystem's clock only: watch it (this reader's clock) until it changes (live), goes,
+    or has been seen unchanged for its bound (stale, sure)."""
+    bound = seen.holder.stale_s if seen.holder else STALE_S
+    print(f"{path}: the lease of {seen.who()} looks stale ({seen.why}); watching it for up to {duration(bound)} "
+          "to be sure its holder is silent", file=sys.stderr, flush=True)
+    step = min(1.0, (seen.holder.beat_s if seen.holder else BEAT_S) / 2)
+    while seen is not None and seen.stale and not seen.sure:
+        time.sleep(step)
+        seen = look(path)
+    return seen
+
+
+def take(path: str, holder: Holder) -> None:
+    """Create the lease at `path` for `holder`, taking a stale one over; raises LeaseHeld naming a live holder."""
     data = (json.dumps(asdict(holder), indent=1, sort_keys=True) + "\n").encode()
     for attempt in range(10):  # a winner needs milliseconds: the others then see its live lease
         if _link_new(path, data, holder.token):
             break
         seen = look(path)
+        if seen is not None and seen.stale and not seen.sure:
+            seen = _watch_until_sure(path, seen)
         if seen is not None and not seen.stale:
             raise LeaseHeld(path, seen)
         if seen is not None and _take_over(path, seen, data, holder.token):
@@ -325,183 +395,66 @@ def acquire(path: str, *, scope: str | None = None, inherit: bool = False) -> "L
         time.sleep(0.05 * min(attempt + 1, 4))
     else:
         raise LeaseHeld(path, None)
-    lease = Lease(key, holder, os.path.realpath(scope or os.path.dirname(key)), inherit=inherit)
     try:
-        _clean_new_files(key, holder.token)
+        _clean_new_files(path, holder.token)
     except OSError:
         pass
-    _HELD[key] = lease
-    if inherit:
-        _export()
-    _on_exit()
-    lease.start()
-    return lease
 
 
 def _clean_new_files(path: str, token: str) -> None:
     """Content files a process killed half-way through acquiring left (`<lease>.<token>.new`), older than the
     takeover bound."""
     folder, base = os.path.split(path)
-    now = fs_now(folder)
-    for name in os.listdir(folder):
+    now = fs_now(folder or ".")
+    for name in os.listdir(folder or "."):
         if name.startswith(base + ".") and name.endswith(".new") and token not in name:
             if now - os.stat(os.path.join(folder, name)).st_mtime > TAKE_S:
                 _unlink(os.path.join(folder, name))
 
 
-# ---------------------------------------------------------------------------- holding a lease
-class Lease:
-    """A lease this process holds (or, in a rank spawned by its holder, runs under: `pid` is the holder's)."""
+# ---------------------------------------------------------------------------- the fence
+def temp_dir(scope: str, token: str) -> str:
+    """The folder where the holder with `token` writes its temp files before renaming them into `scope`."""
+    return os.path.join(scope, TEMP + token)
 
-    def __init__(self, path: str, holder: Holder, scope: str, pid: int | None = None, inherit: bool = False) -> None:
-        self.path, self.holder, self.scope, self.count, self.inherit = path, holder, scope, 1, inherit
-        self.pid = os.getpid() if pid is None else pid
-        self.ok = _clock()  # when the lease was last confirmed ours
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
 
-    def owned(self) -> bool:
-        """Whether the lease file still carries our token (raises OSError when it cannot be read just now)."""
-        try:
-            with open(self.path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return False
-        holder = _parse(text)
-        return holder is not None and holder.token == self.holder.token
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._beat, name=f"lease {self.path}", daemon=True)
-        self.thread.start()
-
-    def _beat(self) -> None:
-        while not self.stop.wait(self.holder.beat_s):
+def fence(scope: str, token: str) -> list[str]:
+    """Just after taking the lease of `scope`: rename every other holder's temp folder away (one by-name
+    operation on the server: a stale holder's rename from it then fails), delete it, and make ours. Returns the
+    tokens fenced."""
+    fenced = []
+    for name in os.listdir(scope):
+        if name.startswith(TEMP) and name != TEMP + token and "." not in name[len(TEMP):]:
+            away = os.path.join(scope, f".fenced-{secrets.token_hex(8)}")
             try:
-                if not self.owned():
-                    self.lost()
-                os.utime(self.path)  # on NFS: the server's time
-                self.ok = _clock()
-            except OSError:  # a filesystem hiccup: the next beat retries, up to the bound
-                if _clock() - self.ok > self.holder.stale_s:
-                    self.lost()
-
-    def check(self, leftover: str | None = None) -> None:
-        """Stop this process (one line, exit LOST_EXIT; `leftover`, a half-made file, removed first) unless the
-        lease is still ours: called before a write."""
-        if _clock() - self.ok < CHECK_S:
-            return
-        try:
-            owned = self.owned()
-        except OSError:
-            owned = _clock() - self.ok <= self.holder.stale_s
-        if not owned:
-            self.lost(leftover)
-        self.ok = _clock()
-
-    def lost(self, leftover: str | None = None) -> None:
-        seen = look(self.path)
-        by = seen.who() if seen and seen.holder and seen.ident != self.holder.token else "another process"
-        if self.pid == os.getpid():
-            why = f"this process (pid {self.pid}) gave no heartbeat for over {self.holder.stale_s:g} s"
-        else:
-            why = f"pid {self.pid}, which this process (pid {os.getpid()}) runs under, gave no heartbeat in time"
-        with _EXITING:
-            if leftover:
-                _unlink(leftover)
-            print(f"error: {self.scope} was taken over by {by}: {why} (frozen, or cut off from the filesystem), so "
-                  "it stops here without writing anything more", file=sys.stderr, flush=True)
-            os._exit(LOST_EXIT)
-
-    def release(self) -> None:
-        """Give the lease up once every acquire has released it; the file goes only while it is still ours."""
-        self.count -= 1
-        if self.count > 0:
-            return
-        self.stop.set()
-        _HELD.pop(self.path, None)
-        _export()
-        if self.pid == os.getpid():
-            try:
-                owned = self.owned()
-            except OSError:
-                return
-            if not owned:
-                self.lost()  # taken over while we held it: we may have written after that, say so
-            _unlink(self.path)
+                os.rename(os.path.join(scope, name), away)
+            except FileNotFoundError:
+                continue
+            fenced.append(name[len(TEMP):])
+            shutil.rmtree(away, ignore_errors=True)
+    for name in os.listdir(scope):
+        if name.startswith(".fenced-"):
+            shutil.rmtree(os.path.join(scope, name), ignore_errors=True)
+    os.makedirs(temp_dir(scope, token), exist_ok=True)
+    return fenced
 
 
-_HELD: dict[str, Lease] = {}  # realpath of the lease -> what this process holds
-_EXITING = threading.Lock()
-_HOOKED: list[bool] = []
-
-
-def _export() -> None:
-    """HELD_ENV for the processes this one starts: the leases they run under."""
-    mine = {p: lease for p, lease in _HELD.items() if lease.inherit}
-    held = {p: [h.scope, h.holder.token, h.pid] for p, h in {**_inherited(), **mine}.items()}
-    if held:
-        os.environ[HELD_ENV] = json.dumps(held)
-    else:
-        os.environ.pop(HELD_ENV, None)
-
-
-def _inherited() -> dict[str, Lease]:
-    """The leases of HELD_ENV held by another process (our parent): checked on write, never beaten or released."""
+def refresh(path: str, tmp_folder: str) -> None:
+    """Replace the file `path` (one appended to) by a copy of itself, so that a descriptor a stale holder kept
+    open writes to a file nobody reads any more."""
     try:
-        held = json.loads(os.environ.get(HELD_ENV) or "{}")
-    except ValueError:
-        return {}
-    out = {}
-    for path, (scope, token, pid) in held.items():
-        if pid != os.getpid() and path not in _HELD:
-            h = _INHERITED.get(path)
-            if h is None or h.holder.token != token:
-                holder = Holder("", pid, None, None, None, None, 0.0, token, BEAT_S, STALE_S, None)
-                h = _INHERITED[path] = Lease(path, holder, scope, pid)
-            out[path] = h
-    return out
-
-
-_INHERITED: dict[str, Lease] = {}
-
-
-def held() -> set[str]:
-    """The real paths of the leases this process holds."""
-    return set(_HELD)
-
-
-def check_write(path: str, *, leftover: str | None = None) -> None:
-    """Before writing `path`: if it lies in the scope of a lease this process holds or runs under, that lease
-    must still be ours; else the process stops (see `Lease.check`; `leftover`: a temp file to remove first).
-    Free when no lease is held."""
-    if not _HELD and HELD_ENV not in os.environ:
+        with open(path, "rb") as src:
+            fd, name = _mkstemp(tmp_folder)
+            with os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+                os.fchmod(dst.fileno(), os.fstat(src.fileno()).st_mode & 0o777)
+                dst.flush()
+                os.fsync(dst.fileno())
+    except FileNotFoundError:
         return
-    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    for lease in [*_HELD.values(), *_inherited().values()]:
-        if folder == lease.scope or folder.startswith(lease.scope + os.sep):
-            lease.check(leftover)
+    os.replace(name, path)
 
 
-def _release_all() -> None:
-    for lease in list(_HELD.values()):
-        lease.count = 1
-        lease.release()
-
-
-def _on_signal(sig: int, frame) -> None:
-    _release_all()
-    signal.signal(sig, signal.SIG_DFL)
-    os.kill(os.getpid(), sig)  # die of the signal, as without us: the launcher reads the cause from it
-
-
-def _on_exit() -> None:
-    """Release every lease at a normal exit, and at SIGTERM/SIGHUP (a requeue, scancel, a closed terminal) when
-    nobody else handles them; SIGKILL cannot be caught (the next launch takes the lease over)."""
-    if _HOOKED:
-        return
-    _HOOKED.append(True)
-    atexit.register(_release_all)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(sig) == signal.SIG_DFL:
-                signal.signal(sig, _on_signal)
+def _mkstemp(folder: str) -> tuple[int, str]:
+    name = os.path.join(folder, f"{secrets.token_hex(8)}.tmp")
+    return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), name

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
-from infra import lease
+from infra import watchdog
 from infra.checkpoint import LOG
 
 T = TypeVar("T")
@@ -34,8 +34,9 @@ def setup_log(save_dir: str | None, is_main: bool) -> logging.Logger:
     log.addHandler(out)
     if save_dir and is_main:
         os.makedirs(save_dir, exist_ok=True)
+        # no lease check here: whoever takes the folder over replaces log.txt by a copy first (lease.refresh), so
+        # the lines of a holder that lost it go to a file nobody reads
         fh = logging.FileHandler(os.path.join(save_dir, LOG))
-        fh.addFilter(lambda record: lease.check_write(fh.baseFilename) or True)  # nothing more once taken over
         fh.setFormatter(fmt)
         log.addHandler(fh)
     return log
@@ -45,16 +46,19 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enab
              stats: Callable[[], str] | None = None) -> Iterator[T]:
     """tqdm on a terminal; in a log file a line at about every 10% instead of a bar. `stats` (e.g. the running
     loss and accuracy) is shown beside the bar about once a second and on every log line; it is called only
-    then, after the consumer has handled the item just yielded."""
+    then, after the consumer has handled the item just yielded. Each item is progress for the watchdog."""
     if total is None:
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     if not enabled:
-        yield from iterable
+        for item in iterable:
+            watchdog.progress()
+            yield item
         return
     if sys.stderr.isatty():
         bar = tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
         shown = time.monotonic()
         for item in bar:
+            watchdog.progress()
             yield item
             if stats is not None and time.monotonic() - shown >= STATS_EVERY_S:
                 bar.set_postfix_str(stats(), refresh=False)
@@ -63,6 +67,7 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enab
     step = max(1, (total or 10) // 10)
     start = time.time()
     for i, item in enumerate(iterable, 1):
+        watchdog.progress()
         yield item
         if total and (i % step == 0 or i == total) and total >= 20:
             extra = f" {stats()}" if stats is not None else ""

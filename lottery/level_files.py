@@ -6,7 +6,7 @@ import os
 
 from infra import checkpoint as files
 import pruning_utils
-from training import ledger
+from training import ledger, runner
 from lottery import robust_val
 from lottery.config import IMPConfig, config_dict
 from pruning_utils import Mask
@@ -36,7 +36,7 @@ def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_
     robust = _level_robust_val(cfg, level - 1)
     meta.update({"robust_val": robust} if robust else {})
     pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
-    files.atomic_write_json(files.imp_sparsity(cfg.save_dir, level), {
+    runner.folder(cfg.save_dir).write_json(files.imp_sparsity(cfg.save_dir, level), {
         "level": level, "sparsity": s, "source": cfg.source, "mask_digest": digest, "layers": layers,
         "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values()),
         "cost": cost, "level_cost": last, **({"robust_val": robust} if robust else {})})

@@ -204,11 +204,11 @@ class Levels:
             if cfg.early_bird is not None:
                 row["early_bird_stop"] = stop
         if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
-            files.append_jsonl(os.path.join(cfg.save_dir, files.METRICS), row)
+            runner.folder(cfg.save_dir).append_row(os.path.join(cfg.save_dir, files.METRICS), row)
             state = checkpoint_dict(self.net, at, optimizer, self.scaler, cfg)
             if is_best:
-                files.atomic_save(state, files.imp_best(cfg.save_dir, at.level))
-            files.atomic_save(state, files.imp_checkpoint(cfg.save_dir, at.level))
+                runner.folder(cfg.save_dir).save(state, files.imp_best(cfg.save_dir, at.level))
+            runner.folder(cfg.save_dir).save(state, files.imp_checkpoint(cfg.save_dir, at.level))
             if self.board is not None:
                 self.board.add(row)
         log.info(f"level {at.level} epoch {at.done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
@@ -281,6 +281,6 @@ def _evaluate_only(env: DistEnv, cfg: IMPConfig, net, val_loader, mask: Mask | N
                                  desc="eval (attack)")
         out.update(ra_top1=robust["top1"], attack=cfg.attack.describe())
     if env.is_main:
-        files.atomic_write_json(os.path.join(cfg.save_dir, files.EVALUATION), out)
+        runner.folder(cfg.save_dir).write_json(os.path.join(cfg.save_dir, files.EVALUATION), out)
     log.info(f"evaluated {source or 'the random init'}: SA top1 {out['sa_top1']:.2f} top5 {out['sa_top5']:.2f}"
              + (f", RA {out['ra_top1']:.2f} ({out['attack']})" if "ra_top1" in out else ""))

@@ -134,6 +134,12 @@ def test_plan_counts_are_exact_at_each_stage(tmp_path, inputs):
     assert counts() == {"done": 1, "partial": 1, "failed": 1, "stale": 1, "pending": 8}
 
 
+def _contents(folder: str) -> dict:
+    """Every file's bytes, every folder's names (the holder's temp folder)."""
+    paths = {n: os.path.join(folder, n) for n in os.listdir(folder)}
+    return {n: open(p, "rb").read() if os.path.isfile(p) else sorted(os.listdir(p)) for n, p in paths.items()}
+
+
 def test_a_second_process_on_a_locked_save_dir_refuses_and_changes_nothing(tmp_path, inputs):
     save = str(tmp_path / "run")
     os.makedirs(save)
@@ -141,11 +147,11 @@ def test_a_second_process_on_a_locked_save_dir_refuses_and_changes_nothing(tmp_p
         f.write("{}")
     holder = _hold(save)
     try:
-        before = {n: open(os.path.join(save, n), "rb").read() for n in os.listdir(save)}
+        before = _contents(save)
         cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
                "--data", inputs["data"], *kit.TINY]
         done = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=120)
-        after = {n: open(os.path.join(save, n), "rb").read() for n in os.listdir(save)}
+        after = _contents(save)
     finally:
         holder.kill()
         holder.wait()

@@ -373,7 +373,8 @@ def snapshot(folder: str) -> dict[str, bytes | dict]:
     if not os.path.isdir(folder):
         return {}
     out: dict[str, bytes | dict] = {}
-    for name in sorted(set(os.listdir(folder)) - {checkpoint.LOG, checkpoint.LEASE}):
+    names = {n for n in os.listdir(folder) if not n.startswith(".tmp-")}  # but the lease holder's temp folder
+    for name in sorted(names - {checkpoint.LOG, checkpoint.LEASE}):
         out[name] = open(os.path.join(folder, name), "rb").read()
         if name == checkpoint.CONFIG:
             try:

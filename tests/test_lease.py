@@ -18,20 +18,20 @@ import pytest
 import campaignkit as kit
 import shimkit
 from campaign import spec, state
-from infra import lease
+from infra import lease, leaseholder
 from infra.errors import UserError
 
-ENV = {k: v for k, v in kit.ENV.items() if k not in (lease.HELD_ENV, lease.STALE_ENV, lease.BEAT_ENV)}
+ENV = {k: v for k, v in kit.ENV.items() if k not in (leaseholder.HELD_ENV, lease.STALE_ENV, lease.BEAT_ENV)}
 EPOCHS = 8  # enough for a holder to be frozen mid-run (a tiny epoch takes a fraction of a second)
 
 # a process that takes the lease PATH (argv[1]), says so, and keeps it for argv[2] seconds
-HOLD = f"""import sys, time; sys.path.insert(0, {kit.ROOT!r}); from infra import lease
-l = lease.acquire(sys.argv[1]); print('held', l.holder.token, flush=True); time.sleep(float(sys.argv[2]))"""
+HOLD = f"""import sys, time; sys.path.insert(0, {kit.ROOT!r}); from infra import leaseholder
+l = leaseholder.acquire(sys.argv[1]); print('held', l.holder.token, flush=True); time.sleep(float(sys.argv[2]))"""
 # a racer: waits for the file argv[2], then tries to take the lease argv[1] (and keeps it 3 s if it wins)
-RACE = f"""import os, sys, time; sys.path.insert(0, {kit.ROOT!r}); from infra import lease
+RACE = f"""import os, sys, time; sys.path.insert(0, {kit.ROOT!r}); from infra import lease, leaseholder
 while not os.path.exists(sys.argv[2]): time.sleep(0.002)
 try:
-    l = lease.acquire(sys.argv[1]); print('won', os.getpid(), flush=True); time.sleep(3)
+    l = leaseholder.acquire(sys.argv[1]); print('won', os.getpid(), flush=True); time.sleep(3)
 except lease.LeaseHeld as e:
     print('refused', e, flush=True)"""
 
@@ -41,15 +41,20 @@ except lease.LeaseHeld as e:
 SPAWN = f"""import multiprocessing, os, sys, time
 sys.path.insert(0, {kit.ROOT!r})
 from infra import checkpoint
+from infra.errors import UserError
 from training import savedir
 
 
 def rank(save_dir, go):
-    checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 1}})
-    print("rank", os.getpid(), flush=True)
-    while not os.path.exists(go):
-        time.sleep(0.01)
-    checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 2}})
+    try:  # as a spawned rank reports an error: one line
+        checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 1}})
+        print("rank", os.getpid(), flush=True)
+        while not os.path.exists(go):
+            time.sleep(0.01)
+        checkpoint.atomic_write_json(os.path.join(save_dir, "rank.json"), {{"write": 2}})
+    except UserError as e:
+        print(f"error: {{e}}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_status)
 
 
 if __name__ == "__main__":
@@ -126,7 +131,7 @@ def test_a_live_lease_refuses_others_names_its_holder_and_goes_at_a_normal_exit(
         assert not seen.stale and seen.holder.pid == proc.pid and seen.age_s < 5
         assert state.lock_holder(str(tmp_path)).startswith(f"pid {proc.pid} on ")
         with pytest.raises(lease.LeaseHeld, match=f"held by pid {proc.pid} on "):
-            lease.acquire(path)
+            leaseholder.acquire(path)
     finally:
         proc.communicate(timeout=30)
     assert proc.returncode == 0 and not os.path.exists(path)
@@ -165,7 +170,7 @@ def test_a_copied_run_folder_does_not_carry_its_live_lease_along(tmp_path):
         shutil.copytree(first, copy)
         seen = lease.look(str(copy / ".lease"))
         assert seen.stale and seen.why == "it was copied here from another folder"
-        held = lease.acquire(str(copy / ".lease"))
+        held = leaseholder.acquire(str(copy / ".lease"))
         held.release()
         assert not lease.look(str(first / ".lease")).stale
     finally:
@@ -196,13 +201,14 @@ def test_a_takeover_file_of_a_dead_taker_is_passed_a_fresh_one_waited_for(tmp_pa
     with open(take, "w") as f:
         f.write("a taker busy right now")
     with pytest.raises(lease.LeaseHeld, match="taking it over right now"):
-        lease.acquire(path)
+        leaseholder.acquire(path)
     old = time.time() - lease.TAKE_S - 5
     os.utime(take, (old, old))  # that taker died half-way, long ago
-    held = lease.acquire(path)
+    held = leaseholder.acquire(path)
     try:
         assert lease.look(path).holder.token == held.holder.token
-        assert sorted(os.listdir(tmp_path)) == [".lease"]  # takeover files gone with the stale lease
+        # takeover files gone with the stale lease, and its holder's temp folder (the fence)
+        assert sorted(os.listdir(tmp_path)) == [".lease", lease.TEMP + held.holder.token]
     finally:
         held.release()
     assert os.listdir(tmp_path) == []
@@ -250,7 +256,7 @@ def test_spawned_ranks_write_under_the_parents_lease_and_stop_once_it_is_taken_o
     path = os.path.join(save, state.LEASE)
     while not lease.look(path).stale:
         time.sleep(0.1)
-    taken = lease.acquire(path)
+    taken = leaseholder.acquire(path)
     try:
         open(go, "w").close()
         deadline = time.time() + 60
@@ -263,7 +269,7 @@ def test_spawned_ranks_write_under_the_parents_lease_and_stop_once_it_is_taken_o
         lines = err.splitlines()
         assert len(lines) == 2 and all(ln.startswith(f"error: {save} was taken over by pid {os.getpid()} on ")
                                        for ln in lines), err  # the rank, then the holder's own heartbeat
-        assert parent.returncode == lease.LOST_EXIT
+        assert parent.returncode == leaseholder.LOST_EXIT
     finally:
         taken.release()
 
@@ -329,7 +335,7 @@ def test_a_frozen_holder_elsewhere_is_taken_over_and_writes_nothing_when_it_wake
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
     out, err = frozen.communicate(timeout=120)
-    assert frozen.returncode == lease.LOST_EXIT and err.count("\n") == 1, err
+    assert frozen.returncode == leaseholder.LOST_EXIT and err.count("\n") == 1, err
     assert err.startswith(f"error: {run.save_dir} was taken over by ") and "without writing anything more" in err
     assert files(run.save_dir) == before
 

@@ -143,3 +143,28 @@ def test_ctrl_c_ends_every_process_of_each_runs_group_and_waits(tmp_path):
     assert _group_members(leader) == []  # when sweep.py has exited, the whole group is gone
     run = next(r for r in spec.load(path).runs)
     assert state.state_of(run).state == "pending"  # interrupted: launched again by the next `run`
+
+
+def test_a_run_killed_by_sigkill_shows_as_failed_with_its_reason_and_its_stale_lease(tmp_path):
+    """The run takes its SAVE_DIR's lease, then dies of SIGKILL (as of the OOM killer): the lease is left behind,
+    and `status` still shows the run failed, with the recorded death, the stale lease named beside it."""
+    os.makedirs(tmp_path / "in")
+    inputs = kit.make_inputs(str(tmp_path / "in"))
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",),
+                          tickets="")
+    run = spec.load(path).runs[0]
+    code = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r}); from training import savedir; "
+            f"savedir.hold_save_dir({run.save_dir!r}); os.kill(os.getpid(), signal.SIGKILL)")
+    fake = tmp_path / "python"  # the driver's interpreter: takes the lease, then is killed
+    fake.write_text(f'#!/bin/bash\n[ "$1" = -c ] && exec {sys.executable} "$@"\nexec {sys.executable} -c "{code}"\n')
+    fake.chmod(0o755)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "run", path, "--local"],
+                          env={**kit.ENV, "PYTHON": str(fake)}, capture_output=True, text=True, timeout=120)
+    assert os.path.exists(os.path.join(run.save_dir, state.LEASE)), done.stdout + done.stderr  # left behind
+    row = state.state_of(run)
+    assert row.state == "failed" and row.exit == 137, row
+    assert row.detail.startswith("killed by SIGKILL (out of memory? ")
+    assert row.detail.endswith(f"(stale lease: {state.lease_of(run.save_dir).who()}, its process (pid "
+                               f"{state.lease_of(run.save_dir).holder.pid}) is gone: the next launch takes it over)")
+    shown = kit.sweep("status", path, check=True).stdout
+    assert f"  failed {run.id}: killed by SIGKILL (out of memory? " in shown and "failed 1" in shown, shown

@@ -64,7 +64,7 @@ def test_a_read_only_filesystem_is_the_machines_only_where_it_was_writable():
 def test_a_full_disk_while_a_checkpoint_is_written_exits_3_and_keeps_the_previous_one(inputs, tmp_path):
     save = str(tmp_path / "run")
     # the first checkpoint (epoch 1) is written; the disk is full when the second is
-    env = shimmed(shimkit.WRITE_FAILS, "writefails", os.path.join(save, ".checkpoint.pth.tar."), errno.ENOSPC,
+    env = shimmed(shimkit.WRITE_FAILS, "writefails", "/.checkpoint.pth.tar.", errno.ENOSPC,  # its temp file
                   SHIM_AFTER="1")
     done = transfer(inputs, save, "--epochs", "2", env=env)
     ckpt = os.path.join(save, checkpoint.CHECKPOINT)

@@ -20,6 +20,7 @@ from infra import flags
 from infra import hardware
 from infra import reproducibility
 from infra import runlog
+from infra import watchdog
 from training import savedir, syncbn
 from infra.distributed import LAUNCH_GROUP, DistEnv, Launch
 from infra.errors import ConfigError, OneLineParser
@@ -117,12 +118,14 @@ def launch_from_args(args: argparse.Namespace) -> Launch:
     """The launch flags, once this node is known to run them: a GPU it was given works (else NodeError, exit 3,
     before SAVE_DIR is touched)."""
     opts = flags.from_args(Launch, args)
+    watchdog.stall_bound()  # a bad DOUBLEWIN_STALL_S is one line before anything starts
     hardware.check_gpus_given(os.environ, opts.gpu)
     return opts
 
 
 # ---------------------------------------------------------------------------- before the workers start
 first_process = distributed.first_process  # the rank-0 rule before ranks exist, the same for both stages
+folder = savedir.folder  # SAVE_DIR's RunFolder for this process: every write of the run's files goes through it
 
 
 def claim_save_dir(save_dir: str) -> None:
@@ -154,13 +157,15 @@ def start(worker: Callable[[DistEnv, Any], None], cfg: Any, opts: Launch) -> str
 
 
 def in_worker(body: Callable[[DistEnv, Any], None], env: DistEnv, cfg: Any) -> None:
-    """One process of a run: the project log's handlers (stdout, and SAVE_DIR/log.txt on rank 0), the run's
-    kernel settings (--deterministic, --tf32) for its duration, and the process group closed however the body
-    ends."""
+    """One process of a run: the project log's handlers (stdout, and SAVE_DIR/log.txt on rank 0), the progress
+    watchdog (DOUBLEWIN_STALL_S), the run's kernel settings (--deterministic, --tf32) for its duration, and the
+    process group closed however the body ends."""
     runlog.setup_log(cfg.save_dir, env.is_main)
+    log = os.path.join(cfg.save_dir, checkpoint.LOG) if env.is_main else None
     try:
         hardware.check_amp(cfg.amp, env.device)  # this rank's own GPU: a node may mix cards
-        with reproducibility.kernel_mode(deterministic=cfg.deterministic, tf32=cfg.tf32):
+        with watchdog.watching(cfg.save_dir if env.is_main else None, log), \
+                reproducibility.kernel_mode(deterministic=cfg.deterministic, tf32=cfg.tf32):
             body(env, cfg)
     finally:
         distributed.cleanup(env)
@@ -246,4 +251,4 @@ def truncate_metrics(save_dir: str, done: int) -> None:
     if os.path.exists(path):
         rows = [r for r in checkpoint.read_jsonl(path)
                 if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] < done]
-        checkpoint.atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        folder(save_dir).write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

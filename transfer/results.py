@@ -20,12 +20,14 @@ from torch import nn
 
 import pruning_utils
 from attacks import build_attack
-from infra.checkpoint import (METRICS, RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, atomic_write_json, load_own,
+from infra.checkpoint import (METRICS, RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, load_own,
                               read_jsonl)
 from infra.distributed import DistEnv, ShardSampler, all_reduce_sum
 from infra.reproducibility import seed_epoch
+from infra import watchdog
 from infra.runlog import LOGGER
 from training import ledger
+from training import runner
 from training.engine import Step, evaluate
 from transfer.state import Training, restore
 
@@ -124,7 +126,8 @@ def autoattack_ra(model: nn.Module, dataset, cfg, env: DistEnv, *,
         fetch = fetch or partial(dataset_items, dataset)
         parts = [fetch(idx[k:k + batch]) for k in range(0, len(idx), batch)]
         x, y = torch.cat([p[0].cpu() for p in parts]), torch.cat([p[1].cpu() for p in parts])
-        _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch)
+        with watchdog.forward_progress(model):  # its attacks' steps are progress
+            _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch)
         counts[0] = float((y_adv.cpu() == y).sum())
     robust, total = all_reduce_sum(counts, env).tolist()
     return 100.0 * robust / max(total, 1.0), int(total), list(aa.attacks_to_run)
@@ -166,7 +169,7 @@ def finish(env: DistEnv, cfg, run: Training, data, info: dict, state: dict) -> d
     if env.is_main:  # every epoch's ledger (metrics.jsonl) and the tests' (AutoAttack's passes are not counted)
         rows = read_jsonl(os.path.join(cfg.save_dir, METRICS))
         results["cost"] = ledger.total([r["cost"] for r in rows if isinstance(r.get("cost"), dict)] + [tests])
-        atomic_write_json(os.path.join(cfg.save_dir, RESULTS), results)
+        runner.folder(cfg.save_dir).write_json(os.path.join(cfg.save_dir, RESULTS), results)
         log.info(f"wrote {os.path.join(cfg.save_dir, RESULTS)}")
     return results
 

@@ -13,7 +13,7 @@ from training import optimizer as optimizer_lib
 import pruning_utils
 from training import runner
 from infra.checkpoint import exists as checkpoint_exists
-from infra.checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, append_jsonl, atomic_save, \
+from infra.checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, \
     epoch_file, is_epoch_file, load_own, strip_prefix
 from infra.errors import CheckpointError
 from infra.reproducibility import get_rng_state
@@ -77,14 +77,15 @@ def save_epoch(cfg, run: Training, state: dict, row: dict, improved: list[str]) 
     """
     d = cfg.save_dir
     sd = model_state_dict(run.model, run.mask)
-    append_jsonl(os.path.join(d, METRICS), row)
+    folder = runner.folder(d)
+    folder.append_row(os.path.join(d, METRICS), row)
     for k in improved:
-        atomic_save({"state_dict": sd, "epoch": row["epoch"], "val_sa": row["val_sa"], "val_ra": row["val_ra"],
+        folder.save({"state_dict": sd, "epoch": row["epoch"], "val_sa": row["val_sa"], "val_ra": row["val_ra"],
                      "arch": cfg.arch, "config": asdict(cfg)}, os.path.join(d, SA_BEST if k == "sa" else RA_BEST))
     if cfg.save_all:
-        atomic_save({"state_dict": sd, "epoch": row["epoch"], "arch": cfg.arch},
+        folder.save({"state_dict": sd, "epoch": row["epoch"], "arch": cfg.arch},
                     epoch_file(d, row["epoch"]))
-    atomic_save({"state_dict": sd, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+    folder.save({"state_dict": sd, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict() if run.scaler is not None else None, **state,
                  "rng": get_rng_state(), "arch": cfg.arch, "config": asdict(cfg)}, os.path.join(d, CHECKPOINT))
 
