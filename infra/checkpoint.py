@@ -108,6 +108,20 @@ def exists(path: str, kind: str = "file") -> bool:
     return stat.S_ISDIR(st.st_mode) if kind == "dir" else stat.S_ISREG(st.st_mode)
 
 
+def _replace(tmp: str, path: str, ours: os.stat_result) -> None:
+    """os.replace; an ENOENT after the rename in fact happened (NFS answers a retransmitted RENAME so when the
+    reply to the first was lost: `path` is then our temp file, same device and inode) is the success it was."""
+    try:
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        try:
+            now = os.stat(path)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino) or os.path.exists(tmp):
+            raise
+
+
 def _atomic(path: str, write, mode: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
@@ -120,8 +134,9 @@ def _atomic(path: str, write, mode: str) -> None:
             f.flush()
             os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
+            ours = os.fstat(f.fileno())
         lease.check_write(path, leftover=tmp)
-        os.replace(tmp, path)
+        _replace(tmp, path, ours)
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
