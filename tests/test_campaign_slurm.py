@@ -55,8 +55,9 @@ echo 'MaxArraySize            = 1001'
 def fake(tmp_path, monkeypatch):
     """A fake SLURM on PATH; returns its folder (write `queue`, `sinfo`, `sacct`, `busy`... there)."""
     b = str(tmp_path / "bin")
+    sacct = "printf '%s\\n' \"$*\" >> $B/sacct-calls; cat $B/sacct.out 2>/dev/null; true"
     for name, body in (("sbatch", SBATCH), ("scontrol", SCONTROL), ("squeue", "cat $B/queue 2>/dev/null; true"),
-                       ("sinfo", "cat $B/sinfo.out"), ("sacct", "printf '%s\\n' \"$*\" >> $B/sacct-calls; cat $B/sacct.out 2>/dev/null; true")):
+                       ("sinfo", "cat $B/sinfo.out"), ("sacct", sacct)):
         slurmkit.fake(b, name, f"B={b}\n{body}")
     monkeypatch.setenv("PATH", b + os.pathsep + os.environ["PATH"])
     scheduler.max_array_size.cache_clear()
@@ -377,3 +378,26 @@ def test_a_rename_nfs_answers_enoent_on_retransmit_after_it_happened_is_a_succes
     with pytest.raises(UserError, match="could not write"):  # a rename that did not happen is still a failure
         checkpoint.atomic_write_json(path, {"v": 2})
     assert slurmkit.read_json(path) == {"v": 1}
+
+
+# ---------------------------------------------------------------------------- the command line
+def test_forget_hosts_clears_the_exclusions_and_the_runs_go_everywhere(fake, tmp_path):
+    import subprocess
+
+    import campaignkit as kit
+    from campaign import spec
+    inputs = kit.make_inputs(str(tmp_path))
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",))
+    c = spec.load(path)
+    now = time.time()
+    slurmstate.note_node_faults(c, {"a": ("n1", now), "b": ("n1", now)})
+    cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "run", path, "--slurm", "--gpus-per-run", "0"]
+    env = dict(kit.ENV, PATH=os.environ["PATH"])
+    done = subprocess.run([*cmd, "--forget-hosts"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "forgot the excluded hosts: n1" and lines[1].startswith("submitted 3 runs: jobs ")
+    assert "not on" not in lines[1] and slurmstate.excluded_hosts(c) == []
+    scripts = [open(os.path.join(d, f)).read() for d, _, fs in os.walk(os.path.join(c.root, ".campaign", "slurm"))
+               for f in fs if f.endswith(".sh")]
+    assert scripts and all("#SBATCH --comment=doublewin:" in s and "--exclude" not in s for s in scripts)
