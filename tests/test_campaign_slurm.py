@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from campaign.observe import View
 from campaign.state import RunState
 from infra import checkpoint
 from infra.errors import UserError
+from slurmkit import slurm_cluster  # noqa: F401  (fixture)
 
 OPTS = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=1, time_min=5)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +215,6 @@ def test_a_read_error_while_recording_keeps_the_whole_record(tmp_path, monkeypat
 
 def test_an_eio_on_the_job_record_with_jobs_pending_submits_nothing(fake, tmp_path):
     """The real interpreter under an LD_PRELOAD shim whose open() of jobs.json fails with EIO (a soft NFS mount)."""
-    import subprocess
     c = slurmkit.campaign(str(tmp_path / "root"), 3)
     _pending(fake, c)
     lib = shimkit.build("pathfails", shimkit.PATH_FAILS)
@@ -382,8 +383,6 @@ def test_a_rename_nfs_answers_enoent_on_retransmit_after_it_happened_is_a_succes
 
 # ---------------------------------------------------------------------------- the command line
 def test_forget_hosts_clears_the_exclusions_and_the_runs_go_everywhere(fake, tmp_path):
-    import subprocess
-
     import campaignkit as kit
     from campaign import spec
     inputs = kit.make_inputs(str(tmp_path))
@@ -401,3 +400,49 @@ def test_forget_hosts_clears_the_exclusions_and_the_runs_go_everywhere(fake, tmp
     scripts = [open(os.path.join(d, f)).read() for d, _, fs in os.walk(os.path.join(c.root, ".campaign", "slurm"))
                for f in fs if f.endswith(".sh")]
     assert scripts and all("#SBATCH --comment=doublewin:" in s and "--exclude" not in s for s in scripts)
+
+
+# ---------------------------------------------------------------------------- live (script/slurm_up.sh's cluster)
+@pytest.mark.slow
+def test_live_an_unreadable_job_record_with_jobs_pending_submits_nothing(slurm_cluster, tmp_path):
+    c = slurmkit.campaign(str(tmp_path / "root"), 2)
+    held = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=1, time_min=5, extra={"begin": "now+3600"})
+    try:
+        assert slurm.run_slurm(c, held, say=lambda s: None) == 0
+        jobs = slurmstate.recorded_jobs(c)
+        assert slurm.queued(c) == {"r0", "r1"}  # pending until --begin
+        good = open(slurmstate.jobs_file(c)).read()
+        os.unlink(slurmstate.jobs_file(c))
+        os.mkdir(slurmstate.jobs_file(c))
+        with pytest.raises(scheduler.SchedulerError, match=r"jobs\.json cannot be read .*: nothing submitted$"):
+            slurm.run_slurm(c, held, say=lambda s: None)
+        os.rmdir(slurmstate.jobs_file(c))
+        put(os.path.dirname(slurmstate.jobs_file(c)), "jobs.json", good)
+        assert slurmstate.recorded_jobs(c) == jobs and slurm.queued(c) == {"r0", "r1"}
+        mine = subprocess.run(["squeue", "-h", "-r", "-u", scheduler.user(), "-o", "%k"], capture_output=True,
+                              text=True).stdout.split()
+        ours = f"{slurmstate.COMMENT}:{slurmstate.campaign_id(c)}:"
+        assert sum(k.startswith(ours) for k in mine) == 2  # the two jobs of the first submission, no more
+    finally:
+        ids = {j.split("_")[0] for js in slurmstate.recorded_jobs(c).values() for j in js} \
+            if os.path.isfile(slurmstate.jobs_file(c)) else set()
+        if ids:
+            subprocess.run(["scancel", *sorted(ids)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_live_a_quota_full_shim_fails_runs_and_excludes_no_host(slurm_cluster, tmp_path):
+    lib = shimkit.build("writefails", shimkit.WRITE_FAILS)
+
+    def command(d):
+        return ("env", f"LD_PRELOAD={lib}", f"SHIM_PATH={d}/.out.json.", f"SHIM_ERRNO={errno.EDQUOT}",
+                sys.executable, "-c", WRITE.format(root=ROOT, path=os.path.join(d, "out.json")))
+    c = slurmkit.campaign(str(tmp_path / "root"), 4, command)
+    t, said, result = follow(c, poll=1)
+    t.join(300)
+    assert result == [4], said
+    view = observe.observe(c)
+    assert view.storage == {"r0", "r1", "r2", "r3"} and view.excluded == [] and not view.node_fault
+    assert all(len(js) == 1 for js in slurmstate.recorded_jobs(c).values())  # none retried
+    assert sum("the disk is full or the quota used up (exit 4, no node blamed)" in s for s in said) == 1, said
+    assert slurmstate.excluded_hosts(c) == []
