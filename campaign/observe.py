@@ -123,6 +123,7 @@ def _apply(rows: list[RunState], jobs: dict[str, list[str]], known: dict, view: 
             missing = _unseen_input(r, launch) if r.exit == NODE_EXIT else None
             if missing:
                 view.unseen[rid] = missing
+                view.failed_on[rid] = (host or "?", "input missing")
             elif r.exit == NODE_EXIT:
                 end = launch.get("end")
                 blamed[rid] = (host, float(end) if isinstance(end, (int, float)) else time.time())
@@ -146,7 +147,7 @@ def observe(campaign: Campaign, strict: bool = True, persist: bool = True) -> Vi
         if strict:
             raise
         jobs, queue, note = {}, {}, f"{e}: runs it holds show as their files say"
-    adopted = _adopt(campaign, jobs, queue, persist) if queue else {}
+    adopted = _adopt(campaign, jobs, queue, persist) if note is None else {}
     queued = {rid for rid, js in jobs.items() if any(j in queue for j in js)}
     rows = state.states(campaign, queued)
     known, settling = _ended(campaign, rows, jobs, persist) if jobs and note is None else ({}, set())

@@ -40,8 +40,8 @@ def deferred_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        for s, handler in old.items():  # None: a handler set outside Python, which cannot be put back
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         for s in dict.fromkeys(got):
             signal.raise_signal(s)
 
