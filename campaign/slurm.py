@@ -159,7 +159,7 @@ def _executor(campaign: Campaign, opts: SlurmOptions, run: Run | None = None, ex
 
 
 def submit(campaign: Campaign, runs: list[Run], opts: SlurmOptions, say: Callable[[str], None] = print,
-           exclude: tuple[str, ...] = ()) -> dict[str, str]:
+           exclude: tuple[str, ...] = ()) -> submitting.Submitted:
     """Submit `runs` as Tasks (not to the `exclude` hosts), each sbatch recorded as it goes (campaign/submit.py);
     returns run id -> job id of those submitted."""
     def threads(run: Run) -> int | None:
@@ -206,7 +206,7 @@ def _run(campaign: Campaign, opts: SlurmOptions, follow: bool, poll: float, retr
         left = len(plan.todo) - len(new) + plan.held
         if not follow:
             if left:
-                why = "a submit limit or a busy controller" if len(plan.todo) > len(new) else "--max-in-flight"
+                why = new.stopped_by or "--max-in-flight"
                 say(f"{left} runs wait, not submitted ({why}): run again, or add --follow")
             return left
         busy = plan.settling or any(r.state in ("queued", "running") for r in view.rows)

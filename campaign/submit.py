@@ -18,6 +18,12 @@ from infra.errors import UserError
 DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class Submitted(dict):
+    """run id -> job id of what was submitted; `stopped_by` says what kept the rest back ("a submit limit", "a
+    busy controller"), None when all went."""
+    stopped_by: str | None = None
+
+
 class Limit(Exception):
     """sbatch refused for this user's submit limits: what was accepted stands, the rest waits."""
 
@@ -115,17 +121,19 @@ def submit_all(campaign: Campaign, runs: list[Run], executor, task, new: dict[st
 
 
 def submit(campaign: Campaign, runs: list[Run], executor, task, say: Callable[[str], None] = print,
-           exclude: tuple[str, ...] = ()) -> dict[str, str]:
+           exclude: tuple[str, ...] = ()) -> Submitted:
     """Submit `runs` (not to the `exclude` hosts), each sbatch recorded as it goes; returns run id -> job id of
     those submitted (fewer than `runs` when a submit limit or a busy controller stopped the rest, which is said)."""
-    new: dict[str, str] = {}
+    new = Submitted()
     if not runs:
         return new
     try:
         submit_all(campaign, runs, executor, task, new)
     except Limit as e:
+        new.stopped_by = "a submit limit"
         say(f"sbatch: submit limit reached ({e}): {len(runs) - len(new)} runs not submitted yet")
     except Busy as e:
+        new.stopped_by = "a busy controller"
         say(f"sbatch: the SLURM controller did not answer ({e}): {len(runs) - len(new)} runs not submitted yet "
             "(a job it accepted meanwhile is found by its comment)")
     if new:

@@ -102,7 +102,7 @@ def test_a_busy_controller_is_waited_out_and_a_job_it_accepted_meanwhile_is_adop
     said: list[str] = []
     assert slurm.run_slurm(c, OPTS, say=said.append) == 3  # not exit 2 "check the SLURM options": 3 runs wait
     assert said[0].startswith(f"sbatch: the SLURM controller did not answer (Batch job submission failed: {text})")
-    assert said[-1].startswith("3 runs wait, not submitted") and not os.path.exists(slurmstate.jobs_file(c))
+    assert said[-1].startswith("3 runs wait, not submitted (a busy controller)") and not os.path.exists(slurmstate.jobs_file(c))
     said.clear()
     assert slurm.run_slurm(c, OPTS, say=said.append) == 0  # the next poll finds the job by its comment
     assert slurmstate.recorded_jobs(c) == {"r0": ["100_0"], "r1": ["100_1"], "r2": ["100_2"]}
