@@ -164,9 +164,8 @@ def note_node_faults(campaign: Campaign, blamed: dict[str, tuple[str, float]], p
     now = time.time()
     excluded = _excluded(blames, now)
     if changed and persist:
-        _write(path, {**data, "infrastructure_failures": blames,
-                      "excluded": {h: time.strftime("until %Y-%m-%d %H:%M:%S", time.localtime(t))
-                                   for h, t in sorted(excluded.items())}})
+        _write(path, {**data, "infrastructure_failures": blames, "excluded": sorted(excluded),
+                      "until": {h: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) for h, t in excluded.items()}})
     return sorted(excluded)
 
 
@@ -176,5 +175,5 @@ def forget_hosts(campaign: Campaign) -> list[str]:
     path = _path(campaign, "hosts.json")
     was = excluded_hosts(campaign)
     if os.path.exists(path) or was:
-        _write(path, {"forgotten_at": time.time(), "infrastructure_failures": {}, "excluded": {}})
+        _write(path, {"forgotten_at": time.time(), "infrastructure_failures": {}, "excluded": [], "until": {}})
     return was
