@@ -402,6 +402,23 @@ def test_forget_hosts_clears_the_exclusions_and_the_runs_go_everywhere(fake, tmp
     assert scripts and all("#SBATCH --comment=doublewin:" in s and "--exclude" not in s for s in scripts)
 
 
+def test_sweep_run_killed_by_sigterm_during_sbatch_dies_after_recording(fake, tmp_path):
+    """`sweep.py run` (holding the campaign's lease, whose handler dies of the signal) gets SIGTERM while sbatch
+    runs: it dies of it, with the jobs recorded and the lease released."""
+    import campaignkit as kit
+    from campaign import spec
+    inputs = kit.make_inputs(str(tmp_path))
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",))
+    c = spec.load(path)
+    put(fake, "signal", "TERM")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "run", path, "--slurm", "--gpus-per-run",
+                           "0"], capture_output=True, text=True, env=dict(kit.ENV, PATH=os.environ["PATH"]),
+                          timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert sorted(slurmstate.recorded_jobs(c).values()) == [["100_0"], ["100_1"], ["100_2"]]
+    assert not os.path.exists(os.path.join(c.root, ".campaign", state.RUN_LEASE)) and slurmstate.intents(c) == {}
+
+
 # ---------------------------------------------------------------------------- live (script/slurm_up.sh's cluster)
 @pytest.mark.slow
 def test_live_an_unreadable_job_record_with_jobs_pending_submits_nothing(slurm_cluster, tmp_path):
