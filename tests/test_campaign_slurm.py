@@ -141,6 +141,14 @@ def test_busy_and_limit_texts_are_told_apart():
     assert not scheduler.is_limit("Socket timed out on send/recv operation")
 
 
+def test_squeue_comments_and_host_lists_are_read_whole():
+    text = "12_[0-2%2]|PENDING|doublewin:ab:cd\n13|RUNNING|(null)\n14|COMPLETED|doublewin:ab:ef\n"
+    assert scheduler.parse_queue(text) == {"12_0": "doublewin:ab:cd", "12_1": "doublewin:ab:cd",
+                                           "12_2": "doublewin:ab:cd", "13": ""}
+    assert scheduler.expand_hostlist("gpu[07-08],rack[1-2]-node[01,03],cpu1") == [
+        "gpu07", "gpu08", "rack1-node01", "rack1-node03", "rack2-node01", "rack2-node03", "cpu1"]
+
+
 # ---------------------------------------------------------------------------- signals during a submission
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_during_sbatch_comes_after_the_jobs_are_recorded(fake, tmp_path, sig):
