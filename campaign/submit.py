@@ -136,6 +136,9 @@ def submit(campaign: Campaign, runs: list[Run], executor, task, say: Callable[[s
         new.stopped_by = "a busy controller"
         say(f"sbatch: the SLURM controller did not answer ({e}): {len(runs) - len(new)} runs not submitted yet "
             "(a job it accepted meanwhile is found by its comment)")
+    except SchedulerError as e:  # submitted, not recorded: the next poll adopts it by its comment
+        new.stopped_by = "jobs.json not written"
+        say(str(e))
     if new:
         arrays = sorted({j.split('_')[0] for j in new.values()}, key=int)
         say(f"submitted {len(new)} runs: jobs {', '.join(arrays)}" + (f" (not on {', '.join(exclude)})"

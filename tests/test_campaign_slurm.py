@@ -111,6 +111,25 @@ def test_a_busy_controller_is_waited_out_and_a_job_it_accepted_meanwhile_is_adop
     assert {r.state for r in state.states(c, slurm.queued(c))} == {"queued"}
 
 
+def test_a_job_that_could_not_be_recorded_is_adopted_by_the_next_poll(fake, tmp_path, monkeypatch):
+    c = slurmkit.campaign(str(tmp_path / "root"), 2)
+    real = slurmstate._write
+
+    def full(path, data):  # a full disk under ROOT/.campaign/jobs.json only
+        if path.endswith("jobs.json"):
+            raise checkpoint._write_failed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        real(path, data)
+    monkeypatch.setattr(slurmstate, "_write", full)
+    said: list[str] = []
+    assert slurm.run_slurm(c, OPTS, say=said.append) == 2
+    assert said[0].startswith("jobs 100 were submitted but not recorded (writing ") and "No space left" in said[0]
+    assert said[1] == "2 runs wait, not submitted (jobs.json not written): run again, or add --follow"
+    monkeypatch.setattr(slurmstate, "_write", real)
+    said.clear()
+    assert slurm.run_slurm(c, OPTS, say=said.append) == 0 and said[0].startswith("adopted 2 runs' jobs")
+    assert slurmstate.recorded_jobs(c) == {"r0": ["100_0"], "r1": ["100_1"]} and sbatch_calls(fake) == 1
+
+
 def test_a_job_of_another_campaign_is_not_adopted(fake, tmp_path):
     c = slurmkit.campaign(str(tmp_path / "root"), 1)
     other = slurmkit.campaign(str(tmp_path / "other"), 1)
@@ -217,7 +236,7 @@ def test_a_read_error_while_recording_keeps_the_whole_record(tmp_path, monkeypat
     monkeypatch.setattr(builtins, "open", eio)
     with pytest.raises(scheduler.SchedulerError, match="^jobs 777 were submitted but not recorded .*Input/output"):
         slurmstate.record_jobs(c, {"imp:x": "777"})
-    monkeypatch.undo()
+    monkeypatch.setattr(builtins, "open", real)
     assert open(slurmstate.jobs_file(c)).read() == before and len(slurmstate.recorded_jobs(c)) == 1000
 
 
