@@ -74,16 +74,20 @@ def _adopt(campaign: Campaign, jobs: dict[str, list[str]], queue: dict[str, str]
     return found
 
 
-def _ended(campaign: Campaign, rows: list[RunState], jobs: dict[str, list[str]],
+def _ended(campaign: Campaign, rows: list[RunState], jobs: dict[str, list[str]], queued: set[str],
            persist: bool) -> tuple[dict, set[tuple[str, str]]]:
     """failures.json brought up to date: sacct asked once about the newest job of each run not done, running or
-    queued whose end it has not told yet (an answer is kept: never asked again); also the (run, job) pairs squeue
-    no longer lists whose end accounting has not recorded (on its way to slurmdbd: not resubmitted on a guess)."""
+    queued whose end it has not told yet (an answer is kept: not asked again unless squeue lists that job again,
+    a requeue); also the (run, job) pairs squeue no longer lists whose end accounting has not recorded (on its
+    way to slurmdbd: not resubmitted on a guess)."""
     known = slurmstate.read_failures(campaign)
+    again = [rid for rid in queued if (known.get(rid) or {}).get("job") == jobs[rid][-1]]
+    changed = bool(again)
+    for rid in again:
+        del known[rid]
     ask = {jobs[r.run.id][-1]: r.run.id for r in rows if r.state in state.TODO and r.run.id in jobs
            and (known.get(r.run.id) or {}).get("job") != jobs[r.run.id][-1]}
     ended = scheduler.ended_jobs(list(ask)) if ask else {}
-    changed = False
     for job, rid in ask.items():
         e = (ended or {}).get(job)
         if e and e.state not in scheduler.ALIVE:
@@ -150,7 +154,7 @@ def observe(campaign: Campaign, strict: bool = True, persist: bool = True) -> Vi
     adopted = _adopt(campaign, jobs, queue, persist) if note is None else {}
     queued = {rid for rid, js in jobs.items() if any(j in queue for j in js)}
     rows = state.states(campaign, queued)
-    known, settling = _ended(campaign, rows, jobs, persist) if jobs and note is None else ({}, set())
+    known, settling = _ended(campaign, rows, jobs, queued, persist) if jobs and note is None else ({}, set())
     view = View(rows, note=note, settling=settling, adopted=adopted)
     view.excluded = slurmstate.note_node_faults(campaign, _apply(rows, jobs, known, view), persist)
     return view

@@ -378,6 +378,12 @@ def test_sacct_is_asked_once_per_ended_job(fake, tmp_path):
     observe.observe(c)
     calls = open(os.path.join(fake, "sacct-calls")).read().splitlines()
     assert len(calls) == 2 and "-j 10 " in calls[1]
+    put(fake, "queue", "10|PENDING|\n")  # requeued under the same id: its next end is asked again
+    observe.observe(c)
+    put(fake, "queue", "")
+    put(fake, "sacct.out", "10|OUT_OF_MEMORY|n2\n")
+    assert {r.run.id: r.state for r in observe.observe(c).rows}["r0"] == "failed"
+    assert len(open(os.path.join(fake, "sacct-calls")).read().splitlines()) == 3
 
 
 def test_every_job_of_a_run_gets_its_settle_wait():
