@@ -1,9 +1,6 @@
-"""SLURM through submitit: transfer runs as job arrays of at most the cluster's MaxArraySize, an IMP stage as a
-job of its own sized for its GPUs; a time limit or preemption requeues the run (it resumes), a user error
-(exit 2) does not; a node's fault (exit 3, NODE_FAIL) is retried elsewhere and a host that keeps failing runs is
-excluded. Submit limits and a busy controller are waited out, never fatal. Each poll of `run` is one flow: observe
-(campaign/observe.py: the queue asked once, never guessed), decide (decide.py), submit and record (submit.py,
-slurmstate.py); this module holds that loop and what a job runs (Task)."""
+"""SLURM through submitit: what a job runs (Task: a run's driver; a time limit or preemption requeues it, it
+resumes) and the loop of `sweep.py run --slurm`, each poll one flow: observe (observe.py), decide (decide.py),
+submit and record (submit.py, slurmstate.py). Submit limits and a busy controller are waited out, never fatal."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,6 @@
-"""What the campaign keeps about its SLURM jobs in ROOT/.campaign/ (the record step): every job id a run has had
-(jobs.json, read strictly: it is what keeps a run from being submitted twice), submissions on their way to sbatch
-(submitting/), how each run's newest job ended per sacct (failures.json) and the hosts blamed for failures of the
-node, each blame expiring after EXCLUDE_FOR_S (hosts.json); the last two are read leniently."""
+"""The record step of the SLURM path, ROOT/.campaign/: every job id a run has had (jobs.json, read strictly),
+submissions on their way to sbatch (submitting/), how jobs ended per sacct (failures.json) and the hosts blamed
+for a node's failures, each blame expiring (hosts.json); the last two are read leniently."""
 from __future__ import annotations
 
 import hashlib
