@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from infra import errors
-from campaign import datacheck, local, slurm, slurmstate, spec, state, status
+from campaign import datacheck, local, observe, slurm, slurmstate, spec, state, status
 from infra.checkpoint import atomic_write_json
 from infra.errors import OneLineParser, UserError
 
@@ -71,12 +71,14 @@ def get_args_parser() -> OneLineParser:
     g.add_argument("--follow", action="store_true",
                    help="stay: submit runs as tickets appear, resubmit killed jobs, end when all are done or failed")
     g.add_argument("--poll", type=float, default=30.0, help="seconds between checks with --follow")
+    g.add_argument("--forget-hosts", action="store_true",
+                   help="clear the hosts excluded for failures of the node (they also expire a day after)")
     return p
 
 
 def _show(campaign: spec.Campaign, args) -> int:
     """plan / status: the runs as their files and SLURM say (a queue SLURM cannot tell is said, not guessed)."""
-    view = slurmstate.observe(campaign, strict=False)
+    view = observe.observe(campaign, strict=False, persist=False)
     if view.note:
         print(f"warning: {view.note}", file=sys.stderr)
     if args.command == "status":
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             print(shlex.join(run.command))
         return 0
     state.hold_campaign(campaign)  # one `run` per campaign at a time, until this process ends
+    if args.slurm and args.forget_hosts:
+        was = slurmstate.forget_hosts(campaign)
+        print(f"forgot the excluded hosts: {', '.join(was)}" if was else "no host was excluded")
     if args.local:
         if args.jobs < 1:
             raise UserError(f"--jobs {args.jobs}: at least 1")

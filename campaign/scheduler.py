@@ -1,5 +1,6 @@
-"""What the campaign asks SLURM, and how it reads the answers: this user's live jobs (squeue), the cluster's
-MaxArraySize (scontrol), how dead jobs ended (sacct), and what an sbatch refusal is about. A question SLURM
+"""What the campaign asks SLURM, and how it reads the answers: this user's live jobs and their comments (squeue),
+the cluster's MaxArraySize and host lists (scontrol, sinfo), how dead jobs ended (sacct), and what an sbatch
+refusal is about. A question SLURM
 does not answer is a `SchedulerError`, never an empty answer: an unknown queue must not read as an empty one."""
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ HINTS = (("Invalid partition name specified", "--partition"),
          ("Invalid feature specification", "--sbatch constraint=..."),
          ("Invalid job array specification", "the cluster's MaxArraySize"),
          ("Node count specification invalid", "the SLURM options"))
+# sbatch's and scontrol's words for a controller too busy to answer (or restarting): nothing was refused, the
+# question is asked again at the next poll (a job it accepted before the answer was lost carries our comment)
+BUSY = ("Socket timed out on send/recv operation", "Unable to contact slurm controller",
+        "Zero Bytes were transmitted or received", "Slurm backup controller in standby mode",
+        "Communication connection failure")
 TIMEOUT_S = 60
 
 
@@ -100,9 +106,70 @@ def parse_alive(text: str) -> set[str]:
     return alive
 
 
+def parse_queue(text: str) -> dict[str, str]:
+    """`squeue -h -r -o "%i|%T|%k"` -> live job id (array elements one by one) -> its comment ("" for none)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        p = line.strip().split("|", 2)
+        if len(p) >= 2 and p[1] in ALIVE:
+            comment = p[2].strip() if len(p) == 3 and p[2].strip() != "(null)" else ""
+            out.update(dict.fromkeys(expand(p[0]), comment))
+    return out
+
+
+def queue() -> dict[str, str]:
+    """This user's jobs SLURM still holds, with their comments, asked once; SchedulerError when squeue cannot say."""
+    return parse_queue(_ask(["squeue", "-h", "-r", "-u", user(), "-o", "%i|%T|%k"], "which jobs are queued"))
+
+
 def alive_jobs() -> set[str]:
     """This user's jobs SLURM still holds, asked once; SchedulerError when squeue cannot say."""
-    return parse_alive(_ask(["squeue", "-h", "-r", "-u", user(), "-o", "%i %T"], "which jobs are queued"))
+    return set(queue())
+
+
+def expand_hostlist(nodelist: str) -> list[str]:
+    """A SLURM host list without asking SLURM: "gpu[07-08],rack[1-2]-n[1,3]" -> gpu07, gpu08, rack1-n1,
+    rack1-n3, rack2-n1, rack2-n3 (each bracket expanded in turn, leading zeros kept)."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(nodelist + ","):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            names.append(nodelist[start:i].strip())
+            start = i + 1
+    out: list[str] = []
+    for name in filter(None, names):
+        m = re.search(r"\[([^\]]*)\]", name)
+        if not m:
+            out.append(name)
+            continue
+        for part in m.group(1).split(","):
+            lo, _, hi = part.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                out += expand_hostlist(name[:m.start()] + str(i).zfill(len(lo)) + name[m.end():])
+    return out
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """A SLURM host list's hosts, as `scontrol show hostnames` says, else expanded here."""
+    try:
+        return _ask(["scontrol", "show", "hostnames", nodelist], "a host list").split()
+    except SchedulerError:
+        return expand_hostlist(nodelist)
+
+
+def partition_nodes(partition: str | None) -> list[str] | None:
+    """The hosts of `partition` (None: the default one, marked * by sinfo); None when sinfo cannot say."""
+    try:
+        text = _ask(["sinfo", "-h", "-o", "%P|%N"], "its partitions")
+    except SchedulerError:
+        return None
+    lists = []
+    for line in text.splitlines():
+        name, _, nodes = line.strip().partition("|")
+        default = name.endswith("*")
+        if nodes and (name.rstrip("*") == partition if partition else default):
+            lists.append(nodes)
+    return sorted({h for nodes in lists for h in hostnames(nodes)}) or None
 
 
 def parse_max_array_size(text: str) -> int | None:
@@ -144,6 +211,11 @@ def ended_jobs(jobs: list[str]) -> dict[str, Ended] | None:
     except SchedulerError:
         return None
     return parse_sacct(text)
+
+
+def is_busy(text: str) -> bool:
+    """Whether SLURM's answer says its controller did not answer (ask again later), not that it refused."""
+    return any(s.lower() in text.lower() for s in BUSY)
 
 
 def is_limit(text: str) -> bool:

@@ -1,21 +1,19 @@
-"""SLURM through submitit: transfer runs as job arrays of at most the cluster's MaxArraySize, an IMP stage as a
-job of its own sized for its GPUs; a time limit or preemption requeues the run (it resumes), a user error
-(exit 2) does not; a node's fault (exit 3, NODE_FAIL) is retried elsewhere and a host that keeps failing runs is
-excluded. Submit limits are waited out, never fatal. The queue is asked once per poll and never guessed."""
+"""SLURM through submitit: the loop of `sweep.py run --slurm`, each poll one flow: observe (observe.py), decide
+(decide.py), submit and record (submit.py, slurmstate.py), and the executor every job is submitted with; what a
+job runs is campaign/slurmjob.py. Submit limits and a busy controller are waited out, never fatal."""
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from campaign import scheduler, slurmstate, state
+from campaign import decide, observe, scheduler, state
+from campaign import submit as submitting
 from campaign.scheduler import SchedulerError
 from campaign.slurmjob import RunFailed, Task  # noqa: F401  (what a job runs)
-from campaign.slurmstate import NODE_EXIT, View, jobs_file, recorded_jobs  # noqa: F401  (the campaign's records)
+from campaign.slurmstate import NODE_EXIT, recorded_jobs
 from campaign.spec import REPO, Campaign, Run
 from infra.errors import UserError
 
@@ -35,17 +33,16 @@ class SlurmOptions:
     max_in_flight: int | None = None  # campaign-wide cap on runs queued or running (None: no cap)
 
 
-SETTLE_S = 60  # how long a job squeue no longer lists may stay unrecorded in accounting before it counts as ended
-
-
 def queued(campaign: Campaign) -> set[str]:
-    """Run ids with a recorded SLURM job still pending or running; SchedulerError when squeue cannot tell."""
+    """Run ids with a recorded SLURM job still pending or running; SchedulerError when squeue or jobs.json cannot
+    tell."""
     jobs = recorded_jobs(campaign)
     alive = scheduler.alive_jobs() if jobs else set()
     return {rid for rid, js in jobs.items() if any(j in alive for j in js)}
 
 
-def _executor(campaign: Campaign, opts: SlurmOptions, run: Run | None = None, exclude: tuple[str, ...] = ()):
+def _executor(campaign: Campaign, opts: SlurmOptions, run: Run | None = None, exclude: tuple[str, ...] = (),
+              comment: str | None = None):
     """submitit's executor for an IMP stage (`run`: sized by its Resources, per GPU) or a transfer array."""
     import submitit
     folder = os.path.join(campaign.root, ".campaign", "slurm", "%j")
@@ -69,100 +66,21 @@ def _executor(campaign: Campaign, opts: SlurmOptions, run: Run | None = None, ex
     elif opts.cpus_per_run:
         params["cpus_per_task"] = opts.cpus_per_run
     for key, value in (("slurm_partition", (res.partition if res else None) or opts.partition),
-                       ("slurm_account", opts.account), ("slurm_qos", opts.qos)):
+                       ("slurm_account", opts.account), ("slurm_qos", opts.qos), ("slurm_comment", comment)):
         if value:
             params[key] = value
     ex.update_parameters(**params)
     return ex
 
 
-class _Limit(Exception):
-    """sbatch refused for this user's submit limits: what was accepted stands, the rest waits."""
-
-
-def _sbatch(submit_them: Callable[[], list]) -> list:
-    """Call submitit; a refusal is _Limit (a submit limit) or one UserError line naming what to change."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's refusal; we say it in one line
-            return submit_them()
-    except Exception as e:  # sbatch said no
-        if type(e).__name__ not in ("FailedJobError", "FailedSubmissionError", "CalledProcessError"):
-            raise
-        said, option = scheduler.refusal(str(e))
-        if scheduler.is_limit(str(e)):
-            raise _Limit(scheduler.limit_name(str(e))) from None
-        raise UserError(f"sbatch refused the jobs ({said}): check {option}") from None
-
-
-def _submit(campaign: Campaign, runs: list[Run], opts: SlurmOptions, exclude: tuple[str, ...],
-            new: dict[str, str]) -> None:
-    """IMP stages one job each, then transfer runs as arrays of at most MaxArraySize; a submit-limit refusal
-    halves the array and tries again, down to one run, then raises _Limit (`new` holds what was accepted)."""
-    for run in [r for r in runs if r.kind == "imp"]:
-        threads = run.resources.cpus_per_gpu if run.resources else opts.cpus_per_run
-        ex = _executor(campaign, opts, run, exclude)
-        new[run.id] = str(_sbatch(lambda: [ex.submit(Task(run, threads))])[0].job_id)
-    transfer = [r for r in runs if r.kind == "transfer"]
-    size = scheduler.max_array_size() if transfer else 1
-    while transfer:
-        chunk = transfer[:size]
-        ex = _executor(campaign, opts, None, exclude)
-
-        def array(ex=ex, chunk=chunk) -> list:
-            with ex.batch():
-                jobs = [ex.submit(Task(r, opts.cpus_per_run)) for r in chunk]
-            return jobs
-        try:
-            jobs = _sbatch(array)
-        except _Limit:
-            if size == 1:
-                raise
-            size //= 2
-            continue
-        new.update({r.id: str(j.job_id) for r, j in zip(chunk, jobs)})
-        transfer = transfer[size:]
-
-
 def submit(campaign: Campaign, runs: list[Run], opts: SlurmOptions, say: Callable[[str], None] = print,
-           exclude: tuple[str, ...] = ()) -> dict[str, str]:
-    """Submit `runs` (not to the `exclude` hosts) and append their job ids to the job-id file; returns run id ->
-    job id of those submitted (fewer than `runs` when a submit limit stopped the rest, which is said)."""
-    new: dict[str, str] = {}
-    if not runs:
-        return new
-    try:
-        _submit(campaign, runs, opts, exclude, new)
-    except _Limit as e:
-        left = len(runs) - len(new)
-        say(f"sbatch: submit limit reached ({e}): {left} runs not submitted yet")
-    finally:
-        slurmstate.record_jobs(campaign, new)
-    if new:
-        arrays = sorted({j.split('_')[0] for j in new.values()}, key=int)
-        say(f"submitted {len(new)} runs: jobs {', '.join(arrays)}" + (f" (not on {', '.join(exclude)})"
-                                                                     if exclude else ""))
-    return new
-
-
-def _to_submit(view: View, tries: dict[str, int], retries: int, hold: set[str]) -> tuple[list[Run], set[str]]:
-    """(runs to submit now, runs given up on). A run tried in this invocation is submitted again only when its
-    job ended without a verdict (partial, pending) or the node is blamed (exit 3, NODE_FAIL), at most `retries`
-    more times; a user error (exit 2) or any other failure is left for the user. `hold`: not yet."""
-    gave_up = set()
-    for r in view.rows:
-        rid = r.run.id
-        if rid not in tries or r.state not in state.TODO:
-            continue
-        if tries[rid] > retries or (r.state == "failed" and rid not in view.node_fault):
-            gave_up.add(rid)
-    return [r for r in state.launchable(view.rows) if r.id not in gave_up | hold], gave_up
-
-
-def _room(view: View, opts: SlurmOptions) -> int | None:
-    """How many more runs --max-in-flight lets go (None: no cap)."""
-    if opts.max_in_flight is None:
-        return None
-    return max(0, opts.max_in_flight - sum(r.state in ("queued", "running") for r in view.rows))
+           exclude: tuple[str, ...] = ()) -> submitting.Submitted:
+    """Submit `runs` as Tasks (not to the `exclude` hosts), each sbatch recorded as it goes (campaign/submit.py);
+    returns run id -> job id of those submitted."""
+    def threads(run: Run) -> int | None:
+        return run.resources.cpus_per_gpu if run.kind == "imp" and run.resources else opts.cpus_per_run
+    return submitting.submit(campaign, runs, lambda run, comment: _executor(campaign, opts, run, exclude, comment),
+                             lambda run: Task(run, threads(run)), say, exclude)
 
 
 def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, poll: float = 30.0,
@@ -179,34 +97,35 @@ def run_slurm(campaign: Campaign, opts: SlurmOptions, *, follow: bool = False, p
 
 def _run(campaign: Campaign, opts: SlurmOptions, follow: bool, poll: float, retries: int,
          say: Callable[[str], None]) -> int:
-    tries: dict[str, int] = {}
-    settling_since: dict[str, float] = {}
+    """Each poll: observe, decide, submit (recording as it goes); SLURM or jobs.json that cannot say, or a
+    controller that does not answer, is waited out with --follow."""
+    memory = decide.Memory()
     while True:
         try:
-            view = slurmstate.observe(campaign)
+            view = observe.observe(campaign)
+            if view.adopted:
+                say(f"adopted {len(view.adopted)} runs' jobs missing from jobs.json (found by their comment): "
+                    f"{', '.join(sorted(view.adopted.values()))}")
+            plan = decide.decide(view, memory, retries, opts.max_in_flight, time.time(), say)
+            if view.excluded and plan.todo:
+                decide.refuse_partition_wide(campaign, view.excluded, decide.partitions(plan.todo, opts.partition))
+            new = submit(campaign, plan.todo, opts, say, tuple(view.excluded))
         except SchedulerError as e:
             if not follow:
                 raise SchedulerError(f"{e}: nothing submitted") from None
             say(f"{e}: asking again in {poll:g} s")
             time.sleep(poll)
             continue
-        now = time.time()  # a job's end that accounting has not recorded in SETTLE_S is taken as ended
-        hold = {rid for rid in view.settling if now - settling_since.setdefault(rid, now) < SETTLE_S}
-        todo, gave_up = _to_submit(view, tries, retries, hold)
-        room = _room(view, opts)
-        held = len(todo) - room if room is not None and len(todo) > room else 0
-        todo = todo[:room] if room is not None else todo
-        new = submit(campaign, todo, opts, say, tuple(view.excluded))
         for rid in new:
-            tries[rid] = tries.get(rid, 0) + 1
-        left = len(todo) - len(new) + held
+            memory.tries[rid] = memory.tries.get(rid, 0) + 1
+        left = len(plan.todo) - len(new) + plan.held
         if not follow:
             if left:
-                why = "a submit limit" if len(todo) > len(new) else "--max-in-flight"
+                why = new.stopped_by or "--max-in-flight"
                 say(f"{left} runs wait, not submitted ({why}): run again, or add --follow")
             return left
-        busy = hold or any(r.state in ("queued", "running") for r in view.rows)
-        if not busy and not todo and not left:
+        busy = plan.settling or any(r.state in ("queued", "running") for r in view.rows)
+        if not busy and not plan.todo and not left:
             say(", ".join(f"{k} {v}" for k, v in state.counts(view.rows).items() if v))
-            return sum(r.state == "failed" or (r.run.id in gave_up and r.state != "done") for r in view.rows)
+            return sum(r.state == "failed" or (r.run.id in plan.gave_up and r.state != "done") for r in view.rows)
         time.sleep(poll)

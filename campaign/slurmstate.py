@@ -1,21 +1,24 @@
-"""What the campaign keeps about its SLURM jobs in ROOT/.campaign/ and what it makes of them: every job id a run
-has had (jobs.json), how a dead job ended where the run could not say (failures.json: OUT_OF_MEMORY, NODE_FAIL,
-... from sacct), which hosts failed runs for the node's sake (hosts.json; a host with infrastructure failures of
-`EXCLUDE_AFTER` distinct runs gets no more of the campaign's jobs), and the runs' states with all that applied."""
+"""The record step of the SLURM path, ROOT/.campaign/: every job id a run has had (jobs.json, read strictly),
+submissions on their way to sbatch (submitting/), how jobs ended per sacct (failures.json) and the hosts blamed
+for a node's failures, each blame expiring (hosts.json); the last two are read leniently."""
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import time
 
-from campaign import scheduler, state
+from campaign.scheduler import SchedulerError
 from campaign.spec import Campaign
-from campaign.state import RunState
 from infra.checkpoint import atomic_write_json
+from infra.errors import UserError
 
-EXCLUDE_AFTER = 2  # distinct runs failed for the node's sake (exit 3, NODE_FAIL) before a host is excluded
-NODE_EXIT = 3      # infra.errors.NodeError's exit status: the node, not the input, is at fault
+EXCLUDE_AFTER = 2          # distinct runs failed for the node's sake (exit 3, NODE_FAIL) before a host is excluded
+EXCLUDE_FOR_S = 24 * 3600  # how long such a failure counts: an exclusion ends a day after its last blame
+NODE_EXIT = 3              # infra.errors.NodeError's exit status: the node, not the input, is at fault
+STORAGE_EXIT = 4           # infra.errors.StorageError's: the disk is full or the quota used up (no node to blame)
+INTENT_KEEP_S = 900        # a submission's note outlives an sbatch that never answered by this long
+COMMENT = "doublewin"      # sbatch --comment=doublewin:<campaign id>:<submission>: how `run` knows its jobs
 
 
 def _path(campaign: Campaign, name: str) -> str:
@@ -26,8 +29,14 @@ def jobs_file(campaign: Campaign) -> str:
     return _path(campaign, "jobs.json")
 
 
+def campaign_id(campaign: Campaign) -> str:
+    """A short id of the campaign's root (the same root is the same campaign, whatever spec names it)."""
+    return hashlib.sha1(os.path.realpath(campaign.root).encode()).hexdigest()[:12]
+
+
 def _read(path: str) -> dict:
-    """A record file's dict; a missing or corrupt file is an empty record (a warning is not worth a crash)."""
+    """A lenient record file's dict; a missing or corrupt file is an empty record (failures.json is asked of sacct
+    again, hosts.json only ever excludes hosts: losing either costs little)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -42,130 +51,128 @@ def _write(path: str, data: dict) -> None:
 
 
 def recorded_jobs(campaign: Campaign) -> dict[str, list[str]]:
-    """run id -> every SLURM job id it has had, newest last."""
-    out = {}
-    for rid, jobs in _read(jobs_file(campaign)).items():
-        if isinstance(jobs, list) and all(isinstance(j, str) for j in jobs) and jobs:
-            out[rid] = jobs
-    return out
+    """run id -> every SLURM job id it has had, newest last. Only an absent file is an empty record: any other
+    read error or a file that is not such a record is a SchedulerError (nothing may be submitted on a guess)."""
+    path = jobs_file(campaign)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise SchedulerError(f"{path} cannot be read ({e.strerror or type(e).__name__}): the campaign's jobs are "
+                             "unknown") from None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not all(
+            isinstance(js, list) and js and all(isinstance(j, str) for j in js) for js in data.values()):
+        raise SchedulerError(f"{path} is not a record of job ids (run id -> list of job ids): restore it, or move "
+                             "it away once squeue lists none of the campaign's jobs")
+    return data
 
 
 def record_jobs(campaign: Campaign, new: dict[str, str]) -> None:
-    """Append each run's new job id to its list (read, then written atomically)."""
+    """Append each run's new job id to its list: the record read strictly (never merged into an empty one because a
+    read failed), then written whole and atomically; a failure of either is a SchedulerError naming the jobs."""
     if not new:
         return
-    jobs = recorded_jobs(campaign)
-    for rid, job in new.items():
-        jobs[rid] = [*jobs.get(rid, []), job]
-    _write(jobs_file(campaign), jobs)
+    try:
+        jobs = recorded_jobs(campaign)
+        for rid, job in new.items():
+            jobs[rid] = [*jobs.get(rid, []), job]
+        _write(jobs_file(campaign), jobs)
+    except UserError as e:
+        ids = ", ".join(sorted({j.split("_")[0] for j in new.values()}))
+        raise SchedulerError(f"jobs {ids} were submitted but not recorded ({e}); the next `run` finds them by "
+                             "their comment") from None
 
 
-def excluded_hosts(campaign: Campaign) -> list[str]:
-    """Hosts with infrastructure failures of EXCLUDE_AFTER distinct runs: no more jobs go there."""
-    infra = _read(_path(campaign, "hosts.json")).get("infrastructure_failures", {})
-    return sorted(h for h, runs in infra.items() if isinstance(runs, list) and len(set(runs)) >= EXCLUDE_AFTER)
+def note_intent(campaign: Campaign, token: str, run_ids: list[str]) -> None:
+    """Before sbatch: which runs the submission `token` holds, in array order (what adoption maps jobs back by)."""
+    _write(os.path.join(_path(campaign, "submitting"), f"{token}.json"), {"runs": run_ids, "at": time.time()})
 
 
-@dataclass
-class View:
-    """The campaign as SLURM and its files say: run states (sacct's failures applied), per failed run its host
-    and short reason, excluded hosts; `note` says why the queue is unknown (only when not asked strictly)."""
-    rows: list[RunState]
-    failed_on: dict[str, tuple[str, str]] = field(default_factory=dict)
-    excluded: list[str] = field(default_factory=list)
-    note: str | None = None
-    node_fault: set[str] = field(default_factory=set)  # failed runs the node is blamed for: retried elsewhere
-    settling: set[str] = field(default_factory=set)    # job gone from squeue, its end not yet in accounting
+def drop_intent(campaign: Campaign, token: str) -> None:
+    try:
+        os.unlink(os.path.join(_path(campaign, "submitting"), f"{token}.json"))
+    except FileNotFoundError:
+        pass
 
 
-def _launch(run_dir: str) -> dict:
-    return _read(os.path.join(run_dir, state.LAUNCH))
+def intents(campaign: Campaign) -> dict[str, tuple[list[str], float]]:
+    """token -> (run ids, when noted) of the submissions noted and not yet recorded."""
+    folder = _path(campaign, "submitting")
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(".json")]
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        data = _read(os.path.join(folder, name))
+        if isinstance(data.get("runs"), list) and isinstance(data.get("at"), (int, float)):
+            out[name[:-5]] = ([str(r) for r in data["runs"]], float(data["at"]))
+    return out
 
 
-def _short(launch: dict) -> str:
-    """A failed launch.json's reason in a few words: `exit 3 (node)`, `killed by SIGKILL`, `exit 1`."""
-    error, code = str(launch.get("error") or ""), launch.get("exit")
-    if error.startswith("killed by"):
-        return error.split(" (")[0]
-    return f"exit {code}" + (" (node)" if code == NODE_EXIT else "")
+def read_failures(campaign: Campaign) -> dict:
+    return _read(_path(campaign, "failures.json"))
 
 
-def _ended(campaign: Campaign, rows: list[RunState], jobs: dict[str, list[str]]) -> tuple[dict, set[str]]:
-    """failures.json brought up to date: sacct asked about the newest job of each run that is not done, running
-    or queued and has no record for that job yet; also the runs whose job squeue no longer lists but accounting
-    has not recorded ended (its end is on its way to slurmdbd: not to be resubmitted on a guess)."""
-    known = _read(_path(campaign, "failures.json"))
-    ask = {jobs[r.run.id][-1]: r.run.id for r in rows if r.state in state.TODO and r.run.id in jobs
-           and (known.get(r.run.id) or {}).get("job") != jobs[r.run.id][-1]}
-    ended = scheduler.ended_jobs(list(ask)) if ask else {}
-    changed = False
-    for job, rid in ask.items():
-        e = (ended or {}).get(job)
-        if e and e.state in scheduler.FAILURES:
-            known[rid] = {"job": job, "state": e.state, "reason": e.reason(), "host": e.node}
-            changed = True
-    if changed:
-        _write(_path(campaign, "failures.json"), known)
-    settling = set() if ended is None else {rid for job, rid in ask.items()
-                                            if job not in ended or ended[job].state in scheduler.ALIVE}
-    return known, settling
+def write_failures(campaign: Campaign, known: dict) -> None:
+    _write(_path(campaign, "failures.json"), known)
 
 
-def _note_infrastructure(campaign: Campaign, blamed: dict[str, str]) -> list[str]:
-    """Record run id -> host for failures the node is blamed for; the hosts now excluded."""
+def _blames(data: dict) -> dict[str, dict[str, float]]:
+    """hosts.json's host -> run id -> when that run failed there (a list from before blames had times: long ago)."""
+    infra = data.get("infrastructure_failures")
+    out: dict[str, dict[str, float]] = {}
+    for host, runs in (infra if isinstance(infra, dict) else {}).items():
+        if isinstance(runs, dict):
+            out[host] = {r: float(t) for r, t in runs.items() if isinstance(t, (int, float))}
+        elif isinstance(runs, list):
+            out[host] = dict.fromkeys(map(str, runs), 0.0)
+    return out
+
+
+def _excluded(blames: dict[str, dict[str, float]], now: float) -> dict[str, float]:
+    """host -> until when it is excluded: EXCLUDE_AFTER distinct runs blamed on it within EXCLUDE_FOR_S."""
+    out = {}
+    for host, runs in blames.items():
+        recent = sorted((t for t in runs.values() if now - t < EXCLUDE_FOR_S), reverse=True)
+        if len(recent) >= EXCLUDE_AFTER:
+            out[host] = recent[EXCLUDE_AFTER - 1] + EXCLUDE_FOR_S
+    return out
+
+
+def excluded_hosts(campaign: Campaign, now: float | None = None) -> list[str]:
+    """Hosts excluded now (hosts.json): no more jobs go there until their blames expire or are forgotten."""
+    return sorted(_excluded(_blames(_read(_path(campaign, "hosts.json"))), time.time() if now is None else now))
+
+
+def note_node_faults(campaign: Campaign, blamed: dict[str, tuple[str, float]], persist: bool = True) -> list[str]:
+    """Blame each host for its run's failure (run id -> (host, when it failed)); failures from before the last
+    `--forget-hosts` are not blamed again. Written only when `persist`; returns the hosts excluded now."""
     path = _path(campaign, "hosts.json")
     data = _read(path)
-    infra = data.get("infrastructure_failures")
-    infra = infra if isinstance(infra, dict) else {}
+    blames, since = _blames(data), float(data.get("forgotten_at") or 0)
     changed = False
-    for rid, host in blamed.items():
-        runs = infra.get(host) if isinstance(infra.get(host), list) else []
-        if host and rid not in runs:
-            infra[host] = [*runs, rid]
+    for rid, (host, when) in blamed.items():
+        if host and when > since and blames.get(host, {}).get(rid, -1.0) < when:
+            blames.setdefault(host, {})[rid] = when
             changed = True
-    if changed:
-        _write(path, {**data, "infrastructure_failures": infra,
-                      "excluded": sorted(h for h, r in infra.items() if len(set(r)) >= EXCLUDE_AFTER)})
-    return excluded_hosts(campaign)
+    now = time.time()
+    excluded = _excluded(blames, now)
+    if changed and persist:
+        _write(path, {**data, "infrastructure_failures": blames, "excluded": sorted(excluded),
+                      "until": {h: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) for h, t in excluded.items()}})
+    return sorted(excluded)
 
 
-def _apply(rows: list[RunState], jobs: dict[str, list[str]], known: dict, view: View) -> dict[str, str]:
-    """Rows turned failed where sacct said so for their newest job; fills view.failed_on and node_fault;
-    returns run id -> host of failures the node is blamed for."""
-    blamed: dict[str, str] = {}
-    for i, r in enumerate(rows):
-        rid, rec = r.run.id, known.get(r.run.id)
-        newest = (jobs.get(rid) or [None])[-1]
-        if r.state in state.TODO and isinstance(rec, dict) and newest and rec.get("job") == newest:
-            detail = f"{rec.get('reason')} on {rec.get('host') or '?'} (job {newest})"
-            r = rows[i] = dataclasses.replace(r, state="failed", detail=detail + (f"; {r.detail}" if r.detail else ""))
-            view.failed_on[rid] = (rec.get("host") or "?", str(rec.get("state")))
-            if rec.get("state") in scheduler.NODE_FAULTS:
-                blamed[rid] = rec.get("host") or ""
-        elif r.state == "failed":
-            launch = _launch(r.run.save_dir)
-            view.failed_on[rid] = (str(launch.get("node") or launch.get("host") or "?"), _short(launch))
-            if r.exit == NODE_EXIT:
-                blamed[rid] = str(launch.get("node") or launch.get("host") or "")
-    view.node_fault = set(blamed)
-    return blamed
-
-
-def observe(campaign: Campaign, strict: bool = True) -> View:
-    """The campaign's runs as they stand, SLURM asked once (squeue for this user's jobs, sacct for dead ones).
-    strict: a queue SLURM cannot tell is a SchedulerError; else the view says so in `note` and shows the
-    runs it may hold as their files say."""
-    jobs = recorded_jobs(campaign)
-    note = None
-    try:
-        alive = scheduler.alive_jobs() if jobs else set()
-    except scheduler.SchedulerError as e:
-        if strict:
-            raise
-        alive, note = set(), f"{e}: runs it holds show as their files say"
-    queued = {rid for rid, js in jobs.items() if any(j in alive for j in js)}
-    rows = state.states(campaign, queued)
-    known, settling = _ended(campaign, rows, jobs) if jobs and note is None else ({}, set())
-    view = View(rows, note=note, settling=settling)
-    view.excluded = _note_infrastructure(campaign, _apply(rows, jobs, known, view))
-    return view
+def forget_hosts(campaign: Campaign) -> list[str]:
+    """Clear every blame (`sweep.py run --forget-hosts`): failures before now exclude no host again. Returns the
+    hosts that were excluded."""
+    path = _path(campaign, "hosts.json")
+    was = excluded_hosts(campaign)
+    if os.path.exists(path) or was:
+        _write(path, {"forgotten_at": time.time(), "infrastructure_failures": {}, "excluded": [], "until": {}})
+    return was

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
@@ -94,19 +95,33 @@ def ranks_from_env(environ: Mapping[str, str]) -> Ranks | None:
     return None
 
 
+PORTS = (15000, 15000)  # a job's default port: 15000 + job id mod 15000, below Linux's ephemeral range (32768-60999)
+# and above SLURM's own daemons (6817-6819) and the srun port range sites commonly reserve (MpiParams 12000-12999)
+
+
 def slurm_rendezvous(environ: Mapping[str, str]) -> str:
     """tcp://MASTER_ADDR:MASTER_PORT, by default the step's first node and a port derived from the job id."""
     nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
-    addr = environ.get("MASTER_ADDR") or (first_host(nodes) if nodes else "127.0.0.1")
-    port = environ.get("MASTER_PORT") or str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)
+    addr = environ.get("MASTER_ADDR") or (_first_node(nodes) if nodes else "127.0.0.1")
+    port = environ.get("MASTER_PORT") or str(PORTS[0] + int(environ.get("SLURM_JOB_ID", "0")) % PORTS[1])
     return f"tcp://{addr}:{port}"
 
 
+def _first_node(nodelist: str) -> str:
+    """The first host as `scontrol show hostnames` says (SLURM's own reading), else `first_host`'s."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return first_host(nodelist)
+
+
 def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: "gpu[07-09,12],cpu1" -> "gpu07"."""
-    m = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?([^,]*)", nodelist.strip())
-    first = m.group(2).split(",")[0].split("-")[0] if m.group(2) else ""
-    return m.group(1) + first + m.group(3)
+    """The first host of a SLURM node list: "gpu[07-09,12],cpu1" -> "gpu07", "rack[1-2]-n[01-04]" -> "rack1-n01"."""
+    first = re.match(r"(?:[^,\[]|\[[^\]]*\])*", nodelist.strip()).group(0)  # the first name, brackets and all
+    return re.sub(r"\[([^\],-]*)[^\]]*\]", r"\1", first)  # each bracket's first number
 
 
 def first_process(opts: Launch) -> bool:

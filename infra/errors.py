@@ -1,7 +1,7 @@
 """User-facing errors and the CLI wrapper that turns them into one-line messages.
 
 Bad input raises a `UserError` subclass; `run_cli` prints `error: <message>` and exits 2 (3 for a `NodeError`:
-the machine, not the input, is at fault).
+the machine, not the input, is at fault; 4 for a `StorageError`: the disk is full or the quota used up).
 """
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ class NodeError(UserError):
     exit_status = 3
 
 
+class StorageError(NodeError):
+    """The disk is full or the quota used up: the machine's fault, but one that every node sharing the disk meets
+    alike. Exit status 4, so that a scheduler blames no node for it (and retrying elsewhere would not help)."""
+
+    exit_status = 4
+
+
 # errno values that report a fault of the machine (its disks, mounts, file servers), never of the input, with
 # what to do about them; everything else (a missing file, a permission) is the input's
 _SERVER = "the disk, mount or file server failed, not the input: have it checked or run elsewhere"
@@ -36,6 +43,7 @@ MACHINE_ERRNOS = {
     errno.ENOSPC: "the disk is full: free space",
     errno.EDQUOT: "the disk quota is used up: free space or raise the quota",
 }
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # StorageError's: no node is to blame
 # a read-only filesystem is the machine's fault only where the run could write before (a mount that went
 # read-only after disk errors); a folder that never was writable is the user's choice of folder
 READ_ONLY = "the filesystem went read-only (often after disk errors): have it fixed or write elsewhere"
@@ -58,7 +66,8 @@ def node_error(path: str, e: BaseException, doing: str, *, was_writable: bool = 
     fault = machine_fault(e, was_writable=was_writable)
     if fault is None:
         return None
-    return NodeError(f"{doing} {path} failed ({e.strerror or errno.errorcode.get(e.errno, e.errno)}): {fault}; "
+    kind = StorageError if e.errno in STORAGE_ERRNOS else NodeError
+    return kind(f"{doing} {path} failed ({e.strerror or errno.errorcode.get(e.errno, e.errno)}): {fault}; "
                      f"{after}")
 
 

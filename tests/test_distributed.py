@@ -68,7 +68,7 @@ SRUN = {"SLURM_STEP_ID": "0", "SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_L
     ({"WORLD_SIZE": "1"}, None),
     ({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "1"}, distributed.Ranks(0, 1, 0, "torchrun")),
     ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", **SRUN}, distributed.Ranks(5, 8, 1, "torchrun")),
-    (SRUN, distributed.Ranks(3, 4, 1, "srun", "tcp://gpu07:23456")),
+    (SRUN, distributed.Ranks(3, 4, 1, "srun", "tcp://gpu07:18456")),
     ({**SRUN, "MASTER_ADDR": "head", "MASTER_PORT": "29500"}, distributed.Ranks(3, 4, 1, "srun", "tcp://head:29500")),
     ({k: v for k, v in SRUN.items() if k != "SLURM_STEP_ID"}, None),  # sbatch's own shell: one process
     ({**SRUN, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, None),
@@ -78,7 +78,8 @@ def test_ranks_come_from_torchrun_or_srun(environ, expected):
 
 
 @pytest.mark.parametrize("nodes, first", [("gpu[07-09,12],cpu1", "gpu07"), ("node5", "node5"),
-                                          ("a-[3,5]-ib,b", "a-3-ib"), ("n[001-004]", "n001"), ("x,y", "x")])
+                                          ("a-[3,5]-ib,b", "a-3-ib"), ("n[001-004]", "n001"), ("x,y", "x"),
+                                          ("rack[1-2]-node[01-04],z", "rack1-node01")])
 def test_first_host_of_a_slurm_node_list(nodes, first):
     assert distributed.first_host(nodes) == first
 
@@ -147,7 +148,7 @@ def test_srun_without_torchrun_makes_a_group_of_the_slurm_tasks(monkeypatch):
     line = distributed.launch(lambda env, payload: envs.append(env), None,
                               distributed.Launch(multiprocessing_distributed=True))
     assert line == "srun: 4 processes" and envs[0].rank == 3 and envs[0].world_size == 4
-    assert (seen["init_method"], seen["rank"], seen["world_size"]) == ("tcp://gpu07:23456", 3, 4)
+    assert (seen["init_method"], seen["rank"], seen["world_size"]) == ("tcp://gpu07:18456", 3, 4)
 
 
 # ---------------------------------------------------------------------------- validation under DDP
@@ -190,7 +191,7 @@ def test_auto_rendezvous_is_chosen_per_run():
     assert distributed.rendezvous(auto, 1, {}) is None  # one node: the parent hosts it on a free port
     assert distributed.rendezvous(auto, 1, SRUN) is None  # also inside a SLURM job: another job may share the node
     job = {"SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[07-08]"}
-    assert distributed.rendezvous(auto, 2, job) == "tcp://gpu07:23456"  # every node derives the same one
+    assert distributed.rendezvous(auto, 2, job) == "tcp://gpu07:18456"  # every node derives the same one
     given = distributed.Launch(dist_url="tcp://head:29500")
     assert distributed.rendezvous(given, 2, {}) == distributed.rendezvous(given, 1, job) == "tcp://head:29500"
     with pytest.raises(UserError, match="--dist-url auto cannot choose a rendezvous that 2 nodes agree on"):

@@ -201,8 +201,8 @@ FAULTS = [
           "stops in the first epoch; no checkpoint written (level 1's ticket, pruned from the init, is valid)"),
     Fault("disk-full", "disk full while writing the 2nd epoch's checkpoint", (T, "…"),
           ("writing {save}/checkpoint.pth.tar failed (No space left on device)", "previous version", "is intact"),
-          "stops (the machine's fault: exit 3); epoch 1's checkpoint intact, no temp file left; re-running the same "
-          "command finishes with the numbers of an uninterrupted run", code=3, inject="disk-full",
+          "stops (storage full: exit 4, no node to blame); epoch 1's checkpoint intact, no temp file left; re-running "
+          "the same command finishes with the numbers of an uninterrupted run", code=4, inject="disk-full",
           check="disk-full"),
     Fault("killed-transfer", "transfer killed with SIGKILL mid-run, then the same command re-run",
           does="resumes at the last completed epoch; results.json equals an uninterrupted run's",

@@ -17,7 +17,7 @@ import pytest
 
 import campaignkit as kit
 import slurmkit
-from campaign import scheduler, slurm, slurmjob, slurmstate, spec, state, status
+from campaign import observe, scheduler, slurm, slurmjob, slurmstate, spec, state, status
 from slurmkit import slurm_cluster, two_nodes  # noqa: F401  (fixtures)
 
 OPTS = slurm.SlurmOptions(gpus_per_run=0, cpus_per_run=1, time_min=5)
@@ -114,12 +114,17 @@ def test_a_queue_slurm_cannot_tell_submits_nothing_in_one_line(spec_file, squeue
     assert plan.returncode == 0 and plan.stderr.startswith("warning: ") and "3 runs: " in plan.stdout
 
 
-def test_a_corrupt_job_id_file_is_an_empty_record(tmp_path):
+def test_a_corrupt_job_id_file_is_no_record_and_is_never_overwritten(tmp_path):
     c = slurmkit.campaign(str(tmp_path), 1)
     os.makedirs(os.path.dirname(slurmstate.jobs_file(c)))
     with open(slurmstate.jobs_file(c), "w") as f:
         f.write('{"r0": ["1_0"')
-    assert slurmstate.recorded_jobs(c) == {}
+    with pytest.raises(scheduler.SchedulerError, match=r"jobs\.json is not a record of job ids"):
+        slurmstate.recorded_jobs(c)
+    with pytest.raises(scheduler.SchedulerError, match=r"^jobs 7 were submitted but not recorded"):
+        slurmstate.record_jobs(c, {"r0": "7"})
+    assert open(slurmstate.jobs_file(c)).read() == '{"r0": ["1_0"'
+    os.unlink(slurmstate.jobs_file(c))
     slurmstate.record_jobs(c, {"r0": "7"})
     slurmstate.record_jobs(c, {"r0": "9_1"})
     assert slurmstate.recorded_jobs(c) == {"r0": ["7", "9_1"]}  # every job a run has had, newest last
@@ -266,7 +271,7 @@ def test_a_killed_run_and_a_cancelled_job_are_failed_with_their_reason(slurm_clu
     t.join(180)
     assert result == [2], said  # both failed: --follow exits non-zero, neither retried
     assert all(len(js) == 1 for js in _jobs(c).values())
-    view = slurmstate.observe(c)
+    view = observe.observe(c)
     rows = {r.run.id: r for r in view.rows}
     assert rows["r0"].state == "failed" and rows["r0"].detail.startswith("killed by SIGKILL (out of memory?")
     assert rows["r1"].state == "failed" and rows["r1"].detail.startswith("CANCELLED by uid 0 on n"), rows["r1"]
