@@ -2,10 +2,11 @@
 
     bash script/demo.sh                 # about 6 minutes on 2 cores; files under demo_out/
     bash script/demo.sh --quick         # the shortened version the test suite runs
+    bash script/demo.sh --study         # robust vs standard pre-training, replicated (about 45 minutes; demo_out/study/)
 
 Stages: make data -> pre-train a small ResNet (standard and adversarial; stands in for downloaded ImageNet
 weights) -> A-IMP, early-bird A-IMP, OMP / IMP tickets -> standard and adversarial transfer of the dense model and every ticket ->
-double-win report. Re-running skips finished stages (every stage resumes from its files).
+double-win report (sizes and seeds of each: demo/config.py). Re-running skips finished stages (every stage resumes from its files).
 """
 from __future__ import annotations
 
@@ -206,6 +207,22 @@ def summary_line(save: str) -> str:
     return f"sparsity {100 * r.get('sparsity', 0):5.1f}%  test SA {b['test_sa']:5.1f}  RA {b['test_ra']:5.1f}"
 
 
+def say_runs(cfg: DemoConfig) -> None:
+    """Each transfer run's test numbers (the study's are too many: its report has them)."""
+    seed = cfg.transfer_seeds[0]
+    if cfg.study:
+        say(f"  {len(cfg.kinds)} pre-trained models x their tickets x std/adv x transfer seeds "
+            f"{list(cfg.transfer_seeds)}: every run's numbers are in the report below")
+        return
+    for kind in cfg.kinds:
+        tags = ["dense"] + [f"{f.name}-{os.path.basename(t).split('-')[0]}" for f in families(cfg) if f.kind == kind
+                            for t in tickets_of(cfg, f)]
+        for tag in tags:
+            for regime in ("std", "adv"):
+                save = os.path.join(cfg.out, "transfer", kind, "folder-1", tag, regime, f"s{seed}")
+                say(f"  {kind:8s} {tag:12s} {regime}: {summary_line(save)}")
+
+
 def cost_table(cfg: DemoConfig) -> str:
     """What finding each family's tickets cost on this CPU (the ledger its deepest transferred ticket carries:
     every level that made it), beside the family's highest double-win sparsity from the report."""
@@ -282,17 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     say("[4/5] transferring the dense model and every ticket (standard and adversarial fine-tuning), "
         "through the campaign tool's local queue")
     spec = transfer_all(cfg)
-    seed = cfg.transfer_seeds[0]
-    if cfg.study:
-        say(f"  {len(cfg.kinds)} pre-trained models x their tickets x std/adv x transfer seeds "
-            f"{list(cfg.transfer_seeds)}: every run's numbers are in the report below")
-    for kind in cfg.kinds if not cfg.study else ():
-        tags = ["dense"] + [f"{f.name}-{os.path.basename(t).split('-')[0]}" for f in families(cfg) if f.kind == kind
-                            for t in tickets_of(cfg, f)]
-        for tag in tags:
-            for regime in ("std", "adv"):
-                save = os.path.join(cfg.out, "transfer", kind, "folder-1", tag, regime, f"s{seed}")
-                say(f"  {kind:8s} {tag:12s} {regime}: {summary_line(save)}")
+    say_runs(cfg)
 
     say("[5/5] the double-win report, and what the tickets cost")
     report_dir = os.path.join(cfg.out, "report")
@@ -305,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     say(cost_table(cfg))
     say(f"\nDone in {time.time() - start:.0f} s. Files: {cfg.out}/")
     say(f"  report: {report_dir}/report.md, report.csv, *.png;  tickets: {cfg.out}/tickets/;  "
-        f"runs: {cfg.out}/transfer/<kind>/folder-1/<ticket>/<std|adv>/s{seed}/results.json")
+        f"runs: {cfg.out}/transfer/<kind>/folder-1/<ticket>/<std|adv>/s<seed>/results.json")
     say(f"The transfer stage was the campaign {spec} (python sweep.py plan|status {spec}).")
     say("Paper scale on a SLURM cluster, the same tool (IMP on ImageNet, then every ticket x dataset x fraction x "
         "mode x seed; see README, \"The campaign\"):")
