@@ -250,9 +250,14 @@ def verdict_lines(report_json: str) -> str:
     """Each ticket cell's call from the report (double-win / not double-win / inconclusive) with its reason."""
     with open(report_json) as f:
         rep = json.load(f)
+    m = rep["margin"]
     lines = [f"the verdict per ticket (report.py --verdict {rep['verdict']}: one-sided "
-             f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {rep['margin']:g} accuracy points; "
+             f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {m:g} accuracy point{'s' * (m != 1)}; "
              "see docs/VERDICT.md):"]
+    runs = [c.get("replicates", "") for g in rep["groups"] for r in g["rows"] for c in r["cells"].values()]
+    if runs and all(str(n).startswith("n=1") for n in runs):
+        lines.append("  (one run per ticket and per dense model: every bound, a 'not double-win' one too, covers "
+                     "only the test set's sampling; seed-to-seed variance is not measured, --study measures it)")
     for g in rep["groups"]:
         for r in (r for r in g["rows"] if r["sparsity"] > 0):
             call = r.get("call") or ("double-win" if r["double_win"] else "not double-win")
@@ -262,6 +267,27 @@ def verdict_lines(report_json: str) -> str:
             else:
                 why = r["status"].removeprefix(f"{call}: ")
             lines.append(f"  {g['init']:8s}  {r['source']:8s}  {100 * r['sparsity']:6.2f}%  {call}: {why}")
+    return "\n".join(lines)
+
+
+def overlap_summary(cfg: DemoConfig) -> str:
+    """Per pre-trained model, each family's mask IoU with that model's trained family (A-IMP, IMP) beside the
+    noise floors (its IMP seeds against each other, OMP, random masks), worded as the report words them."""
+    import contextlib
+    import io
+
+    from lottery.overlap import write_overlap
+    from reporting.overlap import read_overlap
+    lines = ["mask overlap (IoU of kept weights) within each pre-trained model, beside its noise floors "
+             "(docs/VERDICT.md, \"Noise floors\"):"]
+    for kind in cfg.kinds:
+        root, ref = os.path.join(cfg.out, "transfer", kind), "aimp" if kind == "robust" else "imp"
+        with contextlib.redirect_stdout(io.StringIO()):
+            write_overlap(root, ref)
+        ov = read_overlap(root)
+        for s in sorted({p["sparsity"] for p in (*ov.pairs, *ov.replicates)}):
+            lines += [f"  {kind:8s}  {f.name:5s}  {100 * s:6.2f}%  {ov.judged(kind, f.name, [s])}"
+                      for f in families(cfg) if f.kind == kind]
     return "\n".join(lines)
 
 
@@ -310,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the report failed (see above)")
     say(verdict_lines(os.path.join(report_dir, "report.json")))
     say(cost_table(cfg))
+    if len(cfg.imp_seeds) > 1:
+        say(overlap_summary(cfg))
     say(f"\nDone in {time.time() - start:.0f} s. Files: {cfg.out}/")
     say(f"  report: {report_dir}/report.md, report.csv, *.png;  tickets: {cfg.out}/tickets/;  "
         f"runs: {cfg.out}/transfer/<kind>/folder-1/<ticket>/<std|adv>/s<seed>/results.json")
