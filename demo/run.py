@@ -255,7 +255,7 @@ def verdict_lines(report_json: str) -> str:
              f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {m:g} accuracy point{'s' * (m != 1)}; "
              "see docs/VERDICT.md):"]
     runs = [c.get("replicates", "") for g in rep["groups"] for r in g["rows"] for c in r["cells"].values()]
-    if runs and all(str(n).startswith("n=1") for n in runs):
+    if runs and all(str(n).split(" ")[0] == "n=1" for n in runs):
         lines.append("  (one run per ticket and per dense model: every bound, a 'not double-win' one too, covers "
                      "only the test set's sampling; seed-to-seed variance is not measured, --study measures it)")
     for g in rep["groups"]:
