@@ -78,10 +78,11 @@ def write_task(root: str, classes: tuple[str, ...], counts: dict[str, int], seed
     return root
 
 
-def make_demo_data(root: str, *, scale: float = 1.0, seed: int = 0) -> tuple[str, str]:
-    """Both tasks under root/; `scale` shrinks the image counts (tests use a small scale)."""
+def make_demo_data(root: str, *, scale: float = 1.0, seed: int = 0, test: int | None = None) -> tuple[str, str]:
+    """Both tasks under root/; `scale` shrinks the image counts (tests use a small scale); `test` sets the
+    downstream test images per class (default: 30, scaled)."""
     n = lambda k: max(4, int(k * scale))  # noqa: E731
     pre = write_task(os.path.join(root, "pretrain"), PRETRAIN, {"train": n(80), "val": n(24)}, seed)
     down = write_task(os.path.join(root, "downstream"), DOWNSTREAM,
-                      {"train": n(60), "val": n(20), "test": n(30)}, seed + 1)
+                      {"train": n(60), "val": n(20), "test": test or n(30)}, seed + 1)
     return pre, down

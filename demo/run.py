@@ -2,10 +2,11 @@
 
     bash script/demo.sh                 # about 6 minutes on 2 cores; files under demo_out/
     bash script/demo.sh --quick         # the shortened version the test suite runs
+    bash script/demo.sh --study         # robust vs standard pre-training, replicated; demo_out/study/
 
 Stages: make data -> pre-train a small ResNet (standard and adversarial; stands in for downloaded ImageNet
 weights) -> A-IMP, early-bird A-IMP, OMP / IMP tickets -> standard and adversarial transfer of the dense model and every ticket ->
-double-win report. Re-running skips finished stages (every stage resumes from its files).
+double-win report (sizes and seeds of each: demo/config.py). Re-running skips finished stages (every stage resumes from its files).
 """
 from __future__ import annotations
 
@@ -15,38 +16,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 
+from demo.config import COMMON, DemoConfig, Family, families, transfer_overrides  # noqa: F401
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    out: str
-    seed: int = 0
-    quick: bool = False
-
-    @property
-    def scale(self) -> float:
-        return 0.35 if self.quick else 1.0
-
-    @property
-    def levels(self) -> int:
-        return 2 if self.quick else 3
-
-    @property
-    def epochs_per_level(self) -> int:
-        return 2 if self.quick else 3
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        # (pre-training kind): robust pre-training -> A-IMP tickets; standard -> IMP tickets
-        return ("robust",) if self.quick else ("robust", "standard")
-
-
-COMMON = ["--small-input", "--image-size", "32", "--resize-size", "32", "--deterministic"]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -103,49 +78,39 @@ def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
     checkpoint.atomic_save(model.state_dict(), path)
 
 
-@dataclass(frozen=True)
-class Family:
-    """One way of finding tickets from one pre-trained model: its folder under tickets/, the IMP script's extra
-    flags, and the levels whose tickets are transferred (a family's level 1 is the plain one's: pruned from the
-    init before any training, so it is not transferred twice)."""
-    kind: str       # the pre-training kind it starts from
-    name: str       # the ticket family (its tickets' `source`, and the campaign's ticket folder name)
-    folder: str
-    flags: tuple[str, ...]
-    levels: tuple[int, ...]
-    title: str
+def imp_flags(cfg: DemoConfig, fam: Family) -> list[str]:
+    """The IMP script's flags after its three paths, less --seed: the same whether the demo runs the script itself
+    or the study's campaign runs it once per IMP seed."""
+    flags = ["-a", "resnet_tiny", *COMMON, "-b", "64", "-j", "0", "--lr", "0.01", "--rate", "0.5", "--no-progress"]
+    if fam.name == "omp":
+        return [*flags, "--omp-level", str(fam.levels[0])]
+    e = cfg.epochs_per_level
+    return [*flags, "--prune_epoch", str(e), "--epochs", str(e * cfg.levels), *fam.flags]
 
 
-def families(cfg: DemoConfig) -> list[Family]:
-    """A-IMP, early-bird A-IMP and one-shot (OMP) from the robust model; IMP from the standard one."""
-    every = tuple(range(1, cfg.levels + 2))
-    later = (cfg.levels + 1,) if cfg.quick else every[1:]
-    out = [Family("robust", "aimp", "robust", (), every, "A-IMP"),
-           Family("robust", "aimp-eb", "robust-eb", ("--early-bird", "0.01", "--early-bird-window", "2"), later,
-                  "early-bird A-IMP (a level stops once less than 1% of what it prunes changes between epochs)"),
-           Family("robust", "omp", "robust-omp", (), (cfg.levels + 1,),
-                  "one-shot magnitude pruning of the robust model (OMP), no training")]
-    out += [Family("standard", "imp", "standard", (), every, "IMP")] if "standard" in cfg.kinds else []
-    return out
+def by_campaign(cfg: DemoConfig, fam: Family) -> bool:
+    """Whether the transfer campaign finds this family's tickets itself (an IMP stage per IMP seed): the study's
+    trained families. OMP has no training, hence nothing for a seed to change: the demo runs it once."""
+    return len(cfg.imp_seeds) > 1 and fam.name != "omp"
 
 
 def find_tickets(cfg: DemoConfig, fam: Family) -> None:
     script = "imp_adv.sh" if fam.kind == "robust" else "imp_std.sh"
     save = os.path.join(cfg.out, "tickets", fam.folder)
+    if by_campaign(cfg, fam):
+        say(f"  {fam.title} from the {fam.kind} model: {len(cfg.imp_seeds)} IMP seeds {list(cfg.imp_seeds)}, run by "
+            f"the campaign below as one IMP stage each -> {save}/seed<k>")
+        return
     init = os.path.join(cfg.out, "pretrained", f"{fam.kind}.pth")
     data = os.path.join(cfg.out, "data", "pretrain")
-    base = ["bash", os.path.join(ROOT, "script", "imp_pretrain", script), init, save, data, "-a", "resnet_tiny",
-            *COMMON, "-b", "64", "-j", "0", "--lr", "0.01", "--rate", "0.5", "--no-progress",
-            "--seed", str(cfg.seed + 1)]
+    cmd = ["bash", os.path.join(ROOT, "script", "imp_pretrain", script), init, save, data, *imp_flags(cfg, fam),
+           "--seed", str(cfg.imp_seeds[0])]
     if fam.name == "omp":
         say(f"  {fam.title}: level {fam.levels[0]}'s sparsity at once -> {save}")
-        run([*base, "--omp-level", str(fam.levels[0])], os.path.join(save, "demo-stdout.txt"))
-        return
-    epochs_per_level = cfg.epochs_per_level
-    say(f"  {fam.title} from the {fam.kind} model: {cfg.levels} levels, rate 0.5 (the paper: 0.2), "
-        f"{epochs_per_level} epochs per level -> {save}")
-    run([*base, "--prune_epoch", str(epochs_per_level), "--epochs", str(epochs_per_level * cfg.levels),
-         *fam.flags], os.path.join(save, "demo-stdout.txt"))
+    else:
+        say(f"  {fam.title} from the {fam.kind} model: {cfg.levels} levels, rate 0.5 (the paper: 0.2), "
+            f"{cfg.epochs_per_level} epochs per level -> {save}")
+    run(cmd, os.path.join(save, "demo-stdout.txt"))
 
 
 def early_bird_summary(cfg: DemoConfig, fam: Family) -> str:
@@ -181,25 +146,21 @@ def early_bird_summary(cfg: DemoConfig, fam: Family) -> str:
                       f"{threshold:g}, window {window}:", *lines, "  " + verdict])
 
 
+def ticket_dirs(cfg: DemoConfig, fam: Family) -> list[str]:
+    """Where the family's tickets are: its folder, or one folder per IMP seed (the campaign's dir/seed<k>)."""
+    save = os.path.join(cfg.out, "tickets", fam.folder)
+    return [os.path.join(save, f"seed{k}") for k in cfg.imp_seeds] if by_campaign(cfg, fam) else [save]
+
+
 def tickets_of(cfg: DemoConfig, fam: Family) -> list[str]:
     from infra import checkpoint
-    save = os.path.join(cfg.out, "tickets", fam.folder)
-    return [checkpoint.imp_ticket(save, k) for k in fam.levels if os.path.exists(checkpoint.imp_ticket(save, k))]
-
-
-def transfer_overrides(cfg: DemoConfig) -> tuple[list[str], list[str], list[str]]:
-    """The small-scale flags of every transfer run, then of std and of adv runs (after the drivers' defaults)."""
-    epochs = 2 if cfg.quick else 6
-    milestones = ",".join(str(m) for m in sorted({epochs // 2, 3 * epochs // 4}))
-    common = ["--arch", "resnet_tiny", *COMMON, "--epochs", str(epochs), "--decreasing_lr", milestones,
-              "--test_step", "10", "--no-progress", "-j", "0"]
-    std = ["--lr", "0.01", "--batch_size", "32"]
-    adv = ["--lr", "0.02", "--batch_size", "32", "--eval_from", "0", "--train_step", "3", "--train_gamma", "4/255"]
-    return common, std, adv
+    return [checkpoint.imp_ticket(d, k) for d in ticket_dirs(cfg, fam) for k in fam.levels
+            if os.path.exists(checkpoint.imp_ticket(d, k))]
 
 
 def write_campaign(cfg: DemoConfig) -> str:
-    """The transfer stage as a campaign spec (see README, "The campaign"): dense + every ticket, std and adv."""
+    """The transfer stage as a campaign spec (see README, "The campaign"): dense + every ticket, std and adv; the
+    study's trained families with their IMP stages (`seeds`: one per IMP seed)."""
     def flags(items: list[str]) -> str:
         return "[" + ", ".join(json.dumps(x) for x in items) + "]"
     common, std, adv = transfer_overrides(cfg)
@@ -209,11 +170,17 @@ def write_campaign(cfg: DemoConfig) -> str:
     for kind in cfg.kinds:
         text += ["", "[[init]]", f"name = {json.dumps(kind)}",
                  f"weights = {json.dumps(os.path.join(cfg.out, 'pretrained', f'{kind}.pth'))}",
-                 'datasets = ["folder"]', 'modes = ["std", "adv"]', f"seeds = [{cfg.seed + 1}]"]
+                 'datasets = ["folder"]', 'modes = ["std", "adv"]', f"seeds = {list(cfg.transfer_seeds)}"]
         for fam in (f for f in families(cfg) if f.kind == kind):
-            levels = [int(os.path.basename(t).split("-")[0]) for t in tickets_of(cfg, fam)]
+            staged = by_campaign(cfg, fam)
+            levels = list(fam.levels) if staged else [int(os.path.basename(t).split("-")[0])
+                                                       for t in tickets_of(cfg, fam)]
             text += ["", "[[init.tickets]]", f"name = {json.dumps(fam.name)}",
                      f"dir = {json.dumps(os.path.join(cfg.out, 'tickets', fam.folder))}", f"levels = {levels}"]
+            if staged:
+                text += ["[init.tickets.imp]", f"kind = {json.dumps('adv' if kind == 'robust' else 'std')}",
+                         f"data = {json.dumps(os.path.join(cfg.out, 'data', 'pretrain'))}",
+                         f"seeds = {list(cfg.imp_seeds)}", f"overrides = {flags(imp_flags(cfg, fam))}"]
     path = os.path.join(cfg.out, "campaign.toml")
     with open(path, "w") as f:
         f.write("\n".join(text) + "\n")
@@ -240,6 +207,22 @@ def summary_line(save: str) -> str:
     return f"sparsity {100 * r.get('sparsity', 0):5.1f}%  test SA {b['test_sa']:5.1f}  RA {b['test_ra']:5.1f}"
 
 
+def say_runs(cfg: DemoConfig) -> None:
+    """Each transfer run's test numbers (the study's are too many: its report has them)."""
+    seed = cfg.transfer_seeds[0]
+    if cfg.study:
+        say(f"  {len(cfg.kinds)} pre-trained models x their tickets x std/adv x transfer seeds "
+            f"{list(cfg.transfer_seeds)}: every run's numbers are in the report below")
+        return
+    for kind in cfg.kinds:
+        tags = ["dense"] + [f"{f.name}-{os.path.basename(t).split('-')[0]}" for f in families(cfg) if f.kind == kind
+                            for t in tickets_of(cfg, f)]
+        for tag in tags:
+            for regime in ("std", "adv"):
+                save = os.path.join(cfg.out, "transfer", kind, "folder-1", tag, regime, f"s{seed}")
+                say(f"  {kind:8s} {tag:12s} {regime}: {summary_line(save)}")
+
+
 def cost_table(cfg: DemoConfig) -> str:
     """What finding each family's tickets cost on this CPU (the ledger its deepest transferred ticket carries:
     every level that made it), beside the family's highest double-win sparsity from the report."""
@@ -251,11 +234,12 @@ def cost_table(cfg: DemoConfig) -> str:
     lines = ["ticket finding, measured on this CPU (the cumulative ledger of each family's deepest ticket):",
              f"  {'init':8s}  {'family':8s}  {'epochs':>6s}  {'seconds':>8s}  {'GFLOP':>9s}  highest double-win"]
     for fam in families(cfg):
-        found = tickets_of(cfg, fam)
+        last = ticket_dirs(cfg, fam)[-1]  # with several IMP seeds: the last seed's (each costs about the same)
+        found = [t for t in tickets_of(cfg, fam) if os.path.dirname(t) == last]
         if not found:
             continue
         cost = pruning_utils.load_ticket(found[-1])[1].get("cost") or {}
-        epochs = len(checkpoint.read_jsonl(os.path.join(cfg.out, "tickets", fam.folder, checkpoint.METRICS)))
+        epochs = len(checkpoint.read_jsonl(os.path.join(last, checkpoint.METRICS)))
         h = best.get((fam.kind, fam.name))
         lines.append(f"  {fam.kind:8s}  {fam.name:8s}  {epochs:>6d}  {cost.get('device_s', 0):>8.1f}  "
                      f"{cost.get('flop', 0) / 1e9:>9.1f}  {'none' if h is None else f'{100 * h:.2f}%'}")
@@ -266,9 +250,14 @@ def verdict_lines(report_json: str) -> str:
     """Each ticket cell's call from the report (double-win / not double-win / inconclusive) with its reason."""
     with open(report_json) as f:
         rep = json.load(f)
+    m = rep["margin"]
     lines = [f"the verdict per ticket (report.py --verdict {rep['verdict']}: one-sided "
-             f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {rep['margin']:g} accuracy points; "
+             f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {m:g} accuracy point{'s' * (m != 1)}; "
              "see docs/VERDICT.md):"]
+    runs = [c.get("replicates", "") for g in rep["groups"] for r in g["rows"] for c in r["cells"].values()]
+    if runs and all(str(n).split(" ")[0] == "n=1" for n in runs):
+        lines.append("  (one run per ticket and per dense model: every bound, a 'not double-win' one too, covers "
+                     "only the test set's sampling; seed-to-seed variance is not measured, --study measures it)")
     for g in rep["groups"]:
         for r in (r for r in g["rows"] if r["sparsity"] > 0):
             call = r.get("call") or ("double-win" if r["double_win"] else "not double-win")
@@ -281,21 +270,47 @@ def verdict_lines(report_json: str) -> str:
     return "\n".join(lines)
 
 
+def overlap_summary(cfg: DemoConfig) -> str:
+    """Per pre-trained model, each family's mask IoU with that model's trained family (A-IMP, IMP) beside the
+    noise floors (its IMP seeds against each other, OMP, random masks), worded as the report words them."""
+    import contextlib
+    import io
+
+    from lottery.overlap import write_overlap
+    from reporting.overlap import read_overlap
+    lines = ["mask overlap (IoU of kept weights) within each pre-trained model, beside its noise floors "
+             "(docs/VERDICT.md, \"Noise floors\"):"]
+    for kind in cfg.kinds:
+        root, ref = os.path.join(cfg.out, "transfer", kind), "aimp" if kind == "robust" else "imp"
+        with contextlib.redirect_stdout(io.StringIO()):
+            write_overlap(root, ref)
+        ov = read_overlap(root)
+        for s in sorted({p["sparsity"] for p in (*ov.pairs, *ov.replicates)}):
+            lines += [f"  {kind:8s}  {f.name:5s}  {100 * s:6.2f}%  {ov.judged(kind, f.name, [s])}"
+                      for f in families(cfg) if f.kind == kind]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.path.join(ROOT, "demo_out"), help="where everything goes")
+    p.add_argument("--out", help="where everything goes (default: demo_out/, with --study demo_out/study/)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, pre-training, IMP and transfer")
     p.add_argument("--quick", action="store_true", help="fewer images, epochs and runs (the test suite's demo)")
+    p.add_argument("--study", action="store_true",
+                   help="robust vs standard pre-training, replicated: A-IMP and IMP tickets at 75%% from 3 IMP "
+                        "seeds, 3 transfer seeds, 1000 test images, margin 3 points: 6 IMP stages, 60 transfer runs")
     a = p.parse_args(argv)
-    cfg = DemoConfig(out=os.path.abspath(a.out), seed=a.seed, quick=a.quick)
+    out = a.out or os.path.join(ROOT, "demo_out", *(["study"] if a.study else []))
+    cfg = DemoConfig(out=os.path.abspath(out), seed=a.seed, quick=a.quick, study=a.study)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sys.path.insert(0, ROOT)
     start = time.time()
 
     from demo import data as demo_data
     say(f"[1/5] built-in data -> {cfg.out}/data (textures at 32 px; ImageFolder layout)")
-    pre, down = demo_data.make_demo_data(os.path.join(cfg.out, "data"), scale=cfg.scale, seed=cfg.seed)
+    pre, down = demo_data.make_demo_data(os.path.join(cfg.out, "data"), scale=cfg.scale, seed=cfg.seed,
+                                             test=cfg.test_per_class)
 
     say("[2/5] pre-training the small ResNet (stands in for downloaded ImageNet weights, unreachable offline)")
     for kind in cfg.kinds:
@@ -310,27 +325,22 @@ def main(argv: list[str] | None = None) -> int:
     say("[4/5] transferring the dense model and every ticket (standard and adversarial fine-tuning), "
         "through the campaign tool's local queue")
     spec = transfer_all(cfg)
-    seed = cfg.seed + 1
-    for kind in cfg.kinds:
-        tags = ["dense"] + [f"{f.name}-{os.path.basename(t).split('-')[0]}" for f in families(cfg) if f.kind == kind
-                            for t in tickets_of(cfg, f)]
-        for tag in tags:
-            for regime in ("std", "adv"):
-                save = os.path.join(cfg.out, "transfer", kind, "folder-1", tag, regime, f"s{seed}")
-                say(f"  {kind:8s} {tag:12s} {regime}: {summary_line(save)}")
+    say_runs(cfg)
 
     say("[5/5] the double-win report, and what the tickets cost")
     report_dir = os.path.join(cfg.out, "report")
     env = dict(os.environ, PYTHON=sys.executable)
     code = subprocess.call([sys.executable, os.path.join(ROOT, "sweep.py"), "report", spec, "--", "--out",
-                            report_dir], env=env, cwd=ROOT)
+                            report_dir, *(["--margin", f"{cfg.margin:g}"] if cfg.margin else [])], env=env, cwd=ROOT)
     if code != 0:
         raise SystemExit("the report failed (see above)")
     say(verdict_lines(os.path.join(report_dir, "report.json")))
     say(cost_table(cfg))
+    if len(cfg.imp_seeds) > 1:
+        say(overlap_summary(cfg))
     say(f"\nDone in {time.time() - start:.0f} s. Files: {cfg.out}/")
     say(f"  report: {report_dir}/report.md, report.csv, *.png;  tickets: {cfg.out}/tickets/;  "
-        f"runs: {cfg.out}/transfer/<kind>/folder-1/<ticket>/<std|adv>/s{seed}/results.json")
+        f"runs: {cfg.out}/transfer/<kind>/folder-1/<ticket>/<std|adv>/s<seed>/results.json")
     say(f"The transfer stage was the campaign {spec} (python sweep.py plan|status {spec}).")
     say("Paper scale on a SLURM cluster, the same tool (IMP on ImageNet, then every ticket x dataset x fraction x "
         "mode x seed; see README, \"The campaign\"):")
