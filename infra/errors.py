@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -118,3 +119,16 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def env_seconds(name: str, default: float, what: str = "") -> float:
+    """A duration in seconds from the environment variable `name` (`default` when unset or blank), refused in one
+    line unless a number above 0; `what` says what it bounds."""
+    text = os.environ.get(name, "")
+    try:
+        value = float(text) if text.strip() else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{name}={text!r}: expected a number of seconds above 0" + (f" ({what})" if what else ""))
+    return value

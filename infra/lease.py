@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from infra.errors import UserError
+from infra.errors import UserError, env_seconds
 
 STALE_ENV, BEAT_ENV = "DOUBLEWIN_LEASE_STALE_S", "DOUBLEWIN_LEASE_BEAT_S"
 STALE_S, BEAT_S = 600.0, 30.0  # defaults: 20 heartbeats may be missed (a slow metadata server) before a takeover
@@ -98,16 +98,7 @@ class LeaseHeld(UserError):
 def bounds() -> tuple[float, float]:
     """(beat_s, stale_s) from DOUBLEWIN_LEASE_BEAT_S / DOUBLEWIN_LEASE_STALE_S; a bound under two heartbeats is
     refused (one late heartbeat would end a healthy run)."""
-    out = []
-    for name, default in ((BEAT_ENV, BEAT_S), (STALE_ENV, STALE_S)):
-        text = os.environ.get(name, "")
-        try:
-            value = float(text) if text.strip() else default
-        except ValueError:
-            value = -1.0
-        if not value > 0:
-            raise UserError(f"{name}={text!r}: expected a number of seconds above 0")
-        out.append(value)
+    out = [env_seconds(BEAT_ENV, BEAT_S), env_seconds(STALE_ENV, STALE_S)]
     if out[1] < 2 * out[0]:
         raise UserError(f"{STALE_ENV}={out[1]:g} must be at least twice {BEAT_ENV}={out[0]:g}")
     return out[0], out[1]

@@ -14,7 +14,7 @@ import time
 from typing import Iterator
 
 from infra import leaseholder
-from infra.errors import UserError
+from infra.errors import env_seconds
 
 STALL_ENV = "DOUBLEWIN_STALL_S"
 STALL_S = 1800.0  # default: no batch and no evaluation step for 30 min
@@ -25,6 +25,7 @@ STALL_EXIT = 3
 _last = [time.monotonic()]  # the last progress of this process (one float store per call)
 _started: list[threading.Thread] = []
 _armed: list[tuple] = []  # (token, stall_s, .progress path, log path) of the run being watched
+_rearmed = threading.Event()  # set when a block arms the watchdog: the thread's wait ends and reads the new bound
 
 
 def progress() -> None:
@@ -46,15 +47,7 @@ def forward_progress(model) -> Iterator[None]:
 
 def stall_bound() -> float:
     """DOUBLEWIN_STALL_S (default 1800), refused in one line unless a number of seconds above 0."""
-    text = os.environ.get(STALL_ENV, "")
-    try:
-        value = float(text) if text.strip() else STALL_S
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise UserError(f"{STALL_ENV}={text!r}: expected a number of seconds above 0 (how long a run may make no "
-                        "progress before it stops)")
-    return value
+    return env_seconds(STALL_ENV, STALL_S, "how long a run may make no progress before it stops")
 
 
 @contextlib.contextmanager
@@ -67,6 +60,7 @@ def watching(save_dir: str | None, log_path: str | None) -> Iterator[None]:
     _touch(marker)
     token = object()
     _armed[:] = [(token, stall_s, marker, log_path)]
+    _rearmed.set()  # a thread waiting out an earlier run's longer tick reads this bound now
     if not _started:
         _started.append(threading.Thread(target=_watch, name="progress watchdog", daemon=True))
         _started[0].start()
@@ -92,7 +86,8 @@ def _watch() -> None:
     touched = _last[0]
     while True:
         armed = list(_armed)
-        time.sleep(min(30.0, max(armed[0][1] / 10, 0.05)) if armed else 0.5)
+        _rearmed.wait(min(30.0, max(armed[0][1] / 10, 0.05)) if armed else 0.5)
+        _rearmed.clear()
         armed = list(_armed)
         if not armed:
             continue

@@ -113,3 +113,16 @@ def test_forward_passes_are_progress_within_the_block_only():
     watchdog._last[0] = 0.0
     model(torch.zeros(1, 2))
     assert watchdog._last[0] == 0.0
+
+
+def test_a_block_armed_after_a_longer_one_is_watched_with_its_own_bound(tmp_path, monkeypatch, stalls):
+    """The watchdog thread of a process that ran a block with the default bound (a 30 s tick) must not sleep
+    through a later block's shorter bound."""
+    with watchdog.watching(None, None):  # the default 1800 s: the thread's tick is 30 s
+        time.sleep(0.3)  # the thread is now inside that tick
+    monkeypatch.setenv(watchdog.STALL_ENV, "1")
+    with watchdog.watching(str(tmp_path), None):
+        deadline = time.monotonic() + 8
+        while not stalls and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert stalls and stalls[0] == 1
