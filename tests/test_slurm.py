@@ -571,3 +571,29 @@ def test_a_duplicate_job_of_a_running_run_ends_at_once(slurm_cluster, tmp_path):
             lines[0] and lines[0].endswith(f", not this job ({second}): nothing to do here"), log
     finally:
         subprocess.run(["scancel", first, *([second] if second else [])], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_job_whose_data_reads_block_ends_with_exit_3_after_the_stall_bound(slurm_cluster, tmp_path):
+    """A transfer run on the cluster whose image folder holds a FIFO (a read that never returns, as on a hung
+    mount): after DOUBLEWIN_STALL_S without progress the run writes its stacks to log.txt, releases its lease and
+    exits 3 (the node's fault: the campaign retries it elsewhere); the job ends instead of holding its node."""
+    inputs = kit.make_inputs(str(tmp_path))
+    os.mkfifo(os.path.join(inputs["data"], "train", "ant", "00099.png"))
+
+    def command(save: str) -> tuple[str, ...]:
+        return ("env", "DOUBLEWIN_STALL_S=6", "bash", os.path.join(kit.ROOT, "script", "train_downstream", "std.sh"),
+                "folder", inputs["init"], save, "", "--data", inputs["data"], *kit.TINY)
+    c = slurmkit.campaign(str(tmp_path / "root"), 1, command)
+    save = c.runs[0].save_dir
+    job = slurm.submit(c, list(c.runs), OPTS, say=lambda s: None)["r0"]
+    try:
+        record = slurmkit.wait_until("the run's end recorded", lambda: _ended(save), 150)
+        slurmkit.wait_until("the job to end", lambda: job not in scheduler.alive_jobs(), 30)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    assert record["exit"] == 3 and record["end"] - record["start"] >= 6, record
+    assert "no training or evaluation progress for over 6 s" in record["error"], record
+    log = open(os.path.join(save, "log.txt")).read()
+    assert "(DOUBLEWIN_STALL_S): the stack of every thread follows" in log and "in __getitem__" in log
+    assert not os.path.exists(os.path.join(save, state.LEASE))
