@@ -162,3 +162,12 @@ def test_the_built_in_criteria_are_pruning_utils_rules_with_the_levels_generator
 
 def test_the_report_reads_the_family_under_either_name():
     assert [ticket_family(m) for m in ({"family": "imp"}, {"source": "aimp"}, {})] == ["imp", "aimp", "ticket"]
+
+
+def test_a_ticket_that_names_its_family_source_is_read_as_family(tmp_path):
+    net = tiny_model()
+    mask = pruning_utils.magnitude_prune(net, pruning_utils.full_mask(net), 0.5)
+    for name, packed in (("old.pth.tar", False), ("old.safetensors", True)):
+        pruning_utils.save_ticket(str(tmp_path / name), mask, {"level": 2, "source": "aimp"}, packed=packed)
+        meta = pruning_utils.load_ticket(str(tmp_path / name))[1]
+        assert (meta["family"], meta["level"], "source" in meta) == ("aimp", 2, False)

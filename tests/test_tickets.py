@@ -193,7 +193,7 @@ def test_the_packed_format_reads_with_numpy_and_safetensors_as_documented(tmp_pa
     src = source()
     mask = half_mask(src)
     path = str(tmp_path / "t.safetensors")
-    pruning_utils.save_ticket(path, mask, {"level": 2, "source": "aimp"}, packed=True)
+    pruning_utils.save_ticket(path, mask, {"level": 2, "family": "aimp"}, packed=True)
     text = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "TICKETS.md")).read()
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     scope = {"PATH": path}
