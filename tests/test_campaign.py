@@ -475,7 +475,7 @@ def test_the_example_imp_stages_make_every_ticket_they_transfer(tmp_path, monkey
         transferred = {int(os.path.basename(r.needs).split("-")[0]) for r in c.runs
                        if r.kind == "transfer" and r.needs and os.path.dirname(r.needs) == stage.save_dir}
         assert wanted == transferred and transferred <= made and max(made) == max(transferred), stage.id
-        families[cfg.source] = made
+        families[cfg.ticket_family] = made
     assert set(families) == {"aimp", "imp", "aimp-eb", "aimp-short", "aimp-diet0.1", "aimp-fgsm", "omp"}
     levels = max(families["aimp"]) - 1
     save = str(tmp_path / "aimp")
