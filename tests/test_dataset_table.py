@@ -169,7 +169,8 @@ def test_the_paper_datasets_entries_resolve_and_their_sizes_are_the_official_spl
     for name, official in (("cifar10", 50000), ("cifar10_2", 50000), ("cifar100", 50000), ("svhn", 73257)):
         train, val = formats.train_val_split(official, official)
         assert (len(train), len(val)) == (facts.DATASETS[name].sizes.train, facts.DATASETS[name].sizes.val)
-    assert facts.device_served() == ("cifar10", "cifar100", "svhn")
-    assert {n: facts.DATASETS[n].adv_recipe for n in facts.downstream()} == {
-        "cifar10": "adv_cifar", "cifar10_2": "adv_cifar", "cifar100": "adv_cifar", "svhn": "adv_svhn",
-        "folder": "adv_cifar", "visda": "adv_cifar"}  # as before the table: every dataset but SVHN, adv_cifar.sh's
+    paper = ("imagenet", "cifar10", "cifar10_2", "cifar100", "svhn", "folder", "visda")
+    assert [n for n in paper if facts.DATASETS[n].device] == ["cifar10", "cifar100", "svhn"]
+    assert {n: facts.DATASETS[n].adv_recipe for n in paper} == {
+        "imagenet": None, "cifar10": "adv_cifar", "cifar10_2": "adv_cifar", "cifar100": "adv_cifar",
+        "svhn": "adv_svhn", "folder": "adv_cifar", "visda": "adv_cifar"}  # as before the table: all but SVHN adv_cifar
