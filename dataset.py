@@ -151,7 +151,8 @@ def builder(name: str) -> Callable[[str, bool], formats.RawSplits]:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise UserError(f"dataset {name!r}: its builder {where!r} (datafiles/facts.py) cannot be loaded ({e})") from None
+        raise UserError(f"dataset {name!r}: its builder {where!r} (datafiles/facts.py) cannot be loaded "
+                        f"({e})") from None
 
 
 def transform(name: str, kind: str) -> Callable:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from infra.errors import UserError
 
-ADV_RECIPES = ("adv_cifar", "adv_svhn")  # the original's adversarial transfer recipes: script/train_downstream/<name>.sh
+ADV_RECIPES = ("adv_cifar", "adv_svhn")  # the original's adversarial transfer recipes (script/train_downstream)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training statistics; folder data reuses them
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
