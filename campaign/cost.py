@@ -9,14 +9,12 @@ import re
 from dataclasses import dataclass
 
 from campaign.spec import Run
+from datafiles import facts
 
 UNIT = "FLOP (2 per multiply-add, as the compute ledger counts)"
 RATE = {"bf16": 150e12, "fp32": 50e12}  # FLOP/s assumed sustained on one H100-class card; see the README
-TRAIN_IMAGES = {"cifar10": 45000, "cifar10_2": 45000, "cifar100": 45000, "svhn": 68257}
-VAL_IMAGES = {"cifar10": 5000, "cifar10_2": 5000, "cifar100": 5000, "svhn": 5000}
-TEST_IMAGES = {"cifar10": 10000, "cifar10_2": 10000, "cifar100": 10000, "svhn": 26032}
-CLASSES = {"cifar10": 10, "cifar10_2": 10, "cifar100": 100, "svhn": 10}
-IMAGENET_TRAIN, IMAGENET_VAL = 1281167, 50000  # the ILSVRC-2012 split sizes, where the IMP folder is not readable
+_ILSVRC = facts.DATASETS["imagenet"].sizes  # the ILSVRC-2012 split sizes, where the IMP folder is not readable
+IMAGENET_TRAIN, IMAGENET_VAL = _ILSVRC.train, _ILSVRC.val
 FINAL_TESTS = 3  # a transfer run tests its last, best-SA and best-RA models (fewer when two are the same epoch)
 
 
@@ -68,6 +66,11 @@ def folder_images(root: str, split: str) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
+def table_size(dataset: str, split: str) -> int:
+    """Images of `dataset`'s "train", "val" or "test" split in the dataset table (0: not there, count its folder)."""
+    return getattr(getattr(facts.DATASETS.get(dataset), "sizes", None), split, None) or 0
+
+
 def _attack_steps(f: dict[str, str], adv: bool) -> float:
     if not adv:
         return 0.0
@@ -91,9 +94,9 @@ def transfer_passes(run: Run, f: dict[str, str], epochs_done: int) -> Passes:
     """A transfer run: training (with the attack's steps under adv), validation SA and RA (--test_step) from
     --eval_from on, then the final tests' SA and RA."""
     data = f.get("--data", "")
-    n = (TRAIN_IMAGES.get(run.dataset) or folder_images(data, "train")) * _num(f.get("--data_number"), 1)
-    n_val = VAL_IMAGES.get(run.dataset) or folder_images(data, "val") or folder_images(data, "validation")
-    n_test = TEST_IMAGES.get(run.dataset) or folder_images(data, "test")
+    n = (table_size(run.dataset, "train") or folder_images(data, "train")) * _num(f.get("--data_number"), 1)
+    n_val = table_size(run.dataset, "val") or folder_images(data, "val") or folder_images(data, "validation")
+    n_test = table_size(run.dataset, "test") or folder_images(data, "test")
     epochs = _num(f.get("--epochs"), 100)
     steps, test_steps = _attack_steps(f, run.mode == "adv"), _num(f.get("--test_step"), 20)
     train_epochs = max(0.0, epochs - epochs_done)
@@ -114,7 +117,7 @@ def per_image(run: Run) -> dict[str, float]:
     f = flags(run)
     arch = f.get("--arch", f.get("-a", "resnet50"))
     size = int(_num(f.get("--image-size"), 224))
-    classes = 1000 if run.kind == "imp" else CLASSES.get(run.dataset, 10)
+    classes = 1000 if run.kind == "imp" else getattr(facts.DATASETS.get(run.dataset), "num_classes", None) or 10
     small = "--small-input" in run.command
     return {k: flops.per_image(arch, size, k, num_classes=classes, small_input=small) for k in flops.KINDS}
 

@@ -9,11 +9,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (requireme
     import tomli as tomllib
 from dataclasses import dataclass, field
 
+from datafiles import facts
 from infra.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# transfer.config.DATASETS, written out: the campaign tool imports no training code (torch); a test keeps them equal
-DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")
 MODES = ("std", "adv")
 IMP_KINDS = ("std", "adv")
 TOP_KEYS = {"root", "data", "overrides", "std_overrides", "adv_overrides", "imp_overrides", "init"}
@@ -103,13 +102,19 @@ def fraction_tag(f: float) -> str:
     return f"{f:g}"
 
 
-def driver(mode: str, dataset: str) -> tuple[str, bool]:
-    """(bash driver of a transfer mode, whether it takes DATASET as its first positional)."""
-    if mode == "std":
-        return os.path.join(REPO, "script", "train_downstream", "std.sh"), True
-    if dataset == "svhn":
-        return os.path.join(REPO, "script", "train_downstream", "adv_svhn.sh"), False
-    return os.path.join(REPO, "script", "train_downstream", "adv_cifar.sh"), True
+# each transfer recipe's bash driver and the dataset it fixes (None: it takes DATASET as its first positional)
+DRIVERS = {"std": ("std.sh", None), "adv_cifar": ("adv_cifar.sh", None), "adv_svhn": ("adv_svhn.sh", "svhn")}
+
+
+def driver(mode: str, dataset: str) -> tuple[str, list[str], list[str]]:
+    """(bash driver of a transfer mode on `dataset`, the positionals before INIT, the flags after TICKET): std,
+    or the dataset's adversarial recipe from the dataset table; a driver that fixes another dataset is told
+    `--dataset`."""
+    script, fixed = DRIVERS["std" if mode == "std" else facts.adv_recipe(dataset)]
+    path = os.path.join(REPO, "script", "train_downstream", script)
+    if fixed is None:
+        return path, [dataset], []
+    return path, [], ([] if dataset == fixed else ["--dataset", dataset])
 
 
 class _Reader:
@@ -199,7 +204,8 @@ def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, name
     weights = _abs(r.get(init, "weights", str, where, required=True))
     if not os.path.isfile(weights):
         raise r.fail(f"{where}weights: file {weights} not found")
-    datasets = _choices(r, r.get(init, "datasets", str, where, required=True), DATASETS, f"{where}datasets", "dataset")
+    datasets = _choices(r, r.get(init, "datasets", str, where, required=True), facts.downstream(), f"{where}datasets",
+                        "dataset")
     modes = _choices(r, r.get(init, "modes", str, where, default=list(MODES)), MODES, f"{where}modes", "mode")
     fractions = r.get(init, "fractions", (int, float), where, default=[1])
     if not all(0 < f <= 1 for f in fractions):
@@ -218,18 +224,24 @@ def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, name
         for frac in fractions:
             for tag, ticket, own_seed in tickets:
                 for mode in modes:
-                    script, takes_dataset = driver(mode, d)
+                    script, before, after = _driver(r, mode, d, where)
                     extra = [*r.flags(spec, "overrides", ""), *r.flags(spec, f"{mode}_overrides", ""),
                              *r.flags(init, "overrides", where), *r.flags(init, f"{mode}_overrides", where)]
                     for seed in (seeds if own_seed is None else [own_seed]):
                         rid = f"{name}/{d}-{fraction_tag(frac)}/{tag}/{mode}/s{seed}"
                         save = os.path.join(root, rid)
-                        cmd = ["bash", script, *([d] if takes_dataset else []), weights, save, ticket or "",
-                               "--data", _abs(root_d), "--data_number", fraction_tag(frac), "--seed", str(seed),
-                               *extra]
+                        cmd = ["bash", script, *before, weights, save, ticket or "", *after, "--data", _abs(root_d),
+                               "--data_number", fraction_tag(frac), "--seed", str(seed), *extra]
                         runs.append(Run(rid, "transfer", save, tuple(cmd), needs=ticket, dataset=d, mode=mode,
                                         inputs=(weights, _abs(root_d), *([ticket] if ticket else []))))
     return runs
+
+
+def _driver(r: _Reader, mode: str, dataset: str, where: str) -> tuple[str, list[str], list[str]]:
+    try:
+        return driver(mode, dataset)
+    except UserError as e:
+        raise r.fail(f"{where}modes: {mode} on {dataset}: {e}") from None
 
 
 def _choices(r: _Reader, values: list[str], known: tuple[str, ...], where: str, what: str) -> list[str]:

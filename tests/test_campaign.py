@@ -14,10 +14,8 @@ import pytest
 
 import campaignkit as kit
 from infra import checkpoint
-import dataset
 from infra import errors
 from campaign import cost, execute, spec, state, status
-from transfer import config as transfer_config
 
 ROOT = kit.ROOT
 
@@ -31,10 +29,9 @@ def load(tmp_path, inputs, **kw):
     return spec.load(kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), **kw))
 
 
-def test_file_names_and_datasets_agree_with_the_modules_that_own_them():
+def test_file_names_agree_with_the_module_that_owns_them():
     assert (state.RESULTS, state.CHECKPOINT, state.METRICS, state.LEASE) == \
         (checkpoint.RESULTS, checkpoint.CHECKPOINT, checkpoint.METRICS, checkpoint.LEASE)
-    assert set(spec.DATASETS) == set(transfer_config.DATASETS) == set(dataset.DATASETS) - {"imagenet"}
 
 
 def test_runs_are_the_drivers_commands_with_the_documented_layout(tmp_path, inputs):
