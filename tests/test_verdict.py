@@ -226,13 +226,15 @@ def test_overlap_is_judged_against_its_noise_floors(tmp_path, capsys):
     overlap = read_overlap(str(root))
     s = [made["a1"][3]]
     eb = overlap.judged("robust", "aimp-eb", s)
-    assert eb.startswith(f"{pairs['aimp-eb']['iou']:.3f} (n=1); seed-to-seed {rep['iou']:.3f}, OMP ")
+    assert eb.startswith(f"{pairs['aimp-eb']['iou']:.3f} (n=1); seed-to-seed {rep['iou']:.3f} (1 pair, lowest "
+                         f"{rep['iou_min']:.3f}), OMP ")
     assert eb.endswith("indistinguishable from another IMP seed of aimp")
     assert pairs["omp"]["iou"] < pairs["mid"]["iou"] < rep["iou_min"]
-    assert overlap.judged("robust", "mid", s).endswith(
-        "below the seed-to-seed floor: a different mask, closer than OMP")
+    assert overlap.judged("robust", "mid", s).endswith(  # two IMP seeds: one pair, too few to call it different
+        "below the seed-to-seed floor, but 1 seed pair cannot tell a different mask from seed noise (>= 3 pairs: 3 "
+        "IMP seeds)")
     assert overlap.judged("robust", "far", s).endswith("no closer to aimp than OMP")
-    assert overlap.judged("robust", "aimp", s) == f"seed-to-seed {rep['iou']:.3f} (n=1)"
+    assert overlap.judged("robust", "aimp", s) == f"seed-to-seed {rep['iou']:.3f} (1 pair, lowest {rep['iou']:.3f})"
     rep = analysis.collect(str(root), Options())
     text = report_tables.render_text(rep)
     assert "no closer to aimp than OMP" in text and "n=2 (2 IMP seeds x 1 transfer seeds)" in text
@@ -276,19 +278,26 @@ def test_overlap_wording_on_hand_made_floors():
 
     def pair(family, iou, omp=0.96):
         return {"init": "r", "family": family, "sparsity": 0.75, "iou": iou, "iou_random": 0.15, "iou_omp": omp}
-    seeds = {"init": "r", "family": "aimp", "sparsity": 0.75, "iou": 0.99, "iou_min": 0.985}
+    seeds = {"init": "r", "family": "aimp", "sparsity": 0.75, "iou": 0.99, "iou_min": 0.985, "comparisons": 10,
+             "tickets": 5}
     own = {"init": "r", "family": "eb", "sparsity": 0.75, "iou": 0.97, "iou_min": 0.97}
     ov = Overlap("aimp", (pair("eb", 0.986), pair("mid", 0.97), pair("low", 0.95)), (seeds, own))
-    assert ov.judged("r", "eb", [0.75]) == ("0.986 (n=1); seed-to-seed 0.990, its own seeds 0.970, OMP 0.960, random "
-                                           "0.150: indistinguishable from another IMP seed of aimp")
-    assert ov.judged("r", "mid", [0.75]).endswith("OMP 0.960, random 0.150: below the seed-to-seed floor: a different "
-                                                  "mask, closer than OMP")
+    assert ov.judged("r", "eb", [0.75]) == ("0.986 (n=1); seed-to-seed 0.990 (10 pairs, lowest 0.985), its own seeds "
+                                           "0.970, OMP 0.960, random 0.150: indistinguishable from another IMP seed "
+                                           "of aimp")
+    assert ov.judged("r", "mid", [0.75]).endswith("OMP 0.960, random 0.150: below all 10 seed-to-seed pairs: a "
+                                                  "different mask (another IMP seed would land there about 1 time in "
+                                                  "11), closer than OMP")
     assert ov.judged("r", "low", [0.75]).endswith(": no closer to aimp than OMP")
-    assert ov.judged("r", "aimp", [0.75]) == "seed-to-seed 0.990 (n=1)"
+    assert ov.judged("r", "aimp", [0.75]) == "seed-to-seed 0.990 (10 pairs, lowest 0.985)"
     assert ov.judged("r", "eb", [0.5]) == "-" and ov.judged("other", "eb", [0.75]) == "-"
     lone = Overlap("aimp", (pair("eb", 0.986, None),))
     assert ov.iou("r", "eb", [0.75]) == (0.986, 1)
     assert lone.judged("r", "eb", [0.75]) == "0.986 (n=1); random 0.150: one IMP seed of aimp: no seed-to-seed floor"
+    one_pair = Overlap("aimp", (pair("mid", 0.97),), ({**seeds, "comparisons": 1, "tickets": 2},))
+    assert one_pair.judged("r", "mid", [0.75]).endswith(
+        "below the seed-to-seed floor, but 1 seed pair cannot tell a different mask from seed noise (>= 3 pairs: 3 "
+        "IMP seeds)")
 
 
 @pytest.mark.slow
