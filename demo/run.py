@@ -180,7 +180,8 @@ def write_campaign(cfg: DemoConfig) -> str:
             if staged:
                 text += ["[init.tickets.imp]", f"kind = {json.dumps('adv' if kind == 'robust' else 'std')}",
                          f"data = {json.dumps(os.path.join(cfg.out, 'data', 'pretrain'))}",
-                         f"seeds = {list(cfg.imp_seeds)}", f"overrides = {flags(imp_flags(cfg, fam))}"]
+                         f"seeds = {list(cfg.imp_seeds)}", "paired = true",
+                         f"overrides = {flags(imp_flags(cfg, fam))}"]
     path = os.path.join(cfg.out, "campaign.toml")
     with open(path, "w") as f:
         f.write("\n".join(text) + "\n")
@@ -298,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of data, pre-training, IMP and transfer")
     p.add_argument("--quick", action="store_true", help="fewer images, epochs and runs (the test suite's demo)")
     p.add_argument("--study", action="store_true",
-                   help="robust vs standard pre-training, replicated: A-IMP and IMP tickets at 75%% from 3 IMP "
-                        "seeds, 3 transfer seeds, 1000 test images, margin 3 points: 6 IMP stages, 60 transfer runs")
+                   help="robust vs standard pre-training, replicated: A-IMP and IMP tickets at 75%% from 5 IMP "
+                        "seeds, each transferred with its own seed and compared with the dense run of that seed; "
+                        "dense and OMP with the same 5 seeds; 1000 test images, margin 3 points: 10 IMP stages, "
+                        "60 transfer runs")
     a = p.parse_args(argv)
     out = a.out or os.path.join(ROOT, "demo_out", *(["study"] if a.study else []))
     cfg = DemoConfig(out=os.path.abspath(out), seed=a.seed, quick=a.quick, study=a.study)

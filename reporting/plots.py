@@ -1,6 +1,9 @@
 """Accuracy-vs-sparsity figures of the double-win report, drawn as the lottery-ticket literature does: remaining
-weights (%) on a log axis reversed so sparsity grows to the right, the dense model as a band (mean +- the match
-margin, so a point inside or above the band matches), double-win tickets as gold stars.
+weights (%) on a log axis reversed so sparsity grows to the right, the dense model as its mean (dotted) and a band
+of +- the margin (--margin with the statistical verdict; the point rule's dense spread or --tolerance with
+--verdict point), tickets as means with seed standard deviations, and double-win tickets as gold stars. The band
+shows the margin's size only: a call comes from the verdict's bounds (seeds and test images), not from a point
+falling inside it.
 """
 from __future__ import annotations
 

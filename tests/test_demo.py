@@ -128,7 +128,8 @@ def test_the_demo_prints_each_ticket_cells_call_with_its_reason(tmp_path):
 
 def test_the_study_replicates_ticket_finding_and_transfer_on_a_large_test_set(tmp_path):
     """`--study`'s campaign, written by the demo's own code and read by the campaign tool (nothing run): every
-    trained family has >= 3 IMP stages (one per IMP seed), every transfer >= 3 seeds, the test set 1000 images."""
+    trained family has 5 IMP stages (one per IMP seed), each seed's tickets transferred with that transfer seed
+    only (paired with the dense run of that seed), dense and OMP with all 5 seeds, the test set 1000 images."""
     sys.path.insert(0, ROOT)
     from campaign import spec
     from demo import data as demo_data
@@ -145,7 +146,7 @@ def test_the_study_replicates_ticket_finding_and_transfer_on_a_large_test_set(tm
     campaign = spec.load(demo.write_campaign(cfg))
     imp = [r for r in campaign.runs if r.kind == "imp"]
     assert sorted(r.id for r in imp) == [f"imp:{k}/{f}/seed{s}" for k, f in (("robust", "aimp"), ("standard", "imp"))
-                                         for s in (1, 2, 3)]
+                                         for s in (1, 2, 3, 4, 5)]
     for r in imp:  # the demo's IMP flags, and the stage's own seed
         assert r.command[-2:] == ("--seed", r.id[-1]) and "--rate" in r.command
     transfer = campaign.transfer_runs()
@@ -153,8 +154,11 @@ def test_the_study_replicates_ticket_finding_and_transfer_on_a_large_test_set(tm
     for r in transfer:
         cell, seed = r.id.rsplit("/s", 1)
         seeds.setdefault(cell, set()).add(int(seed))
-    assert len(seeds) == 2 * (1 + 3 + 1) * 2  # inits x (dense, 3 IMP seeds' tickets, OMP) x modes
-    assert all(s == {1, 2, 3} for s in seeds.values())
+    assert len(seeds) == 2 * (1 + 5 + 1) * 2  # inits x (dense, 5 IMP seeds' tickets, OMP) x modes
+    for cell, s in seeds.items():
+        paired = "-seed" in cell
+        assert s == ({int(cell.split("-seed")[1].split("-")[0])} if paired else {1, 2, 3, 4, 5}), (cell, s)
+    assert len(transfer) == 60
     assert cfg.margin == 3.0 and cfg.test_per_class * len(demo_data.DOWNSTREAM) == 1000
     assert demo.DemoConfig(out="x").test_per_class * len(demo_data.DOWNSTREAM) == 120  # the main demo's is unchanged
     assert cfg.out in demo.ticket_dirs(cfg, demo.families(cfg)[0])[0]
