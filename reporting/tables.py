@@ -33,8 +33,9 @@ def verdict_lines(o: Options) -> list[str]:
                 f"dense seeds when the dense cell has >= 2 seeds, else --tolerance {o.tolerance:g} accuracy points"]
     c = f"{100 * o.confidence:g}%"
     return [f"match (--verdict stat): per column, one-sided {c} bounds on ticket - dense (seed-to-seed variance, "
-            "IMP seeds as units where a ticket has several, plus the test set's sampling; paired per image where "
-            "runs stored it); yes: lower bound > "
+            "IMP seeds as units where a ticket has several, paired with the dense run of the same transfer seed "
+            "where each unit has its own seeds; plus the test set's sampling, paired per image where runs stored "
+            "it); yes: lower bound > "
             f"-{o.margin:g} (--margin, accuracy points); no: upper bound < -{o.margin:g}; ?: inconclusive"]
 
 
@@ -171,8 +172,8 @@ def _test_json(test) -> dict | None:
         return None
     finite = {k: (v if abs(v) != float("inf") else None) for k, v in
               (("diff", test.diff), ("lower", test.lower), ("upper", test.upper), ("se", test.se), ("df", test.df))}
-    return {"call": test.call, **finite, "paired": test.paired, "why": test.why, "seeds_to_settle": test.seeds,
-            "advice": test.advice}
+    return {"call": test.call, **finite, "paired": test.paired, "by_seed": test.by_seed, "why": test.why,
+            "seeds_to_settle": test.seeds, "advice": test.advice}
 
 
 def _row_json(r: Row) -> dict:
