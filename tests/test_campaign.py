@@ -433,11 +433,11 @@ def test_the_readme_block_is_the_example_spec():
 
 
 def _recorded_argv(command: tuple[str, ...], tmp_path) -> list[str]:
-    """The argv an IMP stage's driver hands its entry point (PYTHON is a recorder that trains nothing)."""
+    """The argv an IMP stage's driver hands its entry point (DOUBLEWIN_PY is a recorder that trains nothing)."""
     record, recorder = tmp_path / "argv.json", tmp_path / "python"
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
     recorder.chmod(0o755)
-    done = subprocess.run(list(command), env={**kit.ENV, "PYTHON": str(recorder)}, capture_output=True, text=True,
+    done = subprocess.run(list(command), env={**kit.ENV, "DOUBLEWIN_PY": str(recorder)}, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
     with open(record) as f:
