@@ -12,6 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # entry points: the bash scripts and users call them; nothing imports them
 ENTRY_POINTS = {"main_imp_adv", "main_imp_std", "main_train_downstream", "report", "tickets", "sweep"}
 # the double-win report: it reads results.json files, never a model or a checkpoint
+# the stages' recipes: plain data (no torch) that the campaign's estimate reads too
+RECIPES = {"lottery", "lottery.recipes", "transfer", "transfer.recipes"}  # the packages' __init__: docstrings
 REPORT = {"report", "reporting.runs", "reporting.analysis", "reporting.tables", "reporting.plots",
           "reporting.output", "reporting.costs", "reporting.verdict", "reporting.overlap"}
 
@@ -85,14 +87,23 @@ def test_the_scan_sees_every_package():
     ("pruning_utils", ("training", "dataset", "attacks")),                   # masks know no loop
     ("infra", ("models", "training", "dataset", "datafiles", "pruning_utils", "attacks", "lottery", "transfer")),
     # the campaign runs no training: of the model side it reaches only models.flops (its estimate's FLOP counts)
+    # and the stages' recipes (RECIPES)
     ("campaign", ("training", "dataset", "datafiles", "pruning_utils", "attacks", "lottery", "transfer", "report",
                   "reporting")),
 ])
 def test_layer_rules(module, forbidden):
     targets = [m for m in MODULES if m == module or m.startswith(module + ".")]
     for m in targets:
-        bad = sorted(set().union(*(_family(f, reach(m)) for f in forbidden)))
+        bad = sorted(set().union(*(_family(f, reach(m)) for f in forbidden)) - (RECIPES if module == "campaign"
+                                                                                  else set()))
         assert not bad, f"{m} imports {bad} (directly or through other modules)"
+
+
+def test_the_recipes_are_plain_data():
+    """What the campaign may read of the stages reaches nothing but the flag types."""
+    for m in sorted(RECIPES):
+        assert reach(m) <= {"infra", "infra.flags"}, f"{m} reaches {sorted(reach(m))}"
+    assert GRAPH["infra.flags"] == set()
 
 
 def test_nothing_imports_an_entry_point():

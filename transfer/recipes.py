@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from infra.flags import Recipe
 
-COMMON = (("--data", "../data"), ("--data_number", "1"), ("--arch", "resnet50"), ("--seed", "1"))
+COMMON = (("--data", "../data"), ("--data_number", "1"), ("--arch", "resnet50"), ("--seed", "1"),
+          ("--image-size", "224"))
 PGD_10_TRAIN = (("--train_eps", "8/255"), ("--train_step", "10"), ("--train_gamma", "2/255"))  # as the original
 PGD_20_TEST = (("--test_eps", "8/255"), ("--test_step", "20"), ("--test_gamma", "2/255"))      # validation and test RA
 
