@@ -490,3 +490,13 @@ def test_the_example_imp_stages_make_every_ticket_they_transfer(tmp_path, monkey
     assert done.returncode == 0, done.stderr[-3000:]
     made = {int(n.split("-")[0]) for n in os.listdir(save) if n.endswith("-ticket.pth.tar")}
     assert made == families["aimp"] == set(range(1, 13))  # every ticket it transfers, and no more
+
+
+def test_the_slurm_defaults_are_declared_once():
+    """`sweep.py run --slurm` without other flags runs with SlurmOptions' own defaults; a flag changes its field."""
+    from campaign import slurm
+    import sweep
+    parse = sweep.get_args_parser().parse_args
+    assert sweep.slurm_options(parse(["run", "c.toml", "--slurm"])) == slurm.SlurmOptions()
+    opts = sweep.slurm_options(parse(["run", "c.toml", "--slurm", "--time", "1-00:30", "--max-requeue", "3"]))
+    assert (opts.time_min, opts.max_requeue) == (24 * 60 + 30, 3)
