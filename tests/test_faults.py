@@ -324,7 +324,7 @@ def run_process(entry: str, argv: list[str], cwd: str) -> tuple[int, str, str]:
     if entry.endswith(".sh"):  # an interpreter that exits 1 when run: a script that wrongly went on exits 1, not 2
         stand_in = os.path.join(cwd, "python")
         with open(stand_in, "w") as f:
-            f.write('#!/bin/sh\n[ "$1" = -u ] && exit 1\nexit 0\n')  # script/env.sh's checks of it pass
+            f.write('#!/bin/sh\ncase "$1" in -c|-) exit 0;; esac\nexit 1\n')  # script/env.sh's checks of it pass
         os.chmod(stand_in, 0o755)
         cmd, env = ["bash", os.path.join(ROOT, entry), *argv], {**ENV, "DOUBLEWIN_PY": stand_in}
     else:
