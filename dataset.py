@@ -1,28 +1,27 @@
-"""One table of datasets (ImageNet folder, CIFAR-10/100, SVHN, any ImageFolder, and the original's cifar10_2 and
-visda variants) with the PROTOCOL splits, data-limited training subsets, and each dataset's [0, 1] transforms
-(normalisation lives inside the model).
+"""The datasets of the table in datafiles/facts.py (ImageNet folder, CIFAR-10/100, SVHN, any ImageFolder, and the
+original's cifar10_2 and visda variants) loaded with the PROTOCOL splits, data-limited training subsets, and each
+dataset's [0, 1] transforms (normalisation lives inside the model).
 
     splits = build_datasets("cifar10", "../data", DataFraction(data_number=0.1), image_size=224, resize_size=256)
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
-from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from datafiles import formats
+from datafiles import facts, formats
+from datafiles.facts import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (the pre-training statistics, used widely)
 from infra.checkpoint import atomic_write_json
 from infra.errors import DataError, UserError, node_error
 from infra.reproducibility import subset_generator
 
 SUBSETS = ("first", "balanced")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training statistics; folder data reuses them
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -137,40 +136,34 @@ def write_indices(path: str, indices: Sequence[int]) -> None:
     atomic_write_json(path, [int(i) for i in indices])
 
 
-# ---------------------------------------------------------------------------- the table
-@dataclass(frozen=True)
-class DatasetSpec:
-    builder: Callable[[str, bool], formats.RawSplits]  # (root, download) -> RawSplits
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_classes: int | None  # None: whatever the folder holds
-    train_transform: Callable[[int], Callable] = make_train_transform          # (image_size) -> transform
-    eval_transform: Callable[[int, int], Callable] = make_eval_transform       # (image_size, resize_size)
+# ---------------------------------------------------------------------------- the table's names
+# the transforms the dataset table (datafiles/facts.py) names: train (image_size), eval (image_size, resize_size)
+TRAIN_TRANSFORMS: dict[str, Callable[[int], Callable]] = {"crop_flip": make_train_transform,
+                                                          "visda_crop_flip": visda_train}
+EVAL_TRANSFORMS: dict[str, Callable[[int, int], Callable]] = {"resize_crop": make_eval_transform,
+                                                              "resize": resize_only_eval, "squeeze": visda_eval}
 
 
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+def builder(name: str) -> Callable[[str, bool], formats.RawSplits]:
+    """The builder the table names for dataset `name` ("module:function"), imported on first use."""
+    where = facts.get(name).builder
+    module, _, attr = where.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"dataset {name!r}: its builder {where!r} (datafiles/facts.py) cannot be loaded "
+                        f"({e})") from None
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "imagenet": DatasetSpec(formats.imagenet, IMAGENET_MEAN, IMAGENET_STD, 1000),
-    "cifar10": DatasetSpec(formats.cifar("cifar10", tvd.CIFAR10), CIFAR10_MEAN, CIFAR10_STD, 10),
-    "cifar10_2": DatasetSpec(formats.cifar("cifar10_2", tvd.CIFAR10), CIFAR10_MEAN, CIFAR10_STD, 10,
-                             eval_transform=resize_only_eval),
-    "cifar100": DatasetSpec(formats.cifar("cifar100", tvd.CIFAR100), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
-                            100),
-    "svhn": DatasetSpec(formats.svhn, (0.4377, 0.4438, 0.4728), (0.1201, 0.1231, 0.1052), 10),
-    "folder": DatasetSpec(formats.folder, IMAGENET_MEAN, IMAGENET_STD, None),
-    "visda": DatasetSpec(formats.visda, IMAGENET_MEAN, IMAGENET_STD, 12, train_transform=visda_train,
-                         eval_transform=visda_eval),
-}
-# The original's cifar10_3 (32 px, RandomCrop(32, 4), a fresh random 3x3 stem replacing the pre-trained one, no
-# max-pool) is not here: it changes the model, not only the data (see README, "Not supported").
-
-
-def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r} (--dataset): choose one of {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+def transform(name: str, kind: str) -> Callable:
+    """The maker of dataset `name`'s `kind` ("train" or "eval") transform, by the name the table gives."""
+    spec = facts.get(name)
+    chosen, known = (spec.train_transform, TRAIN_TRANSFORMS) if kind == "train" else \
+        (spec.eval_transform, EVAL_TRANSFORMS)
+    if chosen not in known:
+        raise UserError(f"dataset {name!r}: its {kind}_transform {chosen!r} (datafiles/facts.py) is not one of "
+                        f"dataset.py's {', '.join(known)}")
+    return known[chosen]
 
 
 @dataclass(frozen=True)
@@ -205,12 +198,12 @@ def build_datasets(name: str, root: str, fraction: DataFraction = DataFraction()
                    eval_transform: Callable | None = None) -> Splits:
     """Load dataset `name` from `root` into train/val/test splits, the training split cut to `fraction`, with
     its transforms (unless given); val and test use the eval transform."""
-    spec = get_spec(name)
-    raw = spec.builder(root, download)
+    spec = facts.get(name)
+    raw = builder(name)(root, download)
     chosen = choose_train(targets_of(raw.train), raw.train_pool, fraction.data_number, fraction.subset,
                           fraction.seed)
-    train_tf = train_transform or spec.train_transform(image_size)
-    eval_tf = eval_transform or spec.eval_transform(image_size, resize_size)
+    train_tf = train_transform or transform(name, "train")(image_size)
+    eval_tf = eval_transform or transform(name, "eval")(image_size, resize_size)
     test = None if raw.test is None else SplitView(raw.test, range(len(raw.test)), eval_tf)
     return Splits(SplitView(raw.train, chosen, train_tf), SplitView(raw.val, raw.val_indices, eval_tf), test,
                   raw.num_classes, tuple(spec.mean), tuple(spec.std), chosen)

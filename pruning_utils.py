@@ -274,7 +274,7 @@ def load_ticket(path: str, *, trusted: bool = False) -> tuple[Mask, dict]:
         if "mask_digest" not in meta:
             raise CheckpointError(f"{path} is a packed ticket without a mask_digest, so it cannot be verified: "
                                   "export it again with tickets.py export")
-        return _checked(path, _masks_of(path, state), meta), meta
+        return _checked(path, _masks_of(path, state), meta), _family_named(meta)
     obj = load_file(path, trusted=trusted)
     if not isinstance(obj, dict):
         raise MaskError(f"{path} holds a {type(obj).__name__}, not a ticket: pass a *-ticket.pth.tar file or "
@@ -289,7 +289,7 @@ def load_ticket(path: str, *, trusted: bool = False) -> tuple[Mask, dict]:
     mask = _masks_of(path, state)
     meta = {k: v for k, v in obj.items() if k not in ("state_dict", "packed") and (ours or _plain(v))} \
         if isinstance(obj.get("state_dict"), dict) else {}
-    return _checked(path, mask, meta), meta
+    return _checked(path, mask, meta), _family_named(meta)
 
 
 def _masks_of(path: str, state: dict) -> Mask:
@@ -310,6 +310,13 @@ def _checked(path: str, mask: Mask, meta: dict) -> Mask:
         raise CheckpointError(f"{path}: its masks do not give the mask_digest it records ({recorded}, found "
                               f"{mask_digest(mask)}): the file was changed or damaged; copy or export it again")
     return mask
+
+
+def _family_named(meta: dict) -> dict:
+    """`meta` with the ticket family under `family`, where a ticket written before that name holds `source`."""
+    if "source" in meta and "family" not in meta:
+        meta = {("family" if k == "source" else k): v for k, v in meta.items()}
+    return meta
 
 
 def _plain(value: Any) -> bool:

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         save_ticket(args.out, mask, meta, packed=not args.unpacked)
         size = os.path.getsize(args.out) / 2 ** 20
         print(f"wrote {args.out} ({size:.1f} MiB{', packed' if not args.unpacked else ''}): mask of {len(mask)} "
-              f"layers at sparsity {100 * meta['sparsity']:.2f}%, family {meta['source']}, init digest "
+              f"layers at sparsity {100 * meta['sparsity']:.2f}%, family {meta['family']}, init digest "
               f"{meta.get('init_digest', 'not recorded')}, from {args.checkpoint}")
     elif args.command == "overlap":
         overlap.write_overlap(args.root, args.reference, trusted=trusted)

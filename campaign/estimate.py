@@ -1,6 +1,7 @@
 """What is left to run, estimated (not measured): the images each run's own settings (its driver's recipe, then
 its own flags) pass through each kind of pass, times the FLOPs per image that the compute ledger's own counter
-gives (`models.flops`, 2 FLOPs per multiply-add), and GPU-hours at an assumed sustained rate. torch is imported only when a count is first needed."""
+gives (`models.flops`, 2 FLOPs per multiply-add), and GPU-hours at an assumed sustained rate. torch is imported
+only when a count is first needed."""
 from __future__ import annotations
 
 import functools
@@ -8,17 +9,15 @@ import os
 from dataclasses import dataclass
 
 from campaign.spec import Run
+from datafiles import facts
 from infra.errors import UserError
 from lottery.recipes import RECIPES as IMP_RECIPES
 from transfer.recipes import RECIPES as TRANSFER_RECIPES
 
 UNIT = "FLOP (2 per multiply-add, as the compute ledger counts)"
 RATE = {"bf16": 150e12, "fp32": 50e12}  # FLOP/s assumed sustained on one H100-class card; see the README
-TRAIN_IMAGES = {"cifar10": 45000, "cifar10_2": 45000, "cifar100": 45000, "svhn": 68257}
-VAL_IMAGES = {"cifar10": 5000, "cifar10_2": 5000, "cifar100": 5000, "svhn": 5000}
-TEST_IMAGES = {"cifar10": 10000, "cifar10_2": 10000, "cifar100": 10000, "svhn": 26032}
-CLASSES = {"cifar10": 10, "cifar10_2": 10, "cifar100": 100, "svhn": 10}
-IMAGENET_TRAIN, IMAGENET_VAL = 1281167, 50000  # the ILSVRC-2012 split sizes, where the IMP folder is not readable
+_ILSVRC = facts.DATASETS["imagenet"].sizes  # the ILSVRC-2012 split sizes, where the IMP folder is not readable
+IMAGENET_TRAIN, IMAGENET_VAL = _ILSVRC.train, _ILSVRC.val
 FINAL_TESTS = 3  # a transfer run tests its last, best-SA and best-RA models (fewer when two are the same epoch)
 
 
@@ -67,6 +66,11 @@ def folder_images(root: str, split: str) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
+def table_size(dataset: str, split: str) -> int:
+    """Images of `dataset`'s "train", "val" or "test" split in the dataset table (0: not there, count its folder)."""
+    return getattr(getattr(facts.DATASETS.get(dataset), "sizes", None), split, None) or 0
+
+
 def _attack_steps(run: Run, f: dict[str, str]) -> float:
     if run.mode != "adv":
         return 0.0
@@ -90,9 +94,9 @@ def transfer_passes(run: Run, f: dict[str, str], epochs_done: int) -> Passes:
     """A transfer run: training (with the attack's steps under adv), validation SA and RA (--test_step) from
     --eval_from on, then the final tests' SA and RA."""
     data = f.get("--data", "")
-    n = (TRAIN_IMAGES.get(run.dataset) or folder_images(data, "train")) * _num(f, "--data_number", run)
-    n_val = VAL_IMAGES.get(run.dataset) or folder_images(data, "val") or folder_images(data, "validation")
-    n_test = TEST_IMAGES.get(run.dataset) or folder_images(data, "test")
+    n = (table_size(run.dataset, "train") or folder_images(data, "train")) * _num(f, "--data_number", run)
+    n_val = table_size(run.dataset, "val") or folder_images(data, "val") or folder_images(data, "validation")
+    n_test = table_size(run.dataset, "test") or folder_images(data, "test")
     epochs = _num(f, "--epochs", run)
     steps, test_steps = _attack_steps(run, f), _num(f, "--test_step", run)
     train_epochs = max(0.0, epochs - epochs_done)
@@ -112,7 +116,7 @@ def per_image(run: Run) -> dict[str, float]:
     from models import flops
     f = flags(run)
     arch, size = f["--arch"], int(_num(f, "--image-size", run))
-    classes = 1000 if run.kind == "imp" else CLASSES.get(run.dataset, 10)
+    classes = 1000 if run.kind == "imp" else getattr(facts.DATASETS.get(run.dataset), "num_classes", None) or 10
     small = "--small-input" in f
     return {k: flops.per_image(arch, size, k, num_classes=classes, small_input=small) for k in flops.KINDS}
 

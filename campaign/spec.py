@@ -9,18 +9,18 @@ except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (requireme
     import tomli as tomllib
 from dataclasses import dataclass, field
 
+from datafiles import facts
 from infra.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# transfer.config.DATASETS, written out: the campaign tool imports no training code (torch); a test keeps them equal
-DATASETS = ("cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda")
 MODES = ("std", "adv")
 IMP_KINDS = ("std", "adv")
 TOP_KEYS = {"root", "data", "overrides", "std_overrides", "adv_overrides", "imp_overrides", "init"}
 INIT_KEYS = {"name", "weights", "datasets", "modes", "fractions", "seeds", "dense", "tickets", "overrides",
              "std_overrides", "adv_overrides", "imp_overrides"}
 TICKET_KEYS = {"name", "dir", "levels", "imp"}
-IMP_KEYS = {"kind", "data", "gpus", "overrides", "cpus_per_gpu", "mem_gb_per_gpu", "time", "partition", "seeds"}
+IMP_KEYS = {"kind", "data", "gpus", "overrides", "cpus_per_gpu", "mem_gb_per_gpu", "time", "partition", "seeds",
+            "paired"}
 
 
 @dataclass(frozen=True)
@@ -102,13 +102,19 @@ def fraction_tag(f: float) -> str:
     return f"{f:g}"
 
 
-def driver(mode: str, dataset: str) -> tuple[str, bool]:
-    """(bash driver of a transfer mode, whether it takes DATASET as its first positional)."""
-    if mode == "std":
-        return os.path.join(REPO, "script", "train_downstream", "std.sh"), True
-    if dataset == "svhn":
-        return os.path.join(REPO, "script", "train_downstream", "adv_svhn.sh"), False
-    return os.path.join(REPO, "script", "train_downstream", "adv_cifar.sh"), True
+# each transfer recipe's bash driver and the dataset it fixes (None: it takes DATASET as its first positional)
+DRIVERS = {"std": ("std.sh", None), "adv_cifar": ("adv_cifar.sh", None), "adv_svhn": ("adv_svhn.sh", "svhn")}
+
+
+def driver(mode: str, dataset: str) -> tuple[str, list[str], list[str]]:
+    """(bash driver of a transfer mode on `dataset`, the positionals before INIT, the flags after TICKET): std,
+    or the dataset's adversarial recipe from the dataset table; a driver that fixes another dataset is told
+    `--dataset`."""
+    script, fixed = DRIVERS["std" if mode == "std" else facts.adv_recipe(dataset)]
+    path = os.path.join(REPO, "script", "train_downstream", script)
+    if fixed is None:
+        return path, [dataset], []
+    return path, [], ([] if dataset == fixed else ["--dataset", dataset])
 
 
 class _Reader:
@@ -198,7 +204,8 @@ def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, name
     weights = _abs(r.get(init, "weights", str, where, required=True))
     if not os.path.isfile(weights):
         raise r.fail(f"{where}weights: file {weights} not found")
-    datasets = _choices(r, r.get(init, "datasets", str, where, required=True), DATASETS, f"{where}datasets", "dataset")
+    datasets = _choices(r, r.get(init, "datasets", str, where, required=True), facts.downstream(), f"{where}datasets",
+                        "dataset")
     modes = _choices(r, r.get(init, "modes", str, where, default=list(MODES)), MODES, f"{where}modes", "mode")
     fractions = r.get(init, "fractions", (int, float), where, default=[1])
     if not all(0 < f <= 1 for f in fractions):
@@ -206,25 +213,35 @@ def _expand_init(r: _Reader, spec: dict, init, where: str, data, root: str, name
     seeds = r.get(init, "seeds", int, where, default=[1])
     imp_flags = [*r.flags(spec, "imp_overrides", ""), *r.flags(init, "imp_overrides", where)]
     runs, tickets = _tickets(r, init, where, name, weights, imp_flags)
+    for tag, _, own_seed in tickets:
+        if own_seed is not None and own_seed not in seeds:
+            raise r.fail(f"{where}seeds = {seeds!r}: the paired tickets {tag} need transfer seed {own_seed} (each IMP "
+                         "seed of a paired stage is transferred with the transfer seed of the same number)")
     for d in datasets:
         root_d = data.get(d) if isinstance(data, dict) else data
         if not isinstance(root_d, str):
             raise r.fail(f"data: no folder for dataset {d!r} (data.{d} = \"...\")")
         for frac in fractions:
-            for tag, ticket in tickets:
+            for tag, ticket, own_seed in tickets:
                 for mode in modes:
-                    script, takes_dataset = driver(mode, d)
+                    script, before, after = _driver(r, mode, d, where)
                     extra = [*r.flags(spec, "overrides", ""), *r.flags(spec, f"{mode}_overrides", ""),
                              *r.flags(init, "overrides", where), *r.flags(init, f"{mode}_overrides", where)]
-                    for seed in seeds:
+                    for seed in (seeds if own_seed is None else [own_seed]):
                         rid = f"{name}/{d}-{fraction_tag(frac)}/{tag}/{mode}/s{seed}"
                         save = os.path.join(root, rid)
-                        cmd = ["bash", script, *([d] if takes_dataset else []), weights, save, ticket or "",
-                               "--data", _abs(root_d), "--data_number", fraction_tag(frac), "--seed", str(seed),
-                               *extra]
+                        cmd = ["bash", script, *before, weights, save, ticket or "", *after, "--data", _abs(root_d),
+                               "--data_number", fraction_tag(frac), "--seed", str(seed), *extra]
                         runs.append(Run(rid, "transfer", save, tuple(cmd), needs=ticket, dataset=d, mode=mode,
                                         inputs=(weights, _abs(root_d), *([ticket] if ticket else []))))
     return runs
+
+
+def _driver(r: _Reader, mode: str, dataset: str, where: str) -> tuple[str, list[str], list[str]]:
+    try:
+        return driver(mode, dataset)
+    except UserError as e:
+        raise r.fail(f"{where}modes: {mode} on {dataset}: {e}") from None
 
 
 def _choices(r: _Reader, values: list[str], known: tuple[str, ...], where: str, what: str) -> list[str]:
@@ -235,11 +252,13 @@ def _choices(r: _Reader, values: list[str], known: tuple[str, ...], where: str, 
 
 
 def _tickets(r: _Reader, init: dict, where: str, name: str, weights: str,
-             imp_flags: list[str]) -> tuple[list[Run], list[tuple[str, str | None]]]:
+             imp_flags: list[str]) -> tuple[list[Run], list[tuple[str, str | None, int | None]]]:
     """The IMP runs of an [[init]]'s [[init.tickets]] (`imp_flags`: the campaign's and the init's
-    imp_overrides, before each stage's own) and the (tag, ticket file) pairs to transfer (dense: None)."""
+    imp_overrides, before each stage's own) and the (tag, ticket file, its one transfer seed or None: all the
+    init's seeds) triples to transfer (dense: no file)."""
     runs: list[Run] = []
-    tickets: list[tuple[str, str | None]] = [("dense", None)] if r.get(init, "dense", bool, where, default=True) else []
+    tickets: list[tuple[str, str | None, int | None]] = \
+        [("dense", None, None)] if r.get(init, "dense", bool, where, default=True) else []
     for j, t in enumerate(init.get("tickets", [])):
         tw = f"{where}tickets[{j}]."
         if not isinstance(t, dict):
@@ -248,6 +267,7 @@ def _tickets(r: _Reader, init: dict, where: str, name: str, weights: str,
         tname = r.get(t, "name", str, tw, required=True)
         folder = _abs(r.get(t, "dir", str, tw, required=True))
         levels = _levels(r, t, tw)
+        paired = _paired(r, t, tw)
         for tag, sub, seed in _replicates(r, t, tw, tname, folder):
             files = [os.path.join(sub, f"{k}-ticket.pth.tar") for k in levels]
             if "imp" in t:
@@ -258,10 +278,22 @@ def _tickets(r: _Reader, init: dict, where: str, name: str, weights: str,
                 if missing:
                     raise r.fail(f"{tw}levels: ticket {missing} does not exist and no [init.tickets.imp] stage "
                                  "makes it: add one, or drop that level")
-            tickets += [(f"{tag}-{os.path.basename(f).split('-')[0]}", f) for f in files]
+            tickets += [(f"{tag}-{os.path.basename(f).split('-')[0]}", f, seed if paired else None) for f in files]
     if not tickets:
         raise r.fail(f"{where}: no tickets and dense = false: nothing to run")
     return runs, tickets
+
+
+def _paired(r: _Reader, t: dict, where: str) -> bool:
+    """`imp.paired = true`: IMP seed k's tickets are transferred with transfer seed k only, so that each is
+    compared with the dense run of the same seed (the report pairs them; docs/VERDICT.md)."""
+    imp = t.get("imp")
+    if not isinstance(imp, dict) or "paired" not in imp:
+        return False
+    paired = r.get(imp, "paired", bool, f"{where}imp.")
+    if paired and "seeds" not in imp:
+        raise r.fail(f"{where}imp.paired = true needs imp.seeds = [1, 2, ...] (one IMP stage per seed to pair)")
+    return paired
 
 
 def _replicates(r: _Reader, t: dict, where: str, tname: str, folder: str) -> list[tuple[str, str, int | None]]:

@@ -1,6 +1,6 @@
-"""The on-disk formats the dataset table reads, one builder each: CIFAR/SVHN files through torchvision, and
-ImageFolder trees (ImageNet, folder, VisDA). A builder returns untransformed `RawSplits`, the PROTOCOL split of an
-official training file included; a missing or malformed file is one DataError line naming it."""
+"""The on-disk formats the dataset table (datafiles/facts.py) names, one builder each: CIFAR/SVHN files through
+torchvision, and ImageFolder trees (ImageNet, folder, VisDA). A builder returns untransformed `RawSplits`, the
+PROTOCOL split of an official training file included; a missing or malformed file is one DataError line naming it."""
 from __future__ import annotations
 
 import os
@@ -77,6 +77,10 @@ def cifar(name: str, cls: type[tvd.CIFAR10]) -> Callable[[str, bool], RawSplits]
         pool, val = train_val_split(len(train), official_n=50000)
         return RawSplits(train, pool, train, val, test, len(train.classes))
     return build
+
+
+cifar10, cifar10_2 = cifar("cifar10", tvd.CIFAR10), cifar("cifar10_2", tvd.CIFAR10)
+cifar100 = cifar("cifar100", tvd.CIFAR100)
 
 
 def svhn(root: str, download: bool) -> RawSplits:

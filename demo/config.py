@@ -75,7 +75,7 @@ class Family:
     flags, and the levels whose tickets are transferred (a family's level 1 is the plain one's: pruned from the
     init before any training, so it is not transferred twice)."""
     kind: str       # the pre-training kind it starts from
-    name: str       # the ticket family (its tickets' `source`, and the campaign's ticket folder name)
+    name: str       # the ticket family (its tickets' `family`, and the campaign's ticket folder name)
     folder: str
     flags: tuple[str, ...]
     levels: tuple[int, ...]

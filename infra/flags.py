@@ -19,9 +19,10 @@ _PLAIN = object()  # a Flag's default when it is no part of a built field
 @dataclass(frozen=True)
 class Flag:
     """One argparse argument. `type` converts the command-line text (an error names the flag); `default` is
-    given only for the parts of a built field (the parts' values when not passed)."""
+    given only for the parts of a built field (the parts' values when not passed). `help` may be a function,
+    called each time a parser is made (help that lists a registry), and `choices` a live view (a dict's keys)."""
     names: tuple[str, ...]
-    help: str = ""
+    help: str | Callable[[], str] = ""
     type: Callable[[str], Any] | None = None
     choices: Sequence | None = None
     action: Any = None           # None: "store", or for a bool field store_true / --x/--no-x (default True/None)
@@ -100,14 +101,15 @@ def _argparse_options(f: dataclasses.Field, s: Spec, part: Flag) -> dict:
 
 
 def _help(f: dataclasses.Field, s: Spec, part: Flag) -> str:
+    text = part.help() if callable(part.help) else part.help
     if part is not s.flags[0] or s.build is not None:
-        return part.help
+        return text
     default = s.show if s.show is not None else f.default
     if default is MISSING or default is None or default is False or default in ("", ()):
-        return part.help
+        return text
     if default is True:
         default = "on"
-    return f"{part.help} (default: {default})" if part.help else f"default: {default}"
+    return f"{text} (default: {default})" if text else f"default: {default}"
 
 
 def from_args(cls: type, args: argparse.Namespace) -> Any:

@@ -10,9 +10,10 @@ import models
 from attacks import LOSSES, AttackConfig, AttackFlags
 from infra.errors import ConfigError
 from infra.flags import REQUIRED, built, flag
+from lottery import criteria
 from training.runner import GENERAL, SPEED, RunSettings, optional_path
 
-PRUNE_METHODS = ("magnitude", "random")
+PRUNE_METHODS = criteria.CRITERIA.keys()  # the registered pruning criteria (lottery/criteria.py), a live view
 TRAINING, PRUNING, ATTACK = "training", "pruning", "attack (A-IMP; eps and step sizes as fractions of the pixel range)"
 TRAIN_ATTACK = AttackFlags("train", steps=3, gamma=16 / 765, kinds=True, randinit=True)  # the original A-IMP's
 ATTACK_FIELDS = ("attack", "attack_loss", "robust_val", "robust_val_images")  # main_imp_std.py: no attack flags
@@ -41,8 +42,7 @@ class IMPConfig(RunSettings):
     weight_decay: float = flag("--wd --weight-decay", 1e-4, "weight decay", group=TRAINING, type=float)
     rate: float = flag("--rate", 0.2, "fraction of the surviving conv weights pruned per level", group=PRUNING,
                        type=float)
-    prune_method: str = flag("--prune-method", "magnitude", "global magnitude pruning, or random pruning (the "
-                             "paper's baseline)", group=PRUNING, choices=PRUNE_METHODS)
+    prune_method: str = flag("--prune-method", "magnitude", criteria.help_text, group=PRUNING, choices=PRUNE_METHODS)
     attack: AttackConfig | None = built(TRAIN_ATTACK.flags(), TRAIN_ATTACK.build, None, group=ATTACK)
     attack_loss: str = flag("--attack-loss", "mean", "the attack's cross-entropy: mean over the batch (the "
                             "original's) or sum (advertorch's default)", group=ATTACK, choices=list(LOSSES))
@@ -66,9 +66,10 @@ class IMPConfig(RunSettings):
                                       metavar="S")
     omp_level: int | None = flag("--omp-level", None, "one-shot (OMP) to the sparsity of level K, 1-(1-rate)^K, "
                                  "written as K-ticket.pth.tar", group=PRUNING, type=int, metavar="K")
-    family: str | None = flag("--family", None, "the ticket family's name, in each ticket's metadata (`source`) and "
+    family: str | None = flag("--family", None, "the ticket family's name, in each ticket's metadata (`family`) and "
                               "the report (default: derived from the recipe: imp, aimp, aimp-fgsm, omp, with -eb, "
-                              "-diet<F>, -random)", group=PRUNING, metavar="NAME")
+                              "-diet<F>, and the --prune-method's suffix, e.g. -random)", group=PRUNING,
+                              metavar="NAME")
     early_bird: float | None = flag("--early-bird", None, "early-bird levels: stop a level's training once the masks "
                                     "it would prune to in the last --early-bird-window epochs are all within "
                                     "distance D of the newest. The distance (each metrics row's mask_distance) is "
@@ -114,9 +115,12 @@ class IMPConfig(RunSettings):
             (self.robust_val is None or self.attack is not None,
              "--robust-val attacks at A-IMP's --train_eps: use main_imp_adv.py (imp_adv.sh)"),
             (self.robust_val_images >= 1, f"--robust-val-images must be at least 1, got {self.robust_val_images}"),
-            (self.early_bird is None or (self.prune_method == "magnitude" and self.omp_sparsity is None),
-             "--early-bird watches the magnitude masks of trained levels: drop it with --prune-method random "
-             "or --omp-sparsity/--omp-level"),
+            (self.early_bird is None or self.omp_sparsity is None,
+             "--early-bird watches the masks of trained levels: drop it with --omp-sparsity/--omp-level"),
+            (self.early_bird is None or self.prune_method not in PRUNE_METHODS
+             or criteria.CRITERIA[self.prune_method].early_bird,
+             f"--early-bird watches the masks of trained levels, which --prune-method {self.prune_method} does not "
+             f"follow: drop it, or prune with one that does ({', '.join(criteria.watched())})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -127,16 +131,16 @@ class IMPConfig(RunSettings):
         return self.epochs // self.prune_epoch
 
     @property
-    def source(self) -> str:
-        """How the tickets are made, the ticket family (the ticket meta's `source`, which report.py groups by):
+    def ticket_family(self) -> str:
+        """How the tickets are made, the ticket family (the ticket meta's `family`, which report.py groups by):
         --family, else imp, aimp (aimp-fgsm with FGSM-RS), omp; -eb for early-bird levels, -diet<F> on a fraction
-        F of the data, -random for random pruning."""
+        F of the data, then the pruning criterion's suffix (none for magnitude, -random for random)."""
         return family_of(config_dict(self))
 
 
 def family_of(config: dict) -> str:
-    """The ticket family a run's settings make (its `source`), from their plain form (`config_dict`, or the
-    `config` an IMP checkpoint holds)."""
+    """The ticket family a run's settings make, from their plain form (`config_dict`, or the `config` an IMP
+    checkpoint holds)."""
     if config.get("family") is not None:
         return config["family"]
     attack = config.get("attack")
@@ -144,7 +148,7 @@ def family_of(config: dict) -> str:
     name += "-fgsm" if name == "aimp" and attack.get("kind") == "fgsm" else ""
     name += "-eb" if config.get("early_bird") is not None else ""
     name += f"-diet{config['data_number']:g}" if config.get("data_number", 1.0) < 1 else ""
-    return name if config.get("prune_method", "magnitude") == "magnitude" else f"{name}-random"
+    return name + criteria.family_suffix(config.get("prune_method", "magnitude"))
 
 
 def config_dict(cfg: IMPConfig) -> dict:

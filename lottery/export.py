@@ -18,7 +18,7 @@ RESERVED = ("format", "version", "state_dict", "packed", "bit_order", "shapes") 
 PATH_KEYS = frozenset({f.name for f in dataclasses.fields(IMPConfig)
                        if spec(f) is not None and spec(f).flags[0].metavar in ("PATH", "DIR")}
                       | {"init", "exported_from", "ticket"})
-PROVENANCE = ("source", "init_digest", "cost", "level", "arch", "init", "config")
+PROVENANCE = ("family", "init_digest", "cost", "level", "arch", "init", "config")
 
 
 def shareable_meta(path: str, mask: Mask, meta: dict, *, trusted: bool = False) -> dict:
@@ -26,9 +26,9 @@ def shareable_meta(path: str, mask: Mask, meta: dict, *, trusted: bool = False) 
     its own provenance, else what the IMP checkpoint tells (see `checkpoint_provenance`), with the mask's digest
     and sparsity and the file it came from, every path reduced to its file name."""
     out = {k: v for k, v in meta.items() if k not in RESERVED}
-    if not {"source", "init_digest"} <= set(out):
+    if not {"family", "init_digest"} <= set(out):
         out = {**checkpoint_provenance(path, mask, trusted=trusted), **out}
-    out.setdefault("source", os.path.basename(path))  # a bare checkpoint of unknown family is its own source
+    out.setdefault("family", os.path.basename(path))  # a bare checkpoint of unknown family is its own family
     out.update(exported_from=path, sparsity=sparsity(mask), mask_digest=mask_digest(mask))
     return scrub(out)
 
@@ -58,7 +58,7 @@ def checkpoint_provenance(path: str, mask: Mask, *, trusted: bool = False) -> di
             out["init_digest"] = weights_digest(init, mask)
     config = obj.get("config")
     if isinstance(config, dict):
-        out.update(source=family_of(config), config=config, init=config.get("init"))
+        out.update(family=family_of(config), config=config, init=config.get("init"))
         cost = _recorded_cost(folder, level) if isinstance(level, int) else None
         if cost is not None:
             out["cost"] = cost

@@ -26,18 +26,18 @@ def level_costs(save_dir: str, level: int, trained: bool = True) -> tuple[dict, 
 
 
 def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_digest: str) -> None:
-    """`<level>-ticket.pth.tar` (masks + level, sparsity, family (`source`), the init and the digest of its
+    """`<level>-ticket.pth.tar` (masks + level, sparsity, family, the init and the digest of its
     weights, config, the cumulative cost of the levels that made it) and `<level>-sparsity.json` (the same cost,
     and the last level's own)."""
     s, layers = pruning_utils.sparsity(mask), pruning_utils.layer_sparsity(mask)
     cost, last = level_costs(cfg.save_dir, level, trained=cfg.omp_sparsity is None)
-    meta = {"level": level, "sparsity": s, "source": cfg.source, "init": cfg.init, "arch": cfg.arch,
+    meta = {"level": level, "sparsity": s, "family": cfg.ticket_family, "init": cfg.init, "arch": cfg.arch,
             "mask_digest": digest, "init_digest": init_digest, "config": config_dict(cfg), "cost": cost}
     robust = _level_robust_val(cfg, level - 1)
     meta.update({"robust_val": robust} if robust else {})
     pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
     runner.folder(cfg.save_dir).write_json(files.imp_sparsity(cfg.save_dir, level), {
-        "level": level, "sparsity": s, "source": cfg.source, "mask_digest": digest, "layers": layers,
+        "level": level, "sparsity": s, "family": cfg.ticket_family, "mask_digest": digest, "layers": layers,
         "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values()),
         "cost": cost, "level_cost": last, **({"robust_val": robust} if robust else {})})
 

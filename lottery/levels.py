@@ -27,6 +27,7 @@ from training import weights
 from attacks import build_attack
 from infra.distributed import DistEnv
 from infra.runlog import LOGGER
+from lottery import criteria
 from lottery.config import IMPConfig
 from lottery import robust_val
 from lottery.early_bird import Watch
@@ -38,11 +39,12 @@ log = logging.getLogger(LOGGER)
 
 
 # ---------------------------------------------------------------------------- masks
-def prune(net: torch.nn.Module, mask: Mask, rate: float, cfg: IMPConfig, level: int) -> Mask:
-    """Remove `rate` of the weights `mask` keeps, judged on the weights `net` holds now."""
-    if cfg.prune_method == "random":
-        return pruning_utils.random_prune(net, mask, rate, generator=reproducibility.level_generator(cfg.seed, level))
-    return pruning_utils.magnitude_prune(net, mask, rate)
+def prune(net: torch.nn.Module, mask: Mask, rate: float, cfg: IMPConfig, level: int,
+          batches: criteria.Batches | None = None) -> Mask:
+    """Remove `rate` of the weights `mask` keeps, judged by --prune-method's criterion on the weights `net` holds
+    now (with a generator seeded by (--seed, level) and the level's training batches, `batches`, where known)."""
+    context = criteria.Context(reproducibility.level_generator(cfg.seed, level), batches)
+    return criteria.get(cfg.prune_method).select(net, mask, rate, context)
 
 
 def _agree(mask: Mask, env: DistEnv, what: str) -> str:
@@ -58,17 +60,17 @@ def _agree(mask: Mask, env: DistEnv, what: str) -> str:
 
 
 def begin_level(net: torch.nn.Module, init_state: dict, mask: Mask, level: int, cfg: IMPConfig, env: DistEnv,
-                rate: float | None = None) -> Mask:
+                rate: float | None = None, batches: criteria.Batches | None = None) -> Mask:
     """Mask `level` pruned (on rank 0, then broadcast) from the weights `net` holds and the previous mask;
     the survivors are rewound to `init_state` and rank 0 writes the level's ticket and sparsity files."""
     rate = cfg.rate if rate is None else rate
-    new = distributed.broadcast_mask(prune(net, mask, rate, cfg, level) if env.is_main else mask, env)
+    new = distributed.broadcast_mask(prune(net, mask, rate, cfg, level, batches) if env.is_main else mask, env)
     digest = _agree(new, env, f"level {level}")
     pruning_utils.rewind(net, init_state, new)
     if env.is_main:
         write_level_files(cfg, level, new, digest, pruning_utils.weights_digest(init_state, new))
     log.info(f"level {level}: sparsity {100 * pruning_utils.sparsity(new):.2f}% of the conv weights "
-             f"({cfg.source}), survivors rewound to the init")
+             f"({cfg.ticket_family}), survivors rewound to the init")
     return new
 
 
@@ -131,7 +133,8 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
         net.to(memory_format=torch.channels_last)
     if cfg.omp_sparsity is not None:
         level = cfg.omp_level or 1
-        begin_level(net, init_state, pruning_utils.full_mask(net), level, cfg, env, rate=cfg.omp_sparsity)
+        begin_level(net, init_state, pruning_utils.full_mask(net), level, cfg, env, rate=cfg.omp_sparsity,
+                    batches=lambda: _loaders(cfg, env, splits)[0](0))
         log.info(f"one-shot ticket: {files.imp_ticket(cfg.save_dir, level)}")
         return
     train_loader, val_loader, robust = _loaders(cfg, env, splits)
@@ -142,7 +145,7 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     if cfg.evaluate:
         mask = None if obj is None else restore(net, obj, path, init_state)[0]
         return _evaluate_only(env, cfg, net, val_loader, mask, path or cfg.init, cl)
-    at = _starting_point(net, init_state, cfg, env, path, obj)
+    at = _starting_point(net, init_state, cfg, env, path, obj, train_loader)
     if env.is_main:
         runner.truncate_metrics(cfg.save_dir, at.done)
     model = runner.wrap(net, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
@@ -156,7 +159,8 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     while at.level <= cfg.levels:
         while at.done < at.level * cfg.prune_epoch:  # an early-bird level that stops counts all its epochs done
             levels.epoch(at.done, at, optimizer)
-        at.mask = begin_level(net, at.init_state, at.mask, at.level + 1, cfg, env)
+        at.mask = begin_level(net, at.init_state, at.mask, at.level + 1, cfg, env,
+                              batches=lambda: train_loader(at.done))
         at.level, at.best, optimizer, at.watch = at.level + 1, None, _sgd(model, cfg), new_watch(cfg)
     if board is not None:
         board.close()
@@ -226,7 +230,8 @@ class Levels:
         when the level stops (rank 0 decides, every rank follows), all its epochs count as done. Returns (the
         distance to the previous epoch's mask, whether the level stops)."""
         cfg, env = self.cfg, self.train.env
-        previous, stop = at.watch.observe(prune(self.net, at.mask, cfg.rate, cfg, at.level), at.mask)
+        candidate = prune(self.net, at.mask, cfg.rate, cfg, at.level, lambda: self.train_loader(at.done))
+        previous, stop = at.watch.observe(candidate, at.mask)
         if cfg.early_bird is None:
             return previous, False
         stop = bool(distributed.broadcast_(torch.tensor(int(stop), device=env.device), env).item())
@@ -239,13 +244,13 @@ class Levels:
 
 
 def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: str | None,
-                    obj: dict | None) -> Position:
+                    obj: dict | None, train_loader: Callable[[int], DataLoader]) -> Position:
     """Where the run starts: level 1 pruned from the init, or the checkpoint's level and epoch (a finished level
     moves on to the next one, pruned from its trained weights), with the checkpoint's optimizer state and best
     val SA when the level goes on."""
     if obj is None:
-        return Position(begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env), init_state, 1,
-                        watch=new_watch(cfg))
+        return Position(begin_level(net, init_state, pruning_utils.full_mask(net), 1, cfg, env,
+                                    batches=lambda: train_loader(0)), init_state, 1, watch=new_watch(cfg))
     level, done = level_of(obj, path, cfg)
     mask, init_state = restore(net, obj, path, init_state)
     log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
@@ -253,8 +258,8 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: s
         write_level_files(cfg, level, mask, pruning_utils.mask_digest(mask),
                           pruning_utils.weights_digest(init_state, mask))
     if done == level * cfg.prune_epoch:
-        return Position(begin_level(net, init_state, mask, level + 1, cfg, env), init_state, level + 1, done,
-                        watch=new_watch(cfg))
+        return Position(begin_level(net, init_state, mask, level + 1, cfg, env, batches=lambda: train_loader(done)),
+                        init_state, level + 1, done, watch=new_watch(cfg))
     best, watch = obj.get("best_acc1"), new_watch(cfg)
     if watch is not None:  # "early_bird": the key before every run kept its window
         watch.load(obj.get("candidate_masks", obj.get("early_bird")) or [], env.device, path)
@@ -264,8 +269,8 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: s
 
 def new_watch(cfg: IMPConfig) -> Watch | None:
     """A level's empty window of candidate masks: --early-bird's, else the previous epoch's alone (for the
-    metrics rows' `mask_distance`); None for random pruning."""
-    if cfg.prune_method != "magnitude":
+    metrics rows' `mask_distance`); None for a criterion whose masks do not follow the weights (random)."""
+    if not criteria.get(cfg.prune_method).early_bird:
         return None
     return Watch(cfg.early_bird, cfg.early_bird_window if cfg.early_bird is not None else 2)
 

@@ -14,7 +14,7 @@ from infra import checkpoint
 from infra.errors import UserError
 from lottery.ticket_stats import compare
 from pruning_utils import load_ticket
-from reporting.runs import OVERLAP, SPARSITY_SLACK, init_label, read_sparsity
+from reporting.runs import OVERLAP, SPARSITY_SLACK, init_label, read_sparsity, ticket_family
 
 OMP = "omp"  # the one-shot family: a training-free mask, the floor a trained family should beat
 
@@ -35,7 +35,7 @@ def tickets_under(root: str) -> dict[tuple[str, str, float], list[str]]:
         meta = data.get("ticket_meta") if isinstance(data, dict) else None
         ticket, sparsity = (data.get("ticket"), read_sparsity(data)[0]) if isinstance(meta, dict) else (None, None)
         if ticket and sparsity and os.path.isfile(ticket):
-            found.setdefault((init_label(data), str(meta.get("source") or "ticket"), sparsity), set()).add(ticket)
+            found.setdefault((init_label(data), ticket_family(meta), sparsity), set()).add(ticket)
     return {k: sorted(v) for k, v in found.items()}
 
 

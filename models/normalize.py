@@ -11,7 +11,7 @@ from torch import nn
 
 from infra.distributed import unwrap
 
-IDENTITY_MEAN = (0.0, 0.0, 0.0)  # no normalisation until the data set's stats are set (dataset.DATASETS)
+IDENTITY_MEAN = (0.0, 0.0, 0.0)  # no normalisation until the data set's stats are set (datafiles/facts.py)
 IDENTITY_STD = (1.0, 1.0, 1.0)
 
 

@@ -164,7 +164,7 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
                              "(its other numbers are used)")] if needed else []
     extra = tuple(_text(_dotted(data, k)) for k in opts.group_by)
     meta = data.get("ticket_meta") if isinstance(data.get("ticket_meta"), dict) else {}
-    source = "dense" if sparsity == 0 else str(meta.get("source") or "ticket")
+    source = "dense" if sparsity == 0 else ticket_family(meta)
     settings = {k: json.dumps(_dotted(data, k), sort_keys=True) for k in WATCH}
     seed = data.get("seed") if isinstance(data.get("seed"), (int, str)) else None  # None: cannot spot duplicates
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
@@ -176,6 +176,12 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
               settings, hours(meta.get("cost")), hours(data.get("cost")), flop(meta.get("cost")),
               flop(data.get("cost")), imp_seed, images, correct)
     return run, problems
+
+
+def ticket_family(meta: dict) -> str:
+    """The family of a ticket from its meta: `family`, or `source` as tickets written before that name
+    call it; "ticket" when neither is there."""
+    return str(meta.get("family") or meta.get("source") or "ticket")
 
 
 def _count(v) -> int | None:

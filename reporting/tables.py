@@ -62,10 +62,10 @@ def cell_text(cell: Cell | None, match: bool | None, judged: bool = False, stat:
 def headline(group: Group) -> str:
     best = group.highest()
     text = f"{percent(best.sparsity)} ({best.source})" if best else "none"
-    sources = sorted({r.source for r in group.rows if not r.dense})
-    if len(sources) > 1:
-        per = [f"{s} {percent(group.highest(s).sparsity) if group.highest(s) else 'none'}" for s in sources]
-        text += "; by source: " + ", ".join(per)
+    families = sorted({r.source for r in group.rows if not r.dense})
+    if len(families) > 1:
+        per = [f"{s} {percent(group.highest(s).sparsity) if group.highest(s) else 'none'}" for s in families]
+        text += "; by family: " + ", ".join(per)
     return text
 
 
@@ -80,7 +80,7 @@ def margin_line(group: Group) -> str:
 
 def table(group: Group, opts: Options) -> tuple[list[str], list[list[str]]]:
     cols = shown_columns(group, opts)
-    header = ["sparsity", "remaining", "source", *map(column_name, cols), "double-win", "status"]
+    header = ["sparsity", "remaining", "family", *map(column_name, cols), "double-win", "status"]
     rows = [[percent(r.sparsity), percent(1 - r.sparsity), r.source,
              *(cell_text(r.cells.get(c), r.match.get(c), c in (r.tests or {}), opts.verdict == "stat")
                for c in cols),
@@ -141,10 +141,10 @@ def _num(v: float | None) -> str:
 
 
 def render_csv(report: Report) -> str:
-    """One line per group x (sparsity, source): every cell's mean/std/n/match (1/0, empty when not judged)."""
+    """One line per group x (sparsity, family): every cell's mean/std/n/match (1/0, empty when not judged)."""
     metric_cols = [f"{m}_{k}_{f}" for m, k in ALL_COLUMNS
                    for f in ("mean", "std", "n", "match", "imp_seeds", "lower", "upper", "call")]
-    header = ["init", "dataset", "data_number", *report.opts.group_by, "source", "sparsity", "remaining",
+    header = ["init", "dataset", "data_number", *report.opts.group_by, "family", "sparsity", "remaining",
               *metric_cols, "double_win", "call", "status", "ticket_device_hours", "transfer_device_hours",
               "checkpoint", "ra", "verdict", "tolerance", "margin", "confidence"]
     buf = io.StringIO()

@@ -37,6 +37,7 @@ class Test:
     why: str                  # the bound that decided, or the interval that crosses the margin
     seeds: int | None = None  # inconclusive: about how many seeds per side would settle it (None: seeds alone won't)
     advice: str = ""          # inconclusive: what would settle it, in words
+    by_seed: bool = False     # ticket and dense runs paired by transfer seed (each unit's differences, then their spread)
 
 
 def unpack(bits: str, n: int) -> np.ndarray | None:
@@ -64,9 +65,40 @@ def _spread(samples: Sequence[Sample]) -> tuple[float, float | None, int]:
     return float(np.mean(units)), var, len(units)
 
 
+def _units(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """The replicates of ticket finding: one list per IMP seed where there are several, else one per run."""
+    by_imp: dict[object, list[Sample]] = {}
+    for s in samples:
+        by_imp.setdefault(s.imp_seed, []).append(s)
+    return list(by_imp.values()) if len(by_imp) >= 2 else [[s] for s in samples]
+
+
+def seed_pairs(ticket: Sequence[Sample], dense: Sequence[Sample]) -> list[tuple[list[Sample], list[Sample]]] | None:
+    """(ticket unit, its dense partners) when the comparison is paired by transfer seed: at least two units, no
+    transfer seed in two units, and one dense run with each of a unit's seeds. Then a unit and its partners saw
+    the same data order, augmentation and head initialisation, and only the backbone differs; each unit's
+    difference is independent of the others'. None otherwise (a crossed design: every IMP seed's tickets
+    transferred with the same seeds shares the dense runs between units, so their differences are not
+    independent)."""
+    units = _units(ticket)
+    seeds = [s.seed for u in units for s in u]
+    by_seed: dict[object, list[Sample]] = {}
+    for d in dense:
+        by_seed.setdefault(d.seed, []).append(d)
+    if len(units) < 2 or None in seeds or len(set(seeds)) != len(seeds) or \
+            any(len(by_seed.get(k, ())) != 1 for k in seeds):
+        return None
+    return [(u, [by_seed[s.seed][0] for s in u]) for u in units]
+
+
 def _seed_part(ticket: Sequence[Sample], dense: Sequence[Sample]) -> tuple[float, list[tuple[float, float]], float,
                                                                              str]:
     """(diff, [(variance of diff from seeds, df)], unit variance sum for advice (nan: unknown), note)."""
+    pairs = seed_pairs(ticket, dense)
+    if pairs is not None:
+        d = [float(np.mean([s.value for s in u]) - np.mean([s.value for s in p])) for u, p in pairs]
+        var = float(np.var(d, ddof=1))
+        return float(np.mean(d)), [(var / len(d), len(d) - 1)], var, ""
     mt, vt, nt = _spread(ticket)
     md, vd, nd = _spread(dense)
     diff = mt - md
@@ -84,19 +116,26 @@ def _same_images(samples: Sequence[Sample]) -> int | None:
     return sizes.pop() if len(sizes) == 1 and None not in sizes else None
 
 
-def _test_part(ticket: Sequence[Sample], dense: Sequence[Sample], margin: float) -> tuple[float, float, bool] | None:
+def _test_part(ticket: Sequence[Sample], dense: Sequence[Sample], margin: float,
+               pairs: list[tuple[list[Sample], list[Sample]]] | None = None) -> tuple[float, float, bool] | None:
     """(variance of diff from the finite test set in points^2, its df, paired) or None when a run lacks its
     test size. Paired: per image, the ticket runs' mean correctness minus the dense runs'; unpaired: binomial.
     Pseudo-counts (half an image each way, paired; one right and one wrong per side, unpaired) keep it > 0, and
     the paired variance is never below what a true difference of exactly -margin implies: with per-image
     differences in steps of g = 1/lcm(runs per side), E[D^2] >= g * |E[D]| (few discordant images would
     otherwise give a narrow bound by chance)."""
+    if pairs is not None:  # the dense runs that partner the ticket's units, each unit weighted alike
+        dense = [p for _, ps in pairs for p in ps]
     n = _same_images([*ticket, *dense])
     if n is not None:
-        rows = [unpack(s.bits, n) if s.bits else None for s in (*ticket, *dense)]
-        if all(r is not None for r in rows):
-            t = np.mean(rows[:len(ticket)], axis=0)
-            d = np.mean(rows[len(ticket):], axis=0)
+        rows = {id(s): unpack(s.bits, n) if s.bits else None for s in (*ticket, *dense)}
+        if all(r is not None for r in rows.values()):
+            if pairs is None:
+                t = np.mean([rows[id(s)] for s in ticket], axis=0)
+                d = np.mean([rows[id(s)] for s in dense], axis=0)
+            else:
+                t = np.mean([np.mean([rows[id(s)] for s in u], axis=0) for u, _ in pairs], axis=0)
+                d = np.mean([np.mean([rows[id(s)] for s in ps], axis=0) for _, ps in pairs], axis=0)
             diffs = np.concatenate([t - d, [1.0, -1.0, 0.0]])
             weights = np.concatenate([np.ones(n), [0.5, 0.5, 1.0]])
             mean = np.average(diffs, weights=weights)
@@ -130,7 +169,8 @@ def compare(ticket: Sequence[Sample], dense: Sequence[Sample], margin: float, co
     """Non-inferiority of the ticket's mean accuracy: lower bound of (ticket - dense) > -margin is double-win,
     the upper bound < -margin is not double-win, otherwise inconclusive. Both lists must be non-empty."""
     diff, parts, unit_var, note = _seed_part(ticket, dense)
-    test = _test_part(ticket, dense, margin)
+    pairs = seed_pairs(ticket, dense)
+    test = _test_part(ticket, dense, margin, pairs)
     if test is None:
         if any(x.images is None for x in (*ticket, *dense)):
             why, advice = "has no test_images in results.json (the test set's size is unknown)", "rerun the final tests"
@@ -138,16 +178,20 @@ def compare(ticket: Sequence[Sample], dense: Sequence[Sample], margin: float, co
             why, advice = "mixes runs tested on different numbers of images", "split them with --group-by"
         return Test(OPEN, diff, -math.inf, math.inf, math.inf, 0.0, False, why, None, advice)
     df = _df(parts) if parts else test[1]
+    paired = pairs is not None
     se = math.sqrt(sum(v for v, _ in parts) + test[0])
     q = _quantile(confidence, df)
     lower, upper = diff - q * se, diff + q * se
     if lower > -margin:
-        return Test(WIN, diff, lower, upper, se, df, test[2], f"lower bound {lower:+.1f} > -{margin:g}")
+        return Test(WIN, diff, lower, upper, se, df, test[2], f"lower bound {lower:+.1f} > -{margin:g}",
+                    by_seed=paired)
     if upper < -margin:
-        return Test(LOSS, diff, lower, upper, se, df, test[2], f"upper bound {upper:+.1f} < -{margin:g}")
+        return Test(LOSS, diff, lower, upper, se, df, test[2], f"upper bound {upper:+.1f} < -{margin:g}",
+                    by_seed=paired)
     seeds, advice = _seeds_needed(abs(diff + margin), unit_var, test[0], confidence)
     why = f"CI {lower:+.1f}..{upper:+.1f} crosses -{margin:g}"
-    return Test(OPEN, diff, lower, upper, se, df, test[2], why, seeds, advice + (f" ({note})" if note else ""))
+    return Test(OPEN, diff, lower, upper, se, df, test[2], why, seeds, advice + (f" ({note})" if note else ""),
+                paired)
 
 
 def settle(tests: Sequence[Test]) -> str:

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
+from datafiles import facts
 from datafiles import formats as data_formats
 import dataset
 from datafiles import fabricate
@@ -206,7 +207,7 @@ def test_visda_trains_on_train_and_tests_on_validation(tmp_path):
 def test_imagenet_layout(image_folder_root):
     s = dataset.build_datasets("imagenet", image_folder_root, image_size=32, resize_size=32)
     assert s.test is None and (len(s.train), len(s.val), s.num_classes) == (12, 12, 3)
-    assert s.mean == (0.485, 0.456, 0.406) and dataset.DATASETS["imagenet"].num_classes == 1000
+    assert s.mean == (0.485, 0.456, 0.406) and facts.DATASETS["imagenet"].num_classes == 1000
     assert s.val.targets == [0] * 4 + [1] * 4 + [2] * 4
 
 
@@ -276,8 +277,8 @@ def test_unknown_dataset_lists_the_known_names():
 
 
 def test_table_holds_the_protocol_stats():
-    assert set(dataset.DATASETS) == {"imagenet", "cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda"}
-    assert "cifar10_3" not in dataset.DATASETS  # it changes the model's stem: not supported (README)
-    spec = dataset.DATASETS["cifar100"]
+    assert set(facts.DATASETS) == {"imagenet", "cifar10", "cifar100", "svhn", "folder", "cifar10_2", "visda"}
+    assert "cifar10_3" not in facts.DATASETS  # it changes the model's stem: not supported (README)
+    spec = facts.DATASETS["cifar100"]
     assert (spec.mean, spec.std, spec.num_classes) == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 100)
-    assert dataset.DATASETS["svhn"].std == (0.1201, 0.1231, 0.1052) and dataset.DATASETS["folder"].num_classes is None
+    assert facts.DATASETS["svhn"].std == (0.1201, 0.1231, 0.1052) and facts.DATASETS["folder"].num_classes is None

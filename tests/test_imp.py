@@ -147,7 +147,7 @@ def test_run_leaves_the_original_files_and_ours(tiny, run):
             assert all(torch.equal(obj["init"][k], v) for k, v in init.items())
     for level in range(1, 5):
         meta = pruning_utils.load_ticket(checkpoint.imp_ticket(run, level))[1]
-        assert (meta["level"], meta["init"], meta["source"]) == (level, tiny[1], "imp")
+        assert (meta["level"], meta["init"], meta["family"]) == (level, tiny[1], "imp")
         assert meta["config"]["rate"] == RATE and meta["mask_digest"] == pruning_utils.mask_digest(ticket(run, level))
         # the ticket's cost: every epoch of the levels before it (ticket 1 is pruned from the init: nothing)
         made = [r["cost"] for r in rows if r["level"] < level]
@@ -244,7 +244,7 @@ def test_one_shot_to_a_level_or_a_sparsity_without_training(tiny, tmp_path):
     out = str(tmp_path / "omp")
     assert main_imp_std.main(imp_argv(data, init, out, "--omp-level", "3")) == 0
     assert same_masks(ticket(out, 3), torch_global_l1(state, None, 1 - 0.8 ** 3))
-    assert pruning_utils.load_ticket(checkpoint.imp_ticket(out, 3))[1]["source"] == "omp"
+    assert pruning_utils.load_ticket(checkpoint.imp_ticket(out, 3))[1]["family"] == "omp"
     assert json.load(open(checkpoint.imp_sparsity(out, 3)))["sparsity"] == pytest.approx(1 - 0.8 ** 3, abs=1e-4)
     kept = sorted(n for n in os.listdir(out) if not n.startswith(".tmp-"))  # the lease holder's temp folder
     assert kept == [".lease", ".progress", "3-sparsity.json", "3-ticket.pth.tar", "config.json", "log.txt"]

@@ -87,7 +87,7 @@ def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path
     assert rows(killed) == rows(whole) and len(rows(whole)) == 4
     for level in (1, 2, 3):
         assert same_masks(ticket(killed, level), ticket(whole, level))
-    assert pruning_utils.load_ticket(checkpoint.imp_ticket(killed, 3))[1]["source"] == "aimp"
+    assert pruning_utils.load_ticket(checkpoint.imp_ticket(killed, 3))[1]["family"] == "aimp"
     for level in (1, 2):
         for path in (checkpoint.imp_checkpoint, checkpoint.imp_best):
             a, b = checkpoint.load_file(path(killed, level)), checkpoint.load_file(path(whole, level))

@@ -96,7 +96,7 @@ def test_normalize_buffers_are_not_in_state_dict():
     assert isinstance(model.normalize, models.Normalize)
     buffers = dict(model.named_buffers())
     assert buffers["normalize.mean"].shape == (1, 3, 1, 1) and buffers["normalize.std"].shape == (1, 3, 1, 1)
-    # identity until the data set's stats are set: the stats belong to dataset.DATASETS, not to the model
+    # identity until the data set's stats are set: the stats belong to the dataset table (datafiles/facts.py), not to the model
     assert model.normalize.mean.flatten().tolist() == [0.0, 0.0, 0.0]
     assert model.normalize.std.flatten().tolist() == [1.0, 1.0, 1.0]
     assert not any(k.startswith("normalize") for k in model.state_dict())

@@ -36,7 +36,7 @@ def found(_fake_files, tmp_path_factory):
 def test_a_ticket_records_its_init_family_and_cost(found):
     init_a, _, ticket = found
     mask, meta = pruning_utils.load_ticket(ticket)
-    assert (meta["init"], meta["source"], meta["level"]) == (init_a, "omp", 2)
+    assert (meta["init"], meta["family"], meta["level"]) == (init_a, "omp", 2)
     assert meta["init_digest"] == pruning_utils.weights_digest(checkpoint.load_file(init_a), mask)
     assert meta["cost"]["flop"] == 0 and meta["cost"]["train_images"] == 0  # one-shot: no training
 
@@ -94,7 +94,7 @@ def test_an_export_of_an_imp_checkpoint_keeps_its_provenance_and_no_local_path(_
         assert tickets.main(["export", src, out]) == 0
         got, shared = pruning_utils.load_ticket(out)
         assert all(torch.equal(got[k], mask[k]) for k in mask)
-        assert (shared["source"], shared["init_digest"], shared["level"]) == ("imp-test", meta["init_digest"], 2)
+        assert (shared["family"], shared["init_digest"], shared["level"]) == ("imp-test", meta["init_digest"], 2)
         assert shared.get("cost") == cost  # not recorded: left out, not 0
         assert shared["init"] == "a.pth" and shared["config"]["save_dir"] == "imp"
         raw = open(out, "rb").read()

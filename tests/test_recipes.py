@@ -132,3 +132,9 @@ def test_a_stage_offers_its_own_recipe_only(capsys):
         imp_cli.get_args_parser(False).parse_args(["--recipe", "imp_adv", "D", "--save_dir", "s"])
     assert "its recipes: imp_std" in capsys.readouterr().err
     assert "imp_adv: A-IMP" in imp_cli.get_args_parser(True).format_help().replace("\n", " ")
+
+
+def test_the_dataset_tables_adversarial_recipes_are_transfer_recipes():
+    from datafiles import facts
+    assert set(facts.ADV_RECIPES) <= set(transfer_recipes.RECIPES)
+    assert {d.adv_recipe for d in facts.DATASETS.values() if d.adv_recipe} <= set(transfer_recipes.RECIPES)

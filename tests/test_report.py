@@ -279,7 +279,7 @@ def test_sources_and_group_by(tmp_path):
     (group,) = rep.groups
     assert [(r.sparsity, r.source) for r in group.rows] == [(0.0, "dense"), (0.3, "aimp"), (0.5, "imp"),
                                                             (0.5, "omp")]
-    assert report_tables.headline(group) == "50.00% (imp); by source: aimp 30.00%, imp 50.00%, omp none"
+    assert report_tables.headline(group) == "50.00% (imp); by family: aimp 30.00%, imp 50.00%, omp none"
     assert any("runs differ in subset" in n and "--group-by subset" in n for n in group.notes)
     split = analysis.collect(str(tmp_path), Options(verdict="point", group_by=("subset",)))
     assert [g.key[3] for g in split.groups] == ["balanced", "first"] and not split.groups[1].notes

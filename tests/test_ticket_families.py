@@ -71,7 +71,7 @@ def test_a_window_that_never_fills_gives_the_plain_imp_tickets(tiny, tmp_path):
     for level in (1, 2, 3):
         assert same_masks(ticket(tmp_path / "eb", level), ticket(tmp_path / "plain", level))
     meta = pruning_utils.load_ticket(checkpoint.imp_ticket(str(tmp_path / "eb"), 3))[1]
-    assert meta["source"] == "imp-eb" and meta["config"]["early_bird"] == 0.5
+    assert meta["family"] == "imp-eb" and meta["config"]["early_bird"] == 0.5
     assert not os.path.exists(tmp_path / "plain" / checkpoint.INDICES)  # all the data: no indices to record
 
 
@@ -113,7 +113,7 @@ def test_a_kill_in_an_early_bird_level_resumes_to_the_same_tickets(tiny, tmp_pat
 @pytest.mark.parametrize("flags, message", [
     (("--early-bird", "0"), "--early-bird must be a distance in (0, 1)"),
     (("--early-bird", "0.1", "--early-bird-window", "1"), "--early-bird-window must be at least 2"),
-    (("--early-bird", "0.1", "--prune-method", "random"), "watches the magnitude masks"),
+    (("--early-bird", "0.1", "--prune-method", "random"), "which --prune-method random does not follow"),
 ])
 def test_bad_early_bird_flags_are_refused(tiny, tmp_path, flags, message):
     data, init = tiny
@@ -129,7 +129,7 @@ def test_a_data_diet_finds_tickets_on_a_recorded_balanced_fraction(tiny, tmp_pat
     assert len(chosen) == 6 and sorted(targets[i] for i in chosen) == [0, 0, 1, 1, 2, 2]  # 2 of 4 per class
     assert rows[0]["cost"]["train_images"] == 6
     meta = pruning_utils.load_ticket(checkpoint.imp_ticket(str(tmp_path / "diet"), 2))[1]
-    assert meta["source"] == "imp-diet0.5" and meta["config"]["data_number"] == 0.5
+    assert meta["family"] == "imp-diet0.5" and meta["config"]["data_number"] == 0.5
     again = _imp(tiny, tmp_path / "diet-again", "--epochs", "1", "--prune_epoch", "1", "--data_number", "0.5",
                  "--seed", "3")
     assert json.load(open(tmp_path / "diet-again" / checkpoint.INDICES)) == chosen and untimed(again) == untimed(rows)
@@ -142,7 +142,7 @@ def test_a_data_diet_finds_tickets_on_a_recorded_balanced_fraction(tiny, tmp_pat
 ])
 def test_each_recipe_names_its_family(flags, family):
     args = imp_cli.get_args_parser(adversarial=True).parse_args(["d", "--save_dir", "s", *flags])
-    assert imp_cli.config_from_args(args).source == family
+    assert imp_cli.config_from_args(args).ticket_family == family
 
 
 def test_a_bad_family_name_is_refused():

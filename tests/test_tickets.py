@@ -115,7 +115,7 @@ def test_export_writes_a_compact_mask_only_ticket(tmp_path, capsys):
     got, meta = pruning_utils.load_ticket(out)
     assert all(torch.equal(got[k], mask[k]) and got[k].dtype == torch.bool for k in mask)
     # the original's checkpoint: its level, and the digest of the init weights it holds; no local path
-    assert meta["source"] == meta["exported_from"] == "2-checkpoint.pth.tar" and meta["state_prune"] == 2
+    assert meta["family"] == meta["exported_from"] == "2-checkpoint.pth.tar" and meta["state_prune"] == 2
     assert meta["init_digest"] == pruning_utils.weights_digest(state_of(src), mask) and "packed" not in meta
     assert meta["sparsity"] == pytest.approx(pruning_utils.sparsity(mask))
     assert meta["mask_digest"] == pruning_utils.mask_digest(mask)
@@ -131,7 +131,7 @@ def test_export_writes_a_compact_mask_only_ticket(tmp_path, capsys):
     raw = torch.load(plain, weights_only=True)
     assert "packed" not in raw and all(torch.equal(raw["state_dict"][k + "_mask"], mask[k]) for k in mask)
     assert (raw["format"], raw["version"]) == ("doublewin-ticket", 1)  # the unpacked format's own version
-    assert pruning_utils.load_ticket(plain)[1]["source"] == "2-checkpoint.pth.tar"  # the family is kept
+    assert pruning_utils.load_ticket(plain)[1]["family"] == "2-checkpoint.pth.tar"  # the family is kept
 
 
 def test_a_packed_resnet50_ticket_is_an_eighth_of_the_bool_one(tmp_path):
@@ -176,7 +176,7 @@ def test_a_ticket_with_one_flipped_byte_is_refused_in_one_line(tmp_path, capsys)
     pruning_utils.save_ticket(intact, mask, {}, packed=True)
     assert _cli(["export", intact, str(tmp_path / "again.safetensors")], capsys)[0] == 0
     meta = pruning_utils.load_ticket(str(tmp_path / "again.safetensors"))[1]
-    assert (meta["source"], meta["exported_from"], "init_digest" in meta) == ("intact.safetensors",) * 2 + (False,)
+    assert (meta["family"], meta["exported_from"], "init_digest" in meta) == ("intact.safetensors",) * 2 + (False,)
     # the unpacked format is checked alike: one mask entry changed behind the recorded digest
     plain = str(tmp_path / "t.pth.tar")
     pruning_utils.save_ticket(plain, mask, {"level": 2})
@@ -193,14 +193,14 @@ def test_the_packed_format_reads_with_numpy_and_safetensors_as_documented(tmp_pa
     src = source()
     mask = half_mask(src)
     path = str(tmp_path / "t.safetensors")
-    pruning_utils.save_ticket(path, mask, {"level": 2, "source": "aimp"}, packed=True)
+    pruning_utils.save_ticket(path, mask, {"level": 2, "family": "aimp"}, packed=True)
     text = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "TICKETS.md")).read()
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     scope = {"PATH": path}
     exec(compile(code, "docs/TICKETS.md", "exec"), scope)
     assert set(scope["masks"]) == set(mask) and all(
         (scope["masks"][k] == mask[k].numpy()).all() and scope["masks"][k].shape == tuple(mask[k].shape) for k in mask)
-    assert scope["meta"]["source"] == "aimp" and scope["digest"] == scope["meta"]["mask_digest"]
+    assert scope["meta"]["family"] == "aimp" and scope["digest"] == scope["meta"]["mask_digest"]
 
 
 def test_an_old_packed_torch_ticket_still_reads_and_is_verified(tmp_path):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dataset import DATASETS as DATASET_TABLE, SUBSETS
+from dataset import SUBSETS
+from datafiles import facts
 from attacks import LOSSES, AttackConfig, AttackFlags
 from infra.errors import ConfigError
 from infra.flags import built, flag
 from training.runner import GENERAL, SPEED, RunSettings, optional_path
 
-DATASETS = tuple(name for name in DATASET_TABLE if name != "imagenet")  # imagenet is IMP's
+DATASETS = facts.DOWNSTREAM  # the table's transfer targets (imagenet is IMP's), read at each use
 SCHEDULERS = ("multistep", "cosine")
 PIPELINES = ("auto", "device", "pil")
-DEVICE_DATASETS = ("cifar10", "cifar100", "svhn")  # held as one uint8 array: the device pipeline serves them
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 TRAINING, TICKET, DETAILS = "training", "ticket", "data and model details"

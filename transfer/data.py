@@ -7,12 +7,13 @@ from functools import partial
 
 import torch
 
+from datafiles import facts
 from dataset import Splits
 from infra.distributed import DistEnv
 from infra.reproducibility import augment_seed
 from training import runner
 from transfer.config import TransferConfig
-from transfer.pipeline import DeviceAugment, DeviceBatches, DeviceEvalResize, uint8_tensors
+from transfer.pipeline import EVAL_TRANSFORMS, TRAIN_TRANSFORMS, DeviceBatches, uint8_tensors
 from transfer.results import Fetch, dataset_items
 
 
@@ -26,11 +27,14 @@ class DeviceData:
     def __init__(self, splits: Splits, cfg: TransferConfig, env: DistEnv, batch: int) -> None:
         self.splits, self.cfg, self.env = splits, cfg, env
         self.generator = torch.Generator(device=env.device)
-        augment = DeviceAugment(cfg.image_size, generator=self.generator, channels_last=cfg.channels_last)
+        spec = facts.get(cfg.dataset)  # its transforms by name, refused before here where not in the pipeline's
+        augment = TRAIN_TRANSFORMS[spec.train_transform](cfg.image_size, generator=self.generator,
+                                                         channels_last=cfg.channels_last)
         shard = (env.rank, env.world_size)
         self.train = DeviceBatches(*self._tensors(splits.train), batch, transform=augment, shuffle=True,
                                    seed=cfg.seed, shard=shard)
-        resize = DeviceEvalResize(cfg.image_size, cfg.resize_size, channels_last=cfg.channels_last)
+        resize = EVAL_TRANSFORMS[spec.eval_transform](cfg.image_size, cfg.resize_size,
+                                                      channels_last=cfg.channels_last)
         self.val = DeviceBatches(*self._tensors(splits.val), batch, transform=resize, shard=shard)
         self.test = DeviceBatches(*self._tensors(splits.test), batch, transform=resize, shard=shard)
         self.fetch: Fetch = self.test.batch

@@ -171,6 +171,12 @@ def _check_uint8(images: torch.Tensor) -> None:
         raise ValueError(f"expected a uint8 (N, C, H, W) batch, got {images.dtype} of shape {tuple(images.shape)}")
 
 
+# the dataset table's transforms (datafiles/facts.py) this pipeline applies, with the distributions of torchvision's
+# PIL path; makers: train (size, *, generator, channels_last), eval (size, resize_size, *, channels_last)
+TRAIN_TRANSFORMS: dict[str, Callable[..., DeviceAugment]] = {"crop_flip": DeviceAugment}
+EVAL_TRANSFORMS: dict[str, Callable[..., DeviceEvalResize]] = {"resize_crop": DeviceEvalResize}
+
+
 # ---------------------------------------------------------------------------- batches on the device
 class DeviceBatches:
     """(x, y) batches of a uint8 image tensor held on the device: the epoch's order is a pure function of

@@ -23,6 +23,7 @@ from training import runner
 from training import weights
 from attacks import build_attack
 from infra.checkpoint import CURVES, INDICES, METRICS, read_jsonl
+from datafiles import facts
 from dataset import DataFraction, Splits, build_datasets, write_indices
 from infra.distributed import DistEnv, barrier
 from training import ledger
@@ -33,8 +34,9 @@ from infra.reproducibility import seed_all, seed_epoch
 from infra.runlog import LOGGER
 from transfer import results as transfer_results
 from transfer import state as transfer_state
-from transfer.config import DEVICE_DATASETS, PIPELINES, TransferConfig
+from transfer.config import PIPELINES, TransferConfig
 from transfer.data import DeviceData, HostData, run_data
+from transfer.pipeline import EVAL_TRANSFORMS, TRAIN_TRANSFORMS
 from transfer.state import Training, pct
 
 log = logging.getLogger(LOGGER)
@@ -91,17 +93,31 @@ def _check_ticket_init(cfg: TransferConfig, meta: dict, digest: str) -> None:
 
 # ---------------------------------------------------------------------------- data
 def resolve_pipeline(cfg: TransferConfig) -> str:
-    """The input pipeline a run uses, "device" or "pil": `auto` is device for CIFAR-10/100 and SVHN (faster than
-    the PIL workers on GPU and CPU alike) and pil for folder data, which has no uint8 array; device with folder
-    data is a ConfigError naming --pipeline."""
+    """The input pipeline a run uses, "device" or "pil": `auto` is device for the datasets the table marks so
+    (CIFAR-10/100 and SVHN: faster than the PIL workers on GPU and CPU alike) and pil for the others (folder data
+    has no uint8 array); device with another dataset is a ConfigError naming --pipeline."""
     if cfg.pipeline not in PIPELINES:
         raise ConfigError(f"--pipeline {cfg.pipeline!r}: choose one of {', '.join(PIPELINES)}")
+    served = facts.get(cfg.dataset).device
+    if served and cfg.pipeline != "pil":
+        _device_applies_the_tables_transforms(cfg.dataset)
     if cfg.pipeline == "auto":
-        return "device" if cfg.dataset in DEVICE_DATASETS else "pil"
-    if cfg.pipeline == "device" and cfg.dataset not in DEVICE_DATASETS:
-        raise ConfigError(f"--pipeline device serves {', '.join(DEVICE_DATASETS)} (uint8 arrays); --dataset "
+        return "device" if served else "pil"
+    if cfg.pipeline == "device" and not served:
+        raise ConfigError(f"--pipeline device serves {', '.join(facts.device_served())} (uint8 arrays); --dataset "
                           f"{cfg.dataset} goes through torchvision's PIL transforms: pass --pipeline pil or auto")
     return cfg.pipeline
+
+
+def _device_applies_the_tables_transforms(name: str) -> None:
+    """A dataset the table marks `device` must name transforms the device pipeline has: else one clear error."""
+    spec = facts.get(name)
+    for kind, chosen, known in (("train", spec.train_transform, TRAIN_TRANSFORMS),
+                                ("eval", spec.eval_transform, EVAL_TRANSFORMS)):
+        if chosen not in known:
+            raise ConfigError(f"dataset {name!r} is marked device=True in datafiles/facts.py but the device pipeline "
+                              f"has no {kind} transform {chosen!r} (it has {', '.join(known)}): set device=False "
+                              f"there (torchvision's PIL path applies it), or add it to transfer/pipeline.py")
 
 
 class Warmup:
