@@ -31,7 +31,12 @@ def _extra(items: list[str]) -> dict:
     return out
 
 
+def _hours_text(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
 def get_args_parser() -> OneLineParser:
+    d = slurm.SlurmOptions()  # the --slurm flags' defaults, declared there
     p = OneLineParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     q = sub.add_parser("plan", help="every run with its state, counts, GPU-hours left")
@@ -54,18 +59,18 @@ def get_args_parser() -> OneLineParser:
     g.add_argument("--gpus", default=None, metavar="0,1,...", help="one run per GPU (IMP stages take their gpus)")
     g.add_argument("--jobs", type=int, default=1, metavar="N", help="CPU runs at once, each with its share of cores")
     g = q.add_argument_group("--slurm")
-    g.add_argument("--partition", default=None)
-    g.add_argument("--time", default="24:00:00", help="time limit per job; a run that hits it is requeued")
-    g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of each transfer run (0: CPU)")
-    g.add_argument("--cpus-per-run", type=int, default=None, help="CPUs of each run (OMP_NUM_THREADS too)")
-    g.add_argument("--array-parallelism", type=int, default=256, metavar="K",
+    g.add_argument("--partition", default=d.partition)
+    g.add_argument("--time", default=_hours_text(d.time_min), help="time limit per job; a run that hits it is requeued")
+    g.add_argument("--gpus-per-run", type=int, default=d.gpus_per_run, help="GPUs of each transfer run (0: CPU)")
+    g.add_argument("--cpus-per-run", type=int, default=d.cpus_per_run, help="CPUs of each run (OMP_NUM_THREADS too)")
+    g.add_argument("--array-parallelism", type=int, default=d.array_parallelism, metavar="K",
                    help="elements of one job array running at once (per array; --max-in-flight caps the campaign)")
-    g.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+    g.add_argument("--max-in-flight", type=int, default=d.max_in_flight, metavar="N",
                    help="runs queued or running at once, campaign-wide; --follow submits more as runs end")
-    g.add_argument("--account", default=None)
-    g.add_argument("--qos", default=None)
-    g.add_argument("--max-requeue", type=int, default=10, help="requeues after a time limit, per run")
-    g.add_argument("--signal-delay", type=int, default=120, metavar="S",
+    g.add_argument("--account", default=d.account)
+    g.add_argument("--qos", default=d.qos)
+    g.add_argument("--max-requeue", type=int, default=d.max_requeue, help="requeues after a time limit, per run")
+    g.add_argument("--signal-delay", type=int, default=d.signal_delay_s, metavar="S",
                    help="seconds before the time limit that the requeue starts")
     g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")
     g.add_argument("--follow", action="store_true",
@@ -118,14 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = state.states(campaign)
         print(status.counts_line(rows))
         return 1 if any(exits.values()) else 0
+    return 1 if slurm.run_slurm(campaign, slurm_options(args), follow=args.follow, poll=args.poll) else 0
+
+
+def slurm_options(args) -> slurm.SlurmOptions:
+    """The --slurm flags of `run`, checked."""
     if args.max_in_flight is not None and args.max_in_flight < 1:
         raise UserError(f"--max-in-flight {args.max_in_flight}: at least 1")
-    opts = slurm.SlurmOptions(partition=args.partition, time_min=spec.parse_time_min(args.time, "--time"),
-                              gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run, array_parallelism=args.array_parallelism,
-                              account=args.account, qos=args.qos, max_requeue=args.max_requeue,
-                              signal_delay_s=args.signal_delay, extra=_extra(args.sbatch),
-                              max_in_flight=args.max_in_flight)
-    return 1 if slurm.run_slurm(campaign, opts, follow=args.follow, poll=args.poll) else 0
+    return slurm.SlurmOptions(partition=args.partition, time_min=spec.parse_time_min(args.time, "--time"),
+                              gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                              array_parallelism=args.array_parallelism, account=args.account, qos=args.qos,
+                              max_requeue=args.max_requeue, signal_delay_s=args.signal_delay,
+                              extra=_extra(args.sbatch), max_in_flight=args.max_in_flight)
 
 
 if __name__ == "__main__":

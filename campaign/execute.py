@@ -44,7 +44,7 @@ def last_error(path: str) -> str:
 
 
 def child_env(threads: int | None = None, gpus: str | None = None) -> dict[str, str]:
-    env = dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DOUBLEWIN_PY=os.environ.get("DOUBLEWIN_PY") or sys.executable, PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     if gpus is not None:

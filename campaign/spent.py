@@ -1,6 +1,6 @@
 """What the campaign's runs cost, measured: each run's compute ledger (its metrics.jsonl rows' `cost`, and
 results.json's total once a transfer run is done; see training/ledger.py) beside the FLOP-count estimate of
-campaign/cost.py, per init and ticket family, and how far the estimate was off (in FLOPs and in hours) for the runs
+campaign/estimate.py, per init and ticket family, and how far the estimate was off (in FLOPs and in hours) for the runs
 that are done."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from campaign import cost
+from campaign import estimate
 from campaign.spec import Run
 from campaign.state import METRICS, RESULTS, RunState
 
@@ -64,8 +64,8 @@ def measured_hours(run: Run, done: bool) -> float | None:
 
 def estimated_hours(run: Run) -> float:
     """The FLOP-count estimate of the whole run, in its precision (--amp: the bf16 rate)."""
-    amp = cost.flags(run).get("--amp") in ("bf16", "fp16")
-    return cost.gpu_hours(cost.run_flop(run, 0), amp=amp)
+    amp = estimate.flags(run).get("--amp") in ("bf16", "fp16")
+    return estimate.gpu_hours(estimate.run_flop(run, 0), amp=amp)
 
 
 def family(run: Run) -> str:
@@ -107,7 +107,7 @@ def table(measured: list[tuple[RunState, Measured]]) -> list[str]:
     out = [f"{'compute':28s}  {'runs':>5s}  {'measured':>10s}  {'estimated':>10s}  "
            "measured/estimated FLOP, hours (done runs)"]
     for key, seen in groups.items():
-        estimates = {r.run.id: (cost.run_flop(r.run, 0), estimated_hours(r.run)) for r, _ in seen}
+        estimates = {r.run.id: (estimate.run_flop(r.run, 0), estimated_hours(r.run)) for r, _ in seen}
         done = [(m, estimates[r.run.id]) for r, m in seen if r.state == "done"]
         flop = _ratio([(m.flop, e[0]) for m, e in done])
         hours = _ratio([(m.hours, e[1]) for m, e in done])

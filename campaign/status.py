@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from campaign import cost, spent, state
+from campaign import estimate, spent, state
 from campaign.spec import Campaign
 from campaign.state import RunState
 
@@ -13,13 +13,13 @@ def summary(campaign: Campaign, rows: list[RunState], measured: list | None = No
     """Counts per state and the estimate, as plain values (`plan --json`): FLOPs left in all and per run, in
     `flop_unit`, and GPU-hours at the assumed rates."""
     measured = spent.measure(rows) if measured is None else measured
-    left = {r.run.id: cost.run_flop(r.run, r.epochs_done) for r in rows if r.state != "done"}
+    left = {r.run.id: estimate.run_flop(r.run, r.epochs_done) for r in rows if r.state != "done"}
     flop = sum(left.values())
-    notes = {r.run.id: cost.passes(r.run, r.epochs_done).note for r in rows if r.state != "done"}
+    notes = {r.run.id: estimate.passes(r.run, r.epochs_done).note for r in rows if r.state != "done"}
     return {"spec": campaign.path, "root": campaign.root, "runs": len(rows), "counts": state.counts(rows),
-            "left_flop": flop, "flop_unit": cost.UNIT, "assumed_flop_per_s": dict(cost.RATE),
-            "left_gpu_hours_bf16": round(cost.gpu_hours(flop, amp=True), 2),
-            "left_gpu_hours_fp32": round(cost.gpu_hours(flop, amp=False), 2),
+            "left_flop": flop, "flop_unit": estimate.UNIT, "assumed_flop_per_s": dict(estimate.RATE),
+            "left_gpu_hours_bf16": round(estimate.gpu_hours(flop, amp=True), 2),
+            "left_gpu_hours_fp32": round(estimate.gpu_hours(flop, amp=False), 2),
             "measured_device_hours": spent.summary(measured), "measured_flop": spent.summary(measured, "flop"),
             "states": [{"id": r.run.id, "state": r.state, "detail": r.detail, "save_dir": r.run.save_dir,
                         "left_flop": left.get(r.run.id, 0.0), **({"estimate_note": notes[r.run.id]}
@@ -67,8 +67,8 @@ def plan_text(campaign: Campaign, rows: list[RunState], *, only_left: bool = Fal
         lines.append(f"{r.run.id:{width}s}  {r.state:8s}  {detail}".rstrip())
     lines += ["", *by_host(failed_on or {}, excluded), f"{len(rows)} runs: {counts_line(rows)}",
               f"left: {s['left_flop']:.3g} FLOP (2 per multiply-add, counted as the compute ledger counts), "
-              f"~{s['left_gpu_hours_bf16']:.1f} GPU-hours at an assumed {cost.RATE['bf16'] / 1e12:g} TFLOP/s in bf16, "
-              f"~{s['left_gpu_hours_fp32']:.1f} at {cost.RATE['fp32'] / 1e12:g} in fp32 (estimated, not measured; "
+              f"~{s['left_gpu_hours_bf16']:.1f} GPU-hours at an assumed {estimate.RATE['bf16'] / 1e12:g} TFLOP/s in bf16, "
+              f"~{s['left_gpu_hours_fp32']:.1f} at {estimate.RATE['fp32'] / 1e12:g} in fp32 (estimated, not measured; "
               "see README)",
               *sorted({f"  note: {st['id']}: {st['estimate_note']}" for st in s["states"] if "estimate_note" in st})]
     spent_lines = spent.table(measured)

@@ -31,7 +31,7 @@ def say(msg: str) -> None:
 
 def run(cmd: list[str], log_path: str) -> None:
     """Run one pipeline step; its log goes to a file (the run also keeps its own log.txt), bars to stderr."""
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONHASHSEED="0")
+    env = dict(os.environ, DOUBLEWIN_PY=sys.executable, PYTHONHASHSEED="0")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT if not sys.stderr.isatty() else None,
@@ -191,7 +191,7 @@ def write_campaign(cfg: DemoConfig) -> str:
 def transfer_all(cfg: DemoConfig) -> str:
     """Every transfer run through the campaign tool's local queue, two at a time with a core each."""
     spec = write_campaign(cfg)
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONHASHSEED="0")
+    env = dict(os.environ, DOUBLEWIN_PY=sys.executable, PYTHONHASHSEED="0")
     code = subprocess.call([sys.executable, os.path.join(ROOT, "sweep.py"), "run", spec, "--local", "--jobs", "2"],
                            env=env, cwd=ROOT)
     if code != 0:
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say("[5/5] the double-win report, and what the tickets cost")
     report_dir = os.path.join(cfg.out, "report")
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = dict(os.environ, DOUBLEWIN_PY=sys.executable)
     code = subprocess.call([sys.executable, os.path.join(ROOT, "sweep.py"), "report", spec, "--", "--out",
                             report_dir, *(["--margin", f"{cfg.margin:g}"] if cfg.margin else [])], env=env, cwd=ROOT)
     if code != 0:

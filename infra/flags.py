@@ -133,3 +133,41 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
 def result_free(cls: type) -> set[str]:
     """The fields of `cls` that cannot change what a run computes, so may differ when it continues."""
     return {f.name for f in dataclasses.fields(cls) if spec(f) is not None and not spec(f).result}
+
+
+# ---------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of flag values (the paper's settings for a stage), declared as data so that tools without torch
+    read it too. `--recipe NAME` puts them before the command's own flags: an explicit flag overrides them
+    (argparse keeps the last value), and the run's config.json holds the resolved settings."""
+    name: str
+    about: str
+    flags: tuple[tuple[str, str | None], ...]  # (flag, value as typed on a command line); None: a switch
+
+    def argv(self) -> list[str]:
+        return [t for f, v in self.flags for t in ((f,) if v is None else (f, v))]
+
+    def text(self) -> str:
+        return " ".join(self.argv())
+
+
+def recipe_help(recipes: Mapping[str, Recipe]) -> str:
+    return ("the flags of a named recipe, before the command's own (which override them): " +
+            "; ".join(f"{r.name}: {r.about} = {r.text()}" for r in recipes.values()))
+
+
+def with_recipe(argv: Sequence[str], recipes: Mapping[str, Recipe]) -> list[str]:
+    """`argv` with the flags of its `--recipe NAME` (or `--recipe=NAME`) in front; unchanged without one. A
+    recipe that is not in `recipes`, or two different ones, is a ValueError naming them."""
+    names = [b for a, b in zip(argv, argv[1:]) if a == "--recipe"]
+    names += [a.split("=", 1)[1] for a in argv if a.startswith("--recipe=")]
+    if not names:
+        return list(argv)
+    unknown = [n for n in names if n not in recipes]
+    if unknown:
+        raise ValueError(f"--recipe {unknown[0]!r}: not a recipe of this command (its recipes: "
+                         f"{', '.join(recipes) or 'none'})")
+    if len(set(names)) > 1:
+        raise ValueError(f"--recipe given twice ({', '.join(names)}): pass one")
+    return [*recipes[names[0]].argv(), *argv]

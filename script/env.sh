@@ -45,7 +45,9 @@ if [ -n "${DOUBLEWIN_PY:-}" ]; then
     || { echo "error: DOUBLEWIN_PY=$DOUBLEWIN_PY is not an executable: give the path of a Python 3.10+" >&2; exit 2; }
   "$PY_FOUND" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 10))' 2>/dev/null \
     || { echo "error: DOUBLEWIN_PY=$DOUBLEWIN_PY is not Python 3.10 or newer" >&2; exit 2; }
-  "$PY_FOUND" -c 'import torch, torchvision' 2>/dev/null || { echo "error: DOUBLEWIN_PY=$DOUBLEWIN_PY cannot import" \
+  # found, not imported: importing torch takes seconds, and every run of a driver passes here
+  "$PY_FOUND" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("torch") and u.find_spec("torchvision")))' \
+      2>/dev/null || { echo "error: DOUBLEWIN_PY=$DOUBLEWIN_PY cannot import" \
     "torch and torchvision: install the PyTorch build for your machine (README: Supported versions), or unset" \
     "DOUBLEWIN_PY to use .venv" >&2; exit 2; }
   LACK="$(missing_line "$PY_FOUND")"

@@ -15,7 +15,7 @@ import recipes
 import pruning_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, PYTHONHASHSEED="0")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", DOUBLEWIN_PY=sys.executable, PYTHONHASHSEED="0")
 TINY = ["--arch", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "--epochs", "1",
         "--batch_size", "8", "--lr", "0.05", "-j", "0", "--train_step", "2", "--test_step", "2", "--eval_from", "0",
         "--no-progress", "--no-channels-last", "--deterministic"]

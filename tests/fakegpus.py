@@ -2,7 +2,8 @@
 N ranks on a CPU machine: only this process is told so (infra.distributed's CUDA check and torch's device count);
 the ranks it spawns are fresh interpreters that see no GPU and run on the CPU with gloo, as the real spawn does
 on a GPU node with nccl. Usage: python fakegpus.py N SCRIPT [ARGS...] (a leading -u is skipped, so a driver's
-`$PYTHON -u SCRIPT ...` line works with PYTHON a wrapper that calls this)."""
+`$DOUBLEWIN_PY -u SCRIPT ...` line works with DOUBLEWIN_PY a wrapper that calls this; script/env.sh's checks
+of the interpreter, without -u, go to Python itself)."""
 from __future__ import annotations
 
 import os
@@ -24,9 +25,11 @@ def main(argv: list[str]) -> None:
 
 
 def wrapper(path: str, n: int) -> str:
-    """An executable at `path` to set as PYTHON for a bash driver: its runs count `n` GPUs."""
+    """An executable at `path` to set as DOUBLEWIN_PY for a bash driver: its runs (`-u SCRIPT ...`) count `n`
+    GPUs."""
     with open(path, "w") as f:
-        f.write(f"#!/bin/sh\nexec {sys.executable} -u {os.path.abspath(__file__)} {n} \"$@\"\n")
+        f.write(f"#!/bin/sh\n[ \"$1\" = -u ] || exec {sys.executable} \"$@\"\n"
+                f"exec {sys.executable} -u {os.path.abspath(__file__)} {n} \"$@\"\n")
     os.chmod(path, 0o755)
     return path
 

@@ -9,8 +9,10 @@ import re
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the dataset table, torch-free, which the campaign reads (the datafiles package itself is its docstring)
-CAMPAIGN_READS = {"datafiles", "datafiles.facts"}
+# the stages' recipes: plain data (no torch) that the campaign's estimate reads too
+RECIPES = {"lottery", "lottery.recipes", "transfer", "transfer.recipes"}  # the packages' __init__: docstrings
+# the dataset table and the recipes, torch-free, which the campaign reads (the packages themselves: docstrings)
+CAMPAIGN_READS = {"datafiles", "datafiles.facts"} | RECIPES
 # entry points: the bash scripts and users call them; nothing imports them
 ENTRY_POINTS = {"main_imp_adv", "main_imp_std", "main_train_downstream", "report", "tickets", "sweep"}
 # the double-win report: it reads results.json files, never a model or a checkpoint
@@ -87,7 +89,7 @@ def test_the_scan_sees_every_package():
     ("pruning_utils", ("training", "dataset", "attacks")),                   # masks know no loop
     ("infra", ("models", "training", "dataset", "datafiles", "pruning_utils", "attacks", "lottery", "transfer")),
     # the campaign runs no training: of the model side it reaches only models.flops (its estimate's FLOP counts)
-    # and the dataset table (CAMPAIGN_READS)
+    # and the dataset table and the stages' recipes (CAMPAIGN_READS)
     ("campaign", ("training", "dataset", "datafiles", "pruning_utils", "attacks", "lottery", "transfer", "report",
                   "reporting")),
     ("datafiles.facts", ("models", "training", "dataset", "datafiles", "pruning_utils", "attacks", "lottery",
@@ -99,6 +101,13 @@ def test_layer_rules(module, forbidden):
         allowed = CAMPAIGN_READS if module == "campaign" else set()
         bad = sorted(set().union(*(_family(f, reach(m)) for f in forbidden)) - allowed)
         assert not bad, f"{m} imports {bad} (directly or through other modules)"
+
+
+def test_the_recipes_are_plain_data():
+    """What the campaign may read of the stages reaches nothing but the flag types."""
+    for m in sorted(RECIPES):
+        assert reach(m) <= {"infra", "infra.flags"}, f"{m} reaches {sorted(reach(m))}"
+    assert GRAPH["infra.flags"] == set()
 
 
 def test_nothing_imports_an_entry_point():

@@ -15,7 +15,7 @@ import pytest
 import campaignkit as kit
 from infra import checkpoint
 from infra import errors
-from campaign import cost, execute, spec, state, status
+from campaign import estimate, execute, spec, state, status
 
 ROOT = kit.ROOT
 
@@ -161,9 +161,9 @@ def test_the_estimate_follows_the_readme_table():
     run = spec.Run("x", "transfer", "/nowhere", ("bash", os.path.join(ROOT, "script", "train_downstream",
                                                                         "adv_cifar.sh"), "cifar10", "w", "s", ""),
                    dataset="cifar10", mode="adv")
-    hours = cost.gpu_hours(cost.run_flop(run))
+    hours = estimate.gpu_hours(estimate.run_flop(run))
     assert 1.5 < hours < 2.0  # README: ~1.8 h in bf16 for 100 epochs of PGD-10 on CIFAR (and its tests)
-    assert 0 < cost.run_flop(run, epochs_done=100) < 0.02 * cost.run_flop(run)  # left: the final tests only
+    assert 0 < estimate.run_flop(run, epochs_done=100) < 0.02 * estimate.run_flop(run)  # left: the final tests only
     assert status.bar(3, 12).endswith("3/12 done (25%)")
 
 
@@ -236,7 +236,8 @@ def _call(task):
 def test_the_campaign_reads_files_and_imports_no_torch_entry_point_or_model():
     code = ("import sys, sweep, campaign.slurm, campaign.local, campaign.datacheck; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'engine', 'transfer', "
-            "'lottery', 'runner', 'dataset', 'report', 'reporting') or m.startswith('main_')); print(bad)")
+            "'lottery', 'runner', 'dataset', 'report', 'reporting') and m not in ('lottery', 'lottery.recipes', "
+            "'transfer', 'transfer.recipes') or m.startswith('main_')); print(bad)")  # the recipes: plain data
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=kit.ENV)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
@@ -430,11 +431,11 @@ def test_the_readme_block_is_the_example_spec():
 
 
 def _recorded_argv(command: tuple[str, ...], tmp_path) -> list[str]:
-    """The argv an IMP stage's driver hands its entry point (PYTHON is a recorder that trains nothing)."""
+    """The argv an IMP stage's driver hands its entry point (DOUBLEWIN_PY is a recorder that trains nothing)."""
     record, recorder = tmp_path / "argv.json", tmp_path / "python"
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
     recorder.chmod(0o755)
-    done = subprocess.run(list(command), env={**kit.ENV, "PYTHON": str(recorder)}, capture_output=True, text=True,
+    done = subprocess.run(list(command), env={**kit.ENV, "DOUBLEWIN_PY": str(recorder)}, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
     with open(record) as f:
@@ -486,3 +487,13 @@ def test_the_example_imp_stages_make_every_ticket_they_transfer(tmp_path, monkey
     assert done.returncode == 0, done.stderr[-3000:]
     made = {int(n.split("-")[0]) for n in os.listdir(save) if n.endswith("-ticket.pth.tar")}
     assert made == families["aimp"] == set(range(1, 13))  # every ticket it transfers, and no more
+
+
+def test_the_slurm_defaults_are_declared_once():
+    """`sweep.py run --slurm` without other flags runs with SlurmOptions' own defaults; a flag changes its field."""
+    from campaign import slurm
+    import sweep
+    parse = sweep.get_args_parser().parse_args
+    assert sweep.slurm_options(parse(["run", "c.toml", "--slurm"])) == slurm.SlurmOptions()
+    opts = sweep.slurm_options(parse(["run", "c.toml", "--slurm", "--time", "1-00:30", "--max-requeue", "3"]))
+    assert (opts.time_min, opts.max_requeue) == (24 * 60 + 30, 3)

@@ -11,7 +11,7 @@ import os
 import pytest
 
 import sweep
-from campaign import cost, spec
+from campaign import estimate, spec
 
 STAGES = {  # family -> its IMP stage's kind and overrides (as in campaign/example.toml, 2 levels of 3 epochs)
     "aimp": ("adv", []),
@@ -78,7 +78,7 @@ def test_fgsm_rs_costs_about_0_55_of_pgd_3_a_diet_a_tenth_and_one_shot_nothing(p
     plan = plans["aimp"]["plan"]
     assert plan["flop_unit"].startswith("FLOP (2 per multiply-add")
     assert plan["left_flop"] == pytest.approx(sum(s["left_flop"] for s in plan["states"]))
-    assert plan["left_gpu_hours_bf16"] == pytest.approx(plan["left_flop"] / cost.RATE["bf16"] / 3600, abs=0.01)
+    assert plan["left_gpu_hours_bf16"] == pytest.approx(plan["left_flop"] / estimate.RATE["bf16"] / 3600, abs=0.01)
     assert " FLOP (2 per multiply-add, counted as the compute ledger counts)" in plans["aimp"]["printed"]
     assert "note: imp:robust/omp: one-shot pruning: no training" in plans["omp"]["printed"]
 
@@ -89,21 +89,21 @@ def test_the_imp_estimate_is_the_ledgers_count_times_the_images():
     run = spec.Run("imp:x/aimp", "imp", "/nowhere", ("bash", os.path.join(spec.REPO, "script", "imp_pretrain",
                                                                             "imp_adv.sh"), "w", "/nowhere", "/no/data",
                                                        "--epochs", "2"), mode="adv")
-    per = cost.per_image(run)
+    per = estimate.per_image(run)
     assert per["eval"] == 8_178_368_512
     assert (per["attack"], per["train"]) == (16_356_737_024, 24_299_077_632)
-    expected = 2 * (cost.IMAGENET_TRAIN * (per["train"] + 3 * per["attack"]) + cost.IMAGENET_VAL * per["eval"])
-    assert cost.run_flop(run) == expected
-    assert cost.run_flop(run, epochs_done=1) == expected / 2 and cost.run_flop(run, epochs_done=2) == 0
+    expected = 2 * (estimate.IMAGENET_TRAIN * (per["train"] + 3 * per["attack"]) + estimate.IMAGENET_VAL * per["eval"])
+    assert estimate.run_flop(run) == expected
+    assert estimate.run_flop(run, epochs_done=1) == expected / 2 and estimate.run_flop(run, epochs_done=2) == 0
 
 
 def test_image_counts_are_read_once_per_process(tmp_path, monkeypatch):
     (tmp_path / "train" / "a").mkdir(parents=True)
     for i in range(3):
         (tmp_path / "train" / "a" / f"{i}.png").write_bytes(b"")
-    assert cost.folder_images(str(tmp_path), "train") == 3
+    assert estimate.folder_images(str(tmp_path), "train") == 3
     monkeypatch.setattr(os, "walk", lambda *a, **k: pytest.fail("walked the folder again"))
-    assert cost.folder_images(str(tmp_path), "train") == 3
+    assert estimate.folder_images(str(tmp_path), "train") == 3
 
 
 @pytest.mark.parametrize("classes", [1000, 10])
@@ -115,3 +115,30 @@ def test_per_image_counts_are_the_ledgers_counts_on_a_real_model(classes):
     for kind in flops.KINDS:
         per = flops.per_image("resnet_tiny", 32, kind, num_classes=classes, small_input=True)
         assert table.flop(kind, (4, 3, 32, 32)) == 4 * per > 0, kind
+
+
+READ = ("--epochs", "--train_step", "--test_step", "--eval_from", "--data_number", "--arch", "--image-size", "--attack",
+        "--omp-level", "--omp-sparsity", "--early-bird", "--data", "--amp", "--small-input")  # what the estimate reads
+
+
+def test_the_estimate_reads_every_spelling_the_stages_accept_for_its_flags():
+    """An override in any spelling a stage accepts counts (the estimate has no torch, so no parser of its own)."""
+    from lottery import cli as imp_cli
+    from transfer import cli as transfer_cli
+    seen = set()
+    for parser in (imp_cli.get_args_parser(True), imp_cli.get_args_parser(False), transfer_cli.get_args_parser()):
+        for action in parser._actions:
+            keys = {estimate.SAME.get(o, o) for o in action.option_strings}
+            if keys & set(READ):
+                assert len(keys) == 1, action.option_strings
+                seen |= keys
+    assert seen == set(READ)
+
+
+def test_the_estimate_follows_the_recipe_and_the_overrides_in_any_spelling():
+    run = spec.Run("imp:x/aimp", "imp", "/nowhere", ("bash", os.path.join(spec.REPO, "script", "imp_pretrain",
+                                                                            "imp_adv.sh"), "w", "/nowhere", "/no/data",
+                                                       "--arch", "resnet18", "--epochs=60"), mode="adv")
+    f = estimate.flags(run)
+    assert (f["--arch"], f["--epochs"], f["--train_step"], f["--image-size"]) == ("resnet18", "60", "3", "224")
+    assert estimate.passes(run).train == 60 * estimate.IMAGENET_TRAIN

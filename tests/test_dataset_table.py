@@ -13,7 +13,7 @@ import pytest
 from torchvision import datasets as tvd
 
 import dataset
-from campaign import cost, spec
+from campaign import estimate, spec
 from datafiles import facts, formats
 from infra.distributed import DistEnv
 from infra.errors import ConfigError, UserError
@@ -82,9 +82,9 @@ def test_a_campaign_runs_an_entry_with_its_recipes_driver_and_estimates_it_from_
     assert runs["svhn", "adv"].command[1] == os.path.join(ADV, "adv_svhn.sh") and "--dataset" not in \
         runs["svhn", "adv"].command and runs["svhn", "adv"].command[2] == str(tmp_path / "init.pth")
     assert runs["cifar100", "adv"].command[1:3] == (os.path.join(ADV, "adv_cifar.sh"), "cifar100")
-    p = cost.passes(runs["tiny", "adv"])  # adv_svhn.sh: 80 epochs, PGD-10, validation from epoch 0, PGD-20 tests
+    p = estimate.passes(runs["tiny", "adv"])  # adv_svhn.sh: 80 epochs, PGD-10, validation from epoch 0, PGD-20 tests
     assert (p.train, p.attack, p.eval) == (48 * 80, 48 * 80 * 10 + (80 * 12 + 3 * 20) * 20, 2 * (80 * 12 + 3 * 20))
-    per = cost.per_image(runs["tiny", "adv"])
+    per = estimate.per_image(runs["tiny", "adv"])
     assert per == {k: flops.per_image("resnet_tiny", 32, k, num_classes=10) for k in flops.KINDS}
 
 
@@ -114,8 +114,8 @@ def test_a_transfer_run_on_an_entry_completes(tmp_path, cifar10_root, pretrained
 
 def test_the_campaign_reads_the_table_without_torch():
     code = ("import sys; sys.modules.update(torch=None, torchvision=None, numpy=None); sys.path.insert(0, sys.argv[1]);"
-            "from campaign import cost, spec; from datafiles import facts;"
-            "print(facts.downstream(), spec.driver('adv', 'svhn')[0], cost.table_size('svhn', 'test'))")
+            "from campaign import estimate, spec; from datafiles import facts;"
+            "print(facts.downstream(), spec.driver('adv', 'svhn')[0], estimate.table_size('svhn', 'test'))")
     out = subprocess.run([sys.executable, "-I", "-c", code, ROOT], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["('cifar10',", "'cifar10_2',", "'cifar100',", "'svhn',", "'folder',", "'visda')",

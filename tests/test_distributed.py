@@ -206,7 +206,7 @@ def test_two_imp_stages_started_at_once_on_one_node_both_complete(image_folder_r
     import fakegpus
     from recipes import TINY, write_init
     init = write_init(str(tmp_path / "init.pth"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": fakegpus.wrapper(str(tmp_path / "python"), 2)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DOUBLEWIN_PY": fakegpus.wrapper(str(tmp_path / "python"), 2)}
     script = os.path.join(ROOT, "script", "imp_pretrain", "imp_std.sh")
     procs = [subprocess.Popen(["bash", script, init, str(tmp_path / f"stage{i}"), image_folder_root, *TINY,
                                "--epochs", "1", "--prune_epoch", "1"], env=env, stdout=subprocess.PIPE,

@@ -3,6 +3,7 @@ nothing installed, a missing dependency named in one line with the command that 
 by a Python 3.10-3.13 found on PATH (shims stand in for the interpreters, so nothing is downloaded)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -129,12 +130,12 @@ def test_python_names_the_interpreter_of_the_venv(copy, tmp_path):
     assert done.returncode == 0 and "with 3.10.13" in done.stderr and "py310 -m venv" in open(log).read()
 
 
-@pytest.mark.parametrize("script", ["report.sh", "imp_pretrain/imp_std.sh"])
-def test_the_scripts_that_need_no_venv_take_doublewin_py_too(tmp_path, script):
-    """The recipe and report scripts run PYTHON if set, else DOUBLEWIN_PY, else `python`."""
+@pytest.mark.parametrize("script", ["report.sh", "imp_pretrain/imp_std.sh", "train_downstream/adv_svhn.sh"])
+def test_the_drivers_and_the_report_run_doublewin_py_and_python_only_makes_the_venv(tmp_path, script):
+    """DOUBLEWIN_PY is the interpreter of every script; PYTHON (the maker of .venv) does not change it."""
     calls = tmp_path / "calls"
-    for name in ("theirs", "mine"):
-        (tmp_path / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {calls}\n")
+    for name in ("theirs", "mine"):  # script/env.sh's checks of an interpreter (without -u) pass
+        (tmp_path / name).write_text(f"#!/bin/bash\n[ \"$1\" = -c ] || [ \"$1\" = - ] || echo {name} \"$@\" >> {calls}\n")
         (tmp_path / name).chmod(0o755)
     base = {k: v for k, v in os.environ.items() if k not in ("DOUBLEWIN_PY", "PYTHON")}
     argv = [BASH, os.path.join(ROOT, "script", script), "w", "s", "d"]
@@ -142,5 +143,38 @@ def test_the_scripts_that_need_no_venv_take_doublewin_py_too(tmp_path, script):
     subprocess.run(argv, check=True, env={**base, "DOUBLEWIN_PY": str(tmp_path / "theirs"),
                                           "PYTHON": str(tmp_path / "mine")}, timeout=60)
     first, second = calls.read_text().splitlines()
-    entry = "report.py" if script == "report.sh" else "main_imp_std.py"
-    assert first.startswith("theirs ") and second.startswith("mine ") and entry in first and entry in second
+    entry = {"report.sh": "report.py", "imp_pretrain/imp_std.sh": "main_imp_std.py"}.get(script,
+                                                                                         "main_train_downstream.py")
+    assert first.startswith("theirs ") and second.startswith("theirs ") and entry in first and entry in second
+
+
+@pytest.mark.slow
+def test_after_the_setup_made_venv_the_drivers_run_it_whatever_python_is_on_path(tmp_path):
+    """A tree whose .venv is up to date (its python: this interpreter, which has torch), `python` on PATH a stand-in
+    that exits 1, DOUBLEWIN_PY unset: the paper-scale drivers run .venv's Python (here, their --help)."""
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    for name in os.listdir(ROOT):
+        if name != ".venv":
+            os.symlink(os.path.join(ROOT, name), tree / name)
+    venv_bin = tree / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    ran = tmp_path / "ran"
+    (venv_bin / "python").write_text(f"#!/bin/sh\necho \"$@\" >> {ran}\nexec {sys.executable} \"$@\"\n")
+    (venv_bin / "python").chmod(0o755)
+    pins = b"".join(open(os.path.join(ROOT, n), "rb").read() for n in ("requirements.txt", "requirements-test.txt"))
+    (tree / ".venv" / ".requirements.sha").write_text(hashlib.sha256(pins).hexdigest() + "\n")  # as env.sh stamps
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "python3"):  # the PATH's Python: no torch here
+        (bin_dir / name).write_text("#!/bin/sh\necho 'the PATH python ran' >&2\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("DOUBLEWIN_PY", "PYTHON")},
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for driver, args, entry in [("imp_pretrain/imp_adv.sh", ["I", "S", "D"], "main_imp_adv.py"),
+                                ("train_downstream/std.sh", ["cifar10", "I", "S", ""], "main_train_downstream.py")]:
+        done = subprocess.run([BASH, str(tree / "script" / driver), *args, "--help"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and "--recipe NAME" in done.stdout, done.stderr
+        assert f"-u {tree / entry} --recipe {os.path.basename(driver)[:-3]} " in ran.read_text()
+    assert not (tree / ".venv" / "lib").exists()  # nothing was installed

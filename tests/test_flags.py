@@ -60,10 +60,11 @@ def test_every_field_has_a_flag(cls, parser, skip):
 
 
 def test_every_flag_sets_a_field():
-    """...and no flag beside the settings: each dest is a field, or a part a field is built from."""
+    """...and no flag beside the settings: each dest is a field, or a part a field is built from (--recipe only
+    names flags of these)."""
     for cls, parser in [(TransferConfig, transfer_cli.get_args_parser()),
                         (IMPConfig, imp_cli.get_args_parser(adversarial=True))]:
-        known = {"help"} | {p.dest or f.name for c in (cls, Launch) for f in dataclasses.fields(c)
+        known = {"help", "recipe"} | {p.dest or f.name for c in (cls, Launch) for f in dataclasses.fields(c)
                             for p in flags.spec(f).flags}
         assert dests(parser) <= known
 

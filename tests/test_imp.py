@@ -325,13 +325,13 @@ SCRIPTS = {"imp_adv.sh": (main_imp_adv, True), "imp_std.sh": (main_imp_std, Fals
 
 
 def run_script(name: str, tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[str] | None]:
-    """Run the real script with PYTHON pointing at a recorder that dumps its argv instead of training."""
+    """Run the real script with DOUBLEWIN_PY pointing at a recorder that dumps its argv instead of training."""
     record = tmp_path / "argv.json"
     recorder = tmp_path / "python"
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
     recorder.chmod(0o755)
     done = subprocess.run(["bash", os.path.join(ROOT, "script", "imp_pretrain", name), *args], text=True,
-                          capture_output=True, env={**os.environ, "PYTHON": str(recorder)}, timeout=60)
+                          capture_output=True, env={**os.environ, "DOUBLEWIN_PY": str(recorder)}, timeout=60)
     return done, json.load(open(record)) if record.exists() else None
 
 

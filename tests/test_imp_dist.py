@@ -101,7 +101,7 @@ def test_unchanged_script_runs_on_a_machine_without_gpu(tiny, tmp_path):
     save_dir = str(tmp_path / "run")
     done = subprocess.run(["bash", os.path.join(ROOT, "script", "imp_pretrain", "imp_std.sh"), init, save_dir, data,
                            *TINY, "--epochs", "1", "--prune_epoch", "1"], cwd=str(tmp_path), capture_output=True,
-                          text=True, timeout=300, env={**ENV, "PYTHON": sys.executable})
+                          text=True, timeout=300, env={**ENV, "DOUBLEWIN_PY": sys.executable})
     assert done.returncode == 0, done.stderr[-3000:]
     log = open(os.path.join(save_dir, checkpoint.LOG)).read()
     assert "--multiprocessing-distributed asked for one process per GPU, but no GPU is visible: one CPU process" in log

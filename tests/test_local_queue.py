@@ -121,7 +121,7 @@ def test_ctrl_c_ends_every_process_of_each_runs_group_and_waits(tmp_path):
     which ignores SIGTERM: afterwards no process of that group is alive, and the run is interrupted, not failed."""
     pids = tmp_path / "pids"
     fake = tmp_path / "python"  # the drivers' interpreter: records its group and starts two processes in it
-    fake.write_text(f"#!/bin/bash\necho $$ >> {pids}\nsleep 300 &\necho $! >> {pids}\n"
+    fake.write_text(f"#!/bin/bash\n[ \"$1\" = -u ] || exit 0  # script/env.sh's checks of it pass\necho $$ >> {pids}\nsleep 300 &\necho $! >> {pids}\n"
                     f"bash -c 'trap \"\" TERM; while true; do sleep 1; done' &\necho $! >> {pids}\nsleep 300\n")
     fake.chmod(0o755)
     os.makedirs(tmp_path / "in")
@@ -129,7 +129,7 @@ def test_ctrl_c_ends_every_process_of_each_runs_group_and_waits(tmp_path):
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",),
                           tickets="")  # one run: the dense model
     sweep = subprocess.Popen([sys.executable, os.path.join(ROOT, "sweep.py"), "run", path, "--local", "--jobs", "1"],
-                             env={**kit.ENV, "PYTHON": str(fake)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**kit.ENV, "DOUBLEWIN_PY": str(fake)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     deadline = time.time() + 60
     while not (pids.exists() and len(pids.read_text().split()) == 3):
@@ -156,10 +156,10 @@ def test_a_run_killed_by_sigkill_shows_as_failed_with_its_reason_and_its_stale_l
     code = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r}); from training import savedir; "
             f"savedir.hold_save_dir({run.save_dir!r}); os.kill(os.getpid(), signal.SIGKILL)")
     fake = tmp_path / "python"  # the driver's interpreter: takes the lease, then is killed
-    fake.write_text(f'#!/bin/bash\n[ "$1" = -c ] && exec {sys.executable} "$@"\nexec {sys.executable} -c "{code}"\n')
+    fake.write_text(f'#!/bin/bash\n[ "$1" = -u ] || exec {sys.executable} "$@"\nexec {sys.executable} -c "{code}"\n')
     fake.chmod(0o755)
     done = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "run", path, "--local"],
-                          env={**kit.ENV, "PYTHON": str(fake)}, capture_output=True, text=True, timeout=120)
+                          env={**kit.ENV, "DOUBLEWIN_PY": str(fake)}, capture_output=True, text=True, timeout=120)
     assert os.path.exists(os.path.join(run.save_dir, state.LEASE)), done.stdout + done.stderr  # left behind
     row = state.state_of(run)
     assert row.state == "failed" and row.exit == 137, row

@@ -330,7 +330,7 @@ def test_bash_script(paper_tree):
     script = os.path.join(REPO, "script", "report.sh")
     bare = subprocess.run(["bash", script], capture_output=True, text=True)
     assert bare.returncode == 2 and bare.stderr.startswith("usage: bash script/report.sh ROOT")
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = dict(os.environ, DOUBLEWIN_PY=sys.executable)
     done = subprocess.run(["bash", script, str(paper_tree), "--checkpoint", "ra", "--no-plots"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr

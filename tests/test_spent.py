@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from campaign import cost, spec, spent, state, status
+from campaign import estimate, spec, spent, state, status
 from campaign.state import RunState
 
 STD = os.path.join(spec.REPO, "script", "train_downstream", "std.sh")
@@ -32,8 +32,8 @@ def _write(run: spec.Run, rows_s: list[float], total_h: float | None = None, tot
 
 def test_measured_hours_come_from_the_ledger(tmp_path):
     a, b, c = (_run(tmp_path, f"robust/cifar10-1/{t}/std/s1") for t in ("aimp-1", "aimp-2", "dense"))
-    estimate = spent.estimated_hours(a)  # bf16 rate: the run passes --amp bf16
-    flop = cost.run_flop(a)  # the whole run's FLOPs, estimated
+    hours = spent.estimated_hours(a)  # bf16 rate: the run passes --amp bf16
+    flop = estimate.run_flop(a)  # the whole run's FLOPs, estimated
     _write(a, [1800.0, 1800.0], total_h=1.1, total_flop=0.9 * flop)  # done: results.json's total (epochs, tests)
     _write(b, [3600.0])                        # partial: its epochs so far
     rows = [RunState(a, "done", epochs_done=2), RunState(b, "partial", epochs_done=1), RunState(c, "pending")]
@@ -45,14 +45,14 @@ def test_measured_hours_come_from_the_ledger(tmp_path):
     assert [(r.run.id, m.hours, m.flop) for r, m in measured] == [(a.id, 1.1, 0.9 * flop), (b.id, 1.0, 1e15)]
     lines = spent.table(measured)  # c above: no epoch, nothing recorded
     (line,) = [ln for ln in lines if ln.startswith("robust aimp")]
-    assert estimate == pytest.approx(flop / cost.RATE["bf16"] / 3600)
-    assert f"0.90, {1.1 / estimate:.2f} (1 done)" in line and " 2 " in line  # FLOPs like with like; then hours
+    assert hours == pytest.approx(flop / estimate.RATE["bf16"] / 3600)
+    assert f"0.90, {1.1 / hours:.2f} (1 done)" in line and " 2 " in line  # FLOPs like with like; then hours
     assert not any(ln.startswith("robust dense") for ln in lines)  # nothing recorded yet
     assert spent.summary(measured) == {"robust aimp": pytest.approx(2.1)}
     assert spent.summary(measured, "flop") == {"robust aimp": pytest.approx(0.9 * flop + 1e15)}
     _write(a, [1800.0], total_h=1.1)  # a ledger without FLOPs (null): its FLOP ratio is not made up
     (line,) = [ln for ln in spent.table(spent.measure(rows)) if ln.startswith("robust aimp")]
-    assert f"-, {1.1 / estimate:.2f} (1 done)" in line
+    assert f"-, {1.1 / hours:.2f} (1 done)" in line
     campaign = spec.Campaign(str(tmp_path / "c.toml"), str(tmp_path), (a, b, c))
     assert "device-hours measured so far" in status.plan_text(campaign, rows)
     assert "device-hours measured so far" in status.status_text(campaign, rows)

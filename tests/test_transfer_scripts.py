@@ -30,7 +30,7 @@ def recorder(tmp_path):
 def run_script(recorder, name: str, *args: str):
     """The config of the command line the script runs."""
     exe, out = recorder
-    subprocess.run(["bash", os.path.join(SCRIPTS, name), *args], check=True, env={**os.environ, "PYTHON": str(exe)})
+    subprocess.run(["bash", os.path.join(SCRIPTS, name), *args], check=True, env={**os.environ, "DOUBLEWIN_PY": str(exe)})
     argv = json.load(open(out))
     assert argv[:2] == ["-u", os.path.join(ROOT, "main_train_downstream.py")]
     return cli.config_from_args(cli.get_args_parser().parse_args(argv[2:]))[0]
@@ -86,7 +86,7 @@ def test_empty_ticket_is_dense_and_extra_flags_override(recorder, ticket):
                                        ("std.sh", ("cifar10", "", "s", ""))])
 def test_missing_positionals_print_usage(recorder, name, args):
     r = subprocess.run(["bash", os.path.join(SCRIPTS, name), *args], capture_output=True, text=True,
-                       env={**os.environ, "PYTHON": str(recorder[0])})
+                       env={**os.environ, "DOUBLEWIN_PY": str(recorder[0])})
     assert r.returncode == 2 and r.stderr.startswith("usage: bash script/train_downstream/" + name)
     assert not os.path.exists(recorder[1])
 

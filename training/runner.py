@@ -8,8 +8,9 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
@@ -98,10 +99,33 @@ def tensorboard_installed() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def parser(description: str, *settings: type, skip: Iterable[str] = ()) -> OneLineParser:
-    """The command line of an entry point: the flags of each settings dataclass (a stage's config, then
-    distributed.Launch), less the fields in `skip`."""
-    p = OneLineParser(description=description)
+class RecipeParser(OneLineParser):
+    """An entry point's parser that puts the flags of `--recipe NAME` before the command's own."""
+
+    def __init__(self, recipes: Mapping[str, flags.Recipe], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.recipes = dict(recipes)
+        if self.recipes:
+            self.add_argument("--recipe", choices=list(self.recipes), metavar="NAME",
+                              help=flags.recipe_help(self.recipes).replace("%", "%%"))
+
+    def parse_known_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else list(args)
+        try:
+            expanded = flags.with_recipe(argv, self.recipes)
+        except ValueError as e:
+            self.error(str(e))
+        parsed, rest = super().parse_known_args(expanded, namespace)
+        if getattr(parsed, "recipe", None) is not None and expanded == argv:  # argparse took an abbreviation
+            self.error(f"--recipe {parsed.recipe}: write --recipe in full")
+        return parsed, rest
+
+
+def parser(description: str, *settings: type, skip: Iterable[str] = (),
+           recipes: Mapping[str, flags.Recipe] | None = None) -> OneLineParser:
+    """The command line of an entry point: `--recipe` (with `recipes`), then the flags of each settings dataclass
+    (a stage's config, then distributed.Launch), less the fields in `skip`."""
+    p = RecipeParser(recipes or {}, description=description)
     for cls in settings:
         flags.add_flags(p, cls, skip=skip)
     return p

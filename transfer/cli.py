@@ -9,15 +9,17 @@ from infra import checkpoint
 from infra.distributed import Launch
 from training import runner
 from transfer import run as transfer_run
+from transfer import recipes as transfer_recipes
 from transfer import state as transfer_state
 from transfer.config import TransferConfig
 from transfer.run import resolve_pipeline
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Generated from TransferConfig and distributed.Launch."""
+    """Generated from TransferConfig and distributed.Launch, with the original's recipes (transfer/recipes.py)."""
     return runner.parser("Downstream transfer of a ticket: standard or adversarial fine-tuning, then test SA/RA. "
-                         "Re-run the same command to resume.", TransferConfig, Launch)
+                         "Re-run the same command to resume.", TransferConfig, Launch,
+                         recipes=transfer_recipes.RECIPES)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TransferConfig, Launch]:

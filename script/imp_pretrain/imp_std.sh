@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# IMP (standard training) on ImageNet with the paper's hyperparameters. Flags after the three positionals
-# override the values below (argparse keeps the last value), e.g.  ... W SAVE DATA --epochs 60 -b 256
-# Re-running the same command resumes the run in SAVE_DIR. Set PYTHON (or DOUBLEWIN_PY) to choose the interpreter.
+# IMP (standard training) on ImageNet with the paper's hyperparameters: `--recipe imp_std` of main_imp_std.py (lottery/recipes.py
+# holds its values; main_imp_std.py --help lists them). Flags after the three positionals override the recipe
+# (argparse keeps the last value), e.g.  bash script/imp_pretrain/imp_std.sh W SAVE DATA --epochs 60 -b 256
+# Re-running the same command resumes the run in SAVE_DIR.
+# Interpreter: DOUBLEWIN_PY=/path/to/python if set, else .venv (made on first use; see script/env.sh).
 set -euo pipefail
 usage() {
-  echo "usage: bash script/imp_pretrain/imp_std.sh INIT_WEIGHTS SAVE_DIR DATA_DIR [extra flags override the values below]" >&2
+  echo "usage: bash script/imp_pretrain/imp_std.sh INIT_WEIGHTS SAVE_DIR DATA_DIR [extra flags override the recipe's values]" >&2
   echo "error: $1" >&2
   exit 2
 }
@@ -12,22 +14,5 @@ usage() {
 names=(INIT_WEIGHTS SAVE_DIR DATA_DIR)
 for i in 1 2 3; do [ -n "${!i}" ] || usage "${names[i-1]} (argument $i) is empty"; done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-args=(
-  -a resnet50
-  --dist-url auto                   # chosen per run: a free port of this node (torchrun, srun: their own)
-  --dist-backend nccl               # gloo is used when no GPU is visible
-  --multiprocessing-distributed     # one process per GPU; one CPU process without a GPU
-  --world-size 1                    # nodes
-  --rank 0                          # this node
-  --wd 1e-4
-  --seed 1
-  --lr 0.0005                       # constant
-  --rate 0.2                        # 20% of the surviving conv weights per level: sparsity 1 - 0.8^k
-  --init "$1"
-  --save_dir "$2"
-  "$3"
-  -b 2048                           # global batch over all GPUs
-  --prune_epoch 30                  # epochs per level
-  --epochs 570                      # 19 levels
-)
-exec "${PYTHON:-${DOUBLEWIN_PY:-python}}" -u "$ROOT/main_imp_std.py" "${args[@]}" "${@:4}"
+source "$ROOT/script/env.sh"
+exec "$DOUBLEWIN_PY" -u "$ROOT/main_imp_std.py" --recipe imp_std --init "$1" --save_dir "$2" "$3" "${@:4}"

@@ -1,15 +1,18 @@
-"""What is left to run, estimated (not measured): the images each run's own settings pass through each kind of
-pass, times the FLOPs per image that the compute ledger's own counter gives (`models.flops`, 2 FLOPs per
-multiply-add), and GPU-hours at an assumed sustained rate. torch is imported only when a count is first needed."""
+"""What is left to run, estimated (not measured): the images each run's own settings (its driver's recipe, then
+its own flags) pass through each kind of pass, times the FLOPs per image that the compute ledger's own counter
+gives (`models.flops`, 2 FLOPs per multiply-add), and GPU-hours at an assumed sustained rate. torch is imported
+only when a count is first needed."""
 from __future__ import annotations
 
 import functools
 import os
-import re
 from dataclasses import dataclass
 
 from campaign.spec import Run
 from datafiles import facts
+from infra.errors import UserError
+from lottery.recipes import RECIPES as IMP_RECIPES
+from transfer.recipes import RECIPES as TRANSFER_RECIPES
 
 UNIT = "FLOP (2 per multiply-add, as the compute ledger counts)"
 RATE = {"bf16": 150e12, "fp32": 50e12}  # FLOP/s assumed sustained on one H100-class card; see the README
@@ -27,34 +30,31 @@ class Passes:
     note: str = ""  # what the estimate assumes beyond the flags (early-bird: its full schedule)
 
 
-@functools.cache
-def driver_defaults(script: str) -> dict[str, str]:
-    """`--flag value` pairs of a bash driver's argument block (the values a run gets unless overridden)."""
-    out: dict[str, str] = {}
-    with open(script) as f:
-        for line in f:
-            m = re.match(r"\s+(-{1,2}[\w-]+)\s+([^\s#\"]+)", line)
-            if m:
-                out[m.group(1)] = m.group(2)
-    return out
+RECIPES = {**IMP_RECIPES, **TRANSFER_RECIPES}  # a driver script/<stage>/<name>.sh passes --recipe <name>
+SAME = {"-a": "--arch"}  # the other spellings of the flags read here (a test compares them with the parsers)
 
 
 def flags(run: Run) -> dict[str, str]:
-    """Driver defaults, then the command's own `--flag value` pairs (argparse keeps the last value)."""
+    """The run's flags as its stage resolves them: its driver's recipe, then the command's own `--flag value`
+    pairs (argparse keeps the last value); a switch's value is whatever follows it."""
     script = next(a for a in run.command if a.endswith(".sh"))
-    out = dict(driver_defaults(script))
-    args = list(run.command)
-    for a, b in zip(args, args[1:]):
+    recipe = RECIPES[os.path.basename(script)[:-3]]
+    args = [*recipe.argv(), *run.command[run.command.index(script) + 1:]]
+    out: dict[str, str] = {}
+    for a, b in zip(args, [*args[1:], ""]):
         if a.startswith("-") and not a.startswith("---"):
-            out[a] = b
+            name, eq, value = a.partition("=")
+            out[SAME.get(name, name)] = value if eq else b
     return out
 
 
-def _num(v: str | None, default: float) -> float:
+def _num(f: dict[str, str], name: str, run: Run) -> float:
     try:
-        return float(v) if v is not None else default
+        return float(f[name])
+    except KeyError:
+        raise KeyError(f"{name} is in no recipe the estimate reads ({run.id})") from None
     except ValueError:
-        return default
+        raise UserError(f"{run.id}: {name} {f[name]!r} is not a number") from None
 
 
 @functools.cache
@@ -71,10 +71,10 @@ def table_size(dataset: str, split: str) -> int:
     return getattr(getattr(facts.DATASETS.get(dataset), "sizes", None), split, None) or 0
 
 
-def _attack_steps(f: dict[str, str], adv: bool) -> float:
-    if not adv:
+def _attack_steps(run: Run, f: dict[str, str]) -> float:
+    if run.mode != "adv":
         return 0.0
-    return 1.0 if f.get("--attack") == "fgsm" else _num(f.get("--train_step"), 3)
+    return 1.0 if f.get("--attack") == "fgsm" else _num(f, "--train_step", run)
 
 
 def imp_passes(run: Run, f: dict[str, str], epochs_done: int) -> Passes:
@@ -83,24 +83,24 @@ def imp_passes(run: Run, f: dict[str, str], epochs_done: int) -> Passes:
     if "--omp-level" in f or "--omp-sparsity" in f:
         return Passes(note="one-shot pruning: no training")
     data = run.command[4]
-    images = (folder_images(data, "train") or IMAGENET_TRAIN) * _num(f.get("--data_number"), 1)
+    images = (folder_images(data, "train") or IMAGENET_TRAIN) * _num(f, "--data_number", run)
     val = folder_images(data, "val") or IMAGENET_VAL
-    epochs = max(0.0, _num(f.get("--epochs"), 570) - epochs_done)
+    epochs = max(0.0, _num(f, "--epochs", run) - epochs_done)
     note = "early-bird: at most its full schedule (levels may stop sooner)" if "--early-bird" in f else ""
-    return Passes(images * epochs, images * epochs * _attack_steps(f, run.mode == "adv"), val * epochs, note)
+    return Passes(images * epochs, images * epochs * _attack_steps(run, f), val * epochs, note)
 
 
 def transfer_passes(run: Run, f: dict[str, str], epochs_done: int) -> Passes:
     """A transfer run: training (with the attack's steps under adv), validation SA and RA (--test_step) from
     --eval_from on, then the final tests' SA and RA."""
     data = f.get("--data", "")
-    n = (table_size(run.dataset, "train") or folder_images(data, "train")) * _num(f.get("--data_number"), 1)
+    n = (table_size(run.dataset, "train") or folder_images(data, "train")) * _num(f, "--data_number", run)
     n_val = table_size(run.dataset, "val") or folder_images(data, "val") or folder_images(data, "validation")
     n_test = table_size(run.dataset, "test") or folder_images(data, "test")
-    epochs = _num(f.get("--epochs"), 100)
-    steps, test_steps = _attack_steps(f, run.mode == "adv"), _num(f.get("--test_step"), 20)
+    epochs = _num(f, "--epochs", run)
+    steps, test_steps = _attack_steps(run, f), _num(f, "--test_step", run)
     train_epochs = max(0.0, epochs - epochs_done)
-    val_epochs = max(0.0, epochs - max(_num(f.get("--eval_from"), 0), epochs_done))
+    val_epochs = max(0.0, epochs - max(_num(f, "--eval_from", run), epochs_done))
     checked = val_epochs * n_val + FINAL_TESTS * n_test  # each through SA (eval) and RA (attack steps + eval)
     return Passes(n * train_epochs, n * train_epochs * steps + checked * test_steps, 2 * checked)
 
@@ -115,10 +115,9 @@ def per_image(run: Run) -> dict[str, float]:
     architecture, image size and kind in this process)."""
     from models import flops
     f = flags(run)
-    arch = f.get("--arch", f.get("-a", "resnet50"))
-    size = int(_num(f.get("--image-size"), 224))
+    arch, size = f["--arch"], int(_num(f, "--image-size", run))
     classes = 1000 if run.kind == "imp" else getattr(facts.DATASETS.get(run.dataset), "num_classes", None) or 10
-    small = "--small-input" in run.command
+    small = "--small-input" in f
     return {k: flops.per_image(arch, size, k, num_classes=classes, small_input=small) for k in flops.KINDS}
 
 
