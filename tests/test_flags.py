@@ -81,6 +81,7 @@ def test_defaults_live_in_the_dataclass_only():
     (["--print-freq", "0"], "show_progress", False), (["--no-progress"], "show_progress", False),
     (["--decreasing_lr", "30,60,90"], "milestones", (30, 60, 90)), (["--tickets_file", "none"], "ticket", None),
     (["--tickets_file", "t.pth"], "ticket", "t.pth"), (["--init", ""], "init", None),
+    (["--resume"], "require_checkpoint", True),  # the original transfer's --resume: continue SAVE_DIR's checkpoint
     (["--autoattack-version", "custom", "--autoattack-attacks", "apgd-ce, square"], "autoattack_attacks",
      ("apgd-ce", "square")),
 ])

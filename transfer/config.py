@@ -8,7 +8,7 @@ import models
 from dataset import DATASETS as DATASET_TABLE, SUBSETS
 from attacks import LOSSES, AttackConfig, AttackFlags
 from infra.errors import ConfigError
-from infra.flags import built, flag
+from infra.flags import Flag, built, flag
 from training.runner import GENERAL, SPEED, RunSettings, optional_path
 
 DATASETS = tuple(name for name in DATASET_TABLE if name != "imagenet")  # imagenet is IMP's
@@ -46,7 +46,9 @@ class TransferConfig(RunSettings):
     save_all: bool = flag("--save_all", False, "also keep epoch<N>.pth.tar after every epoch", group=GENERAL,
                           result=False)
     require_checkpoint: bool = flag("--require-checkpoint", False, "fail unless SAVE_DIR holds a checkpoint.pth.tar "
-                                    "to continue (re-running resumes anyway)", group=GENERAL, result=False)
+                                    "to continue (re-running resumes anyway)", group=GENERAL, result=False,
+                                    also=[Flag(("--resume",), "the original's spelling of --require-checkpoint "
+                                               "(IMP's --resume takes a checkpoint file)", action="store_true")])
     mode: str = flag("--mode", "adv", "standard or adversarial fine-tuning", group=TRAINING, choices=("std", "adv"))
     batch_size: int = flag("-b --batch-size --batch_size", 128, "global batch size", group=TRAINING, type=int)
     lr: float = flag("--lr --learning-rate", 0.1, "initial learning rate", group=TRAINING, type=float)
