@@ -355,7 +355,7 @@ def test_the_docs_name_only_what_exists(doc):
 def test_the_checker_sees_stale_references():
     text = ("Run `python bench_accuracy.py` or `python -m benchmarks.nothing`; see `training/engine.py`,\n"
             "`training.engine.train_one_epoch`, `training.engine.no_such_name`, `infra/gone.py`,\n"
-            "`attacks.PGD.no_method` and [the protocol](../shared/PROTOCOL.md).\n"
+            "`attacks.PGD.no_method` and [notes](../elsewhere/NOTES.md).\n"
             "## training/optimizer.py\n- `make_scaler(amp, state=None)`, `make_sgd(model, settings, ...)`, `no_such()`\n"
             "```bash\nbash script/no_such.sh --flag\npython3 -m demo.run --quick   # fine\n```\n"
             "Files a run writes are not the repository's: `SAVE_DIR/results.json`, `<k>-ticket.pth.tar`.\n")
@@ -363,7 +363,7 @@ def test_the_checker_sees_stale_references():
     assert stale == [
         "section training/optimizer.py: make_scaler(amp, state=None) does not match make_scaler(amp, device, state)",
         "section training/optimizer.py: training.optimizer defines no no_such",
-        "link ../shared/PROTOCOL.md: ../shared/PROTOCOL.md leaves the repository",
+        "link ../elsewhere/NOTES.md: ../elsewhere/NOTES.md leaves the repository",
         "`bash script/no_such.sh --flag`: no file or folder script/no_such.sh",
         "`python bench_accuracy.py`: no file or folder bench_accuracy.py",
         "no file or folder bench_accuracy.py",
