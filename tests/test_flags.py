@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 import pytest
 
@@ -185,3 +186,14 @@ def test_the_same_mistake_gives_the_same_error_in_both_stages(capsys):
         messages.append(str(e.value))
     assert messages[0] == messages[1] == "-b/--batch_size 0 must be at least 1"
     assert messages[2] == messages[3] == "--lr, --wd and --momentum must be >= 0"
+
+
+def test_the_side_by_side_table_spells_each_shared_setting_as_the_parsers_do():
+    """docs/FROM_ORIGINAL.md lists every spelling a shared setting has, as --help writes them (a/b/c)."""
+    table = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                              "FROM_ORIGINAL.md")).read().split("## The stages' flags side by side")[1]
+    parser = transfer_cli.get_args_parser()
+    shared = {f.name for f in dataclasses.fields(IMPConfig)} & {f.name for f in dataclasses.fields(TransferConfig)}
+    for action in parser._actions:
+        if action.dest in shared and action.option_strings:
+            assert f"`{'/'.join(action.option_strings)}" in table, action.option_strings
