@@ -132,8 +132,8 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
         elif f.name in given:
             kwargs[f.name] = given[f.name]
         elif f.default is MISSING and f.default_factory is MISSING:  # every spelling optional, none given
-            names = [" ".join(n for n in (p.names[0] if p.names[0].startswith("-") else None, p.metavar) if n)
-                     or p.names[0] for p in s.flags]
+            names = [" ".join(filter(None, (p.names[0], p.metavar))) if p.names[0].startswith("-")
+                     else p.metavar or p.names[0] for p in s.flags]  # DIR or --data DIR
             raise ConfigError(f"{' or '.join(names)} is required")
     return cls(**kwargs)
 

@@ -34,9 +34,9 @@ class IMPConfig(RunSettings):
     epochs: int = flag("--epochs", 570, "epochs in all (levels * --prune_epoch); a larger value continues a "
                        "finished run with more levels", group=TRAINING, type=int, result=False)
     prune_epoch: int = flag("--prune_epoch", 30, "epochs per level", group=TRAINING, type=int)
-    batch_size: int = flag("-b --batch-size --batch_size", 2048, "global batch, split over all processes (the original split it "
-                           "over one node's GPUs, so its global batch was b x nodes: on N nodes pass N x its -b)",
-                           group=TRAINING, type=int)
+    batch_size: int = flag("-b --batch-size --batch_size", 2048, "global batch, split over all processes (the "
+                           "original split it over one node's GPUs, so its global batch was b x nodes: on N nodes "
+                           "pass N x its -b)", group=TRAINING, type=int)
     lr: float = flag("--lr --learning-rate", 0.0005, "SGD lr (constant, as the original)", group=TRAINING, type=float)
     momentum: float = flag("--momentum", 0.9, "SGD momentum", group=TRAINING, type=float)
     weight_decay: float = flag("--wd --weight-decay --weight_decay", 1e-4, "weight decay", group=TRAINING, type=float)

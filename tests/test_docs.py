@@ -387,11 +387,13 @@ def test_the_signature_check_sees_a_stale_signature():
     text = ("## training/engine.py\n"
             "- `Step(env=DistEnv(), amp=None, channels_last=False, attack=None, mask=None, show_progress=True)`\n"
             "- `Step(env=DistEnv(), amp=None, ..., flops=None)`, `evaluate(model, loader, ...)`: fine\n"
-            "- `evaluate(loader, model, ...)`, `evaluate(model, *, loader, run=Step(), desc=\"eval\", per_image=False)`\n"
+            "- `evaluate(loader, model, ...)`,\n"
+            "`evaluate(model, *, loader, run=Step(), desc=\"eval\", per_image=False)`\n"
             "- `train_one_epoch(model, loader, optimizer, run=Step(), *, scaler=None, epoch=0, desc, stats=None)`\n"
             "Elsewhere: `pruning_utils.save_ticket(path, mask, meta, *, packed=True)`, "
             "`infra.flags.built(parts, build, default, group, result=True)`, `infra.distributed.broadcast_(t, env)`\n"
-            "and `models.build(arch, num_classes, *, small_input=False, ...)`, `infra.errors.run_cli(main, argv=None)`.")
+            "and `models.build(arch, num_classes, *, small_input=False, ...)`,\n"
+            "`infra.errors.run_cli(main, argv=None)`.")
     assert signature_mismatches(text) == [
         "training.engine.Step(env=DistEnv(), amp=None, channels_last=False, attack=None, mask=None, "
         "show_progress=True): leaves out flops (write `...` for left-out ones)",
