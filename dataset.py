@@ -1,5 +1,5 @@
 """The datasets of the table in datafiles/facts.py (ImageNet folder, CIFAR-10/100, SVHN, any ImageFolder, and the
-original's cifar10_2 and visda variants) loaded with the PROTOCOL splits, data-limited training subsets, and each
+original's cifar10_2 and visda variants) loaded with the original's splits, data-limited training subsets, and each
 dataset's [0, 1] transforms (normalisation lives inside the model).
 
     splits = build_datasets("cifar10", "../data", DataFraction(data_number=0.1), image_size=224, resize_size=256)

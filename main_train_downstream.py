@@ -6,8 +6,8 @@ adversarial fine-tuning, then test the best-SA and best-RA checkpoints for SA an
     torchrun --nproc_per_node 4 main_train_downstream.py ...        # one process per GPU, --batch_size is global
 
 Re-running the same command continues a crashed run; a finished run is left as it is (--restart starts over).
-The flags are in transfer/cli.py, the run in transfer/run.py (its epoch loop: `transfer.run._run`), the loop
-over batches in training/engine.py (`train_one_epoch`, `evaluate`), the final test in transfer/results.py.
+The flags are in transfer/cli.py, the run in transfer/run.py (`transfer.run._run`; one epoch: `Epochs.epoch`),
+the loop over batches in training/engine.py (`train_one_epoch`, `evaluate`), the final test in transfer/results.py.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A mask is `{parameter name: bool tensor}` (True = kept), held once, as bool. Pru
 `torch.nn.utils.prune.global_unstructured(L1Unstructured | RandomUnstructured, amount=rate)` bit for bit.
 
 The one mask mechanism: weights stay plain parameters (no torch-prune reparametrisation, no hooks).
-`engine.train_one_epoch(..., mask=mask)` calls `mask_grads` after backward and `apply_mask` after
+`engine.train_one_epoch` under a `Step(mask=mask)` calls `mask_grads` after backward and `apply_mask` after
 `optimizer.step()`, so pruned weights, their gradients and their momentum stay exactly 0 (weight decay
 included). Files use torch prune's names (`<module>.weight_orig` + `<module>.weight_mask`) so tickets and
 checkpoints interoperate with the original code: checkpoints keep torch prune's float 0/1 masks; ticket

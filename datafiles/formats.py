@@ -1,6 +1,6 @@
 """The on-disk formats the dataset table (datafiles/facts.py) names, one builder each: CIFAR/SVHN files through
 torchvision, and ImageFolder trees (ImageNet, folder, VisDA). A builder returns untransformed `RawSplits`, the
-PROTOCOL split of an official training file included; a missing or malformed file is one DataError line naming it."""
+original's split of an official training file included; a missing or malformed file is one DataError line naming it."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,7 @@ def train_val_split(n: int, official_n: int, val_size: int = VAL_SIZE) -> tuple[
     """Split a training file of `n` images into (train, val) index ranges: the last images are validation.
 
     With the official file (`n >= official_n`) the last `val_size` images are held out, which gives
-    exactly the PROTOCOL splits (CIFAR 0..44999 / 45000..49999, SVHN 0..68256 / 68257..73256). A smaller
+    exactly the original's splits (CIFAR 0..44999 / 45000..49999, SVHN 0..68256 / 68257..73256). A smaller
     file (e.g. fabricated test data) holds out the same fraction, `max(1, round(n * val_size / official_n))`.
     """
     n_val = val_size if n >= official_n else max(1, round(n * val_size / official_n))

@@ -1,1 +1,1 @@
-"""Infrastructure every floor knows: files and checkpoints, logs, errors, seeds, devices, processes."""
+"""Infrastructure every part of the code may use: files and checkpoints, logs, errors, seeds, devices, processes."""

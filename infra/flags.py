@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from infra.errors import ConfigError
+
 KEY = "flag"  # the dataclass field metadata key that holds a field's `Spec`
 REQUIRED = MISSING  # the default of a field with no default: its flag is required
 _PLAIN = object()  # a Flag's default when it is no part of a built field
@@ -83,11 +85,15 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str]
 def _argparse_options(f: dataclasses.Field, s: Spec, part: Flag) -> dict:
     positional = not part.names[0].startswith("-")
     out: dict[str, Any] = {"help": _help(f, s, part).replace("%", "%%")}
+    # a required field with two spellings (DIR or --data DIR) needs either one: from_args checks that
+    alone = (f.default is MISSING and f.default_factory is MISSING) and len(s.flags) == 1
+    if positional and not alone and s.build is None:
+        out.update(nargs="?", default=argparse.SUPPRESS)
     if not positional:
         out["dest"] = part.dest or f.name
         # a plain flag not given leaves the field's default (declared once, in the dataclass)
         out["default"] = part.default if part.default is not _PLAIN else argparse.SUPPRESS
-        out["required"] = part.required or (f.default is MISSING and f.default_factory is MISSING)
+        out["required"] = part.required or alone
     action = part.action
     switch = isinstance(f.default, bool) or f.type in ("bool | None", bool | None)  # on/off, or None: automatic
     if action is None and part.type is None and s.build is None and switch:
@@ -127,6 +133,10 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
                 kwargs[f.name] = s.build(values)
         elif f.name in given:
             kwargs[f.name] = given[f.name]
+        elif f.default is MISSING and f.default_factory is MISSING:  # every spelling optional, none given
+            names = [" ".join(filter(None, (p.names[0], p.metavar))) if p.names[0].startswith("-")
+                     else p.metavar or p.names[0] for p in s.flags]  # DIR or --data DIR
+            raise ConfigError(f"{' or '.join(names)} is required")
     return cls(**kwargs)
 
 

@@ -139,9 +139,10 @@ def slurm_job() -> str | None:
 
 def me(beat_s: float, stale_s: float, folder: str) -> Holder:
     """This process as the holder of a lease in `folder`."""
-    return Holder(socket.gethostname(), os.getpid(), _pid_start(os.getpid()),
-                  _read("/proc/sys/kernel/random/boot_id"), _pidns(), slurm_job(), time.time(),
-                  secrets.token_hex(16), beat_s, stale_s, os.stat(folder).st_ino, os.path.realpath(folder))
+    return Holder(host=socket.gethostname(), pid=os.getpid(), pid_start=_pid_start(os.getpid()),
+                  boot=_read("/proc/sys/kernel/random/boot_id"), pidns=_pidns(), job=slurm_job(), since=time.time(),
+                  token=secrets.token_hex(16), beat_s=beat_s, stale_s=stale_s, dir_ino=os.stat(folder).st_ino,
+                  dir_path=os.path.realpath(folder))
 
 
 def clock() -> float:

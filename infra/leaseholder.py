@@ -219,7 +219,8 @@ def _inherited() -> dict[str, Lease]:
             h = _INHERITED.get(path)
             if h is None or h.holder.token != token:
                 beat_s, stale_s = protocol.bounds()  # the parent's: it took them from the same environment
-                holder = protocol.Holder("", pid, None, None, None, None, 0.0, token, beat_s, stale_s, None)
+                holder = protocol.Holder(host="", pid=pid, pid_start=None, boot=None, pidns=None, job=None,
+                                         since=0.0, token=token, beat_s=beat_s, stale_s=stale_s, dir_ino=None)
                 h = _INHERITED[path] = Lease(path, holder, scope, pid)
             out[path] = h
     return out

@@ -9,7 +9,7 @@ import dataset
 import models
 from attacks import LOSSES, AttackConfig, AttackFlags
 from infra.errors import ConfigError
-from infra.flags import REQUIRED, built, flag
+from infra.flags import REQUIRED, Flag, built, flag
 from lottery import criteria
 from training.runner import GENERAL, SPEED, RunSettings, optional_path
 
@@ -22,7 +22,8 @@ ATTACK_FIELDS = ("attack", "attack_loss", "robust_val", "robust_val_images")  # 
 @dataclass(frozen=True)
 class IMPConfig(RunSettings):
     data: str = flag("data", REQUIRED, "dataset folder: DIR/train/<class>/*, DIR/val/<class>/*", group=GENERAL,
-                     metavar="DIR", result=False)
+                     metavar="DIR", result=False, also=[Flag(("--data",), "the same, as transfer spells it",
+                                                             metavar="DIR")])
     init: str | None = flag("--init", None, "pre-trained weights (loaded strictly)", group=GENERAL, metavar="PATH")
     data_number: float = flag("--data_number", 1.0, "data diet: find tickets on this fraction of the training images "
                               "(0, 1], a seeded class-balanced draw unless --subset first; its indices go to "
@@ -34,12 +35,12 @@ class IMPConfig(RunSettings):
     epochs: int = flag("--epochs", 570, "epochs in all (levels * --prune_epoch); a larger value continues a "
                        "finished run with more levels", group=TRAINING, type=int, result=False)
     prune_epoch: int = flag("--prune_epoch", 30, "epochs per level", group=TRAINING, type=int)
-    batch_size: int = flag("-b --batch-size", 2048, "global batch, split over all processes (the original split it "
-                           "over one node's GPUs, so its global batch was b x nodes: on N nodes pass N x its -b)",
-                           group=TRAINING, type=int)
+    batch_size: int = flag("-b --batch-size --batch_size", 2048, "global batch, split over all processes (the "
+                           "original split it over one node's GPUs, so its global batch was b x nodes: on N nodes "
+                           "pass N x its -b)", group=TRAINING, type=int)
     lr: float = flag("--lr --learning-rate", 0.0005, "SGD lr (constant, as the original)", group=TRAINING, type=float)
     momentum: float = flag("--momentum", 0.9, "SGD momentum", group=TRAINING, type=float)
-    weight_decay: float = flag("--wd --weight-decay", 1e-4, "weight decay", group=TRAINING, type=float)
+    weight_decay: float = flag("--wd --weight-decay --weight_decay", 1e-4, "weight decay", group=TRAINING, type=float)
     rate: float = flag("--rate", 0.2, "fraction of the surviving conv weights pruned per level", group=PRUNING,
                        type=float)
     prune_method: str = flag("--prune-method", "magnitude", criteria.help_text, group=PRUNING, choices=PRUNE_METHODS)
@@ -92,7 +93,7 @@ class IMPConfig(RunSettings):
              "(every level trains --prune_epoch epochs)"),
             (0 < self.rate < 1, f"--rate must be a fraction in (0, 1), got {self.rate}"),
             (self.prune_method in PRUNE_METHODS, f"--prune-method must be one of {', '.join(PRUNE_METHODS)}"),
-            (self.batch_size >= 1, f"-b {self.batch_size} must be at least 1"),
+            (self.batch_size >= 1, f"-b/--batch_size {self.batch_size} must be at least 1"),
             (self.lr >= 0 and self.weight_decay >= 0 and self.momentum >= 0, "--lr, --wd and --momentum must be >= 0"),
             (self.attack_loss in LOSSES,
              f"--attack-loss must be one of {', '.join(LOSSES)}, got {self.attack_loss!r}"),

@@ -153,9 +153,9 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if at.optimizer is not None else None)
     board = Board(cfg.save_dir, files.read_jsonl(os.path.join(cfg.save_dir, files.METRICS)), at.done) \
         if cfg.tensorboard and env.is_main else None
-    levels = Levels(cfg, net, model, train_loader, val_loader,
-                    engine.Step(env, cfg.amp, cl, attack, None, cfg.show_progress, ledger.FlopTable(net)), scaler,
-                    board, robust)
+    step = engine.Step(env, amp=cfg.amp, channels_last=cl, attack=attack, show_progress=cfg.show_progress,
+                       flops=ledger.FlopTable(net))  # each epoch runs it under its level's mask
+    levels = Levels(cfg, net, model, train_loader, val_loader, train=step, scaler=scaler, board=board, robust=robust)
     while at.level <= cfg.levels:
         while at.done < at.level * cfg.prune_epoch:  # an early-bird level that stops counts all its epochs done
             levels.epoch(at.done, at, optimizer)

@@ -1,4 +1,4 @@
-"""dataset.py: PROTOCOL splits, data fractions, transforms and clear errors, on data fabricated in the true
+"""dataset.py: the original's splits, data fractions, transforms and clear errors, on data fabricated in the true
 on-disk formats and read through torchvision's real loaders."""
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """The docs name only what exists: every repository path, project module, `module.name` and command that
 README.md, BENCHMARKS.md and docs/*.md mention is checked against the tree (read with `ast`, nothing imported),
-and no link leaves the repository."""
+and no link leaves the repository; the signatures docs/*.md write are compared with the imported objects'."""
 from __future__ import annotations
 
 import ast
 import functools
 import glob
+import importlib
+import inspect
 import os
 import re
 
@@ -242,6 +244,107 @@ def stale_references(text: str, doc: str) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------------------- documented signatures, imported
+INTERNALS = "docs/INTERNALS.md"
+PARAM = re.compile(r"^(\*{0,2})([A-Za-z_]\w*)[^=]*?(?:=(.*))?$")  # `name`, `name: type`, `name=default`, `*args`
+
+
+def _documented_object(module: str, name: str) -> object | None:
+    """`name` in an imported `module`: defined there, or a method of one of the classes it defines."""
+    mod = importlib.import_module(module)
+    if hasattr(mod, name):
+        return getattr(mod, name)
+    owners = [c for c in vars(mod).values() if inspect.isclass(c) and c.__module__ == module and name in vars(c)]
+    return getattr(owners[0], name) if owners else None
+
+
+def signature_mismatch(obj: object, params: str) -> str | None:
+    """How a documented parameter list differs from `inspect.signature(obj)`, or None. A list without `...`
+    names every parameter in order, a `*` (or `*args`) before the keyword-only ones unless written `name=value`
+    as in a call; a written default is the real one (compared where it is a literal); `...` stands for parameters
+    left out, the order of the rest still checked."""
+    real = list(inspect.signature(obj).parameters.values())
+    real = real[1:] if real[:1] and real[0].name == "self" else real  # a method looked up on its class
+    stars = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    by_name = {stars.get(p.kind, "") + p.name: p for p in real}
+    partial, keyword_only, names = False, False, []
+    for part in _doc_params_raw(params):
+        if part in ("...", "…"):
+            partial = True
+            continue
+        if part == "*":
+            keyword_only = True
+            continue
+        star, name, default = PARAM.match(part).groups() if PARAM.match(part) else ("", part, None)
+        p = by_name.get(star + name)
+        if p is None:
+            return f"no parameter {star + name}"
+        kw = p.kind is inspect.Parameter.KEYWORD_ONLY  # `name=value` without a `*` before it: a call, fine
+        if not star and not partial and (keyword_only and not kw or not keyword_only and kw and default is None):
+            return f"{name} is {'' if kw else 'not '}keyword-only"
+        keyword_only = keyword_only or star == "*"
+        if default is not None and p.default is inspect.Parameter.empty:
+            return f"{name} has no default"
+        if default is not None and _literal(default) is not None and _literal(default)[0] != p.default:
+            return f"{name}'s default is {p.default!r}"
+        names.append(star + name)
+    order = [n for n in by_name if n in names]
+    if order != names:
+        return f"the order is ({', '.join(order)})"
+    if not partial and names != list(by_name):
+        return f"leaves out {', '.join(n for n in by_name if n not in names)} (write `...` for left-out ones)"
+    return None
+
+
+def _doc_params_raw(text: str) -> list[str]:
+    depth, cur, parts = 0, "", []
+    for ch in text:
+        depth += ch in "([{" and 1 or 0
+        depth -= ch in ")]}" and 1 or 0
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p.strip() for p in parts + [cur] if p.strip()]
+
+
+def _literal(text: str) -> tuple | None:
+    """(value,) for a literal default (None, numbers, strings, tuples), else None (`...`: a default not shown)."""
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return None
+    return None if value is Ellipsis else (value,)
+
+
+def documented_signatures(text: str) -> list[tuple[str, str, str]]:
+    """(module, name, params) of every `name(params)` under a `## path/to/module.py` heading and of every
+    `module.name(params)`, as signature_problems finds them."""
+    out = []
+    for heading, body in re.findall(r"^## (\S+\.py)\b[^\n]*\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M):
+        module = heading[:-3].replace("/", ".")
+        out += [(module, name, params) for name, params in
+                re.findall(r"`([A-Za-z_]\w*)\(([^`]*?)\)(?: -> [^`]*)?`", body)]
+    for dotted, params in re.findall(r"`([A-Za-z_][\w.]*\.[A-Za-z_]\w*)\(([^`]*?)\)(?: -> [^`]*)?`", text):
+        parts = dotted.split(".")
+        owners = [i for i in range(1, len(parts)) if module_file(".".join(parts[:i]))]
+        if owners:
+            out.append((".".join(parts[:max(owners)]), ".".join(parts[max(owners):]), params))
+    return out
+
+
+def signature_mismatches(text: str) -> list[str]:
+    out = []
+    for module, name, params in documented_signatures(text):
+        obj = _documented_object(module, name.split(".")[0])
+        for attr in name.split(".")[1:]:
+            obj = getattr(obj, attr, None)
+        problem = "not defined" if obj is None else signature_mismatch(obj, " ".join(params.split()))
+        out += [f"{module}.{name}({' '.join(params.split())}): {problem}"] if problem else []
+    return out
+
+
 # ---------------------------------------------------------------------------- the tests
 @pytest.mark.parametrize("doc", DOCS)
 def test_the_docs_name_only_what_exists(doc):
@@ -252,7 +355,7 @@ def test_the_docs_name_only_what_exists(doc):
 def test_the_checker_sees_stale_references():
     text = ("Run `python bench_accuracy.py` or `python -m benchmarks.nothing`; see `training/engine.py`,\n"
             "`training.engine.train_one_epoch`, `training.engine.no_such_name`, `infra/gone.py`,\n"
-            "`attacks.PGD.no_method` and [the protocol](../shared/PROTOCOL.md).\n"
+            "`attacks.PGD.no_method` and [notes](../elsewhere/NOTES.md).\n"
             "## training/optimizer.py\n- `make_scaler(amp, state=None)`, `make_sgd(model, settings, ...)`, `no_such()`\n"
             "```bash\nbash script/no_such.sh --flag\npython3 -m demo.run --quick   # fine\n```\n"
             "Files a run writes are not the repository's: `SAVE_DIR/results.json`, `<k>-ticket.pth.tar`.\n")
@@ -260,7 +363,7 @@ def test_the_checker_sees_stale_references():
     assert stale == [
         "section training/optimizer.py: make_scaler(amp, state=None) does not match make_scaler(amp, device, state)",
         "section training/optimizer.py: training.optimizer defines no no_such",
-        "link ../shared/PROTOCOL.md: ../shared/PROTOCOL.md leaves the repository",
+        "link ../elsewhere/NOTES.md: ../elsewhere/NOTES.md leaves the repository",
         "`bash script/no_such.sh --flag`: no file or folder script/no_such.sh",
         "`python bench_accuracy.py`: no file or folder bench_accuracy.py",
         "no file or folder bench_accuracy.py",
@@ -270,3 +373,36 @@ def test_the_checker_sees_stale_references():
         "no file or folder infra/gone.py",
         "attacks.PGD has no no_method",
     ], stale
+
+
+@pytest.mark.parametrize("doc", [d for d in DOCS if d.startswith("docs/")])
+def test_documented_signatures_are_the_real_ones(doc):
+    """docs/INTERNALS.md's contracts (and any docs/ page's) compared with `inspect.signature` of the imported
+    object: a parameter added, renamed, reordered, made keyword-only or given another default shows."""
+    stale = signature_mismatches(open(os.path.join(ROOT, doc)).read())
+    assert not stale, f"{doc}: " + "; ".join(stale)
+
+
+def test_the_signature_check_sees_a_stale_signature():
+    text = ("## training/engine.py\n"
+            "- `Step(env=DistEnv(), amp=None, channels_last=False, attack=None, mask=None, show_progress=True)`\n"
+            "- `Step(env=DistEnv(), amp=None, ..., flops=None)`, `evaluate(model, loader, ...)`: fine\n"
+            "- `evaluate(loader, model, ...)`,\n"
+            "`evaluate(model, *, loader, run=Step(), desc=\"eval\", per_image=False)`\n"
+            "- `train_one_epoch(model, loader, optimizer, run=Step(), *, scaler=None, epoch=0, desc, stats=None)`\n"
+            "Elsewhere: `pruning_utils.save_ticket(path, mask, meta, *, packed=True)`, "
+            "`infra.flags.built(parts, build, default, group, result=True)`, `infra.distributed.broadcast_(t, env)`\n"
+            "and `models.build(arch, num_classes, *, small_input=False, ...)`,\n"
+            "`infra.errors.run_cli(main, argv=None)`.")
+    assert signature_mismatches(text) == [
+        "training.engine.Step(env=DistEnv(), amp=None, channels_last=False, attack=None, mask=None, "
+        "show_progress=True): leaves out flops (write `...` for left-out ones)",
+        "training.engine.evaluate(loader, model, ...): the order is (model, loader)",
+        "training.engine.evaluate(model, *, loader, run=Step(), desc=\"eval\", per_image=False): loader is not "
+        "keyword-only",
+        "training.engine.train_one_epoch(model, loader, optimizer, run=Step(), *, scaler=None, epoch=0, desc, "
+        "stats=None): no parameter stats",
+        "pruning_utils.save_ticket(path, mask, meta, *, packed=True): packed's default is False",
+        "infra.flags.built(parts, build, default, group, result=True): group is keyword-only",
+        "infra.distributed.broadcast_(t, env): leaves out src (write `...` for left-out ones)",
+    ]

@@ -115,8 +115,8 @@ FAULTS = [
           ("argument --dataset: invalid choice: 'imagenet'",), subprocess=True),
     Fault("arch-unknown-imp", "unknown -a/--arch (IMP)", (IS, "{folder}", "…", "-a", "resnet99"),
           ("argument -a/--arch: invalid choice: 'resnet99'",)),
-    Fault("arch-unknown-transfer", "unknown --arch (transfer)", (T, "…", "--arch", "resnet99"),
-          ("unknown architecture 'resnet99' (--arch)",)),
+    Fault("arch-unknown-transfer", "unknown -a/--arch (transfer)", (T, "…", "--arch", "resnet99"),
+          ("argument -a/--arch: invalid choice: 'resnet99'",)),
     # ---------------------------------------------------------------- init weights
     Fault("init-missing", "--init file does not exist", (IS, "{folder}", "…", "--init", "{missing}.pth"),
           ("'{missing}.pth' not found",), subprocess=True),

@@ -1,5 +1,6 @@
-"""IMP / A-IMP on the pre-training task (imp_levels.py, imp_state.py, imp_cli.py, main_imp_*.py): levels, masks,
-rewinding, files, resume, one-shot pruning and the CLI, on a tiny ImageFolder with resnet_tiny at 32 px."""
+"""IMP / A-IMP on the pre-training task (lottery/levels.py, lottery/state.py, lottery/cli.py, main_imp_*.py):
+levels, masks, rewinding, files, resume, one-shot pruning and the CLI, on a tiny ImageFolder with resnet_tiny at
+32 px."""
 from __future__ import annotations
 
 import json

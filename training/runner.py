@@ -269,7 +269,7 @@ def metrics_row(epoch: int, lr: float, train: dict, **more) -> dict:
 
 def truncate_metrics(save_dir: str, done: int) -> None:
     """Keep the metrics.jsonl rows of the `done` completed epochs only (rows number epochs from 0, see
-    METRICS_ROW): rows of an epoch that crashed between its row and its checkpoint go, and so does a torn last
+    `metrics_row`): rows of an epoch that crashed between its row and its checkpoint go, and so does a torn last
     line."""
     path = os.path.join(save_dir, checkpoint.METRICS)
     if os.path.exists(path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import models
 from dataset import SUBSETS
 from datafiles import facts
 from attacks import LOSSES, AttackConfig, AttackFlags
 from infra.errors import ConfigError
-from infra.flags import built, flag
+from infra.flags import Flag, built, flag
 from training.runner import GENERAL, SPEED, RunSettings, optional_path
 
 DATASETS = facts.DOWNSTREAM  # the table's transfer targets (imagenet is IMP's), read at each use
@@ -39,18 +40,20 @@ class TransferConfig(RunSettings):
     data: str = flag("--data", "../data", "dataset root", group=GENERAL, result=False)
     data_number: float = flag("--data_number", 1.0, "fraction of the training split used, (0, 1]", group=GENERAL,
                               type=float)
-    arch: str = flag("--arch", "resnet50", "model architecture", group=GENERAL)
+    arch: str = flag("-a --arch", "resnet50", "model architecture", group=GENERAL, choices=list(models.ARCHS))
     init: str | None = flag("--init", None, "pre-trained weights; '' or none: random init (warned)", group=GENERAL,
                             type=optional_path, required=True)
     save_all: bool = flag("--save_all", False, "also keep epoch<N>.pth.tar after every epoch", group=GENERAL,
                           result=False)
     require_checkpoint: bool = flag("--require-checkpoint", False, "fail unless SAVE_DIR holds a checkpoint.pth.tar "
-                                    "to continue (re-running resumes anyway)", group=GENERAL, result=False)
+                                    "to continue (re-running resumes anyway)", group=GENERAL, result=False,
+                                    also=[Flag(("--resume",), "the original's spelling of --require-checkpoint "
+                                               "(IMP's --resume takes a checkpoint file)", action="store_true")])
     mode: str = flag("--mode", "adv", "standard or adversarial fine-tuning", group=TRAINING, choices=("std", "adv"))
-    batch_size: int = flag("--batch_size", 128, "global batch size", group=TRAINING, type=int)
-    lr: float = flag("--lr", 0.1, "initial learning rate", group=TRAINING, type=float)
+    batch_size: int = flag("-b --batch-size --batch_size", 128, "global batch size", group=TRAINING, type=int)
+    lr: float = flag("--lr --learning-rate", 0.1, "initial learning rate", group=TRAINING, type=float)
     momentum: float = flag("--momentum", 0.9, "", group=TRAINING, type=float)
-    weight_decay: float = flag("--weight_decay", 5e-4, "", group=TRAINING, type=float)
+    weight_decay: float = flag("--wd --weight-decay --weight_decay", 5e-4, "", group=TRAINING, type=float)
     epochs: int = flag("--epochs", 100, "", group=TRAINING, type=int)
     warmup: int = flag("--warmup", 0, "epochs of linear per-step lr warm-up", group=TRAINING, type=int)
     milestones: tuple[int, ...] = flag("--decreasing_lr", (50, 75), "epochs where multistep multiplies the lr by "
@@ -91,11 +94,14 @@ class TransferConfig(RunSettings):
         super().__post_init__()
         if self.mode == "std":
             object.__setattr__(self, "train_attack", None)  # standard fine-tuning trains on clean images
-        at_least = [("--epochs", self.epochs, 1), ("--batch_size", self.batch_size, 1), ("--warmup", self.warmup, 0),
-                    ("--eval_from", self.eval_from, 0), ("--autoattack", self.autoattack, 0)]
+        at_least = [("--epochs", self.epochs, 1), ("-b/--batch_size", self.batch_size, 1),
+                    ("--warmup", self.warmup, 0), ("--eval_from", self.eval_from, 0),
+                    ("--autoattack", self.autoattack, 0)]
         for name, value, low in at_least:
             if value < low:
                 raise ConfigError(f"{name} {value} must be at least {low}")
+        if min(self.lr, self.weight_decay, self.momentum) < 0:
+            raise ConfigError("--lr, --wd and --momentum must be >= 0")  # IMP's words for the same mistake
         if self.restart and self.require_checkpoint:
             raise ConfigError("--restart starts over and --require-checkpoint continues: pass one of them")
         unknown = [a for a in self.autoattack_attacks if a not in AA_ATTACKS]

@@ -168,33 +168,35 @@ def _run(env: DistEnv, cfg: TransferConfig) -> None:
         mask = {k: v.to(env.device) for k, v in mask.items()}
     optimizer = optimizer_lib.make_sgd(model, optimizer_lib.SGDSettings(cfg.lr, cfg.momentum, cfg.weight_decay,
                                                                         cfg.fused_sgd))
-    run = Training(model, mask, optimizer, make_scheduler(optimizer, cfg),
-                   optimizer_lib.make_scaler(cfg.amp, env.device))
-    state = transfer_state.resume(cfg, env.is_main, run)
+    training = Training(model=model, mask=mask, optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg),
+                        scaler=optimizer_lib.make_scaler(cfg.amp, env.device))
+    state = transfer_state.resume(cfg, env.is_main, training)
     net = runner.wrap(model, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
-    step = Step(env, cfg.amp, cfg.channels_last, build_attack(cfg.train_attack, cfg.attack_loss), mask,
-                cfg.show_progress, ledger.FlopTable(model))
+    step = Step(env, amp=cfg.amp, channels_last=cfg.channels_last,
+                attack=build_attack(cfg.train_attack, cfg.attack_loss), mask=mask, show_progress=cfg.show_progress,
+                flops=ledger.FlopTable(model))
     log.info(f"train on {cfg.train_attack.describe() if cfg.train_attack else 'clean images'}; "
              f"validate SA and RA ({cfg.test_attack.describe()}) from epoch {eval_from}")
     title = f"{cfg.mode} transfer to {cfg.dataset} ({cfg.data_number:g}), " + \
         (f"ticket at {100 * info['ticket_sparsity']:.1f}% sparsity" if mask is not None else "dense")
     board = Board(cfg.save_dir, read_jsonl(os.path.join(cfg.save_dir, METRICS)), state["epoch"]) \
         if cfg.tensorboard and env.is_main else None
-    loop = Epochs(cfg, net, run, data, step, build_attack(cfg.test_attack, cfg.attack_loss), eval_from, title, board)
+    loop = Epochs(cfg, net, training, data, train=step, test_attack=build_attack(cfg.test_attack, cfg.attack_loss),
+                  eval_from=eval_from, title=title, board=board)
     for epoch in range(state["epoch"], cfg.epochs):
         loop.epoch(epoch, state)
     if board is not None:
         board.close()
-    transfer_results.finish(env, cfg, run, data, info, state)
+    transfer_results.finish(env, cfg, training, data, info, state)
 
 
 @dataclass(frozen=True)
 class Epochs:
-    """The fixed pieces of a run's epochs: `net` trains (compiled, DDP-wrapped), `run` holds what files keep,
+    """The fixed pieces of a run's epochs: `net` trains (compiled, DDP-wrapped), `training` holds what files keep,
     `train` is the training step (the ranks, its attack and the ticket's mask), `test_attack` the validation RA's."""
     cfg: TransferConfig
     net: nn.Module
-    run: Training
+    training: Training
     data: DeviceData | HostData
     train: Step
     test_attack: Callable | None
@@ -204,16 +206,16 @@ class Epochs:
 
     def epoch(self, epoch: int, state: dict) -> None:
         """Train one epoch, validate SA and RA from --eval_from on, log, and (rank 0) save its files."""
-        cfg, env, optimizer = self.cfg, self.train.env, self.run.optimizer
+        cfg, env, optimizer = self.cfg, self.train.env, self.training.optimizer
         start = time.time()
         seed_epoch(cfg.seed, epoch, env.rank)
         loader = self.data.train_epoch(epoch)
         if epoch < cfg.warmup:
             loader = Warmup(loader, optimizer, cfg.lr, cfg.warmup, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(self.net, loader, optimizer, self.train, scaler=self.run.scaler, epoch=epoch,
+        stats = train_one_epoch(self.net, loader, optimizer, self.train, scaler=self.training.scaler, epoch=epoch,
                                 desc=f"train {epoch + 1}/{cfg.epochs}")
-        self.run.scheduler.step()
+        self.training.scheduler.step()
         row = runner.metrics_row(epoch, lr, stats, val_sa=None, val_ra=None)
         evals = []
         if epoch >= self.eval_from:
@@ -228,7 +230,7 @@ class Epochs:
                  f"| val SA {pct(row['val_sa'])} RA {pct(row['val_ra'])} | best SA {pct(state['best_sa'])} "
                  f"RA {pct(state['best_ra'])} | {row['time']:.0f}s")
         if env.is_main:
-            transfer_state.save_epoch(cfg, self.run, state, row, improved)
+            transfer_state.save_epoch(cfg, self.training, state, row, improved)
             if self.board is not None:
                 self.board.add(row)
             transfer_results.plot_curves(read_jsonl(os.path.join(cfg.save_dir, METRICS)),
