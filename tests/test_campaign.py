@@ -257,6 +257,20 @@ def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
     assert 1800 < status.summary(c, rows)["left_gpu_hours_bf16"] < 2300
 
 
+def test_the_paper_spec_plans_dense_aimp_and_imp_tickets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    open("robust_linf_eps4.ckpt", "w").close()
+    c = spec.load(os.path.join(ROOT, "campaign", "paper.toml"))
+    cells = 3 * 3 * 2 * 3  # 3 datasets x 3 fractions x 2 modes x 3 seeds
+    assert sorted(r.id for r in c.runs if r.kind == "imp") == ["imp:robust/aimp", "imp:robust/imp"]
+    families = {r.id.split("/")[2].rsplit("-", 1)[0] for r in c.runs if r.kind == "transfer"}
+    assert families == {"dense", "aimp", "imp"}
+    assert len(c.runs) == 2 + cells * (1 + 12 + 12)  # two IMP stages; dense + tickets 1-12 of each family
+    rows = state.states(c)
+    assert state.counts(rows)["waiting"] == cells * 24 and state.counts(rows)["pending"] == 2 + cells
+    assert 1000 < status.summary(c, rows)["left_gpu_hours_bf16"] < 1200
+
+
 @pytest.mark.slow
 def test_a_corrupt_test_image_keeps_the_last_checkpoint_and_a_fixed_file_resumes_to_the_same_results(tmp_path,
                                                                                                      inputs):
@@ -413,21 +427,6 @@ def test_bad_imp_seeds_are_one_line_naming_the_key(tmp_path, inputs, stage, mess
 def test_imp_overrides_must_be_a_list_of_flags(tmp_path, inputs):
     with pytest.raises(spec.SpecError, match=r"imp_overrides = '--amp bf16': expected a list of flags"):
         _imp_spec(tmp_path, inputs, extra='imp_overrides = "--amp bf16"')
-
-
-def _readme_toml() -> str:
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
-    return text.split("```toml\n", 1)[1].split("```", 1)[0]
-
-
-def test_the_readme_block_is_the_example_spec():
-    try:
-        import tomllib
-    except ModuleNotFoundError:
-        import tomli as tomllib
-    with open(os.path.join(ROOT, "campaign", "example.toml"), "rb") as f:
-        assert tomllib.loads(_readme_toml()) == tomllib.load(f)
 
 
 def _recorded_argv(command: tuple[str, ...], tmp_path) -> list[str]:
