@@ -110,6 +110,24 @@ def test_the_recipes_are_plain_data():
     assert GRAPH["infra.flags"] <= {"infra.errors"} and GRAPH["infra.errors"] == set()
 
 
+RESEARCH = ("models", "pruning_utils", "attacks", "dataset", "datafiles", "training", "lottery", "transfer",
+            "reporting")
+OPERATIONS = ("campaign", "benchmarks", "demo", "infra.lease", "infra.leaseholder")  # infra.watchdog: the
+#  loops report progress to it (one call per epoch and test), as they log
+
+
+def test_the_research_core_reads_alone():
+    """Operations (the campaign, benchmarks and GPU check, the demo, the lease) share the top level with the
+    research code but not its imports: no research module reaches one, so the research core reads, and could be
+    lifted out, alone (the lease reaches a run only through training.savedir's RunFolder and the runner)."""
+    allowed = {"training.savedir", "training.runner"}  # where a run takes its lease
+    for m in (m for m in MODULES if m.split(".")[0] in RESEARCH or m in RESEARCH):
+        if m in allowed:
+            continue
+        bad = {r for r in GRAPH[m] if any(r == o or r.startswith(o + ".") for o in OPERATIONS)}
+        assert not bad, f"{m} imports {sorted(bad)}"
+
+
 def test_nothing_imports_an_entry_point():
     bad = {m: sorted(GRAPH[m] & ENTRY_POINTS) for m in MODULES if GRAPH[m] & ENTRY_POINTS}
     assert not bad, bad
