@@ -267,7 +267,7 @@ def verdict_lines(report_json: str) -> str:
                                 if c.get("test"))
             else:
                 why = r["status"].removeprefix(f"{call}: ")
-            lines.append(f"  {g['init']:8s}  {r['source']:8s}  {100 * r['sparsity']:6.2f}%  {call}: {why}")
+            lines.append(f"  {g['init']:8s}  {r['family']:8s}  {100 * r['sparsity']:6.2f}%  {call}: {why}")
     return "\n".join(lines)
 
 

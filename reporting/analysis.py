@@ -53,7 +53,7 @@ class Cell:
 @dataclass(frozen=True)
 class Row:
     sparsity: float
-    source: str
+    family: str
     cells: dict             # (mode, metric) -> Cell
     match: dict             # (mode, metric) -> bool | None, for the four matching columns (empty when dense);
     #                         with --verdict stat: True double-win, False not double-win, None inconclusive/missing
@@ -96,8 +96,8 @@ class Group:
         extra = "".join(f", {k}={v}" for k, v in zip(self.group_by, self.key[3:]))
         return f"init {self.key[0]}, {self.key[1]}, data_number {self.key[2]:g}{extra}"
 
-    def highest(self, source: str | None = None) -> Row | None:
-        wins = [r for r in self.rows if r.double_win and source in (None, r.source)]
+    def highest(self, family: str | None = None) -> Row | None:
+        wins = [r for r in self.rows if r.double_win and family in (None, r.family)]
         return max(wins, key=lambda r: r.sparsity) if wins else None
 
 
@@ -123,11 +123,11 @@ def _margin(cell: Cell | None, opts: Options) -> tuple[float | None, str]:
     return tolerance, "tolerance, 1 dense seed"
 
 
-def _judge(sparsity: float, source: str, cells: dict, dense: dict, margins: dict, opts: Options) -> Row:
+def _judge(sparsity: float, family: str, cells: dict, dense: dict, margins: dict, opts: Options) -> Row:
     if sparsity == 0:
-        return Row(sparsity, source, cells, {}, ())
+        return Row(sparsity, family, cells, {}, ())
     if opts.verdict == "stat":
-        return _test(sparsity, source, cells, dense, opts)
+        return _test(sparsity, family, cells, dense, opts)
     cols = match_columns(opts)
     match = {c: None if c not in cells or c not in dense
              else cells[c].mean >= dense[c].mean - margins[c][0] - SLACK for c in cols}
@@ -137,10 +137,10 @@ def _judge(sparsity: float, source: str, cells: dict, dense: dict, margins: dict
                          ("fails", [c for c in cols if match[c] is False])):
         if chosen:
             failures.append(f"{what} {', '.join(column_name(c) for c in chosen)}")
-    return Row(sparsity, source, cells, match, tuple(failures))
+    return Row(sparsity, family, cells, match, tuple(failures))
 
 
-def _test(sparsity: float, source: str, cells: dict, dense: dict, opts: Options) -> Row:
+def _test(sparsity: float, family: str, cells: dict, dense: dict, opts: Options) -> Row:
     """The statistical call: per column a non-inferiority test; the row is double-win when all four columns are,
     not double-win when any column is, else inconclusive (the reasons name the columns)."""
     cols = match_columns(opts)
@@ -157,7 +157,7 @@ def _test(sparsity: float, source: str, cells: dict, dense: dict, opts: Options)
     failures += [f"{what} {', '.join(column_name(c) for c in chosen)}"
                  for what, chosen in (("missing", missing), ("no dense run for", no_dense)) if chosen]
     call = verdict.LOSS if losses else verdict.OPEN if failures else verdict.WIN
-    return Row(sparsity, source, cells, match, tuple(failures), tests=tests, call=call)
+    return Row(sparsity, family, cells, match, tuple(failures), tests=tests, call=call)
 
 
 def _cell(runs: list[Run], metric: str) -> Cell | None:
@@ -177,7 +177,7 @@ def _costed(row: Row, spent: list[tuple[float | None, ...]]) -> Row:
 
 
 def analyse(runs: list[Run], opts: Options) -> list[Group]:
-    """Group runs by (init, dataset, data_number, *group_by); one row per (sparsity, source), dense first."""
+    """Group runs by (init, dataset, data_number, *group_by); one row per (sparsity, family), dense first."""
     by_group: dict[tuple, list[Run]] = {}
     for r in runs:
         by_group.setdefault(r.group, []).append(r)
@@ -187,9 +187,9 @@ def analyse(runs: list[Run], opts: Options) -> list[Group]:
         by_cell: dict[tuple, list[Run]] = {}
         spent: dict[tuple, list] = {}
         for r in members:
-            spent.setdefault((r.sparsity, r.source), []).append((r.ticket_hours, r.run_hours, r.ticket_flop,
+            spent.setdefault((r.sparsity, r.family), []).append((r.ticket_hours, r.run_hours, r.ticket_flop,
                                                                  r.run_flop))
-            by_cell.setdefault((r.sparsity, r.source, r.mode), []).append(r)
+            by_cell.setdefault((r.sparsity, r.family, r.mode), []).append(r)
         cells: dict[tuple, dict] = {}
         for (sp, src, mode), rs in by_cell.items():
             row = cells.setdefault((sp, src), {})

@@ -35,8 +35,8 @@ def family_costs(group: Group, overlap: Overlap) -> list[FamilyCost]:
     """One FamilyCost per ticket family of the group, sorted by family. A cost no file records is None, never
     0 (0 is a genuine zero: one-shot pruning trains nothing beyond the pre-trained weights)."""
     out = []
-    for family in sorted({r.source for r in group.rows if not r.dense}):
-        rows = [r for r in group.rows if r.source == family]
+    for family in sorted({r.family for r in group.rows if not r.dense}):
+        rows = [r for r in group.rows if r.family == family]
         best = group.highest(family)
         found = [r.ticket_hours for r in rows if r.ticket_hours is not None]
         flops = [r.ticket_flop for r in rows if r.ticket_flop is not None]
@@ -86,7 +86,7 @@ def cost_table(group: Group, overlap: Overlap) -> tuple[list[str], list[list[str
     rows = [[c.family, str(c.tickets), _highest(c), flop_text(c.find_flop), _hours(c.find_hours),
              *(["-", "-"] if c.highest is None else [flop_text(c.reach_flop), _hours(c.reach_hours)]),
              flop_text(c.transfer_flop), _hours(c.transfer_hours),
-             overlap.judged(group.key[0], c.family, [r.sparsity for r in group.rows if r.source == c.family])]
+             overlap.judged(group.key[0], c.family, [r.sparsity for r in group.rows if r.family == c.family])]
             for c in family_costs(group, overlap)]
     return header, rows
 

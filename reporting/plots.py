@@ -22,14 +22,14 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 STYLES = ("-", "--", "-.", ":")
 
 
-def _sources(group: Group) -> list[str]:
-    return sorted({r.source for r in group.rows if not r.dense})
+def _families(group: Group) -> list[str]:
+    return sorted({r.family for r in group.rows if not r.dense})
 
 
-def _line(ax, group: Group, col: tuple[str, str], source: str, color: str, k: int, label: str) -> list[float]:
-    """One ticket source in one column: the dense point at 100% first, then its tickets; stars where double-win.
-    `k` numbers the source (marker and line style). Returns the x positions drawn."""
-    rows = [r for r in group.rows if (r.dense or r.source == source) and col in r.cells]
+def _line(ax, group: Group, col: tuple[str, str], family: str, color: str, k: int, label: str) -> list[float]:
+    """One ticket family in one column: the dense point at 100% first, then its tickets; stars where double-win.
+    `k` numbers the family (marker and line style). Returns the x positions drawn."""
+    rows = [r for r in group.rows if (r.dense or r.family == family) and col in r.cells]
     if all(r.dense for r in rows):
         return []
     xs = [100 * (1 - r.sparsity) for r in rows]
@@ -87,15 +87,15 @@ def _save(fig, path: str) -> None:
 
 
 def plot_group(group: Group, opts: Options, path: str) -> None:
-    """One init/dataset/fraction: SA and RA panels, a line per (transfer regime x ticket source)."""
+    """One init/dataset/fraction: SA and RA panels, a line per (transfer regime x ticket family)."""
     fig, axes = _figure(1, 2, (11, 4.2))
     for ax, (_, metric) in zip(axes[0], match_columns(opts)[:2]):
         xs, stars = [100.0], any(r.double_win for r in group.rows)
         for i, mode in enumerate(REGIMES):
             col = (mode, metric)
             _band(ax, group, col, COLORS[i], f"dense, {mode} transfer")
-            for j, source in enumerate(_sources(group)):
-                xs += _line(ax, group, col, source, COLORS[i], j, f"{source}, {mode} transfer")
+            for j, family in enumerate(_families(group)):
+                xs += _line(ax, group, col, family, COLORS[i], j, f"{family}, {mode} transfer")
         _axis(ax, xs, f"{LABELS[metric]} (test)", f"{LABELS[metric]} (%)", stars)
     fig.suptitle(f"{group.title}; {pairing(opts, short=True)}", fontsize=9)
     _save(fig, path)
@@ -103,7 +103,7 @@ def plot_group(group: Group, opts: Options, path: str) -> None:
 
 def plot_overview(groups: list[Group], opts: Options, path: str) -> None:
     """Several pre-trained inits on one dataset/fraction: rows SA/RA, columns standard/adversarial transfer,
-    a line per (init x ticket source), each init's dense band in its colour."""
+    a line per (init x ticket family), each init's dense band in its colour."""
     fig, axes = _figure(2, 2, (11, 8))
     for i, (_, metric) in enumerate(match_columns(opts)[:2]):
         for j, mode in enumerate(REGIMES):
@@ -111,8 +111,8 @@ def plot_overview(groups: list[Group], opts: Options, path: str) -> None:
             for k, g in enumerate(groups):
                 color = COLORS[k % len(COLORS)]
                 _band(ax, g, col, color, f"dense, {g.key[0]}")
-                for m, source in enumerate(_sources(g)):
-                    xs += _line(ax, g, col, source, color, m, f"{g.key[0]}, {source}")
+                for m, family in enumerate(_families(g)):
+                    xs += _line(ax, g, col, family, color, m, f"{g.key[0]}, {family}")
             stars = any(r.double_win for g in groups for r in g.rows)
             _axis(ax, xs, f"{LABELS[metric]} after {mode} transfer", f"{LABELS[metric]} (%)", stars)
     g0 = groups[0]

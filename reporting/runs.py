@@ -62,7 +62,7 @@ class Run:
     group: tuple           # (init label, dataset, data_number, *group_by values)
     mode: str
     sparsity: float
-    source: str
+    family: str
     seed: object
     values: dict           # metric -> accuracy in percent, or None
     settings: dict         # WATCH key -> JSON text of its value
@@ -164,7 +164,7 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
                              "(its other numbers are used)")] if needed else []
     extra = tuple(_text(_dotted(data, k)) for k in opts.group_by)
     meta = data.get("ticket_meta") if isinstance(data.get("ticket_meta"), dict) else {}
-    source = "dense" if sparsity == 0 else ticket_family(meta)
+    family = "dense" if sparsity == 0 else ticket_family(meta)
     settings = {k: json.dumps(_dotted(data, k), sort_keys=True) for k in WATCH}
     seed = data.get("seed") if isinstance(data.get("seed"), (int, str)) else None  # None: cannot spot duplicates
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
@@ -172,7 +172,7 @@ def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Pr
     images = {m: _count(data[blocks[m]].get(IMAGES[m])) for m in METRICS}
     correct = {m: data[blocks[m]].get(CORRECT[m]) if isinstance(data[blocks[m]].get(CORRECT[m]), str) else None
                for m in CORRECT}
-    run = Run(rel, (init_label(data), data["dataset"], data_number, *extra), mode, sparsity, source, seed, values,
+    run = Run(rel, (init_label(data), data["dataset"], data_number, *extra), mode, sparsity, family, seed, values,
               settings, hours(meta.get("cost")), hours(data.get("cost")), flop(meta.get("cost")),
               flop(data.get("cost")), imp_seed, images, correct)
     return run, problems
@@ -214,7 +214,7 @@ def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
         problems += probs
         if run is None:
             continue
-        twin = (run.group, run.mode, run.sparsity, run.source, run.imp_seed, run.seed, tuple(run.settings.items()))
+        twin = (run.group, run.mode, run.sparsity, run.family, run.imp_seed, run.seed, tuple(run.settings.items()))
         if run.seed is not None and twin in seen:
             imp = "" if run.imp_seed is None else f"IMP seed {run.imp_seed}, "
             problems.append(Problem(run.path, f"same settings, {imp}transfer seed {run.seed} as {seen[twin]}; "

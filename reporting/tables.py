@@ -62,8 +62,8 @@ def cell_text(cell: Cell | None, match: bool | None, judged: bool = False, stat:
 
 def headline(group: Group) -> str:
     best = group.highest()
-    text = f"{percent(best.sparsity)} ({best.source})" if best else "none"
-    families = sorted({r.source for r in group.rows if not r.dense})
+    text = f"{percent(best.sparsity)} ({best.family})" if best else "none"
+    families = sorted({r.family for r in group.rows if not r.dense})
     if len(families) > 1:
         per = [f"{s} {percent(group.highest(s).sparsity) if group.highest(s) else 'none'}" for s in families]
         text += "; by family: " + ", ".join(per)
@@ -82,7 +82,7 @@ def margin_line(group: Group) -> str:
 def table(group: Group, opts: Options) -> tuple[list[str], list[list[str]]]:
     cols = shown_columns(group, opts)
     header = ["sparsity", "remaining", "family", *map(column_name, cols), "double-win", "status"]
-    rows = [[percent(r.sparsity), percent(1 - r.sparsity), r.source,
+    rows = [[percent(r.sparsity), percent(1 - r.sparsity), r.family,
              *(cell_text(r.cells.get(c), r.match.get(c), c in (r.tests or {}), opts.verdict == "stat")
                for c in cols),
              "yes" if r.double_win else "-", r.status] for r in group.rows]
@@ -161,7 +161,7 @@ def render_csv(report: Report) -> str:
                 cells += [cell.imp_seeds if cell else 0, *((_num(test.lower), _num(test.upper), test.call)
                                                             if test else ("", "", ""))]
             o = report.opts
-            w.writerow([g.key[0], g.key[1], f"{g.key[2]:g}", *g.key[3:], r.source, f"{r.sparsity:.4f}",
+            w.writerow([g.key[0], g.key[1], f"{g.key[2]:g}", *g.key[3:], r.family, f"{r.sparsity:.4f}",
                         f"{1 - r.sparsity:.4f}", *cells, int(r.double_win), r.call, r.status, _num(r.ticket_hours),
                         _num(r.transfer_hours), o.checkpoint, o.ra, o.verdict, o.tolerance, o.margin, o.confidence])
     return buf.getvalue()
@@ -180,7 +180,7 @@ def _row_json(r: Row) -> dict:
     cells = {column_name(c): {"mean": cell.mean, "std": cell.std, "n": cell.n, "values": list(cell.values),
                               "imp_seeds": cell.imp_seeds, "replicates": cell.replicates, "match": r.match.get(c),
                               "test": _test_json((r.tests or {}).get(c))} for c, cell in sorted(r.cells.items())}
-    return {"sparsity": r.sparsity, "source": r.source, "double_win": r.double_win, "call": r.call,
+    return {"sparsity": r.sparsity, "family": r.family, "double_win": r.double_win, "call": r.call,
             "status": r.status,
             "cells": cells, "ticket_device_hours": r.ticket_hours, "transfer_device_hours": r.transfer_hours}
 
@@ -188,17 +188,17 @@ def _row_json(r: Row) -> dict:
 def summary(report: Report) -> dict:
     groups = []
     for g in report.groups:
-        sources = sorted({r.source for r in g.rows if not r.dense})
-        best = {s: (g.highest(s).sparsity if g.highest(s) else None) for s in sources}
+        families = sorted({r.family for r in g.rows if not r.dense})
+        best = {s: (g.highest(s).sparsity if g.highest(s) else None) for s in families}
         top = g.highest()
         groups.append({
             "init": g.key[0], "dataset": g.key[1], "data_number": g.key[2], "group_by": dict(zip(g.group_by, g.key[3:])),
-            "runs": g.runs, "highest_double_win": {"sparsity": top.sparsity, "source": top.source} if top else None,
-            "highest_double_win_by_source": best, "notes": list(g.notes),
+            "runs": g.runs, "highest_double_win": {"sparsity": top.sparsity, "family": top.family} if top else None,
+            "highest_double_win_by_family": best, "notes": list(g.notes),
             "margins": {column_name(c): {"value": m, "rule": why} for c, (m, why) in g.margins.items()},
             "rows": [_row_json(r) for r in g.rows], "families": costs.costs_json(g, report.overlap),
-            "overlap": {f: report.overlap.judged(g.key[0], f, [r.sparsity for r in g.rows if r.source == f])
-                        for f in sorted({r.source for r in g.rows if not r.dense})}})
+            "overlap": {f: report.overlap.judged(g.key[0], f, [r.sparsity for r in g.rows if r.family == f])
+                        for f in sorted({r.family for r in g.rows if not r.dense})}})
     o = report.opts
     return {"root": report.root, "checkpoint": o.checkpoint, "ra": o.ra, "tolerance": o.tolerance,
             "verdict": o.verdict, "margin": o.margin, "confidence": o.confidence,

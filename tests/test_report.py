@@ -255,7 +255,7 @@ def test_outputs_written_and_deterministic(paper_tree, tmp_path):
     assert float(adv[0]["std_sa_std"]) == pytest.approx(S, abs=1e-4) and adv[0]["std_sa_n"] == "2"
     summary = json.loads((tmp_path / "a" / "report.json").read_text())
     tops = {g["init"]: g["highest_double_win"] for g in summary["groups"]}
-    assert tops == {"adv_r50": {"sparsity": 0.672, "source": "imp"}, "std_r50": None}
+    assert tops == {"adv_r50": {"sparsity": 0.672, "family": "imp"}, "std_r50": None}
     md = (tmp_path / "a" / "report.md").read_text()
     assert "| adv_r50 | cifar10 | 1 | 67.20% (imp) |" in md and "| std_r50 | cifar10 | 1 | none |" in md
     assert "(adv_r50_cifar10_1.png)" in md and "(overview_cifar10_1.png)" in md
@@ -277,7 +277,7 @@ def test_sources_and_group_by(tmp_path):
     write_cell(tmp_path, "bal/dense", 0.0, 90.0, 50.0, 85.0, 55.0, subset="balanced")
     rep = analysis.collect(str(tmp_path), Options(verdict="point"))
     (group,) = rep.groups
-    assert [(r.sparsity, r.source) for r in group.rows] == [(0.0, "dense"), (0.3, "aimp"), (0.5, "imp"),
+    assert [(r.sparsity, r.family) for r in group.rows] == [(0.0, "dense"), (0.3, "aimp"), (0.5, "imp"),
                                                             (0.5, "omp")]
     assert report_tables.headline(group) == "50.00% (imp); by family: aimp 30.00%, imp 50.00%, omp none"
     assert any("runs differ in subset" in n and "--group-by subset" in n for n in group.notes)

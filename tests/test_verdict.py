@@ -321,7 +321,7 @@ def test_a_campaign_with_two_imp_seeds_reports_them_as_replicates(tmp_path):
     rep = json.load(open(root / "report" / "report.json"))
     (group,) = rep["groups"]
     (row,) = [r for r in group["rows"] if r["sparsity"] > 0]
-    assert row["source"] == "imp" and row["cells"]["std-SA"]["replicates"] == "n=2 (2 IMP seeds x 1 transfer seeds)"
+    assert row["family"] == "imp" and row["cells"]["std-SA"]["replicates"] == "n=2 (2 IMP seeds x 1 transfer seeds)"
     assert rep["problems"] == [] and "counted once" not in done.stdout
     (seeds,) = json.load(open(root / OVERLAP))["replicates"]
     assert seeds["family"] == "imp" and seeds["tickets"] == 2 and 0 < seeds["iou"] <= 1
