@@ -72,8 +72,16 @@ def watching(save_dir: str | None, log_path: str | None) -> Iterator[None]:
 
 
 def _touch(marker: str | None) -> None:
+    """Touch .progress, only while this process's lease on its folder is still ours (confirmed by a read begun
+    now: a holder frozen past a takeover wakes to a lease that is not, and must leave the folder alone)."""
     if marker is None:
         return
+    held = leaseholder.covering(marker)
+    try:
+        if held is not None:
+            held.check(fresh=True)
+    except (leaseholder.LeaseLost, OSError):
+        return  # the lease's own checks report the loss and end the run
     try:
         with open(marker, "a"):
             pass

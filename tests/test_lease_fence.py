@@ -127,3 +127,20 @@ def test_a_rename_that_worked_but_answered_enoent_is_a_write_done(tmp_path, monk
     path = str(tmp_path / "results.json")
     checkpoint.atomic_write_json(path, {"a": 1})
     assert json.load(open(path)) == {"a": 1}
+
+
+def test_a_holder_that_wakes_after_a_takeover_leaves_the_progress_marker_alone(tmp_path):
+    """The watchdog's .progress touch is a write too: after the takeover, however recently the lease was last
+    confirmed, the old holder's watchdog does not touch the new holder's marker."""
+    from infra import watchdog
+
+    save = str(tmp_path)
+    folder = savedir.hold_save_dir(save)
+    marker = os.path.join(save, watchdog.PROGRESS)
+    watchdog._touch(marker)
+    assert os.path.exists(marker)
+    take_over(os.path.join(save, ".lease"))
+    os.utime(marker, (1_000_000, 1_000_000))  # the new holder's last progress
+    folder.lease.ok = lease.clock()  # confirmed a moment before the takeover
+    watchdog._touch(marker)
+    assert os.stat(marker).st_mtime == 1_000_000
