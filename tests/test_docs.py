@@ -152,17 +152,7 @@ def _function(module: str, name: str) -> ast.FunctionDef | ast.ClassDef | None:
 
 
 def _doc_params(text: str) -> list[str]:
-    depth, cur, parts = 0, "", []
-    for ch in text:
-        depth += ch in "([{" and 1 or 0
-        depth -= ch in ")]}" and 1 or 0
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    names = [re.split(r"[:=]", p)[0].strip().lstrip("*") for p in parts]
+    names = [re.split(r"[:=]", p)[0].strip().lstrip("*") for p in _doc_params_raw(text)]
     return [n for n in names if n and n != "..." and n.isidentifier()]
 
 
