@@ -96,6 +96,7 @@ def _hold(save_dir: str) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_plan_counts_are_exact_at_each_stage(tmp_path, inputs):
     c = load(tmp_path, inputs)
     ids = [r.id for r in c.runs]
@@ -140,6 +141,7 @@ def _contents(folder: str) -> dict:
     return {n: open(p, "rb").read() if os.path.isfile(p) else sorted(os.listdir(p)) for n, p in paths.items()}
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_locked_save_dir_refuses_and_changes_nothing(tmp_path, inputs):
     save = str(tmp_path / "run")
     os.makedirs(save)
@@ -170,6 +172,7 @@ def test_the_estimate_follows_the_readme_table():
     assert status.bar(3, 12).endswith("3/12 done (25%)")
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_stops_the_run_with_one_line_and_check_data_lists_it(tmp_path, inputs):
     import shutil
     data = str(tmp_path / "data")
