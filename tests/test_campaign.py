@@ -247,6 +247,7 @@ def test_the_campaign_reads_files_and_imports_no_torch_entry_point_or_model():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths are relative to where sweep.py runs
     open("robust_linf_eps4.ckpt", "w").close()
