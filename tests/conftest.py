@@ -91,3 +91,12 @@ def pytest_configure():
     """The CPU suite behaves alike on a CPU box and a GPU node: runs, ranks and backends stay on CPU / gloo (the
     CUDA tests in test_cuda.py lift this pin)."""
     os.environ[hardware.PIN] = "cpu"
+
+
+def pytest_collection_modifyitems(items):
+    """A test on the live SLURM cluster (the `slurm_cluster` fixture, script/slurm_up.sh) is marked `cluster` and
+    `slow`: `-m "not cluster"` leaves them out, `-m cluster` runs only them."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+            item.add_marker(pytest.mark.slow)

@@ -3,6 +3,7 @@ DOUBLEWIN_REQUIRE_SLURM=1), campaigns of trivial bash runs built in-process, fak
 what cannot exist here: a scheduler that fails, GPUs), and node drain/resume on script/slurm_up.sh's cluster."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -20,8 +21,10 @@ MOUNT = "/var/spool/doublewin-slurm/mount"  # script/slurm_up.sh: n2's jobs see 
 ON_N1_ONLY = os.path.join(MOUNT, "on-n1-only")
 
 
+@functools.lru_cache(maxsize=None)
 def slurm_reachable() -> str | None:
-    """None when a SLURM controller answers, else why not."""
+    """None when a SLURM controller answers, else why not; asked once per session (an absent controller takes
+    sinfo about 9 s to tell)."""
     if not shutil.which("sbatch") or not shutil.which("sinfo"):
         return "sbatch/sinfo not found"
     try:

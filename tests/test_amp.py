@@ -65,6 +65,7 @@ def test_both_loops_make_attacks_in_the_attack_precision(amp, attack_autocast):
 
 
 # ---------------------------------------------------------------------------- final test precision
+@pytest.mark.slow
 def test_final_test_is_fp32_unless_test_amp(cifar10_root, tmp_path, monkeypatch):
     """A bf16 run (CPU autocast stands in for the GPU's) tests its best checkpoints in fp32 and says so; --test-amp
     re-tests the finished run under bf16 without training again."""

@@ -25,6 +25,7 @@ def _scalars(save_dir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_transfer_scalars_are_the_metrics_rows_and_survive_a_resume(tmp_path, image_folder_root, pretrained,
                                                                      monkeypatch):
     out = tmp_path / "run"

@@ -93,6 +93,7 @@ def _hold(save_dir: str) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_plan_counts_are_exact_at_each_stage(tmp_path, inputs):
     c = load(tmp_path, inputs)
     ids = [r.id for r in c.runs]
@@ -137,6 +138,7 @@ def _contents(folder: str) -> dict:
     return {n: open(p, "rb").read() if os.path.isfile(p) else sorted(os.listdir(p)) for n, p in paths.items()}
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_locked_save_dir_refuses_and_changes_nothing(tmp_path, inputs):
     save = str(tmp_path / "run")
     os.makedirs(save)
@@ -167,6 +169,7 @@ def test_the_estimate_follows_the_readme_table():
     assert status.bar(3, 12).endswith("3/12 done (25%)")
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_stops_the_run_with_one_line_and_check_data_lists_it(tmp_path, inputs):
     import shutil
     data = str(tmp_path / "data")
@@ -242,6 +245,7 @@ def test_the_campaign_reads_files_and_imports_no_torch_entry_point_or_model():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_the_example_spec_is_the_papers_campaign(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths are relative to where sweep.py runs
     open("robust_linf_eps4.ckpt", "w").close()

@@ -26,9 +26,10 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_two(inputs, tmp_path_factory):
-    """The 12-run campaign through the local queue with 2 workers: the reference for the other tests."""
+    """The 8-run campaign (dense and level 2; 2 seeds, std and adv) through the local queue with 2 workers: the
+    reference for the other tests."""
     d = tmp_path_factory.mktemp("local2")
-    path = kit.write_spec(str(d / "c.toml"), inputs, str(d / "runs"))
+    path = kit.write_spec(str(d / "c.toml"), inputs, str(d / "runs"), levels=(2,))
     done = kit.sweep("run", path, "--local", "--jobs", "2", check=True)
     return path, str(d / "runs"), done
 
@@ -40,10 +41,10 @@ def _counts(path: str) -> dict:
 @pytest.mark.slow
 def test_local_queue_two_workers_give_the_files_of_one(local_two, inputs, tmp_path):
     path, root, done = local_two
-    assert _counts(path) == {"done": 12}
-    assert done.stdout.count("start  ") == 12 and "FAILED" not in done.stdout
+    assert _counts(path) == {"done": 8}
+    assert done.stdout.count("start  ") == 8 and "FAILED" not in done.stdout
     two = kit.results(root)
-    assert len(two) == 12
+    assert len(two) == 8
     one_spec = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(2,), levels=(2,),
                               modes=("adv",))
     kit.sweep("run", one_spec, "--local", "--jobs", "1", check=True)
@@ -52,7 +53,7 @@ def test_local_queue_two_workers_give_the_files_of_one(local_two, inputs, tmp_pa
     again = kit.sweep("run", path, "--local", "--jobs", "2", check=True)  # nothing left: nothing launched
     assert "start" not in again.stdout and kit.results(root) == two
     plan = kit.sweep("plan", path, check=True).stdout  # the measured cost beside the estimate, per family
-    assert any(ln.startswith("tiny aimp") and ln.endswith("(8 done)") for ln in plan.splitlines()), plan
+    assert any(ln.startswith("tiny aimp") and ln.endswith("(4 done)") for ln in plan.splitlines()), plan
     report = kit.sweep("report", path, check=True)
     assert "highest double-win sparsity" in report.stdout.lower()
     assert os.path.exists(os.path.join(root, "report", "report.json"))
@@ -113,7 +114,7 @@ def _starts(folder: str) -> list[str]:
 
 @pytest.mark.slow
 def test_slurm_requeue_lands_on_the_other_node_and_matches_the_local_run(two_nodes, local_two, inputs, tmp_path):
-    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"))
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), levels=(2,))
     sweep = subprocess.Popen([sys.executable, os.path.join(kit.ROOT, "sweep.py"), "run", path, "--slurm",
                               "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "10", "--follow", "--poll",
                               "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kit.ENV,
@@ -127,8 +128,8 @@ def test_slurm_requeue_lands_on_the_other_node_and_matches_the_local_run(two_nod
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 0, out[-2000:] + err[-2000:]
-    assert "submitted 12 runs: jobs " in out  # arrays of at most MaxArraySize (8 on the CI cluster)
-    assert _counts(path) == {"done": 12}
+    assert "submitted 8 runs: jobs " in out  # arrays of at most MaxArraySize (8 on the CI cluster)
+    assert _counts(path) == {"done": 8}
     hosts = _starts(victim)
     assert len(hosts) >= 2 and hosts[0] != hosts[1], hosts  # requeued, then resumed on the other node
     assert kit.results(str(tmp_path / "runs")) == kit.results(local_two[1])

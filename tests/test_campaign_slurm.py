@@ -261,6 +261,7 @@ WRITE = ("import sys; sys.path.insert(0, {root!r}); from infra import checkpoint
          "errors.run_cli(lambda argv: checkpoint.atomic_write_json({path!r}, {{'epoch': 1}}))")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code, excluded", [(errno.EDQUOT, []), (errno.ESTALE, ["n1", "n2"])])
 def test_a_full_quota_fails_runs_and_excludes_no_host(fake, tmp_path, monkeypatch, code, excluded):
     """Four runs on two nodes meet a shim's write error in their job (the real Task and launch.json): EDQUOT is

@@ -34,6 +34,7 @@ def probe(repo, **env) -> subprocess.CompletedProcess:
                           env={**base, **env})
 
 
+@pytest.mark.slow
 def test_doublewin_py_is_used_as_it_is(copy):
     done = probe(copy, DOUBLEWIN_PY=sys.executable, DOUBLEWIN_NEEDS="pytest")
     assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -41,6 +42,7 @@ def test_doublewin_py_is_used_as_it_is(copy):
     assert not (copy / ".venv").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_dependency_is_named_in_one_line_with_the_command_that_adds_it(copy):
     with open(copy / "requirements.txt", "a") as f:
         f.write("doublewin-absent-package>=1.2   # not on any machine\n")
@@ -51,6 +53,7 @@ def test_a_missing_dependency_is_named_in_one_line_with_the_command_that_adds_it
     assert "torch and torchvision stay as they are" in done.stderr and not (copy / ".venv").exists()
 
 
+@pytest.mark.slow
 def test_test_packages_are_needed_only_where_a_script_names_them(copy):
     with open(copy / "requirements-test.txt", "a") as f:
         f.write("doublewin-absent-test-package==0.1\n")
@@ -99,6 +102,7 @@ def shim_path(tmp_path, versions: dict[str, str]) -> tuple[str, str]:
     return str(bin_dir), str(log)
 
 
+@pytest.mark.slow
 def test_the_venv_is_made_by_python_3_12(copy, tmp_path):
     path, log = shim_path(tmp_path, {"python3.12": "3.12.3", "python3": "3.9.18"})
     done = probe(copy, PATH=path)
@@ -122,6 +126,7 @@ def test_no_python_in_3_10_to_3_13_is_one_line(copy, tmp_path, versions):
     assert "DOUBLEWIN_PY=/path/to/python" in done.stderr
 
 
+@pytest.mark.slow
 def test_python_names_the_interpreter_of_the_venv(copy, tmp_path):
     path, log = shim_path(tmp_path, {"python3.12": "3.12.3", "py310": "3.10.13", "py314": "3.14.0"})
     done = probe(copy, PATH=path, PYTHON="py314")

@@ -447,7 +447,8 @@ CHECKS = {"nan": _check_nan, "disk-full": _check_disk_full, "no-marker": _check_
 
 
 # ---------------------------------------------------------------------------- the table, run
-@pytest.mark.parametrize("fault", [f for f in FAULTS if f.proof is None], ids=lambda f: f.id)
+@pytest.mark.parametrize("fault", [pytest.param(f, marks=pytest.mark.slow) if f.subprocess else f  # a process: slow
+                                   for f in FAULTS if f.proof is None], ids=lambda f: f.id)
 def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("a regular file\n")
     paths = {**shared, "save": str(tmp_path / "save"), "file": str(tmp_path / "afile")}

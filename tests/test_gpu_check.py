@@ -19,6 +19,7 @@ SMALL = ["--arch", "resnet_tiny", "--size", "32", "--amp", "none", "--bench-batc
          "--imp-batch", "20", "--imp-epochs", "2", "--transfer-images", "40"]
 
 
+@pytest.mark.slow
 def test_without_cuda_one_line_exit_0_and_nothing_written(capsys, tmp_path):
     assert gpu_check.main(["--out", str(tmp_path / "out"), *SMALL]) == 0
     out = capsys.readouterr().out
@@ -112,6 +113,7 @@ def _context(tmp_path) -> tuple[gpu_check.Check, gpu_items.Context]:
     return gpu_check.Check(str(tmp_path / "out"), 600, {}), gpu_items.Context(args, str(tmp_path / "work"))
 
 
+@pytest.mark.slow
 def test_the_benchmark_items_write_their_numbers_and_the_row(tmp_path, capsys):
     check, ctx = _context(tmp_path)
     os.makedirs(ctx.work)
@@ -174,6 +176,7 @@ def test_one_verdict_per_cuda_test(tmp_path, capsys):
     assert [i["verdict"] for i in record["items"]] == ["PASS", "FAIL", "SKIP"]
 
 
+@pytest.mark.slow
 def test_images_are_fabricated_in_a_process_of_their_own_and_a_failure_is_the_verdict(tmp_path, capsys):
     check, _ = _context(tmp_path)
     assert gpu_items._folder(check, "aimp", str(tmp_path / "folder"), (1, 1, 8), 60)[0]

@@ -367,6 +367,7 @@ def test_script_without_its_three_positionals_prints_usage(name, args, tmp_path)
 
 
 # ---------------------------------------------------------------------------- speed switches
+@pytest.mark.slow
 def test_compile_flag_compiles_in_place_and_checkpoints_keep_the_plain_names(tiny, tmp_path, eager_compile):
     """--compile reaches nn.Module.compile (dynamo with its eager backend here: the real tracing of our model,
     attack and masks without inductor's minutes of C++ builds); files keep the names of the plain model."""

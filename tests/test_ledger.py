@@ -30,6 +30,7 @@ def _real_flop(model: torch.nn.Module, x: torch.Tensor, kind: str) -> int:
     return int(counter.get_total_flops())
 
 
+@pytest.mark.slow
 def test_resnet50_flops_match_the_flop_counter_on_the_real_model():
     torch.manual_seed(0)
     model = models.build("resnet50", 10)

@@ -116,6 +116,7 @@ def _group_members(pgid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_every_process_of_each_runs_group_and_waits(tmp_path):
     """`sweep.py run --local` gets SIGINT while a run's driver has started two more processes in its group, one of
     which ignores SIGTERM: afterwards no process of that group is alive, and the run is interrupted, not failed."""

@@ -41,6 +41,7 @@ def test_a_ticket_records_its_init_family_and_cost(found):
     assert meta["cost"]["flop"] == 0 and meta["cost"]["train_images"] == 0  # one-shot: no training
 
 
+@pytest.mark.slow
 def test_a_ticket_on_other_weights_is_refused_in_one_line(found, image_folder_root, tmp_path):
     init_a, init_b, ticket = found
     with pytest.raises(MaskError) as e:

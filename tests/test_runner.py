@@ -64,6 +64,7 @@ def test_train_order_is_a_pure_function_of_seed_epoch_and_rank():
     assert seen == list(range(40))  # every image once over the ranks
 
 
+@pytest.mark.slow
 def test_epoch_seeds_are_pure_and_independent_of_the_loader_order():
     # pinned values: a run resumed in another process, or by another version of this code, must draw the same
     # attack starts, so the seed may depend on (seed, epoch, rank) only: no hash randomisation, no clock, no state

@@ -94,6 +94,7 @@ def _sweep(args: list[str], path_dirs: list[str]) -> subprocess.CompletedProcess
                           text=True, env=env, cwd=kit.ROOT, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("squeue", ["echo 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2; "
                                     "exit 1", None])
 def test_a_queue_slurm_cannot_tell_submits_nothing_in_one_line(spec_file, squeue, tmp_path):

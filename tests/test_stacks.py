@@ -83,6 +83,7 @@ def test_a_stack_whose_python_is_missing_is_refused_in_one_line(copy, tmp_path):
     assert not (copy / ".stacks").exists()
 
 
+@pytest.mark.slow
 def test_test_sh_runs_only_the_tests_it_is_given():
     done = subprocess.run([BASH, os.path.join(ROOT, "script", "test.sh"), "tests/test_stacks.py", "--collect-only",
                            "--noconftest", "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=120,

@@ -90,6 +90,7 @@ def test_a_threshold_met_at_once_stops_each_level_after_the_window(tiny, tmp_pat
     assert (config["early_bird"], config["early_bird_window"]) == (0.99, 2)
 
 
+@pytest.mark.slow
 def test_a_kill_in_an_early_bird_level_resumes_to_the_same_tickets(tiny, tmp_path, monkeypatch):
     flags = ("--epochs", "10", "--prune_epoch", "5", "--early-bird", "0.99", "--early-bird-window", "3")
     whole = _imp(tiny, tmp_path / "whole", *flags)
@@ -121,6 +122,7 @@ def test_bad_early_bird_flags_are_refused(tiny, tmp_path, flags, message):
         main_imp_std.main(imp_argv(data, init, str(tmp_path / "x"), *flags))
 
 
+@pytest.mark.slow
 def test_a_data_diet_finds_tickets_on_a_recorded_balanced_fraction(tiny, tmp_path):
     rows = _imp(tiny, tmp_path / "diet", "--epochs", "1", "--prune_epoch", "1", "--data_number", "0.5",
                 "--seed", "3")

@@ -134,6 +134,7 @@ def test_export_writes_a_compact_mask_only_ticket(tmp_path, capsys):
     assert pruning_utils.load_ticket(plain)[1]["family"] == "2-checkpoint.pth.tar"  # the family is kept
 
 
+@pytest.mark.slow
 def test_a_packed_resnet50_ticket_is_an_eighth_of_the_bool_one(tmp_path):
     torch.manual_seed(0)
     net = models.resnet50(1000)
@@ -241,6 +242,7 @@ def test_trust_pickle_flag_reaches_the_loader(tmp_path, capsys):
     assert code == 0 and "conv1.weight" in out
 
 
+@pytest.mark.slow
 def test_missing_file_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, "tickets.py", "inspect", "no/such/ticket.pth.tar"],
                           capture_output=True, text=True, timeout=120)

@@ -157,6 +157,7 @@ def test_ticket_of_another_arch_fails_naming_the_first_mismatched_key(tmp_path, 
     assert not os.path.exists(tmp_path / "run" / CHECKPOINT)
 
 
+@pytest.mark.slow
 def test_resume_after_crash_gives_the_same_numbers(tmp_path, image_folder_root, pretrained, monkeypatch, caplog):
     common = dict(ticket=pretrained.ticket, extra=("--deterministic",))
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"

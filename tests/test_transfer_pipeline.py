@@ -87,6 +87,7 @@ def test_device_pipeline_with_folder_data_is_one_line_naming_the_flag(tmp_path, 
 
 
 # ---------------------------------------------------------------------------- whole runs
+@pytest.mark.slow
 def test_device_run_resumes_to_the_uninterrupted_numbers_and_repeats_with_its_seed(tmp_path, cifar10_root, pretrained,
                                                                                     monkeypatch):
     """Adversarial, warm-up, ticket, 3 epochs: an uninterrupted run, a run crashed in epoch 1 and re-run, and
@@ -279,6 +280,7 @@ def test_compile_flag_compiles_in_place_and_files_keep_the_plain_names(tmp_path,
     assert json.load(open(os.path.join(out, CONFIG)))["compile"] is True
 
 
+@pytest.mark.slow
 def test_sync_bn_converts_batchnorm_and_changes_nothing_on_one_process(tmp_path, cifar10_root, pretrained,
                                                                       monkeypatch):
     """--sync-bn (multi-GPU: BatchNorm over the global batch, as the single-GPU original) swaps every BatchNorm

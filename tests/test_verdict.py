@@ -314,7 +314,7 @@ def test_a_campaign_with_two_imp_seeds_reports_them_as_replicates(tmp_path):
            f'kind = "std"\ndata = "{inputs["data"]}"\nseeds = [1, 2]\noverrides = {kit.toml_list(flags)}\n')
     root = tmp_path / "runs"
     path = kit.write_spec(str(tmp_path / "c.toml"), {**inputs, "init": inputs["init3"]}, str(root), seeds=(1,),
-                          tickets=imp)
+                          modes=("std",), tickets=imp)  # the pooling is per cell: one mode shows it
     kit.sweep("run", path, "--local", "--jobs", "2", check=True)
     assert sorted(os.listdir(root / "tiny" / "folder-1")) == ["dense", "imp-seed1-2", "imp-seed2-2"]
     done = kit.sweep("report", path, check=True)

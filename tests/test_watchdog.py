@@ -27,6 +27,7 @@ def stalls(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_progress_keeps_a_run_alive_and_none_for_the_bound_is_a_stall(tmp_path, monkeypatch, stalls):
     monkeypatch.setenv(watchdog.STALL_ENV, "2")
     with watchdog.watching(str(tmp_path), None):
