@@ -52,6 +52,7 @@ def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
         return
     import attacks
     from infra import checkpoint
+    from infra import paths
     import dataset
     from training import engine
     import models
@@ -118,7 +119,8 @@ def early_bird_summary(cfg: DemoConfig, fam: Family) -> str:
     distances fell under the threshold; a stop at the first epoch the window allows, with every distance already
     under it, is only a shorter level."""
     from infra import checkpoint
-    rows = checkpoint.read_jsonl(os.path.join(cfg.out, "tickets", fam.folder, checkpoint.METRICS))
+    from infra import paths
+    rows = checkpoint.read_jsonl(os.path.join(cfg.out, "tickets", fam.folder, paths.METRICS))
     flags = dict(zip(fam.flags[::2], fam.flags[1::2]))
     threshold, window, full = float(flags["--early-bird"]), int(flags["--early-bird-window"]), cfg.epochs_per_level
     levels = sorted({r["level"] for r in rows})
@@ -154,8 +156,9 @@ def ticket_dirs(cfg: DemoConfig, fam: Family) -> list[str]:
 
 def tickets_of(cfg: DemoConfig, fam: Family) -> list[str]:
     from infra import checkpoint
-    return [checkpoint.imp_ticket(d, k) for d in ticket_dirs(cfg, fam) for k in fam.levels
-            if os.path.exists(checkpoint.imp_ticket(d, k))]
+    from infra import paths
+    return [paths.imp_ticket(d, k) for d in ticket_dirs(cfg, fam) for k in fam.levels
+            if os.path.exists(paths.imp_ticket(d, k))]
 
 
 def write_campaign(cfg: DemoConfig) -> str:
@@ -201,7 +204,7 @@ def transfer_all(cfg: DemoConfig) -> str:
 
 
 def summary_line(save: str) -> str:
-    from infra.checkpoint import RESULTS
+    from infra.paths import RESULTS
     with open(os.path.join(save, RESULTS)) as f:
         r = json.load(f)
     b = r["best_sa"]
@@ -229,6 +232,7 @@ def cost_table(cfg: DemoConfig) -> str:
     every level that made it), beside the family's highest double-win sparsity from the report."""
     import pruning_utils
     from infra import checkpoint
+    from infra import paths
     with open(os.path.join(cfg.out, "report", "report.json")) as f:
         groups = json.load(f)["groups"]
     best = {(g["init"], c["family"]): c["highest"] for g in groups for c in g["families"]}
@@ -240,7 +244,7 @@ def cost_table(cfg: DemoConfig) -> str:
         if not found:
             continue
         cost = pruning_utils.load_ticket(found[-1])[1].get("cost") or {}
-        epochs = len(checkpoint.read_jsonl(os.path.join(last, checkpoint.METRICS)))
+        epochs = len(checkpoint.read_jsonl(os.path.join(last, paths.METRICS)))
         h = best.get((fam.kind, fam.name))
         lines.append(f"  {fam.kind:8s}  {fam.name:8s}  {epochs:>6d}  {cost.get('device_s', 0):>8.1f}  "
                      f"{cost.get('flop', 0) / 1e9:>9.1f}  {'none' if h is None else f'{100 * h:.2f}%'}")

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from tqdm import tqdm
 
 from infra import watchdog
-from infra.checkpoint import LOG
+from infra.paths import LOG
 
 T = TypeVar("T")
 STATS_EVERY_S = 1.0  # the bar's statistics cost a host sync: about once a second

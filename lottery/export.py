@@ -6,6 +6,7 @@ import dataclasses
 import os
 
 from infra import checkpoint as files
+from infra import paths
 from infra.flags import spec
 from lottery import shared_ticket
 from lottery.config import IMPConfig, family_of
@@ -46,7 +47,7 @@ def checkpoint_provenance(path: str, mask: Mask, *, trusted: bool = False) -> di
     level = obj.get("level", obj.get("state_prune"))
     folder = os.path.dirname(os.path.abspath(path))
     if isinstance(level, int):
-        sibling = files.imp_ticket(folder, level)
+        sibling = paths.imp_ticket(folder, level)
         if os.path.isfile(sibling) and not os.path.samefile(sibling, path):
             other, meta = load_ticket(sibling)
             if mask_digest(other) == mask_digest(mask):
@@ -72,7 +73,7 @@ def checkpoint_provenance(path: str, mask: Mask, *, trusted: bool = False) -> di
 def _recorded_cost(folder: str, level: int) -> dict | None:
     """The cumulative cost of ticket `level` from the run's metrics rows, None unless every level before it has
     rows there."""
-    rows = files.read_jsonl(os.path.join(folder, files.METRICS))
+    rows = files.read_jsonl(os.path.join(folder, paths.METRICS))
     seen = {r.get("level") for r in rows if isinstance(r, dict) and isinstance(r.get("cost"), dict)}
     return level_costs(folder, level)[0] if set(range(1, level)) <= seen else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from infra import checkpoint as files
+from infra import paths
 import pruning_utils
 from training import ledger, runner
 from lottery import robust_val
@@ -16,7 +17,7 @@ def level_costs(save_dir: str, level: int, trained: bool = True) -> tuple[dict, 
     """(the cost of every level before `level`, the cost of level `level - 1` alone, with its `epochs` trained):
     the ledger of ticket `level` from the metrics.jsonl rows of the epochs that made it. Where levels that
     `trained` had no rows here (a run resumed from another folder), the cost names them: it is not complete."""
-    rows = [r for r in files.read_jsonl(os.path.join(save_dir, files.METRICS))
+    rows = [r for r in files.read_jsonl(os.path.join(save_dir, paths.METRICS))
             if isinstance(r, dict) and isinstance(r.get("cost"), dict) and isinstance(r.get("level"), int)]
     last = [r for r in rows if r["level"] == level - 1]
     missing = sorted(set(range(1, level)) - {r["level"] for r in rows}) if trained else []
@@ -35,8 +36,8 @@ def write_level_files(cfg: IMPConfig, level: int, mask: Mask, digest: str, init_
             "mask_digest": digest, "init_digest": init_digest, "config": config_dict(cfg), "cost": cost}
     robust = _level_robust_val(cfg, level - 1)
     meta.update({"robust_val": robust} if robust else {})
-    pruning_utils.save_ticket(files.imp_ticket(cfg.save_dir, level), mask, meta)
-    runner.folder(cfg.save_dir).write_json(files.imp_sparsity(cfg.save_dir, level), {
+    pruning_utils.save_ticket(paths.imp_ticket(cfg.save_dir, level), mask, meta)
+    runner.folder(cfg.save_dir).write_json(paths.imp_sparsity(cfg.save_dir, level), {
         "level": level, "sparsity": s, "family": cfg.ticket_family, "mask_digest": digest, "layers": layers,
         "kept": sum(v["kept"] for v in layers.values()), "total": sum(v["total"] for v in layers.values()),
         "cost": cost, "level_cost": last, **({"robust_val": robust} if robust else {})})
@@ -46,7 +47,7 @@ def _level_robust_val(cfg: IMPConfig, level: int) -> dict | None:
     """--robust-val's numbers of level `level` (the one whose training made the next ticket), None without."""
     if cfg.robust_val is None:
         return None
-    rows = [r for r in files.read_jsonl(os.path.join(cfg.save_dir, files.METRICS))
+    rows = [r for r in files.read_jsonl(os.path.join(cfg.save_dir, paths.METRICS))
             if isinstance(r, dict) and r.get("level") == level]
     attack = robust_val.attack_of(cfg.attack.eps, cfg.robust_val, cfg.attack_loss)
     return robust_val.summary(rows, robust_val.describe(attack, cfg.robust_val_images))

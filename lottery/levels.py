@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from infra import checkpoint as files
+from infra import paths
 import dataset
 from infra import distributed
 from training import engine
@@ -126,7 +127,7 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     log.info(f"data {cfg.data}: {len(splits.train)} train" + (f" ({cfg.data_number:g} of the split, {cfg.subset})"
              if cfg.data_number < 1 else "") + f" / {len(splits.val)} val images, {splits.num_classes} classes")
     if env.is_main and cfg.data_number < 1:  # the data diet's images, as transfer records its fraction's
-        dataset.write_indices(os.path.join(cfg.save_dir, files.INDICES), splits.train_indices)
+        dataset.write_indices(os.path.join(cfg.save_dir, paths.INDICES), splits.train_indices)
     net, init_state = _build_model(cfg, splits.num_classes, env)
     cl = cfg.channels_last if cfg.channels_last is not None else env.device.type == "cuda"
     if cl:
@@ -135,7 +136,7 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
         level = cfg.omp_level or 1
         begin_level(net, init_state, pruning_utils.full_mask(net), level, cfg, env, rate=cfg.omp_sparsity,
                     batches=lambda: _loaders(cfg, env, splits)[0](0))
-        log.info(f"one-shot ticket: {files.imp_ticket(cfg.save_dir, level)}")
+        log.info(f"one-shot ticket: {paths.imp_ticket(cfg.save_dir, level)}")
         return
     train_loader, val_loader, robust = _loaders(cfg, env, splits)
     attack = build_attack(cfg.attack, cfg.attack_loss)
@@ -151,7 +152,7 @@ def _run(env: DistEnv, cfg: IMPConfig) -> None:
     model = runner.wrap(net, env, compile=cfg.compile, sync_bn=cfg.sync_bn)
     optimizer = _sgd(model, cfg, at.optimizer, path or "")
     scaler = optimizer_lib.make_scaler(cfg.amp, env.device, obj.get("scaler") if at.optimizer is not None else None)
-    board = Board(cfg.save_dir, files.read_jsonl(os.path.join(cfg.save_dir, files.METRICS)), at.done) \
+    board = Board(cfg.save_dir, files.read_jsonl(os.path.join(cfg.save_dir, paths.METRICS)), at.done) \
         if cfg.tensorboard and env.is_main else None
     step = engine.Step(env, amp=cfg.amp, channels_last=cl, attack=attack, show_progress=cfg.show_progress,
                        flops=ledger.FlopTable(net))  # each epoch runs it under its level's mask
@@ -208,11 +209,11 @@ class Levels:
             if cfg.early_bird is not None:
                 row["early_bird_stop"] = stop
         if env.is_main:  # metrics, then best, then the checkpoint: a crash in between replays this epoch
-            runner.folder(cfg.save_dir).append_row(os.path.join(cfg.save_dir, files.METRICS), row)
+            runner.folder(cfg.save_dir).append_row(os.path.join(cfg.save_dir, paths.METRICS), row)
             state = checkpoint_dict(self.net, at, optimizer, self.scaler, cfg)
             if is_best:
-                runner.folder(cfg.save_dir).save(state, files.imp_best(cfg.save_dir, at.level))
-            runner.folder(cfg.save_dir).save(state, files.imp_checkpoint(cfg.save_dir, at.level))
+                runner.folder(cfg.save_dir).save(state, paths.imp_best(cfg.save_dir, at.level))
+            runner.folder(cfg.save_dir).save(state, paths.imp_checkpoint(cfg.save_dir, at.level))
             if self.board is not None:
                 self.board.add(row)
         log.info(f"level {at.level} epoch {at.done}/{cfg.epochs}: train loss {tr['loss']:.4f} top1 {tr['top1']:.2f} | "
@@ -254,7 +255,7 @@ def _starting_point(net, init_state: dict, cfg: IMPConfig, env: DistEnv, path: s
     level, done = level_of(obj, path, cfg)
     mask, init_state = restore(net, obj, path, init_state)
     log.info(f"resuming from {path}: level {level}, {done} of {cfg.epochs} epochs done")
-    if env.is_main and not os.path.exists(files.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
+    if env.is_main and not os.path.exists(paths.imp_ticket(cfg.save_dir, level)):  # e.g. --resume elsewhere
         write_level_files(cfg, level, mask, pruning_utils.mask_digest(mask),
                           pruning_utils.weights_digest(init_state, mask))
     if done == level * cfg.prune_epoch:
@@ -286,6 +287,6 @@ def _evaluate_only(env: DistEnv, cfg: IMPConfig, net, val_loader, mask: Mask | N
                                  desc="eval (attack)")
         out.update(ra_top1=robust["top1"], attack=cfg.attack.describe())
     if env.is_main:
-        runner.folder(cfg.save_dir).write_json(os.path.join(cfg.save_dir, files.EVALUATION), out)
+        runner.folder(cfg.save_dir).write_json(os.path.join(cfg.save_dir, paths.EVALUATION), out)
     log.info(f"evaluated {source or 'the random init'}: SA top1 {out['sa_top1']:.2f} top5 {out['sa_top5']:.2f}"
              + (f", RA {out['ra_top1']:.2f} ({out['attack']})" if "ra_top1" in out else ""))

@@ -11,6 +11,7 @@ import statistics
 from collections import Counter
 
 from infra import checkpoint
+from infra import paths
 from infra.errors import UserError
 from lottery.ticket_stats import compare
 from pruning_utils import load_ticket
@@ -25,10 +26,10 @@ def tickets_under(root: str) -> dict[tuple[str, str, float], list[str]]:
     found: dict[tuple[str, str, float], set[str]] = {}
     for folder, dirs, files in os.walk(root):
         dirs.sort()
-        if checkpoint.RESULTS not in files:
+        if paths.RESULTS not in files:
             continue
         try:
-            with open(os.path.join(folder, checkpoint.RESULTS)) as f:
+            with open(os.path.join(folder, paths.RESULTS)) as f:
                 data = json.load(f)
         except (OSError, ValueError):
             continue

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from infra import checkpoint as files
+from infra import paths
 from infra import distributed
 import models
 import pruning_utils
@@ -40,10 +41,10 @@ def clear_outputs(save_dir: str) -> list[str]:
     """Delete the level files and metrics of an earlier run in `save_dir` (for --restart); returns the names."""
     if not os.path.isdir(save_dir):
         return []
-    levels = {files.imp_file_level(f) for f in os.listdir(save_dir)} - {None}
-    paths = [p for k in sorted(levels) for p in files.imp_files(save_dir, k)]
-    paths.append(os.path.join(save_dir, files.METRICS))
-    removed = [p for p in paths if os.path.exists(p)]
+    levels = {paths.imp_file_level(f) for f in os.listdir(save_dir)} - {None}
+    doomed = [p for k in sorted(levels) for p in paths.imp_files(save_dir, k)]
+    doomed.append(os.path.join(save_dir, paths.METRICS))
+    removed = [p for p in doomed if os.path.exists(p)]
     for p in removed:
         os.remove(p)
     return [os.path.basename(p) for p in removed]
@@ -64,7 +65,7 @@ def _own_latest(save_dir: str) -> int | None:
     if not files.exists(save_dir, "dir"):  # a stale handle is the node's fault (exit 3), not a fresh start
         return None
     found = [k for f in os.listdir(save_dir)
-             if (k := files.imp_file_level(f)) is not None and f == os.path.basename(files.imp_checkpoint("", k))]
+             if (k := paths.imp_file_level(f)) is not None and f == os.path.basename(paths.imp_checkpoint("", k))]
     return max(found, default=None)
 
 
@@ -85,7 +86,7 @@ def find_resume(cfg: IMPConfig, env: DistEnv, *, own: bool = True) -> tuple[str 
     picked = None
     if env.is_main:
         latest = _own_latest(cfg.save_dir) if own else None
-        candidates = [(1, latest, files.imp_checkpoint(cfg.save_dir, latest))] if latest is not None else []
+        candidates = [(1, latest, paths.imp_checkpoint(cfg.save_dir, latest))] if latest is not None else []
         candidates += [(2, 0, cfg.resume)] if cfg.resume else []
         for kind, level, path in candidates:
             obj = _read_checkpoint(path, cfg)
@@ -96,7 +97,7 @@ def find_resume(cfg: IMPConfig, env: DistEnv, *, own: bool = True) -> tuple[str 
     kind, level = distributed.broadcast_(choice, env).tolist()
     if kind == 0:
         return None, None
-    path = cfg.resume if kind == 2 else files.imp_checkpoint(cfg.save_dir, level)
+    path = cfg.resume if kind == 2 else paths.imp_checkpoint(cfg.save_dir, level)
     return path, picked[2] if env.is_main else _read_checkpoint(path, cfg)
 
 

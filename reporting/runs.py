@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from infra import checkpoint
+from infra import paths
 from infra.errors import UserError
 from reporting.overlap import OVERLAP, SPARSITY_SLACK, Overlap, read_overlap  # noqa: F401 (re-exported)
 
@@ -132,9 +133,9 @@ def read_sparsity(data: dict) -> tuple[float | None, str | None]:
 def read_run(folder: str, root: str, opts: Options) -> tuple[Run | None, list[Problem]]:
     """One run folder -> (Run or None, problems). Never raises on bad content: bad runs become problems."""
     rel = os.path.relpath(folder, root)
-    path = os.path.join(folder, checkpoint.RESULTS)
+    path = os.path.join(folder, paths.RESULTS)
     if not os.path.exists(path):
-        busy = os.path.exists(os.path.join(folder, checkpoint.CHECKPOINT))
+        busy = os.path.exists(os.path.join(folder, paths.CHECKPOINT))
         why = "unfinished (has checkpoint.pth.tar) or crashed" if busy else "never trained or crashed early"
         return None, [Problem(rel, f"no results.json next to config.json: {why}")]
     try:
@@ -206,8 +207,8 @@ def scan(root: str, opts: Options) -> tuple[list[Run], list[Problem]]:
     runs, problems, seen, folders = [], [], {}, 0
     for folder, dirs, files in os.walk(root):
         dirs.sort()
-        if checkpoint.RESULTS not in files and (checkpoint.CONFIG not in files
-                                                or any(checkpoint.imp_file_level(f) is not None for f in files)):
+        if paths.RESULTS not in files and (paths.CONFIG not in files
+                                                or any(paths.imp_file_level(f) is not None for f in files)):
             continue
         folders += 1
         run, probs = read_run(folder, root, opts)

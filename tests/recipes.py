@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from infra import checkpoint
+from infra import paths
 import models
 import pruning_utils
-from infra.checkpoint import (CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST, load_file,
-                              read_jsonl)
+from infra.checkpoint import load_file, read_jsonl
+from infra.paths import CHECKPOINT, CONFIG, CURVES, INDICES, LOG, METRICS, RA_BEST, RESULTS, SA_BEST
 
 
 # ---------------------------------------------------------------------------- ticket finding
@@ -58,7 +58,7 @@ def write_init(path: str, seed: int = 0, num_classes: int = 3) -> str:
 
 
 def ticket(save_dir: str, level: int) -> dict:
-    return pruning_utils.load_ticket(checkpoint.imp_ticket(save_dir, level))[0]
+    return pruning_utils.load_ticket(paths.imp_ticket(save_dir, level))[0]
 
 
 def same_masks(a: dict, b: dict) -> bool:

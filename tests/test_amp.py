@@ -13,7 +13,8 @@ import main_imp_adv
 from transfer import cli
 import models
 from attacks import PGD
-from infra.checkpoint import METRICS, RESULTS, read_jsonl
+from infra.checkpoint import read_jsonl
+from infra.paths import METRICS, RESULTS
 from infra.errors import ConfigError
 from recipes import argv
 from transfer import results as transfer_results

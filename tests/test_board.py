@@ -10,6 +10,7 @@ import pytest
 
 import main_imp_std
 from infra import checkpoint
+from infra import paths
 from infra.errors import ConfigError
 from recipes import argv, imp_argv, write_init
 from training import board
@@ -40,7 +41,7 @@ def test_transfer_scalars_are_the_metrics_rows_and_survive_a_resume(tmp_path, im
         cli.main(argv(out, image_folder_root, "folder", pretrained.init, epochs=3, extra=("--tensorboard",)))
     monkeypatch.undo()
     cli.main(argv(out, image_folder_root, "folder", pretrained.init, epochs=3, extra=("--tensorboard",)))
-    rows = checkpoint.read_jsonl(str(out / checkpoint.METRICS))
+    rows = checkpoint.read_jsonl(str(out / paths.METRICS))
     tags = _scalars(out)
     assert [s for s, _ in tags["metrics/train_loss"]] == [0, 1, 2]  # each epoch once, the replayed one included
     assert [v for _, v in tags["metrics/val_sa"]] == pytest.approx([r["val_sa"] for r in rows], rel=1e-6)
@@ -55,10 +56,10 @@ def test_imp_scalars(tmp_path, image_folder_root):
     assert main_imp_std.main(imp_argv(image_folder_root, init, str(save), "--epochs", "2", "--prune_epoch", "1",
                                       "--tensorboard")) == 0
     tags = _scalars(save)
-    rows = checkpoint.read_jsonl(str(save / checkpoint.METRICS))
+    rows = checkpoint.read_jsonl(str(save / paths.METRICS))
     assert [v for _, v in tags["metrics/sparsity"]] == pytest.approx([r["sparsity"] for r in rows], rel=1e-6)
     assert [s for s, _ in tags["cost/device_s"]] == [0, 1]
-    assert json.load(open(save / checkpoint.CONFIG))["tensorboard"] is True
+    assert json.load(open(save / paths.CONFIG))["tensorboard"] is True
 
 
 def test_without_the_package_the_flag_is_one_line(tmp_path, image_folder_root, pretrained, monkeypatch):

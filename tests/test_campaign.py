@@ -14,6 +14,7 @@ import pytest
 
 import campaignkit as kit
 from infra import checkpoint
+from infra import paths
 from infra import errors
 from campaign import estimate, execute, spec, state, status
 
@@ -31,7 +32,7 @@ def load(tmp_path, inputs, **kw):
 
 def test_file_names_agree_with_the_module_that_owns_them():
     assert (state.RESULTS, state.CHECKPOINT, state.METRICS, state.LEASE) == \
-        (checkpoint.RESULTS, checkpoint.CHECKPOINT, checkpoint.METRICS, checkpoint.LEASE)
+        (paths.RESULTS, paths.CHECKPOINT, paths.METRICS, paths.LEASE)
 
 
 def test_runs_are_the_drivers_commands_with_the_documented_layout(tmp_path, inputs):

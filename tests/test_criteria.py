@@ -13,6 +13,7 @@ from torch.nn.utils import prune as torch_prune
 import main_imp_std
 import pruning_utils
 from infra import checkpoint
+from infra import paths
 from infra.errors import ConfigError
 from lottery import cli as imp_cli
 from lottery import config as imp_config
@@ -80,7 +81,7 @@ def test_each_level_is_torch_per_layer_l1_of_the_weights_it_prunes(run):
     assert same_masks(ticket(save_dir, 1), torch_layerwise_l1(torch.load(init, weights_only=True), None, RATE))
     for level in (1, 2):
         trained = pruning_utils.unmask_state_dict(
-            checkpoint.load_file(checkpoint.imp_checkpoint(save_dir, level))["state_dict"])[0]
+            checkpoint.load_file(paths.imp_checkpoint(save_dir, level))["state_dict"])[0]
         assert same_masks(ticket(save_dir, level + 1), torch_layerwise_l1(trained, ticket(save_dir, level), RATE))
     for name, m in ticket(save_dir, 3).items():  # every layer alone at the level's sparsity, not global magnitude
         alive = m.numel()
@@ -92,10 +93,10 @@ def test_each_level_is_torch_per_layer_l1_of_the_weights_it_prunes(run):
 def test_its_tickets_are_named_for_it(run):
     save_dir = run[0]
     for level in (1, 2, 3):
-        meta = pruning_utils.load_ticket(checkpoint.imp_ticket(save_dir, level))[1]
+        meta = pruning_utils.load_ticket(paths.imp_ticket(save_dir, level))[1]
         assert (meta["family"], meta["config"]["prune_method"]) == ("imp-layerwise", "layerwise")
         assert "source" not in meta
-        assert json.load(open(checkpoint.imp_sparsity(save_dir, level)))["family"] == "imp-layerwise"
+        assert json.load(open(paths.imp_sparsity(save_dir, level)))["family"] == "imp-layerwise"
         assert ticket_family(meta) == "imp-layerwise"
 
 
@@ -107,7 +108,7 @@ def test_the_run_hands_the_selection_a_seeded_generator_and_its_training_batches
 
 
 def test_a_criterion_that_declares_early_bird_is_watched(run):
-    rows = [json.loads(line) for line in open(f"{run[0]}/{checkpoint.METRICS}")]
+    rows = [json.loads(line) for line in open(f"{run[0]}/{paths.METRICS}")]
     assert [(r["level"], r["mask_distance"]) for r in rows] == [(1, None), (2, None)]  # a level's first epoch
     # the candidate mask after every trained epoch (levels 1 and 2) besides the three levels' own prunes
     assert [seed - SEED * 1_000_003 for seed, _ in run[2]] == [1, 1, 2, 2, 3]

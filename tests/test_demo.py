@@ -21,6 +21,7 @@ def _demo(out: str) -> subprocess.CompletedProcess:
 def test_the_early_bird_summary_tells_a_detection_from_a_shorter_level(tmp_path):
     from demo import run as demo
     from infra import checkpoint
+    from infra import paths
 
     class Long(demo.DemoConfig):
         epochs_per_level = 6
@@ -31,7 +32,7 @@ def test_the_early_bird_summary_tells_a_detection_from_a_shorter_level(tmp_path)
     for level, distances in levels.items():
         for i, d in enumerate(distances):
             stop = level < 3 and i == len(distances) - 1
-            checkpoint.append_jsonl(str(tmp_path / "tickets" / "eb" / checkpoint.METRICS),
+            checkpoint.append_jsonl(str(tmp_path / "tickets" / "eb" / paths.METRICS),
                                     {"level": level, "epoch": 6 * (level - 1) + i, "mask_distance": d,
                                      "early_bird_stop": stop})
     text = demo.early_bird_summary(cfg, fam)
@@ -39,7 +40,7 @@ def test_the_early_bird_summary_tells_a_detection_from_a_shorter_level(tmp_path)
     assert "level 2: distances 0.0300, 0.0200, 0.0050; stopped after 4 of 6 epochs: detected" in text
     assert "level 3: distances 0.0500, 0.0400, 0.0300, 0.0200, 0.0200; trained all 6 epochs" in text
     assert text.endswith("early-bird detected in 1 of 3 levels, saving 6 of 18 epochs")
-    with open(tmp_path / "tickets" / "eb" / checkpoint.METRICS, "w") as f:  # only the window's stop
+    with open(tmp_path / "tickets" / "eb" / paths.METRICS, "w") as f:  # only the window's stop
         f.write(json.dumps({"level": 1, "epoch": 0, "mask_distance": None}) + "\n" +
                 json.dumps({"level": 1, "epoch": 1, "mask_distance": 0.002, "early_bird_stop": True}) + "\n")
     assert "early-bird detected nothing: where it stopped, the distances were under 0.01 from the start, so it saved " \
@@ -135,6 +136,7 @@ def test_the_study_replicates_ticket_finding_and_transfer_on_a_large_test_set(tm
     from demo import data as demo_data
     from demo import run as demo
     from infra import checkpoint
+    from infra import paths
 
     cfg = demo.DemoConfig(out=str(tmp_path), study=True)
     os.makedirs(tmp_path / "pretrained")
@@ -142,7 +144,7 @@ def test_the_study_replicates_ticket_finding_and_transfer_on_a_large_test_set(tm
         (tmp_path / "pretrained" / f"{kind}.pth").touch()
     for fam in (f for f in demo.families(cfg) if f.name == "omp"):  # OMP is run by the demo itself: its file
         os.makedirs(tmp_path / "tickets" / fam.folder)
-        (tmp_path / "tickets" / fam.folder / os.path.basename(checkpoint.imp_ticket("", fam.levels[0]))).touch()
+        (tmp_path / "tickets" / fam.folder / os.path.basename(paths.imp_ticket("", fam.levels[0]))).touch()
     campaign = spec.load(demo.write_campaign(cfg))
     imp = [r for r in campaign.runs if r.kind == "imp"]
     assert sorted(r.id for r in imp) == [f"imp:{k}/{f}/seed{s}" for k, f in (("robust", "aimp"), ("standard", "imp"))

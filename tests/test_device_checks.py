@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import main_imp_adv
-from infra import checkpoint, distributed, hardware
+from infra import paths, distributed, hardware
 from infra.distributed import DistEnv, Launch
 from infra.errors import ConfigError, NodeError, UserError
 from recipes import argv, imp_argv, write_init
@@ -91,7 +91,7 @@ def test_imp_evaluate_measures_in_fp32_under_amp(_fake_files, tmp_path, monkeypa
     out = tmp_path / "eval"
     assert main_imp_adv.main(imp_argv(_fake_files("folder"), init, str(out), "-e", "--amp", "bf16")) == 0
     assert calls == [("eval", None), ("eval (attack)", None)]
-    assert set(json.load(open(os.path.join(out, checkpoint.EVALUATION)))) >= {"sa_top1", "ra_top1"}
+    assert set(json.load(open(os.path.join(out, paths.EVALUATION)))) >= {"sa_top1", "ra_top1"}
 
 
 @pytest.mark.parametrize("environ, gpu, given", [

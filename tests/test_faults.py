@@ -27,6 +27,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]  # for `python tests/test_faults.py --write`; pytest sets both itself
 
 from infra import checkpoint  # noqa: E402
+from infra import paths
 from training import savedir  # noqa: E402
 from infra import errors  # noqa: E402
 from infra import flags  # noqa: E402
@@ -298,9 +299,9 @@ def shared(_fake_files, tmp_path_factory) -> dict[str, str]:
     open(p["ticket_changed"], "wb").write(bytes(changed))
     evil = d / "evil_runs" / "c10_run"
     evil.mkdir(parents=True)
-    (evil / checkpoint.CONFIG).write_text("{}")
-    (evil / checkpoint.RESULTS).write_bytes(pickle.dumps(Trap(p["marker"])))
-    for name in (checkpoint.CHECKPOINT, checkpoint.SA_BEST, checkpoint.RA_BEST):
+    (evil / paths.CONFIG).write_text("{}")
+    (evil / paths.RESULTS).write_bytes(pickle.dumps(Trap(p["marker"])))
+    for name in (paths.CHECKPOINT, paths.SA_BEST, paths.RA_BEST):
         torch.save({"state_dict": Trap(p["marker"])}, evil / name)
     p["evil_runs"] = str(d / "evil_runs")
     return p
@@ -351,15 +352,15 @@ def finished(shared, tmp_path_factory) -> dict[str, str]:
 def _before(name: str, save: str, finished: dict[str, str], shared: dict[str, str]) -> None:
     shutil.copytree(finished[T if name.startswith("transfer") else IS], save)
     if name == "transfer-corrupt":  # killed in its final test, then its checkpoint got damaged
-        os.remove(os.path.join(save, checkpoint.RESULTS))
-        path = os.path.join(save, checkpoint.CHECKPOINT)
+        os.remove(os.path.join(save, paths.RESULTS))
+        path = os.path.join(save, paths.CHECKPOINT)
         _truncated(path, path + ".half")
         os.replace(path + ".half", path)
     elif name == "transfer-bad-config":
-        with open(os.path.join(save, checkpoint.CONFIG), "a") as f:
+        with open(os.path.join(save, paths.CONFIG), "a") as f:
             f.write("lr: 0.1\n")
     elif name == "imp-trapped":
-        torch.save({"state_dict": Trap(shared["marker"]), "epoch": 1}, checkpoint.imp_checkpoint(save, 1))
+        torch.save({"state_dict": Trap(shared["marker"]), "epoch": 1}, paths.imp_checkpoint(save, 1))
 
 
 BEFORE = {"transfer-done": "a finished transfer run", "imp-done": "a finished IMP run",
@@ -378,9 +379,9 @@ def snapshot(folder: str) -> dict[str, bytes | dict]:
         return {}
     out: dict[str, bytes | dict] = {}
     names = {n for n in os.listdir(folder) if not n.startswith(".tmp-")}  # but the lease holder's temp folder
-    for name in sorted(names - {checkpoint.LOG, checkpoint.LEASE}):
+    for name in sorted(names - {paths.LOG, paths.LEASE}):
         out[name] = open(os.path.join(folder, name), "rb").read()
-        if name == checkpoint.CONFIG:
+        if name == paths.CONFIG:
             try:
                 out[name] = {k: v for k, v in json.loads(out[name]).items() if k not in VOLATILE}
             except json.JSONDecodeError:
@@ -405,7 +406,7 @@ def _inject_disk_full(monkeypatch) -> None:
 
     def fsync(fd):
         name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-        if name.startswith(f".{checkpoint.CHECKPOINT}."):
+        if name.startswith(f".{paths.CHECKPOINT}."):
             writes.append(name)
             if len(writes) == 2:  # the second epoch's checkpoint
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -418,15 +419,15 @@ INJECT = {"nan": _inject_nan, "disk-full": _inject_disk_full}
 
 # ---------------------------------------------------------------------------- checks after a case
 def _check_nan(save: str, **_) -> None:
-    ck = checkpoint.load_file(os.path.join(save, checkpoint.CHECKPOINT))
+    ck = checkpoint.load_file(os.path.join(save, paths.CHECKPOINT))
     assert ck["epoch"] == 1 and all(bool(torch.isfinite(v).all()) for v in ck["state_dict"].values()
                                     if v.is_floating_point())
-    assert [r["epoch"] for r in checkpoint.read_jsonl(os.path.join(save, checkpoint.METRICS))] == [0]
-    assert not os.path.exists(os.path.join(save, checkpoint.RESULTS))
+    assert [r["epoch"] for r in checkpoint.read_jsonl(os.path.join(save, paths.METRICS))] == [0]
+    assert not os.path.exists(os.path.join(save, paths.RESULTS))
 
 
 def _check_disk_full(save: str, argv: list[str], finished: dict[str, str], capsys, **_) -> None:
-    assert checkpoint.load_file(os.path.join(save, checkpoint.CHECKPOINT))["epoch"] == 1
+    assert checkpoint.load_file(os.path.join(save, paths.CHECKPOINT))["epoch"] == 1
     assert not [n for n in os.listdir(save) if n.endswith(".tmp")]
     assert run_in_process(T, argv, capsys)[0] == 0  # space freed: the same command again
     (res_a, rows_a), (res_b, rows_b) = run_untimed(finished[T]), run_untimed(save)
@@ -451,11 +452,11 @@ CHECKS = {"nan": _check_nan, "disk-full": _check_disk_full, "no-marker": _check_
                                    for f in FAULTS if f.proof is None], ids=lambda f: f.id)
 def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("a regular file\n")
-    paths = {**shared, "save": str(tmp_path / "save"), "file": str(tmp_path / "afile")}
+    where = {**shared, "save": str(tmp_path / "save"), "file": str(tmp_path / "afile")}
     if fault.before:
-        _before(fault.before, paths["save"], finished, shared)
-    before = snapshot(paths["save"])
-    entry, argv = fault.command[0], expand(fault.command, paths)
+        _before(fault.before, where["save"], finished, shared)
+    before = snapshot(where["save"])
+    entry, argv = fault.command[0], expand(fault.command, where)
     if fault.subprocess or entry.endswith(".sh"):
         code, out, err = run_process(entry, argv, str(tmp_path))
     else:
@@ -465,7 +466,7 @@ def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch):
             code, out, err = run_in_process(entry, argv, capsys)
     assert code == fault.code, (out[-2000:], err[-2000:])
     assert "Traceback" not in err, err
-    says = [s.format(**paths) for s in fault.says]
+    says = [s.format(**where) for s in fault.says]
     if fault.code:
         lines = [line for line in err.splitlines() if line.strip()]
         usage = 1 if entry.endswith(".sh") else 0  # a script prints its usage line first
@@ -475,12 +476,12 @@ def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch):
         assert not any(line.startswith("error") for line in err.splitlines()), err
         assert any(all(s in line for s in says) for line in (out + err).splitlines()), (says, out[-2000:])
     if fault.before:  # no damage: every file that was there is still there, byte for byte
-        after = snapshot(paths["save"])
+        after = snapshot(where["save"])
         assert {n: after.get(n) for n in before} == before
-    elif fault.code and not fault.inject and os.path.isdir(paths["save"]):  # stopped before any training output
-        assert not [n for n in os.listdir(paths["save"]) if "checkpoint" in n or "best" in n or n == checkpoint.RESULTS]
+    elif fault.code and not fault.inject and os.path.isdir(where["save"]):  # stopped before any training output
+        assert not [n for n in os.listdir(where["save"]) if "checkpoint" in n or "best" in n or n == paths.RESULTS]
     if fault.check:
-        CHECKS[fault.check](save=paths["save"], argv=argv, finished=finished, capsys=capsys, shared=shared,
+        CHECKS[fault.check](save=where["save"], argv=argv, finished=finished, capsys=capsys, shared=shared,
                             out=out, err=err)
 
 
@@ -505,7 +506,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_
                                  stderr=subprocess.PIPE, text=True)
     victim = subprocess.Popen(_transfer_cmd(shared, killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    first = os.path.join(killed, checkpoint.CHECKPOINT)
+    first = os.path.join(killed, paths.CHECKPOINT)
     deadline = time.time() + 120
     while not os.path.exists(first) and victim.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -513,16 +514,16 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     done = checkpoint.load_file(first)["epoch"]
-    assert 1 <= done < 5 and not os.path.exists(os.path.join(killed, checkpoint.RESULTS)), "not killed mid-run"
+    assert 1 <= done < 5 and not os.path.exists(os.path.join(killed, paths.RESULTS)), "not killed mid-run"
     again = subprocess.run(_transfer_cmd(shared, killed), cwd=ROOT, env=ENV, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert reference.wait(timeout=120) == 0, reference.stderr.read()[-3000:]
-    assert f"resuming from {first}: {done} of 5 epochs done" in open(os.path.join(killed, checkpoint.LOG)).read()
+    assert f"resuming from {first}: {done} of 5 epochs done" in open(os.path.join(killed, paths.LOG)).read()
     (res_a, rows_a), (res_b, rows_b) = run_untimed(whole), run_untimed(killed)
     assert rows_a == rows_b and len(rows_a) == 5
     assert res_a == res_b
-    a, b = (checkpoint.load_file(os.path.join(d, checkpoint.CHECKPOINT)) for d in (whole, killed))
+    a, b = (checkpoint.load_file(os.path.join(d, paths.CHECKPOINT)) for d in (whole, killed))
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
@@ -530,6 +531,7 @@ WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from infra import checkpoint
+from infra import paths
 big = {{"w": torch.arange(4_000_000, dtype=torch.float32)}}
 checkpoint.atomic_save({{"version": 0, **big}}, {path!r})
 print("ready", flush=True)
@@ -570,7 +572,7 @@ def _umask() -> int:
 
 
 def test_torn_metrics_line_is_skipped_and_dropped_on_resume(tmp_path):
-    path = str(tmp_path / checkpoint.METRICS)
+    path = str(tmp_path / paths.METRICS)
     checkpoint.append_jsonl(path, {"epoch": 0})
     with open(path, "a") as f:
         f.write('{"epoch": 1, "val_')  # killed mid-append

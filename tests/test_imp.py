@@ -15,6 +15,7 @@ from torch.nn.utils import prune as torch_prune
 
 import attacks
 from infra import checkpoint
+from infra import paths
 from lottery import cli as imp_cli
 from lottery import config as imp_config
 from lottery import levels as imp_levels
@@ -31,7 +32,7 @@ RATE = 0.2
 
 
 def trained_weights(save_dir: str, level: int) -> dict:
-    obj = checkpoint.load_file(checkpoint.imp_checkpoint(save_dir, level))
+    obj = checkpoint.load_file(paths.imp_checkpoint(save_dir, level))
     return pruning_utils.unmask_state_dict(obj["state_dict"])[0]
 
 
@@ -74,7 +75,7 @@ def test_sparsity_per_level_is_exactly_torch_rounding_of_1_minus_0_8_to_the_k(ru
         kept = sum(int(m.sum()) for m in mask.values())
         assert kept == alive
         assert abs(pruning_utils.sparsity(mask) - (1 - 0.8 ** level)) <= level / 2 / total  # half a weight a round
-        report = json.load(open(checkpoint.imp_sparsity(run, level)))
+        report = json.load(open(paths.imp_sparsity(run, level)))
         assert (report["level"], report["kept"], report["total"]) == (level, kept, total)
         assert report["sparsity"] == pytest.approx(1 - kept / total)
         assert sum(v["kept"] for v in report["layers"].values()) == kept
@@ -122,7 +123,7 @@ def test_begin_level_rewinds_survivors_to_the_init(tiny, run, tmp_path):
 
 def test_pruned_weights_stay_zero_in_every_checkpoint(run):
     for level in range(1, 4):
-        sd = checkpoint.load_file(checkpoint.imp_checkpoint(run, level))["state_dict"]
+        sd = checkpoint.load_file(paths.imp_checkpoint(run, level))["state_dict"]
         origs = [k for k in sd if k.endswith(".weight_orig")]
         assert len(origs) == len(ticket(run, 1))
         for key in origs:
@@ -134,36 +135,36 @@ def test_pruned_weights_stay_zero_in_every_checkpoint(run):
 # ---------------------------------------------------------------------------- files
 def test_run_leaves_the_original_files_and_ours(tiny, run):
     init = torch.load(tiny[1], weights_only=True)
-    rows = checkpoint.read_jsonl(os.path.join(run, checkpoint.METRICS))
+    rows = checkpoint.read_jsonl(os.path.join(run, paths.METRICS))
     assert [(r["level"], r["epoch"]) for r in rows] == [(1, 0), (2, 1), (3, 2)]  # epochs count from 0
     for r in rows:
         assert ROW_KEYS | {"sparsity", "val_sa_top5", "best_val_sa"} <= r.keys() and r["val_ra"] is None
         assert r["sparsity"] == pytest.approx(1 - 0.8 ** r["level"], abs=1e-4)
     for level in range(1, 4):
-        for path in (checkpoint.imp_checkpoint(run, level), checkpoint.imp_best(run, level)):
+        for path in (paths.imp_checkpoint(run, level), paths.imp_best(run, level)):
             obj = checkpoint.load_file(path)  # weights_only=True
             assert (obj["level"], obj["epoch"], obj["arch"]) == (level, level, "resnet_tiny")
             assert obj["best_acc1"] == pytest.approx(rows[level - 1]["val_sa"])
             assert {"optimizer", "state_dict", "init", "config"} <= obj.keys()
             assert all(torch.equal(obj["init"][k], v) for k, v in init.items())
     for level in range(1, 5):
-        meta = pruning_utils.load_ticket(checkpoint.imp_ticket(run, level))[1]
+        meta = pruning_utils.load_ticket(paths.imp_ticket(run, level))[1]
         assert (meta["level"], meta["init"], meta["family"]) == (level, tiny[1], "imp")
         assert meta["config"]["rate"] == RATE and meta["mask_digest"] == pruning_utils.mask_digest(ticket(run, level))
         # the ticket's cost: every epoch of the levels before it (ticket 1 is pruned from the init: nothing)
         made = [r["cost"] for r in rows if r["level"] < level]
         assert meta["cost"]["train_images"] == sum(c["train_images"] for c in made) == 12 * (level - 1)
         assert meta["cost"]["flop"] == sum(c["flop"] for c in made) and (level == 1) == (meta["cost"]["flop"] == 0)
-        record = json.load(open(checkpoint.imp_sparsity(run, level)))
+        record = json.load(open(paths.imp_sparsity(run, level)))
         assert record["cost"] == meta["cost"] and record["level_cost"]["train_images"] == 12 * (level > 1)
     for c in (r["cost"] for r in rows):  # clean IMP: one forward per image, one backward per training image
         assert c["eval_images"] > 0 and c["forward_passes"] == c["train_images"] + c["eval_images"]
         assert c["backward_passes"] == c["train_images"] == 12 and c["precision"] == "fp32" and c["devices"] == 1
-    assert os.path.getsize(checkpoint.imp_ticket(run, 1)) < os.path.getsize(checkpoint.imp_checkpoint(run, 1)) / 3
-    assert not os.path.exists(checkpoint.imp_checkpoint(run, 4))
-    config = json.load(open(os.path.join(run, checkpoint.CONFIG)))
+    assert os.path.getsize(paths.imp_ticket(run, 1)) < os.path.getsize(paths.imp_checkpoint(run, 1)) / 3
+    assert not os.path.exists(paths.imp_checkpoint(run, 4))
+    config = json.load(open(os.path.join(run, paths.CONFIG)))
     assert (config["lr"], config["epochs"], config["attack"]) == (0.05, 3, None)
-    log = open(os.path.join(run, checkpoint.LOG)).read()
+    log = open(os.path.join(run, paths.LOG)).read()
     assert "process layout: one process on cpu" in log and "IMP done" in log
 
 
@@ -176,19 +177,19 @@ def test_rerunning_with_other_hyperparameters_is_refused(tiny, run):
 def test_evaluate_reports_the_checkpoints_val_accuracy(tiny, run, tmp_path):
     data, init = tiny
     assert main_imp_std.main(imp_argv(data, init, str(tmp_path), "-e", "--resume",
-                                      checkpoint.imp_checkpoint(run, 3))) == 0
-    out = json.load(open(tmp_path / checkpoint.EVALUATION))
-    row = checkpoint.read_jsonl(os.path.join(run, checkpoint.METRICS))[2]
+                                      paths.imp_checkpoint(run, 3))) == 0
+    out = json.load(open(tmp_path / paths.EVALUATION))
+    row = checkpoint.read_jsonl(os.path.join(run, paths.METRICS))[2]
     assert out["sa_top1"] == pytest.approx(row["val_sa"]) and out["sa_top5"] == pytest.approx(row["val_sa_top5"])
     assert out["sparsity"] == pytest.approx(row["sparsity"])
-    assert not os.path.exists(tmp_path / checkpoint.CONFIG)
+    assert not os.path.exists(tmp_path / paths.CONFIG)
 
 
 def test_evaluate_with_the_attack_reports_ra_of_the_dense_init(tiny, tmp_path):
     """-e measures the unpruned init (sparsity 0), not the original's init after its first 20% prune."""
     data, init = tiny
     assert main_imp_adv.main(imp_argv(data, init, str(tmp_path), "-e", "--train_eps", "16/255")) == 0
-    out = json.load(open(tmp_path / checkpoint.EVALUATION))
+    out = json.load(open(tmp_path / paths.EVALUATION))
     assert (out["source"], out["sparsity"], out["attack"].split()[0]) == (init, 0.0, "PGD-3")
     assert 0 <= out["ra_top1"] <= out["sa_top1"]
 
@@ -207,7 +208,7 @@ def original_checkpoint(ours: dict, script: str) -> dict:
 @pytest.mark.parametrize("script", ["main_std", "main_adv"])
 def test_resume_from_an_original_format_checkpoint_continues_at_the_next_level(tiny, run, tmp_path, script):
     data, init = tiny
-    original = original_checkpoint(checkpoint.load_file(checkpoint.imp_checkpoint(run, 1)), script)
+    original = original_checkpoint(checkpoint.load_file(paths.imp_checkpoint(run, 1)), script)
     assert any(k.endswith(".weight_orig") for k in original["state_dict"])  # torch-prune naming
     torch.save(original, tmp_path / "orig.pth.tar")
     save_dir = str(tmp_path / "run")
@@ -215,16 +216,16 @@ def test_resume_from_an_original_format_checkpoint_continues_at_the_next_level(t
     extra = ("--train_step", "1") if script == "main_adv" else ()
     assert main(imp_argv(data, init, save_dir, "--epochs", "2", "--prune_epoch", "1", "--lr", "0.05",
                          "--resume", str(tmp_path / "orig.pth.tar"), *extra)) == 0
-    assert not os.path.exists(checkpoint.imp_checkpoint(save_dir, 1))
+    assert not os.path.exists(paths.imp_checkpoint(save_dir, 1))
     assert same_masks(ticket(save_dir, 1), ticket(run, 1)) and same_masks(ticket(save_dir, 2), ticket(run, 2))
-    assert [r["level"] for r in checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS))] == [2]
+    assert [r["level"] for r in checkpoint.read_jsonl(os.path.join(save_dir, paths.METRICS))] == [2]
     assert same_masks(ticket(save_dir, 3), torch_global_l1(trained_weights(save_dir, 2), ticket(run, 2), RATE))
 
 
 def test_restore_takes_the_original_a_imp_normalisation_and_keeps_it_out_of_the_init(tiny, run):
     """main_adv.py's `normalize.mean/std` set the model's normalisation layer (they are the model's stats); the
     rewind point holds torchvision keys only, so rewinding loads strictly."""
-    ours = checkpoint.load_file(checkpoint.imp_checkpoint(run, 1))
+    ours = checkpoint.load_file(paths.imp_checkpoint(run, 1))
     original = original_checkpoint(ours, "main_adv")
     original["state_dict"]["normalize.mean"] = torch.tensor([0.5, 0.4, 0.3])
     net = tiny_model()
@@ -245,8 +246,8 @@ def test_one_shot_to_a_level_or_a_sparsity_without_training(tiny, tmp_path):
     out = str(tmp_path / "omp")
     assert main_imp_std.main(imp_argv(data, init, out, "--omp-level", "3")) == 0
     assert same_masks(ticket(out, 3), torch_global_l1(state, None, 1 - 0.8 ** 3))
-    assert pruning_utils.load_ticket(checkpoint.imp_ticket(out, 3))[1]["family"] == "omp"
-    assert json.load(open(checkpoint.imp_sparsity(out, 3)))["sparsity"] == pytest.approx(1 - 0.8 ** 3, abs=1e-4)
+    assert pruning_utils.load_ticket(paths.imp_ticket(out, 3))[1]["family"] == "omp"
+    assert json.load(open(paths.imp_sparsity(out, 3)))["sparsity"] == pytest.approx(1 - 0.8 ** 3, abs=1e-4)
     kept = sorted(n for n in os.listdir(out) if not n.startswith(".tmp-"))  # the lease holder's temp folder
     assert kept == [".lease", ".progress", "3-sparsity.json", "3-ticket.pth.tar", "config.json", "log.txt"]
     rand = str(tmp_path / "random")
@@ -263,10 +264,10 @@ def test_restart_clears_the_earlier_runs_files(tiny, tmp_path):
     assert main_imp_std.main(imp_argv(data, init, out, "--omp-level", "3")) == 0
     with pytest.raises(ConfigError, match="omp_level"):
         main_imp_std.main(imp_argv(data, init, out, "--omp-level", "2"))
-    assert os.path.exists(checkpoint.imp_ticket(out, 3))
+    assert os.path.exists(paths.imp_ticket(out, 3))
     assert main_imp_std.main(imp_argv(data, init, out, "--omp-level", "2", "--restart")) == 0
     assert sorted(f for f in os.listdir(out) if f[0].isdigit()) == ["2-sparsity.json", "2-ticket.pth.tar"]
-    assert json.load(open(os.path.join(out, checkpoint.CONFIG)))["omp_level"] == 2
+    assert json.load(open(os.path.join(out, paths.CONFIG)))["omp_level"] == 2
 
 
 def test_random_pruning_is_a_pure_function_of_seed_and_level():
@@ -376,7 +377,7 @@ def test_compile_flag_compiles_in_place_and_checkpoints_keep_the_plain_names(tin
     assert main_imp_adv.main(imp_argv(data, init, save_dir, "--epochs", "1", "--prune_epoch", "1", "--compile",
                                       "--train_step", "1")) == 0
     assert eager_compile == ["ResNet"]
-    names = set(pruning_utils.unmask_state_dict(checkpoint.load_file(checkpoint.imp_checkpoint(save_dir, 1))
+    names = set(pruning_utils.unmask_state_dict(checkpoint.load_file(paths.imp_checkpoint(save_dir, 1))
                                                 ["state_dict"])[0])
     assert names == set(tiny_model().state_dict())
     assert json.load(open(os.path.join(save_dir, "config.json")))["compile"] is True
@@ -391,7 +392,7 @@ def test_a_run_continues_only_with_its_settings_but_may_grow_and_report_differen
         main_imp_std.main([a for a in args if a != "--no-fused-sgd"] + ["--epochs", "1"])
     # --epochs may grow (one more level), and progress display and workers may differ: they change no number
     assert main_imp_std.main(args + ["--epochs", "2", "--progress", "-j", "1"]) == 0
-    assert len(list(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))) == 2
+    assert len(list(checkpoint.read_jsonl(os.path.join(save_dir, paths.METRICS)))) == 2
 
 
 def test_no_tf32_turns_cudnn_tf32_off_and_is_recorded(tiny, tmp_path, monkeypatch):
@@ -424,4 +425,4 @@ def test_an_a_imp_run_with_the_summed_attack_loss_continues_only_with_it(tiny, t
     assert imp_config.IMPConfig(data=data, save_dir=save_dir).attack_loss == "mean"
     assert main_imp_adv.main(args + ["--attack-loss", "sum"]) == 0  # continues with level 2
     assert json.load(open(path))["attack_loss"] == "sum"
-    assert len(list(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))) == 2
+    assert len(list(checkpoint.read_jsonl(os.path.join(save_dir, paths.METRICS)))) == 2

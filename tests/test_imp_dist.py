@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from infra import checkpoint
+from infra import paths
 from lottery import levels as imp_levels
 import main_imp_adv
 import pruning_utils
@@ -42,7 +43,7 @@ def test_two_gloo_ranks_hold_the_same_masks(tiny, tmp_path):
     cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    log = open(os.path.join(save_dir, checkpoint.LOG)).read()
+    log = open(os.path.join(save_dir, paths.LOG)).read()
     assert "rank 0/2 on cpu (gloo)" in log and "torchrun: 2 processes" in log
     # Each rank fingerprints the mask it holds; imp_levels raises unless all agree; rank 0 logs the shared digest.
     logged = dict(re.findall(r"level (\d+): mask digest ([0-9a-f]{16}) on rank\(s\) 0, 1\n", log))
@@ -53,7 +54,7 @@ def test_two_gloo_ranks_hold_the_same_masks(tiny, tmp_path):
     net = tiny_model()
     net.load_state_dict(torch.load(init, weights_only=True))
     assert same_masks(ticket(save_dir, 1), pruning_utils.magnitude_prune(net, pruning_utils.full_mask(net), 0.2))
-    rows = checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS))
+    rows = checkpoint.read_jsonl(os.path.join(save_dir, paths.METRICS))
     assert [r["level"] for r in rows] == [1, 2]
     assert sorted(f for f in os.listdir(save_dir) if f.endswith("checkpoint.pth.tar")) == \
         ["1-checkpoint.pth.tar", "2-checkpoint.pth.tar"]
@@ -68,28 +69,28 @@ def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     victim = subprocess.Popen(command("main_imp_adv.py", data, init, killed, *flags), cwd=ROOT, env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = checkpoint.imp_checkpoint(killed, 1)
+    first = paths.imp_checkpoint(killed, 1)
     deadline = time.time() + 240
     while not os.path.exists(first) and victim.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    rows = checkpoint.read_jsonl(os.path.join(killed, checkpoint.METRICS))
+    rows = checkpoint.read_jsonl(os.path.join(killed, paths.METRICS))
     assert 1 <= len(rows) < 4, "the run was not interrupted mid-way"
     again = subprocess.run(command("main_imp_adv.py", data, init, killed, *flags), cwd=ROOT, env=ENV, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
-    assert "resuming from" in open(os.path.join(killed, checkpoint.LOG)).read()
+    assert "resuming from" in open(os.path.join(killed, paths.LOG)).read()
 
     def rows(save_dir):
-        return untimed(checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS)))
+        return untimed(checkpoint.read_jsonl(os.path.join(save_dir, paths.METRICS)))
     assert rows(killed) == rows(whole) and len(rows(whole)) == 4
     for level in (1, 2, 3):
         assert same_masks(ticket(killed, level), ticket(whole, level))
-    assert pruning_utils.load_ticket(checkpoint.imp_ticket(killed, 3))[1]["family"] == "aimp"
+    assert pruning_utils.load_ticket(paths.imp_ticket(killed, 3))[1]["family"] == "aimp"
     for level in (1, 2):
-        for path in (checkpoint.imp_checkpoint, checkpoint.imp_best):
+        for path in (paths.imp_checkpoint, paths.imp_best):
             a, b = checkpoint.load_file(path(killed, level)), checkpoint.load_file(path(whole, level))
             assert a["epoch"] == b["epoch"] and a["best_acc1"] == b["best_acc1"]
             assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
@@ -103,9 +104,9 @@ def test_unchanged_script_runs_on_a_machine_without_gpu(tiny, tmp_path):
                            *TINY, "--epochs", "1", "--prune_epoch", "1"], cwd=str(tmp_path), capture_output=True,
                           text=True, timeout=300, env={**ENV, "DOUBLEWIN_PY": sys.executable})
     assert done.returncode == 0, done.stderr[-3000:]
-    log = open(os.path.join(save_dir, checkpoint.LOG)).read()
+    log = open(os.path.join(save_dir, paths.LOG)).read()
     assert "--multiprocessing-distributed asked for one process per GPU, but no GPU is visible: one CPU process" in log
-    assert os.path.exists(checkpoint.imp_best(save_dir, 1)) and os.path.exists(checkpoint.imp_ticket(save_dir, 2))
+    assert os.path.exists(paths.imp_best(save_dir, 1)) and os.path.exists(paths.imp_ticket(save_dir, 2))
 
 
 COUNTED = ("train_images", "eval_images", "forward_passes", "backward_passes", "flop")
@@ -124,13 +125,13 @@ def test_two_gloo_ranks_with_sync_bn_count_what_one_process_counts(tiny, tmp_pat
     cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "rank 0/2 on cpu (gloo)" in open(os.path.join(two, checkpoint.LOG)).read()
-    rows = {d: checkpoint.read_jsonl(os.path.join(d, checkpoint.METRICS)) for d in (one, two)}
+    assert "rank 0/2 on cpu (gloo)" in open(os.path.join(two, paths.LOG)).read()
+    rows = {d: checkpoint.read_jsonl(os.path.join(d, paths.METRICS)) for d in (one, two)}
     assert len(rows[one]) == len(rows[two]) == 2
     for a, b in zip(rows[one], rows[two]):
         assert {k: b["cost"][k] for k in COUNTED} == {k: a["cost"][k] for k in COUNTED}
         assert (a["cost"]["train_images"], a["cost"]["eval_images"], a["cost"]["backward_passes"]) == (12, 12, 24)
         assert (a["cost"]["devices"], b["cost"]["devices"]) == (1, 2)
         assert b["cost"]["device_s"] == pytest.approx(2 * b["cost"]["wall_s"])
-    tickets = [pruning_utils.load_ticket(checkpoint.imp_ticket(d, 3))[1]["cost"] for d in (one, two)]
+    tickets = [pruning_utils.load_ticket(paths.imp_ticket(d, 3))[1]["cost"] for d in (one, two)]
     assert {k: tickets[1][k] for k in COUNTED} == {k: tickets[0][k] for k in COUNTED} and tickets[0]["flop"] > 0

@@ -13,6 +13,7 @@ import pytest
 
 from campaign import spec, state
 from infra import checkpoint, lease, leaseholder, runlog
+from infra import paths
 from training import savedir
 
 
@@ -36,7 +37,7 @@ def take_over(path: str) -> lease.Holder:
         json.dump(dataclasses.asdict(new), f)
     os.replace(path + ".x", path)
     assert lease.fence(scope, new.token)
-    for name in (checkpoint.METRICS, checkpoint.LOG):
+    for name in (paths.METRICS, paths.LOG):
         lease.refresh(os.path.join(scope, name), lease.temp_dir(scope, new.token))
     return new
 
@@ -74,7 +75,7 @@ def test_a_rename_after_the_takeover_fails_and_is_lease_lost(tmp_path):
 def test_rows_and_log_lines_of_a_holder_that_lost_the_lease_reach_no_file(tmp_path):
     save = str(tmp_path)
     folder = savedir.hold_save_dir(save)
-    metrics = os.path.join(save, checkpoint.METRICS)
+    metrics = os.path.join(save, paths.METRICS)
     folder.append_row(metrics, {"epoch": 0})
     log = runlog.setup_log(save, True)  # log.txt held open, as by a run
     log.info("A: epoch 0")
@@ -83,7 +84,7 @@ def test_rows_and_log_lines_of_a_holder_that_lost_the_lease_reach_no_file(tmp_pa
     with pytest.raises(leaseholder.LeaseLost):
         folder.append_row(metrics, {"epoch": 1})  # confirmed after the open, whatever the last check said
     log.info("A: after losing the lease")
-    text = open(os.path.join(save, checkpoint.LOG)).read()
+    text = open(os.path.join(save, paths.LOG)).read()
     assert "A: epoch 0" in text and "after losing" not in text
     assert checkpoint.read_jsonl(metrics) == [{"epoch": 0}]
     for h in list(logging.getLogger(runlog.LOGGER).handlers):

@@ -13,6 +13,7 @@ import pytest
 import campaignkit as kit
 import shimkit
 from infra import checkpoint, errors
+from infra import paths
 
 ROOT = kit.ROOT
 
@@ -69,7 +70,7 @@ def test_a_full_disk_while_a_checkpoint_is_written_exits_4_and_keeps_the_previou
     env = shimmed(shimkit.WRITE_FAILS, "writefails", "/.checkpoint.pth.tar.", errno.ENOSPC,  # its temp file
                   SHIM_AFTER="1")
     done = transfer(inputs, save, "--epochs", "2", env=env)
-    ckpt = os.path.join(save, checkpoint.CHECKPOINT)
+    ckpt = os.path.join(save, paths.CHECKPOINT)
     line = one_error_line(done, 4, f"error: writing {ckpt} failed (No space left on device): the disk is full")
     assert "the previous version, if any, is intact" in line and "re-run the same command" in line
     assert checkpoint.load_own(ckpt)["epoch"] == 1  # the previous checkpoint, loadable

@@ -15,6 +15,7 @@ import main_imp_std
 import pruning_utils
 import tickets
 from infra import checkpoint
+from infra import paths
 from infra.errors import MaskError
 from recipes import TINY, argv, untimed, write_init
 from transfer import cli
@@ -30,7 +31,7 @@ def found(_fake_files, tmp_path_factory):
     save = str(d / "omp")
     assert main_imp_std.main([image_folder_root, "--init", init_a, "--save_dir", save, *TINY,
                               "--omp-level", "2"]) == 0
-    return init_a, init_b, checkpoint.imp_ticket(save, 2)
+    return init_a, init_b, paths.imp_ticket(save, 2)
 
 
 def test_a_ticket_records_its_init_family_and_cost(found):
@@ -48,14 +49,14 @@ def test_a_ticket_on_other_weights_is_refused_in_one_line(found, image_folder_ro
         cli.main(argv(tmp_path / "b", image_folder_root, "folder", init_b, ticket=ticket, epochs=1))
     assert f"ticket {ticket} was found in other weights ({init_a}), not in --init {init_b}" in str(e.value)
     assert "--any-ticket-init" in str(e.value) and "\n" not in str(e.value)
-    assert not os.path.exists(tmp_path / "b" / checkpoint.CHECKPOINT)  # refused before any training
+    assert not os.path.exists(tmp_path / "b" / paths.CHECKPOINT)  # refused before any training
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main_train_downstream.py"),
                            *argv(tmp_path / "b2", image_folder_root, "folder", init_b, ticket=ticket, epochs=1)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2 and done.stderr.startswith("error: ticket ") and done.stderr.count("\n") == 1
     cli.main(argv(tmp_path / "any", image_folder_root, "folder", init_b, ticket=ticket, epochs=1,
                   extra=("--any-ticket-init",)))
-    assert "found in other init weights" in open(tmp_path / "any" / checkpoint.LOG).read()
+    assert "found in other init weights" in open(tmp_path / "any" / paths.LOG).read()
 
 
 def test_an_exported_ticket_transfers_to_the_same_numbers(found, image_folder_root, tmp_path, capsys):
@@ -65,12 +66,12 @@ def test_an_exported_ticket_transfers_to_the_same_numbers(found, image_folder_ro
     assert os.path.getsize(shared) < os.path.getsize(ticket)
     for name, t in (("file", ticket), ("exported", shared)):
         cli.main(argv(tmp_path / name, image_folder_root, "folder", init_a, ticket=t, epochs=1))
-    a, b = (untimed(json.load(open(tmp_path / n / checkpoint.RESULTS))) for n in ("file", "exported"))
+    a, b = (untimed(json.load(open(tmp_path / n / paths.RESULTS))) for n in ("file", "exported"))
     assert (a["best_sa"], a["best_ra"], a["last"], a["sparsity"]) == (b["best_sa"], b["best_ra"], b["last"],
                                                                      b["sparsity"])
     assert b["ticket_meta"]["exported_from"] == os.path.basename(ticket) and b["ticket_meta"]["init_digest"] == \
         a["ticket_meta"]["init_digest"]
-    rows = [untimed(checkpoint.read_jsonl(str(tmp_path / n / checkpoint.METRICS))) for n in ("file", "exported")]
+    rows = [untimed(checkpoint.read_jsonl(str(tmp_path / n / paths.METRICS))) for n in ("file", "exported")]
     assert rows[0] == rows[1]
 
 
@@ -82,15 +83,15 @@ def test_an_export_of_an_imp_checkpoint_keeps_its_provenance_and_no_local_path(_
     save = str(tmp_path / "imp")
     assert main_imp_std.main([image_folder_root, "--init", init_a, "--save_dir", save, *TINY, "--epochs", "2",
                               "--prune_epoch", "1", "--family", "imp-test"]) == 0
-    mask, meta = pruning_utils.load_ticket(checkpoint.imp_ticket(save, 2))
+    mask, meta = pruning_utils.load_ticket(paths.imp_ticket(save, 2))
     alone, with_rows = tmp_path / "alone", tmp_path / "rows"
-    for folder, files in ((alone, ()), (with_rows, (checkpoint.METRICS,))):
+    for folder, files in ((alone, ()), (with_rows, (paths.METRICS,))):
         folder.mkdir()
         for name in ("2-checkpoint.pth.tar", *files):
             (folder / name).write_bytes(open(os.path.join(save, name), "rb").read())
     for src, cost in ((str(alone / "2-checkpoint.pth.tar"), None),
                       (str(with_rows / "2-checkpoint.pth.tar"), meta["cost"]),
-                      (checkpoint.imp_checkpoint(save, 2), meta["cost"])):
+                      (paths.imp_checkpoint(save, 2), meta["cost"])):
         out = str(tmp_path / "shared.safetensors")
         assert tickets.main(["export", src, out]) == 0
         got, shared = pruning_utils.load_ticket(out)

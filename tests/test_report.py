@@ -13,6 +13,7 @@ import pytest
 
 import report
 from infra import checkpoint
+from infra import paths
 from infra.errors import UserError, run_cli
 from reporting import analysis, output
 from reporting import tables as report_tables
@@ -306,9 +307,9 @@ def test_sparsity_and_label():
 
 def test_ticket_finding_files_are_told_from_run_files():
     """The scan skips ticket-finding folders by their files' names, which infra.checkpoint spells."""
-    assert [checkpoint.imp_file_level(os.path.basename(p)) for p in checkpoint.imp_files("d", 12)] == [12] * 4
-    for other in ("12-notes.txt", "x-ticket.pth.tar", checkpoint.RESULTS, checkpoint.CHECKPOINT):
-        assert checkpoint.imp_file_level(other) is None
+    assert [paths.imp_file_level(os.path.basename(p)) for p in paths.imp_files("d", 12)] == [12] * 4
+    for other in ("12-notes.txt", "x-ticket.pth.tar", paths.RESULTS, paths.CHECKPOINT):
+        assert paths.imp_file_level(other) is None
 
 
 def test_cli(paper_tree, tmp_path, capsys):

@@ -16,6 +16,7 @@ import main_imp_adv
 import main_imp_std
 import pruning_utils
 from infra import checkpoint
+from infra import paths
 from infra.distributed import DistEnv
 from infra.errors import ConfigError
 from lottery import robust_val
@@ -68,15 +69,15 @@ def test_a_imp_records_it_each_epoch_and_per_level_with_the_same_tickets(_fake_f
     assert main_imp_adv.main(imp_argv(data, init, str(tmp_path / "plain"), *flags)) == 0
     assert main_imp_adv.main(imp_argv(data, init, str(tmp_path / "rv"), *flags, "--robust-val", "2",
                                       "--robust-val-images", "5")) == 0
-    plain, rows = (checkpoint.read_jsonl(str(tmp_path / d / checkpoint.METRICS)) for d in ("plain", "rv"))
+    plain, rows = (checkpoint.read_jsonl(str(tmp_path / d / paths.METRICS)) for d in ("plain", "rv"))
     assert [r["val_ra"] for r in plain] == [None, None]
     assert all(isinstance(r["val_ra"], float) and isinstance(r["val_slice_sa"], float) and r["val_ra_images"] == 5
                for r in rows)
     assert all(r["cost"]["eval_images"] == p["cost"]["eval_images"] + 10 for r, p in zip(rows, plain))
-    record = json.load(open(checkpoint.imp_sparsity(str(tmp_path / "rv"), 3)))["robust_val"]
+    record = json.load(open(paths.imp_sparsity(str(tmp_path / "rv"), 3)))["robust_val"]
     assert (record["val_ra"], record["images"]) == (rows[1]["val_ra"], 5) and record["attack"].startswith("PGD-2 ")
-    assert pruning_utils.load_ticket(checkpoint.imp_ticket(str(tmp_path / "rv"), 3))[1]["robust_val"] == record
-    assert "robust_val" not in json.load(open(checkpoint.imp_sparsity(str(tmp_path / "rv"), 1)))  # pruned untrained
+    assert pruning_utils.load_ticket(paths.imp_ticket(str(tmp_path / "rv"), 3))[1]["robust_val"] == record
+    assert "robust_val" not in json.load(open(paths.imp_sparsity(str(tmp_path / "rv"), 1)))  # pruned untrained
     same = [{k: v for k, v in r.items() if k not in ("val_ra", "val_slice_sa", "val_ra_images", "cost")}
             for r in rows]
     assert untimed(same) == untimed([{k: v for k, v in r.items() if k not in ("val_ra", "cost")} for r in plain])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from infra import checkpoint
+from infra import paths
 from infra import reproducibility
 from training import runner, savedir
 from infra.distributed import DistEnv, Launch
@@ -39,7 +39,7 @@ def test_both_stages_leave_save_dir_to_node_0(monkeypatch, tmp_path, entry, argv
     assert launched and not save.exists()
     assert entry([*argv, "--save_dir", str(save), "--world-size", "2", "--rank", "0",
                   "--dist-url", "tcp://127.0.0.1:1"]) == 0
-    assert (save / checkpoint.CONFIG).exists()
+    assert (save / paths.CONFIG).exists()
 
 
 def test_loader_settings_build_a_loader():
@@ -85,7 +85,7 @@ def test_per_rank_batch_names_the_flag():
 
 
 def test_truncate_metrics_keeps_the_completed_epochs_and_drops_a_torn_line(tmp_path):
-    path = tmp_path / checkpoint.METRICS
+    path = tmp_path / paths.METRICS
     path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(4)) + '{"epoch": 9, "va')
     runner.truncate_metrics(str(tmp_path), 2)
     assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [0, 1]
@@ -128,9 +128,9 @@ def test_prepare_save_dir_restart_clears_before_config_changes(tmp_path):
         _prepare(save, lr=0.2)
     calls = []
     _prepare(save, restart=True, lr=0.2, clear=lambda d: calls.append(
-        json.load(open(os.path.join(d, checkpoint.CONFIG)))["lr"]) or [])
+        json.load(open(os.path.join(d, paths.CONFIG)))["lr"]) or [])
     assert calls == [0.1]  # the old files went while config.json still named the old run
-    assert json.load(open(os.path.join(save, checkpoint.CONFIG)))["lr"] == 0.2
+    assert json.load(open(os.path.join(save, paths.CONFIG)))["lr"] == 0.2
 
 
 def test_settings_that_change_no_result_may_differ_and_the_others_are_each_named(tmp_path):
@@ -141,21 +141,21 @@ def test_settings_that_change_no_result_may_differ_and_the_others_are_each_named
         _prepare(save, lr=0.2, seed=2, tf32=False)
     assert all(s in str(e.value) for s in ("lr (0.1 -> 0.2)", "seed (1 -> 2)", "tf32 (True -> False)", "--restart"))
     _prepare(save, lr=0.2, started=False)  # a folder without progress takes the new settings
-    assert json.load(open(os.path.join(save, checkpoint.CONFIG)))["lr"] == 0.2
+    assert json.load(open(os.path.join(save, paths.CONFIG)))["lr"] == 0.2
 
 
 @pytest.mark.parametrize("old", [{"lr": 0.1}, {"lr": 0.1, "format": savedir.FORMAT - 1}])
 def test_a_folder_of_another_run_format_is_refused_naming_restart(tmp_path, old):
     save = str(tmp_path)
     _prepare(save)
-    recorded = json.load(open(os.path.join(save, checkpoint.CONFIG)))
+    recorded = json.load(open(os.path.join(save, paths.CONFIG)))
     assert recorded["format"] == savedir.FORMAT and recorded["launch"] == dataclasses.asdict(Launch())
     json.dump({**recorded, **old} if "format" in old else {k: v for k, v in recorded.items() if k != "format"},
-              open(os.path.join(save, checkpoint.CONFIG), "w"))
+              open(os.path.join(save, paths.CONFIG), "w"))
     with pytest.raises(ConfigError, match="older run-folder format.*--restart"):
         _prepare(save)
     _prepare(save, restart=True)
-    assert json.load(open(os.path.join(save, checkpoint.CONFIG)))["format"] == savedir.FORMAT
+    assert json.load(open(os.path.join(save, paths.CONFIG)))["format"] == savedir.FORMAT
 
 
 def test_both_stages_seed_each_epoch_with_the_one_policy(monkeypatch, tmp_path, image_folder_root, pretrained):

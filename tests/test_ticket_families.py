@@ -15,6 +15,7 @@ import torchvision
 import main_imp_std
 import pruning_utils
 from infra import checkpoint
+from infra import paths
 from infra.errors import ConfigError
 from lottery import cli as imp_cli
 from lottery import early_bird
@@ -32,7 +33,7 @@ def tiny(_fake_files, tmp_path_factory):
 def _imp(tiny, save_dir, *extra: str) -> list[dict]:
     data, init = tiny
     assert main_imp_std.main(imp_argv(data, init, str(save_dir), "--lr", "0.05", *extra)) == 0
-    return checkpoint.read_jsonl(os.path.join(save_dir, checkpoint.METRICS))
+    return checkpoint.read_jsonl(os.path.join(save_dir, paths.METRICS))
 
 
 def test_distance_counts_disagreements_among_the_alive_weights():
@@ -70,9 +71,9 @@ def test_a_window_that_never_fills_gives_the_plain_imp_tickets(tiny, tmp_path):
     assert [r["mask_distance"] is None for r in plain] == [True, False, True, False] and "early_bird_stop" not in plain[0]
     for level in (1, 2, 3):
         assert same_masks(ticket(tmp_path / "eb", level), ticket(tmp_path / "plain", level))
-    meta = pruning_utils.load_ticket(checkpoint.imp_ticket(str(tmp_path / "eb"), 3))[1]
+    meta = pruning_utils.load_ticket(paths.imp_ticket(str(tmp_path / "eb"), 3))[1]
     assert meta["family"] == "imp-eb" and meta["config"]["early_bird"] == 0.5
-    assert not os.path.exists(tmp_path / "plain" / checkpoint.INDICES)  # all the data: no indices to record
+    assert not os.path.exists(tmp_path / "plain" / paths.INDICES)  # all the data: no indices to record
 
 
 def test_a_threshold_met_at_once_stops_each_level_after_the_window(tiny, tmp_path):
@@ -84,9 +85,9 @@ def test_a_threshold_met_at_once_stops_each_level_after_the_window(tiny, tmp_pat
         mask = ticket(tmp_path / "eb", level)
         total = sum(m.numel() for m in mask.values())
         assert pruning_utils.sparsity(mask) == pytest.approx(1 - 0.8 ** level, abs=2 / total * level)
-        record = json.load(open(checkpoint.imp_sparsity(str(tmp_path / "eb"), level)))
+        record = json.load(open(paths.imp_sparsity(str(tmp_path / "eb"), level)))
         assert record["level_cost"]["epochs"] == (2 if level > 1 else 0)
-    config = json.load(open(tmp_path / "eb" / checkpoint.CONFIG))
+    config = json.load(open(tmp_path / "eb" / paths.CONFIG))
     assert (config["early_bird"], config["early_bird_window"]) == (0.99, 2)
 
 
@@ -126,15 +127,15 @@ def test_bad_early_bird_flags_are_refused(tiny, tmp_path, flags, message):
 def test_a_data_diet_finds_tickets_on_a_recorded_balanced_fraction(tiny, tmp_path):
     rows = _imp(tiny, tmp_path / "diet", "--epochs", "1", "--prune_epoch", "1", "--data_number", "0.5",
                 "--seed", "3")
-    chosen = json.load(open(tmp_path / "diet" / checkpoint.INDICES))
+    chosen = json.load(open(tmp_path / "diet" / paths.INDICES))
     targets = [t for _, t in sorted(torchvision.datasets.ImageFolder(os.path.join(tiny[0], "train")).samples)]
     assert len(chosen) == 6 and sorted(targets[i] for i in chosen) == [0, 0, 1, 1, 2, 2]  # 2 of 4 per class
     assert rows[0]["cost"]["train_images"] == 6
-    meta = pruning_utils.load_ticket(checkpoint.imp_ticket(str(tmp_path / "diet"), 2))[1]
+    meta = pruning_utils.load_ticket(paths.imp_ticket(str(tmp_path / "diet"), 2))[1]
     assert meta["family"] == "imp-diet0.5" and meta["config"]["data_number"] == 0.5
     again = _imp(tiny, tmp_path / "diet-again", "--epochs", "1", "--prune_epoch", "1", "--data_number", "0.5",
                  "--seed", "3")
-    assert json.load(open(tmp_path / "diet-again" / checkpoint.INDICES)) == chosen and untimed(again) == untimed(rows)
+    assert json.load(open(tmp_path / "diet-again" / paths.INDICES)) == chosen and untimed(again) == untimed(rows)
 
 
 @pytest.mark.parametrize("flags, family", [

@@ -19,7 +19,8 @@ import models
 import pruning_utils
 from transfer import run as transfer_run
 from transfer import results as transfer_results
-from infra.checkpoint import CHECKPOINT, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, load_file
+from infra.checkpoint import load_file
+from infra.paths import CHECKPOINT, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST
 from infra.distributed import DistEnv
 from training.engine import Step, evaluate
 from infra.errors import CheckpointError, ConfigError, run_cli

@@ -17,7 +17,8 @@ import dataset
 from datafiles import fabricate
 import models
 import pruning_utils
-from infra.checkpoint import LOG, RESULTS, SA_BEST, load_file
+from infra.checkpoint import load_file
+from infra.paths import LOG, RESULTS, SA_BEST
 from training.engine import Step, evaluate
 from recipes import argv, check_run, write_pretrained
 

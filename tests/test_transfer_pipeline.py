@@ -23,7 +23,8 @@ import pruning_utils
 from transfer import data as transfer_data
 from transfer import run as transfer_run
 from infra import reproducibility
-from infra.checkpoint import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST, load_file
+from infra.checkpoint import load_file
+from infra.paths import CHECKPOINT, CONFIG, LOG, METRICS, RESULTS, SA_BEST
 from infra import flags
 from infra.distributed import DistEnv
 from training.engine import Step, evaluate

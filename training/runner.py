@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from infra import checkpoint
+from infra import paths
 from infra import distributed
 from infra import flags
 from infra import hardware
@@ -185,7 +186,7 @@ def in_worker(body: Callable[[DistEnv, Any], None], env: DistEnv, cfg: Any) -> N
     watchdog (DOUBLEWIN_STALL_S), the run's kernel settings (--deterministic, --tf32) for its duration, and the
     process group closed however the body ends."""
     runlog.setup_log(cfg.save_dir, env.is_main)
-    log = os.path.join(cfg.save_dir, checkpoint.LOG) if env.is_main else None
+    log = os.path.join(cfg.save_dir, paths.LOG) if env.is_main else None
     try:
         hardware.check_amp(cfg.amp, env.device)  # this rank's own GPU: a node may mix cards
         with watchdog.watching(cfg.save_dir if env.is_main else None, log), \
@@ -271,7 +272,7 @@ def truncate_metrics(save_dir: str, done: int) -> None:
     """Keep the metrics.jsonl rows of the `done` completed epochs only (rows number epochs from 0, see
     `metrics_row`): rows of an epoch that crashed between its row and its checkpoint go, and so does a torn last
     line."""
-    path = os.path.join(save_dir, checkpoint.METRICS)
+    path = os.path.join(save_dir, paths.METRICS)
     if os.path.exists(path):
         rows = [r for r in checkpoint.read_jsonl(path)
                 if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] < done]

@@ -9,7 +9,8 @@ import tempfile
 from typing import Iterable
 
 from infra import checkpoint, lease, leaseholder
-from infra.checkpoint import CONFIG, LEASE, LOG, METRICS, to_json
+from infra.checkpoint import to_json
+from infra.paths import CONFIG, LEASE, LOG, METRICS
 from infra.errors import CheckpointError, ConfigError, UserError, node_error
 
 FORMAT = 2  # of the run folder (config.json and the files beside it); a folder of another format is refused

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from infra import checkpoint
+from infra import paths
 from infra.distributed import Launch
 from training import runner
 from transfer import run as transfer_run
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if runner.first_process(opts):
         runner.claim_save_dir(cfg.save_dir)
         started = any(os.path.exists(os.path.join(cfg.save_dir, n))
-                      for n in (checkpoint.CHECKPOINT, checkpoint.RESULTS))
+                      for n in (paths.CHECKPOINT, paths.RESULTS))
         runner.prepare_save_dir(cfg, opts, clear=transfer_state.clear_run, started=started)
     runner.start(transfer_run.run, cfg, opts)
     return 0

@@ -20,8 +20,8 @@ from torch import nn
 
 import pruning_utils
 from attacks import build_attack
-from infra.checkpoint import (METRICS, RA_BEST, RESULTS, SA_BEST, atomic_write_bytes, load_own,
-                              read_jsonl)
+from infra.checkpoint import atomic_write_bytes, load_own, read_jsonl
+from infra.paths import METRICS, RA_BEST, RESULTS, SA_BEST
 from infra.distributed import DistEnv, ShardSampler, all_reduce_sum
 from infra.reproducibility import seed_epoch
 from infra import watchdog

@@ -22,7 +22,8 @@ import pruning_utils
 from training import runner
 from training import weights
 from attacks import build_attack
-from infra.checkpoint import CURVES, INDICES, METRICS, read_jsonl
+from infra.checkpoint import read_jsonl
+from infra.paths import CURVES, INDICES, METRICS
 from datafiles import facts
 from dataset import DataFraction, Splits, build_datasets, write_indices
 from infra.distributed import DistEnv, barrier

@@ -13,8 +13,8 @@ from training import optimizer as optimizer_lib
 import pruning_utils
 from training import runner
 from infra.checkpoint import exists as checkpoint_exists
-from infra.checkpoint import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, \
-    epoch_file, is_epoch_file, load_own, strip_prefix
+from infra.checkpoint import load_own, strip_prefix
+from infra.paths import CHECKPOINT, CURVES, INDICES, METRICS, RA_BEST, RESULTS, SA_BEST, epoch_file, is_epoch_file
 from infra.errors import CheckpointError
 from infra.reproducibility import get_rng_state
 from infra.runlog import LOGGER
