@@ -2,7 +2,7 @@
 in --out. The data model is reporting/analysis.py (reading: reporting/runs.py), the renderers
 reporting/tables.py and reporting/plots.py, the files reporting/output.py.
 
-    python report.py ROOT [--out DIR] [--checkpoint sa|ra|each] [--ra pgd|aa] [--verdict stat|point] [--margin 1] [--confidence 0.95]
+    python report.py ROOT [--out DIR] [--checkpoint sa|ra|each|last] [--ra pgd|aa] [--verdict stat|point] [--margin 1] [--confidence 0.95]
                      [--tolerance 0.5] [--group-by KEY,...]
 """
 from __future__ import annotations
@@ -23,8 +23,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT", help="folder tree holding the downstream run folders")
     p.add_argument("--out", default=None, help="folder for report.md/.csv/.json and PNGs (default: ROOT/report)")
     p.add_argument("--checkpoint", choices=list(CHECKPOINTS), default="sa",
-                   help="test numbers of the best-validation-SA checkpoint, of the best-validation-RA one, or "
-                        "each: SA of the best-SA checkpoint and RA of the best-RA one (the original printed all four)")
+                   help="test numbers of the best-validation-SA checkpoint, of the best-validation-RA one, "
+                        "each: SA of the best-SA checkpoint and RA of the best-RA one (the original printed all four), "
+                        "or last: the weights after the last epoch (no choice on the validation set)")
     p.add_argument("--ra", choices=("pgd", "aa"), default="pgd",
                    help="robust accuracy that decides matching: PGD (test_ra) or AutoAttack (test_aa_ra)")
     p.add_argument("--tolerance", type=float, default=0.5,

@@ -26,7 +26,9 @@ CHECKPOINTS = {  # name -> (short, long) description
     "sa": ("SA, RA of best-SA ckpt", "SA and RA of the best-val-SA checkpoint"),
     "ra": ("SA, RA of best-RA ckpt", "SA and RA of the best-val-RA checkpoint"),
     "each": ("SA of best-SA, RA of best-RA ckpt",
-             "SA of the best-val-SA checkpoint, RA of the best-val-RA checkpoint")}
+             "SA of the best-val-SA checkpoint, RA of the best-val-RA checkpoint"),
+    "last": ("SA, RA after the last epoch", "SA and RA of the weights after the last epoch (no choice on the "
+             "validation set, whose ties and noise move a small run's best epoch)")}
 WATCH = ("init", "arch", "subset", "epochs", "test_attack.eps_255", "test_attack.steps",  # must agree within a group
          "attack_loss")
 
@@ -88,9 +90,11 @@ def pairing(opts: Options, *, short: bool = False) -> str:
 
 
 def best_keys(opts: Options) -> dict[str, str]:
-    """metric -> the results.json block it is read from: best_sa or best_ra."""
+    """metric -> the results.json block it is read from: best_sa, best_ra or last."""
     if opts.checkpoint == "each":
         return {"sa": "best_sa", "ra": "best_ra", "aa": "best_ra"}
+    if opts.checkpoint == "last":
+        return {m: "last" for m in METRICS}
     return {m: f"best_{opts.checkpoint}" for m in METRICS}
 
 
