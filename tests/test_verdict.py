@@ -373,3 +373,19 @@ def test_a_paired_imp_stage_transfers_seed_k_with_seed_k_only(tmp_path):
     with pytest.raises(spec.SpecError, match=r"seeds = \[1, 2\]: the paired tickets imp-seed3-2 need "
                                                        r"transfer seed 3"):
         load((1, 2))
+
+
+def test_checkpoint_last_reads_the_weights_after_the_last_epoch(tmp_path):
+    """--checkpoint last takes each run's `last` block (no choice on the validation set), not best_sa's."""
+    for tag, sparsity, acc, last in (("dense", 0.0, 90.0, 80.0), ("t", 0.5, 90.0, 70.0)):
+        write_cell(tmp_path, tag, sparsity, acc, images=10_000)
+        for mode in ("std", "adv"):
+            path = tmp_path / tag / mode / "results.json"
+            data = json.loads(path.read_text())
+            data["last"] = {"epoch": 9, "test_sa": last, "test_ra": last, "test_images": 10_000}
+            path.write_text(json.dumps(data))
+    assert the_row(tmp_path).cells[("std", "sa")].mean == 90.0
+    row = the_row(tmp_path, checkpoint="last")
+    assert row.cells[("std", "sa")].mean == 70.0 and row.call == verdict.LOSS
+    assert "SA, RA after the last epoch" in report_tables.render_text(
+        analysis.collect(str(tmp_path), Options(checkpoint="last")))
