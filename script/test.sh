@@ -5,4 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DOUBLEWIN_NEEDS="pytest advertorch" source "$ROOT/script/env.sh"
 cd "$ROOT"
-exec "$DOUBLEWIN_PY" -m pytest "$@"  # no file or folder named: the whole suite (pyproject.toml's testpaths)
+# Two workers where pytest-xdist is installed (requirements-test.txt): a file stays on one worker, the live cluster's
+# tests on one worker together (tests/conftest.py); `-n 0` after it runs everything in this one process.
+workers=()
+if "$DOUBLEWIN_PY" -c "import xdist" 2>/dev/null; then workers=(-n 2 --dist loadgroup); fi
+exec "$DOUBLEWIN_PY" -m pytest "${workers[@]}" "$@"  # no file named: the whole suite (pyproject.toml testpaths)

@@ -93,10 +93,18 @@ def pytest_configure():
     os.environ[hardware.PIN] = "cpu"
 
 
+CLUSTER_FILES = ("test_slurm.py", "test_campaign_slurm.py")
+
+
 def pytest_collection_modifyitems(items):
     """A test on the live SLURM cluster (the `slurm_cluster` fixture, script/slurm_up.sh) is marked `cluster` and
-    `slow`: `-m "not cluster"` leaves them out, `-m cluster` runs only them."""
+    `slow`: `-m "not cluster"` leaves them out, `-m cluster` runs only them. With several workers (pytest-xdist,
+    `--dist loadgroup`, as script/test.sh runs it) each file stays on one worker, so its module fixtures run once,
+    and every test that talks to the cluster runs on one worker, one at a time (the cluster has 2 CPUs a node)."""
     for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+        on_cluster = "slurm_cluster" in getattr(item, "fixturenames", ())
+        if on_cluster:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
+        group = "cluster" if on_cluster or item.path.name in CLUSTER_FILES else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
