@@ -52,7 +52,6 @@ def pretrain(cfg: DemoConfig, data: str, kind: str, path: str) -> None:
         return
     import attacks
     from infra import checkpoint
-    from infra import paths
     import dataset
     from training import engine
     import models
@@ -155,7 +154,6 @@ def ticket_dirs(cfg: DemoConfig, fam: Family) -> list[str]:
 
 
 def tickets_of(cfg: DemoConfig, fam: Family) -> list[str]:
-    from infra import checkpoint
     from infra import paths
     return [paths.imp_ticket(d, k) for d in ticket_dirs(cfg, fam) for k in fam.levels
             if os.path.exists(paths.imp_ticket(d, k))]
@@ -256,7 +254,8 @@ def verdict_lines(report_json: str) -> str:
     with open(report_json) as f:
         rep = json.load(f)
     m = rep["margin"]
-    lines = [f"the verdict per ticket (report.py --verdict {rep['verdict']}: one-sided "
+    lines = [f"the verdict per ticket (report.py --checkpoint {rep['checkpoint']} --verdict {rep['verdict']}: "
+             "one-sided "
              f"{100 * rep['confidence']:g}% bounds on ticket - dense, margin {m:g} accuracy point{'s' * (m != 1)}; "
              "see docs/VERDICT.md):"]
     runs = [c.get("replicates", "") for g in rep["groups"] for r in g["rows"] for c in r["cells"].values()]
@@ -273,6 +272,18 @@ def verdict_lines(report_json: str) -> str:
                 why = r["status"].removeprefix(f"{call}: ")
             lines.append(f"  {g['init']:8s}  {r['family']:8s}  {100 * r['sparsity']:6.2f}%  {call}: {why}")
     return "\n".join(lines)
+
+
+def best_sa_lines(cfg: DemoConfig, margin: list[str]) -> str:
+    """The verdicts of the same runs read at the best-validation-SA checkpoint (the paper's choice), beside the
+    demo's own reading: report.py into report-best-sa/, its tables not printed."""
+    out = os.path.join(cfg.out, "report-best-sa")
+    code = subprocess.call([sys.executable, os.path.join(ROOT, "report.py"), os.path.join(cfg.out, "transfer"),
+                            "--out", out, "--checkpoint", "sa", "--no-plots", *margin], cwd=ROOT,
+                           stdout=subprocess.DEVNULL)
+    if code != 0:
+        raise SystemExit(f"the best-SA report failed: python report.py {cfg.out}/transfer --checkpoint sa")
+    return verdict_lines(os.path.join(out, "report.json"))
 
 
 def overlap_summary(cfg: DemoConfig) -> str:
@@ -337,11 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     say("[5/5] the double-win report, and what the tickets cost")
     report_dir = os.path.join(cfg.out, "report")
     env = dict(os.environ, DOUBLEWIN_PY=sys.executable)
+    margin = ["--margin", f"{cfg.margin:g}"] if cfg.margin else []
     code = subprocess.call([sys.executable, os.path.join(ROOT, "sweep.py"), "report", spec, "--", "--out",
-                            report_dir, *(["--margin", f"{cfg.margin:g}"] if cfg.margin else [])], env=env, cwd=ROOT)
+                            report_dir, "--checkpoint", cfg.checkpoint, *margin], env=env, cwd=ROOT)
     if code != 0:
         raise SystemExit("the report failed (see above)")
     say(verdict_lines(os.path.join(report_dir, "report.json")))
+    if cfg.checkpoint != "sa":
+        say(best_sa_lines(cfg, margin))
     say(cost_table(cfg))
     if len(cfg.imp_seeds) > 1:
         say(overlap_summary(cfg))

@@ -9,7 +9,6 @@ import math
 import os
 from dataclasses import dataclass
 
-from infra import checkpoint
 from infra import paths
 from infra.errors import UserError
 from reporting.overlap import OVERLAP, SPARSITY_SLACK, Overlap, read_overlap  # noqa: F401 (re-exported)

@@ -135,7 +135,6 @@ def test_the_study_replicates_ticket_finding_and_transfer_on_a_large_test_set(tm
     from campaign import spec
     from demo import data as demo_data
     from demo import run as demo
-    from infra import checkpoint
     from infra import paths
 
     cfg = demo.DemoConfig(out=str(tmp_path), study=True)
@@ -162,6 +161,7 @@ def test_the_study_replicates_ticket_finding_and_transfer_on_a_large_test_set(tm
         assert s == ({int(cell.split("-seed")[1].split("-")[0])} if paired else {1, 2, 3, 4, 5}), (cell, s)
     assert len(transfer) == 60
     assert cfg.margin == 3.0 and cfg.test_per_class * len(demo_data.DOWNSTREAM) == 1000
+    assert cfg.checkpoint == "last" and demo.DemoConfig(out="x").checkpoint == "sa"  # the main demo: the paper's
     assert demo.DemoConfig(out="x").test_per_class * len(demo_data.DOWNSTREAM) == 120  # the main demo's is unchanged
     assert cfg.out in demo.ticket_dirs(cfg, demo.families(cfg)[0])[0]
 

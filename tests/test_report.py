@@ -12,7 +12,6 @@ import sys
 import pytest
 
 import report
-from infra import checkpoint
 from infra import paths
 from infra.errors import UserError, run_cli
 from reporting import analysis, output
