@@ -119,7 +119,7 @@ def test_the_demo_prints_each_ticket_cells_call_with_its_reason(tmp_path):
     path = tmp_path / "report.json"
     path.write_text(json.dumps(tables.summary(rep)))
     lines = verdict_lines(str(path)).splitlines()
-    assert lines[0].startswith("the verdict per ticket (report.py --verdict stat: one-sided 95% bounds")
+    assert lines[0].startswith("the verdict per ticket (report.py --checkpoint sa --verdict stat: one-sided 95% bounds")
     assert lines[0].endswith("margin 1 accuracy point; see docs/VERDICT.md):")
     assert lines[1].startswith("  (one run per ticket and per dense model: every bound, a 'not double-win' one too, "
                                "covers only the test set's sampling")  # one seed: the caveat of every call
