@@ -157,8 +157,9 @@ def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm_cluster, inputs
     folder = os.path.join(tmp_path, "runs", "tiny", "folder-1", "dense", "std", "s1")
     with open(os.path.join(folder, "launch.json")) as f:
         record = json.load(f)
-    assert record["exit"] == 2 and record["error"].startswith("error: argument --lr: invalid float value")
+    assert record["exit"] == 2 and record["error"].startswith(
+        "error: argument --lr/--learning-rate: invalid float value")
     with open(os.path.join(folder, "stdout.txt")) as f:
         assert sum(line.startswith("== ") for line in f) == 1  # launched once: not retried
     plan = kit.sweep("plan", path, check=True).stdout
-    assert "failed    error: argument --lr: invalid float value: 'x'" in plan
+    assert "failed    error: argument --lr/--learning-rate: invalid float value: 'x'" in plan
