@@ -6,6 +6,7 @@ The whole suite is pinned to CPU (DOUBLEWIN_DEVICE=cpu) so that it asserts the s
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -94,6 +95,13 @@ def pytest_configure():
 
 
 CLUSTER_FILES = ("test_slurm.py", "test_campaign_slurm.py")
+
+
+def pytest_configure(config):
+    """A pytest-xdist worker starts with SIGINT ignored, and every process it starts would inherit that: Ctrl-C
+    tests (a campaign's submission, the local queue) need the terminal's behaviour, KeyboardInterrupt."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items):

@@ -186,14 +186,10 @@ def test_a_signal_during_sbatch_comes_after_the_jobs_are_recorded(fake, tmp_path
 def test_ctrl_c_during_sbatch_interrupts_after_the_jobs_are_recorded(fake, tmp_path):
     c = slurmkit.campaign(str(tmp_path / "root"), 2)
     put(fake, "signal", "INT")
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (an xdist worker ignores it)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            slurm.submit(c, c.runs, OPTS, say=lambda s: None)
-        assert slurmstate.recorded_jobs(c) == {"r0": ["100_0"], "r1": ["100_1"]} and slurmstate.intents(c) == {}
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, old)
+    with pytest.raises(KeyboardInterrupt):
+        slurm.submit(c, c.runs, OPTS, say=lambda s: None)
+    assert slurmstate.recorded_jobs(c) == {"r0": ["100_0"], "r1": ["100_1"]} and slurmstate.intents(c) == {}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # ---------------------------------------------------------------------------- jobs.json read strictly
