@@ -100,7 +100,7 @@ CLUSTER_FILES = ("test_slurm.py", "test_campaign_slurm.py")
 def pytest_configure(config):
     """A pytest-xdist worker starts with SIGINT ignored, and every process it starts would inherit that: Ctrl-C
     tests (a campaign's submission, the local queue) need the terminal's behaviour, KeyboardInterrupt."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if hasattr(config, "workerinput"):  # set on xdist's workers only
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
