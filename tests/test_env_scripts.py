@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+import scriptkit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = 'source "$(dirname "${BASH_SOURCE[0]}")/env.sh"\necho "DOUBLEWIN_PY=$DOUBLEWIN_PY"\n'
 BASH = shutil.which("bash")
@@ -20,10 +22,7 @@ TOOLS = ("cat", "sha256sum", "cut", "dirname", "mkdir", "chmod", "grep", "ln")
 @pytest.fixture
 def copy(tmp_path):
     """A repository copy holding what env.sh reads, and script/probe.sh, which sources it and prints the result."""
-    repo = tmp_path / "repo"
-    shutil.copytree(os.path.join(ROOT, "script"), repo / "script")
-    for name in ("requirements.txt", "requirements-test.txt"):
-        shutil.copy(os.path.join(ROOT, name), repo / name)
+    repo = scriptkit.copy_scripts(tmp_path)
     (repo / "script" / "probe.sh").write_text(PROBE)
     return repo
 

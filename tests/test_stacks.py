@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+import scriptkit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASH = shutil.which("bash")
 
@@ -34,11 +36,7 @@ def readme_versions() -> str:
 
 @pytest.fixture
 def copy(tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(os.path.join(ROOT, "script"), repo / "script")
-    for name in ("requirements.txt", "requirements-test.txt"):
-        shutil.copy(os.path.join(ROOT, name), repo / name)
-    return repo
+    return scriptkit.copy_scripts(tmp_path)
 
 
 def stack_sh(repo, *args, **env) -> subprocess.CompletedProcess:
