@@ -91,10 +91,11 @@ def seed_pairs(ticket: Sequence[Sample], dense: Sequence[Sample]) -> list[tuple[
     return [(u, [by_seed[s.seed][0] for s in u]) for u in units]
 
 
-def _seed_part(ticket: Sequence[Sample], dense: Sequence[Sample]) -> tuple[float, list[tuple[float, float]], float,
-                                                                             str]:
-    """(diff, [(variance of diff from seeds, df)], unit variance sum for advice (nan: unknown), note)."""
-    pairs = seed_pairs(ticket, dense)
+def _seed_part(ticket: Sequence[Sample], dense: Sequence[Sample],
+               pairs: list[tuple[list[Sample], list[Sample]]] | None) -> tuple[float, list[tuple[float, float]],
+                                                                               float, str]:
+    """(diff, [(variance of diff from seeds, df)], unit variance sum for advice (nan: unknown), note); `pairs`:
+    `seed_pairs(ticket, dense)`."""
     if pairs is not None:
         d = [float(np.mean([s.value for s in u]) - np.mean([s.value for s in p])) for u, p in pairs]
         var = float(np.var(d, ddof=1))
@@ -168,8 +169,8 @@ def _quantile(confidence: float, df: float) -> float:
 def compare(ticket: Sequence[Sample], dense: Sequence[Sample], margin: float, confidence: float) -> Test:
     """Non-inferiority of the ticket's mean accuracy: lower bound of (ticket - dense) > -margin is double-win,
     the upper bound < -margin is not double-win, otherwise inconclusive. Both lists must be non-empty."""
-    diff, parts, unit_var, note = _seed_part(ticket, dense)
     pairs = seed_pairs(ticket, dense)
+    diff, parts, unit_var, note = _seed_part(ticket, dense, pairs)
     test = _test_part(ticket, dense, margin, pairs)
     if test is None:
         if any(x.images is None for x in (*ticket, *dense)):
