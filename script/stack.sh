@@ -32,14 +32,28 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$PY" -m venv "$VENV"
   OTHERS="$VENV/requirements-others.txt"  # requirements.txt without torch and torchvision, which the row pins
   grep -v -E '^[[:space:]]*(torch|torchvision)[[:space:]]*([=<>!~;#]|$)' "$ROOT/requirements.txt" > "$OTHERS"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH" "torchvision==$VISION" \
-      -r "$OTHERS" -r "$ROOT/requirements-test.txt" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$VENV/bin/python" - "$TORCH" "$VISION" <<'PYEOF' || { echo "error: installing stack '$NAME' into $VENV failed" \
-      "(see above)" >&2; exit 2; }
+  # --no-cache-dir: the wheels (GBs: PyPI's torch is a CUDA build) would stay in pip's cache, a second copy
+  LOG="$(mktemp)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir "torch==$TORCH" \
+      "torchvision==$VISION" -r "$OTHERS" -r "$ROOT/requirements-test.txt" 2>&1 | grep -v "^WARNING: Location" \
+      | tee "$LOG" >&2 || true
+  if ! "$VENV/bin/python" - "$TORCH" "$VISION" <<'PYEOF'
 import sys, torch, torchvision
 got = (torch.__version__.split("+")[0], torchvision.__version__.split("+")[0])
 sys.exit(None if got == tuple(sys.argv[1:]) else f"error: got torch {got[0]}, torchvision {got[1]}")
 PYEOF
+  then
+    rm -rf "$VENV"  # half a stack is no stack: the next try starts clean
+    if grep -q "No space left on device" "$LOG"; then
+      echo "error: installing stack '$NAME' into $VENV ran out of disk: a stack needs about 8 GB free while pip" \
+        "makes it (its downloads, then about 5 GB installed); $(df -Ph "$ROOT" | awk 'NR == 2 {print $4}') are" \
+        "free there now" >&2
+    else
+      echo "error: installing stack '$NAME' into $VENV failed (see above)" >&2
+    fi
+    rm -f "$LOG"; exit 2
+  fi
+  rm -f "$LOG"
   echo "$WANT" > "$STAMP"
 fi
 echo "$VENV/bin/python"

@@ -81,10 +81,38 @@ def test_a_stack_whose_python_is_missing_is_refused_in_one_line(copy, tmp_path):
     assert not (copy / ".stacks").exists()
 
 
+FAKE_PYTHON = """#!/usr/bin/env bash
+# python3.99 for stack.sh: answers its version checks; its venv's python is a pip that runs out of disk
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+  mkdir -p "$3/bin"; printf '%s\\n' '#!/usr/bin/env bash' \\
+    '[ "$2" = pip ] && { echo "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device"; exit 1; }' \\
+    'echo "ModuleNotFoundError: No module named torch" >&2; exit 1' > "$3/bin/python"; chmod +x "$3/bin/python"
+  exit 0
+fi
+case "$2" in *print*) echo 3.99.0;; esac  # the version line; the version check only exits 0
+"""
+
+
+def test_a_stack_that_runs_out_of_disk_is_removed_and_the_disk_named_in_one_line(copy, tmp_path):
+    with open(copy / "script" / "stacks.txt", "a") as f:
+        f.write("future  3.99  9.9.9  0.99.9\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3.99").write_text(FAKE_PYTHON)
+    (bin_dir / "python3.99").chmod(0o755)
+    done = stack_sh(copy, "future", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"error: installing stack 'future' into {copy}/.stacks/future ran out of disk: a stack "
+                           "needs about 8 GB free while pip makes it"), done.stderr
+    assert last.endswith("free there now")
+    assert not (copy / ".stacks" / "future").exists()  # no half-made stack for the next try to trust
+
+
 @pytest.mark.slow
 def test_test_sh_runs_only_the_tests_it_is_given():
     done = subprocess.run([BASH, os.path.join(ROOT, "script", "test.sh"), "tests/test_stacks.py", "--collect-only",
                            "--noconftest", "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "DOUBLEWIN_PY": sys.executable})
-    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1].startswith("5 tests collected in "), \
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1].startswith("6 tests collected in "), \
         done.stdout + done.stderr
