@@ -1,15 +1,25 @@
 """A tiny campaign for the campaign tests: resnet_tiny init, two tickets, fabricated folder data, and a spec
-whose runs are the real bash drivers with small overrides (1 epoch, 16 px, PGD-2)."""
+whose runs are the real bash drivers with small overrides (1 epoch, 16 px, PGD-2); `sweep.py` as a process or in
+this one, and files made once per test session whatever the number of pytest-xdist workers."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import importlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import types
+from typing import Callable
+from unittest import mock
 
 import torch
 
 from datafiles import fabricate
+from infra import errors
 import models
 import recipes
 import pruning_utils
@@ -71,6 +81,64 @@ def sweep(*args: str, timeout: float = 600, check: bool = False) -> subprocess.C
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def exit_status(main: Callable[[list[str] | None], int | None], argv: list[str]) -> int:
+    """An entry point's `main(argv)` as its `__main__` runs it (errors.run_cli: a UserError is one `error:` line
+    on stderr and its exit status): the status a process running it would exit with."""
+    try:
+        errors.run_cli(main, argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    raise AssertionError("run_cli returned")  # it always exits
+
+
+def _entry_point_here(cmd: list[str]) -> int:
+    """subprocess.call of `python ROOT/NAME.py ARGS` (what `sweep.py report` starts), as NAME's main in this
+    process; anything else is refused, so a wrong interpreter or script still fails the test."""
+    python, script, *argv = cmd
+    assert python == sys.executable and os.path.dirname(script) == ROOT and os.path.isfile(script), cmd
+    with open(script) as f:
+        assert f.read().rstrip().endswith("run_cli(main)"), f"{script}: its __main__ is not run_cli(main)"
+    return exit_status(importlib.import_module(os.path.basename(script)[:-len(".py")]).main, argv)
+
+
+def sweep_here(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """`sweep.py ARGS` in this process: its main as its `__main__` runs it, stdout and stderr captured, and the
+    entry points `report` starts (tickets.py overlap, report.py) run here too. torch is imported once in this
+    process, where each `plan`, `status` or `report` process imports it again to count FLOPs or read tickets
+    (about 3 s of CPU each). What needs a process of its own (`run`: its campaign lease lasts as long as the
+    process, its runs, signals) goes through `sweep()`."""
+    import sweep as sweep_py
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            mock.patch.object(sweep_py, "subprocess", types.SimpleNamespace(call=_entry_point_here)):
+        code = exit_status(sweep_py.main, list(args))
+    done = subprocess.CompletedProcess(["sweep.py", *args], code, out.getvalue(), err.getvalue())
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def once_per_session(request, name: str, make: Callable[[str], dict]) -> dict:
+    """`make(folder)` once per test session, whatever the number of pytest-xdist workers: the first to ask makes
+    it under a file lock in the session's temp folder (shared by the workers), the others wait for that lock and
+    get what `make` returned (JSON). A make that failed leaves no record: the next to ask makes it again."""
+    base = request.getfixturevalue("tmp_path_factory").getbasetemp()
+    if hasattr(request.config, "workerinput"):  # an xdist worker's temp folder is popen-gwN in the session's
+        base = base.parent
+    folder, record = base / name, base / f"{name}.json"
+    with open(base / f"{name}.lock", "w") as lock:  # released when closed, also when `make` raises
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.exists():
+            return json.loads(record.read_text())
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        made = make(str(folder))
+        partial = record.with_suffix(".partial")
+        partial.write_text(json.dumps(made))
+        os.replace(partial, record)
+        return made
 
 
 def results(root: str) -> dict[str, dict]:

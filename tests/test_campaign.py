@@ -46,7 +46,7 @@ def test_runs_are_the_drivers_commands_with_the_documented_layout(tmp_path, inpu
     assert run.command[12:] == tuple(kit.TINY)
     dense = next(r for r in c.runs if r.id == "tiny/folder-1/dense/std/s1")
     assert dense.command[1].endswith("std.sh") and dense.command[5] == ""
-    printed = kit.sweep("run", str(tmp_path / "c.toml"), "--print", check=True).stdout.splitlines()
+    printed = kit.sweep_here("run", str(tmp_path / "c.toml"), "--print", check=True).stdout.splitlines()
     assert [shlex.split(line) for line in printed] == [list(r.command) for r in c.runs]
 
 
@@ -66,7 +66,7 @@ def test_a_bad_spec_gets_one_line_naming_the_key_or_file(tmp_path, inputs, edit,
         text = edit(f.read())
     with open(path, "w") as f:
         f.write(text)
-    done = kit.sweep("plan", path)
+    done = kit.sweep_here("plan", path)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {path}: ") and message in done.stderr, \
         done.stderr
@@ -101,7 +101,7 @@ def test_plan_counts_are_exact_at_each_stage(tmp_path, inputs):
     spec_path = str(tmp_path / "c.toml")
 
     def counts() -> dict:
-        done = kit.sweep("plan", spec_path, "--json", str(tmp_path / "plan.json"), check=True)
+        done = kit.sweep_here("plan", spec_path, "--json", str(tmp_path / "plan.json"), check=True)
         assert "left: " in done.stdout and " FLOP (2 per multiply-add, counted as the compute ledger" in done.stdout
         with open(tmp_path / "plan.json") as f:
             return {k: v for k, v in json.load(f)["counts"].items() if v}
@@ -119,12 +119,12 @@ def test_plan_counts_are_exact_at_each_stage(tmp_path, inputs):
     holder = _hold(dirs[3])
     try:
         assert counts() == {"done": 1, "partial": 1, "failed": 1, "running": 1, "pending": 8}
-        text = kit.sweep("plan", spec_path, check=True).stdout
+        text = kit.sweep_here("plan", spec_path, check=True).stdout
         line = next(ln for ln in text.splitlines() if ln.startswith(ids[2] + " "))
         assert line.split() == [ids[2], "failed", "error:", "--lr", "x:", "invalid", "float", "value"]
         assert next(ln for ln in text.splitlines() if ln.startswith(ids[3] + " ")).split()[1:4] == \
             ["running", "pid", str(holder.pid)]
-        shown = kit.sweep("status", spec_path, check=True).stdout
+        shown = kit.sweep_here("status", spec_path, check=True).stdout
         assert "[###....." in shown and "1/12 done (8%)" in shown
     finally:
         holder.kill()
@@ -187,14 +187,14 @@ def test_a_corrupt_image_stops_the_run_with_one_line_and_check_data_lists_it(tmp
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: image {bad} cannot be decoded")
     assert f"sweep.py check-data {data}" in done.stderr
-    check = kit.sweep("check-data", data, inputs["data"])
+    check = kit.sweep_here("check-data", data, inputs["data"])
     assert check.returncode == 1
     lines = check.stdout.splitlines()
     assert lines[0].startswith(f"{bad}: ") and f"{data}: 24 images checked: 1 unreadable images" in check.stdout
     assert f"{inputs['data']}: 24 images checked: OK" in check.stdout
     os.remove(os.path.join(data, "val", "cat", "00011.png"))
     os.rename(os.path.join(data, "val", "cat"), os.path.join(data, "val", "cow"))
-    assert "class folders differ from train/ (e.g. 'cat')" in kit.sweep("check-data", data).stdout
+    assert "class folders differ from train/ (e.g. 'cat')" in kit.sweep_here("check-data", data).stdout
 
 
 def test_a_worker_error_reaches_run_cli_as_one_line():
@@ -285,23 +285,30 @@ def test_a_corrupt_test_image_keeps_the_last_checkpoint_and_a_fixed_file_resumes
     with open(bad, "rb") as f:
         good = f.read()
 
-    def transfer(save: str) -> subprocess.CompletedProcess:
-        cmd = ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
-               "--data", data, *kit.TINY, "--epochs", "2"]
-        return subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=300)
+    def command(save: str) -> list[str]:
+        return ["bash", os.path.join(ROOT, "script", "train_downstream", "std.sh"), "folder", inputs["init"], save, "",
+                "--data", data, *kit.TINY, "--epochs", "2"]
+
+    def transfer_here(save: str) -> int:
+        """The driver's command as it runs its entry point, in this process (no torch import of its own)."""
+        import main_train_downstream
+        argv = _recorded_argv(command(save), tmp_path)
+        assert argv[:2] == ["-u", os.path.join(ROOT, "main_train_downstream.py")], argv
+        return kit.exit_status(main_train_downstream.main, argv[2:])
     reference = str(tmp_path / "reference")
-    assert transfer(reference).returncode == 0
+    assert transfer_here(reference) == 0
     with open(bad, "wb") as f:
         f.write(good[:50])  # truncated: read only by the final test, after both epochs
     save = str(tmp_path / "run")
-    done = transfer(save)
+    done = subprocess.run(command(save), capture_output=True, text=True, env=kit.ENV, timeout=300)  # the driver
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and f"image {bad} cannot be decoded" in done.stderr
     assert len(checkpoint.read_jsonl(os.path.join(save, "metrics.jsonl"))) == 2
     assert checkpoint.load_own(os.path.join(save, "checkpoint.pth.tar"))["epoch"] == 2  # the last one, intact
     assert not os.path.exists(os.path.join(save, "results.json"))
     with open(bad, "wb") as f:
         f.write(good)
-    assert transfer(save).returncode == 0  # resumes: only the final test is left
+    assert transfer_here(save) == 0  # resumes: only the final test is left
+    assert len(checkpoint.read_jsonl(os.path.join(save, "metrics.jsonl"))) == 2  # no epoch trained again
     assert kit.results(save) == kit.results(reference)
 
 
@@ -467,6 +474,7 @@ def test_the_example_imp_stages_make_every_ticket_they_transfer(tmp_path, monkey
     the deepest its family transfers (no level trained for a ticket nobody uses); the families are the seven of
     the question. Then A-IMP's levels loop for real at tiny scale with the same number of levels (--prune_epoch 1):
     the tickets it writes are exactly the levels the spec transfers."""
+    import main_imp_adv
     monkeypatch.chdir(tmp_path)
     open("robust_linf_eps4.ckpt", "w").close()
     c = spec.load(os.path.join(ROOT, "campaign", "example.toml"))
@@ -484,11 +492,10 @@ def test_the_example_imp_stages_make_every_ticket_they_transfer(tmp_path, monkey
     init = os.path.join(str(tmp_path), "init3.pth")
     import shutil
     shutil.copy(inputs["init3"], init)
-    cmd = [sys.executable, os.path.join(ROOT, "main_imp_adv.py"), inputs["data"], "--init", init, "--save_dir", save,
-           "-a", "resnet_tiny", "--small-input", "--image-size", "16", "--resize-size", "16", "-b", "12", "-j", "0",
-           "--no-progress", "--train_step", "1", "--epochs", str(levels), "--prune_epoch", "1"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=kit.ENV, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    argv = [inputs["data"], "--init", init, "--save_dir", save, "-a", "resnet_tiny", "--small-input", "--image-size",
+            "16", "--resize-size", "16", "-b", "12", "-j", "0", "--no-progress", "--train_step", "1", "--epochs",
+            str(levels), "--prune_epoch", "1"]
+    assert kit.exit_status(main_imp_adv.main, argv) == 0  # in this process: torch is imported here already
     made = {int(n.split("-")[0]) for n in os.listdir(save) if n.endswith("-ticket.pth.tar")}
     assert made == families["aimp"] == set(range(1, 13))  # every ticket it transfers, and no more
 

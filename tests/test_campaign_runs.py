@@ -20,18 +20,20 @@ from slurmkit import slurm_cluster, two_nodes  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    return kit.make_inputs(str(tmp_path_factory.mktemp("campaign_runs")))
+def inputs(request):
+    return kit.once_per_session(request, "campaign_runs_inputs", kit.make_inputs)
 
 
 @pytest.fixture(scope="module")
-def local_two(inputs, tmp_path_factory):
+def local_two(inputs, request):
     """The 8-run campaign (dense and level 2; 2 seeds, std and adv) through the local queue with 2 workers: the
-    reference for the other tests."""
-    d = tmp_path_factory.mktemp("local2")
-    path = kit.write_spec(str(d / "c.toml"), inputs, str(d / "runs"), levels=(2,))
-    done = kit.sweep("run", path, "--local", "--jobs", "2", check=True)
-    return path, str(d / "runs"), done
+    reference for the other tests, run once per session (this file's SLURM tests run on another xdist worker than
+    its others); its spec, its root and the queue's stdout."""
+    def make(d: str) -> dict:
+        path = kit.write_spec(os.path.join(d, "c.toml"), inputs, os.path.join(d, "runs"), levels=(2,))
+        done = kit.sweep("run", path, "--local", "--jobs", "2", check=True)
+        return {"spec": path, "root": os.path.join(d, "runs"), "stdout": done.stdout}
+    return kit.once_per_session(request, "campaign_runs_local2", make)
 
 
 def _counts(path: str) -> dict:
@@ -40,9 +42,9 @@ def _counts(path: str) -> dict:
 
 @pytest.mark.slow
 def test_local_queue_two_workers_give_the_files_of_one(local_two, inputs, tmp_path):
-    path, root, done = local_two
+    path, root, stdout = local_two["spec"], local_two["root"], local_two["stdout"]
     assert _counts(path) == {"done": 8}
-    assert done.stdout.count("start  ") == 8 and "FAILED" not in done.stdout
+    assert stdout.count("start  ") == 8 and "FAILED" not in stdout
     two = kit.results(root)
     assert len(two) == 8
     one_spec = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(2,), levels=(2,),
@@ -52,9 +54,9 @@ def test_local_queue_two_workers_give_the_files_of_one(local_two, inputs, tmp_pa
     assert len(one) == 2 and all(one[k] == two[k] for k in one)  # dense and level 2, adv, seed 2
     again = kit.sweep("run", path, "--local", "--jobs", "2", check=True)  # nothing left: nothing launched
     assert "start" not in again.stdout and kit.results(root) == two
-    plan = kit.sweep("plan", path, check=True).stdout  # the measured cost beside the estimate, per family
+    plan = kit.sweep_here("plan", path, check=True).stdout  # the measured cost beside the estimate, per family
     assert any(ln.startswith("tiny aimp") and ln.endswith("(4 done)") for ln in plan.splitlines()), plan
-    report = kit.sweep("report", path, check=True)
+    report = kit.sweep("report", path, check=True)  # a process: tickets.py and report.py are started for real
     assert "highest double-win sparsity" in report.stdout.lower()
     assert os.path.exists(os.path.join(root, "report", "report.json"))
     assert os.path.exists(os.path.join(root, "ticket_overlap.json"))  # sweep.py report ran tickets.py overlap
@@ -113,8 +115,8 @@ def _starts(folder: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_slurm_requeue_lands_on_the_other_node_and_matches_the_local_run(two_nodes, local_two, inputs, tmp_path):
-    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), levels=(2,))
+def test_slurm_requeue_lands_on_the_other_node_and_matches_the_local_run(two_nodes, inputs, request, tmp_path):
+    path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), levels=(2,), modes=("adv",))
     sweep = subprocess.Popen([sys.executable, os.path.join(kit.ROOT, "sweep.py"), "run", path, "--slurm",
                               "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "10", "--follow", "--poll",
                               "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kit.ENV,
@@ -128,12 +130,14 @@ def test_slurm_requeue_lands_on_the_other_node_and_matches_the_local_run(two_nod
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 0, out[-2000:] + err[-2000:]
-    assert "submitted 8 runs: jobs " in out  # arrays of at most MaxArraySize (8 on the CI cluster)
-    assert _counts(path) == {"done": 8}
+    assert "submitted 4 runs: jobs " in out  # dense and level 2, adv, 2 seeds: one array
+    assert _counts(path) == {"done": 4}
     hosts = _starts(victim)
     assert len(hosts) >= 2 and hosts[0] != hosts[1], hosts  # requeued, then resumed on the other node
-    assert kit.results(str(tmp_path / "runs")) == kit.results(local_two[1])
-    report = kit.sweep("report", path, check=True)
+    on_slurm = kit.results(str(tmp_path / "runs"))
+    local = kit.results(request.getfixturevalue("local_two")["root"])  # asked last: made meanwhile elsewhere
+    assert len(on_slurm) == 4 and on_slurm == {k: local[k] for k in on_slurm}
+    report = kit.sweep_here("report", path, check=True)
     assert "highest double-win sparsity" in report.stdout.lower()
 
 
@@ -161,5 +165,5 @@ def test_slurm_run_ending_with_a_user_error_is_not_retried(slurm_cluster, inputs
         "error: argument --lr/--learning-rate: invalid float value")
     with open(os.path.join(folder, "stdout.txt")) as f:
         assert sum(line.startswith("== ") for line in f) == 1  # launched once: not retried
-    plan = kit.sweep("plan", path, check=True).stdout
+    plan = kit.sweep_here("plan", path, check=True).stdout
     assert "failed    error: argument --lr/--learning-rate: invalid float value: 'x'" in plan

@@ -129,9 +129,13 @@ def test_ctrl_c_ends_every_process_of_each_runs_group_and_waits(tmp_path):
     inputs = kit.make_inputs(str(tmp_path / "in"))
     path = kit.write_spec(str(tmp_path / "c.toml"), inputs, str(tmp_path / "runs"), seeds=(1,), modes=("std",),
                           tickets="")  # one run: the dense model
-    sweep = subprocess.Popen([sys.executable, os.path.join(ROOT, "sweep.py"), "run", path, "--local", "--jobs", "1"],
-                             env={**kit.ENV, "DOUBLEWIN_PY": str(fake)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    # sweep.py's __main__ (run_cli(main)) with a 1 s grace before SIGKILL, not 10: the SIGTERM-ignoring process
+    # must still be killed, and the queue must still wait for it
+    code = (f"import functools, sys; sys.path.insert(0, {ROOT!r}); import sweep; from campaign import execute, local; "
+            f"from infra import errors; local.terminate_all = functools.partial(execute.terminate_all, grace=1.0); "
+            f"errors.run_cli(sweep.main, {['run', path, '--local', '--jobs', '1']!r})")
+    sweep = subprocess.Popen([sys.executable, "-c", code], env={**kit.ENV, "DOUBLEWIN_PY": str(fake)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (pids.exists() and len(pids.read_text().split()) == 3):
         assert time.time() < deadline and sweep.poll() is None, sweep.communicate()
