@@ -53,7 +53,7 @@ def toml_list(items) -> str:
 
 
 def write_spec(path: str, inputs: dict[str, str], root: str, *, seeds=(1, 2), modes=("std", "adv"), levels=(1, 2),
-               extra: str = "", tickets: str | None = None) -> str:
+               extra: str = "", tickets: str | None = None, dense: bool = True) -> str:
     tickets = tickets if tickets is not None else f"""
 [[init.tickets]]
 name = "aimp"
@@ -71,7 +71,7 @@ weights = "{inputs['init']}"
 datasets = ["folder"]
 modes = {toml_list(modes)}
 seeds = {toml_list(seeds)}
-{tickets}""")
+{"" if dense else "dense = false" + chr(10)}{tickets}""")
     return path
 
 
