@@ -113,14 +113,14 @@ FAULTS = [
     Fault("data-no-val", "IMP data folder without val/", (IS, "{train_only}", "…"),
           ("{train_only}/val is not a folder",)),
     Fault("dataset-unknown", "unknown --dataset", (T, "…", "--dataset", "imagenet"),
-          ("argument --dataset: invalid choice: 'imagenet'",), subprocess=True),
+          ("argument --dataset: invalid choice: 'imagenet'",)),
     Fault("arch-unknown-imp", "unknown -a/--arch (IMP)", (IS, "{folder}", "…", "-a", "resnet99"),
           ("argument -a/--arch: invalid choice: 'resnet99'",)),
     Fault("arch-unknown-transfer", "unknown -a/--arch (transfer)", (T, "…", "--arch", "resnet99"),
           ("argument -a/--arch: invalid choice: 'resnet99'",)),
     # ---------------------------------------------------------------- init weights
     Fault("init-missing", "--init file does not exist", (IS, "{folder}", "…", "--init", "{missing}.pth"),
-          ("'{missing}.pth' not found",), subprocess=True),
+          ("'{missing}.pth' not found",)),
     Fault("init-truncated-imp", "--init file truncated (IMP)", (IS, "{folder}", "…", "--init", "{init_truncated}"),
           ("{init_truncated} is truncated or corrupt",)),
     Fault("init-truncated-transfer", "--init file truncated (transfer)", (T, "…", "--init", "{init_truncated}"),
@@ -494,18 +494,17 @@ def test_every_proof_names_a_test_that_exists():
 
 
 # ---------------------------------------------------------------------------- faults with their own set-up
-def _transfer_cmd(shared: dict[str, str], save: str) -> list[str]:
-    argv = expand((T, "…", "--epochs", "5", "--mode", "adv", "--train_step", "2"), {**shared, "save": save})
-    return [sys.executable, os.path.join(ROOT, T), *argv]
+def _transfer_argv(shared: dict[str, str], save: str) -> list[str]:
+    return expand((T, "…", "--epochs", "5", "--mode", "adv", "--train_step", "2"), {**shared, "save": save})
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_path):
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_path, capsys):
+    """The victim is a process of its own (SIGKILL); the uninterrupted run and the re-run of the same command run
+    in this process (the entry point's main: the same code, without a second torch import)."""
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    reference = subprocess.Popen(_transfer_cmd(shared, whole), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_transfer_cmd(shared, killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen([sys.executable, os.path.join(ROOT, T), *_transfer_argv(shared, killed)], cwd=ROOT,
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = os.path.join(killed, paths.CHECKPOINT)
     deadline = time.time() + 120
     while not os.path.exists(first) and victim.poll() is None and time.time() < deadline:
@@ -515,10 +514,10 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_
     victim.wait()
     done = checkpoint.load_file(first)["epoch"]
     assert 1 <= done < 5 and not os.path.exists(os.path.join(killed, paths.RESULTS)), "not killed mid-run"
-    again = subprocess.run(_transfer_cmd(shared, killed), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                           timeout=120)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert reference.wait(timeout=120) == 0, reference.stderr.read()[-3000:]
+    code, _, err = run_in_process(T, _transfer_argv(shared, killed), capsys)
+    assert code == 0, err[-3000:]
+    code, _, err = run_in_process(T, _transfer_argv(shared, whole), capsys)
+    assert code == 0, err[-3000:]
     assert f"resuming from {first}: {done} of 5 epochs done" in open(os.path.join(killed, paths.LOG)).read()
     (res_a, rows_a), (res_b, rows_b) = run_untimed(whole), run_untimed(killed)
     assert rows_a == rows_b and len(rows_a) == 5
@@ -527,42 +526,62 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
+# two writers from one torch import: the process forks, each half rewrites its own path (argv 1 or 2) in a loop
 WRITER = """
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, {root!r})
 from infra import checkpoint
-from infra import paths
 big = {{"w": torch.arange(4_000_000, dtype=torch.float32)}}
-checkpoint.atomic_save({{"version": 0, **big}}, {path!r})
-print("ready", flush=True)
+i = 0 if os.fork() == 0 else 1  # the child writes the first path, the parent the second
+path = sys.argv[1 + i]
+checkpoint.atomic_save({{"version": 0, **big}}, path)
+print("ready", i, os.getpid(), flush=True)
 v = 0
 while True:
     v += 1
-    checkpoint.atomic_save({{"version": v, **big}}, {path!r})
+    checkpoint.atomic_save({{"version": v, **big}}, path)
 """
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 @pytest.mark.slow
 def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
-    """A writer rewrites a 16 MB checkpoint in a loop and is killed at several moments: the file always loads
+    """Two writers rewrite a 16 MB checkpoint in a loop and are killed at different moments: the file always loads
     whole, and remove_temp_files (run by the next run) clears what the cut write left."""
-    procs = []
-    for i in range(2):
-        path = str(tmp_path / f"{i}" / "checkpoint.pth.tar")
+    targets = [str(tmp_path / f"{i}" / "checkpoint.pth.tar") for i in range(2)]
+    for path in targets:
         os.makedirs(os.path.dirname(path))
-        code = WRITER.format(root=ROOT, path=path)
-        procs.append((path, subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE,
-                                             text=True)))
-    for i, (path, proc) in enumerate(procs):
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.05 + 0.13 * i)
-        proc.send_signal(signal.SIGKILL)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT), *targets], env=ENV,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pids = {}
+        for _ in range(2):
+            line = proc.stdout.readline().split()
+            assert line[:1] == ["ready"], line
+            pids[int(line[1])] = int(line[2])
+        for i, path in enumerate(targets):
+            time.sleep(0.05 + 0.13 * i)
+            os.kill(pids[i], signal.SIGKILL)
+            deadline = time.time() + 30
+            while not _gone(pids[i]) and time.time() < deadline:
+                time.sleep(0.005)
+            assert _gone(pids[i])
+            obj = checkpoint.load_file(path)
+            assert obj["w"].shape == (4_000_000,) and obj["w"][-1] == 3_999_999 and obj["version"] >= 0
+            assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
+            savedir.remove_temp_files(os.path.dirname(path))
+            assert os.listdir(os.path.dirname(path)) == ["checkpoint.pth.tar"]
+    finally:
+        proc.kill()
         proc.wait()
-        obj = checkpoint.load_file(path)
-        assert obj["w"].shape == (4_000_000,) and obj["w"][-1] == 3_999_999 and obj["version"] >= 0
-        assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
-        savedir.remove_temp_files(os.path.dirname(path))
-        assert os.listdir(os.path.dirname(path)) == ["checkpoint.pth.tar"]
 
 
 def _umask() -> int:
