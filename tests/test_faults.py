@@ -535,7 +535,7 @@ big = {{"w": torch.arange(4_000_000, dtype=torch.float32)}}
 i = 0 if os.fork() == 0 else 1  # the child writes the first path, the parent the second
 path = sys.argv[1 + i]
 checkpoint.atomic_save({{"version": 0, **big}}, path)
-print("ready", i, os.getpid(), flush=True)
+os.write(1, f"ready {{i}} {{os.getpid()}}\\n".encode())  # one write: the two lines never mix
 v = 0
 while True:
     v += 1
