@@ -102,22 +102,19 @@ def reference(contested):
     return kit.results(contested["campaign"].root)
 
 
-def shimmed_server(name: str, source: str):
-    """A fork server whose children have the flock shim `source` and import the entry points once."""
-    server = forkserver.Forkserver(shimkit.env_with(shimkit.build(name, source), ENV),
+@pytest.fixture(scope="module")
+def forked():
+    """A fork server whose children have the flock shim (each child's SHIM_FLOCK says which flock it gets) and
+    import the entry points once."""
+    server = forkserver.Forkserver(shimkit.env_with(shimkit.build("flock", shimkit.FLOCK), ENV),
                                    preload=("sweep", "main_train_downstream"))
     yield server
     server.close()
 
 
-@pytest.fixture(scope="module")
-def flock_noop():
-    yield from shimmed_server("flock_noop", shimkit.FLOCK_NOOP)
-
-
-@pytest.fixture(scope="module")
-def flock_enolck():
-    yield from shimmed_server("flock_enolck", shimkit.FLOCK_ENOLCK)
+def with_flock(server: forkserver.Forkserver, how: str) -> dict:
+    """The server's environment with flock `how` ("noop", "enolck"; see shimkit.FLOCK)."""
+    return dict(server.env, SHIM_FLOCK=how)
 
 
 def python_argv(run: spec.Run) -> list[str]:
@@ -332,15 +329,16 @@ def test_spawned_ranks_write_under_the_parents_lease_and_stop_once_it_is_taken_o
 
 # ---------------------------------------------------------------------------- trainers
 @pytest.mark.slow
-def test_with_flock_that_excludes_nothing_a_second_trainer_is_still_refused(tmp_path, inputs, reference, flock_noop):
+def test_with_flock_that_excludes_nothing_a_second_trainer_is_still_refused(tmp_path, inputs, reference, forked):
     """Two "nodes" that do not see each other's flock (the no-op shim in both): the lease keeps the second out."""
     c = one_run(tmp_path, inputs)
     run = c.runs[0]
-    first = flock_noop.start("main_train_downstream.py", python_argv(run))
+    env = with_flock(forked, "noop")
+    first = forked.start("main_train_downstream.py", python_argv(run), env=env)
     wait_for(os.path.join(run.save_dir, state.LEASE), first)
     os.kill(first.pid, signal.SIGSTOP)  # held still (for far less than its bound) while the second tries
     try:
-        second = flock_noop.run("main_train_downstream.py", python_argv(run), timeout=120)
+        second = forked.run("main_train_downstream.py", python_argv(run), env=env, timeout=120)
     finally:
         os.kill(first.pid, signal.SIGCONT)
     err = second.stderr
@@ -352,16 +350,17 @@ def test_with_flock_that_excludes_nothing_a_second_trainer_is_still_refused(tmp_
 
 
 @pytest.mark.slow
-def test_where_flock_fails_a_run_trains_and_plan_and_status_print(tmp_path, inputs, reference, flock_enolck):
+def test_where_flock_fails_a_run_trains_and_plan_and_status_print(tmp_path, inputs, reference, forked):
     """NFSv3 without lockd: flock answers ENOLCK to everyone (the shim); nothing needs it."""
     c = one_run(tmp_path, inputs)
+    env = with_flock(forked, "enolck")
     for command in ("plan", "status"):
-        done = flock_enolck.run("sweep.py", [command, c.path], timeout=120)
+        done = forked.run("sweep.py", [command, c.path], env=env, timeout=120)
         assert done.returncode == 0 and "pending 1" in done.stdout, done.stdout + done.stderr
-    solo = flock_enolck.run("main_train_downstream.py", python_argv(c.runs[0]))
+    solo = forked.run("main_train_downstream.py", python_argv(c.runs[0]), env=env)
     assert solo.returncode == 0, solo.stdout[-2000:] + solo.stderr[-2000:]
     assert kit.results(c.root) == reference
-    done = flock_enolck.run("sweep.py", ["status", c.path], timeout=120)
+    done = forked.run("sweep.py", ["status", c.path], env=env, timeout=120)
     assert done.returncode == 0 and "1/1 done (100%)" in done.stdout, done.stdout + done.stderr
 
 
@@ -394,10 +393,10 @@ def test_a_frozen_holder_elsewhere_is_taken_over_and_writes_nothing_when_it_wake
 
 
 @pytest.mark.slow
-def test_a_killed_holder_here_is_taken_over_at_once(tmp_path, inputs, reference):
+def test_a_killed_holder_here_is_taken_over_at_once(tmp_path, inputs, reference, forked):
     c = one_run(tmp_path, inputs)
     run = c.runs[0]
-    killed = trainer(run, ENV)  # the default bound (10 min): no waiting for it
+    killed = forked.start("main_train_downstream.py", python_argv(run))  # the default bound (10 min): no waiting
     wait_for(os.path.join(run.save_dir, "checkpoint.pth.tar"), killed)
     killed.kill()
     killed.communicate()
