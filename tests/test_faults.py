@@ -1,6 +1,7 @@
 """Faults and bad input as a user meets them. FAULTS is the table: every row runs the real command (in-process
-through errors.run_cli, or as a separate process where the process boundary is the point) and checks the exit
-status, the one `error:` line, and that nothing already in SAVE_DIR was damaged. docs/FAULTS.md is rendered
+through errors.run_cli, or as a separate process where the process boundary is the point: a fresh interpreter, or
+a child of a fork server that imported the entry points once, tests/forkserver.py) and checks the exit status,
+the one `error:` line, and that nothing already in SAVE_DIR was damaged. docs/FAULTS.md is rendered
 from the table and a test keeps the two equal:
 
     python tests/test_faults.py --write     # regenerate docs/FAULTS.md after changing the table
@@ -43,6 +44,7 @@ from training import runner  # noqa: E402
 from transfer import config as transfer_config  # noqa: E402
 from transfer import run as transfer_run  # noqa: E402
 from recipes import run_untimed  # noqa: E402
+import forkserver  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "FAULTS.md")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny runs: a second intra-op thread only adds contention
@@ -97,6 +99,7 @@ class Fault:
     inject: str | None = None           # a fault injected into the in-process run (a key of INJECT)
     check: str | None = None            # extra checks afterwards (a key of CHECKS)
     subprocess: bool = False            # a separate process (python entry points run in-process otherwise)
+    fresh: bool = False                 # that process a fresh interpreter (else a child of the fork server)
     proof: str | None = None            # the test proving a row that needs its own set-up (no command then)
 
 
@@ -105,7 +108,7 @@ IS, IA = "main_imp_std.py", "main_imp_adv.py"
 FAULTS = [
     # ---------------------------------------------------------------- data
     Fault("data-missing-imp", "IMP data folder does not exist", (IS, "{missing}", "…"),
-          ("{missing}/train is not a folder", "pass the folder that holds train/"), subprocess=True),
+          ("{missing}/train is not a folder", "pass the folder that holds train/"), subprocess=True, fresh=True),
     Fault("data-missing-transfer", "--data folder does not exist", (T, "…", "--data", "{missing}"),
           ("{missing}/train is not a folder",)),
     Fault("data-one-split", "--data points at the train/ split itself", (T, "…", "--data", "{folder}/train"),
@@ -113,14 +116,14 @@ FAULTS = [
     Fault("data-no-val", "IMP data folder without val/", (IS, "{train_only}", "…"),
           ("{train_only}/val is not a folder",)),
     Fault("dataset-unknown", "unknown --dataset", (T, "…", "--dataset", "imagenet"),
-          ("argument --dataset: invalid choice: 'imagenet'",)),
+          ("argument --dataset: invalid choice: 'imagenet'",), subprocess=True),
     Fault("arch-unknown-imp", "unknown -a/--arch (IMP)", (IS, "{folder}", "…", "-a", "resnet99"),
           ("argument -a/--arch: invalid choice: 'resnet99'",)),
     Fault("arch-unknown-transfer", "unknown -a/--arch (transfer)", (T, "…", "--arch", "resnet99"),
           ("argument -a/--arch: invalid choice: 'resnet99'",)),
     # ---------------------------------------------------------------- init weights
     Fault("init-missing", "--init file does not exist", (IS, "{folder}", "…", "--init", "{missing}.pth"),
-          ("'{missing}.pth' not found",)),
+          ("'{missing}.pth' not found",), subprocess=True),
     Fault("init-truncated-imp", "--init file truncated (IMP)", (IS, "{folder}", "…", "--init", "{init_truncated}"),
           ("{init_truncated} is truncated or corrupt",)),
     Fault("init-truncated-transfer", "--init file truncated (transfer)", (T, "…", "--init", "{init_truncated}"),
@@ -321,17 +324,29 @@ def run_in_process(entry: str, argv: list[str], capsys) -> tuple[int, str, str]:
     return e.value.code, out, err
 
 
-def run_process(entry: str, argv: list[str], cwd: str) -> tuple[int, str, str]:
+def run_process(entry: str, argv: list[str], cwd: str, forked: forkserver.Forkserver | None) -> tuple[int, str, str]:
+    """A bash script, or a python entry point in a fresh interpreter (`forked` None) or as a fork server's child."""
     if entry.endswith(".sh"):  # an interpreter that exits 1 when run: a script that wrongly went on exits 1, not 2
         stand_in = os.path.join(cwd, "python")
         with open(stand_in, "w") as f:
             f.write('#!/bin/sh\ncase "$1" in -c|-) exit 0;; esac\nexit 1\n')  # script/env.sh's checks of it pass
         os.chmod(stand_in, 0o755)
         cmd, env = ["bash", os.path.join(ROOT, entry), *argv], {**ENV, "DOUBLEWIN_PY": stand_in}
+    elif forked is not None:
+        done = forked.run(entry, argv, env=ENV, cwd=cwd, timeout=120)
+        return done.returncode, done.stdout, done.stderr
     else:
         cmd, env = [sys.executable, os.path.join(ROOT, entry), *argv], ENV
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def forked():
+    """A fork server that imported the python entry points: each child runs one as `python ENTRY ARGS` would."""
+    server = forkserver.Forkserver(ENV, preload=("main_train_downstream", "main_imp_std", "main_imp_adv"))
+    yield server
+    server.close()
 
 
 # ---------------------------------------------------------------------------- SAVE_DIR states
@@ -450,7 +465,7 @@ CHECKS = {"nan": _check_nan, "disk-full": _check_disk_full, "no-marker": _check_
 # ---------------------------------------------------------------------------- the table, run
 @pytest.mark.parametrize("fault", [pytest.param(f, marks=pytest.mark.slow) if f.subprocess else f  # a process: slow
                                    for f in FAULTS if f.proof is None], ids=lambda f: f.id)
-def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch):
+def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch, request):
     (tmp_path / "afile").write_text("a regular file\n")
     where = {**shared, "save": str(tmp_path / "save"), "file": str(tmp_path / "afile")}
     if fault.before:
@@ -458,7 +473,8 @@ def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch):
     before = snapshot(where["save"])
     entry, argv = fault.command[0], expand(fault.command, where)
     if fault.subprocess or entry.endswith(".sh"):
-        code, out, err = run_process(entry, argv, str(tmp_path))
+        server = None if fault.fresh or entry.endswith(".sh") else request.getfixturevalue("forked")
+        code, out, err = run_process(entry, argv, str(tmp_path), server)
     else:
         with monkeypatch.context() as m:
             if fault.inject:
@@ -499,12 +515,11 @@ def _transfer_argv(shared: dict[str, str], save: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_path, capsys):
-    """The victim is a process of its own (SIGKILL); the uninterrupted run and the re-run of the same command run
-    in this process (the entry point's main: the same code, without a second torch import)."""
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_path, capsys, forked):
+    """The victim is a process of its own (SIGKILL; a child of the fork server); the uninterrupted run and the
+    re-run of the same command run in this process (the entry point's main: the same code)."""
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    victim = subprocess.Popen([sys.executable, os.path.join(ROOT, T), *_transfer_argv(shared, killed)], cwd=ROOT,
-                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = forked.start(T, _transfer_argv(shared, killed), env=ENV)
     first = os.path.join(killed, paths.CHECKPOINT)
     deadline = time.time() + 120
     while not os.path.exists(first) and victim.poll() is None and time.time() < deadline:
