@@ -1,10 +1,11 @@
 """A fork server for tests: one Python process imports torch and the entry points once, then forks a child per
 command, which runs a script as `python SCRIPT ARGS...` would (as __main__, with its own working directory,
-environment, stdout/stderr and exit status) for the price of a fork instead of a fresh interpreter's seconds of
-imports. A server started with an LD_PRELOAD shim (tests/shimkit.py) has it in every child; the shims read their
-settings (SHIM_PATH, SHIM_ERRNO...) at each call, so each child may set its own. A module read at import sees
-the server's environment, not the child's: give the server the environment the commands share. What only a
-fresh interpreter shows (an entry point's own imports, a bash driver) stays with plain subprocesses."""
+environment, stdout/stderr and exit status; an uncaught exception ends it with status 1 and its traceback) for
+the price of a fork instead of a fresh interpreter's seconds of imports. A server started with an LD_PRELOAD shim
+(tests/shimkit.py) has it in every child; the shims read their settings (SHIM_PATH, SHIM_FLOCK...) at each call,
+so each child may set its own. A module read at import sees the server's environment, not the child's: give the
+server the environment the commands share. What only a fresh interpreter shows (an entry point's own imports, a
+bash driver) stays with plain subprocesses."""
 from __future__ import annotations
 
 import json
