@@ -2,8 +2,9 @@
 real signals: exclusion whatever flock does (an LD_PRELOAD flock that excludes nothing, one that fails with
 ENOLCK), one winner among many takers of a stale lease, a frozen holder on another host (a UTS namespace with its
 own host name) taken over and silent when it wakes, a killed holder here taken over at once, release on SIGTERM,
-and one `sweep.py run` per campaign. The runs under a flock shim are children of a fork server that has the shim
-(tests/forkserver.py); the frozen and killed holders, and what `sweep.py run` starts, are fresh processes."""
+and one `sweep.py run` per campaign. The runs under a flock shim, the killed holder and `sweep.py plan`/`status` are
+children of a fork server (tests/forkserver.py); the frozen holder and what `sweep.py run` starts are fresh
+processes."""
 from __future__ import annotations
 
 import json
@@ -19,9 +20,8 @@ import pytest
 import campaignkit as kit
 import forkserver
 import shimkit
-import sweep
 from campaign import spec, state
-from infra import errors, lease, leaseholder
+from infra import lease, leaseholder
 from infra.errors import UserError
 
 ENV = {k: v for k, v in kit.ENV.items() if k not in (leaseholder.HELD_ENV, lease.STALE_ENV, lease.BEAT_ENV)}
@@ -31,7 +31,7 @@ EPOCHS = 8  # enough for a holder to be frozen mid-run (a tiny epoch takes a fra
 HOLD = f"""import sys, time; sys.path.insert(0, {kit.ROOT!r}); from infra import leaseholder
 l = leaseholder.acquire(sys.argv[1]); print('held', l.holder.token, flush=True); time.sleep(float(sys.argv[2]))"""
 # a racer: waits for the file argv[2], then tries to take the lease argv[1] (and keeps it 3 s if it wins)
-RACE = f"""import os, sys, time; sys.path.insert(0, {kit.ROOT!r}); from infra import errors, lease, leaseholder
+RACE = f"""import os, sys, time; sys.path.insert(0, {kit.ROOT!r}); from infra import lease, leaseholder
 while not os.path.exists(sys.argv[2]): time.sleep(0.002)
 try:
     l = leaseholder.acquire(sys.argv[1]); print('won', os.getpid(), flush=True); time.sleep(3)
@@ -117,22 +117,19 @@ def with_flock(server: forkserver.Forkserver, how: str) -> dict:
     return dict(server.env, SHIM_FLOCK=how)
 
 
+def sweeping(server: forkserver.Forkserver, *args: str) -> str:
+    """`sweep.py ARGS` as the server's child (the real flock); its stdout (exit 0 asserted)."""
+    done = server.run("sweep.py", list(args), timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 def python_argv(run: spec.Run) -> list[str]:
     """What the run's bash driver (std.sh) passes to main_train_downstream.py: the driver's exec line."""
     _, driver, dataset, init, save, ticket, *rest = run.command
     assert driver.endswith(os.path.join("train_downstream", "std.sh")), run.command
     return ["--recipe", "std", "--dataset", dataset, "--init", init, "--save_dir", save, "--tickets_file", ticket,
             *rest]
-
-
-def sweep_here(capsys, *args: str) -> str:
-    """`sweep.py ARGS` run in this process; its stdout (exit 0 asserted)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        errors.run_cli(sweep.main, list(args))
-    out, err = capsys.readouterr()
-    assert e.value.code == 0, out[-3000:] + err[-3000:]
-    return out
 
 
 def holding(path: str, seconds: float = 60, env: dict | None = None, uts: str | None = None) -> subprocess.Popen:
@@ -366,7 +363,7 @@ def test_where_flock_fails_a_run_trains_and_plan_and_status_print(tmp_path, inpu
 
 @pytest.mark.slow
 def test_a_frozen_holder_elsewhere_is_taken_over_and_writes_nothing_when_it_wakes(tmp_path, inputs, reference,
-                                                                                   capsys):
+                                                                                   forked):
     c = one_run(tmp_path, inputs)
     run = c.runs[0]
     env = dict(ENV, **{lease.STALE_ENV: "4", lease.BEAT_ENV: "0.5"})
@@ -375,12 +372,12 @@ def test_a_frozen_holder_elsewhere_is_taken_over_and_writes_nothing_when_it_wake
         wait_for(os.path.join(run.save_dir, "checkpoint.pth.tar"), frozen)
         os.kill(frozen.pid, signal.SIGSTOP)
         time.sleep(5)
-        plan = sweep_here(capsys, "plan", c.path)
+        plan = sweeping(forked, "plan", c.path)
         line = next(ln for ln in plan.splitlines() if ln.startswith(run.id + " "))
         assert line.split()[1:6] == ["stale", "stale", "lease:", "pid", str(frozen.pid)], line
         assert " on othernode (since " in line and ", no heartbeat for " in line, line
         assert line.endswith(": the next launch takes it over"), line
-        assert "stale 1" in sweep_here(capsys, "status", c.path)
+        assert "stale 1" in sweeping(forked, "status", c.path)
         kit.sweep("run", c.path, "--local", check=True)
         assert kit.results(c.root) == reference  # resumed from the frozen run's checkpoint, exactly
         before = files(run.save_dir)
