@@ -38,18 +38,25 @@ def env_with(lib: str, env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-# flock answers 0 without locking anything: each "node" sees only its own locks (Lustre -o localflock, NFS
-# local_lock=flock, BeeGFS without global file locks), seen from the other node
-FLOCK_NOOP = r"""
-#include <sys/file.h>
-int flock(int fd, int operation) { (void)fd; (void)operation; return 0; }
-"""
-
-# flock fails with ENOLCK: no lock support at all (NFSv3 without lockd)
-FLOCK_ENOLCK = r"""
+# flock as $SHIM_FLOCK says, read at each call (so the children of one fork server may differ, see
+# tests/forkserver.py): "noop" answers 0 without locking anything: each "node" sees only its own locks (Lustre
+# -o localflock, NFS local_lock=flock, BeeGFS without global file locks), seen from the other node; "enolck" fails
+# with ENOLCK: no lock support at all (NFSv3 without lockd); anything else (or unset) is the real flock
+FLOCK = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/file.h>
-int flock(int fd, int operation) { (void)fd; (void)operation; errno = ENOLCK; return -1; }
+int flock(int fd, int operation) {
+    const char *how = getenv("SHIM_FLOCK");
+    if (how && !strcmp(how, "noop")) return 0;
+    if (how && !strcmp(how, "enolck")) { errno = ENOLCK; return -1; }
+    int (*real)(int, int) = (int (*)(int, int))dlsym(RTLD_NEXT, "flock");
+    if (!real) { errno = ENOSYS; return -1; }
+    return real(fd, operation);
+}
 """
 
 # stat, open and opendir of every path that contains $SHIM_PATH fail with errno $SHIM_ERRNO: a data folder or

@@ -1,6 +1,7 @@
 """Faults and bad input as a user meets them. FAULTS is the table: every row runs the real command (in-process
-through errors.run_cli, or as a separate process where the process boundary is the point) and checks the exit
-status, the one `error:` line, and that nothing already in SAVE_DIR was damaged. docs/FAULTS.md is rendered
+through errors.run_cli, or as a separate process where the process boundary is the point: a fresh interpreter, or
+a child of a fork server that imported the entry points once, tests/forkserver.py) and checks the exit status,
+the one `error:` line, and that nothing already in SAVE_DIR was damaged. docs/FAULTS.md is rendered
 from the table and a test keeps the two equal:
 
     python tests/test_faults.py --write     # regenerate docs/FAULTS.md after changing the table
@@ -43,6 +44,7 @@ from training import runner  # noqa: E402
 from transfer import config as transfer_config  # noqa: E402
 from transfer import run as transfer_run  # noqa: E402
 from recipes import run_untimed  # noqa: E402
+import forkserver  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "FAULTS.md")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny runs: a second intra-op thread only adds contention
@@ -97,6 +99,7 @@ class Fault:
     inject: str | None = None           # a fault injected into the in-process run (a key of INJECT)
     check: str | None = None            # extra checks afterwards (a key of CHECKS)
     subprocess: bool = False            # a separate process (python entry points run in-process otherwise)
+    fresh: bool = False                 # that process a fresh interpreter (else a child of the fork server)
     proof: str | None = None            # the test proving a row that needs its own set-up (no command then)
 
 
@@ -105,7 +108,7 @@ IS, IA = "main_imp_std.py", "main_imp_adv.py"
 FAULTS = [
     # ---------------------------------------------------------------- data
     Fault("data-missing-imp", "IMP data folder does not exist", (IS, "{missing}", "…"),
-          ("{missing}/train is not a folder", "pass the folder that holds train/"), subprocess=True),
+          ("{missing}/train is not a folder", "pass the folder that holds train/"), subprocess=True, fresh=True),
     Fault("data-missing-transfer", "--data folder does not exist", (T, "…", "--data", "{missing}"),
           ("{missing}/train is not a folder",)),
     Fault("data-one-split", "--data points at the train/ split itself", (T, "…", "--data", "{folder}/train"),
@@ -321,17 +324,29 @@ def run_in_process(entry: str, argv: list[str], capsys) -> tuple[int, str, str]:
     return e.value.code, out, err
 
 
-def run_process(entry: str, argv: list[str], cwd: str) -> tuple[int, str, str]:
+def run_process(entry: str, argv: list[str], cwd: str, forked: forkserver.Forkserver | None) -> tuple[int, str, str]:
+    """A bash script, or a python entry point in a fresh interpreter (`forked` None) or as a fork server's child."""
     if entry.endswith(".sh"):  # an interpreter that exits 1 when run: a script that wrongly went on exits 1, not 2
         stand_in = os.path.join(cwd, "python")
         with open(stand_in, "w") as f:
             f.write('#!/bin/sh\ncase "$1" in -c|-) exit 0;; esac\nexit 1\n')  # script/env.sh's checks of it pass
         os.chmod(stand_in, 0o755)
         cmd, env = ["bash", os.path.join(ROOT, entry), *argv], {**ENV, "DOUBLEWIN_PY": stand_in}
+    elif forked is not None:
+        done = forked.run(entry, argv, env=ENV, cwd=cwd, timeout=120)
+        return done.returncode, done.stdout, done.stderr
     else:
         cmd, env = [sys.executable, os.path.join(ROOT, entry), *argv], ENV
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def forked():
+    """A fork server that imported the python entry points: each child runs one as `python ENTRY ARGS` would."""
+    server = forkserver.Forkserver(ENV, preload=("main_train_downstream", "main_imp_std", "main_imp_adv"))
+    yield server
+    server.close()
 
 
 # ---------------------------------------------------------------------------- SAVE_DIR states
@@ -450,7 +465,7 @@ CHECKS = {"nan": _check_nan, "disk-full": _check_disk_full, "no-marker": _check_
 # ---------------------------------------------------------------------------- the table, run
 @pytest.mark.parametrize("fault", [pytest.param(f, marks=pytest.mark.slow) if f.subprocess else f  # a process: slow
                                    for f in FAULTS if f.proof is None], ids=lambda f: f.id)
-def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch):
+def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch, request):
     (tmp_path / "afile").write_text("a regular file\n")
     where = {**shared, "save": str(tmp_path / "save"), "file": str(tmp_path / "afile")}
     if fault.before:
@@ -458,7 +473,8 @@ def test_fault(fault: Fault, shared, finished, tmp_path, capsys, monkeypatch):
     before = snapshot(where["save"])
     entry, argv = fault.command[0], expand(fault.command, where)
     if fault.subprocess or entry.endswith(".sh"):
-        code, out, err = run_process(entry, argv, str(tmp_path))
+        server = None if fault.fresh or entry.endswith(".sh") else request.getfixturevalue("forked")
+        code, out, err = run_process(entry, argv, str(tmp_path), server)
     else:
         with monkeypatch.context() as m:
             if fault.inject:
@@ -494,18 +510,16 @@ def test_every_proof_names_a_test_that_exists():
 
 
 # ---------------------------------------------------------------------------- faults with their own set-up
-def _transfer_cmd(shared: dict[str, str], save: str) -> list[str]:
-    argv = expand((T, "…", "--epochs", "5", "--mode", "adv", "--train_step", "2"), {**shared, "save": save})
-    return [sys.executable, os.path.join(ROOT, T), *argv]
+def _transfer_argv(shared: dict[str, str], save: str) -> list[str]:
+    return expand((T, "…", "--epochs", "5", "--mode", "adv", "--train_step", "2"), {**shared, "save": save})
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_path):
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_path, capsys, forked):
+    """The victim is a process of its own (SIGKILL; a child of the fork server); the uninterrupted run and the
+    re-run of the same command run in this process (the entry point's main: the same code)."""
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    reference = subprocess.Popen(_transfer_cmd(shared, whole), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_transfer_cmd(shared, killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    victim = forked.start(T, _transfer_argv(shared, killed), env=ENV)
     first = os.path.join(killed, paths.CHECKPOINT)
     deadline = time.time() + 120
     while not os.path.exists(first) and victim.poll() is None and time.time() < deadline:
@@ -515,10 +529,10 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_
     victim.wait()
     done = checkpoint.load_file(first)["epoch"]
     assert 1 <= done < 5 and not os.path.exists(os.path.join(killed, paths.RESULTS)), "not killed mid-run"
-    again = subprocess.run(_transfer_cmd(shared, killed), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                           timeout=120)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert reference.wait(timeout=120) == 0, reference.stderr.read()[-3000:]
+    code, _, err = run_in_process(T, _transfer_argv(shared, killed), capsys)
+    assert code == 0, err[-3000:]
+    code, _, err = run_in_process(T, _transfer_argv(shared, whole), capsys)
+    assert code == 0, err[-3000:]
     assert f"resuming from {first}: {done} of 5 epochs done" in open(os.path.join(killed, paths.LOG)).read()
     (res_a, rows_a), (res_b, rows_b) = run_untimed(whole), run_untimed(killed)
     assert rows_a == rows_b and len(rows_a) == 5
@@ -527,42 +541,62 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_results(shared, tmp_
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
+# two writers from one torch import: the process forks, each half rewrites its own path (argv 1 or 2) in a loop
 WRITER = """
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, {root!r})
 from infra import checkpoint
-from infra import paths
 big = {{"w": torch.arange(4_000_000, dtype=torch.float32)}}
-checkpoint.atomic_save({{"version": 0, **big}}, {path!r})
-print("ready", flush=True)
+i = 0 if os.fork() == 0 else 1  # the child writes the first path, the parent the second
+path = sys.argv[1 + i]
+checkpoint.atomic_save({{"version": 0, **big}}, path)
+os.write(1, f"ready {{i}} {{os.getpid()}}\\n".encode())  # one write: the two lines never mix
 v = 0
 while True:
     v += 1
-    checkpoint.atomic_save({{"version": v, **big}}, {path!r})
+    checkpoint.atomic_save({{"version": v, **big}}, path)
 """
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 @pytest.mark.slow
 def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
-    """A writer rewrites a 16 MB checkpoint in a loop and is killed at several moments: the file always loads
+    """Two writers rewrite a 16 MB checkpoint in a loop and are killed at different moments: the file always loads
     whole, and remove_temp_files (run by the next run) clears what the cut write left."""
-    procs = []
-    for i in range(2):
-        path = str(tmp_path / f"{i}" / "checkpoint.pth.tar")
+    targets = [str(tmp_path / f"{i}" / "checkpoint.pth.tar") for i in range(2)]
+    for path in targets:
         os.makedirs(os.path.dirname(path))
-        code = WRITER.format(root=ROOT, path=path)
-        procs.append((path, subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE,
-                                             text=True)))
-    for i, (path, proc) in enumerate(procs):
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.05 + 0.13 * i)
-        proc.send_signal(signal.SIGKILL)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT), *targets], env=ENV,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pids = {}
+        for _ in range(2):
+            line = proc.stdout.readline().split()
+            assert line[:1] == ["ready"], line
+            pids[int(line[1])] = int(line[2])
+        for i, path in enumerate(targets):
+            time.sleep(0.05 + 0.13 * i)
+            os.kill(pids[i], signal.SIGKILL)
+            deadline = time.time() + 30
+            while not _gone(pids[i]) and time.time() < deadline:
+                time.sleep(0.005)
+            assert _gone(pids[i])
+            obj = checkpoint.load_file(path)
+            assert obj["w"].shape == (4_000_000,) and obj["w"][-1] == 3_999_999 and obj["version"] >= 0
+            assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
+            savedir.remove_temp_files(os.path.dirname(path))
+            assert os.listdir(os.path.dirname(path)) == ["checkpoint.pth.tar"]
+    finally:
+        proc.kill()
         proc.wait()
-        obj = checkpoint.load_file(path)
-        assert obj["w"].shape == (4_000_000,) and obj["w"][-1] == 3_999_999 and obj["version"] >= 0
-        assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
-        savedir.remove_temp_files(os.path.dirname(path))
-        assert os.listdir(os.path.dirname(path)) == ["checkpoint.pth.tar"]
 
 
 def _umask() -> int:

@@ -2,7 +2,9 @@
 real signals: exclusion whatever flock does (an LD_PRELOAD flock that excludes nothing, one that fails with
 ENOLCK), one winner among many takers of a stale lease, a frozen holder on another host (a UTS namespace with its
 own host name) taken over and silent when it wakes, a killed holder here taken over at once, release on SIGTERM,
-and one `sweep.py run` per campaign."""
+and one `sweep.py run` per campaign. The runs under a flock shim, the killed holder and `sweep.py plan`/`status` are
+children of a fork server (tests/forkserver.py); the frozen holder and what `sweep.py run` starts are fresh
+processes."""
 from __future__ import annotations
 
 import json
@@ -16,6 +18,7 @@ import time
 import pytest
 
 import campaignkit as kit
+import forkserver
 import shimkit
 from campaign import spec, state
 from infra import lease, leaseholder
@@ -78,11 +81,55 @@ def one_run(d, inputs) -> spec.Campaign:
 
 
 @pytest.fixture(scope="module")
-def reference(inputs, tmp_path_factory):
-    """results.json of the one run, uninterrupted."""
+def contested(inputs, tmp_path_factory) -> dict:
+    """One `sweep.py run` of the one-run campaign, which a second `sweep.py run` of it tried to join while it ran
+    (test_one_sweep_run_per_campaign checks both); the run itself is the other tests' uninterrupted reference."""
     c = one_run(tmp_path_factory.mktemp("reference"), inputs)
-    kit.sweep("run", c.path, "--local", check=True)
-    return kit.results(c.root)
+    cmd = [sys.executable, os.path.join(kit.ROOT, "sweep.py"), "run", c.path, "--local"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=kit.ROOT)
+    try:
+        wait_for(os.path.join(c.root, ".campaign", state.RUN_LEASE), first)
+        second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=kit.ROOT, timeout=120)
+    finally:
+        out, err = first.communicate(timeout=300)
+    return {"campaign": c, "first": first, "output": out + err, "second": second}
+
+
+@pytest.fixture(scope="module")
+def reference(contested):
+    """results.json of the one run, uninterrupted."""
+    assert contested["first"].returncode == 0, contested["output"][-3000:]
+    return kit.results(contested["campaign"].root)
+
+
+@pytest.fixture(scope="module")
+def forked():
+    """A fork server whose children have the flock shim (each child's SHIM_FLOCK says which flock it gets) and
+    import the entry points once."""
+    server = forkserver.Forkserver(shimkit.env_with(shimkit.build("flock", shimkit.FLOCK), ENV),
+                                   preload=("sweep", "main_train_downstream"))
+    yield server
+    server.close()
+
+
+def with_flock(server: forkserver.Forkserver, how: str) -> dict:
+    """The server's environment with flock `how` ("noop", "enolck"; see shimkit.FLOCK)."""
+    return dict(server.env, SHIM_FLOCK=how)
+
+
+def sweeping(server: forkserver.Forkserver, *args: str) -> str:
+    """`sweep.py ARGS` as the server's child (the real flock); its stdout (exit 0 asserted)."""
+    done = server.run("sweep.py", list(args), timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def python_argv(run: spec.Run) -> list[str]:
+    """What the run's bash driver (std.sh) passes to main_train_downstream.py: the driver's exec line."""
+    _, driver, dataset, init, save, ticket, *rest = run.command
+    assert driver.endswith(os.path.join("train_downstream", "std.sh")), run.command
+    return ["--recipe", "std", "--dataset", dataset, "--init", init, "--save_dir", save, "--tickets_file", ticket,
+            *rest]
 
 
 def holding(path: str, seconds: float = 60, env: dict | None = None, uts: str | None = None) -> subprocess.Popen:
@@ -104,10 +151,13 @@ def trainer(run: spec.Run, env: dict, uts: str | None = None) -> subprocess.Pope
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=kit.ROOT)
 
 
-def wait_for(path: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(path: str, proc, timeout: float = 120) -> None:
+    """Until `path` exists; fails when the process `proc` (a Popen or a fork server's child) exits first."""
     deadline = time.time() + timeout
     while not os.path.exists(path):
-        assert proc.poll() is None, f"exited {proc.returncode} before {path} appeared: {proc.stderr.read()}"
+        if proc.poll() is not None:
+            err = proc.read_err() if isinstance(proc, forkserver.Child) else proc.stderr.read()
+            raise AssertionError(f"exited {proc.returncode} before {path} appeared: {err}")
         assert time.time() < deadline, f"{path} did not appear"
         time.sleep(0.01)
 
@@ -276,19 +326,19 @@ def test_spawned_ranks_write_under_the_parents_lease_and_stop_once_it_is_taken_o
 
 # ---------------------------------------------------------------------------- trainers
 @pytest.mark.slow
-def test_with_flock_that_excludes_nothing_a_second_trainer_is_still_refused(tmp_path, inputs, reference):
+def test_with_flock_that_excludes_nothing_a_second_trainer_is_still_refused(tmp_path, inputs, reference, forked):
     """Two "nodes" that do not see each other's flock (the no-op shim in both): the lease keeps the second out."""
-    env = shimkit.env_with(shimkit.build("flock_noop", shimkit.FLOCK_NOOP), ENV)
     c = one_run(tmp_path, inputs)
     run = c.runs[0]
-    first = trainer(run, env)
+    env = with_flock(forked, "noop")
+    first = forked.start("main_train_downstream.py", python_argv(run), env=env)
     wait_for(os.path.join(run.save_dir, state.LEASE), first)
     os.kill(first.pid, signal.SIGSTOP)  # held still (for far less than its bound) while the second tries
     try:
-        second = trainer(run, env)
-        _, err = second.communicate(timeout=120)
+        second = forked.run("main_train_downstream.py", python_argv(run), env=env, timeout=120)
     finally:
         os.kill(first.pid, signal.SIGCONT)
+    err = second.stderr
     assert second.returncode == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: {run.save_dir} is in use by pid {first.pid} on "), err
     out, err = first.communicate(timeout=300)
@@ -297,24 +347,23 @@ def test_with_flock_that_excludes_nothing_a_second_trainer_is_still_refused(tmp_
 
 
 @pytest.mark.slow
-def test_where_flock_fails_a_run_trains_and_plan_and_status_print(tmp_path, inputs, reference):
+def test_where_flock_fails_a_run_trains_and_plan_and_status_print(tmp_path, inputs, reference, forked):
     """NFSv3 without lockd: flock answers ENOLCK to everyone (the shim); nothing needs it."""
-    env = shimkit.env_with(shimkit.build("flock_enolck", shimkit.FLOCK_ENOLCK), ENV)
     c = one_run(tmp_path, inputs)
-    sweep = [sys.executable, os.path.join(kit.ROOT, "sweep.py")]
+    env = with_flock(forked, "enolck")
     for command in ("plan", "status"):
-        done = subprocess.run([*sweep, command, c.path], capture_output=True, text=True, env=env, timeout=120)
+        done = forked.run("sweep.py", [command, c.path], env=env, timeout=120)
         assert done.returncode == 0 and "pending 1" in done.stdout, done.stdout + done.stderr
-    solo = trainer(c.runs[0], env)
-    out, err = solo.communicate(timeout=300)
-    assert solo.returncode == 0, out[-2000:] + err[-2000:]
+    solo = forked.run("main_train_downstream.py", python_argv(c.runs[0]), env=env)
+    assert solo.returncode == 0, solo.stdout[-2000:] + solo.stderr[-2000:]
     assert kit.results(c.root) == reference
-    done = subprocess.run([*sweep, "status", c.path], capture_output=True, text=True, env=env, timeout=120)
+    done = forked.run("sweep.py", ["status", c.path], env=env, timeout=120)
     assert done.returncode == 0 and "1/1 done (100%)" in done.stdout, done.stdout + done.stderr
 
 
 @pytest.mark.slow
-def test_a_frozen_holder_elsewhere_is_taken_over_and_writes_nothing_when_it_wakes(tmp_path, inputs, reference):
+def test_a_frozen_holder_elsewhere_is_taken_over_and_writes_nothing_when_it_wakes(tmp_path, inputs, reference,
+                                                                                   forked):
     c = one_run(tmp_path, inputs)
     run = c.runs[0]
     env = dict(ENV, **{lease.STALE_ENV: "4", lease.BEAT_ENV: "0.5"})
@@ -323,12 +372,12 @@ def test_a_frozen_holder_elsewhere_is_taken_over_and_writes_nothing_when_it_wake
         wait_for(os.path.join(run.save_dir, "checkpoint.pth.tar"), frozen)
         os.kill(frozen.pid, signal.SIGSTOP)
         time.sleep(5)
-        plan = kit.sweep("plan", c.path, check=True).stdout
+        plan = sweeping(forked, "plan", c.path)
         line = next(ln for ln in plan.splitlines() if ln.startswith(run.id + " "))
         assert line.split()[1:6] == ["stale", "stale", "lease:", "pid", str(frozen.pid)], line
         assert " on othernode (since " in line and ", no heartbeat for " in line, line
         assert line.endswith(": the next launch takes it over"), line
-        assert "stale 1" in kit.sweep("status", c.path, check=True).stdout
+        assert "stale 1" in sweeping(forked, "status", c.path)
         kit.sweep("run", c.path, "--local", check=True)
         assert kit.results(c.root) == reference  # resumed from the frozen run's checkpoint, exactly
         before = files(run.save_dir)
@@ -341,10 +390,10 @@ def test_a_frozen_holder_elsewhere_is_taken_over_and_writes_nothing_when_it_wake
 
 
 @pytest.mark.slow
-def test_a_killed_holder_here_is_taken_over_at_once(tmp_path, inputs, reference):
+def test_a_killed_holder_here_is_taken_over_at_once(tmp_path, inputs, reference, forked):
     c = one_run(tmp_path, inputs)
     run = c.runs[0]
-    killed = trainer(run, ENV)  # the default bound (10 min): no waiting for it
+    killed = forked.start("main_train_downstream.py", python_argv(run))  # the default bound (10 min): no waiting
     wait_for(os.path.join(run.save_dir, "checkpoint.pth.tar"), killed)
     killed.kill()
     killed.communicate()
@@ -357,17 +406,12 @@ def test_a_killed_holder_here_is_taken_over_at_once(tmp_path, inputs, reference)
 
 
 @pytest.mark.slow
-def test_one_sweep_run_per_campaign(tmp_path, inputs):
-    c = one_run(tmp_path, inputs)
-    sweep = [sys.executable, os.path.join(kit.ROOT, "sweep.py"), "run", c.path, "--local"]
-    first = subprocess.Popen(sweep, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=kit.ROOT)
-    wait_for(os.path.join(c.root, ".campaign", state.RUN_LEASE), first)
-    second = subprocess.run(sweep, capture_output=True, text=True, env=ENV, cwd=kit.ROOT, timeout=120)
+def test_one_sweep_run_per_campaign(contested):
+    c, first, second = contested["campaign"], contested["first"], contested["second"]
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
     assert second.stderr.startswith(f"error: another `sweep.py run` is launching the runs of {c.path} "), second.stderr
     assert f": pid {first.pid} on " in second.stderr
-    out, err = first.communicate(timeout=300)
-    assert first.returncode == 0, out + err
+    assert first.returncode == 0, contested["output"][-3000:]
     assert json.load(open(os.path.join(c.runs[0].save_dir, "results.json")))["complete"] is True
     assert not os.path.exists(os.path.join(c.root, ".campaign", state.RUN_LEASE))
     assert kit.sweep("run", c.path, "--local").returncode == 0  # free again once the first has ended

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import main_imp_std
+import main_train_downstream
 import pruning_utils
 import tickets
-from infra import checkpoint
+from infra import checkpoint, errors
 from infra import paths
 from infra.errors import MaskError
 from recipes import TINY, argv, untimed, write_init
 from transfer import cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +39,19 @@ def test_a_ticket_records_its_init_family_and_cost(found):
     assert meta["cost"]["flop"] == 0 and meta["cost"]["train_images"] == 0  # one-shot: no training
 
 
-@pytest.mark.slow
-def test_a_ticket_on_other_weights_is_refused_in_one_line(found, image_folder_root, tmp_path):
+def test_a_ticket_on_other_weights_is_refused_in_one_line(found, image_folder_root, tmp_path, capsys):
     init_a, init_b, ticket = found
     with pytest.raises(MaskError) as e:
         cli.main(argv(tmp_path / "b", image_folder_root, "folder", init_b, ticket=ticket, epochs=1))
     assert f"ticket {ticket} was found in other weights ({init_a}), not in --init {init_b}" in str(e.value)
     assert "--any-ticket-init" in str(e.value) and "\n" not in str(e.value)
     assert not os.path.exists(tmp_path / "b" / paths.CHECKPOINT)  # refused before any training
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "main_train_downstream.py"),
-                           *argv(tmp_path / "b2", image_folder_root, "folder", init_b, ticket=ticket, epochs=1)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 2 and done.stderr.startswith("error: ticket ") and done.stderr.count("\n") == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:  # as the entry point reports it: exit 2, one line
+        errors.run_cli(main_train_downstream.main,
+                       argv(tmp_path / "b2", image_folder_root, "folder", init_b, ticket=ticket, epochs=1))
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("error: ticket ") and err.count("\n") == 1, err
     cli.main(argv(tmp_path / "any", image_folder_root, "folder", init_b, ticket=ticket, epochs=1,
                   extra=("--any-ticket-init",)))
     assert "found in other init weights" in open(tmp_path / "any" / paths.LOG).read()
