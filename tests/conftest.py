@@ -88,18 +88,15 @@ def pretrained(tmp_path_factory):
     return recipes.write_pretrained(str(tmp_path_factory.mktemp("tiny")), 0.6, {"level": 4, "source": "imp"})
 
 
-def pytest_configure():
-    """The CPU suite behaves alike on a CPU box and a GPU node: runs, ranks and backends stay on CPU / gloo (the
-    CUDA tests in test_cuda.py lift this pin)."""
-    os.environ[hardware.PIN] = "cpu"
-
-
 CLUSTER_FILES = ("test_slurm.py", "test_campaign_slurm.py")
 
 
 def pytest_configure(config):
-    """A pytest-xdist worker starts with SIGINT ignored, and every process it starts would inherit that: Ctrl-C
-    tests (a campaign's submission, the local queue) need the terminal's behaviour, KeyboardInterrupt."""
+    """The CPU suite behaves alike on a CPU box and a GPU node: runs, ranks and backends stay on CPU / gloo (the
+    CUDA tests in test_cuda.py lift this pin). A pytest-xdist worker starts with SIGINT ignored, and every process
+    it starts would inherit that: Ctrl-C tests (a campaign's submission, the local queue) need the terminal's
+    behaviour, KeyboardInterrupt."""
+    os.environ[hardware.PIN] = "cpu"
     if hasattr(config, "workerinput"):  # set on xdist's workers only
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
