@@ -8,28 +8,16 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Between runs the ranks leave the group and meet again at a store of rank 0's on a port it chose: a second group
-# at torchrun's own store would read the first one's addresses there (its keys keep their names) and never meet.
-SCRIPT = """import importlib, json, os, socket, sys
+# A run closes its process group as it ends (destroy_process_group), which restarts the count that names the next
+# default group; that name prefixes the group's keys in torchrun's store, and a second group named like the first
+# would read the first one's stale addresses there and never meet: run k's group is named k.
+SCRIPT = """import importlib, json, sys
 sys.path[:0] = [{root!r}, {tests!r}]
-import torch.distributed as dist
+from torch.distributed import distributed_c10d
 {setup}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-for module, argv in json.load(open(sys.argv[1])):
+for k, (module, argv) in enumerate(json.load(open(sys.argv[1]))):
+    distributed_c10d._world.group_count = k
     assert importlib.import_module(module).main(argv) == 0, (module, argv)
-    if dist.is_initialized():
-        port = [free_port() if dist.get_rank() == 0 else None]
-        dist.broadcast_object_list(port)
-        dist.barrier()
-        dist.destroy_process_group()
-        os.environ.update(MASTER_PORT=str(port[0]), TORCHELASTIC_USE_AGENT_STORE="False")
 """
 
 
