@@ -24,7 +24,7 @@ class DemoConfig:
     @property
     def scale(self) -> float:
         """Of the train and validation image counts (demo/data.py)."""
-        return 0.2 if self.quick else 1.0
+        return 0.1 if self.quick else 1.0
 
     @property
     def test_per_class(self) -> int:
