@@ -24,7 +24,7 @@ class DemoConfig:
     @property
     def scale(self) -> float:
         """Of the train and validation image counts (demo/data.py)."""
-        return 0.35 if self.quick else 1.0
+        return 0.1 if self.quick else 1.0
 
     @property
     def test_per_class(self) -> int:
@@ -72,8 +72,9 @@ def transfer_overrides(cfg: DemoConfig) -> tuple[list[str], list[str], list[str]
     """The small-scale flags of every transfer run, then of std and of adv runs (after the drivers' defaults)."""
     epochs = 2 if cfg.quick else 6
     milestones = ",".join(str(m) for m in sorted({epochs // 2, 3 * epochs // 4}))
+    test_steps = 2 if cfg.quick else 10  # PGD steps of every validation and test RA: most of a quick run's time
     common = ["--arch", "resnet_tiny", *COMMON, "--epochs", str(epochs), "--decreasing_lr", milestones,
-              "--test_step", "10", "--no-progress", "-j", "0"]
+              "--test_step", str(test_steps), "--no-progress", "-j", "0"]
     std = ["--lr", "0.01", "--batch_size", "32"]
     adv = ["--lr", "0.02", "--batch_size", "32", "--eval_from", "0", "--train_step", "3", "--train_gamma", "4/255"]
     return common, std, adv

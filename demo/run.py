@@ -101,6 +101,10 @@ def find_tickets(cfg: DemoConfig, fam: Family) -> None:
         say(f"  {fam.title} from the {fam.kind} model: {len(cfg.imp_seeds)} IMP seeds {list(cfg.imp_seeds)}, run by "
             f"the campaign below as one IMP stage each -> {save}/seed<k>")
         return
+    from infra import paths
+    if os.path.exists(paths.imp_ticket(save, fam.levels[-1])):  # written last, atomically: the run is complete
+        say(f"  {fam.title}: {save} holds its tickets, skipped")
+        return
     init = os.path.join(cfg.out, "pretrained", f"{fam.kind}.pth")
     data = os.path.join(cfg.out, "data", "pretrain")
     cmd = ["bash", os.path.join(ROOT, "script", "imp_pretrain", script), init, save, data, *imp_flags(cfg, fam),

@@ -2,6 +2,7 @@
 PGD, torch-prune hooks), the harness interleaves and counts FLOPs right, and a --quick run writes its rows."""
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 
@@ -45,6 +46,15 @@ def tiny_ticket(seed: int = 0):
 def batch(n: int = 6, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.fixture
+def frozen_gc():
+    """Every object that exists before the test goes out of the collector's reach (gc.freeze): the benchmark's own
+    gc.collect() calls then walk what the test makes, not the hundreds of thousands of torch's and pytest's."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 # ---------------------------------------------------------------------------- the baseline is the original's way
@@ -127,7 +137,7 @@ def test_count_flops_of_a_matmul_and_of_an_input_gradient_attack():
     assert flops == 2 * measure.MATMUL_N["cpu"] ** 3 and measure.count_flops(fn) == flops
 
 
-def test_memory_sweep_warms_up_each_batch_then_measures_and_frees_it():
+def test_memory_sweep_warms_up_each_batch_then_measures_and_frees_it(frozen_gc):
     cfg = cases.BenchConfig(arch="resnet_tiny", num_classes=10, batch=4, eval_batch=4, eval_steps=2)
     calls, built = [], []
 
@@ -178,7 +188,7 @@ def test_every_variant_steps_and_ours_keeps_the_ticket():
 
 # ---------------------------------------------------------------------------- the command line
 @pytest.mark.slow
-def test_quick_run_writes_rows_and_a_summary(tmp_path, capsys):
+def test_quick_run_writes_rows_and_a_summary(tmp_path, capsys, frozen_gc):
     jsonl, md = tmp_path / "b.jsonl", tmp_path / "B.md"
     assert bench.main(["--quick", "--rounds", "1", "--jsonl", str(jsonl), "--md", str(md)]) == 0
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]

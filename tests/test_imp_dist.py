@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from lottery import levels as imp_levels
 import main_imp_adv
 import pruning_utils
 from recipes import TINY, same_masks, ticket, tiny_model, untimed, write_init
+from torchrunkit import torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,14 +37,26 @@ def command(entry: str, data: str, init: str, save_dir: str, *extra: str) -> lis
     return [sys.executable, os.path.join(ROOT, entry), data, "--init", init, "--save_dir", save_dir, *TINY, *extra]
 
 
-@pytest.mark.slow
-def test_two_gloo_ranks_hold_the_same_masks(tiny, tmp_path):
-    data, init = tiny
-    save_dir = str(tmp_path / "run")
-    cmd = command("main_imp_std.py", data, init, save_dir, "--epochs", "2", "--prune_epoch", "1", "--lr", "0.05")
-    cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+SYNC_BN = ("--epochs", "2", "--prune_epoch", "1", "--lr", "0.05", "--train_step", "1", "--sync-bn")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(_fake_files, tmp_path_factory):
+    """One torchrun of two gloo ranks (a launch costs three torch imports) running the two IMP runs the tests below
+    read, one after the other: `std`, IMP for 2 levels of 1 epoch; `sync_bn`, A-IMP with --sync-bn."""
+    tmp = tmp_path_factory.mktemp("two_ranks")
+    data, init = _fake_files("folder"), write_init(str(tmp / "init.pth"))
+    runs = [("main_imp_std", command("main_imp_std.py", data, init, str(tmp / "std"), "--epochs", "2",
+                                     "--prune_epoch", "1", "--lr", "0.05")[2:]),
+            ("main_imp_adv", command("main_imp_adv.py", data, init, str(tmp / "sync_bn"), *SYNC_BN)[2:])]
+    done = torchrun(str(tmp), runs)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return SimpleNamespace(data=data, init=init, std=str(tmp / "std"), sync_bn=str(tmp / "sync_bn"))
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_hold_the_same_masks(two_ranks):
+    init, save_dir = two_ranks.init, two_ranks.std
     log = open(os.path.join(save_dir, paths.LOG)).read()
     assert "rank 0/2 on cpu (gloo)" in log and "torchrun: 2 processes" in log
     # Each rank fingerprints the mask it holds; imp_levels raises unless all agree; rank 0 logs the shared digest.
@@ -65,8 +79,6 @@ def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path
     data, init = tiny
     flags = ("--epochs", "4", "--prune_epoch", "2", "--lr", "0.05", "--train_step", "1", "--deterministic")
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    reference = subprocess.Popen(command("main_imp_adv.py", data, init, whole, *flags), cwd=ROOT, env=ENV,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     victim = subprocess.Popen(command("main_imp_adv.py", data, init, killed, *flags), cwd=ROOT, env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = paths.imp_checkpoint(killed, 1)
@@ -77,10 +89,10 @@ def test_run_killed_mid_level_resumes_to_the_uninterrupted_result(tiny, tmp_path
     victim.wait()
     rows = checkpoint.read_jsonl(os.path.join(killed, paths.METRICS))
     assert 1 <= len(rows) < 4, "the run was not interrupted mid-way"
-    again = subprocess.run(command("main_imp_adv.py", data, init, killed, *flags), cwd=ROOT, env=ENV, capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+    # the same command again, and the uninterrupted reference: their main() in this process (all the re-run gets
+    # from the killed process are its files, whichever process reads them)
+    assert main_imp_adv.main(command("main_imp_adv.py", data, init, killed, *flags)[2:]) == 0
+    assert main_imp_adv.main(command("main_imp_adv.py", data, init, whole, *flags)[2:]) == 0
     assert "resuming from" in open(os.path.join(killed, paths.LOG)).read()
 
     def rows(save_dir):
@@ -113,18 +125,12 @@ COUNTED = ("train_images", "eval_images", "forward_passes", "backward_passes", "
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_with_sync_bn_count_what_one_process_counts(tiny, tmp_path):
+def test_two_gloo_ranks_with_sync_bn_count_what_one_process_counts(two_ranks, tmp_path):
     """A-IMP with --sync-bn on two gloo ranks (each trains and validates half of every batch, BatchNorm over
     both halves): each epoch's ledger holds the sum over the ranks, equal to one process's counts for the same
     images (12 train, 12 val: no padding), with 2 devices and device-seconds = wall seconds x 2."""
-    data, init = tiny
-    flags = ("--epochs", "2", "--prune_epoch", "1", "--lr", "0.05", "--train_step", "1", "--sync-bn")
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    assert main_imp_adv.main(command("main_imp_adv.py", data, init, one, *flags)[2:]) == 0
-    cmd = command("main_imp_adv.py", data, init, two, *flags)
-    cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    one, two = str(tmp_path / "one"), two_ranks.sync_bn
+    assert main_imp_adv.main(command("main_imp_adv.py", two_ranks.data, two_ranks.init, one, *SYNC_BN)[2:]) == 0
     assert "rank 0/2 on cpu (gloo)" in open(os.path.join(two, paths.LOG)).read()
     rows = {d: checkpoint.read_jsonl(os.path.join(d, paths.METRICS)) for d in (one, two)}
     assert len(rows[one]) == len(rows[two]) == 2

@@ -6,8 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,8 +20,7 @@ from infra.checkpoint import load_file
 from infra.paths import LOG, RESULTS, SA_BEST
 from training.engine import Step, evaluate
 from recipes import argv, check_run, write_pretrained
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from torchrunkit import torchrun
 
 
 def unpacked(text: str, n: int) -> list[bool]:
@@ -30,18 +28,34 @@ def unpacked(text: str, n: int) -> list[bool]:
     return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8), count=n).astype(bool).tolist()
 
 
-@pytest.mark.slow
-def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
-    data = fabricate.make_image_folder(str(tmp_path / "data"), n_per_class=3, splits=("train", "val", "test"))
-    pre = write_pretrained(str(tmp_path), 0.5)
-    init, ticket, mask = pre.init, pre.ticket, pre.mask
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           os.path.join(ROOT, "main_train_downstream.py"),
-           *argv(out, data, "folder", init, mode="adv", ticket=ticket, extra=("--batch_size", "4"))]
-    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
+SYNC_BN = ("--batch_size", "4", "--sync-bn")
+# the fabricated CIFAR files have no official MD5 sums
+FAKE_CHECKSUMS = "from datafiles import fabricate\nfabricate.allow_fake_checksums()"
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One torchrun of two gloo ranks (each launch costs three torch imports) running the three transfers the tests
+    below read, one after the other: `pil`, a ticket on folder splits of 9 images; `device`, the dense model on
+    CIFAR-10 (70 train, 21 test images) through the device pipeline; `sync_bn`, a ticket with --sync-bn on folder
+    splits of 12 images. All adversarial, global batch 4."""
+    tmp = tmp_path_factory.mktemp("two_ranks")
+    odd = fabricate.make_image_folder(str(tmp / "odd"), n_per_class=3, splits=("train", "val", "test"))
+    even = fabricate.make_image_folder(str(tmp / "even"), n_per_class=4, splits=("train", "val", "test"))
+    cifar = fabricate.make_cifar10(str(tmp / "cifar"), n_train=70, n_test=21)
+    pre = write_pretrained(str(tmp), 0.5)
+    runs = [argv(tmp / "pil", odd, "folder", pre.init, mode="adv", ticket=pre.ticket, extra=("--batch_size", "4")),
+            argv(tmp / "device", cifar, "cifar10", pre.init, mode="adv", extra=("--batch_size", "4")),
+            argv(tmp / "sync_bn", even, "folder", pre.init, mode="adv", ticket=pre.ticket, extra=SYNC_BN)]
+    done = torchrun(str(tmp), [("main_train_downstream", run) for run in runs], setup=FAKE_CHECKSUMS)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return SimpleNamespace(odd=odd, even=even, cifar=cifar, pre=pre, pil=tmp / "pil", device=tmp / "device",
+                           sync_bn=tmp / "sync_bn")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_report_exact_whole_split_accuracies(two_ranks):
+    data, mask, out = two_ranks.odd, two_ranks.pre.mask, two_ranks.pil
     assert "rank 0/2 on cpu (gloo)" in open(out / LOG).read()
     res = check_run(out, mask, 2)
     assert res["world_size"] == 2 and (res["n_val"], res["n_test"], res["best_sa"]["test_images"]) == (9, 9, 9)
@@ -60,33 +74,12 @@ def test_two_gloo_ranks_report_exact_whole_split_accuracies(tmp_path):
     assert json.load(open(out / RESULTS))["complete"] is True
 
 
-WRAPPER = """import sys
-sys.path[:0] = [{root!r}, {tests!r}]
-import main_train_downstream
-from datafiles import fabricate
-from infra import errors
-fabricate.allow_fake_checksums()  # the fabricated CIFAR files have no official MD5 sums
-errors.run_cli(main_train_downstream.main)
-"""
-
-
 @pytest.mark.slow
-def test_two_gloo_ranks_on_the_device_pipeline_report_exact_whole_split_accuracies(tmp_path, fake_checksums):
+def test_two_gloo_ranks_on_the_device_pipeline_report_exact_whole_split_accuracies(two_ranks, fake_checksums):
     """CIFAR-10 through the device pipeline (the default for it) on two ranks: 7 val and 21 test images, so a
     padded evaluation shard would count one twice; the numbers equal a one-process evaluation of the best
     checkpoint over the same device batches."""
-    data = fabricate.make_cifar10(str(tmp_path / "data"), n_train=70, n_test=21)
-    torch.manual_seed(0)
-    init = str(tmp_path / "init.pth")
-    torch.save(models.resnet_tiny(1000).state_dict(), init)
-    wrapper = tmp_path / "train.py"
-    wrapper.write_text(WRAPPER.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(wrapper),
-           *argv(out, data, "cifar10", init, mode="adv", extra=("--batch_size", "4"))]
-    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    data, out = two_ranks.cifar, two_ranks.device
     log = open(out / LOG).read()
     assert "rank 0/2 on cpu (gloo)" in log and "input pipeline: device" in log
     res = check_run(out, None, 2)
@@ -110,22 +103,13 @@ COUNTED = ("train_images", "eval_images", "forward_passes", "backward_passes", "
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_with_sync_bn_count_what_one_process_counts(tmp_path):
+def test_two_gloo_ranks_with_sync_bn_count_what_one_process_counts(two_ranks, tmp_path):
     """Adversarial transfer with --sync-bn on two gloo ranks (12 images per split: no padding): every epoch's
     ledger and results.json's total (the final tests too) hold the sum over the ranks, equal to one process's
     counts, with 2 devices and device-seconds = wall seconds x 2."""
     from transfer import cli
-    data = fabricate.make_image_folder(str(tmp_path / "data"), n_per_class=4, splits=("train", "val", "test"))
-    pre = write_pretrained(str(tmp_path), 0.5)
-    flags = ("--batch_size", "4", "--sync-bn")
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert cli.main(argv(one, data, "folder", pre.init, mode="adv", ticket=pre.ticket, extra=flags)) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           os.path.join(ROOT, "main_train_downstream.py"),
-           *argv(two, data, "folder", pre.init, mode="adv", ticket=pre.ticket, extra=flags)]
-    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    data, pre, one, two = two_ranks.even, two_ranks.pre, tmp_path / "one", two_ranks.sync_bn
+    assert cli.main(argv(one, data, "folder", pre.init, mode="adv", ticket=pre.ticket, extra=SYNC_BN)) == 0
     assert "rank 0/2 on cpu (gloo)" in open(two / LOG).read()
     rows = {d: [json.loads(line) for line in open(d / "metrics.jsonl")] for d in (one, two)}
     for a, b in zip(rows[one], rows[two], strict=True):
