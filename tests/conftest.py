@@ -5,6 +5,7 @@ The whole suite is pinned to CPU (DOUBLEWIN_DEVICE=cpu) so that it asserts the s
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 
@@ -66,6 +67,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def frozen_gc():
+    """Every object that exists before the test goes out of the collector's reach (gc.freeze): the benchmark's own
+    gc.collect() calls then walk what the test makes, not the hundreds of thousands of torch's and pytest's."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture

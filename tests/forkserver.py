@@ -157,3 +157,12 @@ class Forkserver:
                         pass
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has exited: no such process, or a zombie its parent has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -2,7 +2,6 @@
 PGD, torch-prune hooks), the harness interleaves and counts FLOPs right, and a --quick run writes its rows."""
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 
@@ -46,15 +45,6 @@ def tiny_ticket(seed: int = 0):
 def batch(n: int = 6, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-
-@pytest.fixture
-def frozen_gc():
-    """Every object that exists before the test goes out of the collector's reach (gc.freeze): the benchmark's own
-    gc.collect() calls then walk what the test makes, not the hundreds of thousands of torch's and pytest's."""
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 # ---------------------------------------------------------------------------- the baseline is the original's way

@@ -558,15 +558,6 @@ while True:
 """
 
 
-def _gone(pid: int) -> bool:
-    """Whether `pid` has exited (gone, or a zombie its parent has not reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.slow
 def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
     """Two writers rewrite a 16 MB checkpoint in a loop and are killed at different moments: the file always loads
@@ -586,9 +577,9 @@ def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
             time.sleep(0.05 + 0.13 * i)
             os.kill(pids[i], signal.SIGKILL)
             deadline = time.time() + 30
-            while not _gone(pids[i]) and time.time() < deadline:
+            while not forkserver.gone(pids[i]) and time.time() < deadline:
                 time.sleep(0.005)
-            assert _gone(pids[i])
+            assert forkserver.gone(pids[i])
             obj = checkpoint.load_file(path)
             assert obj["w"].shape == (4_000_000,) and obj["w"][-1] == 3_999_999 and obj["version"] >= 0
             assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()

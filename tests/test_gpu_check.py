@@ -3,7 +3,6 @@ time on and skips (saying so) what no longer fits; gpu_check.json is rewritten a
 small here (the GPU runs them at 224 px with ResNet-50 and bf16) and give their verdicts and numbers."""
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import time
 import pytest
 
 import dataset
+import forkserver
 from benchmarks import gpu_check, gpu_items
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,18 +88,9 @@ def test_a_subprocess_item_is_stopped_at_its_slice_with_its_children(tmp_path):
     assert rc is None and took < 10 and time.time() - start < 10
     child = int(pid_file.read_text())
     time.sleep(0.2)
-    assert _gone(child)  # the background sleep went with the group
+    assert forkserver.gone(child)  # the background sleep went with the group
     assert gpu_items._failed(rc, took, check.log("sleepy")).startswith(f"stopped at the end of its slice after "
                                                                        f"{took:.0f}s: (no output) (see ")
-
-
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie its new parent has not reaped yet."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_a_failed_run_names_its_last_log_line(tmp_path):
@@ -113,15 +104,6 @@ def test_a_failed_run_names_its_last_log_line(tmp_path):
 def _context(tmp_path) -> tuple[gpu_check.Check, gpu_items.Context]:
     args = gpu_check.get_args_parser().parse_args(SMALL)
     return gpu_check.Check(str(tmp_path / "out"), 600, {}), gpu_items.Context(args, str(tmp_path / "work"))
-
-
-@pytest.fixture
-def frozen_gc():
-    """Every object that exists before the test goes out of the collector's reach (gc.freeze): the benchmark's own
-    gc.collect() calls then walk what the test makes, not the hundreds of thousands of torch's and pytest's."""
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.mark.slow
