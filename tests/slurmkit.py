@@ -43,6 +43,14 @@ def slurm_cluster():
         if os.environ.get("DOUBLEWIN_REQUIRE_SLURM") == "1":
             pytest.fail(f"DOUBLEWIN_REQUIRE_SLURM=1 but no SLURM cluster answers ({why}): run script/slurm_up.sh")
         pytest.skip(f"no SLURM cluster here ({why}); script/slurm_up.sh starts one (root)")
+    wait_until("the jobs of earlier tests to leave the queue (they count against the QOS's submit limit)",
+               lambda: not our_jobs(), 90, lambda: our_jobs())
+
+
+def our_jobs() -> list[str]:
+    """This user's jobs in the queue (pending, running or completing), as squeue prints them."""
+    out = subprocess.run(["squeue", "-h", "-u", str(os.getuid()), "-o", "%i %T %N"], capture_output=True, text=True)
+    return out.stdout.split("\n")[:-1] if out.returncode == 0 else [f"squeue failed: {out.stderr.strip()}"]
 
 
 @pytest.fixture
@@ -51,6 +59,9 @@ def two_nodes(slurm_cluster):
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
     if sorted(set(nodes)) != ["n1", "n2"]:
         pytest.skip(f"needs script/slurm_up.sh's nodes n1 and n2 (this cluster: {' '.join(sorted(set(nodes)))})")
+    for node in ("n1", "n2"):
+        resume(node)
+    wait_until("n1 and n2 to be idle", lambda: node_states() == {"n1": "idle", "n2": "idle"}, 90, node_states)
     yield
     for node in ("n1", "n2"):
         resume(node)
@@ -115,11 +126,18 @@ def read_json(path: str):
         return None
 
 
-def wait_until(what: str, check, seconds: float = 120):
+def node_states() -> dict[str, str]:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout.split()
+    return dict(zip(out[::2], out[1::2]))
+
+
+def wait_until(what: str, check, seconds: float = 120, seen=None):
+    """check()'s first true answer within `seconds`; else an AssertionError naming `what` (and what `seen()`
+    says then, when given)."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         got = check()
         if got:
             return got
         time.sleep(0.3)
-    raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+    raise AssertionError(f"timed out after {seconds:g} s waiting for {what}" + (f": {seen()}" if seen else ""))

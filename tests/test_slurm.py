@@ -231,7 +231,8 @@ def test_max_in_flight_caps_the_campaign(slurm_cluster, tmp_path):
 @pytest.mark.slow
 def test_a_failing_squeue_while_jobs_are_pending_resubmits_nothing(slurm_cluster, tmp_path, monkeypatch):
     c = slurmkit.campaign(str(tmp_path / "root"), 2, lambda d: slurmkit.finishing(d, 3))
-    assert slurm.run_slurm(c, OPTS, say=lambda s: None) == 0
+    said: list[str] = []
+    assert slurm.run_slurm(c, OPTS, say=said.append) == 0, said
     first = _jobs(c)
     bin_ = str(tmp_path / "bin")
     real = subprocess.run(["bash", "-c", "command -v squeue"], capture_output=True, text=True).stdout.strip()
@@ -242,7 +243,7 @@ def test_a_failing_squeue_while_jobs_are_pending_resubmits_nothing(slurm_cluster
     monkeypatch.setenv("PATH", bin_ + os.pathsep + os.environ["PATH"])
     with pytest.raises(scheduler.SchedulerError, match=r"^squeue failed .*: nothing submitted$"):
         slurm.run_slurm(c, OPTS, say=lambda s: None)
-    said: list[str] = []
+    said = []
     assert slurm.run_slurm(c, OPTS, follow=True, poll=1, say=said.append) == 0, said
     assert sum("asking again in 1 s" in s for s in said) == 2 and not any("submitted" in s for s in said), said
     assert _jobs(c) == first and {r.state for r in state.states(c)} == {"done"}
