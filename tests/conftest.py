@@ -113,15 +113,30 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks into the test ids
 def pytest_collection_modifyitems(items):
     """A test on the live SLURM cluster (the `slurm_cluster` fixture, script/slurm_up.sh) is marked `cluster` and
     `slow`: `-m "not cluster"` leaves them out, `-m cluster` runs only them. With several workers (pytest-xdist,
-    `--dist loadgroup`, as script/test.sh runs it) each file stays on one worker, so its module fixtures run once,
-    and every test that talks to the cluster runs on one worker, one at a time (the cluster has 2 CPUs a node)."""
+    `--dist loadgroup`, as script/test.sh runs it) every test that talks to the cluster, and every test of a file
+    that does, runs on one worker, one at a time: the cluster has 2 CPUs a node, and a test that drains a node or
+    counts the queue must not meet another test's jobs. Every other test goes to whichever worker is free."""
     for item in items:
         on_cluster = "slurm_cluster" in getattr(item, "fixturenames", ())
         if on_cluster:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
-        group = "cluster" if on_cluster or item.path.name in CLUSTER_FILES else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+        if on_cluster or item.path.name in CLUSTER_FILES:
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: there only where pytest-xdist is installed
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under `--dist loadgroup` a worker puts a test's group into the test's id, and xdist groups by that. With
+    pytest 9.2 and later the change does not stick and the groups are silently split (pytest-xdist#1386): stop
+    then, rather than let two cluster tests drain each other's nodes."""
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    lost = [i for i in ids if os.path.basename(i.split("::")[0]) in CLUSTER_FILES and "@" not in i]
+    if lost:
+        pytest.exit(f"error: pytest {pytest.__version__} with pytest-xdist does not group tests under --dist loadgroup"
+                    f" ({lost[0]} has no group in its id): install requirements-test.txt's pytest", returncode=4)
