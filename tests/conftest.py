@@ -99,34 +99,35 @@ def pretrained(tmp_path_factory):
 
 
 CLUSTER_FILES = ("test_slurm.py", "test_campaign_slurm.py")
+# The groups that take longest, longest first (seconds of one worker, measured on 2 cores): handed out first, so
+# that no long one starts last while the other workers idle. The cluster group mostly waits on SLURM.
+LONGEST_FIRST = ("cluster", "test_demo.py", "test_campaign_runs.py", "test_lease.py", "test_distributed.py",
+                 "test_transfer_dist.py", "test_imp_dist.py", "test_faults.py", "test_verdict.py", "test_gpu_check.py",
+                 "test_transfer_pipeline.py", "test_campaign.py", "test_node_faults.py")
 
 
-def pytest_configure(config):
-    """The CPU suite behaves alike on a CPU box and a GPU node: runs, ranks and backends stay on CPU / gloo (the
-    CUDA tests in test_cuda.py lift this pin). A pytest-xdist worker starts with SIGINT ignored, and every process
-    it starts would inherit that: Ctrl-C tests (a campaign's submission, the local queue) need the terminal's
-    behaviour, KeyboardInterrupt. Every process a test starts gets one intra-op thread unless the test says
-    otherwise (OMP_NUM_THREADS): its tensors are tiny, and idle OpenMP threads spin on a busy 2-core machine."""
-    os.environ[hardware.PIN] = "cpu"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if hasattr(config, "workerinput"):  # set on xdist's workers only
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+def group_of(item) -> str:
+    """The xdist group of a test: "cluster" for every test on the live cluster and every test of a file that
+    talks to it, else its file (so that a file's module fixtures are made once)."""
+    if "slurm_cluster" in getattr(item, "fixturenames", ()) or item.path.name in CLUSTER_FILES:
+        return "cluster"
+    return item.path.name
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks into the test ids
 def pytest_collection_modifyitems(items):
     """A test on the live SLURM cluster (the `slurm_cluster` fixture, script/slurm_up.sh) is marked `cluster` and
     `slow`: `-m "not cluster"` leaves them out, `-m cluster` runs only them. With several workers (pytest-xdist,
-    `--dist loadgroup`, as script/test.sh runs it) every test that talks to the cluster, and every test of a file
-    that does, runs on one worker, one at a time: the cluster has 2 CPUs a node, and a test that drains a node or
-    counts the queue must not meet another test's jobs. Every other test goes to whichever worker is free."""
+    `--dist loadgroup --no-loadscope-reorder`, as script/test.sh runs it) each group (`group_of`) runs on one
+    worker: the cluster tests one at a time, since the cluster has 2 CPUs a node, and a test that drains a node
+    or counts the queue must not meet another test's jobs. The groups go out longest first (LONGEST_FIRST)."""
     for item in items:
-        on_cluster = "slurm_cluster" in getattr(item, "fixturenames", ())
-        if on_cluster:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
-        if on_cluster or item.path.name in CLUSTER_FILES:
-            item.add_marker(pytest.mark.xdist_group("cluster"))
+        item.add_marker(pytest.mark.xdist_group(group_of(item)))
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group_of(item), len(rank)))  # stable: a file's own order stays
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: there only where pytest-xdist is installed
@@ -136,7 +137,7 @@ def pytest_xdist_node_collection_finished(node, ids):
     then, rather than let two cluster tests drain each other's nodes."""
     if node.config.getvalue("dist") != "loadgroup":
         return
-    lost = [i for i in ids if os.path.basename(i.split("::")[0]) in CLUSTER_FILES and "@" not in i]
+    lost = [i for i in ids if "@" not in i]
     if lost:
         pytest.exit(f"error: pytest {pytest.__version__} with pytest-xdist does not group tests under --dist loadgroup"
                     f" ({lost[0]} has no group in its id): install requirements-test.txt's pytest", returncode=4)
