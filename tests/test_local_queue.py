@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -23,8 +24,11 @@ _COUNTS: list[collections.Counter] = []  # the counter in use while a test count
 
 
 def _hook(event: str, args) -> None:
-    if _COUNTS and event in EVENTS:
+    if _COUNTS and event in EVENTS and threading.get_ident() == _MAIN:
         _COUNTS[-1][event] += 1
+
+
+_MAIN = threading.get_ident()  # the queue polls in the test's thread; other threads' calls (xdist's) are not its
 
 
 sys.addaudithook(_hook)  # a hook cannot be removed: it counts only while a test has pushed a counter
@@ -55,7 +59,7 @@ def _calls_per_poll(tmp_path, monkeypatch, n: int, polls: int = 12) -> list[int]
 
     def counted(fn):
         def wrapper(*args, **kwargs):
-            if _COUNTS:
+            if _COUNTS and threading.get_ident() == _MAIN:
                 _COUNTS[-1][fn.__name__] += 1
             return fn(*args, **kwargs)
         return wrapper
@@ -85,7 +89,9 @@ def _calls_per_poll(tmp_path, monkeypatch, n: int, polls: int = 12) -> list[int]
 def test_a_poll_costs_the_same_few_calls_whatever_the_number_of_runs(tmp_path, monkeypatch):
     small = _calls_per_poll(tmp_path, monkeypatch, 20)
     large = _calls_per_poll(tmp_path, monkeypatch, 300)
-    assert max(large) <= 2 and large == small  # one listdir of the ticket folder (and no stat of 601 runs)
+    # one listdir of the ticket folder (at most one more, at a poll that timing decides), and no stat of each of
+    # the 601 or 41 runs
+    assert max(large) <= 2 and max(small) <= 2 and len(large) == len(small)
 
 
 def test_a_waiting_run_starts_when_its_ticket_appears(tmp_path):
