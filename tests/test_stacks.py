@@ -116,3 +116,22 @@ def test_test_sh_runs_only_the_tests_it_is_given():
                           env={**os.environ, "DOUBLEWIN_PY": sys.executable})
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1].startswith("6 tests collected in "), \
         done.stdout + done.stderr
+
+
+def test_a_worker_whose_test_ids_lost_their_group_stops_the_run_in_one_line():
+    """xdist's loadgroup groups by the `@group` a worker adds to each test id; where the pytest installed ignores
+    that (pytest 9.2 with xdist 3.8), the cluster tests would run side by side and drain each other's nodes: the
+    run stops at collection with one line that names the fix. Ids that carry their group pass."""
+    import types
+    import conftest
+    node = types.SimpleNamespace(config=types.SimpleNamespace(getvalue={"dist": "loadgroup"}.get))
+    conftest.pytest_xdist_node_collection_finished(node, ["tests/test_slurm.py::test_x@cluster",
+                                                          "tests/test_imp.py::test_y@test_imp.py"])
+    with pytest.raises(pytest.exit.Exception) as stop:
+        conftest.pytest_xdist_node_collection_finished(node, ["tests/test_slurm.py::test_x@cluster",
+                                                              "tests/test_imp.py::test_y"])
+    assert stop.value.returncode == 4 and "\n" not in stop.value.msg
+    assert stop.value.msg.endswith("(tests/test_imp.py::test_y has no group in its id): install "
+                                   "requirements-test.txt's pytest")
+    other = types.SimpleNamespace(config=types.SimpleNamespace(getvalue={"dist": "load"}.get))
+    conftest.pytest_xdist_node_collection_finished(other, ["tests/test_imp.py::test_y"])  # no groups asked for
