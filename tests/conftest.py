@@ -98,6 +98,19 @@ def pretrained(tmp_path_factory):
     return recipes.write_pretrained(str(tmp_path_factory.mktemp("tiny")), 0.6, {"level": 4, "source": "imp"})
 
 
+def pytest_configure(config):
+    """The CPU suite behaves alike on a CPU box and a GPU node: runs, ranks and backends stay on CPU / gloo (the
+    CUDA tests in test_cuda.py lift this pin). A pytest-xdist worker starts with SIGINT ignored, and every process
+    it starts would inherit that: Ctrl-C tests (a campaign's submission, the local queue) need the terminal's
+    behaviour, KeyboardInterrupt. Every process a test starts gets one intra-op thread unless the test says
+    otherwise (OMP_NUM_THREADS): its tensors are tiny, and idle OpenMP threads spin on a busy 2-core machine.
+    tests/test_stacks.py checks all three."""
+    os.environ[hardware.PIN] = "cpu"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if hasattr(config, "workerinput"):  # set on xdist's workers only
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 CLUSTER_FILES = ("test_slurm.py", "test_campaign_slurm.py")
 # The groups that take longest, longest first (seconds of one worker, measured on 2 cores): handed out first, so
 # that no long one starts last while the other workers idle. The cluster group mostly waits on SLURM.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,7 +148,7 @@ class Forkserver:
         return subprocess.CompletedProcess([script, *argv], child.returncode, out, err)
 
     def close(self) -> None:
-        """Kills what still runs (a frozen child included), then ends the server."""
+        """Kills what still runs (a frozen child included), ends the server and removes its files."""
         for child in self.children:
             if child.returncode is None and child.poll() is None:
                 for sig in (signal.SIGKILL, signal.SIGCONT):
@@ -157,6 +158,7 @@ class Forkserver:
                         pass
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)  # the children's stdout and stderr files
 
 
 def gone(pid: int) -> bool:

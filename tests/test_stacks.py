@@ -136,3 +136,14 @@ def test_a_worker_whose_test_ids_lost_their_group_stops_the_run_in_one_line():
                                    "requirements-test.txt's pytest")
     other = types.SimpleNamespace(config=types.SimpleNamespace(getvalue={"dist": "load"}.get))
     conftest.pytest_xdist_node_collection_finished(other, ["tests/test_imp.py::test_y"])  # no groups asked for
+
+
+def test_the_suite_runs_pinned_to_cpu_with_one_thread_per_process_and_ctrl_c_as_a_terminal_has_it():
+    """tests/conftest.py's pytest_configure, seen from a test: the CPU pin that every run and rank of the suite
+    reads, one intra-op thread for each process a test starts (unless pytest was started with its own), and
+    SIGINT raising KeyboardInterrupt also on a pytest-xdist worker (which starts with it ignored)."""
+    import signal
+    from infra import hardware
+    assert os.environ.get(hardware.PIN) == "cpu"
+    assert os.environ.get("OMP_NUM_THREADS", "").isdigit()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from types import SimpleNamespace
 
 import numpy as np
