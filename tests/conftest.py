@@ -69,6 +69,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Each test leaves the signal handlers as it found them: code run in this process (a SLURM job's Task passing
+    SIGTERM/SIGINT/SIGHUP/SIGUSR1 on to its run, say) installs its own, and a later test on the same worker
+    would meet them (a Ctrl-C that no longer raises KeyboardInterrupt)."""
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)}
+    yield
+    for sig, handler in kept.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)
+
+
 @pytest.fixture
 def frozen_gc():
     """Every object that exists before the test goes out of the collector's reach (gc.freeze): the benchmark's own
